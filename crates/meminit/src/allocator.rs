@@ -1,0 +1,352 @@
+//! The allocator: zones over a memmap; allocation, free, look-up and counters.
+//!
+//! This module owns the paths a caller takes every time: [`Allocator::alloc`] walks
+//! the zone list and takes a block from the first zone that has one; only when a zone
+//! has none does it look at the off switch and, while memory remains uninitialised,
+//! grow that zone ([`crate::init`]). [`Allocator::free`] checks the descriptor before
+//! it trusts the caller. Nothing here writes a descriptor outside a zone lock, and
+//! nothing here is `unsafe`.
+
+use core::fmt;
+use core::sync::atomic::AtomicUsize;
+
+use lock_api::RawMutex;
+
+use crate::init::{Config, InitCounters, Strategy};
+use crate::layout::{Layout, Pfn, ZoneType, MAX_NODES, MAX_ORDER, ZONE_TYPES};
+use crate::memmap::{BackingError, LookupError, Memmap, MemmapBacking};
+use crate::page::{Page, PageState, NO_ZONE};
+use crate::zone::{Zone, ZoneStats};
+
+/// Which zones an allocation may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Constraint {
+    /// Any zone: Normal first, then DMA32, then DMA.
+    Any,
+    /// Below 4 GiB: DMA32, then DMA.
+    Dma32,
+    /// Below 16 MiB: DMA only.
+    Dma,
+}
+
+impl Constraint {
+    /// The highest zone the constraint allows.
+    pub const fn highest_zone(self) -> ZoneType {
+        match self {
+            Constraint::Any => ZoneType::Normal,
+            Constraint::Dma32 => ZoneType::Dma32,
+            Constraint::Dma => ZoneType::Dma,
+        }
+    }
+}
+
+/// How an allocation was served (see [`Allocator::alloc_traced`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllocPath {
+    /// From the free lists of the first zone in the zone list.
+    Fast,
+    /// From the free lists of a later zone, without initialising anything.
+    Fallback,
+    /// After initialising at least one section (the grow path).
+    Grew,
+}
+
+/// Why an allocation failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocError {
+    /// Orders above [`MAX_ORDER`] are not served.
+    OrderTooLarge {
+        /// The order asked for.
+        order: u32,
+    },
+    /// The preferred node is not in the layout.
+    UnknownNode {
+        /// The node asked for.
+        node: usize,
+    },
+    /// Every eligible zone is initialised and has no free block of the order.
+    OutOfMemory {
+        /// The order asked for.
+        order: u32,
+        /// The constraint.
+        constraint: Constraint,
+    },
+    /// Memory remained, but the backing could not populate the memmap for it.
+    Backing(BackingError),
+}
+
+impl core::error::Error for AllocError {}
+
+impl fmt::Display for AllocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllocError::OrderTooLarge { order } => {
+                write!(f, "order {order} is above the maximum order {MAX_ORDER}")
+            }
+            AllocError::UnknownNode { node } => write!(f, "node {node} is not in the layout"),
+            AllocError::OutOfMemory { order, constraint } => write!(
+                f,
+                "out of memory: no free block of order {order} in any zone allowed by {constraint:?}"
+            ),
+            AllocError::Backing(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A free the allocator refused: the descriptor says the caller is wrong. Nothing
+/// was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeError {
+    /// The order is above [`MAX_ORDER`].
+    OrderTooLarge {
+        /// The order given.
+        order: u32,
+    },
+    /// The page's descriptor cannot be read: outside present memory, or never
+    /// initialised (so never allocated).
+    Lookup(LookupError),
+    /// The page is reserved (a hole, a reserved range, the memmap): never allocated.
+    Reserved {
+        /// The pfn given.
+        pfn: Pfn,
+    },
+    /// The page heads a free block: a double free.
+    DoubleFree {
+        /// The pfn given.
+        pfn: Pfn,
+    },
+    /// The page lies inside a block, not at its head: a double free of a block that
+    /// has since merged, or a pfn that was never returned by `alloc`.
+    NotBlockHead {
+        /// The pfn given.
+        pfn: Pfn,
+    },
+    /// The block was allocated with another order.
+    WrongOrder {
+        /// The pfn given.
+        pfn: Pfn,
+        /// The order it was allocated with.
+        allocated: u32,
+        /// The order given.
+        given: u32,
+    },
+}
+
+impl core::error::Error for FreeError {}
+
+impl fmt::Display for FreeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreeError::OrderTooLarge { order } => {
+                write!(
+                    f,
+                    "free of order {order}, above the maximum order {MAX_ORDER}"
+                )
+            }
+            FreeError::Lookup(e) => write!(f, "free of a page that was never allocated: {e}"),
+            FreeError::Reserved { pfn } => write!(f, "free of reserved page {pfn}"),
+            FreeError::DoubleFree { pfn } => write!(f, "double free of {pfn}"),
+            FreeError::NotBlockHead { pfn } => write!(
+                f,
+                "free of {pfn}, which is inside a block, not at its head (double free?)"
+            ),
+            FreeError::WrongOrder {
+                pfn,
+                allocated,
+                given,
+            } => write!(
+                f,
+                "free of {pfn} with order {given}, but it was allocated with order {allocated}"
+            ),
+        }
+    }
+}
+
+/// The physical page allocator.
+///
+/// `B` provides memory under the memmap; `R` is the lock around each zone's free
+/// lists (a spin lock in a kernel, `parking_lot::RawMutex` on a host). `'a` is the
+/// lifetime of the section-state slots the embedder lends it.
+///
+/// See the [crate documentation](crate) for an example.
+pub struct Allocator<'a, B, R: RawMutex> {
+    pub(crate) layout: Layout,
+    pub(crate) memmap: Memmap<'a, B>,
+    pub(crate) zones: [Zone<R>; MAX_NODES * ZONE_TYPES],
+    pub(crate) config: Config,
+    /// Per node: the next section offset a deferred worker takes.
+    pub(crate) work: [AtomicUsize; MAX_NODES],
+    pub(crate) counters: InitCounters,
+}
+
+impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
+    /// Allocates a block of 2^`order` pages within `constraint`, preferring
+    /// `node`. Returns the first pfn of the block.
+    ///
+    /// Zones are tried preferred node first, highest allowed zone first. A zone with
+    /// no free block but with uninitialised memory is grown (a section initialised)
+    /// before the next zone is tried, so an allocation fails only when every
+    /// eligible zone is fully initialised and has no block of that order.
+    #[inline]
+    pub fn alloc(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+    ) -> Result<Pfn, AllocError> {
+        self.alloc_traced(order, constraint, node)
+            .map(|(pfn, _)| pfn)
+    }
+
+    /// [`alloc`](Self::alloc), saying which path served it.
+    pub fn alloc_traced(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+    ) -> Result<(Pfn, AllocPath), AllocError> {
+        if order > MAX_ORDER {
+            return Err(AllocError::OrderTooLarge { order });
+        }
+        if node >= self.layout.node_count() {
+            return Err(AllocError::UnknownNode { node });
+        }
+        let mut path = AllocPath::Fast;
+        for zone in self.zonelist(constraint, node) {
+            if let Some(pfn) = zone.take(&self.memmap, order) {
+                return Ok((Pfn(pfn), path));
+            }
+            // The slow path. Once everything is initialised this one flag is all
+            // that remains of laziness.
+            if !self.memmap.sections().all_initialised() {
+                if let Some(pfn) = self.grow_and_take(zone, order)? {
+                    return Ok((Pfn(pfn), AllocPath::Grew));
+                }
+            }
+            path = AllocPath::Fallback;
+        }
+        Err(AllocError::OutOfMemory { order, constraint })
+    }
+
+    /// The populated zones an allocation may use, in the order it tries them.
+    fn zonelist(&self, constraint: Constraint, node: usize) -> impl Iterator<Item = &Zone<R>> {
+        let nodes = self.layout.node_count();
+        let top = constraint.highest_zone() as usize;
+        (0..nodes).flat_map(move |i| {
+            let n = (node + i) % nodes;
+            (0..=top)
+                .rev()
+                .map(move |z| &self.zones[n * ZONE_TYPES + z])
+                .filter(|z| z.is_populated())
+        })
+    }
+
+    /// Returns a block that [`alloc`](Self::alloc) handed out. The descriptor is
+    /// checked first: a double free, a wrong order, a reserved or never-initialised
+    /// page is refused with nothing changed.
+    pub fn free(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
+        if order > MAX_ORDER {
+            return Err(FreeError::OrderTooLarge { order });
+        }
+        let page = self.memmap.page(pfn.0).map_err(FreeError::Lookup)?;
+        let zone_index = page.zone_index();
+        if zone_index == NO_ZONE {
+            return Err(FreeError::Reserved { pfn });
+        }
+        let zone = &self.zones[zone_index as usize];
+        zone.with_free(|area| match page.state() {
+            PageState::Allocated { order: allocated } if allocated == order => {
+                area.give(&self.memmap, pfn.0, order, zone_index);
+                Ok(())
+            }
+            PageState::Allocated { order: allocated } => Err(FreeError::WrongOrder {
+                pfn,
+                allocated,
+                given: order,
+            }),
+            PageState::Free { .. } => Err(FreeError::DoubleFree { pfn }),
+            PageState::Tail => Err(FreeError::NotBlockHead { pfn }),
+            PageState::Reserved => Err(FreeError::Reserved { pfn }),
+        })
+    }
+
+    /// The descriptor of `pfn` if its section is initialised; never initialises.
+    pub fn page(&self, pfn: Pfn) -> Result<&Page, LookupError> {
+        self.memmap.page(pfn.0)
+    }
+
+    /// The descriptor of `pfn`, initialising its section first if no one has (or
+    /// waiting for whoever is).
+    pub fn page_or_init(&self, pfn: Pfn) -> Result<&Page, LookupError> {
+        loop {
+            match self.memmap.page(pfn.0) {
+                Err(LookupError::Uninitialised { .. }) => {
+                    let index = self.layout.section_of(pfn.0);
+                    self.init_section(index, crate::init::InitCause::Lookup)
+                        .map_err(LookupError::Backing)?;
+                }
+                Err(LookupError::Initialising { .. }) => {
+                    let index = self.layout.section_of(pfn.0);
+                    self.memmap.sections().wait_while_initialising(index);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The layout the allocator runs on.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The backing under the memmap.
+    pub fn backing(&self) -> &B {
+        self.memmap.backing()
+    }
+
+    /// The strategy chosen at start-up.
+    pub fn strategy(&self) -> Strategy {
+        self.config.strategy
+    }
+
+    /// Whether every section is initialised (the off switch is set).
+    pub fn is_fully_initialised(&self) -> bool {
+        self.memmap.sections().all_initialised()
+    }
+
+    /// Bytes of memmap populated so far.
+    pub fn memmap_populated_bytes(&self) -> u64 {
+        self.memmap.populated_bytes()
+    }
+
+    /// The counters of every zone with present pages, node by node, lowest zone
+    /// first.
+    pub fn zone_stats(&self) -> impl Iterator<Item = ZoneStats> + '_ {
+        self.zones
+            .iter()
+            .filter(|z| z.is_populated())
+            .map(|z| z.stats())
+    }
+
+    /// The counters of `node`'s zone `zone`, if it has present pages.
+    pub fn zone_stats_of(&self, node: usize, zone: ZoneType) -> Option<ZoneStats> {
+        self.zones
+            .get(node * ZONE_TYPES + zone as usize)
+            .filter(|z| z.is_populated())
+            .map(|z| z.stats())
+    }
+
+    /// Free blocks of each order in `node`'s zone `zone` (takes the zone lock).
+    pub fn free_blocks(&self, node: usize, zone: ZoneType) -> [u64; MAX_ORDER as usize + 1] {
+        self.zones
+            .get(node * ZONE_TYPES + zone as usize)
+            .map(|z| z.free_blocks())
+            .unwrap_or_default()
+    }
+
+    /// Pages free or uninitialised across all zones: what a caller watching memory
+    /// should count as available.
+    pub fn available_pages(&self) -> u64 {
+        self.zone_stats().map(|z| z.available()).sum()
+    }
+}

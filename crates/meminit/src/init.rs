@@ -1,0 +1,440 @@
+//! Initialisation: eager, deferred and on-demand; the grow path; work for workers.
+//!
+//! One mechanism serves every strategy: [`Allocator::init_section`] claims a section,
+//! has its memmap populated, writes its descriptors, publishes it, then puts its
+//! usable pages on their zones' free lists. Eager runs it for every section at
+//! start-up; deferred runs it from the embedder's workers
+//! ([`Allocator::run_deferred_worker`]), which take disjoint sections from a per-node
+//! atomic cursor; the grow path runs it from an allocation that found its zone empty;
+//! a descriptor look-up runs it for the page it wants. On-demand is the grow path and
+//! look-ups alone.
+//!
+//! This module decides *which* section to initialise and *when*; it never writes a
+//! descriptor itself (that is [`crate::memmap`]) and holds a zone lock only to splice
+//! finished blocks.
+
+use core::array;
+use core::str::FromStr;
+use core::sync::atomic::{
+    AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
+
+use lock_api::RawMutex;
+
+use crate::allocator::{AllocError, Allocator};
+use crate::layout::{Layout, ZoneType, ZONE_TYPES};
+use crate::memmap::{BackingError, Memmap, MemmapBacking};
+use crate::page::{zone_index, PageState, NO_ZONE};
+use crate::section::{SectionSlot, SectionState, Sections};
+use crate::zone::Zone;
+
+/// When descriptors are initialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Every section at start-up, on the calling thread.
+    Eager,
+    /// Nothing at start-up; the rest by [`Allocator::run_deferred_worker`] in
+    /// parallel, and by the grow path for whatever is needed before they finish.
+    Deferred,
+    /// Nothing at start-up and nothing in the background: only what allocations and
+    /// look-ups need.
+    OnDemand,
+}
+
+impl Strategy {
+    /// All strategies.
+    pub const ALL: [Strategy; 3] = [Strategy::Eager, Strategy::Deferred, Strategy::OnDemand];
+
+    /// The strategy's name on a command line (`meminit=` in the guest).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Strategy::Eager => "eager",
+            Strategy::Deferred => "deferred",
+            Strategy::OnDemand => "ondemand",
+        }
+    }
+}
+
+/// A strategy name that is not one of `eager`, `deferred`, `ondemand`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownStrategy;
+
+impl core::error::Error for UnknownStrategy {}
+
+impl core::fmt::Display for UnknownStrategy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("unknown strategy: expected eager, deferred or ondemand")
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = UnknownStrategy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "eager" => Ok(Strategy::Eager),
+            "deferred" => Ok(Strategy::Deferred),
+            "ondemand" | "on-demand" => Ok(Strategy::OnDemand),
+            _ => Err(UnknownStrategy),
+        }
+    }
+}
+
+/// Start-up choices.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// When descriptors are initialised.
+    pub strategy: Strategy,
+    /// A monotonic clock in the embedder's unit (nanoseconds on a host, TSC ticks in
+    /// a kernel), used only to report time spent growing. `None`: not measured.
+    pub clock: Option<fn() -> u64>,
+}
+
+impl Config {
+    /// `strategy`, with no clock.
+    pub const fn new(strategy: Strategy) -> Self {
+        Config {
+            strategy,
+            clock: None,
+        }
+    }
+}
+
+/// Who initialised a section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InitCause {
+    Boot = 0,
+    Worker = 1,
+    Grow = 2,
+    Lookup = 3,
+}
+
+/// Counters of initialisation work. All `Relaxed`: statistics, ordered by nothing.
+pub(crate) struct InitCounters {
+    sections_by: [AtomicU64; 4],
+    grows: AtomicU64,
+    grow_time: AtomicU64,
+}
+
+/// What initialisation has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InitStats {
+    /// Sections with present pages.
+    pub sections_present: u64,
+    /// Of those, sections whose pages are all on the free lists.
+    pub sections_done: u64,
+    /// Sections initialised at start-up.
+    pub by_boot: u64,
+    /// Sections initialised by deferred workers.
+    pub by_workers: u64,
+    /// Sections initialised by the grow path.
+    pub by_growth: u64,
+    /// Sections initialised by descriptor look-ups.
+    pub by_lookup: u64,
+    /// Allocations that grew a zone.
+    pub grows: u64,
+    /// Time those allocations spent growing, in the unit of [`Config::clock`].
+    pub grow_time: u64,
+    /// Bytes of memmap populated.
+    pub memmap_bytes: u64,
+    /// Whether the off switch is set.
+    pub fully_initialised: bool,
+}
+
+/// What one call of [`Allocator::run_deferred_worker`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Sections this worker initialised.
+    pub sections: u64,
+    /// Pages it put on free lists.
+    pub pages: u64,
+}
+
+/// Why the allocator could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// The section-state slice is shorter than [`Layout::section_count`].
+    TooFewSlots {
+        /// Slots needed.
+        needed: usize,
+        /// Slots given.
+        given: usize,
+    },
+    /// Eager start-up could not populate the memmap.
+    Backing(BackingError),
+}
+
+impl core::error::Error for InitError {}
+
+impl core::fmt::Display for InitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InitError::TooFewSlots { needed, given } => write!(
+                f,
+                "the layout has {needed} sections but only {given} section slots were given"
+            ),
+            InitError::Backing(e) => e.fmt(f),
+        }
+    }
+}
+
+/// What one pass of the grow path achieved.
+enum GrowStep {
+    /// A section with usable pages of the zone was initialised.
+    Grew,
+    /// Someone else is initialising the zone's last sections; look again.
+    Waited,
+    /// Nothing left to initialise in the zone.
+    Exhausted,
+}
+
+impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
+    /// Starts an allocator over `layout`, with descriptors in `backing` and section
+    /// states in `slots` (at least [`Layout::section_count`] of them).
+    ///
+    /// With [`Strategy::Eager`] every section is initialised before this returns;
+    /// otherwise nothing is, and the allocator serves at once.
+    pub fn new(
+        layout: Layout,
+        backing: B,
+        slots: &'a [SectionSlot],
+        config: Config,
+    ) -> Result<Self, InitError> {
+        let count = layout.section_count();
+        let sections = Sections::new(slots, count, |i| layout.section_has_present(i)).ok_or(
+            InitError::TooFewSlots {
+                needed: count,
+                given: slots.len(),
+            },
+        )?;
+        let memmap = Memmap::new(backing, sections, &layout);
+        let shift = layout.section_shift();
+        let zones = array::from_fn(|i| {
+            let node = i / ZONE_TYPES;
+            let kind = ZoneType::from_index(i % ZONE_TYPES);
+            let span = layout
+                .node(node)
+                .map(|n| n.zones[kind as usize])
+                .unwrap_or_default();
+            Zone::new(node as u8, kind, span, shift)
+        });
+        let allocator = Allocator {
+            layout,
+            memmap,
+            zones,
+            config,
+            work: array::from_fn(|_| AtomicUsize::new(0)),
+            counters: InitCounters {
+                sections_by: array::from_fn(|_| AtomicU64::new(0)),
+                grows: AtomicU64::new(0),
+                grow_time: AtomicU64::new(0),
+            },
+        };
+        if config.strategy == Strategy::Eager {
+            for index in 0..count {
+                allocator
+                    .init_section(index, InitCause::Boot)
+                    .map_err(InitError::Backing)?;
+            }
+        }
+        Ok(allocator)
+    }
+
+    /// Runs one deferred worker for `node` until the node has no section left to
+    /// hand out. Call it from as many threads (or CPUs) per node as you like: each
+    /// takes disjoint sections from the node's cursor, without a lock, and skips
+    /// those the grow path or a look-up already took. Returns at once under any
+    /// strategy but [`Strategy::Deferred`].
+    pub fn run_deferred_worker(&self, node: usize) -> Result<WorkerReport, BackingError> {
+        let mut report = WorkerReport::default();
+        if self.config.strategy != Strategy::Deferred {
+            return Ok(report);
+        }
+        let Some(span) = self.layout.node(node) else {
+            return Ok(report);
+        };
+        let first = self.layout.section_of(span.start_pfn);
+        let end = self.layout.section_of(span.end_pfn - 1) + 1;
+        loop {
+            // Relaxed: the fetch_add alone hands each offset to exactly one worker of
+            // this node; the section claim orders everything the section holds.
+            let index = first + self.work[node].fetch_add(1, Relaxed);
+            if index >= end {
+                return Ok(report);
+            }
+            let (s, e) = self.layout.section_pfns(index);
+            let mine = self
+                .layout
+                .present_runs(s, e)
+                .any(|r| r.node as usize == node);
+            if mine && self.memmap.sections().state(index) == SectionState::Uninit {
+                if let Some(pages) = self.init_section(index, InitCause::Worker)? {
+                    report.sections += 1;
+                    report.pages += pages;
+                }
+            }
+        }
+    }
+
+    /// What initialisation has done so far.
+    pub fn init_stats(&self) -> InitStats {
+        let by = |c: InitCause| self.counters.sections_by[c as usize].load(Relaxed);
+        let sections = self.memmap.sections();
+        let present = (0..sections.len())
+            .filter(|&i| sections.state(i) != SectionState::Absent)
+            .count() as u64;
+        InitStats {
+            sections_present: present,
+            sections_done: present - sections.unfinished() as u64,
+            by_boot: by(InitCause::Boot),
+            by_workers: by(InitCause::Worker),
+            by_growth: by(InitCause::Grow),
+            by_lookup: by(InitCause::Lookup),
+            grows: self.counters.grows.load(Relaxed),
+            grow_time: self.counters.grow_time.load(Relaxed),
+            memmap_bytes: self.memmap.populated_bytes(),
+            fully_initialised: sections.all_initialised(),
+        }
+    }
+
+    /// Initialises section `index` if no one has claimed it: populates its memmap,
+    /// writes every descriptor, publishes it, and puts its usable pages on their
+    /// zones' free lists. Returns the pages freed, or `None` if someone else had it.
+    pub(crate) fn init_section(
+        &self,
+        index: usize,
+        cause: InitCause,
+    ) -> Result<Option<u64>, BackingError> {
+        let Ok(claim) = self.memmap.sections().claim(index) else {
+            return Ok(None);
+        };
+        let mut writer = self.memmap.populate(claim, &self.layout)?;
+        let taken = writer.taken();
+        let (start, end) = self.layout.section_pfns(index);
+        for run in self.layout.present_runs(start, end) {
+            writer.write_run(run.start, PageState::Reserved, NO_ZONE);
+            let zone = zone_index(run.node, run.zone);
+            if run.reserved {
+                writer.write_run(run.end, PageState::Reserved, zone);
+                continue;
+            }
+            let (t0, t1) = clamp(&taken, run.start, run.end);
+            writer.write_run(t0, PageState::Tail, zone);
+            writer.write_run(t1, PageState::Reserved, zone);
+            writer.write_run(run.end, PageState::Tail, zone);
+        }
+        writer.write_run(end, PageState::Reserved, NO_ZONE);
+        let published = writer.publish();
+
+        let mut freed = 0;
+        for run in self.layout.present_runs(start, end).filter(|r| !r.reserved) {
+            let zone = &self.zones[zone_index(run.node, run.zone) as usize];
+            let (t0, t1) = clamp(&taken, run.start, run.end);
+            let added = zone.with_free(|area| {
+                area.add_run(&self.memmap, run.start, t0) + area.add_run(&self.memmap, t1, run.end)
+            });
+            freed += added;
+            // Relaxed: a counter; its sum with `uninit` is exact when quiescent.
+            zone.memmap_pages.fetch_add(t1 - t0, Relaxed);
+            // Release: pairs with the Acquire in `grow_and_take`, so a grower that
+            // sees the count drop finds these blocks when it takes the zone lock.
+            zone.uninit.fetch_sub(run.end - run.start, Release);
+        }
+        self.counters.sections_by[cause as usize].fetch_add(1, Relaxed);
+        published.finish();
+        Ok(Some(freed))
+    }
+
+    /// The slow path of one zone: alternately take a block and initialise another
+    /// section of the zone, until a block is found or the zone has nothing left.
+    pub(crate) fn grow_and_take(
+        &self,
+        zone: &Zone<R>,
+        order: u32,
+    ) -> Result<Option<u64>, AllocError> {
+        let started = self.config.clock.map(|now| now());
+        let mut grew = false;
+        let result = loop {
+            if let Some(pfn) = zone.take(&self.memmap, order) {
+                break Ok(Some(pfn));
+            }
+            // Acquire: pairs with the Release decrement in `init_section`.
+            if zone.uninit.load(Acquire) == 0 {
+                break Ok(None);
+            }
+            match self.grow_zone(zone) {
+                Ok(GrowStep::Grew) => grew = true,
+                Ok(GrowStep::Waited) => {}
+                Ok(GrowStep::Exhausted) => break Ok(None),
+                Err(e) => break Err(AllocError::Backing(e)),
+            }
+        };
+        if grew {
+            self.counters.grows.fetch_add(1, Relaxed);
+            if let (Some(now), Some(t0)) = (self.config.clock, started) {
+                self.counters
+                    .grow_time
+                    .fetch_add(now().saturating_sub(t0), Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Initialises one more section holding usable pages of `zone`, or waits for
+    /// whoever is initialising the last ones.
+    fn grow_zone(&self, zone: &Zone<R>) -> Result<GrowStep, BackingError> {
+        let sections = self.memmap.sections();
+        let (first, end) = zone.sections(self.layout.section_shift());
+        // Relaxed: the cursor is only a hint of where unclaimed sections start;
+        // the claim decides who initialises what.
+        let cursor = zone.grow_cursor.load(Relaxed).clamp(first, end);
+        let mut busy = None;
+        // From the cursor on, then from the start, in case a claimant gave a
+        // section back after its backing failed.
+        for index in (cursor..end).chain(first..cursor) {
+            let state = sections.state(index);
+            if !matches!(state, SectionState::Uninit | SectionState::Initialising)
+                || !self.section_has_usable(index, zone)
+            {
+                continue;
+            }
+            if state == SectionState::Initialising {
+                busy = Some(index);
+                continue;
+            }
+            if self.init_section(index, InitCause::Grow)?.is_some() {
+                zone.grow_cursor.store(index + 1, Relaxed);
+                return Ok(GrowStep::Grew);
+            }
+        }
+        zone.grow_cursor.store(end, Relaxed);
+        if let Some(index) = busy {
+            sections.wait_while_initialising(index);
+            return Ok(GrowStep::Waited);
+        }
+        // Every section is Ready, but one may still be splicing its pages.
+        // Acquire: pairs with the Release decrement in `init_section`.
+        if zone.uninit.load(Acquire) > 0 {
+            core::hint::spin_loop();
+            return Ok(GrowStep::Waited);
+        }
+        Ok(GrowStep::Exhausted)
+    }
+
+    fn section_has_usable(&self, index: usize, zone: &Zone<R>) -> bool {
+        let (present, reserved) = self.layout.section_zone_pages(index, zone.node, zone.kind);
+        present > reserved
+    }
+}
+
+/// `taken` clipped to `[start, end)`, as an empty range at `start` if disjoint.
+fn clamp(taken: &core::ops::Range<u64>, start: u64, end: u64) -> (u64, u64) {
+    let t0 = taken.start.clamp(start, end);
+    let t1 = taken.end.clamp(t0, end);
+    if taken.is_empty() {
+        (start, start)
+    } else {
+        (t0, t1)
+    }
+}

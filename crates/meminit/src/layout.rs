@@ -1,0 +1,890 @@
+//! Memory map → layout: nodes, zones and sections, validated.
+//!
+//! This module owns the translation of a firmware-style memory map (byte ranges of
+//! usable, reserved and other memory, each on a NUMA node) into the page-granular
+//! facts the allocator runs on: which pages are *present*, which node and zone each
+//! belongs to, and how the physical address space is cut into sections. It counts
+//! spanned and present pages per node and zone exactly as Linux does for the same
+//! ranges, so the two can be compared line by line.
+//!
+//! It holds no state that changes after [`LayoutBuilder::build`], touches no
+//! descriptor, and allocates nothing: a [`Layout`] is a plain value of fixed size.
+
+use core::fmt;
+
+/// log2 of the page size.
+pub const PAGE_SHIFT: u32 = 12;
+/// The page size in bytes (4 KiB).
+pub const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+/// Physical addresses must fit in this many bits (x86-64's architectural limit).
+pub const PHYS_ADDR_BITS: u32 = 52;
+/// The highest NUMA node id plus one that a layout accepts.
+pub const MAX_NODES: usize = 16;
+/// The most ranges a memory map may have (Linux's e820 table holds 128, plus room
+/// for ranges split by NUMA affinity).
+pub const MAX_RANGES: usize = 256;
+/// The largest buddy order: blocks of 2^10 pages (4 MiB), as in Linux.
+pub const MAX_ORDER: u32 = 10;
+/// log2 of the pages in a pageblock (2 MiB).
+pub const PAGEBLOCK_ORDER: u32 = 9;
+/// The default section size in bytes: 128 MiB, 2^15 pages, as on x86-64 Linux.
+pub const DEFAULT_SECTION_SIZE: u64 = 128 << 20;
+/// The smallest section: one max-order block, so that a block and its buddy always
+/// share a section.
+pub const MIN_SECTION_SIZE: u64 = PAGE_SIZE << MAX_ORDER;
+
+/// A physical frame number: a physical address divided by [`PAGE_SIZE`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pfn(pub u64);
+
+impl Pfn {
+    /// The frame holding physical address `addr` (rounded down).
+    pub const fn containing(addr: u64) -> Pfn {
+        Pfn(addr >> PAGE_SHIFT)
+    }
+
+    /// The physical address of the frame's first byte.
+    pub const fn addr(self) -> u64 {
+        self.0 << PAGE_SHIFT
+    }
+}
+
+impl fmt::Display for Pfn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pfn {:#x}", self.0)
+    }
+}
+
+/// What a range of the memory map holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RangeKind {
+    /// RAM the allocator manages. Shrinks inward to whole pages.
+    Usable,
+    /// RAM that is present but already in use before the allocator starts (the kernel
+    /// image, an initrd, firmware tables kept in RAM). Counted as present, given
+    /// reserved descriptors, never handed out. Grows outward to whole pages.
+    Reserved,
+    /// Not RAM at all (e820 `reserved`, ACPI, MMIO, holes). Not present; pages of it
+    /// that share a section with RAM get reserved descriptors.
+    Other,
+}
+
+impl RangeKind {
+    /// The word used in messages and in the JSON memory-map format.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RangeKind::Usable => "usable",
+            RangeKind::Reserved => "reserved",
+            RangeKind::Other => "other",
+        }
+    }
+}
+
+/// One entry of a memory map: the half-open byte range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemoryRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// What the range holds.
+    pub kind: RangeKind,
+    /// The NUMA node it belongs to.
+    pub node: u32,
+}
+
+impl MemoryRange {
+    /// A range of `kind` on `node` covering bytes `[start, end)`.
+    pub const fn new(start: u64, end: u64, kind: RangeKind, node: u32) -> Self {
+        MemoryRange {
+            start,
+            end,
+            kind,
+            node,
+        }
+    }
+}
+
+impl fmt::Display for MemoryRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{:#x}, {:#x}) {} on node {}",
+            self.start,
+            self.end,
+            self.kind.name(),
+            self.node
+        )
+    }
+}
+
+/// The zones of a node, as on x86-64 Linux.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ZoneType {
+    /// Below 16 MiB (ISA DMA).
+    Dma = 0,
+    /// Below 4 GiB (32-bit DMA).
+    Dma32 = 1,
+    /// Everything else.
+    Normal = 2,
+}
+
+/// The number of zone types per node.
+pub const ZONE_TYPES: usize = 3;
+
+impl ZoneType {
+    /// All zone types, lowest first.
+    pub const ALL: [ZoneType; ZONE_TYPES] = [ZoneType::Dma, ZoneType::Dma32, ZoneType::Normal];
+
+    /// Linux's name for the zone.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ZoneType::Dma => "DMA",
+            ZoneType::Dma32 => "DMA32",
+            ZoneType::Normal => "Normal",
+        }
+    }
+
+    /// First pfn the zone may hold.
+    pub const fn lowest_pfn(self) -> u64 {
+        match self {
+            ZoneType::Dma => 0,
+            ZoneType::Dma32 => DMA_END_PFN,
+            ZoneType::Normal => DMA32_END_PFN,
+        }
+    }
+
+    /// One past the last pfn the zone may hold.
+    pub const fn highest_pfn(self) -> u64 {
+        match self {
+            ZoneType::Dma => DMA_END_PFN,
+            ZoneType::Dma32 => DMA32_END_PFN,
+            ZoneType::Normal => 1 << (PHYS_ADDR_BITS - PAGE_SHIFT),
+        }
+    }
+
+    /// The zone that holds `pfn`.
+    pub const fn of_pfn(pfn: u64) -> ZoneType {
+        if pfn < DMA_END_PFN {
+            ZoneType::Dma
+        } else if pfn < DMA32_END_PFN {
+            ZoneType::Dma32
+        } else {
+            ZoneType::Normal
+        }
+    }
+
+    pub(crate) const fn from_index(i: usize) -> ZoneType {
+        match i {
+            0 => ZoneType::Dma,
+            1 => ZoneType::Dma32,
+            _ => ZoneType::Normal,
+        }
+    }
+}
+
+const DMA_END_PFN: u64 = (16 << 20) >> PAGE_SHIFT;
+const DMA32_END_PFN: u64 = (4 << 30) >> PAGE_SHIFT;
+
+/// Why a memory map was refused. Each variant names the offending range by its
+/// position in the input (counting from 0) and its bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// More than [`MAX_RANGES`] ranges were given.
+    TooManyRanges {
+        /// The limit.
+        max: usize,
+    },
+    /// `start == end`.
+    Empty {
+        /// Position in the input.
+        index: usize,
+        /// The range.
+        range: MemoryRange,
+    },
+    /// `start > end`.
+    Inverted {
+        /// Position in the input.
+        index: usize,
+        /// The range.
+        range: MemoryRange,
+    },
+    /// The range ends above 2^[`PHYS_ADDR_BITS`].
+    BeyondArchLimit {
+        /// Position in the input.
+        index: usize,
+        /// The range.
+        range: MemoryRange,
+    },
+    /// The node id is [`MAX_NODES`] or more.
+    TooManyNodes {
+        /// Position in the input.
+        index: usize,
+        /// The range.
+        range: MemoryRange,
+    },
+    /// Two ranges share bytes.
+    Overlap {
+        /// Position of the range that starts first.
+        first_index: usize,
+        /// The range that starts first.
+        first: MemoryRange,
+        /// Position of the range that starts inside it.
+        second_index: usize,
+        /// The range that starts inside it.
+        second: MemoryRange,
+    },
+    /// No whole usable page remains once usable ranges are shrunk to page boundaries.
+    NoUsableMemory,
+    /// The section size is not a power of two, or is smaller than one max-order block
+    /// ([`MIN_SECTION_SIZE`]), or larger than the physical address space.
+    BadSectionSize {
+        /// The size asked for, in bytes.
+        bytes: u64,
+    },
+}
+
+impl core::error::Error for LayoutError {}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayoutError::TooManyRanges { max } => {
+                write!(f, "the memory map has more than {max} ranges")
+            }
+            LayoutError::Empty { index, range } => {
+                write!(f, "range #{index} {range} is empty")
+            }
+            LayoutError::Inverted { index, range } => {
+                write!(f, "range #{index} {range} ends before it starts")
+            }
+            LayoutError::BeyondArchLimit { index, range } => write!(
+                f,
+                "range #{index} {range} ends above the {PHYS_ADDR_BITS}-bit physical address limit"
+            ),
+            LayoutError::TooManyNodes { index, range } => write!(
+                f,
+                "range #{index} {range} names node {}, but at most {MAX_NODES} nodes (0..{}) are supported",
+                range.node,
+                MAX_NODES - 1
+            ),
+            LayoutError::Overlap {
+                first_index,
+                first,
+                second_index,
+                second,
+            } => write!(
+                f,
+                "range #{second_index} {second} overlaps range #{first_index} {first}"
+            ),
+            LayoutError::NoUsableMemory => {
+                write!(f, "the memory map has no whole page of usable memory")
+            }
+            LayoutError::BadSectionSize { bytes } => write!(
+                f,
+                "section size {bytes:#x} must be a power of two between {MIN_SECTION_SIZE:#x} (one max-order block) and 2^{PHYS_ADDR_BITS}"
+            ),
+        }
+    }
+}
+
+/// Collects a memory map, then validates it into a [`Layout`].
+///
+/// ```
+/// use meminit::layout::{LayoutBuilder, RangeKind};
+/// let mut map = LayoutBuilder::new();
+/// map.add(0x1000, 0x9f000, RangeKind::Usable, 0)
+///    .add(0x100000, 0x8000_0000, RangeKind::Usable, 0);
+/// let layout = map.build().unwrap();
+/// assert_eq!(layout.present_pages(), 0x9e + 0x7ff00);
+/// ```
+#[derive(Clone)]
+pub struct LayoutBuilder {
+    ranges: [MemoryRange; MAX_RANGES],
+    len: usize,
+    overflowed: bool,
+    section_size: u64,
+}
+
+impl Default for LayoutBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LayoutBuilder {
+    /// An empty map with the default section size.
+    pub const fn new() -> Self {
+        LayoutBuilder {
+            ranges: [MemoryRange::new(0, 0, RangeKind::Other, 0); MAX_RANGES],
+            len: 0,
+            overflowed: false,
+            section_size: DEFAULT_SECTION_SIZE,
+        }
+    }
+
+    /// Sets the section size in bytes (checked by [`build`](Self::build)).
+    pub fn section_size(&mut self, bytes: u64) -> &mut Self {
+        self.section_size = bytes;
+        self
+    }
+
+    /// Adds the byte range `[start, end)`. Ranges may come in any order; all checks
+    /// happen in [`build`](Self::build).
+    pub fn add(&mut self, start: u64, end: u64, kind: RangeKind, node: u32) -> &mut Self {
+        self.push(MemoryRange::new(start, end, kind, node))
+    }
+
+    /// Adds one range.
+    pub fn push(&mut self, range: MemoryRange) -> &mut Self {
+        if self.len == MAX_RANGES {
+            self.overflowed = true;
+        } else {
+            self.ranges[self.len] = range;
+            self.len += 1;
+        }
+        self
+    }
+
+    /// The ranges added so far, in input order.
+    pub fn ranges(&self) -> &[MemoryRange] {
+        &self.ranges[..self.len]
+    }
+
+    /// Validates the map and computes the layout.
+    pub fn build(&self) -> Result<Layout, LayoutError> {
+        if self.overflowed {
+            return Err(LayoutError::TooManyRanges { max: MAX_RANGES });
+        }
+        let section_size = self.section_size;
+        if !section_size.is_power_of_two()
+            || section_size < MIN_SECTION_SIZE
+            || section_size > (1 << PHYS_ADDR_BITS)
+        {
+            return Err(LayoutError::BadSectionSize {
+                bytes: section_size,
+            });
+        }
+        let input = self.ranges();
+        for (index, &range) in input.iter().enumerate() {
+            if range.start == range.end {
+                return Err(LayoutError::Empty { index, range });
+            }
+            if range.start > range.end {
+                return Err(LayoutError::Inverted { index, range });
+            }
+            if range.end > 1 << PHYS_ADDR_BITS {
+                return Err(LayoutError::BeyondArchLimit { index, range });
+            }
+            if range.node as usize >= MAX_NODES {
+                return Err(LayoutError::TooManyNodes { index, range });
+            }
+        }
+
+        // Sort positions by start address; a range overlaps an earlier one exactly
+        // when it starts below the furthest end seen so far.
+        let mut order = [0u16; MAX_RANGES];
+        for (i, slot) in order[..input.len()].iter_mut().enumerate() {
+            *slot = i as u16;
+        }
+        let order = &mut order[..input.len()];
+        order.sort_unstable_by_key(|&i| (input[i as usize].start, i));
+        let mut furthest: Option<usize> = None;
+        for &i in order.iter() {
+            let i = i as usize;
+            if let Some(f) = furthest {
+                if input[i].start < input[f].end {
+                    return Err(LayoutError::Overlap {
+                        first_index: f,
+                        first: input[f],
+                        second_index: i,
+                        second: input[i],
+                    });
+                }
+                if input[i].end > input[f].end {
+                    furthest = Some(i);
+                }
+            } else {
+                furthest = Some(i);
+            }
+        }
+
+        let mut layout = Layout::empty(section_size.trailing_zeros() - PAGE_SHIFT);
+        for &i in order.iter() {
+            let range = input[i as usize];
+            let (start, end, reserved) = match range.kind {
+                RangeKind::Usable => (
+                    range.start.div_ceil(PAGE_SIZE),
+                    range.end / PAGE_SIZE,
+                    false,
+                ),
+                RangeKind::Reserved => {
+                    (range.start / PAGE_SIZE, range.end.div_ceil(PAGE_SIZE), true)
+                }
+                RangeKind::Other => continue,
+            };
+            layout.push_present(start, end, range.node as u8, reserved);
+        }
+        if layout.usable_pages() == 0 {
+            return Err(LayoutError::NoUsableMemory);
+        }
+        layout.compute_spans();
+        Ok(layout)
+    }
+}
+
+/// A run of present pages on one node, reserved or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PresentRange {
+    start: u64,
+    end: u64,
+    node: u8,
+    reserved: bool,
+}
+
+/// Spanned and present pages of one zone of one node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZoneSpan {
+    /// First pfn of the zone's span (Linux's `zone_start_pfn`).
+    pub start_pfn: u64,
+    /// One past the last pfn of the span.
+    pub end_pfn: u64,
+    /// Present pages: usable and reserved RAM in the span.
+    pub present: u64,
+    /// Present pages that the memory map marks reserved.
+    pub reserved: u64,
+}
+
+impl ZoneSpan {
+    /// Pages spanned, holes included (Linux's `spanned_pages`).
+    pub const fn spanned(&self) -> u64 {
+        self.end_pfn - self.start_pfn
+    }
+}
+
+/// The span of one node and its zones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSpan {
+    /// First present pfn of the node.
+    pub start_pfn: u64,
+    /// One past its last present pfn.
+    pub end_pfn: u64,
+    /// Present pages on the node.
+    pub present: u64,
+    /// Its zones, indexed by [`ZoneType`].
+    pub zones: [ZoneSpan; ZONE_TYPES],
+}
+
+/// A run of present pages inside one node and one zone, as returned by
+/// [`Layout::present_runs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresentRun {
+    /// First pfn.
+    pub start: u64,
+    /// One past the last pfn.
+    pub end: u64,
+    /// Node of the run.
+    pub node: u8,
+    /// Zone of the run.
+    pub zone: ZoneType,
+    /// Whether the memory map marks these pages reserved.
+    pub reserved: bool,
+}
+
+/// A validated memory map: present pages, nodes, zones and sections.
+#[derive(Clone)]
+pub struct Layout {
+    present: [PresentRange; MAX_RANGES],
+    len: usize,
+    nodes: [NodeSpan; MAX_NODES],
+    node_count: usize,
+    section_shift: u32,
+}
+
+impl fmt::Debug for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layout")
+            .field("present", &&self.present[..self.len])
+            .field("nodes", &&self.nodes[..self.node_count])
+            .field("section_shift", &self.section_shift)
+            .finish()
+    }
+}
+
+impl Layout {
+    const fn empty(section_shift: u32) -> Self {
+        Layout {
+            present: [PresentRange {
+                start: 0,
+                end: 0,
+                node: 0,
+                reserved: false,
+            }; MAX_RANGES],
+            len: 0,
+            nodes: [NodeSpan {
+                start_pfn: 0,
+                end_pfn: 0,
+                present: 0,
+                zones: [ZoneSpan {
+                    start_pfn: 0,
+                    end_pfn: 0,
+                    present: 0,
+                    reserved: 0,
+                }; ZONE_TYPES],
+            }; MAX_NODES],
+            node_count: 0,
+            section_shift,
+        }
+    }
+
+    /// Appends pages `[start, end)`, which begin no lower than any range before them.
+    /// Rounding outward can make a reserved range reach into the page of the range
+    /// before it; that page already belongs to the earlier range.
+    fn push_present(&mut self, start: u64, end: u64, node: u8, reserved: bool) {
+        let start = match self.len {
+            0 => start,
+            n => start.max(self.present[n - 1].end),
+        };
+        if start >= end {
+            return;
+        }
+        if let Some(last) = self.len.checked_sub(1).map(|n| &mut self.present[n]) {
+            if last.end == start && last.node == node && last.reserved == reserved {
+                last.end = end;
+                return;
+            }
+        }
+        // Each input range adds at most one present range, so this cannot overflow.
+        self.present[self.len] = PresentRange {
+            start,
+            end,
+            node,
+            reserved,
+        };
+        self.len += 1;
+    }
+
+    fn compute_spans(&mut self) {
+        for r in &self.present[..self.len] {
+            let n = &mut self.nodes[r.node as usize];
+            if n.present == 0 {
+                n.start_pfn = r.start;
+            }
+            n.start_pfn = n.start_pfn.min(r.start);
+            n.end_pfn = n.end_pfn.max(r.end);
+            n.present += r.end - r.start;
+            self.node_count = self.node_count.max(r.node as usize + 1);
+        }
+        for node in &mut self.nodes[..self.node_count] {
+            if node.present == 0 {
+                continue;
+            }
+            for zt in ZoneType::ALL {
+                let z = &mut node.zones[zt as usize];
+                z.start_pfn = node.start_pfn.clamp(zt.lowest_pfn(), zt.highest_pfn());
+                z.end_pfn = node.end_pfn.clamp(zt.lowest_pfn(), zt.highest_pfn());
+            }
+        }
+        let mut counts = [[(0u64, 0u64); ZONE_TYPES]; MAX_NODES];
+        for run in self.present_runs(0, u64::MAX) {
+            let (present, reserved) = &mut counts[run.node as usize][run.zone as usize];
+            *present += run.end - run.start;
+            if run.reserved {
+                *reserved += run.end - run.start;
+            }
+        }
+        for (node, counts) in self.nodes.iter_mut().zip(counts) {
+            for (zone, (present, reserved)) in node.zones.iter_mut().zip(counts) {
+                zone.present = present;
+                zone.reserved = reserved;
+            }
+        }
+    }
+
+    /// log2 of the pages in a section.
+    pub const fn section_shift(&self) -> u32 {
+        self.section_shift
+    }
+
+    /// Pages in a section.
+    pub const fn section_pages(&self) -> u64 {
+        1 << self.section_shift
+    }
+
+    /// The number of sections from pfn 0 to the end of the highest present page: the
+    /// length of the section table and of the memmap, in sections.
+    pub fn section_count(&self) -> usize {
+        (self.end_pfn().div_ceil(self.section_pages())) as usize
+    }
+
+    /// Descriptors in the memmap: one per pfn from 0 to the end of the last section.
+    pub fn memmap_descriptors(&self) -> u64 {
+        self.section_count() as u64 * self.section_pages()
+    }
+
+    /// Bytes of address space the memmap spans (most of it never populated under
+    /// the lazy strategies).
+    pub fn memmap_bytes(&self) -> u64 {
+        self.memmap_descriptors() * crate::page::DESCRIPTOR_SIZE
+    }
+
+    /// The pfns `[start, end)` of section `index`.
+    pub const fn section_pfns(&self, index: usize) -> (u64, u64) {
+        let start = (index as u64) << self.section_shift;
+        (start, start + self.section_pages())
+    }
+
+    /// The section that holds `pfn`.
+    pub const fn section_of(&self, pfn: u64) -> usize {
+        (pfn >> self.section_shift) as usize
+    }
+
+    /// One past the highest present pfn.
+    pub fn end_pfn(&self) -> u64 {
+        self.present[self.len - 1].end
+    }
+
+    /// Present pages on all nodes.
+    pub fn present_pages(&self) -> u64 {
+        self.present[..self.len]
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum()
+    }
+
+    /// Present pages that are not reserved.
+    pub fn usable_pages(&self) -> u64 {
+        self.present[..self.len]
+            .iter()
+            .filter(|r| !r.reserved)
+            .map(|r| r.end - r.start)
+            .sum()
+    }
+
+    /// The highest node id plus one.
+    pub const fn node_count(&self) -> usize {
+        self.node_count
+    }
+
+    /// Node `node`'s span, or `None` if it has no present pages.
+    pub fn node(&self, node: usize) -> Option<&NodeSpan> {
+        self.nodes[..self.node_count]
+            .get(node)
+            .filter(|n| n.present > 0)
+    }
+
+    /// The nodes that have present pages, lowest id first.
+    pub fn nodes(&self) -> impl Iterator<Item = (usize, &NodeSpan)> + '_ {
+        self.nodes[..self.node_count]
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.present > 0)
+    }
+
+    /// The runs of present pages inside `[start, end)`, in address order, each within
+    /// one node and one zone.
+    pub fn present_runs(&self, start: u64, end: u64) -> PresentRuns<'_> {
+        let first = self.present[..self.len].partition_point(|r| r.end <= start);
+        PresentRuns {
+            ranges: &self.present[first..self.len],
+            cursor: start,
+            end,
+        }
+    }
+
+    /// The node `pfn` is present on, if it is present.
+    pub fn node_of(&self, pfn: u64) -> Option<u8> {
+        let i = self.present[..self.len].partition_point(|r| r.end <= pfn);
+        self.present[..self.len]
+            .get(i)
+            .filter(|r| r.start <= pfn)
+            .map(|r| r.node)
+    }
+
+    /// Whether section `index` holds any present page.
+    pub fn section_has_present(&self, index: usize) -> bool {
+        let (s, e) = self.section_pfns(index);
+        self.present_runs(s, e).next().is_some()
+    }
+
+    /// Present pages, and of those how many are reserved, of `node`'s zone `zone`
+    /// inside section `index`.
+    pub fn section_zone_pages(&self, index: usize, node: u8, zone: ZoneType) -> (u64, u64) {
+        let (s, e) = self.section_pfns(index);
+        let s = s.max(zone.lowest_pfn());
+        let e = e.min(zone.highest_pfn());
+        let mut present = 0;
+        let mut reserved = 0;
+        for run in self.present_runs(s, e).filter(|r| r.node == node) {
+            present += run.end - run.start;
+            if run.reserved {
+                reserved += run.end - run.start;
+            }
+        }
+        (present, reserved)
+    }
+}
+
+/// Iterator over [`PresentRun`]s; see [`Layout::present_runs`].
+pub struct PresentRuns<'a> {
+    ranges: &'a [PresentRange],
+    cursor: u64,
+    end: u64,
+}
+
+impl Iterator for PresentRuns<'_> {
+    type Item = PresentRun;
+
+    fn next(&mut self) -> Option<PresentRun> {
+        loop {
+            let (r, rest) = self.ranges.split_first()?;
+            let start = self.cursor.max(r.start);
+            if start >= self.end {
+                self.ranges = &[];
+                return None;
+            }
+            if start >= r.end {
+                self.ranges = rest;
+                continue;
+            }
+            let zone = ZoneType::of_pfn(start);
+            let end = r.end.min(self.end).min(zone.highest_pfn());
+            self.cursor = end;
+            return Some(PresentRun {
+                start,
+                end,
+                node: r.node,
+                zone,
+                reserved: r.reserved,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu_2g() -> LayoutBuilder {
+        // Early memory node ranges of Linux 6.1 under QEMU pc with 2 GiB.
+        let mut b = LayoutBuilder::new();
+        b.add(0x1000, 0x9f000, RangeKind::Usable, 0).add(
+            0x100000,
+            0x7ffe0000,
+            RangeKind::Usable,
+            0,
+        );
+        b
+    }
+
+    #[test]
+    fn counts_like_linux_for_qemu_2g() {
+        let l = qemu_2g().build().unwrap();
+        let n = l.node(0).unwrap();
+        assert_eq!(n.present, 524158);
+        assert_eq!(n.zones[0].present, 3998);
+        assert_eq!(n.zones[0].spanned(), 4095);
+        assert_eq!(n.zones[1].present, 520160);
+        assert_eq!(n.zones[1].spanned(), 520160);
+        assert_eq!(n.zones[2].spanned(), 0);
+        assert_eq!(l.section_count(), 16);
+    }
+
+    #[test]
+    fn usable_shrinks_inward_and_reserved_grows_outward() {
+        let mut b = LayoutBuilder::new();
+        b.add(0x800, 0x5800, RangeKind::Usable, 0)
+            .add(0x5800, 0x6001, RangeKind::Reserved, 0)
+            .add(0x6001, 0x9000, RangeKind::Usable, 0);
+        let l = b.build().unwrap();
+        let runs: Vec<_> = l.present_runs(0, u64::MAX).collect();
+        assert_eq!(runs.len(), 3);
+        assert_eq!(
+            (runs[0].start, runs[0].end, runs[0].reserved),
+            (1, 5, false)
+        );
+        assert_eq!((runs[1].start, runs[1].end, runs[1].reserved), (5, 7, true));
+        assert_eq!(
+            (runs[2].start, runs[2].end, runs[2].reserved),
+            (7, 9, false)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_ranges_naming_them() {
+        let mut b = LayoutBuilder::new();
+        b.add(0, 0x100000, RangeKind::Usable, 0)
+            .add(0x80000, 0x200000, RangeKind::Usable, 0);
+        match b.build() {
+            Err(LayoutError::Overlap {
+                first_index: 0,
+                second_index: 1,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let mut b = LayoutBuilder::new();
+        b.add(0x2000, 0x1000, RangeKind::Usable, 0);
+        assert!(matches!(
+            b.build(),
+            Err(LayoutError::Inverted { index: 0, .. })
+        ));
+        let mut b = LayoutBuilder::new();
+        b.add(0, 1 << 53, RangeKind::Usable, 0);
+        assert!(matches!(
+            b.build(),
+            Err(LayoutError::BeyondArchLimit { .. })
+        ));
+        let mut b = LayoutBuilder::new();
+        b.add(0, 1 << 20, RangeKind::Usable, 16);
+        assert!(matches!(b.build(), Err(LayoutError::TooManyNodes { .. })));
+        let mut b = LayoutBuilder::new();
+        b.add(0x10, 0xff0, RangeKind::Usable, 0);
+        assert_eq!(b.build().unwrap_err(), LayoutError::NoUsableMemory);
+        let mut b = qemu_2g();
+        b.section_size(3 << 20);
+        assert!(matches!(b.build(), Err(LayoutError::BadSectionSize { .. })));
+        let msg = format!(
+            "{}",
+            LayoutError::Empty {
+                index: 4,
+                range: MemoryRange::new(0x1000, 0x1000, RangeKind::Usable, 0)
+            }
+        );
+        assert_eq!(msg, "range #4 [0x1000, 0x1000) usable on node 0 is empty");
+    }
+
+    #[test]
+    fn too_many_ranges_is_an_error() {
+        let mut b = LayoutBuilder::new();
+        for i in 0..=MAX_RANGES as u64 {
+            b.add(i << 20, (i << 20) + 4096, RangeKind::Usable, 0);
+        }
+        assert!(matches!(b.build(), Err(LayoutError::TooManyRanges { .. })));
+    }
+
+    #[test]
+    fn runs_split_at_zone_boundaries_and_nodes() {
+        let mut b = LayoutBuilder::new();
+        b.add(0, 6 << 30, RangeKind::Usable, 0)
+            .add(6 << 30, 8 << 30, RangeKind::Usable, 1);
+        let l = b.build().unwrap();
+        let zones: Vec<_> = l
+            .present_runs(0, u64::MAX)
+            .map(|r| (r.node, r.zone))
+            .collect();
+        assert_eq!(
+            zones,
+            [
+                (0, ZoneType::Dma),
+                (0, ZoneType::Dma32),
+                (0, ZoneType::Normal),
+                (1, ZoneType::Normal)
+            ]
+        );
+        assert_eq!(l.node(1).unwrap().zones[2].present, (2 << 30) / PAGE_SIZE);
+        assert_eq!(l.node(1).unwrap().zones[1].spanned(), 0);
+        assert_eq!(l.node_of((6 << 30) / PAGE_SIZE), Some(1));
+        assert_eq!(l.node_of((8 << 30) / PAGE_SIZE), None);
+    }
+}

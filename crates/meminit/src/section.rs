@@ -1,0 +1,286 @@
+//! Per-section initialisation state and the claim protocol.
+//!
+//! Every section moves once through `Uninit → Initialising → Ready`; sections with no
+//! present page are `Absent` and stay so. Whoever wins the compare-and-swap out of
+//! `Uninit` (the boot path, a deferred worker, an allocation growing its zone, a
+//! descriptor look-up) holds a [`Claim`], the only proof that it may write the
+//! section's descriptors; everyone else sees `Initialising` or `Ready` and waits or
+//! goes elsewhere. A claim becomes `Ready` with [`Claim::publish`] once every
+//! descriptor is written, and is counted done with [`Published::finish`] once its
+//! free pages are on their zones' lists; the last finish flips the off switch
+//! ([`Sections::all_initialised`]).
+//!
+//! This module owns the states and their memory orderings. It knows nothing of
+//! descriptors, zones or the layout, and it takes no lock.
+
+use crate::sync::{spin_hint, AtomicBool, AtomicU8, AtomicUsize};
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+
+/// Where a section is in its initialisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SectionState {
+    /// No present page: no descriptors, no memmap, ever.
+    Absent = 0,
+    /// Present pages, descriptors not written yet.
+    Uninit = 1,
+    /// Claimed: its owner is populating the memmap and writing descriptors.
+    Initialising = 2,
+    /// Every descriptor is written and may be read.
+    Ready = 3,
+}
+
+impl SectionState {
+    fn from_u8(v: u8) -> SectionState {
+        match v {
+            1 => SectionState::Uninit,
+            2 => SectionState::Initialising,
+            3 => SectionState::Ready,
+            _ => SectionState::Absent,
+        }
+    }
+}
+
+/// The state word of one section. The embedder provides a slice of these, one per
+/// section ([`crate::Layout::section_count`]); the allocator owns their contents.
+pub struct SectionSlot {
+    state: AtomicU8,
+}
+
+impl SectionSlot {
+    /// A fresh slot.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        SectionSlot {
+            state: AtomicU8::new(SectionState::Absent as u8),
+        }
+    }
+
+    /// A fresh slot.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        SectionSlot {
+            state: AtomicU8::new(SectionState::Absent as u8),
+        }
+    }
+}
+
+impl Default for SectionSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The state of every section, and how many are not finished yet.
+pub struct Sections<'a> {
+    slots: &'a [SectionSlot],
+    /// Sections with present pages that are not yet finished.
+    unfinished: AtomicUsize,
+    /// Set once `unfinished` reaches zero: growth is off for good.
+    all_initialised: AtomicBool,
+}
+
+impl<'a> Sections<'a> {
+    /// Takes `slots` (at least `count` of them) and marks section `i` `Uninit` where
+    /// `has_present(i)`, `Absent` elsewhere. Returns `None` if `slots` is too short.
+    pub fn new(
+        slots: &'a [SectionSlot],
+        count: usize,
+        has_present: impl Fn(usize) -> bool,
+    ) -> Option<Self> {
+        let slots = slots.get(..count)?;
+        let mut unfinished = 0;
+        for (i, slot) in slots.iter().enumerate() {
+            let state = if has_present(i) {
+                unfinished += 1;
+                SectionState::Uninit
+            } else {
+                SectionState::Absent
+            };
+            // Relaxed: the allocator is not shared yet; handing it to other threads
+            // (by whatever means the embedder uses) publishes these stores.
+            slot.state.store(state as u8, Relaxed);
+        }
+        Some(Sections {
+            slots,
+            unfinished: AtomicUsize::new(unfinished),
+            all_initialised: AtomicBool::new(unfinished == 0),
+        })
+    }
+
+    /// The number of sections.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether there are no sections at all.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The state of section `index` (`Absent` past the end).
+    ///
+    /// Acquire: pairs with the Release in [`Claim::publish`], so a caller that sees
+    /// `Ready` also sees every descriptor the claimant wrote.
+    #[inline]
+    pub fn state(&self, index: usize) -> SectionState {
+        match self.slots.get(index) {
+            Some(slot) => SectionState::from_u8(slot.state.load(Acquire)),
+            None => SectionState::Absent,
+        }
+    }
+
+    /// Tries to take section `index` out of `Uninit`. On failure returns the state
+    /// found: someone else owns or finished it, or it has no memory.
+    pub fn claim(&self, index: usize) -> Result<Claim<'_, 'a>, SectionState> {
+        let slot = self.slots.get(index).ok_or(SectionState::Absent)?;
+        // Acquire on success pairs with the Release in `Claim::drop`, when an earlier
+        // claimant gave the section back after a failure; on failure it pairs with
+        // `publish`, so a caller told `Ready` may read the descriptors.
+        match slot.state.compare_exchange(
+            SectionState::Uninit as u8,
+            SectionState::Initialising as u8,
+            Acquire,
+            Acquire,
+        ) {
+            Ok(_) => Ok(Claim {
+                sections: self,
+                index,
+                published: false,
+            }),
+            Err(found) => Err(SectionState::from_u8(found)),
+        }
+    }
+
+    /// Waits while section `index` is `Initialising`, and returns the state it left
+    /// that for (`Ready`, or `Uninit` if its claimant gave it back).
+    pub fn wait_while_initialising(&self, index: usize) -> SectionState {
+        loop {
+            match self.state(index) {
+                SectionState::Initialising => spin_hint(),
+                other => return other,
+            }
+        }
+    }
+
+    /// Sections with present pages not yet finished.
+    pub fn unfinished(&self) -> usize {
+        // Relaxed: a statistic; decisions use `all_initialised`.
+        self.unfinished.load(Relaxed)
+    }
+
+    /// The off switch: true once every section is initialised and its pages are on
+    /// the free lists. Never goes back to false.
+    ///
+    /// Acquire: pairs with the Release in [`Published::finish`] of the last section.
+    #[inline]
+    pub fn all_initialised(&self) -> bool {
+        self.all_initialised.load(Acquire)
+    }
+
+    /// Whether `claim` was taken from this table.
+    pub(crate) fn owns(&self, claim: &Claim<'_, '_>) -> bool {
+        core::ptr::eq(
+            self as *const Self as *const u8,
+            claim.sections as *const Sections<'_> as *const u8,
+        )
+    }
+}
+
+/// Exclusive ownership of one section in `Initialising`. Dropping it without
+/// [`publish`](Claim::publish) gives the section back (`Uninit`) for another try.
+pub struct Claim<'s, 'a> {
+    sections: &'s Sections<'a>,
+    index: usize,
+    published: bool,
+}
+
+impl<'s, 'a> Claim<'s, 'a> {
+    /// The claimed section.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Marks the section `Ready`: its descriptors may be read from now on.
+    ///
+    /// Release: pairs with the Acquire of [`Sections::state`] and of a failed
+    /// [`Sections::claim`]; everything written before this is visible to them.
+    pub fn publish(mut self) -> Published<'s, 'a> {
+        self.published = true;
+        self.sections.slots[self.index]
+            .state
+            .store(SectionState::Ready as u8, Release);
+        Published {
+            sections: self.sections,
+        }
+    }
+}
+
+impl Drop for Claim<'_, '_> {
+    fn drop(&mut self) {
+        if !self.published {
+            // Release: pairs with the Acquire of the next successful claim.
+            self.sections.slots[self.index]
+                .state
+                .store(SectionState::Uninit as u8, Release);
+        }
+    }
+}
+
+/// A section that is `Ready` but whose pages may not all be on free lists yet.
+#[must_use = "a published section must be finished once its pages are on the free lists"]
+pub struct Published<'s, 'a> {
+    sections: &'s Sections<'a>,
+}
+
+impl Published<'_, '_> {
+    /// Counts the section done. Returns true if it was the last one, in which case
+    /// the off switch is now set.
+    pub fn finish(self) -> bool {
+        // AcqRel: the Release half orders this section's splices before the count
+        // drops; the Acquire half lets the last finisher see every earlier one.
+        if self.sections.unfinished.fetch_sub(1, AcqRel) == 1 {
+            // Release: pairs with the Acquire in `all_initialised`.
+            self.sections.all_initialised.store(true, Release);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_is_exclusive_and_publish_is_final() {
+        let slots: [SectionSlot; 3] = Default::default();
+        let s = Sections::new(&slots, 3, |i| i != 1).unwrap();
+        assert_eq!(s.state(1), SectionState::Absent);
+        assert_eq!(s.unfinished(), 2);
+        let c = s.claim(0).unwrap();
+        assert_eq!(s.claim(0).err(), Some(SectionState::Initialising));
+        assert!(!c.publish().finish());
+        assert_eq!(s.claim(0).err(), Some(SectionState::Ready));
+        assert_eq!(s.claim(1).err(), Some(SectionState::Absent));
+        assert!(!s.all_initialised());
+        assert!(s.claim(2).unwrap().publish().finish());
+        assert!(s.all_initialised());
+    }
+
+    #[test]
+    fn dropped_claim_gives_the_section_back() {
+        let slots: [SectionSlot; 1] = Default::default();
+        let s = Sections::new(&slots, 1, |_| true).unwrap();
+        drop(s.claim(0).unwrap());
+        assert_eq!(s.state(0), SectionState::Uninit);
+        assert!(s.claim(0).is_ok());
+    }
+
+    #[test]
+    fn too_few_slots() {
+        let slots: [SectionSlot; 1] = Default::default();
+        assert!(Sections::new(&slots, 2, |_| true).is_none());
+    }
+}

@@ -1,0 +1,141 @@
+//! Zones: one lock around each zone's free lists, and its counters.
+//!
+//! A [`Zone`] owns its [`FreeArea`] behind a lock of the embedder's type and the
+//! counters a caller watching memory needs: present, managed, free, uninitialised.
+//! The lock is held only to move blocks on and off the lists, never while
+//! descriptors are written for a whole section.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use lock_api::{Mutex, RawMutex};
+
+use crate::buddy::FreeArea;
+use crate::layout::{ZoneSpan, ZoneType, MAX_ORDER};
+use crate::memmap::{Memmap, MemmapBacking};
+
+/// A zone of one node.
+pub(crate) struct Zone<R: RawMutex> {
+    pub(crate) node: u8,
+    pub(crate) kind: ZoneType,
+    pub(crate) span: ZoneSpan,
+    free: Mutex<R, FreeArea>,
+    /// Mirror of the free-list page count, written under the lock, read without it.
+    free_pages: AtomicU64,
+    /// Usable pages whose sections have not put them on the free lists yet.
+    pub(crate) uninit: AtomicU64,
+    /// Usable pages that a self-hosting backing took for the memmap.
+    pub(crate) memmap_pages: AtomicU64,
+    /// Where the grow path resumes its search for an uninitialised section.
+    pub(crate) grow_cursor: AtomicUsize,
+}
+
+/// A snapshot of one zone's counters, in pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZoneStats {
+    /// The node.
+    pub node: u8,
+    /// The zone.
+    pub zone: ZoneType,
+    /// First pfn of the zone's span.
+    pub start_pfn: u64,
+    /// Pages spanned, holes included.
+    pub spanned: u64,
+    /// Present pages.
+    pub present: u64,
+    /// Present pages the allocator manages: present less reserved.
+    pub managed: u64,
+    /// Present pages never handed out: reserved in the memory map, or holding the
+    /// memmap.
+    pub reserved: u64,
+    /// Pages on the free lists.
+    pub free: u64,
+    /// Managed pages not initialised yet. They count as available.
+    pub uninitialised: u64,
+}
+
+impl ZoneStats {
+    /// Pages a caller could still get: free now, or free once initialised.
+    pub const fn available(&self) -> u64 {
+        self.free + self.uninitialised
+    }
+
+    /// Managed pages that are handed out.
+    pub const fn allocated(&self) -> u64 {
+        self.managed
+            .saturating_sub(self.free)
+            .saturating_sub(self.uninitialised)
+    }
+}
+
+impl<R: RawMutex> Zone<R> {
+    pub(crate) fn new(node: u8, kind: ZoneType, span: ZoneSpan, section_shift: u32) -> Self {
+        Zone {
+            node,
+            kind,
+            span,
+            free: Mutex::new(FreeArea::new()),
+            free_pages: AtomicU64::new(0),
+            uninit: AtomicU64::new(span.present - span.reserved),
+            memmap_pages: AtomicU64::new(0),
+            grow_cursor: AtomicUsize::new((span.start_pfn >> section_shift) as usize),
+        }
+    }
+
+    /// Whether the zone has any present page.
+    pub(crate) fn is_populated(&self) -> bool {
+        self.span.present > 0
+    }
+
+    /// Sections `[first, end)` that the zone's span touches.
+    pub(crate) fn sections(&self, section_shift: u32) -> (usize, usize) {
+        if self.span.spanned() == 0 {
+            return (0, 0);
+        }
+        (
+            (self.span.start_pfn >> section_shift) as usize,
+            ((self.span.end_pfn - 1) >> section_shift) as usize + 1,
+        )
+    }
+
+    /// Takes a block of `order` off the free lists.
+    #[inline]
+    pub(crate) fn take<B: MemmapBacking>(&self, mm: &Memmap<'_, B>, order: u32) -> Option<u64> {
+        let mut area = self.free.lock();
+        let pfn = area.take(mm, order)?;
+        // Relaxed: a mirror for readers that do not take the lock.
+        self.free_pages.store(area.pages(), Relaxed);
+        Some(pfn)
+    }
+
+    /// Runs `f` with the free lists locked, then refreshes the free-page mirror.
+    pub(crate) fn with_free<T>(&self, f: impl FnOnce(&mut FreeArea) -> T) -> T {
+        let mut area = self.free.lock();
+        let out = f(&mut area);
+        // Relaxed: a mirror for readers that do not take the lock.
+        self.free_pages.store(area.pages(), Relaxed);
+        out
+    }
+
+    /// Free blocks of each order (takes the lock).
+    pub(crate) fn free_blocks(&self) -> [u64; MAX_ORDER as usize + 1] {
+        self.free.lock().blocks()
+    }
+
+    /// The zone's counters.
+    pub(crate) fn stats(&self) -> ZoneStats {
+        // Relaxed throughout: counters are a snapshot, exact only when quiescent.
+        let memmap = self.memmap_pages.load(Relaxed);
+        let reserved = self.span.reserved + memmap;
+        ZoneStats {
+            node: self.node,
+            zone: self.kind,
+            start_pfn: self.span.start_pfn,
+            spanned: self.span.spanned(),
+            present: self.span.present,
+            managed: self.span.present - reserved,
+            reserved,
+            free: self.free_pages.load(Relaxed),
+            uninitialised: self.uninit.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Test machines: a layout, a memmap in host memory, and invariant checks.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+
+use meminit::layout::PresentRun;
+use meminit::{
+    Allocator, Config, Layout, LayoutBuilder, Page, Pfn, RangeKind, SectionSlot, SliceBacking,
+    Strategy, ZoneType, MAX_ORDER,
+};
+
+pub type Alloc<'a> = Allocator<'a, SliceBacking<'a>, parking_lot::RawMutex>;
+
+/// Builds an allocator over `layout` with memmap and section slots on the heap, and
+/// runs `f` on it. The memmap is allocated uninitialised, so only sections the
+/// allocator initialises are touched.
+pub fn with_allocator<T>(
+    layout: &Layout,
+    strategy: Strategy,
+    f: impl FnOnce(&Alloc<'_>) -> T,
+) -> T {
+    let mut memmap: Box<[MaybeUninit<Page>]> =
+        Box::new_uninit_slice(layout.memmap_descriptors() as usize);
+    let slots: Vec<SectionSlot> = (0..layout.section_count())
+        .map(|_| SectionSlot::new())
+        .collect();
+    let allocator = Allocator::new(
+        layout.clone(),
+        SliceBacking::new(&mut memmap),
+        &slots,
+        Config::new(strategy),
+    )
+    .expect("allocator starts");
+    f(&allocator)
+}
+
+/// One node of `bytes` usable from 1 MiB, with small sections.
+pub fn simple(bytes: u64, section: u64) -> Layout {
+    let mut b = LayoutBuilder::new();
+    b.section_size(section)
+        .add(1 << 20, bytes, RangeKind::Usable, 0);
+    b.build().unwrap()
+}
+
+/// Runs every node's deferred worker to completion on this thread.
+pub fn run_workers(a: &Alloc<'_>) {
+    let nodes: Vec<usize> = a.layout().nodes().map(|(n, _)| n).collect();
+    for n in nodes {
+        a.run_deferred_worker(n).unwrap();
+    }
+}
+
+/// Pages allocated per (node, zone), tracked by the test itself.
+#[derive(Default, Clone)]
+pub struct Ledger {
+    pub blocks: HashMap<u64, u32>,
+    pub per_zone: HashMap<(u8, ZoneType), u64>,
+}
+
+impl Ledger {
+    pub fn record(&mut self, a: &Alloc<'_>, pfn: Pfn, order: u32) {
+        let (node, zone) = a.page(pfn).unwrap().zone().unwrap();
+        let end = pfn.0 + (1 << order);
+        // No block may overlap one still held.
+        for (&p, &o) in &self.blocks {
+            let e = p + (1 << o);
+            assert!(
+                end <= p || e <= pfn.0,
+                "{pfn} order {order} overlaps held pfn {p:#x} order {o}"
+            );
+        }
+        assert!(self.blocks.insert(pfn.0, order).is_none());
+        *self.per_zone.entry((node, zone)).or_default() += 1 << order;
+    }
+
+    pub fn release(&mut self, a: &Alloc<'_>, pfn: u64) -> u32 {
+        let order = self.blocks.remove(&pfn).unwrap();
+        let (node, zone) = a.page(Pfn(pfn)).unwrap().zone().unwrap();
+        *self.per_zone.get_mut(&(node, zone)).unwrap() -= 1 << order;
+        order
+    }
+}
+
+/// free + allocated + uninitialised + reserved == present, per zone, with
+/// `allocated` from the test's own ledger.
+pub fn check_counts(a: &Alloc<'_>, allocated: &HashMap<(u8, ZoneType), u64>) {
+    for z in a.zone_stats() {
+        let held = allocated.get(&(z.node, z.zone)).copied().unwrap_or(0);
+        assert_eq!(
+            z.free + held + z.uninitialised + z.reserved,
+            z.present,
+            "node {} zone {:?}: {z:?}, held {held}",
+            z.node,
+            z.zone
+        );
+        let span = a.layout().node(z.node as usize).unwrap().zones[z.zone as usize];
+        assert_eq!(z.present, span.present);
+    }
+}
+
+/// After everything is freed and initialised: every max-order-aligned block of
+/// usable pages is whole on its zone's free list, and nothing else is free.
+pub fn check_fully_coalesced(a: &Alloc<'_>) {
+    assert!(a.is_fully_initialised());
+    let mut expected: HashMap<(u8, ZoneType), (u64, u64)> = HashMap::new();
+    let runs: Vec<PresentRun> = a.layout().present_runs(0, u64::MAX).collect();
+    for r in runs.iter().filter(|r| !r.reserved) {
+        let e = expected.entry((r.node, r.zone)).or_default();
+        let block = 1u64 << MAX_ORDER;
+        let first = r.start.div_ceil(block) * block;
+        if r.end >= first {
+            e.0 += (r.end - first) / block;
+        }
+        e.1 += r.end - r.start;
+    }
+    for z in a.zone_stats() {
+        let (blocks, pages) = expected.get(&(z.node, z.zone)).copied().unwrap_or((0, 0));
+        assert_eq!(z.free, pages, "zone {z:?} free pages");
+        assert_eq!(z.uninitialised, 0);
+        let free = a.free_blocks(z.node as usize, z.zone);
+        assert_eq!(
+            free[MAX_ORDER as usize], blocks,
+            "zone {z:?} max-order blocks {free:?}"
+        );
+    }
+}
