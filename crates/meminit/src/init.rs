@@ -1,6 +1,6 @@
 //! Initialisation: eager, deferred and on-demand; the grow path; work for workers.
 //!
-//! One mechanism serves every strategy: [`Allocator::init_section`] claims a section,
+//! One mechanism serves every strategy: `Allocator::init_section` claims a section,
 //! has its memmap populated, writes its descriptors, publishes it, then puts its
 //! usable pages on their zones' free lists. Eager runs it for every section at
 //! start-up; deferred runs it from the embedder's workers

@@ -358,8 +358,7 @@ impl LayoutBuilder {
         }
         let section_size = self.section_size;
         if !section_size.is_power_of_two()
-            || section_size < MIN_SECTION_SIZE
-            || section_size > (1 << PHYS_ADDR_BITS)
+            || !(MIN_SECTION_SIZE..=1 << PHYS_ADDR_BITS).contains(&section_size)
         {
             return Err(LayoutError::BadSectionSize {
                 bytes: section_size,

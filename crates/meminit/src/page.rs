@@ -2,7 +2,7 @@
 //!
 //! This module owns the descriptor's layout and the encoding of its state word. It
 //! does not know where descriptors live (that is [`crate::memmap`]) nor which lists
-//! they are on (that is [`crate::buddy`]).
+//! they are on (that is the private `buddy` module).
 //!
 //! Every field is an atomic accessed with `Relaxed` ordering: descriptors are
 //! published by the section state (a `Release` store when a section becomes ready,

@@ -1,0 +1,63 @@
+//! Small machines for Miri: every unsafe path of the memmap (populate, descriptor
+//! writes, published reads), the buddy lists over it, and threads racing a claim.
+//! Run with `cargo +nightly miri test -p meminit --lib --test miri`; they also run
+//! as ordinary tests.
+
+mod common;
+
+use common::*;
+use meminit::{Constraint, LayoutBuilder, PageState, Pfn, RangeKind, Strategy, MAX_ORDER};
+
+const MIB: u64 = 1 << 20;
+
+fn small() -> meminit::Layout {
+    let mut b = LayoutBuilder::new();
+    b.section_size(4 * MIB)
+        .add(0x1000, 0x9f000, RangeKind::Usable, 0)
+        .add(0x100000, 0x300000, RangeKind::Usable, 0)
+        .add(0x300000, 0x301000, RangeKind::Reserved, 0)
+        .add(0x301000, 8 * MIB, RangeKind::Usable, 0)
+        .add(8 * MIB, 12 * MIB, RangeKind::Usable, 1);
+    b.build().unwrap()
+}
+
+#[test]
+fn every_strategy_allocates_frees_and_coalesces() {
+    let l = small();
+    for strategy in Strategy::ALL {
+        with_allocator(&l, strategy, |a| {
+            let mut held = Vec::new();
+            for order in [0, 1, 3, MAX_ORDER, 2, 0] {
+                held.push((a.alloc(order, Constraint::Any, 0).unwrap(), order));
+            }
+            assert_eq!(a.page(Pfn(0x300)).unwrap().state(), PageState::Reserved);
+            for (p, o) in held {
+                a.free(p, o).unwrap();
+                assert!(a.free(p, o).is_err());
+            }
+            run_workers(a);
+            for i in 0..l.section_count() {
+                a.page_or_init(Pfn(l.section_pfns(i).0)).unwrap();
+            }
+            check_fully_coalesced(a);
+        });
+    }
+}
+
+#[test]
+fn threads_race_to_initialise_the_same_sections() {
+    let l = small();
+    with_allocator(&l, Strategy::Deferred, |a| {
+        std::thread::scope(|s| {
+            s.spawn(|| a.run_deferred_worker(0).unwrap());
+            s.spawn(|| a.run_deferred_worker(1).unwrap());
+            s.spawn(|| {
+                let p = a.alloc(0, Constraint::Any, 1).unwrap();
+                a.free(p, 0).unwrap();
+            });
+            s.spawn(|| a.page_or_init(Pfn(0x400)).map(|p| p.state()).unwrap());
+        });
+        check_counts(a, &Default::default());
+        check_fully_coalesced(a);
+    });
+}

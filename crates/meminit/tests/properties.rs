@@ -1,0 +1,245 @@
+//! Property tests: random memory maps, and random allocate/free/worker/look-up
+//! sequences under each strategy, checked against the invariants of DESIGN.md.
+
+#![cfg(not(miri))]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use meminit::Strategy as InitStrategy;
+use meminit::{
+    AllocError, Constraint, LayoutBuilder, LayoutError, PageState, Pfn, RangeKind, ZoneType,
+    MAX_ORDER, PAGE_SIZE,
+};
+use proptest::prelude::*;
+
+const MIB: u64 = 1 << 20;
+
+/// A memory map as ranges in address order: `(gap before, length, kind, node)`,
+/// neither gaps nor lengths aligned to pages.
+fn map_strategy(
+    max_len: u64,
+    max_ranges: usize,
+) -> impl Strategy<Value = Vec<(u64, u64, RangeKind, u32)>> {
+    let kind = prop_oneof![
+        6 => Just(RangeKind::Usable),
+        1 => Just(RangeKind::Reserved),
+        1 => Just(RangeKind::Other),
+    ];
+    prop::collection::vec(
+        (
+            prop_oneof![Just(0u64), 0..4 * MIB, 0..64 * MIB],
+            prop_oneof![1..64 * 1024u64, 1..max_len],
+            kind,
+            prop_oneof![3 => Just(0u32), 1 => 0..3u32],
+        ),
+        1..max_ranges,
+    )
+}
+
+fn build(
+    ranges: &[(u64, u64, RangeKind, u32)],
+    section: u64,
+) -> (LayoutBuilder, Vec<(u64, u64, RangeKind, u32)>) {
+    let mut b = LayoutBuilder::new();
+    b.section_size(section);
+    let mut at = 0;
+    let mut placed = Vec::new();
+    for &(gap, len, kind, node) in ranges {
+        let start = at + gap;
+        b.add(start, start + len, kind, node);
+        placed.push((start, start + len, kind, node));
+        at = start + len;
+    }
+    (b, placed)
+}
+
+/// Present and reserved pages per (node, zone), page by page from the raw ranges.
+fn naive_counts(placed: &[(u64, u64, RangeKind, u32)]) -> HashMap<(u8, ZoneType), (u64, u64)> {
+    let mut pages: std::collections::BTreeMap<u64, (u32, bool)> = Default::default();
+    for &(s, e, kind, node) in placed {
+        match kind {
+            RangeKind::Usable => {
+                for p in s.div_ceil(PAGE_SIZE)..e / PAGE_SIZE {
+                    pages.insert(p, (node, false));
+                }
+            }
+            RangeKind::Reserved => {
+                for p in s / PAGE_SIZE..e.div_ceil(PAGE_SIZE) {
+                    pages.entry(p).or_insert((node, true));
+                }
+            }
+            RangeKind::Other => {}
+        }
+    }
+    let mut out: HashMap<(u8, ZoneType), (u64, u64)> = HashMap::new();
+    for (p, (node, reserved)) in pages {
+        let e = out.entry((node as u8, ZoneType::of_pfn(p))).or_default();
+        e.0 += 1;
+        e.1 += reserved as u64;
+    }
+    out
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc {
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+    },
+    Free {
+        pick: usize,
+    },
+    Worker {
+        node: usize,
+    },
+    Lookup {
+        offset: u64,
+    },
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let constraint = prop_oneof![
+        4 => Just(Constraint::Any),
+        1 => Just(Constraint::Dma32),
+        1 => Just(Constraint::Dma),
+    ];
+    let order = prop_oneof![6 => 0..3u32, 2 => 3..8u32, 1 => 8..=MAX_ORDER];
+    prop_oneof![
+        8 => (order, constraint, 0..3usize).prop_map(|(order, constraint, node)| Op::Alloc { order, constraint, node }),
+        6 => any::<usize>().prop_map(|pick| Op::Free { pick }),
+        1 => (0..3usize).prop_map(|node| Op::Worker { node }),
+        1 => any::<u64>().prop_map(|offset| Op::Lookup { offset }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any map gives a layout or a typed error, never a panic; a layout counts what a
+    /// page-by-page reading of the same ranges counts.
+    #[test]
+    fn layouts_count_pages_like_a_page_by_page_reading(
+        ranges in map_strategy(96 * MIB, 12),
+        section in prop_oneof![Just(4 * MIB), Just(8 * MIB), Just(128 * MIB)],
+    ) {
+        let (b, placed) = build(&ranges, section);
+        match b.build() {
+            Ok(layout) => {
+                let naive = naive_counts(&placed);
+                let mut seen = 0;
+                for (n, node) in layout.nodes() {
+                    for zt in ZoneType::ALL {
+                        let z = node.zones[zt as usize];
+                        let (present, reserved) = naive.get(&(n as u8, zt)).copied().unwrap_or((0, 0));
+                        prop_assert_eq!((z.present, z.reserved), (present, reserved), "node {} {:?}", n, zt);
+                        prop_assert!(z.present <= z.spanned());
+                        seen += z.present;
+                    }
+                }
+                prop_assert_eq!(seen, layout.present_pages());
+                prop_assert!(layout.usable_pages() > 0);
+            }
+            Err(LayoutError::NoUsableMemory) => {
+                let usable: u64 = naive_counts(&placed).values().map(|(p, r)| p - r).sum();
+                prop_assert_eq!(usable, 0);
+            }
+            Err(e) => prop_assert!(false, "unexpected error {e}"),
+        }
+    }
+
+    /// Arbitrary ranges, overlapping or not: a layout or an error naming a range.
+    #[test]
+    fn arbitrary_ranges_never_panic(
+        ranges in prop::collection::vec((any::<u64>(), any::<u64>(), 0..3u8, 0..20u32), 0..20),
+        section_shift in 10u32..60,
+    ) {
+        let mut b = LayoutBuilder::new();
+        b.section_size(1 << section_shift);
+        for (s, e, k, n) in ranges {
+            let kind = [RangeKind::Usable, RangeKind::Reserved, RangeKind::Other][k as usize];
+            b.add(s, e, kind, n);
+        }
+        if let Err(e) = b.build() {
+            prop_assert!(!e.to_string().is_empty());
+        }
+    }
+
+    /// Random operation sequences under each strategy keep every invariant, and
+    /// once all is freed and initialised every zone coalesces back whole.
+    #[test]
+    fn operation_sequences_keep_the_invariants(
+        ranges in map_strategy(48 * MIB, 8),
+        section in prop_oneof![Just(4 * MIB), Just(8 * MIB)],
+        strategy in prop_oneof![Just(InitStrategy::Eager), Just(InitStrategy::Deferred), Just(InitStrategy::OnDemand)],
+        ops in prop::collection::vec(op_strategy(), 1..120),
+    ) {
+        let (b, _) = build(&ranges, section);
+        let Ok(layout) = b.build() else { return Ok(()) };
+        with_allocator(&layout, strategy, |a| -> Result<(), TestCaseError> {
+            let mut ledger = Ledger::default();
+            let nodes = layout.node_count();
+            for op in ops {
+                match op {
+                    Op::Alloc { order, constraint, node } => {
+                        match a.alloc(order, constraint, node % nodes) {
+                            Ok(pfn) => {
+                                prop_assert_eq!(pfn.0 % (1 << order), 0);
+                                let (_, zone) = a.page(pfn).unwrap().zone().unwrap();
+                                prop_assert!(zone <= constraint.highest_zone());
+                                ledger.record(a, pfn, order);
+                            }
+                            Err(AllocError::OutOfMemory { .. }) => {
+                                // Truly exhausted: nothing eligible is left uninitialised.
+                                for z in a.zone_stats().filter(|z| z.zone <= constraint.highest_zone()) {
+                                    prop_assert_eq!(z.uninitialised, 0, "{:?}", z);
+                                }
+                            }
+                            Err(e) => prop_assert!(false, "{e}"),
+                        }
+                    }
+                    Op::Free { pick } => {
+                        if !ledger.blocks.is_empty() {
+                            let mut keys: Vec<u64> = ledger.blocks.keys().copied().collect();
+                            keys.sort_unstable();
+                            let pfn = keys[pick % keys.len()];
+                            let order = ledger.release(a, pfn);
+                            a.free(Pfn(pfn), order).unwrap();
+                            prop_assert!(a.free(Pfn(pfn), order).is_err());
+                        }
+                    }
+                    Op::Worker { node } => {
+                        a.run_deferred_worker(node % nodes).unwrap();
+                    }
+                    Op::Lookup { offset } => {
+                        let pfn = Pfn(offset % layout.end_pfn());
+                        match a.page_or_init(pfn) {
+                            Ok(page) => {
+                                if layout.node_of(pfn.0).is_none() {
+                                    prop_assert_eq!(page.state(), PageState::Reserved);
+                                }
+                            }
+                            Err(e) => prop_assert!(layout.node_of(pfn.0).is_none(), "{e}"),
+                        }
+                    }
+                }
+                check_counts(a, &ledger.per_zone);
+            }
+            let held: Vec<(u64, u32)> = ledger.blocks.iter().map(|(&p, &o)| (p, o)).collect();
+            for (pfn, order) in held {
+                ledger.release(a, pfn);
+                a.free(Pfn(pfn), order).unwrap();
+            }
+            for index in 0..layout.section_count() {
+                let (start, _) = layout.section_pfns(index);
+                let _ = a.page_or_init(Pfn(start));
+            }
+            check_counts(a, &ledger.per_zone);
+            check_fully_coalesced(a);
+            Ok(())
+        })?;
+    }
+}
