@@ -691,6 +691,26 @@ impl Layout {
         }
     }
 
+    /// The present ranges as `(start pfn, end pfn, node)`, adjacent ranges of one
+    /// node merged whether reserved or not: what Linux prints as its early memory
+    /// node ranges.
+    pub fn node_ranges(&self) -> impl Iterator<Item = (u64, u64, u8)> + '_ {
+        let mut i = 0;
+        core::iter::from_fn(move || {
+            let first = self.present[..self.len].get(i)?;
+            let (start, mut end, node) = (first.start, first.end, first.node);
+            i += 1;
+            while let Some(next) = self.present[..self.len].get(i) {
+                if next.start != end || next.node != node {
+                    break;
+                }
+                end = next.end;
+                i += 1;
+            }
+            Some((start, end, node))
+        })
+    }
+
     /// The node `pfn` is present on, if it is present.
     pub fn node_of(&self, pfn: u64) -> Option<u8> {
         let i = self.present[..self.len].partition_point(|r| r.end <= pfn);

@@ -1,0 +1,538 @@
+//! `meminit`: boot any machine's memory map on this host and compare eager, deferred
+//! and on-demand memmap initialisation side by side.
+//!
+//! This file owns the command line and the output (tables for people, JSON for
+//! programs); the simulation is `meminit_host::sim`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use meminit::{Layout, Strategy, ZoneType, PAGE_SIZE};
+use meminit_host::machine::{Machine, BUILT_IN};
+use meminit_host::sim::{self, Options, Report, StrategyReport, Workload};
+use meminit_host::size;
+
+mod plot;
+
+#[derive(Parser)]
+#[command(
+    name = "meminit",
+    version,
+    about = "Boot a machine's memory map on this host and compare eager, deferred and on-demand memmap initialisation",
+    long_about = "Boot a machine's memory map on this host and compare eager, deferred and on-demand \
+memmap initialisation.\n\nWith no command, runs `report` on each built-in machine that fits this host."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a machine under each strategy and report the figures side by side.
+    Report(ReportArgs),
+    /// Print a memory map's per-node, per-zone layout in Linux's words.
+    Layout(LayoutArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    Eager,
+    Deferred,
+    Ondemand,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Strategy {
+        match s {
+            StrategyArg::Eager => Strategy::Eager,
+            StrategyArg::Deferred => Strategy::Deferred,
+            StrategyArg::Ondemand => Strategy::OnDemand,
+        }
+    }
+}
+
+#[derive(Args)]
+struct MachineArgs {
+    /// A built-in machine: container (2G, 1 CPU), server (64G, 2 nodes, 16 CPUs),
+    /// large (1T, 4 nodes, 64 CPUs).
+    #[arg(long, conflicts_with_all = ["memory", "map"])]
+    machine: Option<String>,
+    /// Memory of a QEMU-like machine, e.g. 8G.
+    #[arg(long, value_parser = parse_size, conflicts_with = "map")]
+    memory: Option<u64>,
+    /// NUMA nodes of that machine.
+    #[arg(long, default_value_t = 1, requires = "memory")]
+    nodes: u32,
+    /// CPUs of that machine (or of a map file that does not say).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// A memory-map file: JSON, or a Linux boot log.
+    #[arg(long)]
+    map: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+    /// Run only this strategy.
+    #[arg(long, value_enum)]
+    strategy: Option<StrategyArg>,
+    /// Deferred worker threads in all, spread over nodes [default: this host's cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Trace ring buffer per CPU allocated at boot, like the kernel parameter.
+    #[arg(long, value_parser = parse_size)]
+    trace_buf_size: Option<u64>,
+    /// Crash-kernel reservation below 4 GiB, like `crashkernel=`.
+    #[arg(long, value_parser = parse_size)]
+    crashkernel: Option<u64>,
+    /// After boot: idle, container[:SIZE] (default 100M, touched page by page) or
+    /// random[:OPS].
+    #[arg(long, default_value = "idle", value_parser = parse_workload)]
+    workload: Workload,
+    /// Host memory a strategy may commit before it is skipped [default: half of
+    /// MemAvailable].
+    #[arg(long, value_parser = parse_size)]
+    memory_budget: Option<u64>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Also write charts (SVG and PNG) into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct LayoutArgs {
+    /// A memory-map file: JSON, or a Linux boot log.
+    file: PathBuf,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    size::parse(s)
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => default_run(),
+        Some(Command::Report(args)) => report(&args),
+        Some(Command::Layout(args)) => layout(&args.file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meminit: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `meminit` alone: the report on each built-in machine that fits this host.
+fn default_run() -> Result<ExitCode> {
+    let opts = Options::new();
+    let progress = Spinner::new();
+    for name in BUILT_IN {
+        let machine = Machine::built_in(name)?;
+        let report = sim::run(&machine, &opts, &progress)?;
+        progress.clear();
+        print_report(&report, &opts);
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn machine_of(args: &MachineArgs) -> Result<Machine> {
+    let mut machine = if let Some(name) = &args.machine {
+        Machine::built_in(name)?
+    } else if let Some(memory) = args.memory {
+        Machine::qemu_like(memory, args.nodes, args.cpus.unwrap_or(1))?
+    } else if let Some(path) = &args.map {
+        Machine::from_file(path)?
+    } else {
+        Machine::built_in("container")?
+    };
+    if let Some(cpus) = args.cpus {
+        if cpus == 0 {
+            bail!("--cpus must be at least 1");
+        }
+        machine.cpus = cpus;
+    }
+    Ok(machine)
+}
+
+fn report(args: &ReportArgs) -> Result<ExitCode> {
+    let machine = machine_of(&args.machine)?;
+    let mut opts = Options::new();
+    if let Some(s) = args.strategy {
+        opts.strategies = vec![s.into()];
+    }
+    if let Some(t) = args.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        opts.threads = t;
+    }
+    opts.trace_buf_size = args.trace_buf_size;
+    opts.crashkernel = args.crashkernel;
+    opts.workload = args.workload;
+    if let Some(b) = args.memory_budget {
+        opts.memory_budget = b;
+    }
+    let progress = Spinner::new();
+    let report = sim::run(&machine, &opts, &progress)?;
+    progress.clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, &opts);
+    }
+    if let Some(dir) = &args.plot {
+        let written = plot::write_all(dir, &machine, &opts, &progress)
+            .with_context(|| format!("writing charts into {}", dir.display()))?;
+        progress.clear();
+        for f in written {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    let failed = report.strategies.iter().any(|s| s.alloc_failures > 0);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A spinner on stderr, shown only on a terminal and only once a run has taken
+/// more than a second.
+struct Spinner {
+    bar: ProgressBar,
+    started: Instant,
+    terminal: bool,
+}
+
+impl Spinner {
+    fn new() -> Spinner {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("template"));
+        Spinner {
+            bar,
+            started: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn clear(&self) {
+        self.bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+}
+
+impl sim::Progress for Spinner {
+    fn step(&self, what: &str) {
+        if self.terminal && self.started.elapsed() > Duration::from_secs(1) && self.bar.is_hidden()
+        {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            self.bar.enable_steady_tick(Duration::from_millis(120));
+        }
+        self.bar.set_message(what.to_string());
+    }
+}
+
+pub(crate) fn format_ns(ns: u64) -> String {
+    let f = ns as f64;
+    if ns < 1_000 {
+        format!("{ns} ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1} µs", f / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.1} ms", f / 1e6)
+    } else {
+        format!("{:.2} s", f / 1e9)
+    }
+}
+
+fn print_report(report: &Report, opts: &Options) {
+    println!(
+        "machine {}: {} present on {} node{}, {} CPU{}, {} sections; workload {}; {} deferred worker thread{}",
+        report.machine,
+        size::format(report.present_bytes),
+        report.nodes,
+        if report.nodes == 1 { "" } else { "s" },
+        report.cpus,
+        if report.cpus == 1 { "" } else { "s" },
+        size::format(report.section_bytes),
+        report.workload,
+        opts.threads,
+        if opts.threads == 1 { "" } else { "s" },
+    );
+    let ran: Vec<&StrategyReport> = report
+        .strategies
+        .iter()
+        .filter(|s| s.skipped.is_none())
+        .collect();
+    for s in report.strategies.iter().filter(|s| s.skipped.is_some()) {
+        println!(
+            "  {} skipped: {}",
+            s.strategy,
+            s.skipped.as_deref().unwrap_or("")
+        );
+    }
+    if ran.is_empty() {
+        return;
+    }
+    let rows: Vec<(&str, Box<dyn Fn(&StrategyReport) -> String>)> = vec![
+        ("time until ready", Box::new(|s| format_ns(s.ready_ns))),
+        (
+            "time until all initialised",
+            Box::new(|s| s.full_init_ns.map_or("never".into(), format_ns)),
+        ),
+        (
+            "time growing (allocations that grew)",
+            Box::new(|s| format!("{} ({})", format_ns(s.grow_ns), s.grows)),
+        ),
+        (
+            "sections: boot/workers/growth/look-up",
+            Box::new(|s| {
+                format!(
+                    "{}/{}/{}/{} of {}",
+                    s.sections_by_boot,
+                    s.sections_by_workers,
+                    s.sections_by_growth,
+                    s.sections_by_lookup,
+                    s.sections_present
+                )
+            }),
+        ),
+        (
+            "memmap resident after boot",
+            Box::new(|s| size::format(s.memmap_resident_boot_bytes)),
+        ),
+        (
+            "memmap resident after workload",
+            Box::new(|s| size::format(s.memmap_resident_end_bytes)),
+        ),
+        (
+            "memmap if all initialised",
+            Box::new(|s| size::format(s.memmap_full_bytes)),
+        ),
+        (
+            "alloc fast path p50/p99/max",
+            Box::new(|s| latency(&s.alloc_fast)),
+        ),
+        (
+            "alloc slow path p50/p99/max",
+            Box::new(|s| latency(&s.alloc_slow)),
+        ),
+        (
+            "allocations (fast/slow/failed)",
+            Box::new(|s| {
+                format!(
+                    "{}/{}/{}",
+                    s.alloc_fast.count, s.alloc_slow.count, s.alloc_failures
+                )
+            }),
+        ),
+        (
+            "time initialising memmap",
+            Box::new(|s| format_ns(s.init_ns)),
+        ),
+        (
+            "physical limit: 1-core fill, same bytes",
+            Box::new(|s| format_ns(s.limit_fill_ns)),
+        ),
+        (
+            "limit / initialising (1.0 = at limit)",
+            Box::new(|s| {
+                if s.init_ns == 0 {
+                    "-".into()
+                } else {
+                    format!("{:.2}", s.limit_ratio)
+                }
+            }),
+        ),
+    ];
+    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(_, f)| ran.iter().map(|s| f(s)).collect())
+        .collect();
+    let col_width: Vec<usize> = (0..ran.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([ran[i].strategy.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    print!("  {:label_width$}", "");
+    for (s, w) in ran.iter().zip(&col_width) {
+        print!("  {:>w$}", s.strategy);
+    }
+    println!();
+    for ((label, _), row) in rows.iter().zip(&cells) {
+        print!("  {label:label_width$}");
+        for (cell, w) in row.iter().zip(&col_width) {
+            print!("  {cell:>w$}");
+        }
+        println!();
+    }
+    println!("  boot allocations (sized as Linux sizes them):");
+    for b in &ran[0].boot {
+        let blocks: u64 = b.request.blocks_per_node.iter().sum();
+        let failed: Vec<String> = ran
+            .iter()
+            .filter(|s| {
+                s.boot
+                    .iter()
+                    .any(|x| x.request.name == b.request.name && x.failures > 0)
+            })
+            .map(|s| s.strategy.to_string())
+            .collect();
+        println!(
+            "    {:<40} {:>8} in {} block{} of order {}{}",
+            b.request.name,
+            size::format(b.request.bytes),
+            blocks,
+            if blocks == 1 { "" } else { "s" },
+            b.request.order,
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!("  FAILED under {}", failed.join(", "))
+            }
+        );
+    }
+    println!("  zones after the workload (pages): free / uninitialised per strategy");
+    print!(
+        "    {:>4} {:<6} {:>11} {:>11} {:>11}",
+        "node", "zone", "spanned", "present", "managed"
+    );
+    for s in &ran {
+        print!("  {:>23}", format!("{} free/uninit", s.strategy));
+    }
+    println!();
+    for (i, z) in ran[0].zones.iter().enumerate() {
+        print!(
+            "    {:>4} {:<6} {:>11} {:>11} {:>11}",
+            z.node, z.zone, z.spanned, z.present, z.managed
+        );
+        for s in &ran {
+            let row = &s.zones[i];
+            print!("  {:>23}", format!("{}/{}", row.free, row.uninitialised));
+        }
+        println!();
+    }
+}
+
+fn latency(l: &sim::Latency) -> String {
+    if l.count == 0 {
+        "-".into()
+    } else {
+        format!(
+            "{}/{}/{}",
+            format_ns(l.median_ns),
+            format_ns(l.p99_ns),
+            format_ns(l.max_ns)
+        )
+    }
+}
+
+/// `meminit layout FILE`.
+fn layout(path: &Path) -> Result<ExitCode> {
+    let machine = Machine::from_file(path)?;
+    let layout = machine.layout()?;
+    print!("{}", linux_style_layout(&layout));
+    if let Some(linux) = &machine.linux {
+        let (checked, mismatches) = linux.compare(&layout);
+        if checked == 0 {
+            println!("(the log prints no per-node or total page counts to compare with)");
+        } else if mismatches.is_empty() {
+            println!("agrees with the kernel's own figures: {checked} of {checked} match");
+        } else {
+            for m in &mismatches {
+                println!(
+                    "MISMATCH {}: Linux {}, meminit {}",
+                    m.what, m.linux, m.meminit
+                );
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The layout in the words Linux prints at boot.
+fn linux_style_layout(layout: &Layout) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mem = |start: u64, end: u64| {
+        format!(
+            "[mem {:#018x}-{:#018x}]",
+            start * PAGE_SIZE,
+            end * PAGE_SIZE - 1
+        )
+    };
+    let first = layout.node_ranges().next().map_or(0, |r| r.0);
+    let last = layout.end_pfn();
+    writeln!(out, "Zone ranges:").unwrap();
+    for z in ZoneType::ALL {
+        let start = first.max(z.lowest_pfn());
+        let end = last.min(z.highest_pfn());
+        if start < end {
+            writeln!(out, "  {:<8} {}", z.name(), mem(start, end)).unwrap();
+        } else {
+            writeln!(out, "  {:<8} empty", z.name()).unwrap();
+        }
+    }
+    writeln!(out, "Early memory node ranges").unwrap();
+    for (start, end, node) in layout.node_ranges() {
+        writeln!(out, "  node {node:>3}: {}", mem(start, end)).unwrap();
+    }
+    for (n, node) in layout.nodes() {
+        writeln!(
+            out,
+            "Initmem setup node {n} {}",
+            mem(node.start_pfn, node.end_pfn)
+        )
+        .unwrap();
+    }
+    for (n, node) in layout.nodes() {
+        writeln!(out, "On node {n} totalpages: {}", node.present).unwrap();
+        for z in ZoneType::ALL {
+            let span = node.zones[z as usize];
+            if span.spanned() > 0 {
+                writeln!(
+                    out,
+                    "  {} zone: {} pages, spanned {}, reserved {}",
+                    z.name(),
+                    span.present,
+                    span.spanned(),
+                    span.reserved
+                )
+                .unwrap();
+            }
+        }
+    }
+    writeln!(
+        out,
+        "Memory: {}K present, {} sections of {}",
+        layout.present_pages() * PAGE_SIZE / 1024,
+        layout.section_count(),
+        size::format(layout.section_pages() * PAGE_SIZE)
+    )
+    .unwrap();
+    out
+}

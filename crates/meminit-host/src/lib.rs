@@ -1,0 +1,22 @@
+//! # meminit-host: meminit on a simulated machine
+//!
+//! Runs the `meminit` crate on a host as if it were a machine's page allocator:
+//! physical memory and the memmap live in address space that is reserved but not
+//! committed ([`region`]), so a 1 TiB machine costs only what is touched; the memmap
+//! is committed a section at a time by [`backing::HostBacking`], and its residency is
+//! read back from the OS. [`machine`] makes machines (built-in shapes, any size, a
+//! JSON map or a Linux boot log via [`dmesg`]); [`sim`] boots them under each
+//! strategy and measures.
+//!
+//! Unsafe code lives in [`region`] (system calls) and in the backing's `unsafe impl`.
+
+pub mod backing;
+pub mod dmesg;
+pub mod machine;
+pub mod region;
+pub mod sim;
+pub mod size;
+
+pub use backing::HostBacking;
+pub use machine::{Machine, MachineError};
+pub use sim::{Options, Report, StrategyReport, Workload};

@@ -1,0 +1,419 @@
+//! Machines to simulate: built-in shapes, any size, or a memory-map file.
+//!
+//! A [`Machine`] is a name, a CPU count and a memory map (byte ranges with kind and
+//! node), from which [`Machine::layout`] builds the crate's validated layout. Built-in
+//! and sized machines are laid out the way QEMU's `pc` machine lays out guest RAM
+//! (the e820 table a Linux guest prints), after the two edits Linux makes to it
+//! (page 0 reserved, the legacy VGA/BIOS hole removed), and split into NUMA nodes
+//! by RAM offset as QEMU's `-numa node,memdev=` does. Memory-map files are JSON
+//! (see [`MapFile`]) or a Linux boot log ([`crate::dmesg`]).
+
+use std::path::Path;
+
+use meminit::{Layout, LayoutBuilder, LayoutError, MemoryRange, RangeKind};
+use serde::{Deserialize, Serialize};
+
+use crate::dmesg::{self, LinuxFigures};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// A machine to simulate.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    /// Its name in reports.
+    pub name: String,
+    /// CPUs (each gets per-CPU areas and trace buffers at boot).
+    pub cpus: u32,
+    /// The memory map.
+    pub ranges: Vec<MemoryRange>,
+    /// Section size in bytes.
+    pub section_size: u64,
+    /// What Linux printed for this map, when it came from a boot log.
+    pub linux: Option<LinuxFigures>,
+}
+
+/// Why a machine could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// No built-in machine of that name.
+    #[error("unknown machine '{0}': the built-in machines are container, server and large")]
+    UnknownMachine(String),
+    /// A size, node or CPU count out of range.
+    #[error("{0}")]
+    BadShape(String),
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The JSON is malformed.
+    #[error("{path}: line {line}, column {column}: {message}")]
+    Json {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde said.
+        message: String,
+    },
+    /// The boot log is malformed or holds no map.
+    #[error("{path}: {source}")]
+    Log {
+        /// The file.
+        path: String,
+        /// Why.
+        source: dmesg::LogError,
+    },
+    /// The map is not a valid layout.
+    #[error("{origin}: {source}")]
+    Layout {
+        /// Where the map came from.
+        origin: String,
+        /// Why.
+        source: LayoutError,
+    },
+}
+
+/// The built-in machines.
+pub const BUILT_IN: [&str; 3] = ["container", "server", "large"];
+
+impl Machine {
+    /// A built-in machine: `container` (2 GiB, 1 CPU, one node: a container
+    /// runtime's microVM), `server` (64 GiB, 2 nodes, 16 CPUs), `large` (1 TiB,
+    /// 4 nodes, 64 CPUs).
+    pub fn built_in(name: &str) -> Result<Machine, MachineError> {
+        let (memory, nodes, cpus) = match name {
+            "container" => (2 * GIB, 1, 1),
+            "server" => (64 * GIB, 2, 16),
+            "large" => (1024 * GIB, 4, 64),
+            _ => return Err(MachineError::UnknownMachine(name.to_string())),
+        };
+        let mut m = Machine::qemu_like(memory, nodes, cpus)?;
+        m.name = name.to_string();
+        Ok(m)
+    }
+
+    /// A machine of `memory` bytes on `nodes` nodes with `cpus` CPUs, laid out like
+    /// a QEMU `pc` guest.
+    pub fn qemu_like(memory: u64, nodes: u32, cpus: u32) -> Result<Machine, MachineError> {
+        if memory < 64 * MIB {
+            return Err(MachineError::BadShape(format!(
+                "memory {} is too small: at least 64M",
+                crate::size::format(memory)
+            )));
+        }
+        if memory > 4096 * GIB * 1024 {
+            return Err(MachineError::BadShape(format!(
+                "memory {} is above the 4P the 52-bit physical address space can hold",
+                crate::size::format(memory)
+            )));
+        }
+        if nodes == 0 || nodes as usize > meminit::MAX_NODES {
+            return Err(MachineError::BadShape(format!(
+                "{nodes} nodes: between 1 and {} are supported",
+                meminit::MAX_NODES
+            )));
+        }
+        if cpus == 0 || cpus > 8192 {
+            return Err(MachineError::BadShape(format!(
+                "{cpus} CPUs: between 1 and 8192 are supported"
+            )));
+        }
+        // QEMU pc: RAM below 4 GiB up to 3 GiB when there is 3.5 GiB or more, the
+        // rest from 4 GiB; the top 128 KiB below the PCI hole are BIOS-reserved.
+        let low = if memory >= 0xe000_0000 {
+            0xc000_0000
+        } else {
+            memory
+        };
+        let high = memory - low;
+        let node_size = memory / nodes as u64;
+        let node_of = |ram_offset: u64| ((ram_offset / node_size) as u32).min(nodes - 1);
+        let mut ranges = Vec::new();
+        // RAM pieces as (address, RAM offset, length), split where nodes change.
+        let push_ram = |addr: u64, offset: u64, len: u64, ranges: &mut Vec<MemoryRange>| {
+            let mut at = 0;
+            while at < len {
+                let node = node_of(offset + at);
+                let node_end = if node == nodes - 1 {
+                    u64::MAX
+                } else {
+                    (node as u64 + 1) * node_size
+                };
+                let piece = (len - at).min(node_end - (offset + at));
+                ranges.push(MemoryRange::new(
+                    addr + at,
+                    addr + at + piece,
+                    RangeKind::Usable,
+                    node,
+                ));
+                at += piece;
+            }
+        };
+        // Linux reserves page 0 and drops 0xa0000..0x100000; the e820 table keeps
+        // 0x9fc00..0xa0000 for the EBDA.
+        push_ram(0x1000, 0x1000, 0x9fc00 - 0x1000, &mut ranges);
+        ranges.push(MemoryRange::new(0x9fc00, 0xa0000, RangeKind::Other, 0));
+        ranges.push(MemoryRange::new(0xf0000, 0x100000, RangeKind::Other, 0));
+        push_ram(0x100000, 0x100000, low - 0x20000 - 0x100000, &mut ranges);
+        ranges.push(MemoryRange::new(low - 0x20000, low, RangeKind::Other, 0));
+        ranges.push(MemoryRange::new(0xfffc_0000, 4 * GIB, RangeKind::Other, 0));
+        if high > 0 {
+            push_ram(4 * GIB, low, high, &mut ranges);
+        }
+        Ok(Machine {
+            name: format!("{}-{}n-{}c", crate::size::format(memory), nodes, cpus),
+            cpus,
+            ranges,
+            section_size: meminit::layout::DEFAULT_SECTION_SIZE,
+            linux: None,
+        })
+    }
+
+    /// A machine from a memory-map file: JSON ([`MapFile`]) if it parses as such,
+    /// otherwise a Linux boot log.
+    pub fn from_file(path: &Path) -> Result<Machine, MachineError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| MachineError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| shown.clone());
+        if text.trim_start().starts_with('{') {
+            MapFile::parse(&text, &shown)?.into_machine(name)
+        } else {
+            let log = dmesg::parse(&text).map_err(|source| MachineError::Log {
+                path: shown.clone(),
+                source,
+            })?;
+            Ok(Machine {
+                name,
+                cpus: log.cpus.unwrap_or(1),
+                ranges: log.ranges,
+                section_size: meminit::layout::DEFAULT_SECTION_SIZE,
+                linux: Some(log.figures),
+            })
+        }
+    }
+
+    /// The validated layout.
+    pub fn layout(&self) -> Result<Layout, MachineError> {
+        let mut b = LayoutBuilder::new();
+        b.section_size(self.section_size);
+        for r in &self.ranges {
+            b.push(*r);
+        }
+        b.build().map_err(|source| MachineError::Layout {
+            origin: self.name.clone(),
+            source,
+        })
+    }
+
+    /// Total usable bytes.
+    pub fn usable_bytes(&self) -> u64 {
+        self.ranges
+            .iter()
+            .filter(|r| r.kind == RangeKind::Usable)
+            .map(|r| r.end.saturating_sub(r.start))
+            .sum()
+    }
+
+    /// The node CPU `cpu` sits on: CPUs are spread over nodes in contiguous blocks.
+    pub fn node_of_cpu(&self, cpu: u32, nodes: usize) -> usize {
+        (cpu as usize * nodes) / self.cpus.max(1) as usize
+    }
+}
+
+/// The JSON memory-map format.
+///
+/// ```json
+/// {
+///   "cpus": 4,
+///   "section_size": "128M",
+///   "ranges": [
+///     { "start": "0x1000",   "end": "0x9f000",     "kind": "usable", "node": 0 },
+///     { "start": "0x100000", "end": "0x80000000",  "kind": "usable", "node": 0 },
+///     { "start": "0x80000000", "end": "0x80200000", "kind": "reserved" }
+///   ]
+/// }
+/// ```
+///
+/// `start` and `end` (exclusive) are byte addresses, as integers or strings in
+/// decimal or `0x` hex; `kind` is `usable`, `reserved` (RAM in use before the
+/// allocator starts) or `other` (not RAM); `node` defaults to 0; `cpus` to 1;
+/// `section_size` to 128M.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapFile {
+    /// CPUs.
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// Section size, e.g. "128M".
+    #[serde(default)]
+    pub section_size: Option<Number>,
+    /// The ranges.
+    pub ranges: Vec<MapRange>,
+}
+
+/// One range of a [`MapFile`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapRange {
+    /// First byte.
+    pub start: Number,
+    /// One past the last byte.
+    pub end: Number,
+    /// `usable`, `reserved` or `other`.
+    pub kind: Kind,
+    /// NUMA node.
+    #[serde(default)]
+    pub node: u32,
+}
+
+/// A range kind in a [`MapFile`].
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// RAM the allocator manages.
+    Usable,
+    /// RAM already in use.
+    Reserved,
+    /// Not RAM.
+    Other,
+}
+
+/// An integer written as a JSON number or as a string (decimal, `0x` hex, or a
+/// size with a K/M/G/T suffix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "NumberRepr", into = "u64")]
+pub struct Number(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberRepr {
+    Int(u64),
+    Text(String),
+}
+
+impl TryFrom<NumberRepr> for Number {
+    type Error = String;
+    fn try_from(r: NumberRepr) -> Result<Self, String> {
+        match r {
+            NumberRepr::Int(v) => Ok(Number(v)),
+            NumberRepr::Text(s) => crate::size::parse(&s).map(Number),
+        }
+    }
+}
+
+impl From<Number> for u64 {
+    fn from(n: Number) -> u64 {
+        n.0
+    }
+}
+
+impl MapFile {
+    /// Parses the JSON text of a map file; `path` names it in errors.
+    pub fn parse(text: &str, path: &str) -> Result<MapFile, MachineError> {
+        serde_json::from_str(text).map_err(|e| MachineError::Json {
+            path: path.to_string(),
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The machine the file describes.
+    pub fn into_machine(self, name: String) -> Result<Machine, MachineError> {
+        let ranges = self
+            .ranges
+            .iter()
+            .map(|r| {
+                let kind = match r.kind {
+                    Kind::Usable => RangeKind::Usable,
+                    Kind::Reserved => RangeKind::Reserved,
+                    Kind::Other => RangeKind::Other,
+                };
+                MemoryRange::new(r.start.0, r.end.0, kind, r.node)
+            })
+            .collect();
+        Ok(Machine {
+            name,
+            cpus: self.cpus.unwrap_or(1).max(1),
+            ranges,
+            section_size: self
+                .section_size
+                .map(|n| n.0)
+                .unwrap_or(meminit::layout::DEFAULT_SECTION_SIZE),
+            linux: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meminit::ZoneType;
+
+    #[test]
+    fn container_matches_what_linux_counts_for_a_2g_qemu_guest() {
+        let m = Machine::built_in("container").unwrap();
+        let l = m.layout().unwrap();
+        let n = l.node(0).unwrap();
+        assert_eq!(n.present, 524158);
+        assert_eq!(n.zones[ZoneType::Dma as usize].present, 3998);
+    }
+
+    #[test]
+    fn server_splits_nodes_by_ram_offset() {
+        let m = Machine::built_in("server").unwrap();
+        let l = m.layout().unwrap();
+        assert_eq!(l.node_count(), 2);
+        let n1 = l.node(1).unwrap();
+        assert_eq!(n1.start_pfn, (4 * GIB + 29 * GIB) / 4096);
+        assert_eq!(n1.present, 32 * GIB / 4096);
+    }
+
+    #[test]
+    fn json_maps_parse_and_name_bad_lines() {
+        let text = r#"{ "cpus": 2, "ranges": [
+            { "start": "0x1000", "end": "0x9f000", "kind": "usable" },
+            { "start": 1048576, "end": "1G", "kind": "usable", "node": 0 }
+        ] }"#;
+        let m = MapFile::parse(text, "m.json")
+            .unwrap()
+            .into_machine("m".into())
+            .unwrap();
+        assert_eq!(m.cpus, 2);
+        assert_eq!(
+            m.layout().unwrap().present_pages(),
+            0x9e + (GIB - MIB) / 4096
+        );
+        let bad =
+            "{ \"ranges\": [\n { \"start\": \"0x10\", \"end\": \"zz\", \"kind\": \"usable\" } ] }";
+        let e = MapFile::parse(bad, "bad.json").unwrap_err().to_string();
+        assert!(e.starts_with("bad.json: line 2"), "{e}");
+        let overlap = r#"{ "ranges": [
+            { "start": 0, "end": "2M", "kind": "usable" },
+            { "start": "1M", "end": "3M", "kind": "usable" } ] }"#;
+        let e = MapFile::parse(overlap, "o.json")
+            .unwrap()
+            .into_machine("o".into())
+            .unwrap()
+            .layout()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("range #1") && e.contains("overlaps range #0"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,751 @@
+//! The simulated boot: start the allocator, make the allocations Linux makes early
+//! (each sized as Linux sizes it), run the deferred workers on threads, run a
+//! workload, and measure each step from outside.
+//!
+//! One [`run`] measures every strategy asked for on the same machine, in the same
+//! process, one after another, and measures the physical limit (a plain fill of the
+//! same number of memmap bytes on fresh memory) beside each.
+
+use std::time::Instant;
+
+use meminit::{AllocPath, Allocator, Config, Constraint, Layout, Pfn, SectionSlot, Strategy};
+use serde::Serialize;
+
+use crate::backing::HostBacking;
+use crate::machine::Machine;
+use crate::region::Region;
+use crate::size;
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+const DESCRIPTOR: u64 = 64;
+
+/// What runs once the boot allocations are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Workload {
+    /// Nothing.
+    Idle,
+    /// A container's working set: `bytes` allocated page by page, each page written.
+    Container {
+        /// Working-set size.
+        bytes: u64,
+    },
+    /// `ops` random allocations (orders 0–3, any zone) and frees, half held at a time.
+    Random {
+        /// Operations.
+        ops: u64,
+    },
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, arg) = match s.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        match (kind, arg) {
+            ("idle", None) => Ok(Workload::Idle),
+            ("container", None) => Ok(Workload::Container { bytes: 100 * MIB }),
+            ("container", Some(a)) => Ok(Workload::Container {
+                bytes: size::parse(a)?,
+            }),
+            ("random", None) => Ok(Workload::Random { ops: 100_000 }),
+            ("random", Some(a)) => a
+                .parse()
+                .map(|ops| Workload::Random { ops })
+                .map_err(|_| format!("'{a}' is not a number of operations")),
+            _ => Err(format!(
+                "unknown workload '{s}': expected idle, container[:SIZE] or random[:OPS]"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workload::Idle => f.write_str("idle"),
+            Workload::Container { bytes } => write!(f, "container:{}", size::format(*bytes)),
+            Workload::Random { ops } => write!(f, "random:{ops}"),
+        }
+    }
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Strategies, in the order to run them.
+    pub strategies: Vec<Strategy>,
+    /// Deferred worker threads in all, spread over nodes (at least one per node).
+    pub threads: usize,
+    /// `trace_buf_size=`: ring-buffer bytes per CPU allocated at boot. `None`: the
+    /// buffer is not expanded at boot, one page per CPU.
+    pub trace_buf_size: Option<u64>,
+    /// `crashkernel=`: bytes reserved below 4 GiB at boot.
+    pub crashkernel: Option<u64>,
+    /// What runs after boot.
+    pub workload: Workload,
+    /// Host memory a strategy may commit; above it the strategy is skipped.
+    pub memory_budget: u64,
+}
+
+impl Options {
+    /// Every strategy, the host's cores as threads, an idle workload, half the
+    /// host's available memory as budget.
+    pub fn new() -> Options {
+        Options {
+            strategies: Strategy::ALL.to_vec(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            trace_buf_size: None,
+            crashkernel: None,
+            workload: Workload::Idle,
+            memory_budget: default_memory_budget(),
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Half of `MemAvailable` from `/proc/meminfo` (4 GiB if unreadable).
+pub fn default_memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(4 << 30, |kib| kib * 1024 / 2)
+}
+
+/// One allocation Linux makes early in boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EarlyRequest {
+    /// What Linux calls it.
+    pub name: String,
+    /// Bytes asked for.
+    pub bytes: u64,
+    /// Order of each block.
+    pub order: u32,
+    /// Blocks per node, indexed by node.
+    pub blocks_per_node: Vec<u64>,
+    /// Zones allowed.
+    #[serde(serialize_with = "ser_constraint")]
+    pub constraint: Constraint,
+}
+
+fn ser_constraint<S: serde::Serializer>(c: &Constraint, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match c {
+        Constraint::Any => "any",
+        Constraint::Dma32 => "dma32",
+        Constraint::Dma => "dma",
+    })
+}
+
+/// Linux's `alloc_large_system_hash` entry count for `nr_kernel_pages` and `scale`
+/// (13 for the dentry cache, 14 for the inode cache), without `*hash_entries=`.
+pub fn large_system_hash_entries(nr_kernel_pages: u64, mut scale: u32) -> u64 {
+    // Rounded up to a whole MiB of pages.
+    let mut n = nr_kernel_pages.next_multiple_of(MIB / PAGE);
+    // Past 64 GiB, a quarter as many entries per doubling of memory.
+    let mut adapt = (64u64 << 30) / PAGE;
+    while adapt < n {
+        scale += 1;
+        adapt <<= 2;
+    }
+    if scale > 12 {
+        n >>= scale - 12;
+    } else {
+        n <<= 12 - scale;
+    }
+    let n = n.next_power_of_two();
+    // At most 1/16 of memory, at most 2^31 entries.
+    let max = (nr_kernel_pages * PAGE / 16 / 8).min(1 << 31);
+    n.min(max.max(1))
+}
+
+/// The allocations Linux makes before user space, sized as Linux sizes them.
+pub fn boot_plan(machine: &Machine, layout: &Layout, opts: &Options) -> Vec<EarlyRequest> {
+    let nodes = layout.node_count();
+    let present = layout.present_pages();
+    let nr_kernel_pages = present - present * DESCRIPTOR / PAGE;
+    let mut plan = Vec::new();
+    let spread = |bytes: u64, per_node: &mut Vec<u64>, order: u32| {
+        // Hash tables larger than a max-order block are interleaved over nodes.
+        let blocks = bytes.div_ceil(PAGE << order);
+        for i in 0..blocks {
+            per_node[(i as usize) % nodes] += 1;
+        }
+    };
+    for (name, scale) in [
+        ("Dentry cache hash table", 13),
+        ("Inode-cache hash table", 14),
+    ] {
+        let bytes = large_system_hash_entries(nr_kernel_pages, scale) * 8;
+        let order =
+            (bytes.div_ceil(PAGE).next_power_of_two().trailing_zeros()).min(meminit::MAX_ORDER);
+        let mut per_node = vec![0; nodes];
+        if order < meminit::MAX_ORDER {
+            per_node[0] = 1;
+        } else {
+            spread(bytes, &mut per_node, order);
+        }
+        plan.push(EarlyRequest {
+            name: name.to_string(),
+            bytes,
+            order,
+            blocks_per_node: per_node,
+            constraint: Constraint::Any,
+        });
+    }
+    let per_cpu_node = |per_cpu_blocks: u64| {
+        let mut v = vec![0u64; nodes];
+        for cpu in 0..machine.cpus {
+            v[machine.node_of_cpu(cpu, nodes)] += per_cpu_blocks;
+        }
+        v
+    };
+    // percpu: "Embedded 62 pages/cpu" in Debian's 6.1, one order-6 unit per CPU.
+    plan.push(EarlyRequest {
+        name: "percpu areas".to_string(),
+        bytes: machine.cpus as u64 * (64 * PAGE),
+        order: 6,
+        blocks_per_node: per_cpu_node(1),
+        constraint: Constraint::Any,
+    });
+    // The ring buffer is order-0 pages on each CPU's node; unexpanded, one page.
+    let trace_pages = opts.trace_buf_size.map_or(1, |b| b.div_ceil(PAGE).max(1));
+    plan.push(EarlyRequest {
+        name: format!(
+            "trace buffer ({} per CPU)",
+            opts.trace_buf_size
+                .map_or("unexpanded".to_string(), size::format)
+        ),
+        bytes: machine.cpus as u64 * trace_pages * PAGE,
+        order: 0,
+        blocks_per_node: per_cpu_node(trace_pages),
+        constraint: Constraint::Any,
+    });
+    if let Some(bytes) = opts.crashkernel {
+        let order = meminit::MAX_ORDER;
+        let mut per_node = vec![0; nodes];
+        per_node[0] = bytes.div_ceil(PAGE << order);
+        plan.push(EarlyRequest {
+            name: "crash kernel".to_string(),
+            bytes,
+            order,
+            blocks_per_node: per_node,
+            constraint: Constraint::Dma32,
+        });
+    }
+    plan
+}
+
+/// Latency of a set of allocations, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Latency {
+    /// Allocations measured.
+    pub count: u64,
+    /// Median.
+    pub median_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// Maximum.
+    pub max_ns: u64,
+}
+
+impl Latency {
+    fn of(samples: &mut [u64]) -> Latency {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Latency {
+            count: samples.len() as u64,
+            median_ns: at(0.5),
+            p99_ns: at(0.99),
+            max_ns: *samples.last().unwrap(),
+        }
+    }
+}
+
+/// One zone after the run, in pages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ZoneRow {
+    /// Node.
+    pub node: u8,
+    /// Linux's zone name.
+    pub zone: &'static str,
+    /// Pages spanned.
+    pub spanned: u64,
+    /// Pages present.
+    pub present: u64,
+    /// Pages managed.
+    pub managed: u64,
+    /// Pages free.
+    pub free: u64,
+    /// Pages not yet initialised.
+    pub uninitialised: u64,
+}
+
+/// What one early request got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EarlyResult {
+    /// The request.
+    #[serde(flatten)]
+    pub request: EarlyRequest,
+    /// Blocks that could not be allocated.
+    pub failures: u64,
+}
+
+/// The figures of one strategy on one machine.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StrategyReport {
+    /// `eager`, `deferred` or `ondemand`.
+    pub strategy: &'static str,
+    /// Why the strategy was not run, if it was not.
+    pub skipped: Option<String>,
+    /// Time until the allocator could serve (ns).
+    pub ready_ns: u64,
+    /// Time until every section was initialised (ns); `None` if never (on-demand).
+    pub full_init_ns: Option<u64>,
+    /// Deferred worker threads used.
+    pub worker_threads: usize,
+    /// Wall time spent initialising memmap: start-up, workers and growth (ns).
+    pub init_ns: u64,
+    /// Allocations that grew a zone.
+    pub grows: u64,
+    /// Time they spent growing (ns).
+    pub grow_ns: u64,
+    /// Sections initialised at start-up, by workers, by growth, by look-ups.
+    pub sections_by_boot: u64,
+    /// See `sections_by_boot`.
+    pub sections_by_workers: u64,
+    /// See `sections_by_boot`.
+    pub sections_by_growth: u64,
+    /// See `sections_by_boot`.
+    pub sections_by_lookup: u64,
+    /// Sections with present memory.
+    pub sections_present: u64,
+    /// Memmap bytes populated at the end.
+    pub memmap_populated_bytes: u64,
+    /// Memmap bytes resident on the host after boot (after deferred init), from
+    /// `mincore`.
+    pub memmap_resident_boot_bytes: u64,
+    /// Memmap bytes resident on the host after the workload, from `mincore`.
+    pub memmap_resident_end_bytes: u64,
+    /// Memmap bytes if every present section were initialised (the eager cost).
+    pub memmap_full_bytes: u64,
+    /// Fast-path allocations (free lists of the first or a fallback zone).
+    pub alloc_fast: Latency,
+    /// Slow-path allocations (the ones that grew a zone).
+    pub alloc_slow: Latency,
+    /// Allocations that failed.
+    pub alloc_failures: u64,
+    /// Time for one core to fill `memmap_populated_bytes` of fresh memory (ns).
+    pub limit_fill_ns: u64,
+    /// `limit_fill_ns / init_ns`: 1.0 means initialisation ran at the physical
+    /// limit of one core; above 1 it used more than one.
+    pub limit_ratio: f64,
+    /// The boot allocations and what they got.
+    pub boot: Vec<EarlyResult>,
+    /// Per node and zone, after the workload.
+    pub zones: Vec<ZoneRow>,
+}
+
+impl StrategyReport {
+    fn skipped(strategy: Strategy, why: String) -> StrategyReport {
+        StrategyReport {
+            strategy: strategy.name(),
+            skipped: Some(why),
+            ready_ns: 0,
+            full_init_ns: None,
+            worker_threads: 0,
+            init_ns: 0,
+            grows: 0,
+            grow_ns: 0,
+            sections_by_boot: 0,
+            sections_by_workers: 0,
+            sections_by_growth: 0,
+            sections_by_lookup: 0,
+            sections_present: 0,
+            memmap_populated_bytes: 0,
+            memmap_resident_boot_bytes: 0,
+            memmap_resident_end_bytes: 0,
+            memmap_full_bytes: 0,
+            alloc_fast: Latency::default(),
+            alloc_slow: Latency::default(),
+            alloc_failures: 0,
+            limit_fill_ns: 0,
+            limit_ratio: 0.0,
+            boot: Vec::new(),
+            zones: Vec::new(),
+        }
+    }
+}
+
+/// A whole report: one machine, every strategy asked for.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// The machine's name.
+    pub machine: String,
+    /// Its memory: present bytes.
+    pub present_bytes: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// CPUs.
+    pub cpus: u32,
+    /// Section size in bytes.
+    pub section_bytes: u64,
+    /// The workload.
+    pub workload: String,
+    /// The strategies.
+    pub strategies: Vec<StrategyReport>,
+}
+
+/// Steps of a run, for a progress display.
+pub trait Progress {
+    /// A step starts.
+    fn step(&self, what: &str);
+}
+
+impl Progress for () {
+    fn step(&self, _: &str) {}
+}
+
+fn now_ns() -> u64 {
+    use std::sync::OnceLock;
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Host bytes a strategy commits for the memmap, at least.
+fn memmap_need(layout: &Layout, strategy: Strategy) -> u64 {
+    let per_section = layout.section_pages() * DESCRIPTOR;
+    match strategy {
+        Strategy::Eager | Strategy::Deferred => {
+            (0..layout.section_count())
+                .filter(|&i| layout.section_has_present(i))
+                .count() as u64
+                * per_section
+        }
+        Strategy::OnDemand => per_section,
+    }
+}
+
+/// Runs every strategy of `opts` on `machine`.
+pub fn run(
+    machine: &Machine,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Report, crate::machine::MachineError> {
+    let layout = machine.layout()?;
+    // Fresh guest memory is far slower to touch the first time on a virtualised
+    // host; touch as much as the largest run will need, once, so that whichever
+    // strategy runs first is not charged for it.
+    let warm = opts
+        .strategies
+        .iter()
+        .map(|&s| memmap_need(&layout, s))
+        .filter(|&need| need <= opts.memory_budget)
+        .max()
+        .unwrap_or(0);
+    progress.step(&format!("{}: warming host memory", machine.name));
+    let _ = fill_time(warm);
+    let strategies = opts
+        .strategies
+        .iter()
+        .map(|&s| run_strategy(machine, &layout, s, opts, progress))
+        .collect();
+    Ok(Report {
+        machine: machine.name.clone(),
+        present_bytes: layout.present_pages() * PAGE,
+        nodes: layout.nodes().count(),
+        cpus: machine.cpus,
+        section_bytes: layout.section_pages() * PAGE,
+        workload: opts.workload.to_string(),
+        strategies,
+    })
+}
+
+/// Runs one strategy: boot, deferred init, workload, then the physical limit.
+pub fn run_strategy(
+    machine: &Machine,
+    layout: &Layout,
+    strategy: Strategy,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> StrategyReport {
+    let workload_bytes = match opts.workload {
+        Workload::Container { bytes } => bytes,
+        _ => 0,
+    };
+    let need = memmap_need(layout, strategy) + workload_bytes;
+    if need > opts.memory_budget {
+        return StrategyReport::skipped(
+            strategy,
+            format!(
+                "needs {} of host memory (memmap and working set), over the budget of {} (--memory-budget)",
+                size::format(need),
+                size::format(opts.memory_budget)
+            ),
+        );
+    }
+    match measure(machine, layout, strategy, opts, progress) {
+        Ok(r) => r,
+        Err(e) => StrategyReport::skipped(strategy, format!("the host refused: {e}")),
+    }
+}
+
+fn measure(
+    machine: &Machine,
+    layout: &Layout,
+    strategy: Strategy,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> std::io::Result<StrategyReport> {
+    let name = strategy.name();
+    // The physical limit is the best of a fill before and one after the run.
+    let limit_before = fill_time(memmap_need(layout, strategy).min(opts.memory_budget))?;
+    let backing = HostBacking::new(layout)?;
+    let physical = Region::reserve(layout.end_pfn() * PAGE)?;
+    let slots: Vec<SectionSlot> = (0..layout.section_count())
+        .map(|_| SectionSlot::new())
+        .collect();
+    progress.step(&format!("{}: {name}: start-up", machine.name));
+
+    let t0 = Instant::now();
+    let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
+        layout.clone(),
+        backing,
+        &slots,
+        Config {
+            strategy,
+            clock: Some(now_ns),
+        },
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let ready_ns = t0.elapsed().as_nanos() as u64;
+
+    let mut fast = Vec::new();
+    let mut slow = Vec::new();
+    let mut failures = 0;
+    let mut timed_alloc = |order: u32, constraint: Constraint, node: usize| {
+        let t = Instant::now();
+        let r = allocator.alloc_traced(order, constraint, node);
+        let ns = t.elapsed().as_nanos() as u64;
+        match r {
+            Ok((pfn, AllocPath::Grew)) => {
+                slow.push(ns);
+                Some(pfn)
+            }
+            Ok((pfn, _)) => {
+                fast.push(ns);
+                Some(pfn)
+            }
+            Err(_) => {
+                failures += 1;
+                None
+            }
+        }
+    };
+
+    progress.step(&format!("{}: {name}: boot allocations", machine.name));
+    let mut boot = Vec::new();
+    for request in boot_plan(machine, layout, opts) {
+        let mut failed = 0;
+        for (node, &blocks) in request.blocks_per_node.iter().enumerate() {
+            for _ in 0..blocks {
+                if timed_alloc(request.order, request.constraint, node).is_none() {
+                    failed += 1;
+                }
+            }
+        }
+        boot.push(EarlyResult {
+            request,
+            failures: failed,
+        });
+    }
+
+    let nodes: Vec<usize> = layout.nodes().map(|(n, _)| n).collect();
+    let mut worker_threads = 0;
+    let mut workers_ns = 0;
+    if strategy == Strategy::Deferred {
+        progress.step(&format!("{}: {name}: deferred workers", machine.name));
+        let per_node: Vec<usize> = (0..nodes.len())
+            .map(|i| {
+                (opts.threads / nodes.len() + usize::from(i < opts.threads % nodes.len())).max(1)
+            })
+            .collect();
+        worker_threads = per_node.iter().sum();
+        let tw = Instant::now();
+        std::thread::scope(|s| {
+            for (&node, &threads) in nodes.iter().zip(&per_node) {
+                for _ in 0..threads {
+                    let allocator = &allocator;
+                    s.spawn(move || allocator.run_deferred_worker(node));
+                }
+            }
+        });
+        workers_ns = tw.elapsed().as_nanos() as u64;
+    }
+    let full_init_ns = allocator
+        .is_fully_initialised()
+        .then(|| t0.elapsed().as_nanos() as u64);
+    let full_init_ns = match strategy {
+        Strategy::Eager => Some(ready_ns),
+        Strategy::Deferred => full_init_ns,
+        Strategy::OnDemand => None,
+    };
+    let memmap_resident_boot_bytes = allocator.backing().resident_bytes()?;
+
+    progress.step(&format!(
+        "{}: {name}: workload {}",
+        machine.name, opts.workload
+    ));
+    match opts.workload {
+        Workload::Idle => {}
+        Workload::Container { bytes } => {
+            for i in 0..bytes.div_ceil(PAGE) {
+                let node = nodes[(i as usize) % nodes.len()];
+                if let Some(pfn) = timed_alloc(0, Constraint::Any, node) {
+                    // SAFETY: the page is ours until freed, and it is never freed
+                    // while this run lasts.
+                    unsafe { physical.fill(pfn.addr() as usize, PAGE as usize, 0xa5) };
+                }
+            }
+        }
+        Workload::Random { ops } => {
+            let mut held: Vec<(Pfn, u32)> = Vec::new();
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            for _ in 0..ops {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if held.len() < 4096 && (x % 2 == 0 || held.is_empty()) {
+                    let order = (x >> 8) as u32 % 4;
+                    let node = nodes[(x >> 16) as usize % nodes.len()];
+                    if let Some(pfn) = timed_alloc(order, Constraint::Any, node) {
+                        held.push((pfn, order));
+                    }
+                } else {
+                    let (pfn, order) = held.swap_remove((x >> 24) as usize % held.len());
+                    allocator
+                        .free(pfn, order)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                }
+            }
+        }
+    }
+    let memmap_resident_end_bytes = allocator.backing().resident_bytes()?;
+    let stats = allocator.init_stats();
+    let zones = allocator
+        .zone_stats()
+        .map(|z| ZoneRow {
+            node: z.node,
+            zone: z.zone.name(),
+            spanned: z.spanned,
+            present: z.present,
+            managed: z.managed,
+            free: z.free,
+            uninitialised: z.uninitialised,
+        })
+        .collect();
+    let init_ns = match strategy {
+        Strategy::Eager => ready_ns,
+        Strategy::Deferred => workers_ns + stats.grow_time,
+        Strategy::OnDemand => stats.grow_time,
+    };
+    drop(allocator);
+    drop(physical);
+
+    progress.step(&format!("{}: {name}: physical limit", machine.name));
+    let limit_after = fill_time(stats.memmap_bytes)?;
+    let limit_fill_ns = if stats.memmap_bytes == memmap_need(layout, strategy) {
+        limit_before.min(limit_after)
+    } else {
+        limit_after
+    };
+    Ok(StrategyReport {
+        strategy: name,
+        skipped: None,
+        ready_ns,
+        full_init_ns,
+        worker_threads,
+        init_ns,
+        grows: stats.grows,
+        grow_ns: stats.grow_time,
+        sections_by_boot: stats.by_boot,
+        sections_by_workers: stats.by_workers,
+        sections_by_growth: stats.by_growth,
+        sections_by_lookup: stats.by_lookup,
+        sections_present: stats.sections_present,
+        memmap_populated_bytes: stats.memmap_bytes,
+        memmap_resident_boot_bytes,
+        memmap_resident_end_bytes,
+        memmap_full_bytes: stats.sections_present * layout.section_pages() * DESCRIPTOR,
+        alloc_fast: Latency::of(&mut fast),
+        alloc_slow: Latency::of(&mut slow),
+        alloc_failures: failures,
+        limit_fill_ns,
+        limit_ratio: if init_ns > 0 {
+            limit_fill_ns as f64 / init_ns as f64
+        } else {
+            0.0
+        },
+        boot,
+        zones,
+    })
+}
+
+/// Time for one core to commit and fill `bytes` of fresh memory, the way the
+/// backing commits memmap: huge pages, populated ahead, then written.
+pub fn fill_time(bytes: u64) -> std::io::Result<u64> {
+    if bytes == 0 {
+        return Ok(0);
+    }
+    let region = Region::reserve(bytes)?;
+    let t = Instant::now();
+    region.populate(0, bytes as usize)?;
+    // SAFETY: the region is ours alone.
+    unsafe { region.fill(0, bytes as usize, 0) };
+    Ok(t.elapsed().as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tables_are_sized_as_linux_sized_them_in_our_boot_logs() {
+        // (Total pages printed, dentry entries, inode entries) from the logs.
+        for (pages, dentry, inode) in [
+            (515_808u64, 262_144u64, 131_072u64),
+            (8_257_248, 4_194_304, 2_097_152),
+            (132_120_287, 16_777_216, 8_388_608),
+        ] {
+            assert_eq!(large_system_hash_entries(pages, 13), dentry, "{pages}");
+            assert_eq!(large_system_hash_entries(pages, 14), inode, "{pages}");
+        }
+    }
+
+    #[test]
+    fn workloads_parse() {
+        assert_eq!("idle".parse(), Ok(Workload::Idle));
+        assert_eq!(
+            "container:1G".parse(),
+            Ok(Workload::Container { bytes: 1 << 30 })
+        );
+        assert_eq!("random:10".parse(), Ok(Workload::Random { ops: 10 }));
+        assert!("busy".parse::<Workload>().is_err());
+    }
+}
