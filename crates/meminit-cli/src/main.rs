@@ -93,8 +93,8 @@ struct ReportArgs {
     /// Crash-kernel reservation below 4 GiB, like `crashkernel=`.
     #[arg(long, value_parser = parse_size)]
     crashkernel: Option<u64>,
-    /// After boot: idle, container[:SIZE] (default 100M, touched page by page) or
-    /// random[:OPS].
+    /// After boot: `idle`, `container[:SIZE]` (default 100M, touched page by page)
+    /// or `random[:OPS]`.
     #[arg(long, default_value = "idle", value_parser = parse_workload)]
     workload: Workload,
     /// Host memory a strategy may commit before it is skipped [default: half of
@@ -262,6 +262,9 @@ pub(crate) fn format_ns(ns: u64) -> String {
     }
 }
 
+/// One row of the report table: how to print a strategy's figure.
+type Cell = Box<dyn Fn(&StrategyReport) -> String>;
+
 fn print_report(report: &Report, opts: &Options) {
     println!(
         "machine {}: {} present on {} node{}, {} CPU{}, {} sections; workload {}; {} deferred worker thread{}",
@@ -291,7 +294,7 @@ fn print_report(report: &Report, opts: &Options) {
     if ran.is_empty() {
         return;
     }
-    let rows: Vec<(&str, Box<dyn Fn(&StrategyReport) -> String>)> = vec![
+    let rows: Vec<(&str, Cell)> = vec![
         ("time until ready", Box::new(|s| format_ns(s.ready_ns))),
         (
             "time until all initialised",

@@ -1,0 +1,261 @@
+//! The `meminit` command as a user runs it.
+
+use std::path::PathBuf;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn meminit() -> Command {
+    Command::cargo_bin("meminit").unwrap()
+}
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+const LOGS: [&str; 3] = [
+    "fixtures/linux-boot/debian-6.1-qemu-pc-2G-1c-1n-r1.log",
+    "fixtures/linux-boot/debian-6.1-qemu-pc-32G-2c-2n-r1.log",
+    "fixtures/linux-boot/debian-6.1-qemu-pc-512G-2c-1n-r1.log",
+];
+
+fn stdout(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The layout of each Linux boot log agrees with what that kernel printed, and
+/// its lines are Linux's own.
+#[test]
+fn layout_agrees_with_linux_boot_logs() {
+    for log in LOGS {
+        let path = repo(log);
+        let out = stdout(meminit().arg("layout").arg(&path));
+        assert!(
+            out.contains("agrees with the kernel's own figures"),
+            "{log}: {out}"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Every node range and zone range line meminit prints is in the log.
+        for line in out
+            .lines()
+            .filter(|l| l.contains("[mem ") || l.starts_with("Initmem"))
+        {
+            assert!(
+                text.contains(line),
+                "{log}: '{line}' is not what Linux printed"
+            );
+        }
+    }
+}
+
+/// Without the node-range lines, the e820 table (and SRAT) give the same layout.
+#[test]
+fn e820_and_srat_alone_give_the_same_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    for log in LOGS {
+        let text = std::fs::read_to_string(repo(log)).unwrap();
+        let stripped: String = text
+            .lines()
+            .filter(|l| !l.contains("Early memory node ranges") && !l.contains("]   node "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let path = dir.path().join("e820.log");
+        std::fs::write(&path, stripped).unwrap();
+        let out = stdout(meminit().arg("layout").arg(&path));
+        assert!(
+            out.contains("agrees with the kernel's own figures"),
+            "{log}: {out}"
+        );
+    }
+}
+
+#[test]
+fn bad_logs_and_maps_say_what_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bad.log");
+    std::fs::write(
+        &log,
+        "boot\n[    0.000000] BIOS-e820: [mem 0x0-0xfff usable\n",
+    )
+    .unwrap();
+    let out = meminit().arg("layout").arg(&log).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("BIOS-e820: [mem 0x0-0xfff usable"),
+        "{err}"
+    );
+
+    std::fs::write(&log, "no memory map here\n").unwrap();
+    let err = meminit().arg("layout").arg(&log).output().unwrap();
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no memory map"));
+
+    let map = dir.path().join("overlap.json");
+    std::fs::write(
+        &map,
+        r#"{"ranges": [{"start": 0, "end": "64M", "kind": "usable"}, {"start": "32M", "end": "96M", "kind": "usable"}]}"#,
+    )
+    .unwrap();
+    let out = meminit()
+        .args(["report", "--map"])
+        .arg(&map)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("range #1"));
+
+    let out = meminit()
+        .args(["report", "--memory", "lots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'lots' is not a size"));
+    let out = meminit()
+        .args(["report", "--memory", "1G", "--nodes", "40"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn report_json(args: &[&str]) -> Value {
+    let out = stdout(meminit().arg("report").arg("--json").args(args));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The JSON fields programs rely on.
+#[test]
+fn json_report_has_the_documented_shape() {
+    let r = report_json(&["--machine", "container", "--workload", "container:64M"]);
+    assert_eq!(r["machine"], "container");
+    assert_eq!(r["present_bytes"], 524158u64 * 4096);
+    let strategies = r["strategies"].as_array().unwrap();
+    let names: Vec<&str> = strategies
+        .iter()
+        .map(|s| s["strategy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["eager", "deferred", "ondemand"]);
+    for s in strategies {
+        for field in [
+            "ready_ns",
+            "full_init_ns",
+            "init_ns",
+            "grows",
+            "grow_ns",
+            "memmap_populated_bytes",
+            "memmap_resident_boot_bytes",
+            "memmap_resident_end_bytes",
+            "memmap_full_bytes",
+            "alloc_fast",
+            "alloc_slow",
+            "alloc_failures",
+            "limit_fill_ns",
+            "limit_ratio",
+            "boot",
+            "zones",
+        ] {
+            assert!(s.get(field).is_some(), "{} lacks {field}", s["strategy"]);
+        }
+        assert_eq!(s["alloc_failures"], 0);
+        assert_eq!(s["memmap_full_bytes"], 32u64 << 20);
+    }
+    let eager = &strategies[0];
+    let ondemand = &strategies[2];
+    assert_eq!(eager["memmap_resident_end_bytes"], 32u64 << 20);
+    assert!(ondemand["memmap_resident_end_bytes"].as_u64().unwrap() <= 4 << 20);
+    assert!(ondemand["full_init_ns"].is_null());
+    assert_eq!(ondemand["zones"][1]["zone"], "DMA32");
+}
+
+/// Every built-in machine under every strategy: runs, or says why it was skipped.
+#[test]
+fn built_in_machines_under_each_strategy() {
+    for machine in ["container", "server", "large"] {
+        for strategy in ["eager", "deferred", "ondemand"] {
+            let r = report_json(&["--machine", machine, "--strategy", strategy]);
+            let s = &r["strategies"][0];
+            assert_eq!(s["strategy"], strategy);
+            if let Some(why) = s["skipped"].as_str() {
+                assert!(
+                    machine == "large" && strategy != "ondemand",
+                    "{machine} {strategy}: {why}"
+                );
+                assert!(why.contains("budget"));
+                continue;
+            }
+            assert_eq!(s["alloc_failures"], 0, "{machine} {strategy}");
+            let populated = s["memmap_populated_bytes"].as_u64().unwrap();
+            let full = s["memmap_full_bytes"].as_u64().unwrap();
+            if strategy == "ondemand" {
+                assert!(populated < full / 4, "{machine}: {populated} of {full}");
+            } else {
+                assert_eq!(populated, full, "{machine} {strategy}");
+            }
+        }
+    }
+}
+
+/// A trace buffer of most of memory is served at boot under every strategy; one
+/// larger than memory fails only because memory is truly exhausted.
+#[test]
+fn trace_buffers_as_large_as_memory() {
+    let r = report_json(&["--machine", "container", "--trace-buf-size", "1900M"]);
+    for s in r["strategies"].as_array().unwrap() {
+        assert_eq!(s["alloc_failures"], 0, "{}", s["strategy"]);
+    }
+    let out = meminit()
+        .args([
+            "report",
+            "--json",
+            "--machine",
+            "container",
+            "--trace-buf-size",
+            "3G",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in r["strategies"].as_array().unwrap() {
+        assert!(s["alloc_failures"].as_u64().unwrap() > 0);
+        for z in s["zones"].as_array().unwrap() {
+            assert_eq!(
+                z["uninitialised"], 0,
+                "failed while memory was uninitialised"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_example_map_and_a_sized_machine_run() {
+    let out = stdout(
+        meminit()
+            .args(["report", "--workload", "random:2000", "--map"])
+            .arg(repo("examples/maps/two-nodes-with-holes.json")),
+    );
+    assert!(out.contains("time until ready"), "{out}");
+    let r = report_json(&[
+        "--memory",
+        "6G",
+        "--nodes",
+        "2",
+        "--cpus",
+        "4",
+        "--crashkernel",
+        "256M",
+    ]);
+    assert_eq!(r["nodes"], 2);
+    assert_eq!(r["cpus"], 4);
+    let boot = r["strategies"][0]["boot"].as_array().unwrap();
+    assert!(boot
+        .iter()
+        .any(|b| b["name"] == "crash kernel" && b["failures"] == 0));
+}
