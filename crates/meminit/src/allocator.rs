@@ -20,13 +20,14 @@ use crate::zone::{Zone, ZoneStats};
 
 /// Which zones an allocation may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Constraint {
     /// Any zone: Normal first, then DMA32, then DMA.
-    Any,
+    Any = 0,
     /// Below 4 GiB: DMA32, then DMA.
-    Dma32,
+    Dma32 = 1,
     /// Below 16 MiB: DMA only.
-    Dma,
+    Dma = 2,
 }
 
 impl Constraint {
@@ -177,6 +178,50 @@ pub struct Allocator<'a, B, R: RawMutex> {
     /// Per node: the next section offset a deferred worker takes.
     pub(crate) work: [AtomicUsize; MAX_NODES],
     pub(crate) counters: InitCounters,
+    /// Per preferred node and constraint, the zones to try, in order.
+    pub(crate) zonelists: [ZoneList; MAX_NODES * CONSTRAINTS],
+}
+
+/// The number of [`Constraint`]s.
+pub(crate) const CONSTRAINTS: usize = 3;
+
+/// Zones to try for one preferred node and constraint: that node's populated zones
+/// from the highest allowed down, then each other node's in turn (Linux's
+/// zonelist, with nodes ordered by distance from the preferred one modulo count).
+#[derive(Clone, Copy)]
+pub(crate) struct ZoneList {
+    zones: [u8; MAX_NODES * ZONE_TYPES],
+    len: u8,
+}
+
+impl ZoneList {
+    pub(crate) fn build<R: RawMutex>(
+        zones: &[Zone<R>],
+        nodes: usize,
+        node: usize,
+        constraint: Constraint,
+    ) -> ZoneList {
+        let mut list = ZoneList {
+            zones: [0; MAX_NODES * ZONE_TYPES],
+            len: 0,
+        };
+        let top = constraint.highest_zone() as usize;
+        for i in 0..nodes {
+            let n = (node + i) % nodes;
+            for z in (0..=top).rev() {
+                let index = n * ZONE_TYPES + z;
+                if zones[index].is_populated() {
+                    list.zones[list.len as usize] = index as u8;
+                    list.len += 1;
+                }
+            }
+        }
+        list
+    }
+
+    fn zones(&self) -> &[u8] {
+        &self.zones[..self.len as usize]
+    }
 }
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
@@ -199,6 +244,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// [`alloc`](Self::alloc), saying which path served it.
+    #[inline]
     pub fn alloc_traced(
         &self,
         order: u32,
@@ -229,21 +275,18 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The populated zones an allocation may use, in the order it tries them.
+    #[inline]
     fn zonelist(&self, constraint: Constraint, node: usize) -> impl Iterator<Item = &Zone<R>> {
-        let nodes = self.layout.node_count();
-        let top = constraint.highest_zone() as usize;
-        (0..nodes).flat_map(move |i| {
-            let n = (node + i) % nodes;
-            (0..=top)
-                .rev()
-                .map(move |z| &self.zones[n * ZONE_TYPES + z])
-                .filter(|z| z.is_populated())
-        })
+        self.zonelists[node * CONSTRAINTS + constraint as usize]
+            .zones()
+            .iter()
+            .map(|&i| &self.zones[i as usize])
     }
 
     /// Returns a block that [`alloc`](Self::alloc) handed out. The descriptor is
     /// checked first: a double free, a wrong order, a reserved or never-initialised
     /// page is refused with nothing changed.
+    #[inline]
     pub fn free(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
         if order > MAX_ORDER {
             return Err(FreeError::OrderTooLarge { order });

@@ -57,6 +57,7 @@ impl FreeArea {
     }
 
     /// Links the block at `pfn` as a free block of `order`.
+    #[inline]
     fn push<B: MemmapBacking>(&mut self, mm: &Memmap<'_, B>, pfn: u64, order: u32) {
         let o = order as usize;
         let head = self.heads[o];
@@ -73,6 +74,7 @@ impl FreeArea {
     }
 
     /// Unlinks the free block at `pfn` of `order`, leaving its state to the caller.
+    #[inline]
     fn unlink<B: MemmapBacking>(&mut self, mm: &Memmap<'_, B>, pfn: u64, order: u32) {
         let o = order as usize;
         let p = page(mm, pfn);
@@ -125,6 +127,7 @@ impl FreeArea {
 
     /// Returns the block at `pfn` of `order`, whose head the caller checked says
     /// `Allocated{order}`, merging it with free buddies of the same zone.
+    #[inline]
     pub(crate) fn give<B: MemmapBacking>(
         &mut self,
         mm: &Memmap<'_, B>,

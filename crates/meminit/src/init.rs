@@ -22,7 +22,7 @@ use core::sync::atomic::{
 
 use lock_api::RawMutex;
 
-use crate::allocator::{AllocError, Allocator};
+use crate::allocator::{AllocError, Allocator, Constraint, ZoneList, CONSTRAINTS};
 use crate::layout::{Layout, ZoneType, ZONE_TYPES};
 use crate::memmap::{BackingError, Memmap, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
@@ -219,7 +219,12 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 .unwrap_or_default();
             Zone::new(node as u8, kind, span, shift)
         });
+        let zonelists = array::from_fn(|i| {
+            let constraint = [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
+            ZoneList::build(&zones, layout.node_count(), i / CONSTRAINTS, constraint)
+        });
         let allocator = Allocator {
+            zonelists,
             layout,
             memmap,
             zones,

@@ -70,6 +70,7 @@ const KIND_TAIL: u32 = 2;
 const KIND_FREE: u32 = 3;
 const KIND_ALLOCATED: u32 = 4;
 
+#[inline]
 const fn encode(state: PageState) -> u32 {
     match state {
         PageState::Reserved => KIND_RESERVED,
@@ -79,6 +80,7 @@ const fn encode(state: PageState) -> u32 {
     }
 }
 
+#[inline]
 fn decode(word: u32) -> PageState {
     let order = word >> 8;
     match word & 0xff {
@@ -97,6 +99,7 @@ pub(crate) const fn zone_index(node: u8, zone: ZoneType) -> u32 {
 
 impl Page {
     /// A descriptor in `state` for a page of zone `zone_index` (or [`NO_ZONE`]).
+    #[inline]
     pub(crate) const fn new(state: PageState, zone_index: u32) -> Page {
         Page {
             state: AtomicU32::new(encode(state)),
@@ -108,15 +111,18 @@ impl Page {
     }
 
     /// The page's state.
+    #[inline]
     pub fn state(&self) -> PageState {
         decode(self.state.load(Relaxed))
     }
 
+    #[inline]
     pub(crate) fn set_state(&self, state: PageState) {
         self.state.store(encode(state), Relaxed);
     }
 
     /// The node and zone the page belongs to, or `None` for a page in a hole.
+    #[inline]
     pub fn zone(&self) -> Option<(u8, ZoneType)> {
         match self.zone.load(Relaxed) {
             NO_ZONE => None,
@@ -127,6 +133,7 @@ impl Page {
         }
     }
 
+    #[inline]
     pub(crate) fn zone_index(&self) -> u32 {
         self.zone.load(Relaxed)
     }

@@ -31,6 +31,7 @@ pub enum SectionState {
 }
 
 impl SectionState {
+    #[inline]
     fn from_u8(v: u8) -> SectionState {
         match v {
             1 => SectionState::Uninit,

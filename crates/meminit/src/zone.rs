@@ -82,6 +82,7 @@ impl<R: RawMutex> Zone<R> {
     }
 
     /// Whether the zone has any present page.
+    #[inline]
     pub(crate) fn is_populated(&self) -> bool {
         self.span.present > 0
     }
@@ -108,6 +109,7 @@ impl<R: RawMutex> Zone<R> {
     }
 
     /// Runs `f` with the free lists locked, then refreshes the free-page mirror.
+    #[inline]
     pub(crate) fn with_free<T>(&self, f: impl FnOnce(&mut FreeArea) -> T) -> T {
         let mut area = self.free.lock();
         let out = f(&mut area);

@@ -1,0 +1,220 @@
+//! Benchmarks as ratios, each pair measured side by side in one run, interleaved,
+//! because these machines are noisy. Run with `scripts/bench` (or
+//! `cargo bench -p meminit-host --bench ratios`).
+//!
+//! 1. Off switch: the order-0 fast path after a lazy start, once everything is
+//!    initialised, against the same after an eager start.
+//! 2. memmap initialisation throughput against a plain fill of the same bytes.
+//! 3. Deferred initialisation with 2 threads against 1.
+//! 4. Order-0 allocate + free against the `buddy_system_allocator` crate on the
+//!    same memory.
+//! 5. Time until ready, on-demand, at 2 GiB, 64 GiB and 1 TiB, against eager where
+//!    it fits.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use meminit::{Allocator, Config, Constraint, Layout, SectionSlot, Strategy};
+use meminit_host::sim::{default_memory_budget, fill_time};
+use meminit_host::{HostBacking, Machine};
+
+/// A spin lock around each zone, as a kernel would embed it (and as
+/// `buddy_system_allocator`'s locked allocator has).
+type HostAllocator<'a> = Allocator<'a, HostBacking, spin::mutex::SpinMutex<()>>;
+
+fn with_allocator<T>(
+    layout: &Layout,
+    strategy: Strategy,
+    f: impl FnOnce(&HostAllocator<'_>, u64) -> T,
+) -> T {
+    let slots: Vec<SectionSlot> = (0..layout.section_count())
+        .map(|_| SectionSlot::new())
+        .collect();
+    let backing = HostBacking::new(layout).expect("reserve memmap");
+    let t = Instant::now();
+    let a = Allocator::new(layout.clone(), backing, &slots, Config::new(strategy)).expect("start");
+    let ready = t.elapsed().as_nanos() as u64;
+    f(&a, ready)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn layout(name: &str) -> Layout {
+    Machine::built_in(name).unwrap().layout().unwrap()
+}
+
+/// ns per order-0 allocate + free pair.
+fn fast_path(a: &HostAllocator<'_>, ops: u32) -> f64 {
+    let t = Instant::now();
+    for _ in 0..ops {
+        let p = a.alloc(0, Constraint::Any, 0).unwrap();
+        a.free(black_box(p), 0).unwrap();
+    }
+    t.elapsed().as_nanos() as f64 / ops as f64
+}
+
+fn run_workers(a: &HostAllocator<'_>, threads: usize) -> u64 {
+    let nodes: Vec<usize> = a.layout().nodes().map(|(n, _)| n).collect();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..threads.max(nodes.len()) {
+            let node = nodes[i % nodes.len()];
+            s.spawn(move || a.run_deferred_worker(node).unwrap());
+        }
+    });
+    t.elapsed().as_nanos() as u64
+}
+
+fn main() {
+    let rounds = 7;
+    let ops = 200_000;
+    let container = layout("container");
+    let server = layout("server");
+    // Warm the host's memory once, so that no measurement pays for first touch.
+    let _ = fill_time(server.memmap_bytes());
+
+    println!("meminit benchmarks: ratios of pairs measured side by side, {rounds} interleaved rounds, medians");
+
+    // 1. The off switch.
+    let (mut lazy, mut eager) = (Vec::new(), Vec::new());
+    with_allocator(&container, Strategy::Deferred, |d, _| {
+        run_workers(d, 2);
+        assert!(d.is_fully_initialised());
+        with_allocator(&container, Strategy::Eager, |e, _| {
+            for _ in 0..rounds {
+                lazy.push(fast_path(d, ops));
+                eager.push(fast_path(e, ops));
+            }
+        })
+    });
+    let (lazy, eager) = (median(lazy), median(eager));
+    println!(
+        "1. fast path, order-0 alloc+free: lazy start {lazy:.1} ns, eager start {eager:.1} ns: ratio {:.3} (aim: 1.0 within noise)",
+        lazy / eager
+    );
+
+    // 2. Initialisation throughput against the physical limit.
+    let (mut init, mut fill) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = with_allocator(&server, Strategy::Eager, |_, ready| ready);
+        init.push(t as f64);
+        fill.push(fill_time(server.memmap_bytes()).unwrap() as f64);
+    }
+    let (init, fill) = (median(init), median(fill));
+    println!(
+        "2. memmap init, 64 GiB (1 GiB of descriptors): eager {:.1} ms, plain fill {:.1} ms: throughput ratio {:.2} (aim: >= 0.8)",
+        init / 1e6,
+        fill / 1e6,
+        fill / init
+    );
+
+    // 3. Deferred init, 2 threads against 1.
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    let single = {
+        let mut b = meminit::LayoutBuilder::new();
+        b.add(1 << 20, 32 << 30, meminit::RangeKind::Usable, 0);
+        b.build().unwrap()
+    };
+    for _ in 0..3 {
+        one.push(with_allocator(&single, Strategy::Deferred, |a, _| run_workers(a, 1)) as f64);
+        two.push(with_allocator(&single, Strategy::Deferred, |a, _| run_workers(a, 2)) as f64);
+    }
+    let (one, two) = (median(one), median(two));
+    println!(
+        "3. deferred init, 32 GiB on one node: 1 thread {:.1} ms, 2 threads {:.1} ms: speed-up {:.2} (aim: >= 1.8 on 2 cores)",
+        one / 1e6,
+        two / 1e6,
+        one / two
+    );
+
+    // 4. Against buddy_system_allocator on the same memory (2 GiB of frames): a
+    //    batch of order-0 allocations then their frees, and single pairs.
+    let frames = container.end_pfn() as usize;
+    // meminit locks its zone on every call; compare with the crate's own locked
+    // allocator, and show its unlocked one too.
+    let locked = buddy_system_allocator::LockedFrameAllocator::<32>::new();
+    let mut other = buddy_system_allocator::FrameAllocator::<32>::new();
+    for r in container.present_runs(0, u64::MAX) {
+        other.add_frame(r.start as usize, r.end as usize);
+        locked.lock().add_frame(r.start as usize, r.end as usize);
+    }
+    let batch = 16_384;
+    let (mut ours, mut theirs, mut unlocked) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_pair, mut theirs_pair) = (Vec::new(), Vec::new());
+    with_allocator(&container, Strategy::Eager, |e, _| {
+        let mut held = Vec::with_capacity(batch);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for _ in 0..ops / batch as u32 {
+                held.extend((0..batch).map(|_| e.alloc(0, Constraint::Any, 0).unwrap()));
+                for p in held.drain(..) {
+                    e.free(p, 0).unwrap();
+                }
+            }
+            ours.push(t.elapsed().as_nanos() as f64 / (ops as f64));
+            let mut held: Vec<usize> = Vec::with_capacity(batch);
+            let t = Instant::now();
+            for _ in 0..ops / batch as u32 {
+                held.extend((0..batch).map(|_| locked.lock().alloc(1).unwrap()));
+                for f in held.drain(..) {
+                    locked.lock().dealloc(f, 1);
+                }
+            }
+            theirs.push(t.elapsed().as_nanos() as f64 / (ops as f64));
+            let t = Instant::now();
+            for _ in 0..ops / batch as u32 {
+                held.extend((0..batch).map(|_| other.alloc(1).unwrap()));
+                for f in held.drain(..) {
+                    other.dealloc(f, 1);
+                }
+            }
+            unlocked.push(t.elapsed().as_nanos() as f64 / (ops as f64));
+            ours_pair.push(fast_path(e, ops));
+            let t = Instant::now();
+            for _ in 0..ops {
+                let f = locked.lock().alloc(1).unwrap();
+                locked.lock().dealloc(black_box(f), 1);
+            }
+            theirs_pair.push(t.elapsed().as_nanos() as f64 / ops as f64);
+        }
+    });
+    let (ours, theirs, unlocked) = (median(ours), median(theirs), median(unlocked));
+    let (ours_pair, theirs_pair) = (median(ours_pair), median(theirs_pair));
+    println!(
+        "4. order-0 alloc+free over {frames} frames, batches of {batch}: meminit {ours:.1} ns, buddy_system_allocator (locked) {theirs:.1} ns: ratio {:.2} (aim: <= 0.5); its unlocked FrameAllocator {unlocked:.1} ns: ratio {:.2}",
+        ours / theirs,
+        ours / unlocked
+    );
+    println!(
+        "   single alloc+free pairs: meminit {ours_pair:.1} ns, buddy_system_allocator (locked) {theirs_pair:.1} ns: ratio {:.2} \
+         (its lowest free frame is a lone order-0 block, so it never splits; meminit splits an order-5 block)",
+        ours_pair / theirs_pair
+    );
+
+    // 5. Time until ready.
+    let budget = default_memory_budget();
+    println!("5. time until ready (median of {rounds}):");
+    for name in ["container", "server", "large"] {
+        let l = layout(name);
+        let mut ondemand = Vec::new();
+        for _ in 0..rounds {
+            ondemand.push(with_allocator(&l, Strategy::OnDemand, |_, ready| ready) as f64);
+        }
+        let ondemand = median(ondemand);
+        let eager_fits = l.memmap_bytes() <= budget;
+        let eager =
+            eager_fits.then(|| with_allocator(&l, Strategy::Eager, |_, ready| ready) as f64);
+        println!(
+            "   {name:<9} {:>6}: on-demand {:>8.1} µs, eager {}",
+            meminit_host::size::format(l.present_pages() * 4096),
+            ondemand / 1e3,
+            match eager {
+                Some(e) => format!("{:.1} ms: ratio {:.0}x", e / 1e6, e / ondemand),
+                None => "skipped (does not fit this host)".to_string(),
+            }
+        );
+    }
+}
