@@ -1,15 +1,268 @@
-//! `--plot DIR`: charts of the report, as SVG and PNG.
+//! `--plot DIR`: charts, as SVG and PNG.
+//!
+//! - `ready`: time until the allocator serves and until all memory is initialised,
+//!   against memory size, per strategy (QEMU-like machines of 1 GiB up to 1 TiB;
+//!   strategies that do not fit this host are left out at those sizes).
+//! - `resident`: memmap resident on the host against the working set touched after
+//!   boot, per strategy, on the machine of the report.
+//!
+//! Text is drawn with the DejaVu font embedded in the binary, so PNGs need no
+//! system font library.
+
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use meminit::Strategy;
 use meminit_host::machine::Machine;
-use meminit_host::sim::{Options, Progress};
+use meminit_host::sim::{self, Options, Progress, Workload};
+use meminit_host::size;
+use plotters::coord::Shift;
+use plotters::prelude::*;
 
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+/// One line of a chart: a label and its points.
+struct Series {
+    label: String,
+    color: RGBColor,
+    points: Vec<(f64, f64)>,
+}
+
+/// Runs the measurements and writes every chart into `dir`.
 pub fn write_all(
-    _dir: &Path,
-    _machine: &Machine,
-    _opts: &Options,
-    _progress: &dyn Progress,
+    dir: &Path,
+    machine: &Machine,
+    opts: &Options,
+    progress: &dyn Progress,
 ) -> Result<Vec<PathBuf>> {
-    anyhow::bail!("charts are not written yet")
+    std::fs::create_dir_all(dir)?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| anyhow::anyhow!("the embedded font did not load"))?;
+    let mut written = Vec::new();
+    written.extend(ready_chart(dir, opts, progress)?);
+    written.extend(resident_chart(dir, machine, opts, progress)?);
+    Ok(written)
+}
+
+fn ready_chart(dir: &Path, opts: &Options, progress: &dyn Progress) -> Result<Vec<PathBuf>> {
+    let mut series = vec![
+        Series {
+            label: "eager: ready = all initialised".into(),
+            color: RGBColor(200, 60, 40),
+            points: vec![],
+        },
+        Series {
+            label: "deferred: ready".into(),
+            color: RGBColor(40, 110, 200),
+            points: vec![],
+        },
+        Series {
+            label: "deferred: all initialised".into(),
+            color: RGBColor(120, 170, 230),
+            points: vec![],
+        },
+        Series {
+            label: "on-demand: ready".into(),
+            color: RGBColor(40, 160, 80),
+            points: vec![],
+        },
+    ];
+    let mut run = opts.clone();
+    run.workload = Workload::Idle;
+    for shift in 0..=10 {
+        let memory = GIB << shift;
+        let machine = Machine::qemu_like(memory, 1, 1)?;
+        let layout = machine.layout()?;
+        let x = memory as f64 / GIB as f64;
+        for strategy in Strategy::ALL {
+            let r = sim::run_strategy(&machine, &layout, strategy, &run, progress);
+            if r.skipped.is_some() {
+                continue;
+            }
+            let ms = |ns: u64| (ns as f64 / 1e6).max(1e-3);
+            match strategy {
+                Strategy::Eager => series[0].points.push((x, ms(r.ready_ns))),
+                Strategy::Deferred => {
+                    series[1].points.push((x, ms(r.ready_ns)));
+                    if let Some(full) = r.full_init_ns {
+                        series[2].points.push((x, ms(full)));
+                    }
+                }
+                Strategy::OnDemand => series[3].points.push((x, ms(r.ready_ns))),
+            }
+        }
+    }
+    draw_both(
+        &dir.join("ready"),
+        "Time until ready and until all memory is initialised",
+        "memory (GiB)",
+        "time (ms)",
+        &series,
+        true,
+    )
+}
+
+fn resident_chart(
+    dir: &Path,
+    machine: &Machine,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Vec<PathBuf>> {
+    let layout = machine.layout()?;
+    let present = layout.present_pages() * 4096;
+    let colors = [
+        RGBColor(200, 60, 40),
+        RGBColor(40, 110, 200),
+        RGBColor(40, 160, 80),
+    ];
+    let mut series: Vec<Series> = Strategy::ALL
+        .iter()
+        .zip(colors)
+        .map(|(s, color)| Series {
+            label: s.name().to_string(),
+            color,
+            points: vec![],
+        })
+        .collect();
+    let mut set = 0;
+    while set <= present / 2 {
+        let mut run = opts.clone();
+        run.workload = Workload::Container { bytes: set.max(1) };
+        for (i, strategy) in Strategy::ALL.iter().enumerate() {
+            let r = sim::run_strategy(machine, &layout, *strategy, &run, progress);
+            if r.skipped.is_none() {
+                series[i].points.push((
+                    set as f64 / MIB as f64,
+                    r.memmap_resident_end_bytes as f64 / MIB as f64,
+                ));
+            }
+        }
+        set = if set == 0 { 64 * MIB } else { set * 2 };
+    }
+    draw_both(
+        &dir.join("resident"),
+        &format!(
+            "memmap resident on the host against working set ({}, {})",
+            machine.name,
+            size::format(present)
+        ),
+        "working set (MiB)",
+        "memmap resident (MiB)",
+        &series,
+        false,
+    )
+}
+
+/// Draws each series as a line with points, and the legend.
+fn lines<'a, DB, CT>(c: &mut ChartContext<'a, DB, CT>, series: &[Series]) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
+    for (i, s) in series.iter().enumerate() {
+        let color = s.color;
+        // The first line is drawn wider, so a line on top of it stays visible.
+        let width = if i == 0 { 6 } else { 2 };
+        c.draw_series(LineSeries::new(s.points.clone(), color.stroke_width(width)))
+            .map_err(err)?
+            .label(s.label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+            });
+        c.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(err)?;
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Writes `base.svg` and `base.png`.
+fn draw_both(
+    base: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log: bool,
+) -> Result<Vec<PathBuf>> {
+    let svg = base.with_extension("svg");
+    let png = base.with_extension("png");
+    {
+        let root = SVGBackend::new(&svg, (960, 600)).into_drawing_area();
+        draw(&root, title, x_label, y_label, series, log)?;
+        root.present().context("writing the SVG")?;
+    }
+    {
+        let root = BitMapBackend::new(&png, (960, 600)).into_drawing_area();
+        draw(&root, title, x_label, y_label, series, log)?;
+        root.present().context("writing the PNG")?;
+    }
+    Ok(vec![svg, png])
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log: bool,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let points = series.iter().flat_map(|s| s.points.iter());
+    let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::MAX, 0.0f64);
+    for &(x, y) in points {
+        x_max = x_max.max(x);
+        y_min = y_min.min(y);
+        y_max = y_max.max(y);
+    }
+    if y_min == f64::MAX {
+        y_min = 0.0;
+    }
+    let mut chart = ChartBuilder::on(root);
+    chart
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72);
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
+    if log {
+        let mut c = chart
+            .build_cartesian_2d(
+                (1.0f64..x_max * 1.2).log_scale(),
+                (y_min / 2.0..y_max * 2.0).log_scale(),
+            )
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        lines(&mut c, series)?;
+    } else {
+        let mut c = chart
+            .build_cartesian_2d(0.0f64..x_max * 1.05, 0.0f64..y_max * 1.15 + 1.0)
+            .map_err(err)?;
+        c.configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        lines(&mut c, series)?;
+    }
+    Ok(())
 }

@@ -259,3 +259,31 @@ fn the_example_map_and_a_sized_machine_run() {
         .iter()
         .any(|b| b["name"] == "crash kernel" && b["failures"] == 0));
 }
+
+#[test]
+fn plots_are_written_as_svg_and_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = meminit()
+        .args([
+            "report",
+            "--machine",
+            "container",
+            "--strategy",
+            "ondemand",
+            "--plot",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for chart in ["ready", "resident"] {
+        let svg = std::fs::read_to_string(dir.path().join(format!("{chart}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && (svg.contains("on-demand") || svg.contains("ondemand")));
+        let png = std::fs::read(dir.path().join(format!("{chart}.png"))).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
+}
