@@ -121,6 +121,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_workload(s: &str) -> Result<Workload, String> {
     s.parse()
+        .map_err(|e: meminit_host::sim::BadWorkload| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -394,23 +395,19 @@ fn print_report(report: &Report, opts: &Options) {
     }
     println!("  boot allocations (sized as Linux sizes them):");
     for b in &ran[0].boot {
-        let blocks: u64 = b.request.blocks_per_node.iter().sum();
+        let blocks: u64 = b.blocks_per_node.iter().sum();
         let failed: Vec<String> = ran
             .iter()
-            .filter(|s| {
-                s.boot
-                    .iter()
-                    .any(|x| x.request.name == b.request.name && x.failures > 0)
-            })
+            .filter(|s| s.boot.iter().any(|x| x.name == b.name && x.failures > 0))
             .map(|s| s.strategy.to_string())
             .collect();
         println!(
             "    {:<40} {:>8} in {} block{} of order {}{}",
-            b.request.name,
-            size::format(b.request.bytes),
+            b.name,
+            size::format(b.bytes),
             blocks,
             if blocks == 1 { "" } else { "s" },
-            b.request.order,
+            b.order,
             if failed.is_empty() {
                 String::new()
             } else {

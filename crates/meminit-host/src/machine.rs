@@ -226,11 +226,6 @@ impl Machine {
             .map(|r| r.end.saturating_sub(r.start))
             .sum()
     }
-
-    /// The node CPU `cpu` sits on: CPUs are spread over nodes in contiguous blocks.
-    pub fn node_of_cpu(&self, cpu: u32, nodes: usize) -> usize {
-        (cpu as usize * nodes) / self.cpus.max(1) as usize
-    }
 }
 
 /// The JSON memory-map format.

@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use meminit::{AllocPath, Allocator, Config, Constraint, Layout, Pfn, SectionSlot, Strategy};
+use meminit_boot::{early_requests, BootParams, EarlyKind, Size, XorShift};
 use serde::Serialize;
 
 use crate::backing::HostBacking;
@@ -16,63 +17,10 @@ use crate::machine::Machine;
 use crate::region::Region;
 use crate::size;
 
-const MIB: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 const DESCRIPTOR: u64 = 64;
 
-/// What runs once the boot allocations are made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Workload {
-    /// Nothing.
-    Idle,
-    /// A container's working set: `bytes` allocated page by page, each page written.
-    Container {
-        /// Working-set size.
-        bytes: u64,
-    },
-    /// `ops` random allocations (orders 0–3, any zone) and frees, half held at a time.
-    Random {
-        /// Operations.
-        ops: u64,
-    },
-}
-
-impl std::str::FromStr for Workload {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, arg) = match s.split_once(':') {
-            Some((k, a)) => (k, Some(a)),
-            None => (s, None),
-        };
-        match (kind, arg) {
-            ("idle", None) => Ok(Workload::Idle),
-            ("container", None) => Ok(Workload::Container { bytes: 100 * MIB }),
-            ("container", Some(a)) => Ok(Workload::Container {
-                bytes: size::parse(a)?,
-            }),
-            ("random", None) => Ok(Workload::Random { ops: 100_000 }),
-            ("random", Some(a)) => a
-                .parse()
-                .map(|ops| Workload::Random { ops })
-                .map_err(|_| format!("'{a}' is not a number of operations")),
-            _ => Err(format!(
-                "unknown workload '{s}': expected idle, container[:SIZE] or random[:OPS]"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Workload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Workload::Idle => f.write_str("idle"),
-            Workload::Container { bytes } => write!(f, "container:{}", size::format(*bytes)),
-            Workload::Random { ops } => write!(f, "random:{ops}"),
-        }
-    }
-}
+pub use meminit_boot::{BadWorkload, Workload};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -126,127 +74,12 @@ pub fn default_memory_budget() -> u64 {
         .map_or(4 << 30, |kib| kib * 1024 / 2)
 }
 
-/// One allocation Linux makes early in boot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EarlyRequest {
-    /// What Linux calls it.
-    pub name: String,
-    /// Bytes asked for.
-    pub bytes: u64,
-    /// Order of each block.
-    pub order: u32,
-    /// Blocks per node, indexed by node.
-    pub blocks_per_node: Vec<u64>,
-    /// Zones allowed.
-    #[serde(serialize_with = "ser_constraint")]
-    pub constraint: Constraint,
-}
-
-fn ser_constraint<S: serde::Serializer>(c: &Constraint, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match c {
+fn constraint_name(c: Constraint) -> &'static str {
+    match c {
         Constraint::Any => "any",
         Constraint::Dma32 => "dma32",
         Constraint::Dma => "dma",
-    })
-}
-
-/// Linux's `alloc_large_system_hash` entry count for `nr_kernel_pages` and `scale`
-/// (13 for the dentry cache, 14 for the inode cache), without `*hash_entries=`.
-pub fn large_system_hash_entries(nr_kernel_pages: u64, mut scale: u32) -> u64 {
-    // Rounded up to a whole MiB of pages.
-    let mut n = nr_kernel_pages.next_multiple_of(MIB / PAGE);
-    // Past 64 GiB, a quarter as many entries per doubling of memory.
-    let mut adapt = (64u64 << 30) / PAGE;
-    while adapt < n {
-        scale += 1;
-        adapt <<= 2;
     }
-    if scale > 12 {
-        n >>= scale - 12;
-    } else {
-        n <<= 12 - scale;
-    }
-    let n = n.next_power_of_two();
-    // At most 1/16 of memory, at most 2^31 entries.
-    let max = (nr_kernel_pages * PAGE / 16 / 8).min(1 << 31);
-    n.min(max.max(1))
-}
-
-/// The allocations Linux makes before user space, sized as Linux sizes them.
-pub fn boot_plan(machine: &Machine, layout: &Layout, opts: &Options) -> Vec<EarlyRequest> {
-    let nodes = layout.node_count();
-    let present = layout.present_pages();
-    let nr_kernel_pages = present - present * DESCRIPTOR / PAGE;
-    let mut plan = Vec::new();
-    let spread = |bytes: u64, per_node: &mut Vec<u64>, order: u32| {
-        // Hash tables larger than a max-order block are interleaved over nodes.
-        let blocks = bytes.div_ceil(PAGE << order);
-        for i in 0..blocks {
-            per_node[(i as usize) % nodes] += 1;
-        }
-    };
-    for (name, scale) in [
-        ("Dentry cache hash table", 13),
-        ("Inode-cache hash table", 14),
-    ] {
-        let bytes = large_system_hash_entries(nr_kernel_pages, scale) * 8;
-        let order =
-            (bytes.div_ceil(PAGE).next_power_of_two().trailing_zeros()).min(meminit::MAX_ORDER);
-        let mut per_node = vec![0; nodes];
-        if order < meminit::MAX_ORDER {
-            per_node[0] = 1;
-        } else {
-            spread(bytes, &mut per_node, order);
-        }
-        plan.push(EarlyRequest {
-            name: name.to_string(),
-            bytes,
-            order,
-            blocks_per_node: per_node,
-            constraint: Constraint::Any,
-        });
-    }
-    let per_cpu_node = |per_cpu_blocks: u64| {
-        let mut v = vec![0u64; nodes];
-        for cpu in 0..machine.cpus {
-            v[machine.node_of_cpu(cpu, nodes)] += per_cpu_blocks;
-        }
-        v
-    };
-    // percpu: "Embedded 62 pages/cpu" in Debian's 6.1, one order-6 unit per CPU.
-    plan.push(EarlyRequest {
-        name: "percpu areas".to_string(),
-        bytes: machine.cpus as u64 * (64 * PAGE),
-        order: 6,
-        blocks_per_node: per_cpu_node(1),
-        constraint: Constraint::Any,
-    });
-    // The ring buffer is order-0 pages on each CPU's node; unexpanded, one page.
-    let trace_pages = opts.trace_buf_size.map_or(1, |b| b.div_ceil(PAGE).max(1));
-    plan.push(EarlyRequest {
-        name: format!(
-            "trace buffer ({} per CPU)",
-            opts.trace_buf_size
-                .map_or("unexpanded".to_string(), size::format)
-        ),
-        bytes: machine.cpus as u64 * trace_pages * PAGE,
-        order: 0,
-        blocks_per_node: per_cpu_node(trace_pages),
-        constraint: Constraint::Any,
-    });
-    if let Some(bytes) = opts.crashkernel {
-        let order = meminit::MAX_ORDER;
-        let mut per_node = vec![0; nodes];
-        per_node[0] = bytes.div_ceil(PAGE << order);
-        plan.push(EarlyRequest {
-            name: "crash kernel".to_string(),
-            bytes,
-            order,
-            blocks_per_node: per_node,
-            constraint: Constraint::Dma32,
-        });
-    }
-    plan
 }
 
 /// Latency of a set of allocations, in nanoseconds.
@@ -297,12 +130,19 @@ pub struct ZoneRow {
     pub uninitialised: u64,
 }
 
-/// What one early request got.
+/// What one early allocation asked for and got.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EarlyResult {
-    /// The request.
-    #[serde(flatten)]
-    pub request: EarlyRequest,
+    /// What Linux calls it.
+    pub name: String,
+    /// Bytes asked for.
+    pub bytes: u64,
+    /// Order of each block.
+    pub order: u32,
+    /// Blocks asked for, per node.
+    pub blocks_per_node: Vec<u64>,
+    /// Zones allowed: `any`, `dma32` or `dma`.
+    pub constraint: &'static str,
     /// Blocks that could not be allocated.
     pub failures: u64,
 }
@@ -561,7 +401,12 @@ fn measure(
 
     progress.step(&format!("{}: {name}: boot allocations", machine.name));
     let mut boot = Vec::new();
-    for request in boot_plan(machine, layout, opts) {
+    let params = BootParams {
+        cpus: machine.cpus,
+        trace_buf_size: opts.trace_buf_size,
+        crashkernel: opts.crashkernel,
+    };
+    for request in early_requests(layout, &params).into_iter().flatten() {
         let mut failed = 0;
         for (node, &blocks) in request.blocks_per_node.iter().enumerate() {
             for _ in 0..blocks {
@@ -570,8 +415,17 @@ fn measure(
                 }
             }
         }
+        let name = match (request.kind, opts.trace_buf_size) {
+            (EarlyKind::TraceBuffer, Some(b)) => format!("trace buffer ({} per CPU)", Size(b)),
+            (EarlyKind::TraceBuffer, None) => "trace buffer (unexpanded)".to_string(),
+            (kind, _) => kind.name().to_string(),
+        };
         boot.push(EarlyResult {
-            request,
+            name,
+            bytes: request.bytes,
+            order: request.order,
+            blocks_per_node: request.blocks_per_node[..layout.node_count()].to_vec(),
+            constraint: constraint_name(request.constraint),
             failures: failed,
         });
     }
@@ -626,11 +480,9 @@ fn measure(
         }
         Workload::Random { ops } => {
             let mut held: Vec<(Pfn, u32)> = Vec::new();
-            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let mut rng = XorShift::new();
             for _ in 0..ops {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
+                let x = rng.next_u64();
                 if held.len() < 4096 && (x % 2 == 0 || held.is_empty()) {
                     let order = (x >> 8) as u32 % 4;
                     let node = nodes[(x >> 16) as usize % nodes.len()];
@@ -719,33 +571,4 @@ pub fn fill_time(bytes: u64) -> std::io::Result<u64> {
     // SAFETY: the region is ours alone.
     unsafe { region.fill(0, bytes as usize, 0) };
     Ok(t.elapsed().as_nanos() as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hash_tables_are_sized_as_linux_sized_them_in_our_boot_logs() {
-        // (Total pages printed, dentry entries, inode entries) from the logs.
-        for (pages, dentry, inode) in [
-            (515_808u64, 262_144u64, 131_072u64),
-            (8_257_248, 4_194_304, 2_097_152),
-            (132_120_287, 16_777_216, 8_388_608),
-        ] {
-            assert_eq!(large_system_hash_entries(pages, 13), dentry, "{pages}");
-            assert_eq!(large_system_hash_entries(pages, 14), inode, "{pages}");
-        }
-    }
-
-    #[test]
-    fn workloads_parse() {
-        assert_eq!("idle".parse(), Ok(Workload::Idle));
-        assert_eq!(
-            "container:1G".parse(),
-            Ok(Workload::Container { bytes: 1 << 30 })
-        );
-        assert_eq!("random:10".parse(), Ok(Workload::Random { ops: 10 }));
-        assert!("busy".parse::<Workload>().is_err());
-    }
 }

@@ -1,0 +1,401 @@
+//! The boot that meminit's simulator and its guest kernel both run.
+//!
+//! This crate owns *what* is allocated at boot and after it, so that a simulated
+//! machine and a real (virtual) one do the same work: the allocations Linux makes
+//! before user space, each sized as Linux 6.1 sizes it ([`early_requests`]), and the
+//! workloads that follow ([`Workload`]). It also parses the sizes and options they
+//! are given on command lines ([`parse_size`]). It allocates nothing itself and
+//! needs no heap.
+
+#![cfg_attr(not(test), no_std)]
+
+use core::fmt;
+use core::str::FromStr;
+
+use meminit::{Constraint, Layout, MAX_NODES, MAX_ORDER, PAGE_SIZE};
+
+const MIB: u64 = 1 << 20;
+const DESCRIPTOR: u64 = 64;
+
+/// A size or address that could not be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadSize;
+
+impl fmt::Display for BadSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a size (examples: 4096, 0x1000, 128M, 2G, 1T)")
+    }
+}
+
+/// Parses a size or address: decimal, `0x` hex, or a number with a binary suffix
+/// K, M, G, T or P (optionally followed by `B` or `iB`), like the kernel's
+/// `memparse`, plus fractions (`1.5G`).
+pub fn parse_size(text: &str) -> Result<u64, BadSize> {
+    let s = text.trim();
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|_| BadSize);
+    }
+    let s = s
+        .strip_suffix("iB")
+        .or_else(|| s.strip_suffix("ib"))
+        .or_else(|| s.strip_suffix('B'))
+        .or_else(|| s.strip_suffix('b'))
+        .unwrap_or(s);
+    let (digits, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        Some(b'T' | b't') => (&s[..s.len() - 1], 40),
+        Some(b'P' | b'p') => (&s[..s.len() - 1], 50),
+        _ => (s, 0),
+    };
+    if let Ok(v) = digits.parse::<u64>() {
+        return v.checked_mul(1 << shift).ok_or(BadSize);
+    }
+    let v: f64 = digits.parse().map_err(|_| BadSize)?;
+    let bytes = v * (1u64 << shift) as f64;
+    if shift == 0 || !bytes.is_finite() || bytes < 0.0 || bytes >= u64::MAX as f64 {
+        return Err(BadSize);
+    }
+    let whole = bytes as u64;
+    Ok(whole + u64::from(bytes - whole as f64 >= 0.5))
+}
+
+/// What runs once the boot allocations are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Nothing.
+    Idle,
+    /// A container's working set: `bytes` allocated page by page, each page written.
+    Container {
+        /// Working-set size.
+        bytes: u64,
+    },
+    /// `ops` random allocations (orders 0–3, any zone) and frees.
+    Random {
+        /// Operations.
+        ops: u64,
+    },
+}
+
+impl Workload {
+    /// The container workload's default working set.
+    pub const DEFAULT_CONTAINER: u64 = 100 * MIB;
+    /// The random workload's default operation count.
+    pub const DEFAULT_RANDOM: u64 = 100_000;
+}
+
+/// A workload that is not `idle`, `container[:SIZE]` or `random[:OPS]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadWorkload;
+
+impl fmt::Display for BadWorkload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("unknown workload: expected idle, container[:SIZE] or random[:OPS]")
+    }
+}
+
+impl FromStr for Workload {
+    type Err = BadWorkload;
+
+    fn from_str(s: &str) -> Result<Self, BadWorkload> {
+        let (kind, arg) = match s.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        match (kind, arg) {
+            ("idle", None) => Ok(Workload::Idle),
+            ("container", None) => Ok(Workload::Container {
+                bytes: Workload::DEFAULT_CONTAINER,
+            }),
+            ("container", Some(a)) => parse_size(a)
+                .map(|bytes| Workload::Container { bytes })
+                .map_err(|_| BadWorkload),
+            ("random", None) => Ok(Workload::Random {
+                ops: Workload::DEFAULT_RANDOM,
+            }),
+            ("random", Some(a)) => a
+                .parse()
+                .map(|ops| Workload::Random { ops })
+                .map_err(|_| BadWorkload),
+            _ => Err(BadWorkload),
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Idle => f.write_str("idle"),
+            Workload::Container { bytes } => write!(f, "container:{}", Size(*bytes)),
+            Workload::Random { ops } => write!(f, "random:{ops}"),
+        }
+    }
+}
+
+/// Formats a byte count as `2G`, `128M`, `1.5G`, `512K` or `100`.
+#[derive(Clone, Copy, Debug)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 5] = [(50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        let bytes = self.0;
+        for (shift, unit) in UNITS {
+            let unit_bytes = 1u64 << shift;
+            if bytes >= unit_bytes {
+                if bytes % unit_bytes == 0 {
+                    return write!(f, "{}{unit}", bytes >> shift);
+                }
+                let v = bytes as f64 / unit_bytes as f64;
+                return if v >= 100.0 {
+                    write!(f, "{v:.0}{unit}")
+                } else {
+                    write!(f, "{v:.1}{unit}")
+                };
+            }
+        }
+        write!(f, "{bytes}")
+    }
+}
+
+/// Linux's `alloc_large_system_hash` entry count for `nr_kernel_pages` and `scale`
+/// (13 for the dentry cache, 14 for the inode cache), without `*hash_entries=`.
+pub fn large_system_hash_entries(nr_kernel_pages: u64, mut scale: u32) -> u64 {
+    // Rounded up to a whole MiB of pages.
+    let mut n = nr_kernel_pages.next_multiple_of(MIB / PAGE_SIZE);
+    // Past 64 GiB, a quarter as many entries per doubling of memory.
+    let mut adapt = (64u64 << 30) / PAGE_SIZE;
+    while adapt < n {
+        scale += 1;
+        adapt <<= 2;
+    }
+    if scale > 12 {
+        n >>= scale - 12;
+    } else {
+        n <<= 12 - scale;
+    }
+    let n = n.next_power_of_two();
+    // At most 1/16 of memory, at most 2^31 entries.
+    let max = (nr_kernel_pages * PAGE_SIZE / 16 / 8).min(1 << 31);
+    n.min(max.max(1))
+}
+
+/// What the boot asks for, beyond the memory map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootParams {
+    /// CPUs; each gets a per-CPU area and a trace buffer.
+    pub cpus: u32,
+    /// `trace_buf_size=`: ring-buffer bytes per CPU allocated at boot. `None`: the
+    /// buffer is not expanded at boot, one page per CPU.
+    pub trace_buf_size: Option<u64>,
+    /// `crashkernel=`: bytes reserved below 4 GiB at boot.
+    pub crashkernel: Option<u64>,
+}
+
+/// Which early allocation a request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EarlyKind {
+    /// The dentry cache hash table.
+    DentryHash,
+    /// The inode cache hash table.
+    InodeHash,
+    /// Per-CPU areas.
+    PerCpu,
+    /// The trace ring buffer.
+    TraceBuffer,
+    /// The crash kernel reservation.
+    CrashKernel,
+}
+
+impl EarlyKind {
+    /// The name Linux gives it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            EarlyKind::DentryHash => "Dentry cache hash table",
+            EarlyKind::InodeHash => "Inode-cache hash table",
+            EarlyKind::PerCpu => "percpu areas",
+            EarlyKind::TraceBuffer => "trace buffer",
+            EarlyKind::CrashKernel => "crash kernel",
+        }
+    }
+}
+
+/// One allocation Linux makes early in boot, as blocks of one order per node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EarlyRequest {
+    /// What it is.
+    pub kind: EarlyKind,
+    /// Bytes asked for.
+    pub bytes: u64,
+    /// Order of each block.
+    pub order: u32,
+    /// Blocks to allocate on each node.
+    pub blocks_per_node: [u64; MAX_NODES],
+    /// Zones allowed.
+    pub constraint: Constraint,
+}
+
+impl EarlyRequest {
+    /// Blocks in all.
+    pub fn blocks(&self) -> u64 {
+        self.blocks_per_node.iter().sum()
+    }
+}
+
+/// The node CPU `cpu` of `cpus` sits on: CPUs are spread over the nodes with memory
+/// in contiguous blocks.
+pub fn node_of_cpu(layout: &Layout, cpu: u32, cpus: u32) -> usize {
+    let mut nodes = [0usize; MAX_NODES];
+    let mut count = 0;
+    for (n, _) in layout.nodes() {
+        nodes[count] = n;
+        count += 1;
+    }
+    nodes[(cpu as usize * count) / cpus.max(1) as usize]
+}
+
+/// The allocations Linux makes before user space, sized as Linux sizes them: the
+/// dentry and inode hash tables (interleaved over nodes when larger than a
+/// max-order block), a per-CPU area per CPU, the trace buffer per CPU, and the crash
+/// kernel below 4 GiB if asked.
+pub fn early_requests(layout: &Layout, params: &BootParams) -> [Option<EarlyRequest>; 5] {
+    let nodes: [usize; MAX_NODES] = {
+        let mut v = [0; MAX_NODES];
+        for (i, (n, _)) in layout.nodes().enumerate() {
+            v[i] = n;
+        }
+        v
+    };
+    let node_count = layout.nodes().count();
+    let present = layout.present_pages();
+    let nr_kernel_pages = present - present * DESCRIPTOR / PAGE_SIZE;
+    let hash = |kind, scale| {
+        let bytes = large_system_hash_entries(nr_kernel_pages, scale) * 8;
+        let order = bytes
+            .div_ceil(PAGE_SIZE)
+            .next_power_of_two()
+            .trailing_zeros()
+            .min(MAX_ORDER);
+        let mut per_node = [0; MAX_NODES];
+        if order < MAX_ORDER {
+            per_node[nodes[0]] = 1;
+        } else {
+            for i in 0..bytes.div_ceil(PAGE_SIZE << order) {
+                per_node[nodes[i as usize % node_count]] += 1;
+            }
+        }
+        EarlyRequest {
+            kind,
+            bytes,
+            order,
+            blocks_per_node: per_node,
+            constraint: Constraint::Any,
+        }
+    };
+    let per_cpu = |blocks: u64| {
+        let mut v = [0u64; MAX_NODES];
+        for cpu in 0..params.cpus {
+            v[node_of_cpu(layout, cpu, params.cpus)] += blocks;
+        }
+        v
+    };
+    // percpu: "Embedded 62 pages/cpu" in Debian's 6.1: one order-6 unit per CPU.
+    let percpu = EarlyRequest {
+        kind: EarlyKind::PerCpu,
+        bytes: params.cpus as u64 * (64 * PAGE_SIZE),
+        order: 6,
+        blocks_per_node: per_cpu(1),
+        constraint: Constraint::Any,
+    };
+    // The ring buffer is order-0 pages on each CPU's node; unexpanded, one page.
+    let trace_pages = params
+        .trace_buf_size
+        .map_or(1, |b| b.div_ceil(PAGE_SIZE).max(1));
+    let trace = EarlyRequest {
+        kind: EarlyKind::TraceBuffer,
+        bytes: params.cpus as u64 * trace_pages * PAGE_SIZE,
+        order: 0,
+        blocks_per_node: per_cpu(trace_pages),
+        constraint: Constraint::Any,
+    };
+    let crash = params.crashkernel.map(|bytes| {
+        let mut per_node = [0; MAX_NODES];
+        per_node[nodes[0]] = bytes.div_ceil(PAGE_SIZE << MAX_ORDER);
+        EarlyRequest {
+            kind: EarlyKind::CrashKernel,
+            bytes,
+            order: MAX_ORDER,
+            blocks_per_node: per_node,
+            constraint: Constraint::Dma32,
+        }
+    });
+    [
+        Some(hash(EarlyKind::DentryHash, 13)),
+        Some(hash(EarlyKind::InodeHash, 14)),
+        Some(percpu),
+        Some(trace),
+        crash,
+    ]
+}
+
+/// A small xorshift generator: the random workload is the same sequence everywhere.
+#[derive(Clone, Debug)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The workload's seed.
+    pub const fn new() -> Self {
+        XorShift(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The next number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+impl Default for XorShift {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tables_are_sized_as_linux_sized_them_in_our_boot_logs() {
+        // (Total pages printed, dentry entries, inode entries) from the logs.
+        for (pages, dentry, inode) in [
+            (515_808u64, 262_144u64, 131_072u64),
+            (8_257_248, 4_194_304, 2_097_152),
+            (132_120_287, 16_777_216, 8_388_608),
+        ] {
+            assert_eq!(large_system_hash_entries(pages, 13), dentry, "{pages}");
+            assert_eq!(large_system_hash_entries(pages, 14), inode, "{pages}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_workloads_parse() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("0x1000"), Ok(4096));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!("idle".parse(), Ok(Workload::Idle));
+        assert_eq!(
+            "container:1G".parse(),
+            Ok(Workload::Container { bytes: 1 << 30 })
+        );
+        assert_eq!("random:10".parse(), Ok(Workload::Random { ops: 10 }));
+        assert!("busy".parse::<Workload>().is_err());
+        assert_eq!(Size(3 << 29).to_string(), "1.5G");
+    }
+}
