@@ -1,0 +1,273 @@
+//! A bare-metal x86-64 kernel that runs meminit on the memory QEMU gives it.
+//!
+//! Booted by PVH (`qemu-system-x86_64 -kernel`), it reads its memory map from the
+//! PVH start information and its options from the kernel command line, starts the
+//! allocator with the memmap mapped section by section as meminit populates it,
+//! runs the same boot and workload as the simulator (`meminit-boot`), prints a
+//! summary and one JSON line on the serial console, and exits through
+//! `isa-debug-exit` with a status that says whether everything held.
+
+#![no_std]
+#![no_main]
+
+mod boot;
+mod cmdline;
+mod memory;
+mod paging;
+mod port;
+mod pvh;
+mod report;
+mod traps;
+mod tsc;
+
+use core::cell::Cell;
+
+use meminit::{AllocPath, Allocator, Config, Constraint, Pfn, SectionSlot, Strategy};
+use meminit_boot::{early_requests, BootParams, Workload, XorShift};
+use port::{exit, ExitCode, Serial};
+use report::{Report, Samples};
+
+/// The zones' lock: a spin lock, as in any kernel.
+type ZoneLock = spin::mutex::SpinMutex<()>;
+/// The allocator as this kernel embeds it.
+pub type GuestAllocator = Allocator<'static, paging::GuestBacking, ZoneLock>;
+
+/// Section states for up to `paging::MAX_MEMORY` of RAM.
+const MAX_SECTIONS: usize = (paging::MAX_MEMORY >> 27) as usize;
+static SECTION_SLOTS: [SectionSlot; MAX_SECTIONS] = [const { SectionSlot::new() }; MAX_SECTIONS];
+static ALLOCATOR: spin::Once<GuestAllocator> = spin::Once::new();
+
+#[no_mangle]
+extern "C" fn kernel_main(start_info: u32) -> ! {
+    let entered = tsc::now();
+    Serial::init();
+    traps::init();
+    boot::plant_stack_canary();
+    // SAFETY: `start_info` is what the PVH loader passed in ebx; low memory is
+    // identity-mapped by `boot`.
+    let boot = match unsafe { pvh::read(start_info) } {
+        Ok(b) => b,
+        Err(e) => {
+            println!("meminit guest: {e}");
+            exit(ExitCode::Failure)
+        }
+    };
+    let options = match cmdline::parse(boot.cmdline) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("meminit guest: {e}");
+            exit(ExitCode::BadCommandLine)
+        }
+    };
+    let (tsc_hz, tsc_source) = tsc::frequency();
+    let ns = |ticks: u64| (ticks as u128 * 1_000_000_000 / tsc_hz as u128) as u64;
+    println!(
+        "meminit guest: {} on `{}`, TSC {} MHz ({tsc_source})",
+        options.strategy.name(),
+        boot.cmdline,
+        tsc_hz / 1_000_000
+    );
+
+    let layout = match memory::layout(boot.memmap, &[]) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("meminit guest: bad memory map: {e}");
+            exit(ExitCode::Failure)
+        }
+    };
+    if layout.end_pfn() * 4096 > paging::MAX_MEMORY {
+        println!(
+            "meminit guest: memory ends at {:#x}, above the {} GiB this guest maps",
+            layout.end_pfn() * 4096,
+            paging::MAX_MEMORY >> 30
+        );
+        exit(ExitCode::Failure);
+    }
+    paging::init();
+
+    let cpus = 1;
+    let t0 = tsc::now();
+    let allocator = ALLOCATOR.call_once(|| {
+        match Allocator::new(
+            layout.clone(),
+            paging::GuestBacking,
+            &SECTION_SLOTS,
+            Config {
+                strategy: options.strategy,
+                clock: Some(tsc::now),
+            },
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                println!("meminit guest: the allocator could not start: {e}");
+                exit(ExitCode::Failure)
+            }
+        }
+    });
+    let ready = tsc::now() - t0;
+
+    let (mut fast, mut slow) = Samples::pair().expect("samples are taken once");
+    let failures = Cell::new(0u64);
+    let allocated_pages = Cell::new(0u64);
+    let mut alloc = |order: u32, constraint: Constraint, node: usize| {
+        let t = tsc::now();
+        let r = allocator.alloc_traced(order, constraint, node);
+        let ticks = tsc::now() - t;
+        match r {
+            Ok((pfn, path)) => {
+                if path == AllocPath::Grew {
+                    slow.record(ns(ticks));
+                } else {
+                    fast.record(ns(ticks));
+                }
+                allocated_pages.set(allocated_pages.get() + (1 << order));
+                Some(pfn)
+            }
+            Err(_) => {
+                failures.set(failures.get() + 1);
+                None
+            }
+        }
+    };
+
+    let params = BootParams {
+        cpus,
+        trace_buf_size: options.trace_buf_size,
+        crashkernel: options.crashkernel,
+    };
+    let mut boot_results = [(None, 0u64); 5];
+    for (slot, request) in boot_results
+        .iter_mut()
+        .zip(early_requests(&layout, &params))
+    {
+        let Some(request) = request else { continue };
+        let mut failed = 0;
+        for (node, &blocks) in request.blocks_per_node.iter().enumerate() {
+            for _ in 0..blocks {
+                if alloc(request.order, request.constraint, node).is_none() {
+                    failed += 1;
+                }
+            }
+        }
+        *slot = (Some(request), failed);
+    }
+
+    let mut workers_ticks = 0;
+    if options.strategy == Strategy::Deferred {
+        let tw = tsc::now();
+        for (node, _) in layout.nodes() {
+            if let Err(e) = allocator.run_deferred_worker(node) {
+                println!("meminit guest: deferred worker: {e}");
+                failures.set(failures.get() + 1);
+            }
+        }
+        workers_ticks = tsc::now() - tw;
+    }
+    let full_init = allocator.is_fully_initialised().then(|| tsc::now() - t0);
+
+    let nodes = layout.node_count();
+    match options.workload {
+        Workload::Idle => {}
+        Workload::Container { bytes } => {
+            for i in 0..bytes.div_ceil(4096) {
+                if let Some(pfn) = alloc(0, Constraint::Any, i as usize % nodes) {
+                    touch(pfn);
+                }
+            }
+        }
+        Workload::Random { ops } => {
+            static HELD_BLOCKS: spin::Mutex<[(Pfn, u32); HELD]> =
+                spin::Mutex::new([(Pfn(0), 0); HELD]);
+            let held = spin::MutexGuard::leak(HELD_BLOCKS.lock());
+            let mut count = 0;
+            let mut rng = XorShift::new();
+            for _ in 0..ops {
+                let x = rng.next_u64();
+                if count < HELD && (x % 2 == 0 || count == 0) {
+                    let order = (x >> 8) as u32 % 4;
+                    if let Some(pfn) = alloc(order, Constraint::Any, (x >> 16) as usize % nodes) {
+                        held[count] = (pfn, order);
+                        count += 1;
+                    }
+                } else {
+                    let i = (x >> 24) as usize % count;
+                    let (pfn, order) = held[i];
+                    held[i] = held[count - 1];
+                    count -= 1;
+                    if allocator.free(pfn, order).is_err() {
+                        failures.set(failures.get() + 1);
+                    }
+                    allocated_pages.set(allocated_pages.get() - (1 << order));
+                }
+            }
+        }
+    }
+
+    // free + allocated + uninitialised + reserved == present, over all zones.
+    let (mut free, mut uninit, mut reserved, mut present) = (0, 0, 0, 0);
+    for z in allocator.zone_stats() {
+        free += z.free;
+        uninit += z.uninitialised;
+        reserved += z.reserved;
+        present += z.present;
+    }
+    let counts_hold = free + allocated_pages.get() + uninit + reserved == present;
+
+    let stats = allocator.init_stats();
+    let init = match options.strategy {
+        Strategy::Eager => ready,
+        Strategy::Deferred => workers_ticks + stats.grow_time,
+        Strategy::OnDemand => stats.grow_time,
+    };
+    let report = Report {
+        allocator,
+        strategy: options.strategy,
+        workload: options.workload,
+        cpus,
+        tsc_hz,
+        tsc_source,
+        boot_ns: ns(t0 - entered),
+        ready_ns: ns(ready),
+        full_init_ns: full_init.map(ns),
+        init_ns: ns(init),
+        grow_ns: ns(stats.grow_time),
+        worker_threads: if options.strategy == Strategy::Deferred {
+            cpus as usize
+        } else {
+            0
+        },
+        fast: fast.latency(),
+        slow: slow.latency(),
+        failures: failures.get(),
+        boot: &boot_results,
+        counts_hold,
+    };
+    report.print();
+    if !boot::stack_canary_intact() {
+        println!("meminit guest: the boot stack overflowed");
+        exit(ExitCode::Crash);
+    }
+    exit(if failures.get() == 0 && counts_hold {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
+}
+
+/// Blocks the random workload holds at most.
+const HELD: usize = 4096;
+
+/// Writes one byte in every cache line of the page, as a workload would.
+fn touch(pfn: Pfn) {
+    let page = pfn.addr() as *mut u8;
+    for offset in (0..4096).step_by(64) {
+        // SAFETY: the page was just allocated to us and RAM is identity-mapped.
+        unsafe { page.add(offset).write_volatile(0xa5) };
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    Serial::print_unlocked(format_args!("\nmeminit guest: panic: {info}\n"));
+    exit(ExitCode::Crash)
+}
