@@ -10,6 +10,7 @@
 #![no_std]
 #![no_main]
 
+mod acpi;
 mod boot;
 mod cmdline;
 mod memory;
@@ -17,6 +18,7 @@ mod paging;
 mod port;
 mod pvh;
 mod report;
+mod smp;
 mod traps;
 mod tsc;
 
@@ -34,7 +36,8 @@ pub type GuestAllocator = Allocator<'static, paging::GuestBacking, ZoneLock>;
 
 /// Section states for up to `paging::MAX_MEMORY` of RAM.
 const MAX_SECTIONS: usize = (paging::MAX_MEMORY >> 27) as usize;
-static SECTION_SLOTS: [SectionSlot; MAX_SECTIONS] = [const { SectionSlot::new() }; MAX_SECTIONS];
+static SECTION_SLOTS: spin::Mutex<[SectionSlot; MAX_SECTIONS]> =
+    spin::Mutex::new([const { SectionSlot::new() }; MAX_SECTIONS]);
 static ALLOCATOR: spin::Once<GuestAllocator> = spin::Once::new();
 
 #[no_mangle]
@@ -68,7 +71,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         tsc_hz / 1_000_000
     );
 
-    let layout = match memory::layout(boot.memmap, &[]) {
+    // SAFETY: the RSDP address comes from the PVH start information; ACPI tables
+    // sit in identity-mapped low memory and never change.
+    let topology = unsafe { acpi::read(boot.rsdp) };
+    let mut splits = [(0, 0); 64];
+    let split_count = topology.node_splits(&mut splits);
+    let layout = match memory::layout(boot.memmap, &splits[..split_count]) {
         Ok(l) => l,
         Err(e) => {
             println!("meminit guest: bad memory map: {e}");
@@ -85,13 +93,14 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     }
     paging::init();
 
-    let cpus = 1;
+    let cpus = topology.cpus.max(1) as u32;
     let t0 = tsc::now();
     let allocator = ALLOCATOR.call_once(|| {
         match Allocator::new(
             layout.clone(),
             paging::GuestBacking,
-            &SECTION_SLOTS,
+            // The allocator keeps the slots for good: leak the guard.
+            &mut spin::MutexGuard::leak(SECTION_SLOTS.lock())[..],
             Config {
                 strategy: options.strategy,
                 clock: Some(tsc::now),
@@ -152,9 +161,25 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         *slot = (Some(request), failed);
     }
 
+    // The APs, each on a stack meminit gives it on its own node.
+    let node_of_cpu = |cpu: usize| {
+        if topology.memory_ranges > 0 {
+            topology.node_of_domain(topology.cpu_domain[cpu]) as usize
+        } else {
+            meminit_boot::node_of_cpu(&layout, cpu as u32, cpus)
+        }
+    };
+    let running = smp::start_aps(&topology, tsc_hz, |cpu| {
+        let node = node_of_cpu(cpu);
+        let pfn = alloc(smp::AP_STACK_ORDER, Constraint::Any, node)?;
+        Some(pfn.addr() + (4096 << smp::AP_STACK_ORDER))
+    });
+
     let mut workers_ticks = 0;
     if options.strategy == Strategy::Deferred {
         let tw = tsc::now();
+        smp::run_deferred_everywhere(running, node_of_cpu);
+        // Nodes with no CPU of their own: the boot CPU finishes them.
         for (node, _) in layout.nodes() {
             if let Err(e) = allocator.run_deferred_worker(node) {
                 println!("meminit guest: deferred worker: {e}");
@@ -183,7 +208,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             let mut rng = XorShift::new();
             for _ in 0..ops {
                 let x = rng.next_u64();
-                if count < HELD && (x % 2 == 0 || count == 0) {
+                if count < HELD && (x.is_multiple_of(2) || count == 0) {
                     let order = (x >> 8) as u32 % 4;
                     if let Some(pfn) = alloc(order, Constraint::Any, (x >> 16) as usize % nodes) {
                         held[count] = (pfn, order);
@@ -223,7 +248,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         allocator,
         strategy: options.strategy,
         workload: options.workload,
-        cpus,
+        cpus: running as u32,
         tsc_hz,
         tsc_source,
         boot_ns: ns(t0 - entered),

@@ -19,9 +19,10 @@ pub fn kernel_image() -> (u64, u64) {
 }
 
 /// Builds the layout: RAM from the E820 map; the first MiB (firmware data, the
-/// start information) and the kernel image as reserved RAM; everything else
-/// other. `node_of(addr)` gives each RAM byte's NUMA node, and ranges are split
-/// where it changes (see `acpi`).
+/// start information, the AP trampoline) and the kernel image as reserved RAM;
+/// everything else other. `splits` are `(start address, node)` boundaries in
+/// address order (from the SRAT; empty: one node), and RAM ranges are cut where
+/// the node changes.
 pub fn layout(memmap: &[MemmapEntry], splits: &[(u64, u32)]) -> Result<Layout, LayoutError> {
     let (kstart, kend) = kernel_image();
     let reserved = [(0u64, 0x10_0000u64), (kstart, kend)];

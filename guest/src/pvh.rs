@@ -37,6 +37,7 @@ pub struct Boot {
     /// The kernel command line.
     pub cmdline: &'static str,
     /// Physical address of the ACPI RSDP, or 0.
+    #[allow(dead_code)]
     pub rsdp: u64,
 }
 

@@ -18,6 +18,7 @@ use meminit_host::sim::{self, Options, Report, StrategyReport, Workload};
 use meminit_host::size;
 
 mod plot;
+mod vm;
 
 #[derive(Parser)]
 #[command(
@@ -38,10 +39,12 @@ enum Command {
     Report(ReportArgs),
     /// Print a memory map's per-node, per-zone layout in Linux's words.
     Layout(LayoutArgs),
+    /// Boot the guest kernel (and Linux) under QEMU and measure what it costs its host.
+    Vm(vm::VmArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum StrategyArg {
+pub(crate) enum StrategyArg {
     Eager,
     Deferred,
     Ondemand,
@@ -115,7 +118,7 @@ struct LayoutArgs {
     file: PathBuf,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     size::parse(s)
 }
 
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         None => default_run(),
         Some(Command::Report(args)) => report(&args),
         Some(Command::Layout(args)) => layout(&args.file),
+        Some(Command::Vm(args)) => vm::run(&args),
     };
     match result {
         Ok(code) => code,

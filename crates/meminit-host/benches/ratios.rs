@@ -27,12 +27,13 @@ fn with_allocator<T>(
     strategy: Strategy,
     f: impl FnOnce(&HostAllocator<'_>, u64) -> T,
 ) -> T {
-    let slots: Vec<SectionSlot> = (0..layout.section_count())
+    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
     let backing = HostBacking::new(layout).expect("reserve memmap");
     let t = Instant::now();
-    let a = Allocator::new(layout.clone(), backing, &slots, Config::new(strategy)).expect("start");
+    let a =
+        Allocator::new(layout.clone(), backing, &mut slots, Config::new(strategy)).expect("start");
     let ready = t.elapsed().as_nanos() as u64;
     f(&a, ready)
 }

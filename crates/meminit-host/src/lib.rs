@@ -16,6 +16,7 @@ pub mod machine;
 pub mod region;
 pub mod sim;
 pub mod size;
+pub mod vm;
 
 pub use backing::HostBacking;
 pub use machine::{Machine, MachineError};

@@ -358,7 +358,7 @@ fn measure(
     let limit_before = fill_time(memmap_need(layout, strategy).min(opts.memory_budget))?;
     let backing = HostBacking::new(layout)?;
     let physical = Region::reserve(layout.end_pfn() * PAGE)?;
-    let slots: Vec<SectionSlot> = (0..layout.section_count())
+    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
     progress.step(&format!("{}: {name}: start-up", machine.name));
@@ -367,7 +367,7 @@ fn measure(
     let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
         layout.clone(),
         backing,
-        &slots,
+        &mut slots,
         Config {
             strategy,
             clock: Some(now_ns),

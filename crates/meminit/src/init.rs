@@ -191,21 +191,25 @@ enum GrowStep {
 
 impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Starts an allocator over `layout`, with descriptors in `backing` and section
-    /// states in `slots` (at least [`Layout::section_count`] of them).
+    /// states in `slots` (at least [`Layout::section_count`] of them, in any state:
+    /// they are reset).
     ///
     /// With [`Strategy::Eager`] every section is initialised before this returns;
-    /// otherwise nothing is, and the allocator serves at once.
+    /// otherwise nothing is, and the allocator serves at once: start-up costs a
+    /// fill of one byte per section and work per memory-map range, nothing per
+    /// page.
     pub fn new(
         layout: Layout,
         backing: B,
-        slots: &'a [SectionSlot],
+        slots: &'a mut [SectionSlot],
         config: Config,
     ) -> Result<Self, InitError> {
         let count = layout.section_count();
-        let sections = Sections::new(slots, count, |i| layout.section_has_present(i)).ok_or(
+        let given = slots.len();
+        let sections = Sections::new(slots, count, layout.present_sections()).ok_or(
             InitError::TooFewSlots {
                 needed: count,
-                given: slots.len(),
+                given,
             },
         )?;
         let memmap = Memmap::new(backing, sections, &layout);

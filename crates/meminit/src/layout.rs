@@ -711,6 +711,14 @@ impl Layout {
         })
     }
 
+    /// For each run of present pages, the sections it spans, as `[first, end)`
+    /// section indices (adjacent runs may share a section).
+    pub fn present_sections(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.present[..self.len]
+            .iter()
+            .map(|r| (self.section_of(r.start), self.section_of(r.end - 1) + 1))
+    }
+
     /// The node `pfn` is present on, if it is present.
     pub fn node_of(&self, pfn: u64) -> Option<u8> {
         let i = self.present[..self.len].partition_point(|r| r.end <= pfn);

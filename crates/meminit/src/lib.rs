@@ -46,12 +46,12 @@
 //! // The descriptor array and the section states: in a kernel, a virtual range
 //! // mapped on demand and a static or boot-allocated slice.
 //! let mut memmap = Box::<[Page]>::new_uninit_slice(layout.memmap_descriptors() as usize);
-//! let slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
+//! let mut slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
 //!
 //! let allocator: Allocator<'_, _, parking_lot::RawMutex> = Allocator::new(
 //!     layout,
 //!     SliceBacking::new(&mut memmap),
-//!     &slots,
+//!     &mut slots,
 //!     Config::new(Strategy::OnDemand),
 //! )?;
 //! assert_eq!(allocator.memmap_populated_bytes(), 0);

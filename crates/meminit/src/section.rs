@@ -66,6 +66,26 @@ impl SectionSlot {
     }
 }
 
+impl SectionSlot {
+    /// Sets the state through exclusive access: no other thread can see the slot.
+    fn set_unshared(&mut self, state: SectionState) {
+        #[cfg(not(loom))]
+        {
+            *self.state.get_mut() = state as u8;
+        }
+        #[cfg(loom)]
+        self.state.with_mut(|v| *v = state as u8);
+    }
+
+    fn get_unshared(&mut self) -> SectionState {
+        #[cfg(not(loom))]
+        let v = *self.state.get_mut();
+        #[cfg(loom)]
+        let v = self.state.with_mut(|v| *v);
+        SectionState::from_u8(v)
+    }
+}
+
 impl Default for SectionSlot {
     fn default() -> Self {
         Self::new()
@@ -82,25 +102,28 @@ pub struct Sections<'a> {
 }
 
 impl<'a> Sections<'a> {
-    /// Takes `slots` (at least `count` of them) and marks section `i` `Uninit` where
-    /// `has_present(i)`, `Absent` elsewhere. Returns `None` if `slots` is too short.
+    /// Takes `slots` (at least `count` of them), marks every section `Absent`, then
+    /// the sections that `present` spans (ranges `[first, end)` of section
+    /// indices) `Uninit`. The cost is one byte write per section, done as a plain
+    /// fill (the slots are not shared yet), plus one per present range: nothing
+    /// is looked up per section. Returns `None` if `slots` is too short.
     pub fn new(
-        slots: &'a [SectionSlot],
+        slots: &'a mut [SectionSlot],
         count: usize,
-        has_present: impl Fn(usize) -> bool,
+        present: impl Iterator<Item = (usize, usize)>,
     ) -> Option<Self> {
-        let slots = slots.get(..count)?;
+        let slots = slots.get_mut(..count)?;
+        for slot in slots.iter_mut() {
+            slot.set_unshared(SectionState::Absent);
+        }
         let mut unfinished = 0;
-        for (i, slot) in slots.iter().enumerate() {
-            let state = if has_present(i) {
-                unfinished += 1;
-                SectionState::Uninit
-            } else {
-                SectionState::Absent
-            };
-            // Relaxed: the allocator is not shared yet; handing it to other threads
-            // (by whatever means the embedder uses) publishes these stores.
-            slot.state.store(state as u8, Relaxed);
+        for (first, end) in present {
+            for slot in &mut slots[first..end] {
+                if slot.get_unshared() == SectionState::Absent {
+                    slot.set_unshared(SectionState::Uninit);
+                    unfinished += 1;
+                }
+            }
         }
         Some(Sections {
             slots,
@@ -256,8 +279,8 @@ mod tests {
 
     #[test]
     fn claim_is_exclusive_and_publish_is_final() {
-        let slots: [SectionSlot; 3] = Default::default();
-        let s = Sections::new(&slots, 3, |i| i != 1).unwrap();
+        let mut slots: [SectionSlot; 3] = Default::default();
+        let s = Sections::new(&mut slots, 3, [(0, 1), (2, 3)].into_iter()).unwrap();
         assert_eq!(s.state(1), SectionState::Absent);
         assert_eq!(s.unfinished(), 2);
         let c = s.claim(0).unwrap();
@@ -272,8 +295,8 @@ mod tests {
 
     #[test]
     fn dropped_claim_gives_the_section_back() {
-        let slots: [SectionSlot; 1] = Default::default();
-        let s = Sections::new(&slots, 1, |_| true).unwrap();
+        let mut slots: [SectionSlot; 1] = Default::default();
+        let s = Sections::new(&mut slots, 1, [(0, 1)].into_iter()).unwrap();
         drop(s.claim(0).unwrap());
         assert_eq!(s.state(0), SectionState::Uninit);
         assert!(s.claim(0).is_ok());
@@ -281,7 +304,7 @@ mod tests {
 
     #[test]
     fn too_few_slots() {
-        let slots: [SectionSlot; 1] = Default::default();
-        assert!(Sections::new(&slots, 2, |_| true).is_none());
+        let mut slots: [SectionSlot; 1] = Default::default();
+        assert!(Sections::new(&mut slots, 2, [(0, 2)].into_iter()).is_none());
     }
 }

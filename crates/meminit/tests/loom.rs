@@ -55,8 +55,9 @@ fn init(sections: &Sections<'_>, memmap: &Memmap, free: &Mutex<Vec<usize>>, i: u
 #[test]
 fn a_section_is_claimed_once_and_read_only_when_ready() {
     loom::model(|| {
-        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 1, |_| true).unwrap());
+        let slots: &'static mut [SectionSlot] =
+            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let sections = Arc::new(Sections::new(slots, 1, [(0, 1)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(1));
         let free = Arc::new(Mutex::new(Vec::new()));
         let handles: Vec<_> = (0..2)
@@ -83,13 +84,13 @@ fn a_section_is_claimed_once_and_read_only_when_ready() {
 fn growth_races_a_deferred_worker() {
     loom::model(|| {
         const N: usize = 2;
-        let slots: &'static [SectionSlot] = Box::leak(
+        let slots: &'static mut [SectionSlot] = Box::leak(
             (0..N)
                 .map(|_| SectionSlot::new())
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
         );
-        let sections = Arc::new(Sections::new(slots, N, |_| true).unwrap());
+        let sections = Arc::new(Sections::new(slots, N, [(0, N)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(N));
         let free = Arc::new(Mutex::new(Vec::new()));
         let cursor = Arc::new(AtomicUsize::new(0));

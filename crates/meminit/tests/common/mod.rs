@@ -22,13 +22,13 @@ pub fn with_allocator<T>(
 ) -> T {
     let mut memmap: Box<[MaybeUninit<Page>]> =
         Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-    let slots: Vec<SectionSlot> = (0..layout.section_count())
+    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
     let allocator = Allocator::new(
         layout.clone(),
         SliceBacking::new(&mut memmap),
-        &slots,
+        &mut slots,
         Config::new(strategy),
     )
     .expect("allocator starts");
