@@ -294,7 +294,7 @@ fn print_table(r: &VmReport) {
     let label = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|(_, f)| r.runs.iter().map(|c| f(c)).collect())
+        .map(|(_, f)| r.runs.iter().map(f).collect())
         .collect();
     let widths: Vec<usize> = (0..r.runs.len())
         .map(|i| {
