@@ -264,10 +264,10 @@ fn print_table(r: &VmReport) {
         ),
         (
             "memmap populated (guest)",
-            Box::new(|c| {
-                c.guest["memmap_populated_bytes"]
-                    .as_u64()
-                    .map_or("all (Linux)".into(), size::format)
+            Box::new(|c| match c.guest["memmap_populated_bytes"].as_u64() {
+                Some(b) => size::format(b),
+                None if c.name == "linux" => "all (Linux)".into(),
+                None => "-".into(),
             }),
         ),
         (

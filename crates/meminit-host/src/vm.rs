@@ -126,7 +126,7 @@ pub fn qemu_args(shape: &VmShape, accel: Accel, kernel: &Path, append: &str) -> 
         "-accel".into(),
         accel.qemu_arg().into(),
         "-cpu".into(),
-        if accel == Accel::Kvm { "host" } else { "max" }.into(),
+        cpu_model(shape, accel),
         "-nodefaults".into(),
         "-no-reboot".into(),
         "-monitor".into(),
@@ -179,6 +179,19 @@ pub fn qemu_args(shape: &VmShape, accel: Accel, kernel: &Path, append: &str) -> 
         append.into(),
     ]);
     args
+}
+
+/// `-cpu host` under KVM, `-cpu max` under emulation; guests whose RAM (plus the
+/// 1 GiB PCI hole below 4 GiB) reaches past QEMU's default 40 physical address
+/// bits get 46, so that 1 TiB fits. Smaller guests keep QEMU's default, the
+/// configuration the Linux fixture logs were made with.
+fn cpu_model(shape: &VmShape, accel: Accel) -> String {
+    let base = if accel == Accel::Kvm { "host" } else { "max" };
+    if shape.memory + (1 << 30) > 1 << 40 {
+        format!("{base},phys-bits=46")
+    } else {
+        base.to_string()
+    }
 }
 
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
