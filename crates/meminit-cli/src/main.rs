@@ -128,6 +128,11 @@ fn parse_workload(s: &str) -> Result<Workload, String> {
 }
 
 fn main() -> ExitCode {
+    // Like any Unix filter, end quietly when the reader goes away (`| head`)
+    // rather than panic on a write to a closed pipe.
+    // SAFETY: called first thing in main, before any thread starts; restoring
+    // the default disposition of SIGPIPE installs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let result = match cli.command {
         None => default_run(),
@@ -370,33 +375,12 @@ fn print_report(report: &Report, opts: &Options) {
             }),
         ),
     ];
-    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-    let cells: Vec<Vec<String>> = rows
+    let headers: Vec<&str> = ran.iter().map(|s| s.strategy).collect();
+    let table: Vec<(&str, Vec<String>)> = rows
         .iter()
-        .map(|(_, f)| ran.iter().map(|s| f(s)).collect())
+        .map(|(label, cell)| (*label, ran.iter().map(|s| cell(s)).collect()))
         .collect();
-    let col_width: Vec<usize> = (0..ran.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([ran[i].strategy.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    print!("  {:label_width$}", "");
-    for (s, w) in ran.iter().zip(&col_width) {
-        print!("  {:>w$}", s.strategy);
-    }
-    println!();
-    for ((label, _), row) in rows.iter().zip(&cells) {
-        print!("  {label:label_width$}");
-        for (cell, w) in row.iter().zip(&col_width) {
-            print!("  {cell:>w$}");
-        }
-        println!();
-    }
+    print_columns(&headers, &table);
     println!("  boot allocations (sized as Linux sizes them):");
     for b in &ran[0].boot {
         let blocks: u64 = b.blocks_per_node.iter().sum();
@@ -436,6 +420,34 @@ fn print_report(report: &Report, opts: &Options) {
         for s in &ran {
             let row = &s.zones[i];
             print!("  {:>23}", format!("{}/{}", row.free, row.uninitialised));
+        }
+        println!();
+    }
+}
+
+/// Prints rows of labelled cells under column headers, right-aligned.
+pub(crate) fn print_columns(headers: &[&str], rows: &[(&str, Vec<String>)]) {
+    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|(_, cells)| cells[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    print!("  {:label_width$}", "");
+    for (h, w) in headers.iter().zip(&widths) {
+        print!("  {h:>w$}");
+    }
+    println!();
+    for (label, cells) in rows {
+        print!("  {label:label_width$}");
+        for (cell, w) in cells.iter().zip(&widths) {
+            print!("  {cell:>w$}");
         }
         println!();
     }

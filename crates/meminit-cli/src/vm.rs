@@ -57,7 +57,7 @@ pub struct VmArgs {
     /// The guest's `crashkernel=`.
     #[arg(long, value_parser = crate::parse_size)]
     crashkernel: Option<u64>,
-    /// The guest's `workload=` (idle, container[:SIZE], random[:OPS]).
+    /// The guest's `workload=`: `idle`, `container[:SIZE]` or `random[:OPS]`.
     #[arg(long, default_value = "idle")]
     workload: String,
     /// Extra text for the guest's command line (to test its checking).
@@ -291,31 +291,10 @@ fn print_table(r: &VmReport) {
             }),
         ),
     ];
-    let label = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-    let cells: Vec<Vec<String>> = rows
+    let headers: Vec<&str> = r.runs.iter().map(|c| c.name.as_str()).collect();
+    let table: Vec<(&str, Vec<String>)> = rows
         .iter()
-        .map(|(_, f)| r.runs.iter().map(f).collect())
+        .map(|(label, cell)| (*label, r.runs.iter().map(cell).collect()))
         .collect();
-    let widths: Vec<usize> = (0..r.runs.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|row| row[i].chars().count())
-                .chain([r.runs[i].name.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    print!("  {:label$}", "");
-    for (c, w) in r.runs.iter().zip(&widths) {
-        print!("  {:>w$}", c.name);
-    }
-    println!();
-    for ((l, _), row) in rows.iter().zip(&cells) {
-        print!("  {l:label$}");
-        for (cell, w) in row.iter().zip(&widths) {
-            print!("  {cell:>w$}");
-        }
-        println!();
-    }
+    crate::print_columns(&headers, &table);
 }
