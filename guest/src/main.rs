@@ -97,7 +97,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let t0 = tsc::now();
     let allocator = ALLOCATOR.call_once(|| {
         match Allocator::new(
-            layout.clone(),
+            layout,
             paging::GuestBacking,
             // The allocator keeps the slots for good: leak the guard.
             &mut spin::MutexGuard::leak(SECTION_SLOTS.lock())[..],
@@ -114,6 +114,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         }
     });
     let ready = tsc::now() - t0;
+    // The allocator owns the layout now.
+    let layout = allocator.layout();
 
     let (mut fast, mut slow) = Samples::pair().expect("samples are taken once");
     let failures = Cell::new(0u64);
@@ -145,10 +147,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         crashkernel: options.crashkernel,
     };
     let mut boot_results = [(None, 0u64); 5];
-    for (slot, request) in boot_results
-        .iter_mut()
-        .zip(early_requests(&layout, &params))
-    {
+    for (slot, request) in boot_results.iter_mut().zip(early_requests(layout, &params)) {
         let Some(request) = request else { continue };
         let mut failed = 0;
         for (node, &blocks) in request.blocks_per_node.iter().enumerate() {
@@ -166,7 +165,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         if topology.memory_ranges > 0 {
             topology.node_of_domain(topology.cpu_domain[cpu]) as usize
         } else {
-            meminit_boot::node_of_cpu(&layout, cpu as u32, cpus)
+            meminit_boot::node_of_cpu(layout, cpu as u32, cpus)
         }
     };
     let running = smp::start_aps(&topology, tsc_hz, |cpu| {
