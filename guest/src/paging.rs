@@ -53,6 +53,7 @@ fn map_huge(virt: u64, phys: u64) -> Result<(), &'static str> {
     unsafe {
         let pdpt = &mut (*core::ptr::addr_of_mut!(VMEMMAP_PDPT)).0;
         if pdpt[pdpt_index] == 0 {
+            // Relaxed: TABLE_LOCK orders every use of the pool.
             let n = PD_USED.fetch_add(1, Ordering::Relaxed);
             if n >= PD_POOL {
                 return Err("the memmap's page-directory pool is exhausted");

@@ -154,6 +154,10 @@ pub fn start_aps(
             println!("meminit guest: no memory for the stack of CPU {started}");
             break;
         };
+        // SeqCst for the start-up handshake (one AP at a time, rare): these stores
+        // must be visible before the AP runs; the IPIs are MMIO writes, which x86
+        // does not reorder before earlier stores, and the AP's SeqCst loads pair
+        // with them.
         AP_STACK_TOP.store(top, Ordering::SeqCst);
         AP_INDEX.store(started, Ordering::SeqCst);
         let before = APS_UP.load(Ordering::SeqCst);
@@ -167,6 +171,7 @@ pub fn start_aps(
         }
         // Wait up to a second for it to arrive.
         let deadline = tsc::now() + tsc_hz;
+        // SeqCst: pairs with the AP's increment in `ap_main`.
         while APS_UP.load(Ordering::SeqCst) == before && tsc::now() < deadline {
             core::hint::spin_loop();
         }
@@ -183,6 +188,8 @@ pub fn start_aps(
 extern "C" fn ap_main() -> ! {
     // SAFETY: the boot CPU filled the IDT before starting any AP.
     unsafe { crate::traps::load() };
+    // SeqCst: pairs with the boot CPU's stores before it sent the STARTUP IPI,
+    // and its load of APS_UP after.
     let index = AP_INDEX.load(Ordering::SeqCst);
     APS_UP.fetch_add(1, Ordering::SeqCst);
     let mut seen = 0;
@@ -194,6 +201,7 @@ extern "C" fn ap_main() -> ! {
             continue;
         }
         seen = generation;
+        // Relaxed: ordered by the Acquire load of the generation above.
         let node = AP_NODE[index].load(Ordering::Relaxed) as usize;
         if let Some(a) = ALLOCATOR.get() {
             if let Err(e) = a.run_deferred_worker(node) {
@@ -209,8 +217,10 @@ extern "C" fn ap_main() -> ! {
 /// (index 0) included, and returns when all are done.
 pub fn run_deferred_everywhere(cpus: usize, node_of_cpu: impl Fn(usize) -> usize) {
     for (i, slot) in AP_NODE.iter().enumerate().take(cpus).skip(1) {
+        // Relaxed: published by the Release increment of the generation below.
         slot.store(node_of_cpu(i) as u32, Ordering::Relaxed);
     }
+    // Acquire: pairs with the APs' Release increments of an earlier job.
     let done_before = JOB_DONE.load(Ordering::Acquire);
     // Release: pairs with the Acquire in `ap_main`.
     JOB_GENERATION.fetch_add(1, Ordering::Release);
