@@ -122,7 +122,7 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     size::parse(s)
 }
 
-fn parse_workload(s: &str) -> Result<Workload, String> {
+pub(crate) fn parse_workload(s: &str) -> Result<Workload, String> {
     s.parse()
         .map_err(|e: meminit_host::sim::BadWorkload| e.to_string())
 }

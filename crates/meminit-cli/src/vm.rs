@@ -58,8 +58,8 @@ pub struct VmArgs {
     #[arg(long, value_parser = crate::parse_size)]
     crashkernel: Option<u64>,
     /// The guest's `workload=`: `idle`, `container[:SIZE]` or `random[:OPS]`.
-    #[arg(long, default_value = "idle")]
-    workload: String,
+    #[arg(long, default_value = "idle", value_parser = crate::parse_workload)]
+    workload: meminit_host::sim::Workload,
     /// Extra text for the guest's command line (to test its checking).
     #[arg(long, hide = true)]
     append: Option<String>,
@@ -102,6 +102,19 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
     }
     if args.memory < 64 << 20 {
         bail!("--memory must be at least 64M");
+    }
+    let linux_kernel = match (args.peer, &args.kernel) {
+        (Some(Peer::Linux), Some(k)) => Some(k.clone()),
+        (Some(Peer::Linux), None) => Some(repo_dir().join("target/linux/vmlinuz")),
+        (None, _) => None,
+    };
+    if let Some(kernel) = &linux_kernel {
+        if !kernel.is_file() {
+            bail!(
+                "no Linux kernel at {}: run scripts/setup --vm (it unpacks Debian's package there) or give --kernel",
+                kernel.display()
+            );
+        }
     }
     let guest = vm::build_guest(&repo_dir().join("guest"))?;
     let (accel, reason) = match args.accel {
@@ -156,17 +169,7 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
             ok,
         });
     }
-    if args.peer == Some(Peer::Linux) {
-        let kernel = match &args.kernel {
-            Some(k) => k.clone(),
-            None => repo_dir().join("target/linux/vmlinuz"),
-        };
-        if !kernel.is_file() {
-            bail!(
-                "no Linux kernel at {}: run scripts/setup --vm (it unpacks Debian's package there) or give --kernel",
-                kernel.display()
-            );
-        }
+    if let Some(kernel) = linux_kernel {
         if !args.json {
             eprintln!("booting Linux: {}", kernel.display());
         }
