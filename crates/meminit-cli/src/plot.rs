@@ -238,31 +238,26 @@ where
         .x_label_area_size(48)
         .y_label_area_size(72);
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
+    // The two axis kinds are different types; one macro draws on either.
+    macro_rules! mesh_and_lines {
+        ($x:expr, $y:expr) => {{
+            let mut c = chart.build_cartesian_2d($x, $y).map_err(err)?;
+            c.configure_mesh()
+                .x_desc(x_label)
+                .y_desc(y_label)
+                .label_style(("sans-serif", 14))
+                .draw()
+                .map_err(err)?;
+            lines(&mut c, series)?;
+        }};
+    }
     if log {
-        let mut c = chart
-            .build_cartesian_2d(
-                (1.0f64..x_max * 1.2).log_scale(),
-                (y_min / 2.0..y_max * 2.0).log_scale(),
-            )
-            .map_err(err)?;
-        c.configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(err)?;
-        lines(&mut c, series)?;
+        mesh_and_lines!(
+            (1.0f64..x_max * 1.2).log_scale(),
+            (y_min / 2.0..y_max * 2.0).log_scale()
+        );
     } else {
-        let mut c = chart
-            .build_cartesian_2d(0.0f64..x_max * 1.05, 0.0f64..y_max * 1.15 + 1.0)
-            .map_err(err)?;
-        c.configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(err)?;
-        lines(&mut c, series)?;
+        mesh_and_lines!(0.0f64..x_max * 1.05, 0.0f64..y_max * 1.15 + 1.0);
     }
     Ok(())
 }

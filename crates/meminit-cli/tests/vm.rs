@@ -60,8 +60,9 @@ fn a_trace_buffer_of_most_of_memory_is_served() {
     }
 }
 
-#[test]
-fn a_malformed_command_line_fails_with_its_own_status() {
+/// A one-strategy guest given `append` on its command line: QEMU's status as
+/// `meminit vm` reports it, and what it printed on stderr.
+fn vm_with_append(strategy: &str, append: &str) -> (Option<i32>, String) {
     let out = Command::cargo_bin("meminit")
         .unwrap()
         .args([
@@ -69,33 +70,29 @@ fn a_malformed_command_line_fails_with_its_own_status() {
             "--memory",
             "256M",
             "--strategy",
-            "ondemand",
+            strategy,
             "--append",
-            "bogus=1",
+            append,
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_malformed_command_line_fails_with_its_own_status() {
+    let (code, err) = vm_with_append("ondemand", "bogus=1");
+    assert_eq!(code, Some(1));
     assert!(err.contains("exit Some(37)"), "{err}");
     assert!(
         err.contains("bad kernel command line option 'bogus=1'"),
         "{err}"
     );
-    let out = Command::cargo_bin("meminit")
-        .unwrap()
-        .args([
-            "vm",
-            "--memory",
-            "256M",
-            "--strategy",
-            "eager",
-            "--append",
-            "meminit=lazy",
-        ])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("'meminit=lazy'"));
+    let (_, err) = vm_with_append("eager", "meminit=lazy");
+    assert!(err.contains("'meminit=lazy'"), "{err}");
 }
 
 #[test]
