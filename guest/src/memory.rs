@@ -2,6 +2,7 @@
 
 use meminit::{Layout, LayoutBuilder, LayoutError, RangeKind};
 
+use crate::paging::{own_memmap_block, set_memmap_homes};
 use crate::pvh::MemmapEntry;
 
 extern "C" {
@@ -18,14 +19,77 @@ pub fn kernel_image() -> (u64, u64) {
     )
 }
 
-/// Builds the layout: RAM from the E820 map; the first MiB (firmware data, the
+/// Builds the layout, setting aside a 2 MiB home for the memmap of each section
+/// that has no whole 2 MiB block of usable memory of its own: RAM from the E820 map; the first MiB (firmware data, the
 /// start information, the AP trampoline) and the kernel image as reserved RAM;
 /// everything else other. `splits` are `(start address, node)` boundaries in
 /// address order (from the SRAT; empty: one node), and RAM ranges are cut where
 /// the node changes.
 pub fn layout(memmap: &[MemmapEntry], splits: &[(u64, u32)]) -> Result<Layout, LayoutError> {
+    let first = build(memmap, splits, &[])?;
+    // Only a section where a range of memory starts or ends can lack a whole
+    // 2 MiB block of usable memory for its memmap.
+    let mut orphans = 0;
+    let mut last = usize::MAX;
+    for run in first.present_runs(0, u64::MAX) {
+        for s in [first.section_of(run.start), first.section_of(run.end - 1)] {
+            let (start, end) = first.section_pfns(s);
+            if s != last && own_memmap_block(&first, start, end).is_none() {
+                orphans += 1;
+            }
+            last = s;
+        }
+    }
+    if orphans == 0 {
+        set_memmap_homes(&[]);
+        return Ok(first);
+    }
+    // Homes for them: the top 2 MiB of sections, from the highest down, that keep
+    // a block of their own below it.
+    let mut homes = [0u64; 16];
+    let mut found = 0;
+    for s in (0..first.section_count()).rev() {
+        if found == orphans.min(homes.len()) {
+            break;
+        }
+        let (start, end) = first.section_pfns(s);
+        let Some(own) = own_memmap_block(&first, start, end) else {
+            continue;
+        };
+        let top = first
+            .present_runs(start, end)
+            .filter(|r| !r.reserved)
+            .filter_map(|r| {
+                let block = (r.end / 512) * 512;
+                (block >= r.start + 512 && block - 512 > own).then_some(block - 512)
+            })
+            .last();
+        if let Some(block) = top {
+            homes[found] = block * 4096;
+            found += 1;
+        }
+    }
+    let mut carved = [(0u64, 0u64); 16];
+    for (c, &h) in carved.iter_mut().zip(&homes[..found]) {
+        *c = (h, h + (2 << 20));
+    }
+    set_memmap_homes(&homes[..found]);
+    build(memmap, splits, &carved[..found])
+}
+
+fn build(
+    memmap: &[MemmapEntry],
+    splits: &[(u64, u32)],
+    homes: &[(u64, u64)],
+) -> Result<Layout, LayoutError> {
     let (kstart, kend) = kernel_image();
-    let reserved = [(0u64, 0x10_0000u64), (kstart, kend)];
+    let mut spans = [(0u64, 0u64); 18];
+    spans[0] = (0, 0x10_0000);
+    spans[1] = (kstart, kend);
+    for (slot, &h) in spans[2..].iter_mut().zip(homes) {
+        *slot = h;
+    }
+    let reserved = &spans[..2 + homes.len()];
     let mut b = LayoutBuilder::new();
     for e in memmap {
         let (start, end) = (e.addr, e.addr.saturating_add(e.size));
@@ -42,7 +106,7 @@ pub fn layout(memmap: &[MemmapEntry], splits: &[(u64, u32)]) -> Result<Layout, L
         while at < end {
             let in_reserved = reserved.iter().find(|&&(s, e)| s <= at && at < e);
             let mut stop = end;
-            for &(s, e) in &reserved {
+            for &(s, e) in reserved {
                 if s > at {
                     stop = stop.min(s);
                 }

@@ -7,7 +7,7 @@
 //! use costs exactly one huge page. This module owns the page-table writes.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use meminit::memmap::{BackingError, MemmapBacking, Populated, SectionPfns};
 use meminit::{Layout, Page};
@@ -27,6 +27,37 @@ static mut VMEMMAP_PDPT: PageTable = PageTable([0; 512]);
 static mut PD_POOL_TABLES: [PageTable; PD_POOL] = [const { PageTable([0; 512]) }; PD_POOL];
 static PD_USED: AtomicUsize = AtomicUsize::new(0);
 static TABLE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Homes for the memmap of sections that cannot hold their own (see
+/// `memory::layout`): physical addresses of 2 MiB blocks reserved in the layout.
+const MAX_HOMES: usize = 16;
+static HOMES: [AtomicU64; MAX_HOMES] = [const { AtomicU64::new(0) }; MAX_HOMES];
+static HOMES_SET: AtomicUsize = AtomicUsize::new(0);
+static HOMES_USED: AtomicUsize = AtomicUsize::new(0);
+
+/// Records the reserved blocks that sections without a 2 MiB block of their own
+/// take their memmap from. Call before the allocator starts.
+pub fn set_memmap_homes(blocks: &[u64]) {
+    for (slot, &b) in HOMES.iter().zip(blocks) {
+        // Relaxed: published to the allocator's threads by whatever starts them
+        // (the boot CPU creates the allocator after this).
+        slot.store(b, Ordering::Relaxed);
+    }
+    HOMES_SET.store(blocks.len().min(MAX_HOMES), Ordering::Relaxed);
+}
+
+/// The first 2 MiB-aligned block of usable memory in section `[start, end)`, as a
+/// pfn: where the section's memmap lives if it can hold it itself.
+pub fn own_memmap_block(layout: &Layout, start: u64, end: u64) -> Option<u64> {
+    let pages = HUGE / 4096;
+    layout
+        .present_runs(start, end)
+        .filter(|r| !r.reserved)
+        .find_map(|r| {
+            let block = r.start.next_multiple_of(pages);
+            (block + pages <= r.end).then_some(block)
+        })
+}
 
 /// The largest memory the memmap range can describe.
 pub const MAX_MEMORY: u64 = PD_POOL as u64 * (64 << 30);
@@ -74,8 +105,9 @@ pub struct GuestBacking;
 // SAFETY: `descriptors` is the base of a range reserved for the memmap alone (PML4
 // slot 16, mapped by nothing else) large enough for MAX_MEMORY; `populate` maps the
 // section's descriptors to a 2 MiB page that the layout says is usable memory of
-// that very section, which the allocator then marks reserved (`taken`), so no one
-// else ever uses it.
+// that very section, which the allocator then marks reserved (`taken`), or to a
+// home block the layout already marks reserved and that no other section gets;
+// either way no one else ever uses it.
 unsafe impl MemmapBacking for GuestBacking {
     fn descriptors(&self) -> NonNull<Page> {
         NonNull::new(VMEMMAP_BASE as *mut Page).expect("non-null base")
@@ -92,19 +124,26 @@ unsafe impl MemmapBacking for GuestBacking {
             ));
         }
         let pages = HUGE / 4096;
-        let block = layout
-            .present_runs(section.start.0, section.end.0)
-            .filter(|r| !r.reserved)
-            .find_map(|r| {
-                let start = r.start.next_multiple_of(pages);
-                (start + pages <= r.end).then_some(start)
-            })
-            .ok_or(fail(
-                "no 2 MiB of usable memory in the section to hold its memmap",
-            ))?;
-        map_huge(VMEMMAP_BASE + section.start.0 * 64, block * 4096).map_err(fail)?;
-        Ok(Populated {
-            taken: block..block + pages,
-        })
+        if let Some(block) = own_memmap_block(layout, section.start.0, section.end.0) {
+            map_huge(VMEMMAP_BASE + section.start.0 * 64, block * 4096).map_err(fail)?;
+            return Ok(Populated {
+                taken: block..block + pages,
+            });
+        }
+        // A section whose memory has no whole 2 MiB block: one of the homes set
+        // aside for it. The claim protocol calls this once per section, so each
+        // home goes to one section. Relaxed: the counter only hands out indices.
+        let i = HOMES_USED.fetch_add(1, Ordering::Relaxed);
+        if i >= HOMES_SET.load(Ordering::Relaxed) {
+            return Err(fail(
+                "no 2 MiB of usable memory in the section, and no memmap home left",
+            ));
+        }
+        map_huge(
+            VMEMMAP_BASE + section.start.0 * 64,
+            HOMES[i].load(Ordering::Relaxed),
+        )
+        .map_err(fail)?;
+        Ok(Populated::ELSEWHERE)
     }
 }

@@ -146,3 +146,15 @@ fn linux_boots_beside_it() {
         .unwrap()
         .is_empty());
 }
+
+/// A guest whose last section holds less than 2 MiB of memory: that section's
+/// memmap lives in a home set aside elsewhere, and every strategy still starts.
+#[test]
+fn a_section_too_small_for_its_own_memmap_gets_a_home() {
+    let (code, r) = vm(&["--memory", "1025M"]);
+    assert_eq!(code, Some(0), "{r:#}");
+    let eager = &r["runs"][0]["guest"];
+    assert_eq!(eager["sections_present"], 9);
+    assert_eq!(eager["memmap_populated_bytes"], 18u64 << 20);
+    assert_eq!(eager["counts_hold"], true);
+}
