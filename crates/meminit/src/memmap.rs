@@ -97,8 +97,10 @@ impl core::fmt::Display for BackingError {
 /// - [`Populated::taken`] lies inside the section, and the backing asks for it only
 ///   pages that the layout says are usable.
 ///
-/// The allocator calls `populate` at most once per section, from one thread at a
-/// time per section, and never for a section without present pages.
+/// The allocator calls `populate` for a section only while it holds the section's
+/// claim (so from one thread at a time), never for a section without present
+/// pages, and never again once a call has succeeded. A call that fails gives the
+/// section back; a later claimant may ask again.
 pub unsafe trait MemmapBacking {
     /// The address of pfn 0's descriptor.
     fn descriptors(&self) -> NonNull<Page>;
