@@ -85,20 +85,10 @@ impl Region {
     /// Commits `[offset, offset + len)` with writable, zeroed pages, ahead of use:
     /// `MADV_POPULATE_WRITE`, or a write per page where the host kernel lacks it.
     pub fn populate(&self, offset: usize, len: usize) -> io::Result<()> {
-        self.check(offset, len)?;
-        // SAFETY: the range is inside our mapping (checked above); populating only
-        // faults pages in, it does not change their contents.
-        let rc = unsafe {
-            libc::madvise(
-                self.base.as_ptr().add(offset).cast(),
-                len,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
-        if rc == 0 {
+        // Populating only faults pages in; it does not change their contents.
+        let Err(err) = self.advise(offset, len, libc::MADV_POPULATE_WRITE) else {
             return Ok(());
-        }
-        let err = io::Error::last_os_error();
+        };
         if err.raw_os_error() != Some(libc::EINVAL) {
             return Err(err);
         }
@@ -116,15 +106,16 @@ impl Region {
 
     /// Gives `[offset, offset + len)` back to the OS; it reads as zeroes afterwards.
     pub fn discard(&self, offset: usize, len: usize) -> io::Result<()> {
+        self.advise(offset, len, libc::MADV_DONTNEED)
+    }
+
+    /// `madvise(advice)` on `[offset, offset + len)` of the region.
+    fn advise(&self, offset: usize, len: usize, advice: libc::c_int) -> io::Result<()> {
         self.check(offset, len)?;
-        // SAFETY: the range is inside our mapping; its users have stopped using it.
-        let rc = unsafe {
-            libc::madvise(
-                self.base.as_ptr().add(offset).cast(),
-                len,
-                libc::MADV_DONTNEED,
-            )
-        };
+        // SAFETY: the range is inside our mapping (checked above); the two pieces
+        // of advice used here either fault pages in without changing them, or
+        // drop pages whose users have stopped using them (`discard`'s contract).
+        let rc = unsafe { libc::madvise(self.base.as_ptr().add(offset).cast(), len, advice) };
         if rc == 0 {
             Ok(())
         } else {

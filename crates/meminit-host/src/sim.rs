@@ -148,7 +148,7 @@ pub struct EarlyResult {
 }
 
 /// The figures of one strategy on one machine.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StrategyReport {
     /// `eager`, `deferred` or `ondemand`.
     pub strategy: &'static str,
@@ -207,28 +207,7 @@ impl StrategyReport {
         StrategyReport {
             strategy: strategy.name(),
             skipped: Some(why),
-            ready_ns: 0,
-            full_init_ns: None,
-            worker_threads: 0,
-            init_ns: 0,
-            grows: 0,
-            grow_ns: 0,
-            sections_by_boot: 0,
-            sections_by_workers: 0,
-            sections_by_growth: 0,
-            sections_by_lookup: 0,
-            sections_present: 0,
-            memmap_populated_bytes: 0,
-            memmap_resident_boot_bytes: 0,
-            memmap_resident_end_bytes: 0,
-            memmap_full_bytes: 0,
-            alloc_fast: Latency::default(),
-            alloc_slow: Latency::default(),
-            alloc_failures: 0,
-            limit_fill_ns: 0,
-            limit_ratio: 0.0,
-            boot: Vec::new(),
-            zones: Vec::new(),
+            ..StrategyReport::default()
         }
     }
 }

@@ -290,9 +290,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     pub fn init_stats(&self) -> InitStats {
         let by = |c: InitCause| self.counters.sections_by[c as usize].load(Relaxed);
         let sections = self.memmap.sections();
-        let present = (0..sections.len())
-            .filter(|&i| sections.state(i) != SectionState::Absent)
-            .count() as u64;
+        let present = sections.present() as u64;
         InitStats {
             sections_present: present,
             sections_done: present - sections.unfinished() as u64,
@@ -437,13 +435,9 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     }
 }
 
-/// `taken` clipped to `[start, end)`, as an empty range at `start` if disjoint.
+/// `taken` clipped to `[start, end)`: an empty range at `start` or `end` when
+/// they do not meet.
 fn clamp(taken: &core::ops::Range<u64>, start: u64, end: u64) -> (u64, u64) {
     let t0 = taken.start.clamp(start, end);
-    let t1 = taken.end.clamp(t0, end);
-    if taken.is_empty() {
-        (start, start)
-    } else {
-        (t0, t1)
-    }
+    (t0, taken.end.clamp(t0, end))
 }

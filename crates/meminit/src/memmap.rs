@@ -11,7 +11,7 @@
 //! > becomes `Ready` only after its memmap was populated and every one of its
 //! > descriptors written.**
 //!
-//! The [`SectionWriter`] enforces the second half by construction: it is made only
+//! The `SectionWriter` enforces the second half by construction: it is made only
 //! from a claim whose populate succeeded, it writes descriptors strictly in pfn
 //! order, and it publishes only when it has reached the end of the section.
 //!
@@ -150,7 +150,7 @@ impl core::fmt::Display for LookupError {
 }
 
 /// The descriptor array and the state of its sections.
-pub struct Memmap<'a, B> {
+pub(crate) struct Memmap<'a, B> {
     backing: B,
     base: NonNull<Page>,
     sections: Sections<'a>,
@@ -261,7 +261,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
 
 /// Writes the descriptors of one claimed, populated section, in pfn order, then
 /// publishes it.
-pub struct SectionWriter<'m, 'a, B> {
+pub(crate) struct SectionWriter<'m, 'a, B> {
     memmap: &'m Memmap<'a, B>,
     claim: Claim<'m, 'a>,
     /// The next pfn to write.
@@ -277,12 +277,8 @@ impl<'m, 'a, B> SectionWriter<'m, 'a, B> {
         self.taken.clone()
     }
 
-    /// The next pfn [`write_run`](Self::write_run) will write.
-    pub fn next_pfn(&self) -> u64 {
-        self.next
-    }
-
-    /// Writes descriptors for pfns `next_pfn() .. until`, each in `state` for zone
+    /// Writes descriptors for the pfns from where the last run ended up to `until`,
+    /// each in `state` for zone
     /// `zone_index`. Panics if `until` is past the section.
     #[inline]
     pub fn write_run(&mut self, until: u64, state: PageState, zone_index: u32) {

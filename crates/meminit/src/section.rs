@@ -95,6 +95,8 @@ impl Default for SectionSlot {
 /// The state of every section, and how many are not finished yet.
 pub struct Sections<'a> {
     slots: &'a [SectionSlot],
+    /// Sections with present pages: fixed at start-up.
+    present: usize,
     /// Sections with present pages that are not yet finished.
     unfinished: AtomicUsize,
     /// Set once `unfinished` reaches zero: growth is off for good.
@@ -127,19 +129,15 @@ impl<'a> Sections<'a> {
         }
         Some(Sections {
             slots,
+            present: unfinished,
             unfinished: AtomicUsize::new(unfinished),
             all_initialised: AtomicBool::new(unfinished == 0),
         })
     }
 
-    /// The number of sections.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Whether there are no sections at all.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+    /// Sections with present pages (not `Absent`).
+    pub fn present(&self) -> usize {
+        self.present
     }
 
     /// The state of section `index` (`Absent` past the end).

@@ -101,11 +101,7 @@ impl<R: RawMutex> Zone<R> {
     /// Takes a block of `order` off the free lists.
     #[inline]
     pub(crate) fn take<B: MemmapBacking>(&self, mm: &Memmap<'_, B>, order: u32) -> Option<u64> {
-        let mut area = self.free.lock();
-        let pfn = area.take(mm, order)?;
-        // Relaxed: a mirror for readers that do not take the lock.
-        self.free_pages.store(area.pages(), Relaxed);
-        Some(pfn)
+        self.with_free(|area| area.take(mm, order))
     }
 
     /// Runs `f` with the free lists locked, then refreshes the free-page mirror.
