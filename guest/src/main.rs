@@ -24,7 +24,9 @@ mod tsc;
 
 use core::cell::Cell;
 
-use meminit::{AllocPath, Allocator, Config, Constraint, Pfn, SectionSlot, Strategy};
+use meminit::{
+    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Pfn, SectionSlot, Strategy,
+};
 use meminit_boot::{early_requests, BootParams, Workload, XorShift};
 use port::{exit, ExitCode, Serial};
 use report::{Report, Samples};
@@ -39,6 +41,9 @@ const MAX_SECTIONS: usize = (paging::MAX_MEMORY >> 27) as usize;
 static SECTION_SLOTS: spin::Mutex<[SectionSlot; MAX_SECTIONS]> =
     spin::Mutex::new([const { SectionSlot::new() }; MAX_SECTIONS]);
 static ALLOCATOR: spin::Once<GuestAllocator> = spin::Once::new();
+/// One page cache per vCPU, indexed as `smp` numbers them (the boot CPU is 0).
+static CPU_CACHES: [CpuCache<ZoneLock>; acpi::MAX_CPUS] =
+    [const { CpuCache::new() }; acpi::MAX_CPUS];
 
 #[no_mangle]
 extern "C" fn kernel_main(start_info: u32) -> ! {
@@ -101,6 +106,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             paging::GuestBacking,
             // The allocator keeps the slots for good: leak the guard.
             &mut spin::MutexGuard::leak(SECTION_SLOTS.lock())[..],
+            &CPU_CACHES,
             Config {
                 strategy: options.strategy,
                 clock: Some(tsc::now),
@@ -122,7 +128,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let allocated_pages = Cell::new(0u64);
     let mut alloc = |order: u32, constraint: Constraint, node: usize| {
         let t = tsc::now();
-        let r = allocator.alloc_traced(order, constraint, node);
+        let r = allocator.alloc_on_traced(CpuId(0), order, constraint, node);
         let ticks = tsc::now() - t;
         match r {
             Ok((pfn, path)) => {
@@ -218,7 +224,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
                     let (pfn, order) = held[i];
                     held[i] = held[count - 1];
                     count -= 1;
-                    if allocator.free(pfn, order).is_err() {
+                    if allocator.free_on(CpuId(0), pfn, order).is_err() {
                         failures.set(failures.get() + 1);
                     }
                     allocated_pages.set(allocated_pages.get() - (1 << order));

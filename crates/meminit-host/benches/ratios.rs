@@ -32,8 +32,14 @@ fn with_allocator<T>(
         .collect();
     let backing = HostBacking::new(layout).expect("reserve memmap");
     let t = Instant::now();
-    let a =
-        Allocator::new(layout.clone(), backing, &mut slots, Config::new(strategy)).expect("start");
+    let a = Allocator::new(
+        layout.clone(),
+        backing,
+        &mut slots,
+        &[],
+        Config::new(strategy),
+    )
+    .expect("start");
     let ready = t.elapsed().as_nanos() as u64;
     f(&a, ready)
 }

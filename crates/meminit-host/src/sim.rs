@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use meminit::{AllocPath, Allocator, Config, Constraint, Layout, Pfn, SectionSlot, Strategy};
+use meminit::{
+    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Layout, Pfn, SectionSlot, Strategy,
+};
 use meminit_boot::{early_requests, BootParams, EarlyKind, Size, XorShift};
 use serde::Serialize;
 
@@ -343,10 +345,15 @@ fn measure(
     progress.step(&format!("{}: {name}: start-up", machine.name));
 
     let t0 = Instant::now();
+    // The workload runs on this thread, as CPU 0; one cache per simulated CPU, as a
+    // kernel would lend them.
+    let cpus: Vec<CpuCache<parking_lot::RawMutex>> =
+        (0..machine.cpus.max(1)).map(|_| CpuCache::new()).collect();
     let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
         layout.clone(),
         backing,
         &mut slots,
+        &cpus,
         Config {
             strategy,
             clock: Some(now_ns),
@@ -360,7 +367,7 @@ fn measure(
     let mut failures = 0;
     let mut timed_alloc = |order: u32, constraint: Constraint, node: usize| {
         let t = Instant::now();
-        let r = allocator.alloc_traced(order, constraint, node);
+        let r = allocator.alloc_on_traced(CpuId(0), order, constraint, node);
         let ns = t.elapsed().as_nanos() as u64;
         match r {
             Ok((pfn, AllocPath::Grew)) => {
@@ -471,7 +478,7 @@ fn measure(
                 } else {
                     let (pfn, order) = held.swap_remove((x >> 24) as usize % held.len());
                     allocator
-                        .free(pfn, order)
+                        .free_on(CpuId(0), pfn, order)
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                 }
             }

@@ -1,11 +1,13 @@
 //! The allocator: zones over a memmap; allocation, free, look-up and counters.
 //!
-//! This module owns the paths a caller takes every time: [`Allocator::alloc`] walks
-//! the zone list and takes a block from the first zone that has one; only when a zone
-//! has none does it look at the off switch and, while memory remains uninitialised,
-//! grow that zone ([`crate::init`]). [`Allocator::free`] checks the descriptor before
-//! it trusts the caller. Nothing here writes a descriptor outside a zone lock, and
-//! nothing here is `unsafe`.
+//! This module owns the paths a caller takes every time: an allocation walks the
+//! zone list and takes a block from the first zone that has one (through the calling
+//! CPU's cache for small orders, [`crate::percpu`]); only when a zone has none does
+//! it look at the off switch and, while memory remains uninitialised, grow that zone
+//! ([`crate::init`]). Before it reports [`AllocError::OutOfMemory`] it drains every
+//! CPU's cache back to the zones and looks again. A free checks the descriptor
+//! before it trusts the caller. Nothing here writes a descriptor outside a lock that
+//! owns it, and nothing here is `unsafe`.
 
 use core::fmt;
 use core::sync::atomic::AtomicUsize;
@@ -16,6 +18,7 @@ use crate::init::{Config, InitCounters, Strategy};
 use crate::layout::{Layout, Pfn, ZoneType, MAX_NODES, MAX_ORDER, ZONE_TYPES};
 use crate::memmap::{BackingError, LookupError, Memmap, MemmapBacking};
 use crate::page::{Page, PageState, NO_ZONE};
+use crate::pcp::{CpuCache, CpuId};
 use crate::zone::{Zone, ZoneStats};
 
 /// Which zones an allocation may use.
@@ -65,6 +68,13 @@ pub enum AllocError {
         /// The node asked for.
         node: usize,
     },
+    /// The CPU has no cache: its id is not below the number of caches lent.
+    UnknownCpu {
+        /// The CPU named.
+        cpu: CpuId,
+        /// Caches lent at start-up.
+        cpus: usize,
+    },
     /// Every eligible zone is initialised and has no free block of the order.
     OutOfMemory {
         /// The order asked for.
@@ -85,6 +95,9 @@ impl fmt::Display for AllocError {
                 write!(f, "order {order} is above the maximum order {MAX_ORDER}")
             }
             AllocError::UnknownNode { node } => write!(f, "node {node} is not in the layout"),
+            AllocError::UnknownCpu { cpu, cpus } => {
+                write!(f, "{cpu} has no page cache: {cpus} were lent at start-up")
+            }
             AllocError::OutOfMemory { order, constraint } => write!(
                 f,
                 "out of memory: no free block of order {order} in any zone allowed by {constraint:?}"
@@ -103,6 +116,13 @@ pub enum FreeError {
         /// The order given.
         order: u32,
     },
+    /// The CPU has no cache: its id is not below the number of caches lent.
+    UnknownCpu {
+        /// The CPU named.
+        cpu: CpuId,
+        /// Caches lent at start-up.
+        cpus: usize,
+    },
     /// The page's descriptor cannot be read: outside present memory, or never
     /// initialised (so never allocated).
     Lookup(LookupError),
@@ -111,7 +131,8 @@ pub enum FreeError {
         /// The pfn given.
         pfn: Pfn,
     },
-    /// The page heads a free block: a double free.
+    /// The page heads a free block, on a free list or in a CPU's cache: a double
+    /// free.
     DoubleFree {
         /// The pfn given.
         pfn: Pfn,
@@ -143,6 +164,9 @@ impl fmt::Display for FreeError {
                     f,
                     "free of order {order}, above the maximum order {MAX_ORDER}"
                 )
+            }
+            FreeError::UnknownCpu { cpu, cpus } => {
+                write!(f, "{cpu} has no page cache: {cpus} were lent at start-up")
             }
             FreeError::Lookup(e) => write!(f, "free of a page that was never allocated: {e}"),
             FreeError::Reserved { pfn } => write!(f, "free of reserved page {pfn}"),
@@ -180,7 +204,15 @@ pub struct Allocator<'a, B, R: RawMutex> {
     pub(crate) counters: InitCounters,
     /// Per preferred node and constraint, the zones to try, in order.
     pub(crate) zonelists: [ZoneList; MAX_NODES * CONSTRAINTS],
+    /// The per-CPU caches the embedder lent, indexed by [`CpuId`].
+    pub(crate) cpus: &'a [CpuCache<R>],
 }
+
+/// How many times an allocation that found every zone empty drains the CPU caches
+/// and looks again before it reports `OutOfMemory`. Each round runs only if the
+/// previous drain found pages, so it ends early on a truly full machine; the bound
+/// keeps CPUs that refill as fast as others drain from starving it forever.
+const DRAIN_ROUNDS: usize = 8;
 
 /// The number of [`Constraint`]s.
 pub(crate) const CONSTRAINTS: usize = 3;
@@ -251,6 +283,18 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         constraint: Constraint,
         node: usize,
     ) -> Result<(Pfn, AllocPath), AllocError> {
+        self.alloc_in(order, constraint, node, None)
+    }
+
+    /// The allocation path, through `cache` for the cached orders when given.
+    #[inline]
+    pub(crate) fn alloc_in(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+        cache: Option<&CpuCache<R>>,
+    ) -> Result<(Pfn, AllocPath), AllocError> {
         if order > MAX_ORDER {
             return Err(AllocError::OrderTooLarge { order });
         }
@@ -258,20 +302,50 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             return Err(AllocError::UnknownNode { node });
         }
         let mut path = AllocPath::Fast;
+        let mut backing_error = None;
         for zone in self.zonelist(constraint, node) {
-            if let Some(pfn) = zone.take(&self.memmap, order) {
+            if let Some(pfn) = self.take(zone, order, cache) {
                 return Ok((Pfn(pfn), path));
             }
-            // The slow path. Once everything is initialised this one flag is all
-            // that remains of laziness.
-            if !self.memmap.sections().all_initialised() {
-                if let Some(pfn) = self.grow_and_take(zone, order)? {
-                    return Ok((Pfn(pfn), AllocPath::Grew));
+            match self.take_slow(zone, order) {
+                Ok(Some((pfn, grew))) => {
+                    let path = if grew { AllocPath::Grew } else { path };
+                    return Ok((Pfn(pfn), path));
                 }
+                Ok(None) => {}
+                // A zone whose memmap cannot be populated now does not stop the
+                // fall-back to the next zone; the error is reported only if no
+                // zone can serve.
+                Err(e) => backing_error = Some(e),
             }
             path = AllocPath::Fallback;
         }
-        Err(AllocError::OutOfMemory { order, constraint })
+        self.alloc_after_drain(order, constraint, node)
+            .ok_or(match backing_error {
+                Some(e) => AllocError::Backing(e),
+                None => AllocError::OutOfMemory { order, constraint },
+            })
+            .map(|pfn| (Pfn(pfn), AllocPath::Fallback))
+    }
+
+    /// The last resort of an allocation that found every eligible zone empty, each
+    /// after it saw the zone's last source of new memory run dry: blocks may still
+    /// sit in CPU caches, or be split between them so that no block of `order`
+    /// exists until they merge. Drains every cache back to its zone and looks again,
+    /// for as long as draining finds pages.
+    #[cold]
+    fn alloc_after_drain(&self, order: u32, constraint: Constraint, node: usize) -> Option<u64> {
+        for _ in 0..DRAIN_ROUNDS {
+            if self.drain_all_cpus() == 0 {
+                return None;
+            }
+            for zone in self.zonelist(constraint, node) {
+                if let Some(pfn) = zone.take(&self.memmap, order) {
+                    return Some(pfn);
+                }
+            }
+        }
+        None
     }
 
     /// The populated zones an allocation may use, in the order it tries them.
@@ -288,6 +362,17 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// page is refused with nothing changed.
     #[inline]
     pub fn free(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
+        self.free_in(pfn, order, None)
+    }
+
+    /// The free path, through `cache` for the cached orders when given.
+    #[inline]
+    pub(crate) fn free_in(
+        &self,
+        pfn: Pfn,
+        order: u32,
+        cache: Option<&CpuCache<R>>,
+    ) -> Result<(), FreeError> {
         if order > MAX_ORDER {
             return Err(FreeError::OrderTooLarge { order });
         }
@@ -297,19 +382,18 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             return Err(FreeError::Reserved { pfn });
         }
         let zone = &self.zones[zone_index as usize];
-        zone.with_free(|area| match page.state() {
-            PageState::Allocated { order: allocated } if allocated == order => {
-                area.give(&self.memmap, pfn.0, order, zone_index);
-                Ok(())
+        if let Some(cache) = cache {
+            if let Some(done) = self.free_cached(cache, zone, page, pfn, order) {
+                return done;
             }
-            PageState::Allocated { order: allocated } => Err(FreeError::WrongOrder {
-                pfn,
-                allocated,
-                given: order,
-            }),
-            PageState::Free { .. } => Err(FreeError::DoubleFree { pfn }),
-            PageState::Tail => Err(FreeError::NotBlockHead { pfn }),
-            PageState::Reserved => Err(FreeError::Reserved { pfn }),
+        }
+        zone.with_free(|area| {
+            // The compare-and-swap, not the zone lock, decides between two frees of
+            // one block: the other may be going into a CPU cache under its lock.
+            page.transition(PageState::Allocated { order }, PageState::Tail)
+                .map_err(|found| free_error(pfn, order, found))?;
+            area.give(&self.memmap, pfn.0, order, zone_index);
+            Ok(())
         })
     }
 
@@ -363,26 +447,34 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The counters of every zone with present pages, node by node, lowest zone
-    /// first.
+    /// first. Pages in CPU caches count as free.
     pub fn zone_stats(&self) -> impl Iterator<Item = ZoneStats> + '_ {
         self.zones
             .iter()
             .filter(|z| z.is_populated())
-            .map(|z| z.stats())
+            .map(|z| z.stats(self.cached_pages(z)))
+    }
+
+    /// The zone of `node` and type `zone`, if the node is in the layout.
+    fn zone(&self, node: usize, zone: ZoneType) -> Option<&Zone<R>> {
+        if node >= self.layout.node_count() {
+            return None;
+        }
+        self.zones.get(node * ZONE_TYPES + zone as usize)
     }
 
     /// The counters of `node`'s zone `zone`, if it has present pages.
     pub fn zone_stats_of(&self, node: usize, zone: ZoneType) -> Option<ZoneStats> {
-        self.zones
-            .get(node * ZONE_TYPES + zone as usize)
+        self.zone(node, zone)
             .filter(|z| z.is_populated())
-            .map(|z| z.stats())
+            .map(|z| z.stats(self.cached_pages(z)))
     }
 
-    /// Free blocks of each order in `node`'s zone `zone` (takes the zone lock).
+    /// Free blocks of each order on the free lists of `node`'s zone `zone` (takes
+    /// the zone lock); blocks in CPU caches are not on them. All zeroes for a node
+    /// not in the layout.
     pub fn free_blocks(&self, node: usize, zone: ZoneType) -> [u64; MAX_ORDER as usize + 1] {
-        self.zones
-            .get(node * ZONE_TYPES + zone as usize)
+        self.zone(node, zone)
             .map(|z| z.free_blocks())
             .unwrap_or_default()
     }
@@ -391,5 +483,20 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// should count as available.
     pub fn available_pages(&self) -> u64 {
         self.zone_stats().map(|z| z.available()).sum()
+    }
+}
+
+/// Why a free of `pfn` with `order` is refused, given the state its head was found
+/// in instead of `Allocated { order }`.
+pub(crate) fn free_error(pfn: Pfn, order: u32, found: PageState) -> FreeError {
+    match found {
+        PageState::Allocated { order: allocated } => FreeError::WrongOrder {
+            pfn,
+            allocated,
+            given: order,
+        },
+        PageState::Free { .. } | PageState::Cached { .. } => FreeError::DoubleFree { pfn },
+        PageState::Tail => FreeError::NotBlockHead { pfn },
+        PageState::Reserved => FreeError::Reserved { pfn },
     }
 }

@@ -22,10 +22,11 @@ use core::sync::atomic::{
 
 use lock_api::RawMutex;
 
-use crate::allocator::{AllocError, Allocator, Constraint, ZoneList, CONSTRAINTS};
+use crate::allocator::{Allocator, Constraint, ZoneList, CONSTRAINTS};
 use crate::layout::{Layout, ZoneType, ZONE_TYPES};
 use crate::memmap::{BackingError, Memmap, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
+use crate::pcp::CpuCache;
 use crate::section::{SectionSlot, SectionState, Sections};
 use crate::zone::Zone;
 
@@ -190,9 +191,10 @@ enum GrowStep {
 }
 
 impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
-    /// Starts an allocator over `layout`, with descriptors in `backing` and section
+    /// Starts an allocator over `layout`, with descriptors in `backing`, section
     /// states in `slots` (at least [`Layout::section_count`] of them, in any state:
-    /// they are reset).
+    /// they are reset) and one page cache per CPU in `cpus` (emptied; may be empty,
+    /// and then every allocation goes to the zones).
     ///
     /// With [`Strategy::Eager`] every section is initialised before this returns;
     /// otherwise nothing is, and the allocator serves at once: start-up costs a
@@ -202,6 +204,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         layout: Layout,
         backing: B,
         slots: &'a mut [SectionSlot],
+        cpus: &'a [CpuCache<R>],
         config: Config,
     ) -> Result<Self, InitError> {
         let count = layout.section_count();
@@ -227,7 +230,12 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             let constraint = [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
             ZoneList::build(&zones, layout.node_count(), i / CONSTRAINTS, constraint)
         });
+        for cache in cpus {
+            // Whatever a reused cache held belongs to a previous allocator.
+            cache.reset();
+        }
         let allocator = Allocator {
+            cpus,
             zonelists,
             layout,
             memmap,
@@ -353,28 +361,54 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         Ok(Some(freed))
     }
 
-    /// The slow path of one zone: alternately take a block and initialise another
-    /// section of the zone, until a block is found or the zone has nothing left.
-    pub(crate) fn grow_and_take(
+    /// The slow path of one zone, after a take found it empty: returns a block and
+    /// whether this call initialised memory for it, or `None` when the zone has
+    /// nothing left at all.
+    ///
+    /// The take that failed may have run just before another thread spliced the
+    /// zone's last pages, so "nothing left to initialise" is never enough to give
+    /// up: every path here observes that first and takes once more after it.
+    pub(crate) fn take_slow(
         &self,
         zone: &Zone<R>,
         order: u32,
-    ) -> Result<Option<u64>, AllocError> {
+    ) -> Result<Option<(u64, bool)>, BackingError> {
+        // The off switch: once set, this one flag is all that remains of laziness.
+        // Acquire (in `all_initialised`) pairs with the Release of the last
+        // section's finish, which comes after every section's splice.
+        if self.memmap.sections().all_initialised() {
+            return Ok(zone.take(&self.memmap, order).map(|pfn| (pfn, false)));
+        }
+        self.grow_and_take(zone, order)
+    }
+
+    /// Alternately look at what is left to initialise in `zone`, take a block, and
+    /// initialise more of the zone, until a block is found or the zone was seen with
+    /// nothing left to initialise before a take that failed.
+    fn grow_and_take(
+        &self,
+        zone: &Zone<R>,
+        order: u32,
+    ) -> Result<Option<(u64, bool)>, BackingError> {
         let started = self.config.clock.map(|now| now());
         let mut grew = false;
         let result = loop {
+            // Observe first, then take. Acquire: pairs with the Release decrement in
+            // `init_section`, which follows that section's splice; so when this sees
+            // zero, the take below sees every page that was ever spliced here.
+            let left = zone.uninit.load(Acquire);
             if let Some(pfn) = zone.take(&self.memmap, order) {
                 break Ok(Some(pfn));
             }
-            // Acquire: pairs with the Release decrement in `init_section`.
-            if zone.uninit.load(Acquire) == 0 {
+            if left == 0 {
                 break Ok(None);
             }
             match self.grow_zone(zone) {
                 Ok(GrowStep::Grew) => grew = true,
-                Ok(GrowStep::Waited) => {}
-                Ok(GrowStep::Exhausted) => break Ok(None),
-                Err(e) => break Err(AllocError::Backing(e)),
+                // Someone else is finishing the zone's sections, or they are done:
+                // either way the next pass looks again.
+                Ok(GrowStep::Waited | GrowStep::Exhausted) => {}
+                Err(e) => break Err(e),
             }
         };
         if grew {
@@ -385,11 +419,13 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                     .fetch_add(now().saturating_sub(t0), Relaxed);
             }
         }
-        result
+        result.map(|found| found.map(|pfn| (pfn, grew)))
     }
 
     /// Initialises one more section holding usable pages of `zone`, or waits for
-    /// whoever is initialising the last ones.
+    /// whoever is initialising the last ones. A section whose memmap cannot be
+    /// populated is passed over for the next; its error is returned only if no
+    /// section could be initialised.
     fn grow_zone(&self, zone: &Zone<R>) -> Result<GrowStep, BackingError> {
         let sections = self.memmap.sections();
         let (first, end) = zone.sections(self.layout.section_shift());
@@ -397,6 +433,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         // the claim decides who initialises what.
         let cursor = zone.grow_cursor.load(Relaxed).clamp(first, end);
         let mut busy = None;
+        let mut failed = None;
         // From the cursor on, then from the start, in case a claimant gave a
         // section back after its backing failed.
         for index in (cursor..end).chain(first..cursor) {
@@ -410,20 +447,27 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 busy = Some(index);
                 continue;
             }
-            if self.init_section(index, InitCause::Grow)?.is_some() {
-                zone.grow_cursor.store(index + 1, Relaxed);
-                return Ok(GrowStep::Grew);
+            match self.init_section(index, InitCause::Grow) {
+                Ok(Some(_)) => {
+                    zone.grow_cursor.store(index + 1, Relaxed);
+                    return Ok(GrowStep::Grew);
+                }
+                Ok(None) => {}
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        zone.grow_cursor.store(end, Relaxed);
         if let Some(index) = busy {
             sections.wait_while_initialising(index);
             return Ok(GrowStep::Waited);
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        zone.grow_cursor.store(end, Relaxed);
         // Every section is Ready, but one may still be splicing its pages.
         // Acquire: pairs with the Release decrement in `init_section`.
         if zone.uninit.load(Acquire) > 0 {
-            core::hint::spin_loop();
+            crate::sync::spin_hint();
             return Ok(GrowStep::Waited);
         }
         Ok(GrowStep::Exhausted)

@@ -33,8 +33,8 @@
 //!    lock type for the zones (any [`lock_api::RawMutex`]: a spin lock in a kernel).
 //!
 //! ```
-//! use meminit::{Allocator, Config, Constraint, LayoutBuilder, Page, RangeKind,
-//!               SectionSlot, SliceBacking, Strategy};
+//! use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page,
+//!               RangeKind, SectionSlot, SliceBacking, Strategy};
 //!
 //! // 64 MiB of RAM on one node, in 4 MiB sections to keep the example small.
 //! let mut map = LayoutBuilder::new();
@@ -48,10 +48,14 @@
 //! let mut memmap = Box::<[Page]>::new_uninit_slice(layout.memmap_descriptors() as usize);
 //! let mut slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
 //!
+//! // One page cache per CPU (a kernel's per-CPU area, or a static array).
+//! let cpus: [CpuCache<parking_lot::RawMutex>; 2] = [CpuCache::new(), CpuCache::new()];
+//!
 //! let allocator: Allocator<'_, _, parking_lot::RawMutex> = Allocator::new(
 //!     layout,
 //!     SliceBacking::new(&mut memmap),
 //!     &mut slots,
+//!     &cpus,
 //!     Config::new(Strategy::OnDemand),
 //! )?;
 //! assert_eq!(allocator.memmap_populated_bytes(), 0);
@@ -105,6 +109,8 @@ pub mod init;
 pub mod layout;
 pub mod memmap;
 pub mod page;
+mod pcp;
+mod percpu;
 pub mod section;
 mod sync;
 mod zone;
@@ -113,9 +119,10 @@ pub use allocator::{AllocError, AllocPath, Allocator, Constraint, FreeError};
 pub use init::{Config, InitError, InitStats, Strategy, WorkerReport};
 pub use layout::{
     Layout, LayoutBuilder, LayoutError, MemoryRange, Pfn, RangeKind, ZoneType, MAX_NODES,
-    MAX_ORDER, PAGE_SIZE,
+    MAX_ORDER, PAGEBLOCK_ORDER, PAGE_SIZE,
 };
 pub use memmap::{BackingError, LookupError, MemmapBacking, Populated, SectionPfns, SliceBacking};
 pub use page::{Page, PageState};
+pub use pcp::{CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
 pub use section::{SectionSlot, SectionState};
 pub use zone::ZoneStats;

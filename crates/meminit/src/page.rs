@@ -63,12 +63,20 @@ pub enum PageState {
         /// The block's order.
         order: u32,
     },
+    /// First page of a free block of this order held in a CPU's page cache: free,
+    /// but on no zone's free list, so never merged with its buddy until the cache
+    /// gives it back.
+    Cached {
+        /// The block's order.
+        order: u32,
+    },
 }
 
 const KIND_RESERVED: u32 = 1;
 const KIND_TAIL: u32 = 2;
 const KIND_FREE: u32 = 3;
 const KIND_ALLOCATED: u32 = 4;
+const KIND_CACHED: u32 = 5;
 
 #[inline]
 const fn encode(state: PageState) -> u32 {
@@ -77,6 +85,7 @@ const fn encode(state: PageState) -> u32 {
         PageState::Tail => KIND_TAIL,
         PageState::Free { order } => KIND_FREE | order << 8,
         PageState::Allocated { order } => KIND_ALLOCATED | order << 8,
+        PageState::Cached { order } => KIND_CACHED | order << 8,
     }
 }
 
@@ -87,6 +96,7 @@ fn decode(word: u32) -> PageState {
         KIND_TAIL => PageState::Tail,
         KIND_FREE => PageState::Free { order },
         KIND_ALLOCATED => PageState::Allocated { order },
+        KIND_CACHED => PageState::Cached { order },
         // Only `encode` writes this word; anything else would be a bug in this crate.
         _ => PageState::Reserved,
     }
@@ -119,6 +129,19 @@ impl Page {
     #[inline]
     pub(crate) fn set_state(&self, state: PageState) {
         self.state.store(encode(state), Relaxed);
+    }
+
+    /// Moves the state from `from` to `to` if it is `from`, atomically; otherwise
+    /// returns the state found. Every free goes through this, so of two frees of
+    /// one block racing on different CPUs (under different locks) exactly one wins.
+    #[inline]
+    pub(crate) fn transition(&self, from: PageState, to: PageState) -> Result<(), PageState> {
+        // Relaxed: the compare-and-swap only decides who owns the block; the lists
+        // the winner then links it on are ordered by their own locks.
+        self.state
+            .compare_exchange(encode(from), encode(to), Relaxed, Relaxed)
+            .map(|_| ())
+            .map_err(decode)
     }
 
     /// The node and zone the page belongs to, or `None` for a page in a hole.
@@ -166,6 +189,7 @@ mod tests {
             PageState::Free { order: 0 },
             PageState::Free { order: 10 },
             PageState::Allocated { order: 3 },
+            PageState::Cached { order: 9 },
         ] {
             let p = Page::new(s, zone_index(2, ZoneType::Dma32));
             assert_eq!(p.state(), s);

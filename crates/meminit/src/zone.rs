@@ -2,8 +2,8 @@
 //!
 //! A [`Zone`] owns its [`FreeArea`] behind a lock of the embedder's type and the
 //! counters a caller watching memory needs: present, managed, free, uninitialised.
-//! The lock is held only to move blocks on and off the lists, never while
-//! descriptors are written for a whole section.
+//! The lock is held only to move blocks on and off the lists (one block, or one
+//! batch for a CPU cache), never while descriptors are written for a whole section.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -47,8 +47,10 @@ pub struct ZoneStats {
     /// Present pages never handed out: reserved in the memory map, or holding the
     /// memmap.
     pub reserved: u64,
-    /// Pages on the free lists.
+    /// Free pages: on the zone's free lists or in CPU caches.
     pub free: u64,
+    /// Of `free`, pages in CPU caches.
+    pub cached: u64,
     /// Managed pages not initialised yet. They count as available.
     pub uninitialised: u64,
 }
@@ -119,8 +121,8 @@ impl<R: RawMutex> Zone<R> {
         self.free.lock().blocks()
     }
 
-    /// The zone's counters.
-    pub(crate) fn stats(&self) -> ZoneStats {
+    /// The zone's counters, with `cached` pages of it in CPU caches.
+    pub(crate) fn stats(&self, cached: u64) -> ZoneStats {
         // Relaxed throughout: counters are a snapshot, exact only when quiescent.
         let memmap = self.memmap_pages.load(Relaxed);
         let reserved = self.span.reserved + memmap;
@@ -132,7 +134,8 @@ impl<R: RawMutex> Zone<R> {
             present: self.span.present,
             managed: self.span.present - reserved,
             reserved,
-            free: self.free_pages.load(Relaxed),
+            free: self.free_pages.load(Relaxed) + cached,
+            cached,
             uninitialised: self.uninit.load(Relaxed),
         }
     }

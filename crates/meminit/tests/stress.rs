@@ -1,6 +1,9 @@
-//! Many threads allocating and freeing random orders while deferred workers run and
-//! allocations grow zones. Every page handed out is tracked in an ownership map: no
-//! page is ever handed out twice, nothing is lost, and after all is freed every zone
+//! Many threads allocating and freeing random orders through their CPUs' caches
+//! while deferred workers run and allocations grow zones, handing blocks to each
+//! other to free on another CPU. The threads together never hold more than a known
+//! part of memory, so every allocation must succeed: `OutOfMemory` is a failure.
+//! Every page handed out is tracked in an ownership map: no page is ever handed out
+//! twice, nothing is lost, and after all is freed and the caches drained every zone
 //! coalesces back to whole max-order blocks.
 
 #![cfg(not(miri))]
@@ -8,9 +11,12 @@
 mod common;
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use common::*;
-use meminit::{AllocError, Constraint, LayoutBuilder, Pfn, RangeKind, Strategy, MAX_ORDER};
+use meminit::{
+    Constraint, CpuId, LayoutBuilder, Pfn, RangeKind, Strategy, MAX_ORDER, PAGEBLOCK_ORDER,
+};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -25,9 +31,52 @@ impl Rng {
     }
 }
 
-fn stress(strategy: Strategy, allocators: usize, workers_per_node: usize, rounds: usize) {
-    // Two nodes, holes, a reserved range, a node boundary inside a section, and
-    // memory above 4 GiB so that all three zones exist.
+/// How much the threads may hold, and of which orders.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Blocks one thread holds at most.
+    held: usize,
+    /// Blocks waiting in the hand-off queue at most.
+    handoff: usize,
+    /// Whether max-order and other large blocks are asked for, or only the cached
+    /// orders.
+    large: bool,
+}
+
+/// On `machine()`, with up to 8 threads and the hand-off queue, fewer than 128
+/// blocks are held at once, so fewer than 128 of the ~300 max-order-aligned regions
+/// can be broken up by held blocks: whatever is asked for, memory that could serve
+/// it exists somewhere (on a free list, in a CPU's cache, or uninitialised), and
+/// any `OutOfMemory` is a bug.
+const ROOMY: Limits = Limits {
+    held: 12,
+    handoff: 16,
+    large: true,
+};
+
+/// On `small_machine()`, the CPU caches can hold most of memory, and 4 threads
+/// holding 4 blocks each (plus 4 handed off) break up at most 20 of its 31 whole
+/// pageblocks: allocations of the pageblock order succeed only if the caches of
+/// other CPUs are drained so that their blocks merge.
+const TIGHT: Limits = Limits {
+    held: 4,
+    handoff: 4,
+    large: false,
+};
+
+/// One node of 64 MiB less a reserved range, in two 32 MiB sections.
+fn small_machine() -> meminit::Layout {
+    let mut b = LayoutBuilder::new();
+    b.section_size(32 * MIB)
+        .add(MIB, 33 * MIB, RangeKind::Usable, 0)
+        .add(33 * MIB, 33 * MIB + 0x3000, RangeKind::Reserved, 0)
+        .add(33 * MIB + 0x3000, 64 * MIB, RangeKind::Usable, 0);
+    b.build().unwrap()
+}
+
+/// Two nodes, holes, a reserved range, a node boundary inside a section, and
+/// memory above 4 GiB so that all three zones exist.
+fn machine() -> meminit::Layout {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
         .add(0x1000, 0x9f000, RangeKind::Usable, 0)
@@ -36,63 +85,119 @@ fn stress(strategy: Strategy, allocators: usize, workers_per_node: usize, rounds
         .add(302 * MIB, 510 * MIB + 0x5000, RangeKind::Usable, 0)
         .add(510 * MIB + 0x5000, GIB, RangeKind::Usable, 1)
         .add(4 * GIB, 4 * GIB + 256 * MIB, RangeKind::Usable, 1);
-    let layout = b.build().unwrap();
+    b.build().unwrap()
+}
+
+fn stress(strategy: Strategy, allocators: usize, workers_per_node: usize, rounds: usize) {
+    stress_on(
+        machine(),
+        ROOMY,
+        strategy,
+        allocators,
+        workers_per_node,
+        rounds,
+    )
+}
+
+fn stress_on(
+    layout: meminit::Layout,
+    limits: Limits,
+    strategy: Strategy,
+    allocators: usize,
+    workers_per_node: usize,
+    rounds: usize,
+) {
+    let nodes = layout.node_count();
     let owned: Vec<AtomicU8> = (0..layout.end_pfn()).map(|_| AtomicU8::new(0)).collect();
+    // Blocks allocated on one thread and freed on another.
+    let handoff: Mutex<Vec<(Pfn, u32)>> = Mutex::new(Vec::new());
 
     with_allocator(&layout, strategy, |a| {
         std::thread::scope(|s| {
-            for node in [0usize, 1] {
+            for node in 0..nodes {
                 for _ in 0..workers_per_node {
                     s.spawn(move || a.run_deferred_worker(node).unwrap());
                 }
             }
             for t in 0..allocators {
-                let owned = &owned;
+                let (owned, handoff) = (&owned, &handoff);
                 s.spawn(move || {
                     let mut rng = Rng(0x9e3779b97f4a7c15 ^ ((t as u64 + 1) * 0x1234567));
                     let mut held: Vec<(Pfn, u32)> = Vec::new();
+                    let own = CpuId((t % CPUS) as u32);
+                    let release = |pfn: Pfn, order: u32| {
+                        for p in pfn.0..pfn.0 + (1 << order) {
+                            assert_eq!(owned[p as usize].swap(0, Ordering::Relaxed), 1);
+                        }
+                    };
                     for _ in 0..rounds {
                         let r = rng.next();
-                        if held.len() < 64 && r % 3 != 0 {
-                            let order = match r % 16 {
-                                0 => MAX_ORDER,
-                                1..=3 => (r >> 8) as u32 % MAX_ORDER,
-                                _ => (r >> 8) as u32 % 3,
-                            };
+                        // Now and then a thread runs as another CPU, as a migrated
+                        // task would: slower, never wrong.
+                        let cpu = if r % 32 == 0 {
+                            CpuId((r >> 40) as u32 % CPUS as u32)
+                        } else {
+                            own
+                        };
+                        let action = r % 8;
+                        if held.len() < limits.held && action < 5 {
                             let constraint = match (r >> 16) % 8 {
                                 0 => Constraint::Dma,
                                 1 => Constraint::Dma32,
                                 _ => Constraint::Any,
                             };
-                            match a.alloc(order, constraint, (r >> 20) as usize % 2) {
-                                Ok(pfn) => {
-                                    for p in pfn.0..pfn.0 + (1 << order) {
-                                        let was = owned[p as usize].swap(1, Ordering::Relaxed);
-                                        assert_eq!(was, 0, "pfn {p:#x} handed out twice");
-                                    }
-                                    held.push((pfn, order));
+                            let order = match (r >> 8) % 16 {
+                                1 if !limits.large => PAGEBLOCK_ORDER,
+                                _ if constraint == Constraint::Dma || !limits.large => {
+                                    (r >> 24) as u32 % 4
                                 }
-                                Err(AllocError::OutOfMemory { .. }) => {}
-                                Err(e) => panic!("{e}"),
+                                0 => MAX_ORDER,
+                                1 => PAGEBLOCK_ORDER,
+                                2 => (r >> 24) as u32 % MAX_ORDER,
+                                _ => (r >> 24) as u32 % 4,
+                            };
+                            let node = (r >> 20) as usize % nodes;
+                            let pfn =
+                                a.alloc_on(cpu, order, constraint, node)
+                                    .unwrap_or_else(|e| {
+                                        panic!("order {order} {constraint:?} on node {node}: {e}")
+                                    });
+                            for p in pfn.0..pfn.0 + (1 << order) {
+                                let was = owned[p as usize].swap(1, Ordering::Relaxed);
+                                assert_eq!(was, 0, "pfn {p:#x} handed out twice");
+                            }
+                            held.push((pfn, order));
+                        } else if action == 5 && !held.is_empty() {
+                            // Hand a block to whichever thread takes it next.
+                            let mut q = handoff.lock().unwrap();
+                            if q.len() < limits.handoff {
+                                q.push(held.swap_remove(r as usize % held.len()));
+                            }
+                        } else if action == 6 {
+                            let taken = handoff.lock().unwrap().pop();
+                            if let Some((pfn, order)) = taken {
+                                release(pfn, order);
+                                a.free_on(cpu, pfn, order).unwrap();
                             }
                         } else if !held.is_empty() {
                             let (pfn, order) = held.swap_remove(r as usize % held.len());
-                            for p in pfn.0..pfn.0 + (1 << order) {
-                                owned[p as usize].store(0, Ordering::Relaxed);
-                            }
-                            a.free(pfn, order).unwrap();
+                            release(pfn, order);
+                            a.free_on(cpu, pfn, order).unwrap();
                         }
                     }
                     for (pfn, order) in held {
-                        for p in pfn.0..pfn.0 + (1 << order) {
-                            owned[p as usize].store(0, Ordering::Relaxed);
-                        }
-                        a.free(pfn, order).unwrap();
+                        release(pfn, order);
+                        a.free_on(own, pfn, order).unwrap();
                     }
                 });
             }
         });
-        // Quiescent: everything freed.
+        for (pfn, order) in handoff.lock().unwrap().drain(..) {
+            a.free(pfn, order).unwrap();
+        }
+        // Quiescent: everything freed; the caches' pages count as free.
+        check_counts(a, &Default::default());
+        a.drain_all_cpus();
         check_counts(a, &Default::default());
         if strategy == Strategy::OnDemand {
             for i in 0..layout.section_count() {
@@ -125,4 +230,13 @@ fn ondemand_growth_from_many_threads() {
 #[test]
 fn eager_many_threads() {
     stress(Strategy::Eager, 4, 0, 20_000);
+}
+
+#[test]
+fn tight_memory_needs_other_cpus_caches_drained() {
+    for strategy in Strategy::ALL {
+        for _ in 0..3 {
+            stress_on(small_machine(), TIGHT, strategy, 4, 1, 20_000);
+        }
+    }
 }

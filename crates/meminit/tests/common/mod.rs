@@ -6,9 +6,12 @@ use std::mem::MaybeUninit;
 
 use meminit::layout::PresentRun;
 use meminit::{
-    Allocator, Config, Layout, LayoutBuilder, Page, Pfn, RangeKind, SectionSlot, SliceBacking,
-    Strategy, ZoneType, MAX_ORDER,
+    Allocator, Config, CpuCache, Layout, LayoutBuilder, Page, Pfn, RangeKind, SectionSlot,
+    SliceBacking, Strategy, ZoneType, MAX_ORDER,
 };
+
+/// CPU caches lent to every test allocator.
+pub const CPUS: usize = 8;
 
 pub type Alloc<'a> = Allocator<'a, SliceBacking<'a>, parking_lot::RawMutex>;
 
@@ -25,10 +28,12 @@ pub fn with_allocator<T>(
     let mut slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
+    let cpus: Vec<CpuCache<parking_lot::RawMutex>> = (0..CPUS).map(|_| CpuCache::new()).collect();
     let allocator = Allocator::new(
         layout.clone(),
         SliceBacking::new(&mut memmap),
         &mut slots,
+        &cpus,
         Config::new(strategy),
     )
     .expect("allocator starts");
@@ -103,6 +108,7 @@ pub fn check_counts(a: &Alloc<'_>, allocated: &HashMap<(u8, ZoneType), u64>) {
 /// usable pages is whole on its zone's free list, and nothing else is free.
 pub fn check_fully_coalesced(a: &Alloc<'_>) {
     assert!(a.is_fully_initialised());
+    a.drain_all_cpus();
     let mut expected: HashMap<(u8, ZoneType), (u64, u64)> = HashMap::new();
     let runs: Vec<PresentRun> = a.layout().present_runs(0, u64::MAX).collect();
     for r in runs.iter().filter(|r| !r.reserved) {

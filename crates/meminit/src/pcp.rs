@@ -1,0 +1,322 @@
+//! Per-CPU page caches: storage the embedder lends, one [`CpuCache`] per CPU.
+//!
+//! Each CPU keeps, for each zone type, a small stock of free blocks of the cached
+//! orders (0 to 3 and the pageblock order, as Linux's per-CPU lists do) taken from
+//! one node's zone of that type. The common allocation pops a block from the
+//! calling CPU's stock and the common free pushes one back, touching nothing shared
+//! but the block's own descriptor; the zone lock is taken once per batch, to refill
+//! an empty stock or to drain one that reached its high mark.
+//!
+//! This module owns the stocks: fixed rings of pfns (no heap, no pointers), their
+//! tags and the counters that statistics read without the lock. It never touches a
+//! descriptor or a zone: which blocks move between a stock and a zone, and when, is
+//! decided in [`crate::percpu`].
+//!
+//! A stock is a ring per order: blocks are pushed and popped at its hot end (the
+//! block freed last is the one allocated next, still in the CPU's cache) and drained
+//! from its cold end.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use lock_api::{Mutex, MutexGuard, RawMutex};
+
+use crate::layout::{ZoneType, PAGEBLOCK_ORDER, ZONE_TYPES};
+
+/// The orders a CPU caches.
+pub const CACHED_ORDERS: [u32; 5] = [0, 1, 2, 3, PAGEBLOCK_ORDER];
+
+/// Per cached order, the most blocks a stock holds (its high mark). Powers of two.
+#[cfg(not(loom))]
+pub const CACHE_HIGH: [usize; 5] = [128, 32, 16, 8, 2];
+/// Per cached order, the most blocks a stock holds (its high mark). Powers of two.
+/// Small under loom, so that models explore refills and drains in few steps.
+#[cfg(loom)]
+pub const CACHE_HIGH: [usize; 5] = [4, 2, 2, 2, 2];
+
+/// Per cached order, how many blocks move between a stock and its zone at once.
+#[cfg(not(loom))]
+pub const CACHE_BATCH: [usize; 5] = [32, 8, 4, 2, 1];
+/// Per cached order, how many blocks move between a stock and its zone at once.
+#[cfg(loom)]
+pub const CACHE_BATCH: [usize; 5] = [2, 1, 1, 1, 1];
+
+const fn offsets() -> [usize; 6] {
+    let mut out = [0; 6];
+    let mut i = 0;
+    while i < 5 {
+        out[i + 1] = out[i] + CACHE_HIGH[i];
+        i += 1;
+    }
+    out
+}
+const OFFSET: [usize; 6] = offsets();
+const SLOTS: usize = OFFSET[5];
+
+/// The slot of `order` in [`CACHED_ORDERS`], if it is cached.
+#[inline]
+pub(crate) fn slot_of(order: u32) -> Option<usize> {
+    match order {
+        0..=3 => Some(order as usize),
+        PAGEBLOCK_ORDER => Some(4),
+        _ => None,
+    }
+}
+
+/// No node: a stock that holds nothing and may be tagged with any node.
+const UNTAGGED: u8 = u8::MAX;
+
+/// One zone type's stock on one CPU: blocks of a single node's zone.
+pub(crate) struct Stock {
+    /// The node whose zone the blocks belong to, or [`UNTAGGED`] while empty.
+    node: u8,
+    /// Per cached order, the ring index of the coldest block.
+    cold: [u16; 5],
+    /// Per cached order, the blocks held.
+    len: [u16; 5],
+    /// The rings, one after the other (order `i` at `OFFSET[i]..OFFSET[i+1]`).
+    pfns: [u64; SLOTS],
+}
+
+impl Stock {
+    const fn new() -> Self {
+        Stock {
+            node: UNTAGGED,
+            cold: [0; 5],
+            len: [0; 5],
+            pfns: [0; SLOTS],
+        }
+    }
+
+    /// Pages held, all orders together.
+    pub(crate) fn pages(&self) -> u64 {
+        (0..5)
+            .map(|i| (self.len[i] as u64) << CACHED_ORDERS[i])
+            .sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == [0; 5]
+    }
+
+    /// Whether blocks of `node`'s zone may live here: it already holds that node's
+    /// blocks, or nothing (and is tagged with `node` now).
+    #[inline]
+    pub(crate) fn serves(&mut self, node: u8) -> bool {
+        if self.node == node {
+            return true;
+        }
+        if self.is_empty() {
+            self.node = node;
+            return true;
+        }
+        false
+    }
+
+    /// The node whose blocks this stock holds, if it holds any.
+    pub(crate) fn node(&self) -> Option<u8> {
+        (!self.is_empty()).then_some(self.node)
+    }
+
+    /// Blocks held of cached-order slot `slot`.
+    #[inline]
+    pub(crate) fn len(&self, slot: usize) -> usize {
+        self.len[slot] as usize
+    }
+
+    /// Whether the slot is at its high mark.
+    #[inline]
+    pub(crate) fn is_full(&self, slot: usize) -> bool {
+        self.len(slot) == CACHE_HIGH[slot]
+    }
+
+    #[inline]
+    fn at(&self, slot: usize, i: usize) -> usize {
+        OFFSET[slot] + (self.cold[slot] as usize + i) % CACHE_HIGH[slot]
+    }
+
+    /// Takes the hottest block of `slot`.
+    #[inline]
+    pub(crate) fn pop(&mut self, slot: usize) -> Option<u64> {
+        let len = self.len(slot);
+        if len == 0 {
+            return None;
+        }
+        self.len[slot] -= 1;
+        Some(self.pfns[self.at(slot, len - 1)])
+    }
+
+    /// Adds a block of `slot` at the hot end. The caller checked the slot is not
+    /// full; a full one refuses (returns false).
+    #[inline]
+    pub(crate) fn push(&mut self, slot: usize, pfn: u64) -> bool {
+        let len = self.len(slot);
+        if len == CACHE_HIGH[slot] {
+            return false;
+        }
+        let at = self.at(slot, len);
+        self.pfns[at] = pfn;
+        self.len[slot] += 1;
+        true
+    }
+
+    /// Takes the coldest block of `slot`.
+    #[inline]
+    pub(crate) fn pop_cold(&mut self, slot: usize) -> Option<u64> {
+        if self.len[slot] == 0 {
+            return None;
+        }
+        let pfn = self.pfns[self.at(slot, 0)];
+        self.cold[slot] = ((self.cold[slot] as usize + 1) % CACHE_HIGH[slot]) as u16;
+        self.len[slot] -= 1;
+        Some(pfn)
+    }
+}
+
+/// The stocks of one CPU, one per zone type.
+pub(crate) type Stocks = [Stock; ZONE_TYPES];
+
+/// One CPU's page cache. The embedder lends a slice of these to
+/// [`crate::Allocator::new`], one per CPU, and says which CPU is calling with a
+/// [`CpuId`] (see the crate documentation for the rules).
+///
+/// `R` is the allocator's lock type: the cache is behind one lock of it, which its
+/// CPU takes with `try_lock` (never waiting) and a remote CPU draining it takes
+/// with `lock`. Aligned to 128 bytes so that no two CPUs' caches share a cache line
+/// (or an adjacent-line prefetch pair).
+#[repr(align(128))]
+pub struct CpuCache<R: RawMutex> {
+    stocks: Mutex<R, Stocks>,
+    /// Per zone type, `node << 56 | pages held`, written under the lock whenever the
+    /// stock changes and read without it by statistics.
+    held: [AtomicU64; ZONE_TYPES],
+}
+
+impl<R: RawMutex> CpuCache<R> {
+    /// An empty cache.
+    pub const fn new() -> Self {
+        CpuCache {
+            stocks: Mutex::const_new(R::INIT, [Stock::new(), Stock::new(), Stock::new()]),
+            held: [const { AtomicU64::new(0) }; ZONE_TYPES],
+        }
+    }
+
+    /// Pages of `node`'s zone `zone` this cache holds (a snapshot).
+    pub fn pages_of(&self, node: u8, zone: ZoneType) -> u64 {
+        // Relaxed: a statistic, exact when no operation is in flight.
+        let held = self.held[zone as usize].load(Relaxed);
+        if held >> 56 == node as u64 {
+            held & ((1 << 56) - 1)
+        } else {
+            0
+        }
+    }
+
+    /// Pages this cache holds, all zones together (a snapshot).
+    pub fn pages(&self) -> u64 {
+        // Relaxed: as in `pages_of`.
+        self.held
+            .iter()
+            .map(|h| h.load(Relaxed) & ((1 << 56) - 1))
+            .sum()
+    }
+
+    /// Empties the cache, forgetting what it held (at start-up, when no allocator
+    /// uses it yet).
+    pub(crate) fn reset(&self) {
+        let mut guard = self.lock();
+        for zone in ZoneType::ALL {
+            *guard.stock(zone) = Stock::new();
+            guard.publish(zone);
+        }
+    }
+
+    /// The CPU's own access: never waits. `None` when the lock is held, by an
+    /// interrupted context on this CPU, by another thread that was given the same
+    /// CPU id, or by a remote drain; the caller then goes to the zone directly.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Option<CacheGuard<'_, R>> {
+        self.stocks.try_lock().map(|stocks| CacheGuard {
+            stocks,
+            held: &self.held,
+        })
+    }
+
+    /// A remote drain's access: waits for the owner to finish its operation.
+    pub(crate) fn lock(&self) -> CacheGuard<'_, R> {
+        CacheGuard {
+            stocks: self.stocks.lock(),
+            held: &self.held,
+        }
+    }
+}
+
+impl<R: RawMutex> Default for CpuCache<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A locked cache.
+pub(crate) struct CacheGuard<'c, R: RawMutex> {
+    stocks: MutexGuard<'c, R, Stocks>,
+    held: &'c [AtomicU64; ZONE_TYPES],
+}
+
+impl<R: RawMutex> CacheGuard<'_, R> {
+    /// The stock of zone type `zone`.
+    #[inline]
+    pub(crate) fn stock(&mut self, zone: ZoneType) -> &mut Stock {
+        &mut self.stocks[zone as usize]
+    }
+
+    /// Publishes the page count of zone type `zone`'s stock for statistics. Call
+    /// after every change, before the guard drops.
+    #[inline]
+    pub(crate) fn publish(&mut self, zone: ZoneType) {
+        let stock = &self.stocks[zone as usize];
+        let node = stock.node().unwrap_or(UNTAGGED) as u64;
+        // Relaxed: read only by statistics, exact once operations are quiescent.
+        self.held[zone as usize].store(node << 56 | stock.pages(), Relaxed);
+    }
+}
+
+/// Which CPU is calling: an index into the caches lent to
+/// [`crate::Allocator::new`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CpuId(pub u32);
+
+impl core::fmt::Display for CpuId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "CPU {}", self.0)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_are_lifo_at_the_hot_end_and_fifo_at_the_cold_end() {
+        let mut s = Stock::new();
+        assert!(s.serves(1));
+        for p in 0..CACHE_HIGH[0] as u64 {
+            assert!(s.push(0, p));
+        }
+        assert!(s.is_full(0));
+        assert!(!s.push(0, 999));
+        assert!(!s.serves(0));
+        assert_eq!(s.pop(0), Some(CACHE_HIGH[0] as u64 - 1));
+        assert_eq!(s.pop_cold(0), Some(0));
+        assert_eq!(s.pop_cold(0), Some(1));
+        assert!(s.push(0, 1000));
+        assert_eq!(s.pop(0), Some(1000));
+        assert_eq!(s.pages(), CACHE_HIGH[0] as u64 - 3);
+        while s.pop(0).is_some() {}
+        assert_eq!(s.node(), None);
+        assert!(s.serves(0));
+        assert!(s.push(4, 512));
+        assert_eq!(s.pages(), 512);
+        assert_eq!(slot_of(PAGEBLOCK_ORDER), Some(4));
+        assert_eq!(slot_of(4), None);
+    }
+}

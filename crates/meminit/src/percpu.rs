@@ -1,0 +1,237 @@
+//! Allocation and free through a CPU's own cache; drains.
+//!
+//! The policy of the per-CPU caches ([`crate::pcp`] owns their storage): which
+//! blocks go in, when a stock is refilled from its zone or drained back to it, and
+//! the entry points that name the calling CPU. A block of a cached order that is
+//! freed on a CPU goes into that CPU's stock for the block's zone type when the stock
+//! holds blocks of the same node's zone (or nothing); any other block goes straight
+//! back to its zone, so a page always returns to the zone it belongs to. An
+//! allocation pops from the stock of the zone it would take from; an empty stock is
+//! refilled with a batch under the zone lock, a full one drains its coldest batch.
+//!
+//! The rules a kernel must keep are in the crate documentation ("Per-CPU caches").
+//! In short: correctness never depends on the [`CpuId`] being the caller's own CPU;
+//! only speed does. A CPU takes its own cache with `try_lock` and, if that fails
+//! (an interrupted context on the same CPU holds it, or a remote drain), uses the
+//! zone directly; a remote drain takes it with `lock`.
+//!
+//! Nothing here initialises memory or waits for anyone but a cache's owner.
+
+use lock_api::RawMutex;
+
+use crate::allocator::{free_error, AllocError, AllocPath, Allocator, Constraint, FreeError};
+use crate::layout::{Pfn, ZONE_TYPES};
+use crate::memmap::MemmapBacking;
+use crate::page::{Page, PageState};
+use crate::pcp::{slot_of, CacheGuard, CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH};
+use crate::zone::Zone;
+
+impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
+    /// The number of CPU caches lent at start-up: valid [`CpuId`]s are below it.
+    pub fn cpu_count(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// [`alloc`](Self::alloc) on `cpu`: blocks of the cached orders (0 to 3 and the
+    /// pageblock order) come from that CPU's cache, refilled from the zone in
+    /// batches. See the crate documentation for what `cpu` must be.
+    #[inline]
+    pub fn alloc_on(
+        &self,
+        cpu: CpuId,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+    ) -> Result<Pfn, AllocError> {
+        self.alloc_on_traced(cpu, order, constraint, node)
+            .map(|(pfn, _)| pfn)
+    }
+
+    /// [`alloc_on`](Self::alloc_on), saying which path served it.
+    #[inline]
+    pub fn alloc_on_traced(
+        &self,
+        cpu: CpuId,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+    ) -> Result<(Pfn, AllocPath), AllocError> {
+        let cache = self.cache(cpu).ok_or(AllocError::UnknownCpu {
+            cpu,
+            cpus: self.cpus.len(),
+        })?;
+        self.alloc_in(order, constraint, node, Some(cache))
+    }
+
+    /// [`free`](Self::free) on `cpu`: a block of a cached order goes into that
+    /// CPU's cache if it holds blocks of the same zone (or none); anything else goes
+    /// back to its zone. The block may have been allocated on any CPU.
+    #[inline]
+    pub fn free_on(&self, cpu: CpuId, pfn: Pfn, order: u32) -> Result<(), FreeError> {
+        let cache = self.cache(cpu).ok_or(FreeError::UnknownCpu {
+            cpu,
+            cpus: self.cpus.len(),
+        })?;
+        self.free_in(pfn, order, Some(cache))
+    }
+
+    /// Returns every block in `cpu`'s cache to its zone, where it merges with its
+    /// buddies; for a CPU going offline, or before measuring fragmentation. Waits for
+    /// the CPU to finish an operation on its cache, if it is in one. Returns the pages
+    /// returned.
+    pub fn drain_cpu(&self, cpu: CpuId) -> Result<u64, AllocError> {
+        let cache = self.cache(cpu).ok_or(AllocError::UnknownCpu {
+            cpu,
+            cpus: self.cpus.len(),
+        })?;
+        Ok(self.drain(&mut cache.lock()))
+    }
+
+    /// [`drain_cpu`](Self::drain_cpu) for every CPU. Returns the pages returned.
+    pub fn drain_all_cpus(&self) -> u64 {
+        self.cpus.iter().map(|c| self.drain(&mut c.lock())).sum()
+    }
+
+    #[inline]
+    fn cache(&self, cpu: CpuId) -> Option<&CpuCache<R>> {
+        self.cpus.get(cpu.0 as usize)
+    }
+
+    /// Pages of `zone` held in CPU caches (a snapshot).
+    pub(crate) fn cached_pages(&self, zone: &Zone<R>) -> u64 {
+        self.cpus
+            .iter()
+            .map(|c| c.pages_of(zone.node, zone.kind))
+            .sum()
+    }
+
+    /// Takes a block of `order` from `zone`: through `cache` when the order is
+    /// cached and the cache is free to use and serves this zone, else from the
+    /// zone's lists.
+    #[inline]
+    pub(crate) fn take(
+        &self,
+        zone: &Zone<R>,
+        order: u32,
+        cache: Option<&CpuCache<R>>,
+    ) -> Option<u64> {
+        if let (Some(cache), Some(slot)) = (cache, slot_of(order)) {
+            if let Some(mut guard) = cache.try_lock() {
+                if guard.stock(zone.kind).serves(zone.node) {
+                    return self.take_cached(&mut guard, zone, slot);
+                }
+            }
+        }
+        zone.take(&self.memmap, order)
+    }
+
+    /// Pops a block of `slot` from the locked cache's stock for `zone`, refilling
+    /// the stock with a batch from the zone first if it is empty.
+    #[inline]
+    fn take_cached(
+        &self,
+        guard: &mut CacheGuard<'_, R>,
+        zone: &Zone<R>,
+        slot: usize,
+    ) -> Option<u64> {
+        let order = CACHED_ORDERS[slot];
+        let stock = guard.stock(zone.kind);
+        let pfn = match stock.pop(slot) {
+            Some(pfn) => {
+                // The block was the cache's alone: no one else writes its head.
+                self.head(pfn).set_state(PageState::Allocated { order });
+                pfn
+            }
+            None => {
+                let pfn = zone.with_free(|area| {
+                    let pfn = area.take(&self.memmap, order)?;
+                    for _ in 1..CACHE_BATCH[slot] {
+                        let Some(more) = area.take(&self.memmap, order) else {
+                            break;
+                        };
+                        self.head(more).set_state(PageState::Cached { order });
+                        stock.push(slot, more);
+                    }
+                    Some(pfn)
+                })?;
+                pfn
+            }
+        };
+        guard.publish(zone.kind);
+        Some(pfn)
+    }
+
+    /// Frees the head `page` of a block of `order` at `pfn` in `zone` into `cache`.
+    /// `None` when the cache cannot take it (not a cached order, busy, or holding
+    /// another node's blocks of this zone type): the caller frees it to the zone.
+    #[inline]
+    pub(crate) fn free_cached(
+        &self,
+        cache: &CpuCache<R>,
+        zone: &Zone<R>,
+        page: &Page,
+        pfn: Pfn,
+        order: u32,
+    ) -> Option<Result<(), FreeError>> {
+        let slot = slot_of(order)?;
+        let mut guard = cache.try_lock()?;
+        let stock = guard.stock(zone.kind);
+        if !stock.serves(zone.node) {
+            return None;
+        }
+        // Claim the block: of two frees racing under different locks, one wins.
+        if let Err(found) =
+            page.transition(PageState::Allocated { order }, PageState::Cached { order })
+        {
+            return Some(Err(free_error(pfn, order, found)));
+        }
+        if stock.is_full(slot) {
+            let zone_index = page.zone_index();
+            zone.with_free(|area| {
+                for _ in 0..CACHE_BATCH[slot] {
+                    if let Some(cold) = stock.pop_cold(slot) {
+                        area.give(&self.memmap, cold, order, zone_index);
+                    }
+                }
+            });
+        }
+        // Not full any more: the drain above made room.
+        let pushed = stock.push(slot, pfn.0);
+        debug_assert!(pushed);
+        guard.publish(zone.kind);
+        Some(Ok(()))
+    }
+
+    /// Returns every block of the locked cache to its zone. Returns the pages moved.
+    fn drain(&self, guard: &mut CacheGuard<'_, R>) -> u64 {
+        let mut pages = 0;
+        for kind in crate::layout::ZoneType::ALL {
+            let stock = guard.stock(kind);
+            let Some(node) = stock.node() else {
+                continue;
+            };
+            let zone_index = node as usize * ZONE_TYPES + kind as usize;
+            let zone = &self.zones[zone_index];
+            pages += stock.pages();
+            zone.with_free(|area| {
+                for (slot, &order) in CACHED_ORDERS.iter().enumerate() {
+                    while let Some(pfn) = stock.pop_cold(slot) {
+                        area.give(&self.memmap, pfn, order, zone_index as u32);
+                    }
+                }
+            });
+            guard.publish(kind);
+        }
+        pages
+    }
+
+    /// The descriptor of a block head that a cache or a free list holds: always in
+    /// a `Ready` section.
+    #[inline]
+    fn head(&self, pfn: u64) -> &Page {
+        match self.memmap.page(pfn) {
+            Ok(page) => page,
+            Err(e) => panic!("per-CPU cache corrupted: {e}"),
+        }
+    }
+}
