@@ -2,8 +2,8 @@
 //! because these machines are noisy. Run with `scripts/bench` (or
 //! `cargo bench -p meminit-host --bench ratios`).
 //!
-//! 1. Off switch: the order-0 fast path after a lazy start, once everything is
-//!    initialised, against the same after an eager start.
+//! 1. Off switch: the order-0 fast path (through a CPU's cache) after a lazy
+//!    start, once everything is initialised, against the same after an eager start.
 //! 2. memmap initialisation throughput against a plain fill of the same bytes.
 //! 3. Deferred initialisation with 2 threads against 1.
 //! 4. Order-0 allocate + free against the `buddy_system_allocator` crate on the
@@ -14,7 +14,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use meminit::{Allocator, Config, Constraint, Layout, SectionSlot, Strategy};
+use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, Layout, SectionSlot, Strategy};
 use meminit_host::sim::{default_memory_budget, fill_time};
 use meminit_host::{HostBacking, Machine};
 
@@ -30,13 +30,14 @@ fn with_allocator<T>(
     let mut slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
+    let cpus: Vec<CpuCache<spin::mutex::SpinMutex<()>>> = (0..2).map(|_| CpuCache::new()).collect();
     let backing = HostBacking::new(layout).expect("reserve memmap");
     let t = Instant::now();
     let a = Allocator::new(
         layout.clone(),
         backing,
         &mut slots,
-        &[],
+        &cpus,
         Config::new(strategy),
     )
     .expect("start");
@@ -53,12 +54,12 @@ fn layout(name: &str) -> Layout {
     Machine::built_in(name).unwrap().layout().unwrap()
 }
 
-/// ns per order-0 allocate + free pair.
+/// ns per order-0 allocate + free pair, through CPU 0's cache.
 fn fast_path(a: &HostAllocator<'_>, ops: u32) -> f64 {
     let t = Instant::now();
     for _ in 0..ops {
-        let p = a.alloc(0, Constraint::Any, 0).unwrap();
-        a.free(black_box(p), 0).unwrap();
+        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+        a.free_on(CpuId(0), black_box(p), 0).unwrap();
     }
     t.elapsed().as_nanos() as f64 / ops as f64
 }
@@ -156,9 +157,11 @@ fn main() {
         for _ in 0..rounds {
             let t = Instant::now();
             for _ in 0..ops / batch as u32 {
-                held.extend((0..batch).map(|_| e.alloc(0, Constraint::Any, 0).unwrap()));
+                held.extend(
+                    (0..batch).map(|_| e.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap()),
+                );
                 for p in held.drain(..) {
-                    e.free(p, 0).unwrap();
+                    e.free_on(CpuId(0), p, 0).unwrap();
                 }
             }
             ours.push(t.elapsed().as_nanos() as f64 / (ops as f64));

@@ -29,8 +29,9 @@
 //!    and a `populate` that makes one section's part of it accessible when first
 //!    needed (a kernel maps a 2 MiB page there; [`SliceBacking`] covers memory that
 //!    is already mapped);
-//! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]), and a
-//!    lock type for the zones (any [`lock_api::RawMutex`]: a spin lock in a kernel).
+//! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]), a
+//!    slice of [`CpuCache`]s, one per CPU, and a lock type for the zones and the
+//!    caches (any [`lock_api::RawMutex`]: a spin lock in a kernel).
 //!
 //! ```
 //! use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page,
@@ -61,9 +62,10 @@
 //! assert_eq!(allocator.memmap_populated_bytes(), 0);
 //!
 //! // The first allocation initialises one section of its zone, and no more.
-//! let block = allocator.alloc(3, Constraint::Any, 0)?;
+//! let block = allocator.alloc_on(CpuId(0), 3, Constraint::Any, 0)?;
 //! assert_eq!(allocator.memmap_populated_bytes(), 1024 * 64);
-//! allocator.free(block, 3)?;
+//! // Freed on another CPU, into that CPU's cache.
+//! allocator.free_on(CpuId(1), block, 3)?;
 //! assert!(allocator.free(block, 3).is_err()); // a double free is refused
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -80,6 +82,43 @@
 //! });
 //! ```
 //!
+//! ## Per-CPU caches, and the rules in interrupt context
+//!
+//! [`Allocator::alloc_on`] and [`Allocator::free_on`] name the calling CPU with a
+//! [`CpuId`], an index into the [`CpuCache`]s lent to [`Allocator::new`]. In a
+//! kernel that is the CPU's number, read with preemption disabled (or from a
+//! per-CPU variable); the caches live in a static array or in the per-CPU areas.
+//! Each CPU keeps, per zone type, up to [`CACHE_HIGH`] blocks of each of the orders
+//! in [`CACHED_ORDERS`] (0 to 3 and the pageblock order, as Linux's per-CPU lists);
+//! an empty stock is refilled and a full one drained [`CACHE_BATCH`] blocks at a
+//! time, under the zone lock. Larger orders, and [`Allocator::alloc`] and
+//! [`Allocator::free`] (which name no CPU: for early boot, before per-CPU data
+//! exists), go to the zones directly. A block may be freed on any CPU; a block of a
+//! zone other than the one that CPU's stock holds goes back to its own zone.
+//!
+//! What the embedder must guarantee, and what it need not:
+//!
+//! - **Correctness never depends on the `CpuId`.** Each cache is behind one lock of
+//!   type `R`. Its CPU takes it with `try_lock` and never waits: if the lock is held
+//!   (by the context this one interrupted on the same CPU, by a thread that was
+//!   preempted or migrated while it used the same id, or by a remote drain), the
+//!   operation goes to the zone under the zone lock instead. A wrong or shared id
+//!   costs speed, never a page. So the caller need not disable preemption around an
+//!   allocation for safety; it should for speed.
+//! - **A remote CPU** may only drain a cache ([`Allocator::drain_cpu`],
+//!   [`Allocator::drain_all_cpus`]): it waits for the owner's operation to finish,
+//!   then returns every cached block to its zone. Do it for a CPU going offline.
+//!   An allocation that finds every eligible zone empty drains all caches itself
+//!   and looks again before it reports [`AllocError::OutOfMemory`].
+//! - **Interrupt context**: an allocation or free from an interrupt handler takes
+//!   zone locks (to refill, drain, or when its cache is busy) and, on the slow path,
+//!   may initialise memory and call the backing. If interrupt handlers allocate,
+//!   `R` must be a lock that keeps interrupts off while held (an irq-saving spin
+//!   lock, Linux's `spin_lock_irqsave`): otherwise a handler that interrupts a zone
+//!   lock's holder on the same CPU spins forever. With such a lock an interrupt can
+//!   never find its own CPU's cache held. No lock of `R` is ever held while another
+//!   CPU's cache lock is awaited, nor while descriptors are written for a section.
+//!
 //! ## Guarantees
 //!
 //! - A section is initialised exactly once, by whoever claims it first (start-up, a
@@ -92,13 +131,18 @@
 //!   operation is in flight, and [`ZoneStats::available`] counts uninitialised pages
 //!   as available.
 //! - A double free, a free with the wrong order, of a reserved or never-initialised
-//!   page, or outside the map is a [`FreeError`], with nothing changed.
+//!   page, or outside the map is a [`FreeError`], with nothing changed; of two frees
+//!   of one block racing on two CPUs, exactly one succeeds.
+//! - Pages in CPU caches count as free ([`ZoneStats::cached`] says how many), and
+//!   no allocation reports `OutOfMemory` while an eligible zone has a free block of
+//!   its order, memory left to initialise, or pages in a CPU's cache that could make
+//!   one: it looks again after every step that could have added memory.
 //!
 //! ## Modules
 //!
 //! The unsafe code lives in [`memmap`] (the descriptor array and its backing) and
-//! relies on the claim protocol of [`section`]; zones, the buddy lists and the
-//! strategies are safe code over them.
+//! relies on the claim protocol of [`section`]; zones, the buddy lists, the per-CPU
+//! caches and the strategies are safe code over them.
 
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]

@@ -150,3 +150,170 @@ fn growth_races_a_deferred_worker() {
         assert!(!free.contains(&taken));
     });
 }
+
+/// The allocator itself under loom: its zone and cache locks are this spin lock
+/// over loom's atomics, so every lock, unlock and section-state load is a point
+/// where loom may switch threads.
+mod real {
+    use std::mem::MaybeUninit;
+    use std::sync::OnceLock;
+
+    use lock_api::{GuardSend, RawMutex};
+    use loom::sync::atomic::{AtomicBool, Ordering};
+    use loom::thread;
+    use meminit::{
+        Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page, Pfn, RangeKind,
+        SectionSlot, SliceBacking, Strategy, ZoneType,
+    };
+
+    /// A test-and-set lock on a loom atomic, created on first use (loom's atomics
+    /// cannot be built in a `const`).
+    pub struct LoomLock(OnceLock<AtomicBool>);
+
+    impl LoomLock {
+        fn flag(&self) -> &AtomicBool {
+            self.0.get_or_init(|| AtomicBool::new(false))
+        }
+    }
+
+    // SAFETY: `try_lock` succeeds for one caller until `unlock`; Acquire on taking
+    // the lock pairs with the Release of `unlock`.
+    unsafe impl RawMutex for LoomLock {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const INIT: Self = LoomLock(OnceLock::new());
+        type GuardMarker = GuardSend;
+
+        fn lock(&self) {
+            while !self.try_lock() {
+                thread::yield_now();
+            }
+        }
+
+        fn try_lock(&self) -> bool {
+            self.flag()
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        }
+
+        unsafe fn unlock(&self) {
+            self.flag().store(false, Ordering::Release);
+        }
+    }
+
+    type Alloc = Allocator<'static, SliceBacking<'static>, LoomLock>;
+
+    /// Builds an allocator over `[start, end)` (one 4 MiB section), runs `f` on it
+    /// with a `'static` reference for loom's threads, and drops it after.
+    fn with_allocator(start: u64, end: u64, strategy: Strategy, f: impl FnOnce(&'static Alloc)) {
+        let mut b = LayoutBuilder::new();
+        b.section_size(4 << 20)
+            .add(start, end, RangeKind::Usable, 0);
+        let layout = b.build().unwrap();
+        let mut memmap: Box<[MaybeUninit<Page>]> =
+            Box::new_uninit_slice(layout.memmap_descriptors() as usize);
+        let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+            .map(|_| SectionSlot::new())
+            .collect();
+        let cpus: Vec<CpuCache<LoomLock>> = (0..2).map(|_| CpuCache::new()).collect();
+        let a = Allocator::new(
+            layout,
+            SliceBacking::new(&mut memmap),
+            &mut slots,
+            &cpus,
+            Config::new(strategy),
+        )
+        .unwrap();
+        // Create every lock's loom atomic on this thread, before any other thread
+        // exists: a lock created lazily by one thread and then used by another is,
+        // to loom, a creation racing a use.
+        a.drain_all_cpus();
+        for zone in ZoneType::ALL {
+            a.free_blocks(0, zone);
+        }
+        // SAFETY: every thread `f` spawns is joined before `f` returns, and `a`
+        // (with what it borrows) outlives `f`.
+        let shared: &'static Alloc = unsafe { &*(&a as *const Allocator<'_, _, _>).cast() };
+        f(shared);
+    }
+
+    /// A loom thread with room for the allocator (tens of KiB) on its stack; loom's
+    /// default is far smaller.
+    fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+        thread::Builder::new().stack_size(4 << 20).spawn(f).unwrap()
+    }
+
+    fn model(f: fn()) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(move || spawn(f).join().unwrap());
+    }
+
+    /// A CPU allocating and freeing through its cache (refills and a drain at its
+    /// high mark) while another CPU drains that cache remotely: no block is lost or
+    /// handed out twice, and every page ends free and merged.
+    #[test]
+    fn cache_refill_and_drain_race_a_remote_drain() {
+        model(|| {
+            // 15 pages: blocks of order 0, 1, 2 and 3.
+            with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
+                let owner = spawn(move || {
+                    let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+                    let q = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+                    assert_ne!(p, q);
+                    a.free_on(CpuId(0), p, 0).unwrap();
+                    a.free_on(CpuId(0), q, 0).unwrap();
+                });
+                let remote = spawn(move || {
+                    a.drain_cpu(CpuId(0)).unwrap();
+                });
+                owner.join().unwrap();
+                remote.join().unwrap();
+                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                assert_eq!(z.free, 15, "{z:?}");
+                a.drain_all_cpus();
+                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                assert_eq!((z.free, z.cached), (15, 0));
+                assert_eq!(a.free_blocks(0, ZoneType::Dma)[..4], [1, 1, 1, 1]);
+            });
+        });
+    }
+
+    /// A block allocated on one CPU and freed on another while the first refills:
+    /// the counts hold and the block returns to its zone.
+    #[test]
+    fn a_block_freed_on_another_cpu_goes_where_it_belongs() {
+        model(|| {
+            with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
+                let p = a.alloc_on(CpuId(0), 1, Constraint::Any, 0).unwrap();
+                let other = spawn(move || a.free_on(CpuId(1), p, 1).unwrap());
+                let owner = spawn(move || {
+                    let q = a.alloc_on(CpuId(0), 1, Constraint::Any, 0).unwrap();
+                    a.free_on(CpuId(0), q, 1).unwrap();
+                });
+                other.join().unwrap();
+                owner.join().unwrap();
+                a.drain_all_cpus();
+                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                assert_eq!((z.free, z.cached), (15, 0));
+            });
+        });
+    }
+
+    /// An allocation's take and its look at what is left to initialise, racing the
+    /// initialisation of its zone's only section by a descriptor look-up: whichever
+    /// order they run in, the allocation succeeds.
+    #[test]
+    fn take_and_recheck_race_the_last_initialisation() {
+        model(|| {
+            with_allocator(16 << 20, (16 << 20) + 0x8000, Strategy::OnDemand, |a| {
+                let lookup = spawn(move || {
+                    a.page_or_init(Pfn(4096)).unwrap();
+                });
+                let alloc = spawn(move || a.alloc(0, Constraint::Any, 0));
+                lookup.join().unwrap();
+                let got = alloc.join().unwrap();
+                assert!(got.is_ok(), "{got:?}");
+            });
+        });
+    }
+}

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use meminit::{Constraint, LayoutBuilder, PageState, Pfn, RangeKind, Strategy, MAX_ORDER};
+use meminit::{Constraint, CpuId, LayoutBuilder, PageState, Pfn, RangeKind, Strategy, MAX_ORDER};
 
 const MIB: u64 = 1 << 20;
 
@@ -58,6 +58,42 @@ fn threads_race_to_initialise_the_same_sections() {
             s.spawn(|| a.page_or_init(Pfn(0x400)).map(|p| p.state()).unwrap());
         });
         check_counts(a, &Default::default());
+        check_fully_coalesced(a);
+    });
+}
+
+/// CPUs allocating through their caches, freeing each other's blocks, while a
+/// remote drain runs: the per-CPU paths over the memmap.
+#[test]
+fn cpus_allocate_and_free_through_their_caches() {
+    let l = small();
+    with_allocator(&l, Strategy::OnDemand, |a| {
+        let handed = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for cpu in 0..2u32 {
+                let handed = &handed;
+                s.spawn(move || {
+                    for order in [0, 1, 0, 3, 0, 9] {
+                        let p = a.alloc_on(CpuId(cpu), order, Constraint::Any, 0).unwrap();
+                        let mine = a.alloc_on(CpuId(cpu), 0, Constraint::Any, 1).unwrap();
+                        a.free_on(CpuId(cpu), mine, 0).unwrap();
+                        handed.lock().unwrap().push((p, order));
+                        let theirs = handed.lock().unwrap().pop();
+                        if let Some((q, o)) = theirs {
+                            a.free_on(CpuId(cpu), q, o).unwrap();
+                        }
+                    }
+                });
+            }
+            s.spawn(|| a.drain_cpu(CpuId(0)).unwrap());
+        });
+        for (p, o) in handed.into_inner().unwrap() {
+            a.free(p, o).unwrap();
+        }
+        check_counts(a, &Default::default());
+        for i in 0..l.section_count() {
+            a.page_or_init(Pfn(l.section_pfns(i).0)).unwrap();
+        }
         check_fully_coalesced(a);
     });
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use common::*;
 use meminit::Strategy as InitStrategy;
 use meminit::{
-    AllocError, Constraint, LayoutBuilder, LayoutError, PageState, Pfn, RangeKind, ZoneType,
+    AllocError, Constraint, CpuId, LayoutBuilder, LayoutError, PageState, Pfn, RangeKind, ZoneType,
     MAX_ORDER, PAGE_SIZE,
 };
 use proptest::prelude::*;
@@ -89,9 +89,15 @@ enum Op {
         order: u32,
         constraint: Constraint,
         node: usize,
+        /// The simulated CPU, or `None` for the zones directly.
+        cpu: Option<u32>,
     },
     Free {
         pick: usize,
+        cpu: Option<u32>,
+    },
+    Drain {
+        cpu: u32,
     },
     Worker {
         node: usize,
@@ -108,9 +114,12 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Constraint::Dma),
     ];
     let order = prop_oneof![6 => 0..3u32, 2 => 3..8u32, 1 => 8..=MAX_ORDER];
+    // A few CPUs, and now and then no CPU at all.
+    let cpu = || prop_oneof![4 => (0..4u32).prop_map(Some), 1 => Just(None)];
     prop_oneof![
-        8 => (order, constraint, 0..3usize).prop_map(|(order, constraint, node)| Op::Alloc { order, constraint, node }),
-        6 => any::<usize>().prop_map(|pick| Op::Free { pick }),
+        8 => (order, constraint, 0..3usize, cpu()).prop_map(|(order, constraint, node, cpu)| Op::Alloc { order, constraint, node, cpu }),
+        6 => (any::<usize>(), cpu()).prop_map(|(pick, cpu)| Op::Free { pick, cpu }),
+        1 => (0..4u32).prop_map(|cpu| Op::Drain { cpu }),
         1 => (0..3usize).prop_map(|node| Op::Worker { node }),
         1 => any::<u64>().prop_map(|offset| Op::Lookup { offset }),
     ]
@@ -184,8 +193,12 @@ proptest! {
             let nodes = layout.node_count();
             for op in ops {
                 match op {
-                    Op::Alloc { order, constraint, node } => {
-                        match a.alloc(order, constraint, node % nodes) {
+                    Op::Alloc { order, constraint, node, cpu } => {
+                        let got = match cpu {
+                            Some(cpu) => a.alloc_on(CpuId(cpu), order, constraint, node % nodes),
+                            None => a.alloc(order, constraint, node % nodes),
+                        };
+                        match got {
                             Ok(pfn) => {
                                 prop_assert_eq!(pfn.0 % (1 << order), 0);
                                 let (_, zone) = a.page(pfn).unwrap().zone().unwrap();
@@ -193,22 +206,39 @@ proptest! {
                                 ledger.record(a, pfn, order);
                             }
                             Err(AllocError::OutOfMemory { .. }) => {
-                                // Truly exhausted: nothing eligible is left uninitialised.
+                                // Truly exhausted: nothing eligible is left
+                                // uninitialised, in a CPU's cache, or free in a
+                                // block of the order or larger.
                                 for z in a.zone_stats().filter(|z| z.zone <= constraint.highest_zone()) {
                                     prop_assert_eq!(z.uninitialised, 0, "{:?}", z);
+                                    prop_assert_eq!(z.cached, 0, "{:?}", z);
+                                    let blocks = a.free_blocks(z.node as usize, z.zone);
+                                    prop_assert!(
+                                        blocks[order as usize..].iter().all(|&b| b == 0),
+                                        "{:?}: {:?}", z, blocks
+                                    );
                                 }
                             }
                             Err(e) => prop_assert!(false, "{e}"),
                         }
                     }
-                    Op::Free { pick } => {
+                    Op::Drain { cpu } => {
+                        a.drain_cpu(CpuId(cpu)).unwrap();
+                        prop_assert_eq!(a.drain_cpu(CpuId(cpu)).unwrap(), 0);
+                    }
+                    Op::Free { pick, cpu } => {
                         if !ledger.blocks.is_empty() {
                             let mut keys: Vec<u64> = ledger.blocks.keys().copied().collect();
                             keys.sort_unstable();
                             let pfn = keys[pick % keys.len()];
                             let order = ledger.release(a, pfn);
-                            a.free(Pfn(pfn), order).unwrap();
+                            match cpu {
+                                Some(cpu) => a.free_on(CpuId(cpu), Pfn(pfn), order).unwrap(),
+                                None => a.free(Pfn(pfn), order).unwrap(),
+                            }
+                            // A double free is refused wherever the block went.
                             prop_assert!(a.free(Pfn(pfn), order).is_err());
+                            prop_assert!(a.free_on(CpuId(0), Pfn(pfn), order).is_err());
                         }
                     }
                     Op::Worker { node } => {
