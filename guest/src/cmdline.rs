@@ -15,7 +15,7 @@ pub struct Options {
     pub trace_buf_size: Option<u64>,
     /// `crashkernel=SIZE`.
     pub crashkernel: Option<u64>,
-    /// `workload=idle|container[:SIZE]|random[:OPS]`.
+    /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]`.
     pub workload: Workload,
 }
 
@@ -61,9 +61,9 @@ pub fn parse(cmdline: &str) -> Result<Options, BadOption<'_>> {
                 o.crashkernel = Some(parse_size(value).map_err(|_| bad("not a size"))?)
             }
             "workload" => {
-                o.workload = value
-                    .parse()
-                    .map_err(|_| bad("expected idle, container[:SIZE] or random[:OPS]"))?
+                o.workload = value.parse().map_err(|_| {
+                    bad("expected idle, container[:SIZE], random[:OPS] or smp[:OPS]")
+                })?
             }
             _ => {
                 return Err(bad(

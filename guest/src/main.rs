@@ -19,6 +19,7 @@ mod port;
 mod pvh;
 mod report;
 mod smp;
+mod smp_workload;
 mod traps;
 mod tsc;
 
@@ -198,6 +199,21 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let nodes = layout.node_count();
     match options.workload {
         Workload::Idle => {}
+        Workload::Smp { ops } => {
+            use core::sync::atomic::Ordering::Relaxed;
+            // Relaxed: published to the APs by the job's Release generation.
+            smp_workload::OPS.store(ops, Relaxed);
+            smp::run_everywhere(smp::Job::Workload, running, node_of_cpu);
+            let unmerged = smp_workload::finish(allocator);
+            // Relaxed: every CPU finished (the job's Acquire wait ordered it).
+            let failed = smp_workload::FAILURES.load(Relaxed);
+            println!(
+                "meminit guest: smp workload: {running} CPUs, {} allocations, {} blocks freed on another CPU, {failed} failures, {unmerged} unmerged free blocks",
+                smp_workload::ALLOCATIONS.load(Relaxed),
+                smp_workload::HANDED.load(Relaxed),
+            );
+            failures.set(failures.get() + failed + unmerged);
+        }
         Workload::Container { bytes } => {
             for i in 0..bytes.div_ceil(4096) {
                 if let Some(pfn) = alloc(0, Constraint::Any, i as usize % nodes) {

@@ -1,4 +1,5 @@
-//! Application processors: start them, and run deferred workers on them.
+//! Application processors: start them, and run jobs on them (deferred workers, the
+//! SMP workload).
 //!
 //! The boot CPU copies a real-mode trampoline to [`TRAMPOLINE`] (low memory the
 //! layout keeps reserved), then wakes each AP with INIT and two STARTUP IPIs
@@ -25,8 +26,10 @@ static AP_INDEX: AtomicUsize = AtomicUsize::new(0);
 /// APs that have reached `ap_main`.
 static APS_UP: AtomicUsize = AtomicUsize::new(0);
 
-/// A job for the APs: a generation number and the node each AP works for.
+/// A job for the APs: a generation number, what to run, and the node each AP
+/// works for.
 static JOB_GENERATION: AtomicU32 = AtomicU32::new(0);
+static JOB_KIND: AtomicU32 = AtomicU32::new(Job::Deferred as u32);
 static JOB_DONE: AtomicUsize = AtomicUsize::new(0);
 static AP_NODE: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
@@ -203,32 +206,65 @@ extern "C" fn ap_main() -> ! {
         seen = generation;
         // Relaxed: ordered by the Acquire load of the generation above.
         let node = AP_NODE[index].load(Ordering::Relaxed) as usize;
-        if let Some(a) = ALLOCATOR.get() {
-            if let Err(e) = a.run_deferred_worker(node) {
-                println!("meminit guest: deferred worker on CPU {index}: {e}");
-            }
-        }
+        let job = Job::from_u32(JOB_KIND.load(Ordering::Relaxed));
+        job.run(index, node);
         // Release: pairs with the Acquire in `run_deferred_everywhere`.
         JOB_DONE.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// What the CPUs run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// A deferred worker for the CPU's node.
+    Deferred = 0,
+    /// The SMP workload's share of the CPU.
+    Workload = 1,
+}
+
+impl Job {
+    fn from_u32(v: u32) -> Job {
+        if v == Job::Workload as u32 {
+            Job::Workload
+        } else {
+            Job::Deferred
+        }
+    }
+
+    /// Runs the job as CPU `cpu` for `node`.
+    fn run(self, cpu: usize, node: usize) {
+        let Some(a) = ALLOCATOR.get() else { return };
+        match self {
+            Job::Deferred => {
+                if let Err(e) = a.run_deferred_worker(node) {
+                    println!("meminit guest: deferred worker on CPU {cpu}: {e}");
+                }
+            }
+            Job::Workload => crate::smp_workload::run_on(a, cpu, node),
+        }
     }
 }
 
 /// Runs deferred workers on every CPU, CPU `i` on `node_of_cpu(i)`, the boot CPU
 /// (index 0) included, and returns when all are done.
 pub fn run_deferred_everywhere(cpus: usize, node_of_cpu: impl Fn(usize) -> usize) {
+    run_everywhere(Job::Deferred, cpus, node_of_cpu);
+}
+
+/// Runs `job` on every CPU at once, CPU `i` for `node_of_cpu(i)`, the boot CPU
+/// (index 0) included, and returns when all are done.
+pub fn run_everywhere(job: Job, cpus: usize, node_of_cpu: impl Fn(usize) -> usize) {
     for (i, slot) in AP_NODE.iter().enumerate().take(cpus).skip(1) {
         // Relaxed: published by the Release increment of the generation below.
         slot.store(node_of_cpu(i) as u32, Ordering::Relaxed);
     }
+    // Relaxed: published by the Release increment of the generation below.
+    JOB_KIND.store(job as u32, Ordering::Relaxed);
     // Acquire: pairs with the APs' Release increments of an earlier job.
     let done_before = JOB_DONE.load(Ordering::Acquire);
     // Release: pairs with the Acquire in `ap_main`.
     JOB_GENERATION.fetch_add(1, Ordering::Release);
-    if let Some(a) = ALLOCATOR.get() {
-        if let Err(e) = a.run_deferred_worker(node_of_cpu(0)) {
-            println!("meminit guest: deferred worker on CPU 0: {e}");
-        }
-    }
+    job.run(0, node_of_cpu(0));
     // Acquire: pairs with each AP's Release, so their work is visible here.
     while JOB_DONE.load(Ordering::Acquire) - done_before < cpus - 1 {
         core::hint::spin_loop();

@@ -76,6 +76,12 @@ pub enum Workload {
         /// Operations.
         ops: u64,
     },
+    /// Every CPU at once: `ops` random allocations and frees each, through its own
+    /// page cache, handing some blocks to other CPUs to free.
+    Smp {
+        /// Operations per CPU.
+        ops: u64,
+    },
 }
 
 impl Workload {
@@ -83,15 +89,18 @@ impl Workload {
     pub const DEFAULT_CONTAINER: u64 = 100 * MIB;
     /// The random workload's default operation count.
     pub const DEFAULT_RANDOM: u64 = 100_000;
+    /// The SMP workload's default operation count per CPU.
+    pub const DEFAULT_SMP: u64 = 50_000;
 }
 
-/// A workload that is not `idle`, `container[:SIZE]` or `random[:OPS]`.
+/// A workload that is not `idle`, `container[:SIZE]`, `random[:OPS]` or
+/// `smp[:OPS]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadWorkload;
 
 impl fmt::Display for BadWorkload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unknown workload: expected idle, container[:SIZE] or random[:OPS]")
+        f.write_str("unknown workload: expected idle, container[:SIZE], random[:OPS] or smp[:OPS]")
     }
 }
 
@@ -118,6 +127,13 @@ impl FromStr for Workload {
                 .parse()
                 .map(|ops| Workload::Random { ops })
                 .map_err(|_| BadWorkload),
+            ("smp", None) => Ok(Workload::Smp {
+                ops: Workload::DEFAULT_SMP,
+            }),
+            ("smp", Some(a)) => a
+                .parse()
+                .map(|ops| Workload::Smp { ops })
+                .map_err(|_| BadWorkload),
             _ => Err(BadWorkload),
         }
     }
@@ -129,6 +145,7 @@ impl fmt::Display for Workload {
             Workload::Idle => f.write_str("idle"),
             Workload::Container { bytes } => write!(f, "container:{}", Size(*bytes)),
             Workload::Random { ops } => write!(f, "random:{ops}"),
+            Workload::Smp { ops } => write!(f, "smp:{ops}"),
         }
     }
 }
@@ -347,6 +364,13 @@ impl XorShift {
     /// The workload's seed.
     pub const fn new() -> Self {
         XorShift(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A sequence of its own for stream `i` (a CPU), never the all-zero state.
+    pub const fn stream(i: u64) -> Self {
+        XorShift(
+            0x2545_f491_4f6c_dd1d ^ (i.wrapping_add(1)).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+        )
     }
 
     /// The next number.

@@ -158,3 +158,28 @@ fn a_section_too_small_for_its_own_memmap_gets_a_home() {
     assert_eq!(eager["memmap_populated_bytes"], 18u64 << 20);
     assert_eq!(eager["counts_hold"], true);
 }
+
+#[test]
+fn every_vcpu_allocates_and_frees_through_its_own_cache_at_once() {
+    for strategy in ["ondemand", "eager"] {
+        let (code, r) = vm(&[
+            "--memory",
+            "2G",
+            "--cpus",
+            "4",
+            "--nodes",
+            "2",
+            "--strategy",
+            strategy,
+            "--workload",
+            "smp:20000",
+        ]);
+        assert_eq!(code, Some(0), "{r:#}");
+        let run = &r["runs"][0];
+        assert_eq!(run["exit_status"], 33, "{run:#}");
+        let g = &run["guest"];
+        assert_eq!(g["cpus"], 4);
+        assert_eq!(g["alloc_failures"], 0, "{g:#}");
+        assert_eq!(g["counts_hold"], true, "{g:#}");
+    }
+}

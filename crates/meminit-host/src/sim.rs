@@ -452,8 +452,12 @@ fn measure(
         "{}: {name}: workload {}",
         machine.name, opts.workload
     ));
+    let mut smp_samples = None;
     match opts.workload {
         Workload::Idle => {}
+        Workload::Smp { ops } => {
+            smp_samples = Some(smp_workload(&allocator, machine.cpus, ops, &nodes));
+        }
         Workload::Container { bytes } => {
             for i in 0..bytes.div_ceil(PAGE) {
                 let node = nodes[(i as usize) % nodes.len()];
@@ -483,6 +487,12 @@ fn measure(
                 }
             }
         }
+    }
+    if let Some(smp) = smp_samples {
+        let smp = smp?;
+        fast.extend(smp.fast);
+        slow.extend(smp.slow);
+        failures += smp.failures;
     }
     let memmap_resident_end_bytes = allocator.backing().resident_bytes()?;
     let stats = allocator.init_stats();
@@ -557,4 +567,124 @@ pub fn fill_time(bytes: u64) -> std::io::Result<u64> {
     // SAFETY: the region is ours alone.
     unsafe { region.fill(0, bytes as usize, 0) };
     Ok(t.elapsed().as_nanos() as u64)
+}
+
+/// What the SMP workload saw, all CPUs together.
+struct SmpSamples {
+    fast: Vec<u64>,
+    slow: Vec<u64>,
+    failures: u64,
+}
+
+/// The `smp` workload: one thread per simulated CPU (at most 64), each allocating
+/// and freeing `ops` times through its own CPU's cache, and handing some blocks to
+/// the others to free. Everything is freed at the end and the caches drained, so
+/// the counts must hold and the free lists be whole again.
+fn smp_workload(
+    allocator: &Allocator<'_, HostBacking, parking_lot::RawMutex>,
+    cpus: u32,
+    ops: u64,
+    nodes: &[usize],
+) -> std::io::Result<SmpSamples> {
+    let threads = cpus.clamp(1, 64);
+    let handoff: parking_lot::Mutex<Vec<(Pfn, u32)>> = parking_lot::Mutex::new(Vec::new());
+    let results: Vec<std::io::Result<SmpSamples>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|cpu| {
+                let handoff = &handoff;
+                s.spawn(move || {
+                    let me = CpuId(cpu);
+                    let node = nodes[cpu as usize % nodes.len()];
+                    let mut out = SmpSamples {
+                        fast: Vec::new(),
+                        slow: Vec::new(),
+                        failures: 0,
+                    };
+                    let mut held: Vec<(Pfn, u32)> = Vec::new();
+                    let mut rng = XorShift::stream(cpu as u64);
+                    let free = |pfn: Pfn, order: u32| {
+                        allocator
+                            .free_on(me, pfn, order)
+                            .map_err(|e| std::io::Error::other(e.to_string()))
+                    };
+                    for _ in 0..ops {
+                        let x = rng.next_u64();
+                        match x % 8 {
+                            0..=3 if held.len() < 256 => {
+                                let order = (x >> 8) as u32 % 4;
+                                let t = Instant::now();
+                                let r = allocator.alloc_on_traced(me, order, Constraint::Any, node);
+                                let ns = t.elapsed().as_nanos() as u64;
+                                match r {
+                                    Ok((pfn, path)) => {
+                                        if path == AllocPath::Grew {
+                                            out.slow.push(ns);
+                                        } else {
+                                            out.fast.push(ns);
+                                        }
+                                        held.push((pfn, order));
+                                    }
+                                    Err(_) => out.failures += 1,
+                                }
+                            }
+                            4 if !held.is_empty() => {
+                                let block = held.swap_remove((x >> 24) as usize % held.len());
+                                let mut q = handoff.lock();
+                                if q.len() < 1024 {
+                                    q.push(block);
+                                } else {
+                                    drop(q);
+                                    free(block.0, block.1)?;
+                                }
+                            }
+                            5 => {
+                                let block = handoff.lock().pop();
+                                if let Some((pfn, order)) = block {
+                                    free(pfn, order)?;
+                                }
+                            }
+                            _ if !held.is_empty() => {
+                                let (pfn, order) =
+                                    held.swap_remove((x >> 24) as usize % held.len());
+                                free(pfn, order)?;
+                            }
+                            _ => {}
+                        }
+                    }
+                    for (pfn, order) in held {
+                        free(pfn, order)?;
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an SMP workload thread panicked"))
+            .collect()
+    });
+    for (pfn, order) in handoff.into_inner() {
+        allocator
+            .free(pfn, order)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    allocator.drain_all_cpus();
+    let mut all = SmpSamples {
+        fast: Vec::new(),
+        slow: Vec::new(),
+        failures: 0,
+    };
+    for r in results {
+        let r = r?;
+        all.fast.extend(r.fast);
+        all.slow.extend(r.slow);
+        all.failures += r.failures;
+    }
+    let unmerged = allocator.unmerged_free_blocks();
+    if unmerged != 0 {
+        return Err(std::io::Error::other(format!(
+            "after the SMP workload, {unmerged} free blocks did not merge with their buddies"
+        )));
+    }
+    Ok(all)
 }

@@ -479,6 +479,20 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             .unwrap_or_default()
     }
 
+    /// A consistency check of the free lists, zone by zone under each zone's lock:
+    /// the number of free blocks whose buddy is also a free block of the same order
+    /// and zone, which the buddy system never leaves. Zero always, unless something
+    /// corrupted the lists; a kernel may call it from a debug path, a test after any
+    /// operation. Blocks in CPU caches are not on the lists: drain them first to
+    /// see every block merged.
+    pub fn unmerged_free_blocks(&self) -> u64 {
+        self.zones
+            .iter()
+            .filter(|z| z.is_populated())
+            .map(|z| z.unmerged(&self.memmap))
+            .sum()
+    }
+
     /// Pages free or uninitialised across all zones: what a caller watching memory
     /// should count as available.
     pub fn available_pages(&self) -> u64 {

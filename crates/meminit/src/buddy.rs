@@ -151,6 +151,30 @@ impl FreeArea {
     }
 }
 
+impl FreeArea {
+    /// Free blocks whose buddy is a free block of the same order in zone
+    /// `zone_index`: pairs that should have merged. The buddy system keeps this at
+    /// zero whenever the lock is free; anything else is corruption.
+    pub(crate) fn unmerged<B: MemmapBacking>(&self, mm: &Memmap<'_, B>, zone_index: u32) -> u64 {
+        let mut found = 0;
+        for order in 0..MAX_ORDER {
+            let mut pfn = self.heads[order as usize];
+            while pfn != NO_PFN {
+                let buddy_pfn = pfn ^ (1 << order);
+                if let Ok(buddy) = mm.page(buddy_pfn) {
+                    if buddy.state() == (PageState::Free { order })
+                        && buddy.zone_index() == zone_index
+                    {
+                        found += 1;
+                    }
+                }
+                pfn = page(mm, pfn).next.load(Relaxed);
+            }
+        }
+        found
+    }
+}
+
 /// The order of the largest block that starts at `pfn` (aligned to its size) and
 /// fits in `pages`.
 pub(crate) fn block_order(pfn: u64, pages: u64) -> u32 {

@@ -116,6 +116,13 @@ impl<R: RawMutex> Zone<R> {
         out
     }
 
+    /// Free blocks on the lists that should have merged with their buddy (takes the
+    /// lock): zero unless the lists are corrupt.
+    pub(crate) fn unmerged<B: MemmapBacking>(&self, mm: &Memmap<'_, B>) -> u64 {
+        let zone_index = crate::page::zone_index(self.node, self.kind);
+        self.free.lock().unmerged(mm, zone_index)
+    }
+
     /// Free blocks of each order (takes the lock).
     pub(crate) fn free_blocks(&self) -> [u64; MAX_ORDER as usize + 1] {
         self.free.lock().blocks()

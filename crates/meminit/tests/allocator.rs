@@ -303,3 +303,22 @@ fn a_range_on_a_node_boundary_never_merges_across_nodes() {
         );
     });
 }
+
+/// Two usable ranges that touch are one run of memory: their blocks merge across
+/// the seam, on initialisation and after every free.
+#[test]
+fn touching_ranges_merge_across_the_seam() {
+    let mut b = LayoutBuilder::new();
+    b.section_size(4 * MIB)
+        .add(0, 2 * MIB, RangeKind::Usable, 0)
+        .add(2 * MIB, 6 * MIB, RangeKind::Usable, 0)
+        .add(6 * MIB, 8 * MIB, RangeKind::Usable, 0);
+    let l = b.build().unwrap();
+    with_allocator(&l, Strategy::Eager, |a| {
+        assert_eq!(a.unmerged_free_blocks(), 0);
+        assert_eq!(a.free_blocks(0, ZoneType::Dma)[MAX_ORDER as usize], 2);
+        let p = a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap();
+        a.free(p, MAX_ORDER).unwrap();
+        check_fully_coalesced(a);
+    });
+}

@@ -173,6 +173,10 @@ fn stress_on(
                             if q.len() < limits.handoff {
                                 q.push(held.swap_remove(r as usize % held.len()));
                             }
+                        } else if action == 7 && r % 64 == 7 {
+                            // The lists are consistent under each zone's lock at
+                            // any moment, whatever the other threads are doing.
+                            assert_eq!(a.unmerged_free_blocks(), 0);
                         } else if action == 6 {
                             let taken = handoff.lock().unwrap().pop();
                             if let Some((pfn, order)) = taken {

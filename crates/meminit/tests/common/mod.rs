@@ -109,6 +109,7 @@ pub fn check_counts(a: &Alloc<'_>, allocated: &HashMap<(u8, ZoneType), u64>) {
 pub fn check_fully_coalesced(a: &Alloc<'_>) {
     assert!(a.is_fully_initialised());
     a.drain_all_cpus();
+    assert_eq!(a.unmerged_free_blocks(), 0);
     let mut expected: HashMap<(u8, ZoneType), (u64, u64)> = HashMap::new();
     let runs: Vec<PresentRun> = a.layout().present_runs(0, u64::MAX).collect();
     for r in runs.iter().filter(|r| !r.reserved) {
