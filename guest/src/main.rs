@@ -109,8 +109,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             &mut spin::MutexGuard::leak(SECTION_SLOTS.lock())[..],
             &CPU_CACHES,
             Config {
-                strategy: options.strategy,
                 clock: Some(tsc::now),
+                ..Config::new(options.strategy)
             },
         ) {
             Ok(a) => a,

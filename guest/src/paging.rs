@@ -9,7 +9,7 @@
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use meminit::memmap::{BackingError, MemmapBacking, Populated, SectionPfns};
+use meminit::memmap::{BackingError, MemmapBacking, MemmapPiece, Populated};
 use meminit::{Layout, Page};
 
 use crate::boot::{PageTable, BOOT_PML4};
@@ -113,9 +113,9 @@ unsafe impl MemmapBacking for GuestBacking {
         NonNull::new(VMEMMAP_BASE as *mut Page).expect("non-null base")
     }
 
-    fn populate(&self, section: SectionPfns, layout: &Layout) -> Result<Populated, BackingError> {
+    fn populate(&self, section: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
         let fail = |reason| BackingError {
-            section: section.index,
+            section: section.section,
             reason,
         };
         if section.memmap_bytes() != HUGE {

@@ -115,13 +115,19 @@ impl Report<'_> {
         let layout = a.layout();
         let stats = a.init_stats();
         let present = layout.present_pages() * 4096;
-        let full = stats.sections_present * layout.section_pages() * 64;
+        let sections = (0..layout.section_count())
+            .filter(|&i| layout.section_has_present(i))
+            .count() as u64;
+        let full = sections * layout.section_pages() * 64;
         println!(
-            "meminit guest: {} present on {} node(s), {} CPU(s); {} sections of 128M; workload {}",
+            "meminit guest: {} present on {} node(s), {} CPU(s); {} sections of {}, {} chunks of {}; workload {}",
             Size(present),
             layout.nodes().count(),
             self.cpus,
-            stats.sections_present,
+            sections,
+            Size(layout.section_pages() * 4096),
+            stats.chunks_present,
+            Size(stats.chunk_bytes),
             self.workload
         );
         println!(
@@ -136,10 +142,10 @@ impl Report<'_> {
             self.grow_ns / 1000
         );
         println!(
-            "  memmap populated {} of {} ({} sections: {} at boot, {} by workers, {} by growth)",
+            "  memmap populated {} of {} ({} chunks: {} at boot, {} by workers, {} by growth)",
             Size(stats.memmap_bytes),
             Size(full),
-            stats.sections_done,
+            stats.chunks_done,
             stats.by_boot,
             stats.by_workers,
             stats.by_growth
@@ -182,8 +188,8 @@ impl Report<'_> {
             self.worker_threads, self.init_ns, stats.grows, self.grow_ns
         );
         print!(
-            "\"sections_by_boot\":{},\"sections_by_workers\":{},\"sections_by_growth\":{},\"sections_by_lookup\":{},\"sections_present\":{},",
-            stats.by_boot, stats.by_workers, stats.by_growth, stats.by_lookup, stats.sections_present
+            "\"chunks_by_boot\":{},\"chunks_by_workers\":{},\"chunks_by_growth\":{},\"chunks_by_lookup\":{},\"chunks_present\":{},\"chunk_bytes\":{},",
+            stats.by_boot, stats.by_workers, stats.by_growth, stats.by_lookup, stats.chunks_present, stats.chunk_bytes
         );
         print!(
             "\"memmap_populated_bytes\":{},\"memmap_full_bytes\":{full},",

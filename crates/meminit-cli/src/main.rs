@@ -110,6 +110,24 @@ struct ReportArgs {
     /// Also write charts (SVG and PNG) into this directory.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// The unit of initialisation: a power of two from 4M (one max-order block,
+    /// the default) up to a section.
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<u64>,
+    /// How the memmap is committed: `section` (a section's 2 MiB at once, on a
+    /// huge page) or `chunk` (each chunk's part, on small pages).
+    #[arg(long, value_enum, default_value = "section")]
+    memmap_granularity: GranularityArg,
+    /// Accept (zero) each chunk of simulated memory before its first use, as a
+    /// confidential guest (TDX, SNP) must, and report the bytes accepted.
+    #[arg(long)]
+    accept_memory: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GranularityArg {
+    Section,
+    Chunk,
 }
 
 #[derive(Args)]
@@ -200,6 +218,14 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
     if let Some(b) = args.memory_budget {
         opts.memory_budget = b;
     }
+    if let Some(c) = args.chunk_size {
+        opts.chunk_size = c;
+    }
+    opts.granularity = match args.memmap_granularity {
+        GranularityArg::Section => meminit::Granularity::Section,
+        GranularityArg::Chunk => meminit::Granularity::Chunk,
+    };
+    opts.accept = args.accept_memory;
     let progress = Spinner::new();
     let report = sim::run(&machine, &opts, &progress)?;
     progress.clear();
@@ -277,7 +303,7 @@ type Cell = Box<dyn Fn(&StrategyReport) -> String>;
 
 fn print_report(report: &Report, opts: &Options) {
     println!(
-        "machine {}: {} present on {} node{}, {} CPU{}, {} sections; workload {}; {} deferred worker thread{}",
+        "machine {}: {} present on {} node{}, {} CPU{}, {} sections, {} chunks; workload {}; {} deferred worker thread{}",
         report.machine,
         size::format(report.present_bytes),
         report.nodes,
@@ -285,6 +311,7 @@ fn print_report(report: &Report, opts: &Options) {
         report.cpus,
         if report.cpus == 1 { "" } else { "s" },
         size::format(report.section_bytes),
+        size::format(opts.chunk_size),
         report.workload,
         opts.threads,
         if opts.threads == 1 { "" } else { "s" },
@@ -315,16 +342,31 @@ fn print_report(report: &Report, opts: &Options) {
             Box::new(|s| format!("{} ({})", format_ns(s.grow_ns), s.grows)),
         ),
         (
-            "sections: boot/workers/growth/look-up",
+            "chunks: boot/workers/growth/look-up",
             Box::new(|s| {
                 format!(
                     "{}/{}/{}/{} of {}",
-                    s.sections_by_boot,
-                    s.sections_by_workers,
-                    s.sections_by_growth,
-                    s.sections_by_lookup,
-                    s.sections_present
+                    s.chunks_by_boot,
+                    s.chunks_by_workers,
+                    s.chunks_by_growth,
+                    s.chunks_by_lookup,
+                    s.chunks_present
                 )
+            }),
+        ),
+        (
+            "memory accepted: ready/boot/workload",
+            Box::new(|s| {
+                if s.accept {
+                    format!(
+                        "{}/{}/{}",
+                        size::format(s.accepted_ready_bytes),
+                        size::format(s.accepted_boot_bytes),
+                        size::format(s.accepted_end_bytes)
+                    )
+                } else {
+                    "-".into()
+                }
             }),
         ),
         (

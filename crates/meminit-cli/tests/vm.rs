@@ -154,7 +154,7 @@ fn a_section_too_small_for_its_own_memmap_gets_a_home() {
     let (code, r) = vm(&["--memory", "1025M"]);
     assert_eq!(code, Some(0), "{r:#}");
     let eager = &r["runs"][0]["guest"];
-    assert_eq!(eager["sections_present"], 9);
+    assert!(eager["chunks_present"].as_u64().unwrap() > 256, "{eager:#}");
     assert_eq!(eager["memmap_populated_bytes"], 18u64 << 20);
     assert_eq!(eager["counts_hold"], true);
 }

@@ -29,8 +29,16 @@ unsafe impl Send for Region {}
 unsafe impl Sync for Region {}
 
 impl Region {
-    /// Reserves `len` bytes (rounded up to 2 MiB) of address space.
+    /// Reserves `len` bytes (rounded up to 2 MiB) of address space, to be backed
+    /// by transparent huge pages where the host allows them.
     pub fn reserve(len: u64) -> io::Result<Region> {
+        Self::reserve_with(len, true)
+    }
+
+    /// Reserves `len` bytes (rounded up to 2 MiB) of address space, backed by huge
+    /// pages (`MADV_HUGEPAGE`) or by small pages only (`MADV_NOHUGEPAGE`, so that
+    /// committing 64 KiB commits 64 KiB and not the 2 MiB around it).
+    pub fn reserve_with(len: u64, huge_pages: bool) -> io::Result<Region> {
         let len = usize::try_from(len)
             .map_err(|_| io::Error::other("region larger than the address space"))?
             .next_multiple_of(HUGE_PAGE)
@@ -60,10 +68,15 @@ impl Region {
             mapping,
             mapping_len,
         };
-        // Transparent huge pages where the host allows them; a failure only costs
-        // speed, so it is ignored.
+        // Transparent huge pages where the host allows them, or never; a failure
+        // only costs speed (or residency), so it is ignored.
+        let advice = if huge_pages {
+            libc::MADV_HUGEPAGE
+        } else {
+            libc::MADV_NOHUGEPAGE
+        };
         // SAFETY: advice on our own mapping.
-        unsafe { libc::madvise(base.cast(), len, libc::MADV_HUGEPAGE) };
+        unsafe { libc::madvise(base.cast(), len, advice) };
         Ok(region)
     }
 

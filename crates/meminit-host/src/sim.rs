@@ -9,10 +9,12 @@
 use std::time::Instant;
 
 use meminit::{
-    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Layout, Pfn, SectionSlot, Strategy,
+    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Granularity, Layout, Pfn,
+    SectionSlot, Strategy,
 };
 use meminit_boot::{early_requests, BootParams, EarlyKind, Size, XorShift};
 use serde::Serialize;
+use std::sync::Arc;
 
 use crate::backing::HostBacking;
 use crate::machine::Machine;
@@ -40,6 +42,14 @@ pub struct Options {
     pub workload: Workload,
     /// Host memory a strategy may commit; above it the strategy is skipped.
     pub memory_budget: u64,
+    /// Bytes of memory per chunk, the unit of initialisation.
+    pub chunk_size: u64,
+    /// How the memmap is committed: a section's at once (huge pages) or each
+    /// chunk's (small pages).
+    pub granularity: Granularity,
+    /// Whether each chunk of simulated memory is accepted (zeroed) before its
+    /// first use, as a confidential guest's memory must be.
+    pub accept: bool,
 }
 
 impl Options {
@@ -53,6 +63,9 @@ impl Options {
             crashkernel: None,
             workload: Workload::Idle,
             memory_budget: default_memory_budget(),
+            chunk_size: meminit::DEFAULT_CHUNK_SIZE,
+            granularity: Granularity::Section,
+            accept: false,
         }
     }
 }
@@ -158,7 +171,7 @@ pub struct StrategyReport {
     pub skipped: Option<String>,
     /// Time until the allocator could serve (ns).
     pub ready_ns: u64,
-    /// Time until every section was initialised (ns); `None` if never (on-demand).
+    /// Time until every chunk was initialised (ns); `None` if never (on-demand).
     pub full_init_ns: Option<u64>,
     /// Deferred worker threads used.
     pub worker_threads: usize,
@@ -168,16 +181,18 @@ pub struct StrategyReport {
     pub grows: u64,
     /// Time they spent growing (ns).
     pub grow_ns: u64,
-    /// Sections initialised at start-up, by workers, by growth, by look-ups.
-    pub sections_by_boot: u64,
-    /// See `sections_by_boot`.
-    pub sections_by_workers: u64,
-    /// See `sections_by_boot`.
-    pub sections_by_growth: u64,
-    /// See `sections_by_boot`.
-    pub sections_by_lookup: u64,
-    /// Sections with present memory.
-    pub sections_present: u64,
+    /// Bytes of memory per chunk, the unit of initialisation.
+    pub chunk_bytes: u64,
+    /// Chunks initialised at start-up, by workers, by growth, by look-ups.
+    pub chunks_by_boot: u64,
+    /// See `chunks_by_boot`.
+    pub chunks_by_workers: u64,
+    /// See `chunks_by_boot`.
+    pub chunks_by_growth: u64,
+    /// See `chunks_by_boot`.
+    pub chunks_by_lookup: u64,
+    /// Chunks with present memory.
+    pub chunks_present: u64,
     /// Memmap bytes populated at the end.
     pub memmap_populated_bytes: u64,
     /// Memmap bytes resident on the host after boot (after deferred init), from
@@ -187,6 +202,14 @@ pub struct StrategyReport {
     pub memmap_resident_end_bytes: u64,
     /// Memmap bytes if every present section were initialised (the eager cost).
     pub memmap_full_bytes: u64,
+    /// Whether chunks were accepted (zeroed) before first use.
+    pub accept: bool,
+    /// Bytes of memory accepted when the allocator could serve.
+    pub accepted_ready_bytes: u64,
+    /// Bytes accepted after boot (boot allocations, deferred workers).
+    pub accepted_boot_bytes: u64,
+    /// Bytes accepted after the workload.
+    pub accepted_end_bytes: u64,
     /// Fast-path allocations (free lists of the first or a fallback zone).
     pub alloc_fast: Latency,
     /// Slow-path allocations (the ones that grew a zone).
@@ -249,7 +272,8 @@ fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// Host bytes a strategy commits for the memmap, at least.
+/// Host bytes a strategy commits for the memmap, at least (a section's worth
+/// under on-demand: the most a section-granular backing commits for one chunk).
 fn memmap_need(layout: &Layout, strategy: Strategy) -> u64 {
     let per_section = layout.section_pages() * DESCRIPTOR;
     match strategy {
@@ -337,8 +361,13 @@ fn measure(
     let name = strategy.name();
     // The physical limit is the best of a fill before and one after the run.
     let limit_before = fill_time(memmap_need(layout, strategy).min(opts.memory_budget))?;
-    let backing = HostBacking::new(layout)?;
-    let physical = Region::reserve(layout.end_pfn() * PAGE)?;
+    let physical = Arc::new(Region::reserve(layout.end_pfn() * PAGE)?);
+    let backing = HostBacking::with_granularity(layout, opts.granularity)?;
+    let backing = if opts.accept {
+        backing.accepting(physical.clone())
+    } else {
+        backing
+    };
     let mut slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
@@ -355,12 +384,14 @@ fn measure(
         &mut slots,
         &cpus,
         Config {
-            strategy,
             clock: Some(now_ns),
+            chunk_size: opts.chunk_size,
+            ..Config::new(strategy)
         },
     )
     .map_err(|e| std::io::Error::other(e.to_string()))?;
     let ready_ns = t0.elapsed().as_nanos() as u64;
+    let accepted_ready_bytes = allocator.backing().accepted_bytes();
 
     let mut fast = Vec::new();
     let mut slow = Vec::new();
@@ -447,6 +478,7 @@ fn measure(
         Strategy::OnDemand => None,
     };
     let memmap_resident_boot_bytes = allocator.backing().resident_bytes()?;
+    let accepted_boot_bytes = allocator.backing().accepted_bytes();
 
     progress.step(&format!(
         "{}: {name}: workload {}",
@@ -495,6 +527,7 @@ fn measure(
         failures += smp.failures;
     }
     let memmap_resident_end_bytes = allocator.backing().resident_bytes()?;
+    let accepted_end_bytes = allocator.backing().accepted_bytes();
     let stats = allocator.init_stats();
     let zones = allocator
         .zone_stats()
@@ -532,15 +565,20 @@ fn measure(
         init_ns,
         grows: stats.grows,
         grow_ns: stats.grow_time,
-        sections_by_boot: stats.by_boot,
-        sections_by_workers: stats.by_workers,
-        sections_by_growth: stats.by_growth,
-        sections_by_lookup: stats.by_lookup,
-        sections_present: stats.sections_present,
+        chunk_bytes: stats.chunk_bytes,
+        chunks_by_boot: stats.by_boot,
+        chunks_by_workers: stats.by_workers,
+        chunks_by_growth: stats.by_growth,
+        chunks_by_lookup: stats.by_lookup,
+        chunks_present: stats.chunks_present,
         memmap_populated_bytes: stats.memmap_bytes,
         memmap_resident_boot_bytes,
         memmap_resident_end_bytes,
-        memmap_full_bytes: stats.sections_present * layout.section_pages() * DESCRIPTOR,
+        memmap_full_bytes: memmap_need(layout, Strategy::Eager),
+        accept: opts.accept,
+        accepted_ready_bytes,
+        accepted_boot_bytes,
+        accepted_end_bytes,
         alloc_fast: Latency::of(&mut fast),
         alloc_slow: Latency::of(&mut slow),
         alloc_failures: failures,

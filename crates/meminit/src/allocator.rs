@@ -251,6 +251,7 @@ impl ZoneList {
         list
     }
 
+    #[inline]
     fn zones(&self) -> &[u8] {
         &self.zones[..self.len as usize]
     }
@@ -397,23 +398,23 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         })
     }
 
-    /// The descriptor of `pfn` if its section is initialised; never initialises.
+    /// The descriptor of `pfn` if its chunk is initialised; never initialises.
     pub fn page(&self, pfn: Pfn) -> Result<&Page, LookupError> {
         self.memmap.page(pfn.0)
     }
 
-    /// The descriptor of `pfn`, initialising its section first if no one has (or
+    /// The descriptor of `pfn`, initialising its chunk first if no one has (or
     /// waiting for whoever is).
     pub fn page_or_init(&self, pfn: Pfn) -> Result<&Page, LookupError> {
         loop {
             match self.memmap.page(pfn.0) {
                 Err(LookupError::Uninitialised { .. }) => {
-                    let index = self.layout.section_of(pfn.0);
-                    self.init_section(index, crate::init::InitCause::Lookup)
+                    let index = self.memmap.chunk_of(pfn.0);
+                    self.init_chunk(index, crate::init::InitCause::Lookup)
                         .map_err(LookupError::Backing)?;
                 }
                 Err(LookupError::Initialising { .. }) => {
-                    let index = self.layout.section_of(pfn.0);
+                    let index = self.memmap.chunk_of(pfn.0);
                     self.memmap.sections().wait_while_initialising(index);
                 }
                 other => return other,
@@ -436,7 +437,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         self.config.strategy
     }
 
-    /// Whether every section is initialised (the off switch is set).
+    /// Whether every chunk is initialised (the off switch is set).
     pub fn is_fully_initialised(&self) -> bool {
         self.memmap.sections().all_initialised()
     }

@@ -1,15 +1,17 @@
 //! Initialisation: eager, deferred and on-demand; the grow path; work for workers.
 //!
-//! One mechanism serves every strategy: `Allocator::init_section` claims a section,
-//! has its memmap populated, writes its descriptors, publishes it, then puts its
-//! usable pages on their zones' free lists. Eager runs it for every section at
-//! start-up; deferred runs it from the embedder's workers
-//! ([`Allocator::run_deferred_worker`]), which take disjoint sections from a per-node
-//! atomic cursor; the grow path runs it from an allocation that found its zone empty;
-//! a descriptor look-up runs it for the page it wants. On-demand is the grow path and
-//! look-ups alone.
+//! One mechanism serves every strategy: `Allocator::init_chunk` claims a chunk (the
+//! unit of initialisation, one max-order block by default), has the memmap under it
+//! populated (its section's, or its own, as the backing asks) and its memory
+//! accepted, writes its descriptors, publishes it, then puts its usable pages on
+//! their zones' free lists. Eager runs it for every chunk at start-up; deferred runs
+//! it from the embedder's workers ([`Allocator::run_deferred_worker`]), which take a
+//! section's chunks at a time from a per-node atomic cursor; the grow path runs it
+//! from an allocation that found its zone empty, one chunk at a time until the
+//! allocation succeeds; a descriptor look-up runs it for the page it wants.
+//! On-demand is the grow path and look-ups alone.
 //!
-//! This module decides *which* section to initialise and *when*; it never writes a
+//! This module decides *which* chunk to initialise and *when*; it never writes a
 //! descriptor itself (that is [`crate::memmap`]) and holds a zone lock only to splice
 //! finished blocks.
 
@@ -23,17 +25,17 @@ use core::sync::atomic::{
 use lock_api::RawMutex;
 
 use crate::allocator::{Allocator, Constraint, ZoneList, CONSTRAINTS};
-use crate::layout::{Layout, ZoneType, ZONE_TYPES};
+use crate::layout::{Layout, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYPES};
 use crate::memmap::{BackingError, Memmap, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
 use crate::pcp::CpuCache;
-use crate::section::{SectionSlot, SectionState, Sections};
+use crate::section::{ChunkState, SectionSlot, Sections, MAX_CHUNKS_PER_SECTION};
 use crate::zone::Zone;
 
 /// When descriptors are initialised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
-    /// Every section at start-up, on the calling thread.
+    /// Every chunk at start-up, on the calling thread.
     Eager,
     /// Nothing at start-up; the rest by [`Allocator::run_deferred_worker`] in
     /// parallel, and by the grow path for whatever is needed before they finish.
@@ -82,6 +84,10 @@ impl FromStr for Strategy {
     }
 }
 
+/// The default unit of initialisation: one max-order block (4 MiB of memory, 1024
+/// descriptors, 64 KiB of memmap).
+pub const DEFAULT_CHUNK_SIZE: u64 = PAGE_SIZE << MAX_ORDER;
+
 /// Start-up choices.
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -90,19 +96,24 @@ pub struct Config {
     /// A monotonic clock in the embedder's unit (nanoseconds on a host, TSC ticks in
     /// a kernel), used only to report time spent growing. `None`: not measured.
     pub clock: Option<fn() -> u64>,
+    /// Bytes of memory per chunk, the unit of initialisation: a power of two from
+    /// one max-order block ([`DEFAULT_CHUNK_SIZE`]) up to a section, with at most
+    /// [`MAX_CHUNKS_PER_SECTION`] chunks per section.
+    pub chunk_size: u64,
 }
 
 impl Config {
-    /// `strategy`, with no clock.
+    /// `strategy`, with no clock and the default chunk size.
     pub const fn new(strategy: Strategy) -> Self {
         Config {
             strategy,
             clock: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
         }
     }
 }
 
-/// Who initialised a section.
+/// Who initialised a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum InitCause {
     Boot = 0,
@@ -113,25 +124,27 @@ pub(crate) enum InitCause {
 
 /// Counters of initialisation work. All `Relaxed`: statistics, ordered by nothing.
 pub(crate) struct InitCounters {
-    sections_by: [AtomicU64; 4],
+    chunks_by: [AtomicU64; 4],
     grows: AtomicU64,
     grow_time: AtomicU64,
 }
 
-/// What initialisation has done so far.
+/// What initialisation has done so far, in chunks (the unit of initialisation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InitStats {
-    /// Sections with present pages.
-    pub sections_present: u64,
-    /// Of those, sections whose pages are all on the free lists.
-    pub sections_done: u64,
-    /// Sections initialised at start-up.
+    /// Bytes of memory per chunk.
+    pub chunk_bytes: u64,
+    /// Chunks with present pages.
+    pub chunks_present: u64,
+    /// Of those, chunks whose pages are all on the free lists.
+    pub chunks_done: u64,
+    /// Chunks initialised at start-up.
     pub by_boot: u64,
-    /// Sections initialised by deferred workers.
+    /// Chunks initialised by deferred workers.
     pub by_workers: u64,
-    /// Sections initialised by the grow path.
+    /// Chunks initialised by the grow path.
     pub by_growth: u64,
-    /// Sections initialised by descriptor look-ups.
+    /// Chunks initialised by descriptor look-ups.
     pub by_lookup: u64,
     /// Allocations that grew a zone.
     pub grows: u64,
@@ -146,8 +159,8 @@ pub struct InitStats {
 /// What one call of [`Allocator::run_deferred_worker`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerReport {
-    /// Sections this worker initialised.
-    pub sections: u64,
+    /// Chunks this worker initialised.
+    pub chunks: u64,
     /// Pages it put on free lists.
     pub pages: u64,
 }
@@ -162,6 +175,14 @@ pub enum InitError {
         /// Slots given.
         given: usize,
     },
+    /// [`Config::chunk_size`] is not a power of two from one max-order block to a
+    /// section, or divides a section into more than [`MAX_CHUNKS_PER_SECTION`].
+    BadChunkSize {
+        /// The chunk size asked for, in bytes.
+        chunk: u64,
+        /// The layout's section size, in bytes.
+        section: u64,
+    },
     /// Eager start-up could not populate the memmap.
     Backing(BackingError),
 }
@@ -175,6 +196,10 @@ impl core::fmt::Display for InitError {
                 f,
                 "the layout has {needed} sections but only {given} section slots were given"
             ),
+            InitError::BadChunkSize { chunk, section } => write!(
+                f,
+                "chunk size {chunk:#x} must be a power of two from {DEFAULT_CHUNK_SIZE:#x} (one max-order block) up to the section size {section:#x}, and at least 1/{MAX_CHUNKS_PER_SECTION} of it"
+            ),
             InitError::Backing(e) => e.fmt(f),
         }
     }
@@ -182,9 +207,9 @@ impl core::fmt::Display for InitError {
 
 /// What one pass of the grow path achieved.
 enum GrowStep {
-    /// A section with usable pages of the zone was initialised.
+    /// A chunk with usable pages of the zone was initialised.
     Grew,
-    /// Someone else is initialising the zone's last sections; look again.
+    /// Someone else is initialising the zone's last chunks; look again.
     Waited,
     /// Nothing left to initialise in the zone.
     Exhausted,
@@ -196,10 +221,9 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// they are reset) and one page cache per CPU in `cpus` (emptied; may be empty,
     /// and then every allocation goes to the zones).
     ///
-    /// With [`Strategy::Eager`] every section is initialised before this returns;
-    /// otherwise nothing is, and the allocator serves at once: start-up costs a
-    /// fill of one byte per section and work per memory-map range, nothing per
-    /// page.
+    /// With [`Strategy::Eager`] every chunk is initialised before this returns;
+    /// otherwise nothing is, and the allocator serves at once: start-up costs two
+    /// words per section and work per memory-map range, nothing per page.
     pub fn new(
         layout: Layout,
         backing: B,
@@ -207,16 +231,35 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         cpus: &'a [CpuCache<R>],
         config: Config,
     ) -> Result<Self, InitError> {
+        let section_bytes = layout.section_pages() * PAGE_SIZE;
+        let chunk = config.chunk_size;
+        let bad_chunk = InitError::BadChunkSize {
+            chunk,
+            section: section_bytes,
+        };
+        if !chunk.is_power_of_two()
+            || !(DEFAULT_CHUNK_SIZE..=section_bytes).contains(&chunk)
+            || section_bytes / chunk > MAX_CHUNKS_PER_SECTION as u64
+        {
+            return Err(bad_chunk);
+        }
+        let chunk_shift = chunk.trailing_zeros() - PAGE_SHIFT;
+        let chunks_shift = layout.section_shift() - chunk_shift;
         let count = layout.section_count();
         let given = slots.len();
-        let sections = Sections::new(slots, count, layout.present_sections()).ok_or(
+        let present_chunks = layout.present_runs(0, u64::MAX).map(|r| {
+            (
+                (r.start >> chunk_shift) as usize,
+                ((r.end - 1) >> chunk_shift) as usize + 1,
+            )
+        });
+        let sections = Sections::new(slots, count, chunks_shift, present_chunks).ok_or(
             InitError::TooFewSlots {
                 needed: count,
                 given,
             },
         )?;
-        let memmap = Memmap::new(backing, sections, &layout);
-        let shift = layout.section_shift();
+        let memmap = Memmap::new(backing, sections, &layout, chunk_shift);
         let zones = array::from_fn(|i| {
             let node = i / ZONE_TYPES;
             let kind = ZoneType::from_index(i % ZONE_TYPES);
@@ -224,7 +267,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 .node(node)
                 .map(|n| n.zones[kind as usize])
                 .unwrap_or_default();
-            Zone::new(node as u8, kind, span, shift)
+            Zone::new(node as u8, kind, span, chunk_shift)
         });
         let zonelists = array::from_fn(|i| {
             let constraint = [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
@@ -243,26 +286,27 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             config,
             work: array::from_fn(|_| AtomicUsize::new(0)),
             counters: InitCounters {
-                sections_by: array::from_fn(|_| AtomicU64::new(0)),
+                chunks_by: array::from_fn(|_| AtomicU64::new(0)),
                 grows: AtomicU64::new(0),
                 grow_time: AtomicU64::new(0),
             },
         };
         if config.strategy == Strategy::Eager {
-            for index in 0..count {
+            let chunks = count << chunks_shift;
+            for index in 0..chunks {
                 allocator
-                    .init_section(index, InitCause::Boot)
+                    .init_chunk(index, InitCause::Boot)
                     .map_err(InitError::Backing)?;
             }
         }
         Ok(allocator)
     }
 
-    /// Runs one deferred worker for `node` until the node has no section left to
-    /// hand out. Call it from as many threads (or CPUs) per node as you like: each
-    /// takes disjoint sections from the node's cursor, without a lock, and skips
-    /// those the grow path or a look-up already took. Returns at once under any
-    /// strategy but [`Strategy::Deferred`].
+    /// Runs one deferred worker for `node` until the node has no chunk left to hand
+    /// out. Call it from as many threads (or CPUs) per node as you like: each takes
+    /// a section's chunks at a time from the node's cursor, without a lock, and
+    /// skips those the grow path or a look-up already took. Returns at once under
+    /// any strategy but [`Strategy::Deferred`].
     pub fn run_deferred_worker(&self, node: usize) -> Result<WorkerReport, BackingError> {
         let mut report = WorkerReport::default();
         if self.config.strategy != Strategy::Deferred {
@@ -273,21 +317,29 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         };
         let first = self.layout.section_of(span.start_pfn);
         let end = self.layout.section_of(span.end_pfn - 1) + 1;
+        let chunks_shift = self.memmap.sections().chunks_shift();
         loop {
-            // Relaxed: the fetch_add alone hands each offset to exactly one worker of
-            // this node; the section claim orders everything the section holds.
-            let index = first + self.work[node].fetch_add(1, Relaxed);
-            if index >= end {
+            // Relaxed: the fetch_add alone hands each section (a batch of chunks) to
+            // exactly one worker of this node; the chunk claims order everything the
+            // chunks hold.
+            let section = first + self.work[node].fetch_add(1, Relaxed);
+            if section >= end {
                 return Ok(report);
             }
-            let (s, e) = self.layout.section_pfns(index);
-            let mine = self
-                .layout
-                .present_runs(s, e)
-                .any(|r| r.node as usize == node);
-            if mine && self.memmap.sections().state(index) == SectionState::Uninit {
-                if let Some(pages) = self.init_section(index, InitCause::Worker)? {
-                    report.sections += 1;
+            for index in section << chunks_shift..(section + 1) << chunks_shift {
+                if self.memmap.sections().state(index) != ChunkState::Uninit {
+                    continue;
+                }
+                let (s, e) = self.memmap.chunk_pfns(index);
+                if !self
+                    .layout
+                    .present_runs(s, e)
+                    .any(|r| r.node as usize == node)
+                {
+                    continue;
+                }
+                if let Some(pages) = self.init_chunk(index, InitCause::Worker)? {
+                    report.chunks += 1;
                     report.pages += pages;
                 }
             }
@@ -296,12 +348,13 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
 
     /// What initialisation has done so far.
     pub fn init_stats(&self) -> InitStats {
-        let by = |c: InitCause| self.counters.sections_by[c as usize].load(Relaxed);
+        let by = |c: InitCause| self.counters.chunks_by[c as usize].load(Relaxed);
         let sections = self.memmap.sections();
         let present = sections.present() as u64;
         InitStats {
-            sections_present: present,
-            sections_done: present - sections.unfinished() as u64,
+            chunk_bytes: PAGE_SIZE << self.memmap.chunk_shift(),
+            chunks_present: present,
+            chunks_done: present - sections.unfinished() as u64,
             by_boot: by(InitCause::Boot),
             by_workers: by(InitCause::Worker),
             by_growth: by(InitCause::Grow),
@@ -313,10 +366,11 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         }
     }
 
-    /// Initialises section `index` if no one has claimed it: populates its memmap,
-    /// writes every descriptor, publishes it, and puts its usable pages on their
-    /// zones' free lists. Returns the pages freed, or `None` if someone else had it.
-    pub(crate) fn init_section(
+    /// Initialises chunk `index` if no one has claimed it: has the memmap under it
+    /// populated and its memory accepted, writes every descriptor, publishes it,
+    /// and puts its usable pages on their zones' free lists. Returns the pages
+    /// freed, or `None` if someone else had it.
+    pub(crate) fn init_chunk(
         &self,
         index: usize,
         cause: InitCause,
@@ -326,7 +380,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         };
         let mut writer = self.memmap.populate(claim, &self.layout)?;
         let taken = writer.taken();
-        let (start, end) = self.layout.section_pfns(index);
+        let (start, end) = self.memmap.chunk_pfns(index);
         for run in self.layout.present_runs(start, end) {
             writer.write_run(run.start, PageState::Reserved, NO_ZONE);
             let zone = zone_index(run.node, run.zone);
@@ -356,7 +410,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             // sees the count drop finds these blocks when it takes the zone lock.
             zone.uninit.fetch_sub(run.end - run.start, Release);
         }
-        self.counters.sections_by[cause as usize].fetch_add(1, Relaxed);
+        self.counters.chunks_by[cause as usize].fetch_add(1, Relaxed);
         published.finish();
         Ok(Some(freed))
     }
@@ -422,32 +476,32 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         result.map(|found| found.map(|pfn| (pfn, grew)))
     }
 
-    /// Initialises one more section holding usable pages of `zone`, or waits for
-    /// whoever is initialising the last ones. A section whose memmap cannot be
-    /// populated is passed over for the next; its error is returned only if no
-    /// section could be initialised.
+    /// Initialises one more chunk holding usable pages of `zone`, or waits for
+    /// whoever is initialising the last ones. A chunk whose memmap cannot be
+    /// populated (or whose memory cannot be accepted) is passed over for the next;
+    /// its error is returned only if no chunk could be initialised.
     fn grow_zone(&self, zone: &Zone<R>) -> Result<GrowStep, BackingError> {
         let sections = self.memmap.sections();
-        let (first, end) = zone.sections(self.layout.section_shift());
+        let (first, end) = zone.chunks(self.memmap.chunk_shift());
         // Relaxed: the cursor is only a hint of where unclaimed sections start;
         // the claim decides who initialises what.
         let cursor = zone.grow_cursor.load(Relaxed).clamp(first, end);
         let mut busy = None;
         let mut failed = None;
         // From the cursor on, then from the start, in case a claimant gave a
-        // section back after its backing failed.
+        // chunk back after its backing failed.
         for index in (cursor..end).chain(first..cursor) {
             let state = sections.state(index);
-            if !matches!(state, SectionState::Uninit | SectionState::Initialising)
-                || !self.section_has_usable(index, zone)
+            if !matches!(state, ChunkState::Uninit | ChunkState::Initialising)
+                || !self.chunk_has_usable(index, zone)
             {
                 continue;
             }
-            if state == SectionState::Initialising {
+            if state == ChunkState::Initialising {
                 busy = Some(index);
                 continue;
             }
-            match self.init_section(index, InitCause::Grow) {
+            match self.init_chunk(index, InitCause::Grow) {
                 Ok(Some(_)) => {
                     zone.grow_cursor.store(index + 1, Relaxed);
                     return Ok(GrowStep::Grew);
@@ -464,7 +518,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             return Err(e);
         }
         zone.grow_cursor.store(end, Relaxed);
-        // Every section is Ready, but one may still be splicing its pages.
+        // Every chunk is Ready, but one may still be splicing its pages.
         // Acquire: pairs with the Release decrement in `init_section`.
         if zone.uninit.load(Acquire) > 0 {
             crate::sync::spin_hint();
@@ -473,9 +527,16 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         Ok(GrowStep::Exhausted)
     }
 
-    fn section_has_usable(&self, index: usize, zone: &Zone<R>) -> bool {
-        let (present, reserved) = self.layout.section_zone_pages(index, zone.node, zone.kind);
-        present > reserved
+    /// Whether chunk `index` holds usable pages of `zone`.
+    fn chunk_has_usable(&self, index: usize, zone: &Zone<R>) -> bool {
+        let (s, e) = self.memmap.chunk_pfns(index);
+        let s = s.max(zone.span.start_pfn);
+        let e = e.min(zone.span.end_pfn);
+        s < e
+            && self
+                .layout
+                .present_runs(s, e)
+                .any(|r| !r.reserved && r.node == zone.node && r.zone == zone.kind)
     }
 }
 

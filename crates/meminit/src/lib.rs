@@ -160,13 +160,15 @@ mod sync;
 mod zone;
 
 pub use allocator::{AllocError, AllocPath, Allocator, Constraint, FreeError};
-pub use init::{Config, InitError, InitStats, Strategy, WorkerReport};
+pub use init::{Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE};
 pub use layout::{
     Layout, LayoutBuilder, LayoutError, MemoryRange, Pfn, RangeKind, ZoneType, MAX_NODES,
     MAX_ORDER, PAGEBLOCK_ORDER, PAGE_SIZE,
 };
-pub use memmap::{BackingError, LookupError, MemmapBacking, Populated, SectionPfns, SliceBacking};
+pub use memmap::{
+    BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, Populated, SliceBacking,
+};
 pub use page::{Page, PageState};
 pub use pcp::{CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
-pub use section::{SectionSlot, SectionState};
+pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
 pub use zone::ZoneStats;

@@ -2,18 +2,20 @@
 //!
 //! This is the unsafe core of the crate. The memmap is one virtual range indexed by
 //! pfn (vmemmap style): the descriptor of pfn `p` lives at `base + p`. Memory under
-//! a section's part of it is asked of the [`MemmapBacking`] the first time that
-//! section is initialised, exactly once, by the one holder of the section's
-//! [`Claim`]. The module keeps one invariant, on which every `unsafe` block in it
-//! relies:
+//! the memmap is asked of the [`MemmapBacking`] the first time it is needed, in the
+//! backing's own [`Granularity`]: a whole section's part at once (a huge page), or
+//! each chunk's part as that chunk is initialised. It is asked exactly once per
+//! piece, by the one holder of the chunk's [`Claim`] (and, for sections, of the
+//! section's [`MemmapClaim`]). The module keeps one invariant, on which every
+//! `unsafe` block in it relies:
 //!
-//! > **A descriptor is read only in a section whose state is `Ready`, and a section
-//! > becomes `Ready` only after its memmap was populated and every one of its
-//! > descriptors written.**
+//! > **A descriptor is read only in a chunk whose state is `Ready`, and a chunk
+//! > becomes `Ready` only after the memmap under it was populated and every one of
+//! > its descriptors written.**
 //!
-//! The `SectionWriter` enforces the second half by construction: it is made only
+//! The `ChunkWriter` enforces the second half by construction: it is made only
 //! from a claim whose populate succeeded, it writes descriptors strictly in pfn
-//! order, and it publishes only when it has reached the end of the section.
+//! order, and it publishes only when it has reached the end of the chunk.
 //!
 //! Policy (what each descriptor should say, which list a page goes on) is not here.
 
@@ -23,24 +25,38 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::layout::{Layout, Pfn};
 use crate::page::{Page, PageState};
-use crate::section::{Claim, Published, SectionState, Sections};
+use crate::section::{ChunkState, Claim, MemmapState, Published, Sections};
 
-/// Which section a backing is asked to populate.
+/// The pages whose memmap a backing is asked to populate, or whose memory it is
+/// asked to accept: a section, or a chunk of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SectionPfns {
-    /// The section's index.
-    pub index: usize,
-    /// Its first pfn.
+pub struct MemmapPiece {
+    /// The section the pages are in.
+    pub section: usize,
+    /// The first pfn.
     pub start: Pfn,
-    /// One past its last pfn.
+    /// One past the last pfn.
     pub end: Pfn,
 }
 
-impl SectionPfns {
-    /// Bytes of memmap that hold this section's descriptors.
+impl MemmapPiece {
+    /// Bytes of memmap that hold these pages' descriptors.
     pub const fn memmap_bytes(&self) -> u64 {
         (self.end.0 - self.start.0) * core::mem::size_of::<Page>() as u64
     }
+}
+
+/// In which pieces a backing populates the memmap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granularity {
+    /// A section's descriptors at once (2 MiB for a 128 MiB section: one huge
+    /// page), when the first chunk of the section is initialised. The backing may
+    /// take pages of the section itself for them ([`Populated::taken`]).
+    Section,
+    /// Each chunk's descriptors (64 KiB for a 4 MiB chunk) when that chunk is
+    /// initialised, so that resident memmap follows initialised chunks. The memory
+    /// must come from elsewhere: `taken` must be empty.
+    Chunk,
 }
 
 /// What a backing did to make a section's memmap accessible.
@@ -78,11 +94,12 @@ impl core::fmt::Display for BackingError {
     }
 }
 
-/// Provides the memory under the memmap, one section at a time.
+/// Provides the memory under the memmap, a section or a chunk at a time, and
+/// accepts each chunk's memory before its first use.
 ///
 /// A host backs the memmap with address space reserved but not committed; a kernel
 /// maps the range section by section, perhaps with the section's own first pages
-/// (see [`Populated::taken`]).
+/// (see [`Populated::taken`]), or chunk by chunk with small pages.
 ///
 /// # Safety
 ///
@@ -90,24 +107,45 @@ impl core::fmt::Display for BackingError {
 /// - [`descriptors`](Self::descriptors) returns the same pointer every time, aligned
 ///   to 64 bytes, at the start of one address range (one allocated object, in Rust's
 ///   terms) large enough for [`Layout::memmap_bytes`] bytes;
-/// - once [`populate`](Self::populate) has returned `Ok` for a section, the
-///   descriptors `base + start .. base + end` of that section are valid for reads and
+/// - [`granularity`](Self::granularity) returns the same value every time;
+/// - once [`populate`](Self::populate) has returned `Ok` for a piece, the
+///   descriptors `base + start .. base + end` of that piece are valid for reads and
 ///   writes, and stay so, untouched by anyone but the allocator, for as long as the
 ///   backing lives;
-/// - [`Populated::taken`] lies inside the section, and the backing asks for it only
-///   pages that the layout says are usable.
+/// - [`Populated::taken`] lies inside the piece, the backing asks for it only
+///   pages that the layout says are usable, and it is empty under
+///   [`Granularity::Chunk`].
 ///
-/// The allocator calls `populate` for a section only while it holds the section's
-/// claim (so from one thread at a time), never for a section without present
+/// The allocator calls `populate` for a piece only while it holds the claim of a
+/// chunk in it (so from one thread at a time), never for a piece without present
 /// pages, and never again once a call has succeeded. A call that fails gives the
-/// section back; a later claimant may ask again.
+/// piece back; a later claimant may ask again.
 pub unsafe trait MemmapBacking {
     /// The address of pfn 0's descriptor.
     fn descriptors(&self) -> NonNull<Page>;
 
-    /// Makes the memmap of `section` accessible. Its content may be anything: every
+    /// Whether [`populate`](Self::populate) is asked for whole sections or for
+    /// chunks. By default, sections.
+    fn granularity(&self) -> Granularity {
+        Granularity::Section
+    }
+
+    /// Makes the memmap of `piece` accessible. Its content may be anything: every
     /// descriptor is written before it is read.
-    fn populate(&self, section: SectionPfns, layout: &Layout) -> Result<Populated, BackingError>;
+    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError>;
+
+    /// Makes the memory of one chunk ready for use, before any of its pages is
+    /// handed out for the first time: accept it (TDX `TDG.MEM.PAGE.ACCEPT`, SNP
+    /// `PVALIDATE`), zero it, or check it. Called exactly once per chunk, after its
+    /// memmap is populated and before its pages reach a free list, by the chunk's
+    /// claimant; a failure gives the chunk back, to be tried again. `chunk` may hold
+    /// holes, reserved pages and the pages `populate` took: only the usable runs of
+    /// `layout.present_runs(chunk.start, chunk.end)` outside them are handed out.
+    /// By default, nothing to do.
+    fn accept(&self, chunk: MemmapPiece, layout: &Layout) -> Result<(), BackingError> {
+        let _ = (chunk, layout);
+        Ok(())
+    }
 }
 
 /// Why a descriptor could not be read.
@@ -149,25 +187,27 @@ impl core::fmt::Display for LookupError {
     }
 }
 
-/// The descriptor array and the state of its sections.
+/// The descriptor array and the state of its sections and chunks.
 pub(crate) struct Memmap<'a, B> {
     backing: B,
     base: NonNull<Page>,
     sections: Sections<'a>,
+    chunk_shift: u32,
     section_shift: u32,
     populated_bytes: AtomicU64,
 }
 
 // SAFETY: the raw `base` pointer is only dereferenced under the module invariant
-// (Ready sections, or a section owned through a `Claim`); descriptors are atomics,
+// (Ready chunks, or a chunk owned through a `Claim`); descriptors are atomics,
 // and the backing is required to be shareable (`B: Sync`).
 unsafe impl<B: Sync> Sync for Memmap<'_, B> {}
 // SAFETY: as above; moving the memmap moves the ownership of the backing with it.
 unsafe impl<B: Send> Send for Memmap<'_, B> {}
 
 impl<'a, B: MemmapBacking> Memmap<'a, B> {
-    /// A memmap over `backing` for `layout`, with section states in `sections`.
-    pub fn new(backing: B, sections: Sections<'a>, layout: &Layout) -> Self {
+    /// A memmap over `backing` for `layout`, with chunks of `2^chunk_shift` pages
+    /// whose states are in `sections`.
+    pub fn new(backing: B, sections: Sections<'a>, layout: &Layout, chunk_shift: u32) -> Self {
         let base = backing.descriptors();
         assert!(
             base.as_ptr().is_aligned(),
@@ -177,12 +217,13 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             backing,
             base,
             sections,
+            chunk_shift,
             section_shift: layout.section_shift(),
             populated_bytes: AtomicU64::new(0),
         }
     }
 
-    /// The section states.
+    /// The section and chunk states.
     pub fn sections(&self) -> &Sections<'a> {
         &self.sections
     }
@@ -192,64 +233,70 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         &self.backing
     }
 
+    /// log2 of the pages in a chunk.
+    pub fn chunk_shift(&self) -> u32 {
+        self.chunk_shift
+    }
+
+    /// The chunk that holds `pfn`.
+    #[inline]
+    pub fn chunk_of(&self, pfn: u64) -> usize {
+        (pfn >> self.chunk_shift) as usize
+    }
+
+    /// The pfns `[start, end)` of chunk `chunk`.
+    pub fn chunk_pfns(&self, chunk: usize) -> (u64, u64) {
+        let start = (chunk as u64) << self.chunk_shift;
+        (start, start + (1 << self.chunk_shift))
+    }
+
     /// Bytes of memmap populated so far.
     pub fn populated_bytes(&self) -> u64 {
         // Relaxed: a statistic, ordered by nothing.
         self.populated_bytes.load(Relaxed)
     }
 
-    /// The descriptor of `pfn`, if its section is `Ready`.
+    /// The descriptor of `pfn`, if its chunk is `Ready`.
     #[inline]
     pub fn page(&self, pfn: u64) -> Result<&Page, LookupError> {
-        let index = (pfn >> self.section_shift) as usize;
-        match self.sections.state(index) {
-            SectionState::Ready => {
-                // SAFETY: the section is Ready (seen with Acquire), so by the module
-                // invariant its memmap is populated and this descriptor written; the
-                // backing keeps that memory valid for as long as `self` lives.
+        match self.sections.state(self.chunk_of(pfn)) {
+            ChunkState::Ready => {
+                // SAFETY: the chunk is Ready (seen with Acquire), so by the module
+                // invariant the memmap under it is populated and this descriptor
+                // written; the backing keeps that memory valid for as long as
+                // `self` lives.
                 Ok(unsafe { &*self.base.as_ptr().add(pfn as usize) })
             }
-            SectionState::Absent => Err(LookupError::NotPresent { pfn: Pfn(pfn) }),
-            SectionState::Uninit => Err(LookupError::Uninitialised { pfn: Pfn(pfn) }),
-            SectionState::Initialising => Err(LookupError::Initialising { pfn: Pfn(pfn) }),
+            ChunkState::Absent => Err(LookupError::NotPresent { pfn: Pfn(pfn) }),
+            ChunkState::Uninit => Err(LookupError::Uninitialised { pfn: Pfn(pfn) }),
+            ChunkState::Initialising => Err(LookupError::Initialising { pfn: Pfn(pfn) }),
         }
     }
 
-    /// Populates the memmap of the claimed section. On failure the claim is dropped,
-    /// which gives the section back.
+    /// Makes sure the memmap under the claimed chunk is populated, populating its
+    /// section or the chunk itself as the backing asks, then accepts the chunk's
+    /// memory. On failure the claim is dropped, which gives the chunk back; a piece
+    /// whose populate succeeded is never asked for again.
     pub fn populate<'m>(
         &'m self,
         claim: Claim<'m, 'a>,
         layout: &Layout,
-    ) -> Result<SectionWriter<'m, 'a, B>, BackingError> {
+    ) -> Result<ChunkWriter<'m, 'a, B>, BackingError> {
         assert!(self.sections.owns(&claim), "claim from another memmap");
-        let (start, end) = layout.section_pfns(claim.index());
-        let section = SectionPfns {
-            index: claim.index(),
+        let (start, end) = self.chunk_pfns(claim.chunk());
+        let section = (start >> self.section_shift) as usize;
+        let chunk = MemmapPiece {
+            section,
             start: Pfn(start),
             end: Pfn(end),
         };
-        let populated = self.backing.populate(section, layout)?;
-        let taken = populated.taken;
-        let taken_is_usable = taken.is_empty()
-            || (start <= taken.start
-                && taken.end <= end
-                && layout
-                    .present_runs(taken.start, taken.end)
-                    .filter(|r| !r.reserved)
-                    .map(|r| r.end - r.start)
-                    .sum::<u64>()
-                    == taken.end - taken.start);
-        if !taken_is_usable {
-            return Err(BackingError {
-                section: claim.index(),
-                reason: "the backing took pages that are not usable memory of the section",
-            });
-        }
-        // Relaxed: a statistic.
-        self.populated_bytes
-            .fetch_add(section.memmap_bytes(), Relaxed);
-        Ok(SectionWriter {
+        let taken = match self.backing.granularity() {
+            Granularity::Section => self.populate_section(section, layout)?,
+            Granularity::Chunk => self.populate_chunk(&claim, chunk, layout)?,
+        };
+        let taken = taken.start.clamp(start, end)..taken.end.clamp(start, end);
+        self.backing.accept(chunk, layout)?;
+        Ok(ChunkWriter {
             memmap: self,
             claim,
             next: start,
@@ -257,51 +304,140 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             taken,
         })
     }
+
+    /// Populates section `section`'s memmap unless someone has; returns the pfns
+    /// taken from the section for it.
+    fn populate_section(
+        &self,
+        section: usize,
+        layout: &Layout,
+    ) -> Result<Range<u64>, BackingError> {
+        let sections = &self.sections;
+        let first = (section as u64) << self.section_shift;
+        loop {
+            let claim = match sections.claim_memmap(section) {
+                Ok(claim) => claim,
+                Err(MemmapState::Populated(taken)) if taken.is_empty() => return Ok(0..0),
+                Err(MemmapState::Populated(taken)) => {
+                    return Ok(first + taken.start..first + taken.end)
+                }
+                Err(MemmapState::Populating) => {
+                    sections.wait_while_populating(section);
+                    continue;
+                }
+                // Given back after a failure, just now: try again.
+                Err(MemmapState::Unpopulated) => continue,
+            };
+            let piece = MemmapPiece {
+                section,
+                start: Pfn(first),
+                end: Pfn(first + (1 << self.section_shift)),
+            };
+            let taken = self.backing.populate(piece, layout)?.taken;
+            // Relaxed: a statistic.
+            self.populated_bytes
+                .fetch_add(piece.memmap_bytes(), Relaxed);
+            let valid = taken_is_usable(&taken, piece, layout);
+            // The memmap is in place either way: it must never be populated again.
+            let recorded = if valid && !taken.is_empty() {
+                taken.start - first..taken.end - first
+            } else {
+                0..0
+            };
+            claim.publish(recorded);
+            if !valid {
+                return Err(BackingError {
+                    section,
+                    reason: "the backing took pages that are not usable memory of the section",
+                });
+            }
+            return Ok(if taken.is_empty() { 0..0 } else { taken });
+        }
+    }
+
+    /// Populates the claimed chunk's part of the memmap unless an earlier claimant
+    /// of it did.
+    fn populate_chunk(
+        &self,
+        claim: &Claim<'_, 'a>,
+        chunk: MemmapPiece,
+        layout: &Layout,
+    ) -> Result<Range<u64>, BackingError> {
+        let index = claim.chunk();
+        if self.sections.chunk_memmap_populated(index) {
+            return Ok(0..0);
+        }
+        let taken = self.backing.populate(chunk, layout)?.taken;
+        self.sections.set_chunk_memmap_populated(index);
+        // Relaxed: a statistic.
+        self.populated_bytes
+            .fetch_add(chunk.memmap_bytes(), Relaxed);
+        if !taken.is_empty() {
+            return Err(BackingError {
+                section: chunk.section,
+                reason: "a backing that populates chunk by chunk took pages of the chunk",
+            });
+        }
+        Ok(0..0)
+    }
 }
 
-/// Writes the descriptors of one claimed, populated section, in pfn order, then
-/// publishes it.
-pub(crate) struct SectionWriter<'m, 'a, B> {
+/// Whether `taken` is empty, or lies in `piece` and covers only usable pages.
+fn taken_is_usable(taken: &Range<u64>, piece: MemmapPiece, layout: &Layout) -> bool {
+    taken.is_empty()
+        || (piece.start.0 <= taken.start
+            && taken.end <= piece.end.0
+            && layout
+                .present_runs(taken.start, taken.end)
+                .filter(|r| !r.reserved)
+                .map(|r| r.end - r.start)
+                .sum::<u64>()
+                == taken.end - taken.start)
+}
+
+/// Writes the descriptors of one claimed chunk whose memmap is populated, in pfn
+/// order, then publishes it.
+pub(crate) struct ChunkWriter<'m, 'a, B> {
     memmap: &'m Memmap<'a, B>,
     claim: Claim<'m, 'a>,
     /// The next pfn to write.
     next: u64,
-    /// One past the section's last pfn.
+    /// One past the chunk's last pfn.
     end: u64,
+    /// The pages of this chunk that hold memmap.
     taken: Range<u64>,
 }
 
-impl<'m, 'a, B> SectionWriter<'m, 'a, B> {
-    /// The pages the backing took for the memmap.
+impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
+    /// The pages of this chunk that hold memmap.
     pub fn taken(&self) -> Range<u64> {
         self.taken.clone()
     }
 
     /// Writes descriptors for the pfns from where the last run ended up to `until`,
-    /// each in `state` for zone
-    /// `zone_index`. Panics if `until` is past the section.
+    /// each in `state` for zone `zone_index`. Panics if `until` is past the chunk.
     #[inline]
     pub fn write_run(&mut self, until: u64, state: PageState, zone_index: u32) {
         assert!(
             self.next <= until && until <= self.end,
-            "descriptor run outside the claimed section"
+            "descriptor run outside the claimed chunk"
         );
         let base = self.memmap.base.as_ptr();
         for pfn in self.next..until {
-            // SAFETY: `pfn` lies in the claimed section (checked above), whose memmap
-            // the backing populated (a writer exists only after `populate`
-            // succeeded); the claim makes this thread its only writer and no one
-            // reads it before `publish`. `write` does not read the old bytes.
+            // SAFETY: `pfn` lies in the claimed chunk (checked above), whose memmap
+            // is populated (a writer exists only after `populate` succeeded); the
+            // claim makes this thread its only writer and no one reads it before
+            // `publish`. `write` does not read the old bytes.
             unsafe { base.add(pfn as usize).write(Page::new(state, zone_index)) };
         }
         self.next = until;
     }
 
-    /// Marks the section `Ready`. Panics unless every descriptor was written.
+    /// Marks the chunk `Ready`. Panics unless every descriptor was written.
     pub fn publish(self) -> Published<'m, 'a> {
         assert_eq!(
             self.next, self.end,
-            "publishing a section with unwritten descriptors"
+            "publishing a chunk with unwritten descriptors"
         );
         self.claim.publish()
     }
@@ -313,6 +449,7 @@ impl<'m, 'a, B> SectionWriter<'m, 'a, B> {
 pub struct SliceBacking<'m> {
     base: NonNull<Page>,
     len: usize,
+    granularity: Granularity,
     _memory: core::marker::PhantomData<&'m mut [core::mem::MaybeUninit<Page>]>,
 }
 
@@ -323,8 +460,16 @@ impl<'m> SliceBacking<'m> {
         SliceBacking {
             base: NonNull::new(memory.as_mut_ptr().cast()).unwrap_or(NonNull::dangling()),
             len: memory.len(),
+            granularity: Granularity::Section,
             _memory: core::marker::PhantomData,
         }
+    }
+
+    /// The same, asked to populate in pieces of `granularity` (only checked: the
+    /// memory is all there already).
+    pub fn with_granularity(mut self, granularity: Granularity) -> Self {
+        self.granularity = granularity;
+        self
     }
 }
 
@@ -336,16 +481,20 @@ unsafe impl Send for SliceBacking<'_> {}
 
 // SAFETY: `base` is the start of one slice (aligned, since `MaybeUninit<Page>` has
 // `Page`'s alignment) exclusively borrowed for `'m`, and `populate` succeeds only for
-// sections inside it; it never takes pages of a section.
+// pieces inside it; it never takes pages, and its granularity is fixed at creation.
 unsafe impl MemmapBacking for SliceBacking<'_> {
     fn descriptors(&self) -> NonNull<Page> {
         self.base
     }
 
-    fn populate(&self, section: SectionPfns, _: &Layout) -> Result<Populated, BackingError> {
-        if section.end.0 as usize > self.len {
+    fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
+        if piece.end.0 > self.len as u64 {
             return Err(BackingError {
-                section: section.index,
+                section: piece.section,
                 reason: "the memmap slice is shorter than the layout's memmap",
             });
         }

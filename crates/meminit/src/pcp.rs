@@ -50,6 +50,14 @@ const fn offsets() -> [usize; 6] {
     out
 }
 const OFFSET: [usize; 6] = offsets();
+// The rings index with a mask: every high mark must be a power of two.
+const _: () = {
+    let mut i = 0;
+    while i < 5 {
+        assert!(CACHE_HIGH[i].is_power_of_two());
+        i += 1;
+    }
+};
 const SLOTS: usize = OFFSET[5];
 
 /// The slot of `order` in [`CACHED_ORDERS`], if it is cached.
@@ -75,6 +83,8 @@ pub(crate) struct Stock {
     len: [u16; 5],
     /// The rings, one after the other (order `i` at `OFFSET[i]..OFFSET[i+1]`).
     pfns: [u64; SLOTS],
+    /// Pages held, all orders together (kept, not recounted).
+    held: u64,
 }
 
 impl Stock {
@@ -84,18 +94,19 @@ impl Stock {
             cold: [0; 5],
             len: [0; 5],
             pfns: [0; SLOTS],
+            held: 0,
         }
     }
 
     /// Pages held, all orders together.
+    #[inline]
     pub(crate) fn pages(&self) -> u64 {
-        (0..5)
-            .map(|i| (self.len[i] as u64) << CACHED_ORDERS[i])
-            .sum()
+        self.held
     }
 
+    #[inline]
     fn is_empty(&self) -> bool {
-        self.len == [0; 5]
+        self.held == 0
     }
 
     /// Whether blocks of `node`'s zone may live here: it already holds that node's
@@ -131,7 +142,7 @@ impl Stock {
 
     #[inline]
     fn at(&self, slot: usize, i: usize) -> usize {
-        OFFSET[slot] + (self.cold[slot] as usize + i) % CACHE_HIGH[slot]
+        OFFSET[slot] + ((self.cold[slot] as usize + i) & (CACHE_HIGH[slot] - 1))
     }
 
     /// Takes the hottest block of `slot`.
@@ -142,6 +153,7 @@ impl Stock {
             return None;
         }
         self.len[slot] -= 1;
+        self.held -= 1 << CACHED_ORDERS[slot];
         Some(self.pfns[self.at(slot, len - 1)])
     }
 
@@ -156,6 +168,7 @@ impl Stock {
         let at = self.at(slot, len);
         self.pfns[at] = pfn;
         self.len[slot] += 1;
+        self.held += 1 << CACHED_ORDERS[slot];
         true
     }
 
@@ -166,7 +179,8 @@ impl Stock {
             return None;
         }
         let pfn = self.pfns[self.at(slot, 0)];
-        self.cold[slot] = ((self.cold[slot] as usize + 1) % CACHE_HIGH[slot]) as u16;
+        self.cold[slot] = ((self.cold[slot] as usize + 1) & (CACHE_HIGH[slot] - 1)) as u16;
+        self.held -= 1 << CACHED_ORDERS[slot];
         self.len[slot] -= 1;
         Some(pfn)
     }

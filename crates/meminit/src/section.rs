@@ -1,51 +1,89 @@
-//! Per-section initialisation state and the claim protocol.
+//! Per-section state: whether the section's memmap is populated, and where each of
+//! its chunks is in its initialisation. The claim protocols.
 //!
-//! Every section moves once through `Uninit → Initialising → Ready`; sections with no
-//! present page are `Absent` and stay so. Whoever wins the compare-and-swap out of
-//! `Uninit` (the boot path, a deferred worker, an allocation growing its zone, a
-//! descriptor look-up) holds a [`Claim`], the only proof that it may write the
-//! section's descriptors; everyone else sees `Initialising` or `Ready` and waits or
-//! goes elsewhere. A claim becomes `Ready` with [`Claim::publish`] once every
-//! descriptor is written, and is counted done with [`Published::finish`] once its
-//! free pages are on their zones' lists; the last finish flips the off switch
-//! ([`Sections::all_initialised`]).
+//! A section (128 MiB by default) is the unit of memmap backing; a chunk (one
+//! max-order block, 4 MiB, by default; a power of two up to a section, at most
+//! [`MAX_CHUNKS_PER_SECTION`] per section) is the unit of initialisation. Each
+//! section has one [`SectionSlot`]: two words.
+//!
+//! - The **chunk word** holds two bits per chunk. Every chunk moves once through
+//!   `Uninit → Initialising → Ready`; chunks with no present page are `Absent` and
+//!   stay so. Whoever wins the compare-and-swap out of `Uninit` (the boot path, a
+//!   deferred worker, an allocation growing its zone, a descriptor look-up) holds a
+//!   [`Claim`], the only proof that it may write the chunk's descriptors; everyone
+//!   else sees `Initialising` or `Ready` and waits or goes elsewhere. A claim
+//!   becomes `Ready` with [`Claim::publish`] once every descriptor is written, and
+//!   is counted done with [`Published::finish`] once its free pages are on their
+//!   zones' lists; the last finish flips the off switch
+//!   ([`Sections::all_initialised`]).
+//! - The **memmap word** says whether the section's part of the memmap is
+//!   populated, for backings that populate a section at a time; the first chunk
+//!   claimant to need it takes a [`MemmapClaim`] (`Unpopulated → Populating`),
+//!   others wait, and it is published with the pages the backing took from the
+//!   section for it. A section's memmap is populated at most once. For backings
+//!   that populate chunk by chunk it is instead a bitmap of the chunks whose
+//!   memmap is populated, each bit set once by that chunk's claimant.
 //!
 //! This module owns the states and their memory orderings. It knows nothing of
 //! descriptors, zones or the layout, and it takes no lock.
 
-use crate::sync::{spin_hint, AtomicBool, AtomicU8, AtomicUsize};
+use crate::sync::{spin_hint, AtomicBool, AtomicU64, AtomicUsize};
+use core::ops::Range;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 
-/// Where a section is in its initialisation.
+/// The most chunks a section may be divided into (two bits each in a 64-bit word).
+pub const MAX_CHUNKS_PER_SECTION: u32 = 32;
+
+/// Where a chunk is in its initialisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum SectionState {
-    /// No present page: no descriptors, no memmap, ever.
+pub enum ChunkState {
+    /// No present page: no descriptors, ever.
     Absent = 0,
     /// Present pages, descriptors not written yet.
     Uninit = 1,
-    /// Claimed: its owner is populating the memmap and writing descriptors.
+    /// Claimed: its owner is writing descriptors.
     Initialising = 2,
     /// Every descriptor is written and may be read.
     Ready = 3,
 }
 
-impl SectionState {
+impl ChunkState {
     #[inline]
-    fn from_u8(v: u8) -> SectionState {
-        match v {
-            1 => SectionState::Uninit,
-            2 => SectionState::Initialising,
-            3 => SectionState::Ready,
-            _ => SectionState::Absent,
+    const fn from_bits(v: u64) -> ChunkState {
+        match v & 3 {
+            1 => ChunkState::Uninit,
+            2 => ChunkState::Initialising,
+            3 => ChunkState::Ready,
+            _ => ChunkState::Absent,
         }
     }
 }
 
-/// The state word of one section. The embedder provides a slice of these, one per
+/// Where a section's memmap is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemmapState {
+    /// Not populated.
+    Unpopulated,
+    /// Being populated by a [`MemmapClaim`]'s holder.
+    Populating,
+    /// Populated; the pfns the backing took from the section for it (empty if
+    /// none).
+    Populated(Range<u64>),
+}
+
+const MEMMAP_UNPOPULATED: u64 = 0;
+const MEMMAP_POPULATING: u64 = 1;
+const MEMMAP_POPULATED: u64 = 2;
+
+/// The state of one section. The embedder provides a slice of these, one per
 /// section ([`crate::Layout::section_count`]); the allocator owns their contents.
 pub struct SectionSlot {
-    state: AtomicU8,
+    /// Two bits per chunk, chunk 0 in the lowest.
+    chunks: AtomicU64,
+    /// Bits 0–1: memmap state. Bits 2–32: first taken page, as an offset in the
+    /// section. Bits 33–63: taken pages.
+    memmap: AtomicU64,
 }
 
 impl SectionSlot {
@@ -53,7 +91,8 @@ impl SectionSlot {
     #[cfg(not(loom))]
     pub const fn new() -> Self {
         SectionSlot {
-            state: AtomicU8::new(SectionState::Absent as u8),
+            chunks: AtomicU64::new(0),
+            memmap: AtomicU64::new(0),
         }
     }
 
@@ -61,28 +100,32 @@ impl SectionSlot {
     #[cfg(loom)]
     pub fn new() -> Self {
         SectionSlot {
-            state: AtomicU8::new(SectionState::Absent as u8),
+            chunks: AtomicU64::new(0),
+            memmap: AtomicU64::new(0),
         }
     }
-}
 
-impl SectionSlot {
-    /// Sets the state through exclusive access: no other thread can see the slot.
-    fn set_unshared(&mut self, state: SectionState) {
+    /// Sets both words through exclusive access: no other thread can see the slot.
+    fn set_unshared(&mut self, chunks: u64) {
         #[cfg(not(loom))]
         {
-            *self.state.get_mut() = state as u8;
+            *self.chunks.get_mut() = chunks;
+            *self.memmap.get_mut() = MEMMAP_UNPOPULATED;
         }
         #[cfg(loom)]
-        self.state.with_mut(|v| *v = state as u8);
+        {
+            self.chunks.with_mut(|v| *v = chunks);
+            self.memmap.with_mut(|v| *v = MEMMAP_UNPOPULATED);
+        }
     }
 
-    fn get_unshared(&mut self) -> SectionState {
+    fn or_unshared(&mut self, bits: u64) {
         #[cfg(not(loom))]
-        let v = *self.state.get_mut();
+        {
+            *self.chunks.get_mut() |= bits;
+        }
         #[cfg(loom)]
-        let v = self.state.with_mut(|v| *v);
-        SectionState::from_u8(v)
+        self.chunks.with_mut(|v| *v |= bits);
     }
 }
 
@@ -92,109 +135,223 @@ impl Default for SectionSlot {
     }
 }
 
-/// The state of every section, and how many are not finished yet.
+/// The state of every section and chunk, and how many chunks are not finished.
 pub struct Sections<'a> {
     slots: &'a [SectionSlot],
-    /// Sections with present pages: fixed at start-up.
+    /// log2 of chunks per section.
+    chunks_shift: u32,
+    /// Chunks with present pages: fixed at start-up.
     present: usize,
-    /// Sections with present pages that are not yet finished.
+    /// Chunks with present pages that are not yet finished.
     unfinished: AtomicUsize,
     /// Set once `unfinished` reaches zero: growth is off for good.
     all_initialised: AtomicBool,
 }
 
+/// The bits of chunk `i` of its section's word.
+#[inline]
+const fn shift_of(i: usize) -> u32 {
+    2 * i as u32
+}
+
 impl<'a> Sections<'a> {
-    /// Takes `slots` (at least `count` of them), marks every section `Absent`, then
-    /// the sections that `present` spans (ranges `[first, end)` of section
-    /// indices) `Uninit`. The cost is one byte write per section, done as a plain
-    /// fill (the slots are not shared yet), plus one per present range: nothing
-    /// is looked up per section. Returns `None` if `slots` is too short.
+    /// Takes `slots` (at least `count` sections of them) for sections of
+    /// `2^chunks_shift` chunks, marks every chunk `Absent`, then the chunks that
+    /// `present` spans (ranges `[first, end)` of chunk indices) `Uninit`. The cost is
+    /// two words per section plus one per section a present range touches: nothing
+    /// is looked up per page or chunk. Returns `None` if `slots` is too short or a
+    /// section would have more than [`MAX_CHUNKS_PER_SECTION`] chunks.
     pub fn new(
         slots: &'a mut [SectionSlot],
         count: usize,
+        chunks_shift: u32,
         present: impl Iterator<Item = (usize, usize)>,
     ) -> Option<Self> {
+        if 1u64 << chunks_shift.min(63) > MAX_CHUNKS_PER_SECTION as u64 {
+            return None;
+        }
         let slots = slots.get_mut(..count)?;
         for slot in slots.iter_mut() {
-            slot.set_unshared(SectionState::Absent);
+            slot.set_unshared(0);
         }
-        let mut unfinished = 0;
+        let per = 1usize << chunks_shift;
+        let uninit_bits = |from: usize, to: usize| -> u64 {
+            (from..to)
+                .map(|i| (ChunkState::Uninit as u64) << shift_of(i))
+                .fold(0, |a, b| a | b)
+        };
         for (first, end) in present {
-            for slot in &mut slots[first..end] {
-                if slot.get_unshared() == SectionState::Absent {
-                    slot.set_unshared(SectionState::Uninit);
-                    unfinished += 1;
-                }
+            let mut chunk = first;
+            while chunk < end {
+                let section = chunk >> chunks_shift;
+                let upto = end.min((section + 1) * per);
+                slots
+                    .get_mut(section)?
+                    .or_unshared(uninit_bits(chunk % per, (upto - 1) % per + 1));
+                chunk = upto;
             }
         }
+        // Overlapping present ranges may have set a chunk twice: count afterwards.
+        let unfinished = slots
+            .iter_mut()
+            .map(|s| {
+                #[cfg(not(loom))]
+                let v = *s.chunks.get_mut();
+                #[cfg(loom)]
+                let v = s.chunks.with_mut(|v| *v);
+                v.count_ones() as usize
+            })
+            .sum();
         Some(Sections {
             slots,
+            chunks_shift,
             present: unfinished,
             unfinished: AtomicUsize::new(unfinished),
             all_initialised: AtomicBool::new(unfinished == 0),
         })
     }
 
-    /// Sections with present pages (not `Absent`).
+    /// Chunks with present pages (not `Absent`).
     pub fn present(&self) -> usize {
         self.present
     }
 
-    /// The state of section `index` (`Absent` past the end).
+    /// log2 of the chunks in a section.
+    pub fn chunks_shift(&self) -> u32 {
+        self.chunks_shift
+    }
+
+    #[inline]
+    fn locate(&self, chunk: usize) -> Option<(&SectionSlot, u32)> {
+        let slot = self.slots.get(chunk >> self.chunks_shift)?;
+        Some((slot, shift_of(chunk & ((1 << self.chunks_shift) - 1))))
+    }
+
+    /// The state of chunk `chunk` (`Absent` past the end).
     ///
     /// Acquire: pairs with the Release in [`Claim::publish`], so a caller that sees
     /// `Ready` also sees every descriptor the claimant wrote.
     #[inline]
-    pub fn state(&self, index: usize) -> SectionState {
-        match self.slots.get(index) {
-            Some(slot) => SectionState::from_u8(slot.state.load(Acquire)),
-            None => SectionState::Absent,
+    pub fn state(&self, chunk: usize) -> ChunkState {
+        match self.locate(chunk) {
+            Some((slot, shift)) => ChunkState::from_bits(slot.chunks.load(Acquire) >> shift),
+            None => ChunkState::Absent,
         }
     }
 
-    /// Tries to take section `index` out of `Uninit`. On failure returns the state
+    /// Tries to take chunk `chunk` out of `Uninit`. On failure returns the state
     /// found: someone else owns or finished it, or it has no memory.
-    pub fn claim(&self, index: usize) -> Result<Claim<'_, 'a>, SectionState> {
-        let slot = self.slots.get(index).ok_or(SectionState::Absent)?;
+    pub fn claim(&self, chunk: usize) -> Result<Claim<'_, 'a>, ChunkState> {
+        let (slot, shift) = self.locate(chunk).ok_or(ChunkState::Absent)?;
         // Acquire on success pairs with the Release in `Claim::drop`, when an earlier
-        // claimant gave the section back after a failure; on failure it pairs with
-        // `publish`, so a caller told `Ready` may read the descriptors.
-        match slot.state.compare_exchange(
-            SectionState::Uninit as u8,
-            SectionState::Initialising as u8,
-            Acquire,
-            Acquire,
-        ) {
-            Ok(_) => Ok(Claim {
-                sections: self,
-                index,
-                published: false,
-            }),
-            Err(found) => Err(SectionState::from_u8(found)),
+        // claimant gave the chunk back after a failure; on failure it pairs with
+        // `publish`, so a caller told `Ready` may read the descriptors. Other
+        // chunks of the section changing under us only make the exchange retry.
+        let mut word = slot.chunks.load(Acquire);
+        loop {
+            let state = ChunkState::from_bits(word >> shift);
+            if state != ChunkState::Uninit {
+                return Err(state);
+            }
+            // Uninit (01) to Initialising (10).
+            let claimed = word ^ (3 << shift);
+            match slot
+                .chunks
+                .compare_exchange_weak(word, claimed, Acquire, Acquire)
+            {
+                Ok(_) => {
+                    return Ok(Claim {
+                        sections: self,
+                        chunk,
+                        published: false,
+                    })
+                }
+                Err(now) => word = now,
+            }
         }
     }
 
-    /// Waits while section `index` is `Initialising`, and returns the state it left
+    /// Waits while chunk `chunk` is `Initialising`, and returns the state it left
     /// that for (`Ready`, or `Uninit` if its claimant gave it back).
-    pub fn wait_while_initialising(&self, index: usize) -> SectionState {
+    pub fn wait_while_initialising(&self, chunk: usize) -> ChunkState {
         loop {
-            match self.state(index) {
-                SectionState::Initialising => spin_hint(),
+            match self.state(chunk) {
+                ChunkState::Initialising => spin_hint(),
                 other => return other,
             }
         }
     }
 
-    /// Sections with present pages not yet finished.
+    /// The state of section `section`'s memmap.
+    ///
+    /// Acquire: pairs with the Release in [`MemmapClaim::publish`], so a caller
+    /// that sees `Populated` may use the memmap the backing mapped.
+    pub fn memmap_state(&self, section: usize) -> MemmapState {
+        let Some(slot) = self.slots.get(section) else {
+            return MemmapState::Unpopulated;
+        };
+        decode_memmap(slot.memmap.load(Acquire))
+    }
+
+    /// Tries to take section `section`'s memmap out of `Unpopulated`, to populate
+    /// it. On failure returns the state found.
+    pub fn claim_memmap(&self, section: usize) -> Result<MemmapClaim<'_, 'a>, MemmapState> {
+        let slot = self.slots.get(section).ok_or(MemmapState::Unpopulated)?;
+        // Acquire on success pairs with the Release of a failed claimant giving it
+        // back; on failure with `publish`.
+        match slot
+            .memmap
+            .compare_exchange(MEMMAP_UNPOPULATED, MEMMAP_POPULATING, Acquire, Acquire)
+        {
+            Ok(_) => Ok(MemmapClaim {
+                sections: self,
+                section,
+                published: false,
+            }),
+            Err(found) => Err(decode_memmap(found)),
+        }
+    }
+
+    /// Waits while section `section`'s memmap is `Populating`, and returns the
+    /// state it left that for.
+    pub fn wait_while_populating(&self, section: usize) -> MemmapState {
+        loop {
+            match self.memmap_state(section) {
+                MemmapState::Populating => spin_hint(),
+                other => return other,
+            }
+        }
+    }
+
+    /// Under [`crate::memmap::Granularity::Chunk`], whether chunk `chunk`'s memmap
+    /// was populated by an earlier claimant (the memmap word is then a bitmap of
+    /// the section's populated chunks). Read by the chunk's claimant only.
+    ///
+    /// Acquire: pairs with the Release in `set_chunk_memmap_populated`.
+    pub(crate) fn chunk_memmap_populated(&self, chunk: usize) -> bool {
+        self.locate(chunk)
+            .is_some_and(|(slot, shift)| slot.memmap.load(Acquire) >> (shift / 2) & 1 == 1)
+    }
+
+    /// Records that chunk `chunk`'s memmap is populated; its claimant only.
+    pub(crate) fn set_chunk_memmap_populated(&self, chunk: usize) {
+        if let Some((slot, shift)) = self.locate(chunk) {
+            // Release: pairs with the Acquire in `chunk_memmap_populated` of a later
+            // claimant of the chunk.
+            slot.memmap.fetch_or(1 << (shift / 2), Release);
+        }
+    }
+
+    /// Chunks with present pages not yet finished.
     pub fn unfinished(&self) -> usize {
         // Relaxed: a statistic; decisions use `all_initialised`.
         self.unfinished.load(Relaxed)
     }
 
-    /// The off switch: true once every section is initialised and its pages are on
+    /// The off switch: true once every chunk is initialised and its pages are on
     /// the free lists. Never goes back to false.
     ///
-    /// Acquire: pairs with the Release in [`Published::finish`] of the last section.
+    /// Acquire: pairs with the Release in [`Published::finish`] of the last chunk.
     #[inline]
     pub fn all_initialised(&self) -> bool {
         self.all_initialised.load(Acquire)
@@ -209,29 +366,50 @@ impl<'a> Sections<'a> {
     }
 }
 
-/// Exclusive ownership of one section in `Initialising`. Dropping it without
-/// [`publish`](Claim::publish) gives the section back (`Uninit`) for another try.
+fn decode_memmap(word: u64) -> MemmapState {
+    match word & 3 {
+        MEMMAP_POPULATING => MemmapState::Populating,
+        MEMMAP_POPULATED => {
+            let offset = (word >> 2) & ((1 << 31) - 1);
+            let len = word >> 33;
+            MemmapState::Populated(offset..offset + len)
+        }
+        _ => MemmapState::Unpopulated,
+    }
+}
+
+/// Exclusive ownership of one chunk in `Initialising`. Dropping it without
+/// [`publish`](Claim::publish) gives the chunk back (`Uninit`) for another try.
 pub struct Claim<'s, 'a> {
     sections: &'s Sections<'a>,
-    index: usize,
+    chunk: usize,
     published: bool,
 }
 
 impl<'s, 'a> Claim<'s, 'a> {
-    /// The claimed section.
-    pub fn index(&self) -> usize {
-        self.index
+    /// The claimed chunk.
+    pub fn chunk(&self) -> usize {
+        self.chunk
     }
 
-    /// Marks the section `Ready`: its descriptors may be read from now on.
+    fn flip(&self, from_initialising_to: ChunkState) {
+        let Some((slot, shift)) = self.sections.locate(self.chunk) else {
+            return;
+        };
+        // Initialising (10) to Ready (11) or Uninit (01). Release: pairs with the
+        // Acquire of `Sections::state` and of the next `claim`.
+        let bits = (from_initialising_to as u64 ^ ChunkState::Initialising as u64) << shift;
+        slot.chunks.fetch_xor(bits, Release);
+    }
+
+    /// Marks the chunk `Ready`: its descriptors may be read from now on.
     ///
-    /// Release: pairs with the Acquire of [`Sections::state`] and of a failed
-    /// [`Sections::claim`]; everything written before this is visible to them.
+    /// Release (in `flip`): pairs with the Acquire of [`Sections::state`] and of a
+    /// failed [`Sections::claim`]; everything written before this is visible to
+    /// them.
     pub fn publish(mut self) -> Published<'s, 'a> {
         self.published = true;
-        self.sections.slots[self.index]
-            .state
-            .store(SectionState::Ready as u8, Release);
+        self.flip(ChunkState::Ready);
         Published {
             sections: self.sections,
         }
@@ -241,25 +419,22 @@ impl<'s, 'a> Claim<'s, 'a> {
 impl Drop for Claim<'_, '_> {
     fn drop(&mut self) {
         if !self.published {
-            // Release: pairs with the Acquire of the next successful claim.
-            self.sections.slots[self.index]
-                .state
-                .store(SectionState::Uninit as u8, Release);
+            self.flip(ChunkState::Uninit);
         }
     }
 }
 
-/// A section that is `Ready` but whose pages may not all be on free lists yet.
-#[must_use = "a published section must be finished once its pages are on the free lists"]
+/// A chunk that is `Ready` but whose pages may not all be on free lists yet.
+#[must_use = "a published chunk must be finished once its pages are on the free lists"]
 pub struct Published<'s, 'a> {
     sections: &'s Sections<'a>,
 }
 
 impl Published<'_, '_> {
-    /// Counts the section done. Returns true if it was the last one, in which case
+    /// Counts the chunk done. Returns true if it was the last one, in which case
     /// the off switch is now set.
     pub fn finish(self) -> bool {
-        // AcqRel: the Release half orders this section's splices before the count
+        // AcqRel: the Release half orders this chunk's splices before the count
         // drops; the Acquire half lets the last finisher see every earlier one.
         if self.sections.unfinished.fetch_sub(1, AcqRel) == 1 {
             // Release: pairs with the Acquire in `all_initialised`.
@@ -271,38 +446,101 @@ impl Published<'_, '_> {
     }
 }
 
+/// Exclusive right to populate one section's memmap. Dropping it without
+/// [`publish`](MemmapClaim::publish) gives it back (`Unpopulated`).
+pub struct MemmapClaim<'s, 'a> {
+    sections: &'s Sections<'a>,
+    section: usize,
+    published: bool,
+}
+
+impl MemmapClaim<'_, '_> {
+    /// The section.
+    pub fn section(&self) -> usize {
+        self.section
+    }
+
+    /// Marks the memmap populated, with `taken` (offsets in the section, below
+    /// 2^31) the pages the backing took from the section for it.
+    ///
+    /// Release: pairs with the Acquire of [`Sections::memmap_state`] and of a
+    /// failed [`Sections::claim_memmap`].
+    pub fn publish(mut self, taken: Range<u64>) {
+        self.published = true;
+        let len = taken.end.saturating_sub(taken.start);
+        let start = if len == 0 { 0 } else { taken.start };
+        let word = MEMMAP_POPULATED | (start & ((1 << 31) - 1)) << 2 | len << 33;
+        self.sections.slots[self.section]
+            .memmap
+            .store(word, Release);
+    }
+}
+
+impl Drop for MemmapClaim<'_, '_> {
+    fn drop(&mut self) {
+        if !self.published {
+            // Release: pairs with the Acquire of the next successful claim.
+            self.sections.slots[self.section]
+                .memmap
+                .store(MEMMAP_UNPOPULATED, Release);
+        }
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
     #[test]
     fn claim_is_exclusive_and_publish_is_final() {
-        let mut slots: [SectionSlot; 3] = Default::default();
-        let s = Sections::new(&mut slots, 3, [(0, 1), (2, 3)].into_iter()).unwrap();
-        assert_eq!(s.state(1), SectionState::Absent);
-        assert_eq!(s.unfinished(), 2);
+        let mut slots: [SectionSlot; 2] = Default::default();
+        // Two sections of four chunks; chunks 0..2 and 5 present.
+        let s = Sections::new(&mut slots, 2, 2, [(0, 2), (5, 6)].into_iter()).unwrap();
+        assert_eq!(s.present(), 3);
+        assert_eq!(s.state(2), ChunkState::Absent);
+        assert_eq!(s.state(4), ChunkState::Absent);
+        assert_eq!(s.state(5), ChunkState::Uninit);
+        assert_eq!(s.unfinished(), 3);
         let c = s.claim(0).unwrap();
-        assert_eq!(s.claim(0).err(), Some(SectionState::Initialising));
+        assert_eq!(s.claim(0).err(), Some(ChunkState::Initialising));
+        // The neighbour in the same word is claimed independently.
+        let d = s.claim(1).unwrap();
         assert!(!c.publish().finish());
-        assert_eq!(s.claim(0).err(), Some(SectionState::Ready));
-        assert_eq!(s.claim(1).err(), Some(SectionState::Absent));
+        assert_eq!(s.claim(0).err(), Some(ChunkState::Ready));
+        assert_eq!(s.state(1), ChunkState::Initialising);
+        drop(d);
+        assert_eq!(s.state(1), ChunkState::Uninit);
+        assert_eq!(s.claim(2).err(), Some(ChunkState::Absent));
+        assert_eq!(s.claim(99).err(), Some(ChunkState::Absent));
+        assert!(!s.claim(1).unwrap().publish().finish());
         assert!(!s.all_initialised());
-        assert!(s.claim(2).unwrap().publish().finish());
+        assert!(s.claim(5).unwrap().publish().finish());
         assert!(s.all_initialised());
     }
 
     #[test]
-    fn dropped_claim_gives_the_section_back() {
+    fn a_memmap_is_populated_once_and_keeps_what_was_taken() {
         let mut slots: [SectionSlot; 1] = Default::default();
-        let s = Sections::new(&mut slots, 1, [(0, 1)].into_iter()).unwrap();
-        drop(s.claim(0).unwrap());
-        assert_eq!(s.state(0), SectionState::Uninit);
-        assert!(s.claim(0).is_ok());
+        let s = Sections::new(&mut slots, 1, 0, [(0, 1)].into_iter()).unwrap();
+        assert_eq!(s.memmap_state(0), MemmapState::Unpopulated);
+        let m = s.claim_memmap(0).unwrap();
+        assert_eq!(s.claim_memmap(0).err(), Some(MemmapState::Populating));
+        drop(m);
+        let m = s.claim_memmap(0).unwrap();
+        m.publish(7..519);
+        assert_eq!(s.memmap_state(0), MemmapState::Populated(7..519));
+        assert_eq!(
+            s.claim_memmap(0).err(),
+            Some(MemmapState::Populated(7..519))
+        );
+        assert_eq!(s.memmap_state(3), MemmapState::Unpopulated);
     }
 
     #[test]
-    fn too_few_slots() {
+    fn too_few_slots_or_too_many_chunks() {
         let mut slots: [SectionSlot; 1] = Default::default();
-        assert!(Sections::new(&mut slots, 2, [(0, 2)].into_iter()).is_none());
+        assert!(Sections::new(&mut slots, 2, 0, [(0, 2)].into_iter()).is_none());
+        assert!(Sections::new(&mut slots, 1, 6, [(0, 1)].into_iter()).is_none());
+        assert!(Sections::new(&mut slots, 1, 5, [(0, 32)].into_iter()).is_some());
     }
 }

@@ -3,7 +3,7 @@
 //! A [`Zone`] owns its [`FreeArea`] behind a lock of the embedder's type and the
 //! counters a caller watching memory needs: present, managed, free, uninitialised.
 //! The lock is held only to move blocks on and off the lists (one block, or one
-//! batch for a CPU cache), never while descriptors are written for a whole section.
+//! batch for a CPU cache), never while descriptors are written for a chunk.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
@@ -21,11 +21,11 @@ pub(crate) struct Zone<R: RawMutex> {
     free: Mutex<R, FreeArea>,
     /// Mirror of the free-list page count, written under the lock, read without it.
     free_pages: AtomicU64,
-    /// Usable pages whose sections have not put them on the free lists yet.
+    /// Usable pages whose chunks have not put them on the free lists yet.
     pub(crate) uninit: AtomicU64,
     /// Usable pages that a self-hosting backing took for the memmap.
     pub(crate) memmap_pages: AtomicU64,
-    /// Where the grow path resumes its search for an uninitialised section.
+    /// Where the grow path resumes its search for an uninitialised chunk.
     pub(crate) grow_cursor: AtomicUsize,
 }
 
@@ -70,7 +70,7 @@ impl ZoneStats {
 }
 
 impl<R: RawMutex> Zone<R> {
-    pub(crate) fn new(node: u8, kind: ZoneType, span: ZoneSpan, section_shift: u32) -> Self {
+    pub(crate) fn new(node: u8, kind: ZoneType, span: ZoneSpan, chunk_shift: u32) -> Self {
         Zone {
             node,
             kind,
@@ -79,7 +79,7 @@ impl<R: RawMutex> Zone<R> {
             free_pages: AtomicU64::new(0),
             uninit: AtomicU64::new(span.present - span.reserved),
             memmap_pages: AtomicU64::new(0),
-            grow_cursor: AtomicUsize::new((span.start_pfn >> section_shift) as usize),
+            grow_cursor: AtomicUsize::new((span.start_pfn >> chunk_shift) as usize),
         }
     }
 
@@ -89,14 +89,14 @@ impl<R: RawMutex> Zone<R> {
         self.span.present > 0
     }
 
-    /// Sections `[first, end)` that the zone's span touches.
-    pub(crate) fn sections(&self, section_shift: u32) -> (usize, usize) {
+    /// Chunks `[first, end)` that the zone's span touches.
+    pub(crate) fn chunks(&self, chunk_shift: u32) -> (usize, usize) {
         if self.span.spanned() == 0 {
             return (0, 0);
         }
         (
-            (self.span.start_pfn >> section_shift) as usize,
-            ((self.span.end_pfn - 1) >> section_shift) as usize + 1,
+            (self.span.start_pfn >> chunk_shift) as usize,
+            ((self.span.end_pfn - 1) >> chunk_shift) as usize + 1,
         )
     }
 

@@ -18,7 +18,7 @@ fn eager_initialises_everything_at_start() {
     with_allocator(&l, Strategy::Eager, |a| {
         assert!(a.is_fully_initialised());
         let s = a.init_stats();
-        assert_eq!(s.by_boot, s.sections_present);
+        assert_eq!(s.by_boot, s.chunks_present);
         assert_eq!(s.memmap_bytes, 16 * 1024 * 64);
         check_fully_coalesced(a);
     });
@@ -36,7 +36,7 @@ fn ondemand_starts_with_nothing_and_grows_one_section() {
         assert_eq!(path, AllocPath::Fast);
         a.free(pfn, 0).unwrap();
         // On-demand never initialises in the background.
-        assert_eq!(a.run_deferred_worker(0).unwrap().sections, 0);
+        assert_eq!(a.run_deferred_worker(0).unwrap().chunks, 0);
         assert_eq!(a.init_stats().by_growth, 1);
     });
 }
@@ -49,7 +49,7 @@ fn deferred_workers_finish_and_switch_growth_off() {
         run_workers(a);
         assert!(a.is_fully_initialised());
         let s = a.init_stats();
-        assert_eq!(s.by_workers, s.sections_present);
+        assert_eq!(s.by_workers, s.chunks_present);
         check_fully_coalesced(a);
     });
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use meminit::{
     AllocError, Allocator, BackingError, Config, Constraint, CpuCache, CpuId, Layout,
-    LayoutBuilder, MemmapBacking, Page, Populated, RangeKind, SectionPfns, SectionSlot,
+    LayoutBuilder, MemmapBacking, MemmapPiece, Page, Populated, RangeKind, SectionSlot,
     SliceBacking, Strategy, ZoneType,
 };
 
@@ -31,10 +31,10 @@ unsafe impl MemmapBacking for Failing<'_> {
         self.inner.descriptors()
     }
 
-    fn populate(&self, section: SectionPfns, layout: &Layout) -> Result<Populated, BackingError> {
-        if self.failing.lock().unwrap().contains(&section.index) {
+    fn populate(&self, section: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+        if self.failing.lock().unwrap().contains(&section.section) {
             return Err(BackingError {
-                section: section.index,
+                section: section.section,
                 reason: "injected failure",
             });
         }

@@ -1,6 +1,7 @@
-//! loom models of the section-claim protocol and of the grow path racing a deferred
-//! worker. They drive the crate's own `section` module, compiled against loom's
-//! atomics. Run with:
+//! loom models of the chunk-claim and memmap-claim protocols, of the grow path
+//! racing a deferred worker, and of the allocator itself (per-CPU caches against
+//! remote drains, an allocation's re-check against the last initialisation). They
+//! drive the crate's own code, compiled against loom's atomics. Run with:
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" cargo test -p meminit --release --test loom
@@ -11,7 +12,7 @@ use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::{Arc, Mutex};
 use loom::thread;
-use meminit::section::{SectionSlot, SectionState, Sections};
+use meminit::section::{ChunkState, SectionSlot, Sections};
 
 /// Descriptors of a model section: written by the claimant only, read after Ready.
 struct Memmap {
@@ -53,11 +54,11 @@ fn init(sections: &Sections<'_>, memmap: &Memmap, free: &Mutex<Vec<usize>>, i: u
 }
 
 #[test]
-fn a_section_is_claimed_once_and_read_only_when_ready() {
+fn a_chunk_is_claimed_once_and_read_only_when_ready() {
     loom::model(|| {
         let slots: &'static mut [SectionSlot] =
             Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 1, [(0, 1)].into_iter()).unwrap());
+        let sections = Arc::new(Sections::new(slots, 1, 0, [(0, 1)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(1));
         let free = Arc::new(Mutex::new(Vec::new()));
         let handles: Vec<_> = (0..2)
@@ -66,9 +67,52 @@ fn a_section_is_claimed_once_and_read_only_when_ready() {
                 thread::spawn(move || {
                     if !init(&sections, &memmap, &free, 0) {
                         // The loser waits, then may read what the winner wrote.
-                        assert_eq!(sections.wait_while_initialising(0), SectionState::Ready);
+                        assert_eq!(sections.wait_while_initialising(0), ChunkState::Ready);
                         assert_eq!(memmap.read(0), 0xd00d);
                     }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(memmap.writes[0].load(Ordering::Relaxed), 1);
+        assert!(sections.all_initialised());
+    });
+}
+
+/// Two chunks of one section initialised at once: the section's memmap is
+/// populated exactly once, by one of them, and the other uses what it mapped.
+#[test]
+fn a_sections_memmap_is_populated_once_for_two_chunks() {
+    use meminit::section::MemmapState;
+    loom::model(|| {
+        let slots: &'static mut [SectionSlot] =
+            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let sections = Arc::new(Sections::new(slots, 1, 1, [(0, 2)].into_iter()).unwrap());
+        let memmap = Arc::new(Memmap::new(1));
+        let handles: Vec<_> = (0..2)
+            .map(|chunk| {
+                let (sections, memmap) = (sections.clone(), memmap.clone());
+                thread::spawn(move || {
+                    let claim = sections.claim(chunk).unwrap();
+                    loop {
+                        match sections.claim_memmap(0) {
+                            Ok(m) => {
+                                memmap.write(0);
+                                m.publish(0..0);
+                                break;
+                            }
+                            Err(MemmapState::Populating) => {
+                                sections.wait_while_populating(0);
+                            }
+                            Err(MemmapState::Populated(_)) => break,
+                            Err(MemmapState::Unpopulated) => {}
+                        }
+                    }
+                    // Whoever populated it, the mapping is there to use.
+                    assert_eq!(memmap.read(0), 0xd00d);
+                    claim.publish().finish();
                 })
             })
             .collect();
@@ -83,14 +127,11 @@ fn a_section_is_claimed_once_and_read_only_when_ready() {
 #[test]
 fn growth_races_a_deferred_worker() {
     loom::model(|| {
+        // Two chunks of one section: their claims share one word.
         const N: usize = 2;
-        let slots: &'static mut [SectionSlot] = Box::leak(
-            (0..N)
-                .map(|_| SectionSlot::new())
-                .collect::<Vec<_>>()
-                .into_boxed_slice(),
-        );
-        let sections = Arc::new(Sections::new(slots, N, [(0, N)].into_iter()).unwrap());
+        let slots: &'static mut [SectionSlot] =
+            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let sections = Arc::new(Sections::new(slots, 1, 1, [(0, N)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(N));
         let free = Arc::new(Mutex::new(Vec::new()));
         let cursor = Arc::new(AtomicUsize::new(0));
@@ -124,10 +165,10 @@ fn growth_races_a_deferred_worker() {
                 let mut busy = None;
                 for i in (0..N).rev() {
                     match sections.state(i) {
-                        SectionState::Uninit => {
+                        ChunkState::Uninit => {
                             init(&sections, &memmap, &free, i);
                         }
-                        SectionState::Initialising => busy = Some(i),
+                        ChunkState::Initialising => busy = Some(i),
                         _ => {}
                     }
                 }
@@ -142,7 +183,7 @@ fn growth_races_a_deferred_worker() {
         let taken = grower.join().unwrap();
         for i in 0..N {
             assert_eq!(memmap.writes[i].load(Ordering::Relaxed), 1, "section {i}");
-            assert_eq!(sections.state(i), SectionState::Ready);
+            assert_eq!(sections.state(i), ChunkState::Ready);
         }
         assert!(sections.all_initialised());
         let free = free.lock().unwrap();

@@ -36,9 +36,7 @@ fn every_strategy_allocates_frees_and_coalesces() {
                 assert!(a.free(p, o).is_err());
             }
             run_workers(a);
-            for i in 0..l.section_count() {
-                a.page_or_init(Pfn(l.section_pfns(i).0)).unwrap();
-            }
+            init_all(a);
             check_fully_coalesced(a);
         });
     }
@@ -91,9 +89,7 @@ fn cpus_allocate_and_free_through_their_caches() {
             a.free(p, o).unwrap();
         }
         check_counts(a, &Default::default());
-        for i in 0..l.section_count() {
-            a.page_or_init(Pfn(l.section_pfns(i).0)).unwrap();
-        }
+        init_all(a);
         check_fully_coalesced(a);
     });
 }

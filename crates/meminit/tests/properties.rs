@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use common::*;
 use meminit::Strategy as InitStrategy;
 use meminit::{
-    AllocError, Constraint, CpuId, LayoutBuilder, LayoutError, PageState, Pfn, RangeKind, ZoneType,
-    MAX_ORDER, PAGE_SIZE,
+    AllocError, Config, Constraint, CpuId, Granularity, LayoutBuilder, LayoutError, PageState, Pfn,
+    RangeKind, ZoneType, MAX_ORDER, PAGE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -177,18 +177,23 @@ proptest! {
         }
     }
 
-    /// Random operation sequences under each strategy keep every invariant, and
-    /// once all is freed and initialised every zone coalesces back whole.
+    /// Random operation sequences under each strategy, chunk size and memmap
+    /// granularity keep every invariant, and once all is freed and initialised
+    /// every zone coalesces back whole. The maps' holes and node boundaries fall
+    /// anywhere, inside chunks too.
     #[test]
     fn operation_sequences_keep_the_invariants(
         ranges in map_strategy(48 * MIB, 8),
         section in prop_oneof![Just(4 * MIB), Just(8 * MIB)],
         strategy in prop_oneof![Just(InitStrategy::Eager), Just(InitStrategy::Deferred), Just(InitStrategy::OnDemand)],
         ops in prop::collection::vec(op_strategy(), 1..120),
+        chunk in prop_oneof![Just(4 * MIB), Just(8 * MIB)],
+        granularity in prop_oneof![Just(Granularity::Section), Just(Granularity::Chunk)],
     ) {
         let (b, _) = build(&ranges, section);
         let Ok(layout) = b.build() else { return Ok(()) };
-        with_allocator(&layout, strategy, |a| -> Result<(), TestCaseError> {
+        let config = Config { chunk_size: chunk.min(section), ..Config::new(strategy) };
+        with_allocator_chunked(&layout, config, granularity, |a| -> Result<(), TestCaseError> {
             let mut ledger = Ledger::default();
             let nodes = layout.node_count();
             for op in ops {
@@ -263,10 +268,7 @@ proptest! {
                 ledger.release(a, pfn);
                 a.free(Pfn(pfn), order).unwrap();
             }
-            for index in 0..layout.section_count() {
-                let (start, _) = layout.section_pfns(index);
-                let _ = a.page_or_init(Pfn(start));
-            }
+            init_all(a);
             check_counts(a, &ledger.per_zone);
             check_fully_coalesced(a);
             Ok(())

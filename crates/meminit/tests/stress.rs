@@ -204,15 +204,13 @@ fn stress_on(
         a.drain_all_cpus();
         check_counts(a, &Default::default());
         if strategy == Strategy::OnDemand {
-            for i in 0..layout.section_count() {
-                let _ = a.page_or_init(Pfn(layout.section_pfns(i).0));
-            }
+            init_all(a);
         }
         check_fully_coalesced(a);
         let s = a.init_stats();
         assert_eq!(
             s.by_boot + s.by_workers + s.by_growth + s.by_lookup,
-            s.sections_present
+            s.chunks_present
         );
     });
 }

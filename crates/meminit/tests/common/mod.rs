@@ -6,8 +6,8 @@ use std::mem::MaybeUninit;
 
 use meminit::layout::PresentRun;
 use meminit::{
-    Allocator, Config, CpuCache, Layout, LayoutBuilder, Page, Pfn, RangeKind, SectionSlot,
-    SliceBacking, Strategy, ZoneType, MAX_ORDER,
+    Allocator, Config, CpuCache, Granularity, Layout, LayoutBuilder, Page, Pfn, RangeKind,
+    SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
 };
 
 /// CPU caches lent to every test allocator.
@@ -23,6 +23,17 @@ pub fn with_allocator<T>(
     strategy: Strategy,
     f: impl FnOnce(&Alloc<'_>) -> T,
 ) -> T {
+    with_allocator_chunked(layout, Config::new(strategy), Granularity::Section, f)
+}
+
+/// [`with_allocator`] with a chosen configuration (chunk size) and memmap
+/// granularity.
+pub fn with_allocator_chunked<T>(
+    layout: &Layout,
+    config: Config,
+    granularity: Granularity,
+    f: impl FnOnce(&Alloc<'_>) -> T,
+) -> T {
     let mut memmap: Box<[MaybeUninit<Page>]> =
         Box::new_uninit_slice(layout.memmap_descriptors() as usize);
     let mut slots: Vec<SectionSlot> = (0..layout.section_count())
@@ -31,10 +42,10 @@ pub fn with_allocator<T>(
     let cpus: Vec<CpuCache<parking_lot::RawMutex>> = (0..CPUS).map(|_| CpuCache::new()).collect();
     let allocator = Allocator::new(
         layout.clone(),
-        SliceBacking::new(&mut memmap),
+        SliceBacking::new(&mut memmap).with_granularity(granularity),
         &mut slots,
         &cpus,
-        Config::new(strategy),
+        config,
     )
     .expect("allocator starts");
     f(&allocator)
@@ -53,6 +64,15 @@ pub fn run_workers(a: &Alloc<'_>) {
     let nodes: Vec<usize> = a.layout().nodes().map(|(n, _)| n).collect();
     for n in nodes {
         a.run_deferred_worker(n).unwrap();
+    }
+}
+
+/// Initialises every chunk that is not yet, through descriptor look-ups.
+pub fn init_all(a: &Alloc<'_>) {
+    let chunk = (a.init_stats().chunk_bytes / meminit::PAGE_SIZE) as usize;
+    for pfn in (0..a.layout().end_pfn()).step_by(chunk) {
+        // Chunks without present pages answer NotPresent: nothing to do there.
+        let _ = a.page_or_init(Pfn(pfn));
     }
 }
 

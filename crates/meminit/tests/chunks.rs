@@ -1,0 +1,241 @@
+//! The chunk as the unit of initialisation: an allocation initialises what it
+//! needs and no more, the memmap is populated in the backing's own granularity,
+//! and each chunk's memory is accepted exactly once, before any of its pages is
+//! handed out.
+
+mod common;
+
+use std::collections::HashSet;
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
+use std::sync::Mutex;
+
+use common::*;
+use meminit::{
+    AllocError, Allocator, BackingError, Config, Constraint, CpuCache, CpuId, Granularity,
+    InitError, Layout, LookupError, MemmapBacking, MemmapPiece, Page, Pfn, Populated, SectionSlot,
+    SliceBacking, Strategy, DEFAULT_CHUNK_SIZE, MAX_ORDER,
+};
+
+const MIB: u64 = 1 << 20;
+/// Descriptors of one default chunk.
+const CHUNK_MEMMAP: u64 = 1024 * 64;
+
+#[test]
+fn an_order_0_allocation_writes_exactly_one_chunk() {
+    let l = simple(256 * MIB, 128 * MIB);
+    with_allocator_chunked(
+        &l,
+        Config::new(Strategy::OnDemand),
+        Granularity::Chunk,
+        |a| {
+            let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+            let s = a.init_stats();
+            assert_eq!((s.by_growth, s.chunks_done), (1, 1));
+            assert_eq!(s.chunk_bytes, DEFAULT_CHUNK_SIZE);
+            assert_eq!(a.memmap_populated_bytes(), CHUNK_MEMMAP);
+            // The next chunk of the same section is untouched.
+            let next = Pfn((p.0 | 1023) + 1);
+            assert_eq!(
+                a.page(next).err(),
+                Some(LookupError::Uninitialised { pfn: next })
+            );
+            // A max-order allocation takes one more chunk, and no more.
+            a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap();
+            assert_eq!(a.init_stats().chunks_done, 2);
+            assert_eq!(a.memmap_populated_bytes(), 2 * CHUNK_MEMMAP);
+        },
+    );
+}
+
+#[test]
+fn a_section_granular_backing_populates_the_section_once_for_all_its_chunks() {
+    let l = simple(256 * MIB, 128 * MIB);
+    with_allocator(&l, Strategy::OnDemand, |a| {
+        let p = a.alloc(0, Constraint::Any, 0).unwrap();
+        assert_eq!(a.init_stats().chunks_done, 1);
+        // The whole section's memmap: 2 MiB.
+        assert_eq!(a.memmap_populated_bytes(), 2 * MIB);
+        let big: Vec<_> = (0..3)
+            .map(|_| a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap())
+            .collect();
+        assert_eq!(a.init_stats().chunks_done, 4);
+        assert_eq!(a.memmap_populated_bytes(), 2 * MIB);
+        a.free(p, 0).unwrap();
+        for b in big {
+            a.free(b, MAX_ORDER).unwrap();
+        }
+        init_all(a);
+        assert_eq!(a.memmap_populated_bytes(), 4 * MIB);
+        check_fully_coalesced(a);
+    });
+}
+
+#[test]
+fn chunk_sizes_from_a_max_order_block_to_a_section() {
+    let l = simple(256 * MIB, 128 * MIB);
+    for chunk in [4 * MIB, 8 * MIB, 32 * MIB, 128 * MIB] {
+        let config = Config {
+            chunk_size: chunk,
+            ..Config::new(Strategy::OnDemand)
+        };
+        with_allocator_chunked(&l, config, Granularity::Chunk, |a| {
+            let p = a.alloc(0, Constraint::Any, 0).unwrap();
+            assert_eq!(a.memmap_populated_bytes(), chunk / 4096 * 64);
+            a.free(p, 0).unwrap();
+            init_all(a);
+            check_fully_coalesced(a);
+        });
+    }
+}
+
+#[test]
+fn bad_chunk_sizes_are_refused() {
+    let l = simple(256 * MIB, 256 * MIB);
+    for chunk in [0, 4096, 2 * MIB, 6 * MIB, 512 * MIB, u64::MAX, 4 * MIB] {
+        let mut memmap: Box<[MaybeUninit<Page>]> =
+            Box::new_uninit_slice(l.memmap_descriptors() as usize);
+        let mut slots: Vec<SectionSlot> =
+            (0..l.section_count()).map(|_| SectionSlot::new()).collect();
+        let r = Allocator::<_, parking_lot::RawMutex>::new(
+            l.clone(),
+            SliceBacking::new(&mut memmap),
+            &mut slots,
+            &[],
+            Config {
+                chunk_size: chunk,
+                ..Config::new(Strategy::OnDemand)
+            },
+        );
+        // 4 MiB chunks would make 64 of a 256 MiB section: too many.
+        assert!(
+            matches!(r, Err(InitError::BadChunkSize { .. })),
+            "chunk {chunk:#x}"
+        );
+        if let Err(e) = r {
+            assert!(e.to_string().contains("chunk size"));
+        }
+    }
+}
+
+/// A backing that records every acceptance, and can refuse some.
+struct Accepting<'m> {
+    inner: SliceBacking<'m>,
+    accepted: Mutex<Vec<u64>>,
+    refuse: Mutex<HashSet<u64>>,
+}
+
+// SAFETY: every promise is `SliceBacking`'s, to which this delegates; `accept`
+// only records, or refuses, which the trait allows.
+unsafe impl MemmapBacking for Accepting<'_> {
+    fn descriptors(&self) -> NonNull<Page> {
+        self.inner.descriptors()
+    }
+
+    fn granularity(&self) -> Granularity {
+        self.inner.granularity()
+    }
+
+    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+        self.inner.populate(piece, layout)
+    }
+
+    fn accept(&self, chunk: MemmapPiece, _: &Layout) -> Result<(), BackingError> {
+        if self.refuse.lock().unwrap().remove(&chunk.start.0) {
+            return Err(BackingError {
+                section: chunk.section,
+                reason: "injected: the chunk could not be accepted",
+            });
+        }
+        self.accepted.lock().unwrap().push(chunk.start.0);
+        Ok(())
+    }
+}
+
+fn with_accepting(
+    layout: &Layout,
+    strategy: Strategy,
+    refuse: &[u64],
+    f: impl FnOnce(&Allocator<'_, Accepting<'_>, parking_lot::RawMutex>),
+) {
+    let mut memmap: Box<[MaybeUninit<Page>]> =
+        Box::new_uninit_slice(layout.memmap_descriptors() as usize);
+    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+        .map(|_| SectionSlot::new())
+        .collect();
+    let cpus: Vec<CpuCache<parking_lot::RawMutex>> = (0..2).map(|_| CpuCache::new()).collect();
+    let backing = Accepting {
+        inner: SliceBacking::new(&mut memmap).with_granularity(Granularity::Chunk),
+        accepted: Mutex::new(Vec::new()),
+        refuse: Mutex::new(refuse.iter().copied().collect()),
+    };
+    let a = Allocator::new(
+        layout.clone(),
+        backing,
+        &mut slots,
+        &cpus,
+        Config::new(strategy),
+    )
+    .unwrap();
+    f(&a);
+}
+
+#[test]
+fn each_chunk_is_accepted_once_before_its_first_page_is_handed_out() {
+    let l = simple(64 * MIB, 32 * MIB);
+    with_accepting(&l, Strategy::OnDemand, &[], |a| {
+        assert!(a.backing().accepted.lock().unwrap().is_empty());
+        let mut handed_out = HashSet::new();
+        let mut held = Vec::new();
+        for i in 0..6000u32 {
+            let order = i % 3;
+            let p = a.alloc_on(CpuId(i % 2), order, Constraint::Any, 0).unwrap();
+            let chunk = p.0 & !1023;
+            // Accepted before this returned.
+            assert!(
+                a.backing().accepted.lock().unwrap().contains(&chunk),
+                "{p} handed out from a chunk never accepted"
+            );
+            handed_out.insert(chunk);
+            held.push((p, order));
+        }
+        let accepted = a.backing().accepted.lock().unwrap().clone();
+        let unique: HashSet<u64> = accepted.iter().copied().collect();
+        assert_eq!(unique.len(), accepted.len(), "a chunk accepted twice");
+        // Single-threaded: every chunk accepted had a page handed out.
+        assert_eq!(unique, handed_out);
+        for (p, o) in held {
+            a.free(p, o).unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_chunk_that_cannot_be_accepted_is_given_back_and_tried_again() {
+    let l = simple(64 * MIB, 32 * MIB);
+    // The zone's first chunk (DMA32 starts at 16 MiB) refuses once.
+    let first = (16 * MIB) >> 12;
+    with_accepting(&l, Strategy::OnDemand, &[first], |a| {
+        let p = a.alloc(0, Constraint::Dma32, 0).unwrap();
+        assert_ne!(p.0 & !1023, first);
+        // Now it accepts; a look-up initialises it, once.
+        a.page_or_init(Pfn(first)).unwrap();
+        let accepted = a.backing().accepted.lock().unwrap().clone();
+        assert_eq!(accepted.iter().filter(|&&c| c == first).count(), 1);
+    });
+}
+
+#[test]
+fn eager_accepts_every_present_chunk_once() {
+    let l = simple(64 * MIB, 32 * MIB);
+    with_accepting(&l, Strategy::Eager, &[], |a| {
+        let accepted = a.backing().accepted.lock().unwrap().clone();
+        assert_eq!(accepted.len() as u64, a.init_stats().chunks_present);
+        let unique: HashSet<u64> = accepted.iter().copied().collect();
+        assert_eq!(unique.len(), accepted.len());
+        assert!(matches!(
+            a.alloc(MAX_ORDER + 1, Constraint::Any, 0),
+            Err(AllocError::OrderTooLarge { .. })
+        ));
+    });
+}
