@@ -115,7 +115,9 @@ struct ReportArgs {
     #[arg(long, value_parser = parse_size)]
     chunk_size: Option<u64>,
     /// How the memmap is committed: `section` (a section's 2 MiB at once, on a
-    /// huge page) or `chunk` (each chunk's part, on small pages).
+    /// huge page), `chunk` (each chunk's part, on small pages), or `premapped` (all
+    /// of it at start, as a kernel with a static memmap: the grow path then pays
+    /// for initialisation alone, and residency is eager's).
     #[arg(long, value_enum, default_value = "section")]
     memmap_granularity: GranularityArg,
     /// Accept (zero) each chunk of simulated memory before its first use, as a
@@ -128,6 +130,7 @@ struct ReportArgs {
 enum GranularityArg {
     Section,
     Chunk,
+    Premapped,
 }
 
 #[derive(Args)]
@@ -220,11 +223,17 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
     }
     if let Some(c) = args.chunk_size {
         opts.chunk_size = c;
+        let config = meminit::Config {
+            chunk_size: c,
+            ..meminit::Config::new(meminit::Strategy::OnDemand)
+        };
+        config.chunk_shift(&machine.layout()?)?;
     }
     opts.granularity = match args.memmap_granularity {
-        GranularityArg::Section => meminit::Granularity::Section,
+        GranularityArg::Section | GranularityArg::Premapped => meminit::Granularity::Section,
         GranularityArg::Chunk => meminit::Granularity::Chunk,
     };
+    opts.premapped = matches!(args.memmap_granularity, GranularityArg::Premapped);
     opts.accept = args.accept_memory;
     let progress = Spinner::new();
     let report = sim::run(&machine, &opts, &progress)?;

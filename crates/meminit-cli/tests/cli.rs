@@ -287,3 +287,44 @@ fn plots_are_written_as_svg_and_png() {
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     }
 }
+
+/// Chunks: the size and the memmap's granularity are the user's; a bad size is a
+/// bad command line; acceptance is reported.
+#[test]
+fn chunk_size_granularity_and_acceptance() {
+    for g in ["section", "chunk", "premapped"] {
+        let out = stdout(meminit().args([
+            "report",
+            "--machine",
+            "container",
+            "--strategy",
+            "ondemand",
+            "--workload",
+            "container:16M",
+            "--memmap-granularity",
+            g,
+            "--chunk-size",
+            "8M",
+            "--accept-memory",
+            "--json",
+        ]));
+        let r: Value = serde_json::from_str(&out).unwrap();
+        let s = &r["strategies"][0];
+        assert_eq!(s["chunk_bytes"], 8u64 << 20, "{g}");
+        assert_eq!(s["alloc_failures"], 0);
+        let grown = s["chunks_by_growth"].as_u64().unwrap();
+        assert!((2..=4).contains(&grown), "{g}: {grown} chunks grown");
+        // Every chunk grown was accepted, its usable pages only.
+        let accepted = s["accepted_end_bytes"].as_u64().unwrap();
+        assert!(accepted > (grown - 1) * (8 << 20) && accepted <= grown * (8 << 20));
+    }
+    for bad in ["3M", "2M", "256M", "0"] {
+        let out = meminit()
+            .args(["report", "--machine", "container", "--chunk-size", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("chunk size"), "{err}");
+    }
+}

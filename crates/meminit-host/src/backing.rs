@@ -49,6 +49,15 @@ impl HostBacking {
         })
     }
 
+    /// Reserves and commits the whole memmap of `layout` now, as a kernel whose
+    /// memmap is mapped from the start: residency is the eager strategy's
+    /// whatever the strategy, and the grow path pays for initialisation alone.
+    pub fn premapped(layout: &Layout) -> io::Result<Self> {
+        let backing = Self::new(layout)?;
+        backing.region.populate(0, backing.region.len())?;
+        Ok(backing)
+    }
+
     /// Accepts each chunk before its first use by zeroing its usable pages in
     /// `physical`, the simulated physical memory (pfn `p` at offset `p * 4096`).
     pub fn accepting(mut self, physical: Arc<Region>) -> Self {

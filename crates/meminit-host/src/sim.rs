@@ -47,6 +47,9 @@ pub struct Options {
     /// How the memmap is committed: a section's at once (huge pages) or each
     /// chunk's (small pages).
     pub granularity: Granularity,
+    /// Commit the whole memmap at start instead (as a kernel with a static
+    /// memmap), so that the grow path's latency is initialisation alone.
+    pub premapped: bool,
     /// Whether each chunk of simulated memory is accepted (zeroed) before its
     /// first use, as a confidential guest's memory must be.
     pub accept: bool,
@@ -65,6 +68,7 @@ impl Options {
             memory_budget: default_memory_budget(),
             chunk_size: meminit::DEFAULT_CHUNK_SIZE,
             granularity: Granularity::Section,
+            premapped: false,
             accept: false,
         }
     }
@@ -362,7 +366,11 @@ fn measure(
     // The physical limit is the best of a fill before and one after the run.
     let limit_before = fill_time(memmap_need(layout, strategy).min(opts.memory_budget))?;
     let physical = Arc::new(Region::reserve(layout.end_pfn() * PAGE)?);
-    let backing = HostBacking::with_granularity(layout, opts.granularity)?;
+    let backing = if opts.premapped {
+        HostBacking::premapped(layout)?
+    } else {
+        HostBacking::with_granularity(layout, opts.granularity)?
+    };
     let backing = if opts.accept {
         backing.accepting(physical.clone())
     } else {

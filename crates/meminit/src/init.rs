@@ -111,6 +111,20 @@ impl Config {
             chunk_size: DEFAULT_CHUNK_SIZE,
         }
     }
+
+    /// Checks the configuration against `layout`; returns log2 of the pages in a
+    /// chunk.
+    pub fn chunk_shift(&self, layout: &Layout) -> Result<u32, InitError> {
+        let section = layout.section_pages() * PAGE_SIZE;
+        let chunk = self.chunk_size;
+        if !chunk.is_power_of_two()
+            || !(DEFAULT_CHUNK_SIZE..=section).contains(&chunk)
+            || section / chunk > MAX_CHUNKS_PER_SECTION as u64
+        {
+            return Err(InitError::BadChunkSize { chunk, section });
+        }
+        Ok(chunk.trailing_zeros() - PAGE_SHIFT)
+    }
 }
 
 /// Who initialised a chunk.
@@ -231,19 +245,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         cpus: &'a [CpuCache<R>],
         config: Config,
     ) -> Result<Self, InitError> {
-        let section_bytes = layout.section_pages() * PAGE_SIZE;
-        let chunk = config.chunk_size;
-        let bad_chunk = InitError::BadChunkSize {
-            chunk,
-            section: section_bytes,
-        };
-        if !chunk.is_power_of_two()
-            || !(DEFAULT_CHUNK_SIZE..=section_bytes).contains(&chunk)
-            || section_bytes / chunk > MAX_CHUNKS_PER_SECTION as u64
-        {
-            return Err(bad_chunk);
-        }
-        let chunk_shift = chunk.trailing_zeros() - PAGE_SHIFT;
+        let chunk_shift = config.chunk_shift(&layout)?;
         let chunks_shift = layout.section_shift() - chunk_shift;
         let count = layout.section_count();
         let given = slots.len();
