@@ -143,10 +143,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("meminit: {e:#}");
+            eprintln!("meminit: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes, each said once: `anyhow`'s `{:#}` appends every cause,
+/// but most of our errors already end with their cause's text (`"{path}: {source}"`),
+/// which would print it twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.ends_with(&cause) {
+            out = format!("{out}: {cause}");
+        }
+    }
+    out
 }
 
 /// `meminit` alone: the report on each built-in machine that fits this host.
