@@ -1,0 +1,83 @@
+//! Bad input on the command line: each error says what and where, once, with exit
+//! status 2, and the README's own example map is accepted.
+
+use assert_cmd::Command;
+
+fn meminit() -> Command {
+    Command::cargo_bin("meminit").unwrap()
+}
+
+/// Runs `meminit ARGS`, expects exit status 2 and returns the one-line message.
+fn error_of(args: &[&std::ffi::OsStr]) -> String {
+    let out = meminit().args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err.trim_end().to_string()
+}
+
+fn layout_error(name: &str, text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    error_of(&["layout".as_ref(), path.as_os_str()])
+}
+
+/// "cannot read X: why: why" and "map: range #1 ... : range #1 ..." once printed
+/// their cause twice.
+#[test]
+fn each_cause_is_printed_once() {
+    let err = error_of(&["layout".as_ref(), "/nonexistent/map.json".as_ref()]);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    let err = layout_error(
+        "overlap.json",
+        r#"{"ranges": [{"start": 0, "end": "64M", "kind": "usable"}, {"start": "32M", "end": "96M", "kind": "usable"}]}"#,
+    );
+    assert_eq!(err.matches("range #1").count(), 1, "{err}");
+    assert!(err.contains("overlaps range #0"), "{err}");
+    let err = layout_error("bad.log", "no memory map here\n");
+    assert_eq!(err.matches("no memory map").count(), 1, "{err}");
+    let err = layout_error("bad.log", "BIOS-e820: [mem 0x0-0xzz] usable\n");
+    assert_eq!(err.matches("line 1").count(), 1, "{err}");
+}
+
+/// A negative or 2^64 address names the field and the range, not serde's enum.
+#[test]
+fn bad_addresses_name_the_range_and_field() {
+    let err = layout_error(
+        "neg.json",
+        r#"{"ranges": [{"start": -1, "end": "1G", "kind": "usable"}]}"#,
+    );
+    assert!(
+        err.ends_with("neg.json: line 1, column 24: range #0: start: -1 is negative: an address or size is a whole number from 0 to 2^64 - 1"),
+        "{err}"
+    );
+    let err = layout_error(
+        "big.json",
+        r#"{"ranges": [{"start": 0, "end": "1G", "kind": "usable"}, {"start": "2G", "end": 18446744073709551616, "kind": "usable"}]}"#,
+    );
+    assert!(
+        err.contains("range #1: end: the number is 2^64 or more"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("NumberRepr") && !err.contains("untagged"),
+        "{err}"
+    );
+}
+
+/// An empty or non-JSON `.json` file is a JSON error, not a boot log without a map.
+#[test]
+fn empty_json_files_are_json_errors() {
+    let err = layout_error("empty.json", "");
+    assert!(
+        err.ends_with("empty.json: line 1, column 1: the file is empty: a memory map is a JSON object with a \"ranges\" list"),
+        "{err}"
+    );
+    let err = layout_error("text.json", "hello\n");
+    assert!(
+        err.contains("text.json: line 1, column 1: expected value"),
+        "{err}"
+    );
+    assert!(!err.contains("no memory map in this log"), "{err}");
+}
