@@ -1,6 +1,8 @@
 //! Bad input on the command line: each error says what and where, once, with exit
 //! status 2, and the README's own example map is accepted.
 
+use std::path::PathBuf;
+
 use assert_cmd::Command;
 
 fn meminit() -> Command {
@@ -80,4 +82,35 @@ fn empty_json_files_are_json_errors() {
         "{err}"
     );
     assert!(!err.contains("no memory map in this log"), "{err}");
+}
+
+/// The example in README.md, as printed there: a reserved range inside a usable one.
+#[test]
+fn the_readme_example_map_is_accepted() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme.find("```json\n").unwrap() + "```json\n".len();
+    let example = &readme[start..start + readme[start..].find("```").unwrap()];
+    assert!(example.contains("\"reserved\""), "{example}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("readme.json");
+    std::fs::write(&path, example).unwrap();
+    let out = meminit().arg("layout").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 0x1000000..0x3000000 (8192 pages) is reserved inside usable DMA32 memory;
+    // the node ranges are those of the usable ranges alone.
+    assert!(
+        stdout.contains("  node   0: [mem 0x0000000000100000-0x00000000bffdffff]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("DMA32 zone: 782304 pages, spanned 782304, reserved 8192"),
+        "{stdout}"
+    );
 }
