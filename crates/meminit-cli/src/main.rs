@@ -188,10 +188,7 @@ fn machine_of(args: &MachineArgs) -> Result<Machine> {
         Machine::built_in("container")?
     };
     if let Some(cpus) = args.cpus {
-        if cpus == 0 {
-            bail!("--cpus must be at least 1");
-        }
-        machine.cpus = cpus;
+        machine.cpus = meminit_host::machine::check_cpus(cpus, "--cpus")?;
     }
     Ok(machine)
 }

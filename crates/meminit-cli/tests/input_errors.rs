@@ -114,3 +114,34 @@ fn the_readme_example_map_is_accepted() {
         "{stdout}"
     );
 }
+
+/// CPU counts past what the boot sizing can take are refused wherever they come
+/// from, not run for hours (4 billion per-CPU areas) or overflowed.
+#[test]
+fn cpu_counts_are_bounded() {
+    for cpus in ["0", "8193", "4294967295"] {
+        let err = error_of(&[
+            "report".as_ref(),
+            "--machine".as_ref(),
+            "container".as_ref(),
+            "--cpus".as_ref(),
+            cpus.as_ref(),
+        ]);
+        assert!(
+            err.ends_with(&format!(
+                "--cpus: {cpus} CPUs: between 1 and 8192 are supported"
+            )),
+            "{err}"
+        );
+    }
+    let err = layout_error(
+        "many.json",
+        r#"{"cpus": 100000, "ranges": [{"start": 0, "end": "1G", "kind": "usable"}]}"#,
+    );
+    assert!(err.contains("cpus: 100000 CPUs"), "{err}");
+    let err = layout_error(
+        "many.log",
+        "BIOS-e820: [mem 0x0-0x7fffffff] usable\nnr_cpu_ids:9000\n",
+    );
+    assert!(err.contains("nr_cpu_ids: 9000 CPUs"), "{err}");
+}

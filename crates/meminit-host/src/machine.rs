@@ -80,6 +80,20 @@ pub enum MachineError {
     },
 }
 
+/// The most CPUs a machine may have (x86-64 Linux's largest `NR_CPUS`).
+pub const MAX_CPUS: u32 = 8192;
+
+/// `cpus` if it is between 1 and [`MAX_CPUS`]; `origin` says where it came from.
+pub fn check_cpus(cpus: u32, origin: &str) -> Result<u32, MachineError> {
+    if (1..=MAX_CPUS).contains(&cpus) {
+        Ok(cpus)
+    } else {
+        Err(MachineError::BadShape(format!(
+            "{origin}: {cpus} CPUs: between 1 and {MAX_CPUS} are supported"
+        )))
+    }
+}
+
 /// The built-in machines.
 pub const BUILT_IN: [&str; 3] = ["container", "server", "large"];
 
@@ -120,9 +134,9 @@ impl Machine {
                 meminit::MAX_NODES
             )));
         }
-        if cpus == 0 || cpus > 8192 {
+        if !(1..=MAX_CPUS).contains(&cpus) {
             return Err(MachineError::BadShape(format!(
-                "{cpus} CPUs: between 1 and 8192 are supported"
+                "{cpus} CPUs: between 1 and {MAX_CPUS} are supported"
             )));
         }
         // QEMU pc: RAM below 4 GiB up to 3 GiB when there is 3.5 GiB or more, the
@@ -201,7 +215,7 @@ impl Machine {
             })?;
             Ok(Machine {
                 name,
-                cpus: log.cpus.unwrap_or(1),
+                cpus: check_cpus(log.cpus.unwrap_or(1), &format!("{shown}: nr_cpu_ids"))?,
                 ranges: log.ranges,
                 section_size: meminit::layout::DEFAULT_SECTION_SIZE,
                 linux: Some(log.figures),
@@ -488,8 +502,8 @@ impl MapFile {
             })
             .collect();
         Ok(Machine {
+            cpus: check_cpus(self.cpus.unwrap_or(1).max(1), &format!("{name}: cpus"))?,
             name,
-            cpus: self.cpus.unwrap_or(1).max(1),
             ranges,
             section_size: self
                 .section_size
