@@ -145,3 +145,31 @@ fn cpu_counts_are_bounded() {
     );
     assert!(err.contains("nr_cpu_ids: 9000 CPUs"), "{err}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+    /// Whatever a map file holds, as JSON or as a boot log: a layout (exit 0 or 1)
+    /// or one line of error (exit 2), never a panic.
+    #[test]
+    fn any_map_file_gives_a_layout_or_one_error(
+        text in proptest::prop_oneof![
+            "(?s).{0,300}",
+            "\\{\"ranges\": \\[(\\{\"start\": -?[0-9]{1,21}, \"end\": \"[0-9]{1,5}[KMGTP]\", \"kind\": \"(usable|reserved|other)\", \"node\": [0-9]{1,11}\\},? ?){0,4}\\]\\}",
+            "((On node|  node|nr_cpu_ids:|BIOS-e820: \\[mem) [0-9]{1,12}(-0x[0-9a-f]{1,12}\\] usable)?\n){0,6}",
+        ],
+        name in proptest::prop_oneof!["map.json", "boot.log"],
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(&name);
+        std::fs::write(&path, &text).unwrap();
+        let out = meminit().arg("layout").arg(&path).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        proptest::prop_assert!(!err.contains("panicked"), "{}", err);
+        match out.status.code() {
+            Some(0) | Some(1) => {}
+            Some(2) => proptest::prop_assert_eq!(err.lines().count(), 1, "{}", err),
+            other => proptest::prop_assert!(false, "exit {:?}: {}", other, err),
+        }
+    }
+}

@@ -191,8 +191,17 @@ proptest! {
     /// Arbitrary text, as a boot log or as a JSON map: a machine or an error, never a
     /// panic; every error says something.
     #[test]
-    fn arbitrary_text_never_panics(text in "(?s).{0,200}", json in "[{}\\[\\]\",:0-9a-z -]{0,120}") {
+    fn arbitrary_text_never_panics(
+        text in prop_oneof!["(?s).{0,200}", "(container|random|idle)?:?[0-9.]{0,25}[kKmMgGtTpPeE]?i?[bB]?", "0[xX][0-9a-fA-F]{0,20}"],
+        json in "[{}\\[\\]\",:0-9a-z -]{0,120}",
+    ) {
         for t in [&text, &json] {
+            let _ = meminit_host::vm::parse_linux_console(t);
+            let _ = meminit_host::vm::guest_json(&format!("MEMINIT-JSON {t}"));
+            if let Err(e) = meminit_host::size::parse(t) {
+                prop_assert!(e.contains("is not a size"));
+            }
+            let _ = t.parse::<meminit_host::Workload>();
             match dmesg::parse(t) {
                 Ok(log) => { let _ = log.figures; }
                 Err(e) => prop_assert!(!e.to_string().is_empty()),
