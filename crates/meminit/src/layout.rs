@@ -396,6 +396,11 @@ impl LayoutBuilder {
     }
 
     /// Validates the map and computes the layout.
+    ///
+    /// Ranges may not overlap, except that a reserved range may overlap usable and
+    /// reserved ranges of its own node (a reservation inside memory); its pages are
+    /// then reserved and the rest of the usable range stays usable. Every refusal is
+    /// a [`LayoutError`] naming the ranges by position.
     pub fn build(&self) -> Result<Layout, LayoutError> {
         if self.overflowed {
             return Err(LayoutError::TooManyRanges { max: MAX_RANGES });
