@@ -122,10 +122,13 @@ impl Machine {
                 crate::size::format(memory)
             )));
         }
-        if memory > 4096 * GIB * 1024 {
+        // RAM past the first 3 GiB starts at 4 GiB, so it ends at memory + 1 GiB.
+        let limit = (1 << meminit::layout::PHYS_ADDR_BITS) - GIB;
+        if memory > limit {
             return Err(MachineError::BadShape(format!(
-                "memory {} is above the 4P the 52-bit physical address space can hold",
-                crate::size::format(memory)
+                "memory {} is above the {}G (4P - 1G) a QEMU pc guest can have below the 52-bit physical address limit (RAM past 3G starts at 4G)",
+                crate::size::format(memory),
+                limit >> 30
             )));
         }
         if nodes == 0 || nodes as usize > meminit::MAX_NODES {
@@ -526,6 +529,15 @@ mod tests {
         let n = l.node(0).unwrap();
         assert_eq!(n.present, 524158);
         assert_eq!(n.zones[ZoneType::Dma as usize].present, 3998);
+    }
+
+    #[test]
+    fn sized_machines_end_below_the_address_limit() {
+        let most = (1u64 << 52) - GIB;
+        assert!(Machine::qemu_like(most, 16, 1).unwrap().layout().is_ok());
+        let e = Machine::qemu_like(most + 1, 1, 1).unwrap_err().to_string();
+        assert!(e.contains("is above the"), "{e}");
+        assert!(Machine::qemu_like(u64::MAX, 1, 1).is_err());
     }
 
     #[test]
