@@ -200,8 +200,10 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
         opts.strategies = vec![s.into()];
     }
     if let Some(t) = args.threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
+        // Each is an OS thread; past a few thousand, spawning one fails (a panic
+        // in std::thread::scope) long before it could help.
+        if !(1..=4096).contains(&t) {
+            bail!("--threads {t}: between 1 and 4096 are supported");
         }
         opts.threads = t;
     }

@@ -158,10 +158,10 @@ proptest::proptest! {
             "\\{\"ranges\": \\[(\\{\"start\": -?[0-9]{1,21}, \"end\": \"[0-9]{1,5}[KMGTP]\", \"kind\": \"(usable|reserved|other)\", \"node\": [0-9]{1,11}\\},? ?){0,4}\\]\\}",
             "((On node|  node|nr_cpu_ids:|BIOS-e820: \\[mem) [0-9]{1,12}(-0x[0-9a-f]{1,12}\\] usable)?\n){0,6}",
         ],
-        name in proptest::prop_oneof!["map.json", "boot.log"],
+        name in proptest::prop_oneof![proptest::strategy::Just("map.json"), proptest::strategy::Just("boot.log")],
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(&name);
+        let path = dir.path().join(name);
         std::fs::write(&path, &text).unwrap();
         let out = meminit().arg("layout").arg(&path).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -171,5 +171,19 @@ proptest::proptest! {
             Some(2) => proptest::prop_assert_eq!(err.lines().count(), 1, "{}", err),
             other => proptest::prop_assert!(false, "exit {:?}: {}", other, err),
         }
+    }
+}
+
+/// Worker thread counts are bounded before any thread is spawned.
+#[test]
+fn thread_counts_are_bounded() {
+    for threads in ["0", "4097", "18446744073709551615"] {
+        let err = error_of(&["report".as_ref(), "--threads".as_ref(), threads.as_ref()]);
+        assert!(
+            err.ends_with(&format!(
+                "--threads {threads}: between 1 and 4096 are supported"
+            )),
+            "{err}"
+        );
     }
 }
