@@ -187,3 +187,17 @@ fn thread_counts_are_bounded() {
         );
     }
 }
+
+/// `vm --cpus 4294967295` multiplied the count by 64 in 32 bits (a panic in
+/// debug builds, a wrong answer in release); it now reaches the next check.
+#[test]
+fn vm_cpu_counts_do_not_overflow() {
+    let err = error_of(&[
+        "vm".as_ref(),
+        "--cpus".as_ref(),
+        "4294967295".as_ref(),
+        "--memory".as_ref(),
+        "1M".as_ref(),
+    ]);
+    assert!(err.ends_with("--memory must be at least 64M"), "{err}");
+}
