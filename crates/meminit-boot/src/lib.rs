@@ -178,17 +178,20 @@ impl fmt::Display for Size {
 
 /// Linux's `alloc_large_system_hash` entry count for `nr_kernel_pages` and `scale`
 /// (13 for the dentry cache, 14 for the inode cache), without `*hash_entries=`.
+/// Page counts above the physical address space ([`meminit::layout::MAX_PFN`])
+/// count as that many.
 pub fn large_system_hash_entries(nr_kernel_pages: u64, mut scale: u32) -> u64 {
+    let nr_kernel_pages = nr_kernel_pages.min(meminit::layout::MAX_PFN);
     // Rounded up to a whole MiB of pages.
     let mut n = nr_kernel_pages.next_multiple_of(MIB / PAGE_SIZE);
     // Past 64 GiB, a quarter as many entries per doubling of memory.
     let mut adapt = (64u64 << 30) / PAGE_SIZE;
     while adapt < n {
-        scale += 1;
+        scale = scale.saturating_add(1);
         adapt <<= 2;
     }
     if scale > 12 {
-        n >>= scale - 12;
+        n = n.checked_shr(scale - 12).unwrap_or(0);
     } else {
         n <<= 12 - scale;
     }
@@ -254,14 +257,16 @@ pub struct EarlyRequest {
 }
 
 impl EarlyRequest {
-    /// Blocks in all.
+    /// Blocks in all (`u64::MAX` if that many do not fit).
     pub fn blocks(&self) -> u64 {
-        self.blocks_per_node.iter().sum()
+        self.blocks_per_node
+            .iter()
+            .fold(0, |sum, &b| sum.saturating_add(b))
     }
 }
 
 /// The node CPU `cpu` of `cpus` sits on: CPUs are spread over the nodes with memory
-/// in contiguous blocks.
+/// in contiguous blocks (a `cpu` at or past `cpus` counts as the last).
 pub fn node_of_cpu(layout: &Layout, cpu: u32, cpus: u32) -> usize {
     let mut nodes = [0usize; MAX_NODES];
     let mut count = 0;
@@ -269,7 +274,8 @@ pub fn node_of_cpu(layout: &Layout, cpu: u32, cpus: u32) -> usize {
         nodes[count] = n;
         count += 1;
     }
-    nodes[(cpu as usize * count) / cpus.max(1) as usize]
+    let cpus = cpus.max(1);
+    nodes[(cpu.min(cpus - 1) as usize * count) / cpus as usize]
 }
 
 /// The allocations Linux makes before user space, sized as Linux sizes them: the
@@ -313,7 +319,8 @@ pub fn early_requests(layout: &Layout, params: &BootParams) -> [Option<EarlyRequ
     let per_cpu = |blocks: u64| {
         let mut v = [0u64; MAX_NODES];
         for cpu in 0..params.cpus {
-            v[node_of_cpu(layout, cpu, params.cpus)] += blocks;
+            let node = &mut v[node_of_cpu(layout, cpu, params.cpus)];
+            *node = node.saturating_add(blocks);
         }
         v
     };
@@ -331,7 +338,10 @@ pub fn early_requests(layout: &Layout, params: &BootParams) -> [Option<EarlyRequ
         .map_or(1, |b| b.div_ceil(PAGE_SIZE).max(1));
     let trace = EarlyRequest {
         kind: EarlyKind::TraceBuffer,
-        bytes: params.cpus as u64 * trace_pages * PAGE_SIZE,
+        // Saturates: a size no machine can hold is refused by the allocator anyway.
+        bytes: (params.cpus as u64)
+            .saturating_mul(trace_pages)
+            .saturating_mul(PAGE_SIZE),
         order: 0,
         blocks_per_node: per_cpu(trace_pages),
         constraint: Constraint::Any,
@@ -421,5 +431,52 @@ mod tests {
         assert_eq!("random:10".parse(), Ok(Workload::Random { ops: 10 }));
         assert!("busy".parse::<Workload>().is_err());
         assert_eq!(Size(3 << 29).to_string(), "1.5G");
+    }
+
+    /// Any argument gives an answer: no overflow, no index out of bounds, no
+    /// endless loop.
+    #[test]
+    fn sizing_functions_are_total() {
+        for scale in [0, 1, 12, 13, 14, 40, u32::MAX] {
+            for pages in [0, 1, 1 << 40, (1 << 40) + 1, u64::MAX] {
+                let _ = large_system_hash_entries(pages, scale);
+            }
+        }
+        let mut b = meminit::LayoutBuilder::new();
+        b.add(0x1000, 2 << 30, meminit::RangeKind::Usable, 0).add(
+            2 << 30,
+            4 << 30,
+            meminit::RangeKind::Usable,
+            1,
+        );
+        let layout = b.build().unwrap();
+        assert_eq!(node_of_cpu(&layout, u32::MAX, 2), 1);
+        assert_eq!(node_of_cpu(&layout, 0, 0), 0);
+        for (cpus, trace) in [(8192, Some(u64::MAX)), (u32::MAX / 1024, Some(1 << 52))] {
+            let requests = early_requests(
+                &layout,
+                &BootParams {
+                    cpus,
+                    trace_buf_size: trace,
+                    crashkernel: Some(u64::MAX),
+                },
+            );
+            for r in requests.into_iter().flatten() {
+                let _ = r.blocks();
+            }
+        }
+        for text in [
+            "",
+            "-1",
+            "0x",
+            ".G",
+            "1.5.5G",
+            "1e999",
+            "18446744073709551616",
+            "16E",
+            "\u{0}",
+        ] {
+            let _ = parse_size(text);
+        }
     }
 }

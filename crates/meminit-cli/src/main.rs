@@ -164,10 +164,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("meminit: {e:#}");
+            eprintln!("meminit: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes, each said once: `anyhow`'s `{:#}` appends every cause,
+/// but most of our errors already end with their cause's text (`"{path}: {source}"`),
+/// which would print it twice.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.ends_with(&cause) {
+            out = format!("{out}: {cause}");
+        }
+    }
+    out
 }
 
 /// `meminit` alone: the report on each built-in machine that fits this host.
@@ -195,10 +209,7 @@ fn machine_of(args: &MachineArgs) -> Result<Machine> {
         Machine::built_in("container")?
     };
     if let Some(cpus) = args.cpus {
-        if cpus == 0 {
-            bail!("--cpus must be at least 1");
-        }
-        machine.cpus = cpus;
+        machine.cpus = meminit_host::machine::check_cpus(cpus, "--cpus")?;
     }
     Ok(machine)
 }
@@ -210,8 +221,10 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
         opts.strategies = vec![s.into()];
     }
     if let Some(t) = args.threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
+        // Each is an OS thread; past a few thousand, spawning one fails (a panic
+        // in std::thread::scope) long before it could help.
+        if !(1..=4096).contains(&t) {
+            bail!("--threads {t}: between 1 and 4096 are supported");
         }
         opts.threads = t;
     }

@@ -97,7 +97,7 @@ fn repo_dir() -> PathBuf {
 }
 
 pub fn run(args: &VmArgs) -> Result<ExitCode> {
-    if args.cpus == 0 || args.nodes == 0 || args.nodes > args.cpus.max(1) * 64 {
+    if args.cpus == 0 || args.nodes == 0 || u64::from(args.nodes) > u64::from(args.cpus) * 64 {
         bail!("--cpus and --nodes must be at least 1");
     }
     if args.memory < 64 << 20 {

@@ -55,6 +55,21 @@ pub enum LogError {
         /// The line.
         text: String,
     },
+    /// A node or CPU number too large for the field it goes in (Linux's own are
+    /// 32-bit), rather than silently cut to its low bits.
+    #[error("line {line}: {what} {value} is too large (at most {max}): {text:?}")]
+    TooLarge {
+        /// 1-based line number.
+        line: usize,
+        /// What the number is.
+        what: &'static str,
+        /// The number as written.
+        value: String,
+        /// The largest accepted.
+        max: u32,
+        /// The line.
+        text: String,
+    },
     /// Neither node ranges nor e820 lines.
     #[error("no memory map in this log: it has neither 'Early memory node ranges' nor 'BIOS-e820:' lines")]
     NoMap,
@@ -101,6 +116,15 @@ fn mem_range(s: &str) -> Option<(u64, u64, &str)> {
     Some((a, b.checked_add(1)?, &s[close + 1..]))
 }
 
+/// The digits right after `key` (after spaces), or `""`.
+fn digits_after<'s>(s: &'s str, key: &str) -> &'s str {
+    let Some(at) = s.find(key) else { return "" };
+    let rest = s[at + key.len()..].trim_start();
+    &rest[..rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len())]
+}
+
 fn number_after<'s>(s: &'s str, key: &str) -> Option<(u64, &'s str)> {
     let rest = &s[s.find(key)? + key.len()..];
     let rest = rest.trim_start();
@@ -128,6 +152,23 @@ pub fn parse(text: &str) -> Result<BootLog, LogError> {
             what,
             text: raw.to_string(),
         };
+        // A node or CPU number `name`, which must fit in 32 bits, on a line taken
+        // for `what`.
+        let small = |what, name, value: &str| {
+            value.parse::<u32>().map_err(|_| {
+                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+                    LogError::TooLarge {
+                        line,
+                        what: name,
+                        value: value.to_string(),
+                        max: u32::MAX,
+                        text: raw.to_string(),
+                    }
+                } else {
+                    bad(what)
+                }
+            })
+        };
         if let Some(rest) = t.strip_prefix("BIOS-e820:") {
             let (a, b, kind) = mem_range(rest).ok_or_else(|| bad("a BIOS-e820 range"))?;
             let kind = kind.trim();
@@ -148,7 +189,7 @@ pub fn parse(text: &str) -> Result<BootLog, LogError> {
                     .trim_start()
                     .split_once(':')
                     .ok_or_else(|| bad("a node range"))?;
-                let node: u32 = node.trim().parse().map_err(|_| bad("a node range"))?;
+                let node = small("a node range", "node", node.trim())?;
                 let (a, b, _) = mem_range(rest).ok_or_else(|| bad("a node range"))?;
                 node_ranges.push(MemoryRange::new(a, b, RangeKind::Usable, node));
                 continue;
@@ -158,22 +199,22 @@ pub fn parse(text: &str) -> Result<BootLog, LogError> {
         if let Some(pos) = t.find("SRAT: Node ") {
             let rest = &t[pos + "SRAT: Node ".len()..];
             if rest.contains("[mem ") {
-                let node: u32 = rest
-                    .split_whitespace()
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| bad("an SRAT memory affinity"))?;
+                let node = small(
+                    "an SRAT memory affinity",
+                    "node",
+                    rest.split_whitespace().next().unwrap_or(""),
+                )?;
                 let (a, b, _) = mem_range(rest).ok_or_else(|| bad("an SRAT memory affinity"))?;
                 srat.push((a, b, node));
             }
             continue;
         }
         if t.starts_with("On node ") && t.contains("totalpages:") {
-            let (node, _) = number_after(t, "On node ").ok_or_else(|| bad("a totalpages line"))?;
+            let node = small("a totalpages line", "node", digits_after(t, "On node "))?;
             let (pages, _) =
                 number_after(t, "totalpages:").ok_or_else(|| bad("a totalpages line"))?;
-            figures.node_present.push((node as u32, pages));
-            current_node = Some(node as u32);
+            figures.node_present.push((node, pages));
+            current_node = Some(node);
             continue;
         }
         if let Some(zone) = ZoneType::ALL
@@ -203,14 +244,22 @@ pub fn parse(text: &str) -> Result<BootLog, LogError> {
             continue;
         }
         if t.starts_with("node ") && t.contains("deferred pages initialised in") {
-            let (node, _) = number_after(t, "node ").ok_or_else(|| bad("a deferred-init line"))?;
+            let node = small("a deferred-init line", "node", digits_after(t, "node "))?;
             let (ms, _) =
                 number_after(t, "initialised in").ok_or_else(|| bad("a deferred-init line"))?;
-            figures.deferred_init_ms.push((node as u32, ms));
+            figures.deferred_init_ms.push((node, ms));
             continue;
         }
-        if let Some((n, _)) = number_after(t, "nr_cpu_ids:") {
-            cpus = Some(n as u32);
+        if t.contains("nr_cpu_ids:") {
+            let n = small(
+                "an nr_cpu_ids line",
+                "nr_cpu_ids",
+                digits_after(t, "nr_cpu_ids:"),
+            )?;
+            if n == 0 {
+                return Err(bad("an nr_cpu_ids line (it says 0 CPUs)"));
+            }
+            cpus = Some(n);
         }
     }
 

@@ -80,6 +80,20 @@ pub enum MachineError {
     },
 }
 
+/// The most CPUs a machine may have (x86-64 Linux's largest `NR_CPUS`).
+pub const MAX_CPUS: u32 = 8192;
+
+/// `cpus` if it is between 1 and [`MAX_CPUS`]; `origin` says where it came from.
+pub fn check_cpus(cpus: u32, origin: &str) -> Result<u32, MachineError> {
+    if (1..=MAX_CPUS).contains(&cpus) {
+        Ok(cpus)
+    } else {
+        Err(MachineError::BadShape(format!(
+            "{origin}: {cpus} CPUs: between 1 and {MAX_CPUS} are supported"
+        )))
+    }
+}
+
 /// The built-in machines.
 pub const BUILT_IN: [&str; 3] = ["container", "server", "large"];
 
@@ -108,10 +122,13 @@ impl Machine {
                 crate::size::format(memory)
             )));
         }
-        if memory > 4096 * GIB * 1024 {
+        // RAM past the first 3 GiB starts at 4 GiB, so it ends at memory + 1 GiB.
+        let limit = (1 << meminit::layout::PHYS_ADDR_BITS) - GIB;
+        if memory > limit {
             return Err(MachineError::BadShape(format!(
-                "memory {} is above the 4P the 52-bit physical address space can hold",
-                crate::size::format(memory)
+                "memory {} is above the {}G (4P - 1G) a QEMU pc guest can have below the 52-bit physical address limit (RAM past 3G starts at 4G)",
+                crate::size::format(memory),
+                limit >> 30
             )));
         }
         if nodes == 0 || nodes as usize > meminit::MAX_NODES {
@@ -120,9 +137,9 @@ impl Machine {
                 meminit::MAX_NODES
             )));
         }
-        if cpus == 0 || cpus > 8192 {
+        if !(1..=MAX_CPUS).contains(&cpus) {
             return Err(MachineError::BadShape(format!(
-                "{cpus} CPUs: between 1 and 8192 are supported"
+                "{cpus} CPUs: between 1 and {MAX_CPUS} are supported"
             )));
         }
         // QEMU pc: RAM below 4 GiB up to 3 GiB when there is 3.5 GiB or more, the
@@ -176,8 +193,9 @@ impl Machine {
         })
     }
 
-    /// A machine from a memory-map file: JSON ([`MapFile`]) if it parses as such,
-    /// otherwise a Linux boot log.
+    /// A machine from a memory-map file: JSON ([`MapFile`]) if its name ends in
+    /// `.json` or its text starts with `{` (an empty or malformed `.json` file is a
+    /// JSON error), otherwise a Linux boot log.
     pub fn from_file(path: &Path) -> Result<Machine, MachineError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| MachineError::Io {
@@ -188,7 +206,10 @@ impl Machine {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| shown.clone());
-        if text.trim_start().starts_with('{') {
+        let json_name = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        if json_name || text.trim_start().starts_with('{') {
             MapFile::parse(&text, &shown)?.into_machine(name)
         } else {
             let log = dmesg::parse(&text).map_err(|source| MachineError::Log {
@@ -197,7 +218,7 @@ impl Machine {
             })?;
             Ok(Machine {
                 name,
-                cpus: log.cpus.unwrap_or(1),
+                cpus: check_cpus(log.cpus.unwrap_or(1), &format!("{shown}: nr_cpu_ids"))?,
                 ranges: log.ranges,
                 section_size: meminit::layout::DEFAULT_SECTION_SIZE,
                 linux: Some(log.figures),
@@ -218,13 +239,14 @@ impl Machine {
         })
     }
 
-    /// Total usable bytes.
+    /// Total bytes of the usable ranges as given (inverted ranges count as empty);
+    /// `u64::MAX` if the sum does not fit, which no valid map reaches.
     pub fn usable_bytes(&self) -> u64 {
         self.ranges
             .iter()
             .filter(|r| r.kind == RangeKind::Usable)
             .map(|r| r.end.saturating_sub(r.start))
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -244,18 +266,20 @@ impl Machine {
 ///
 /// `start` and `end` (exclusive) are byte addresses, as integers or strings in
 /// decimal or `0x` hex; `kind` is `usable`, `reserved` (RAM in use before the
-/// allocator starts) or `other` (not RAM); `node` defaults to 0; `cpus` to 1;
-/// `section_size` to 128M.
+/// allocator starts, on its own or inside a usable range) or `other` (not RAM);
+/// `node` defaults to 0; `cpus` to 1; `section_size` to 128M. An error in a range
+/// names the range (counting from 0) and the field.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MapFile {
     /// CPUs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::cpus")]
     pub cpus: Option<u32>,
     /// Section size, e.g. "128M".
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::section_size")]
     pub section_size: Option<Number>,
     /// The ranges.
+    #[serde(deserialize_with = "field::ranges")]
     pub ranges: Vec<MapRange>,
 }
 
@@ -264,14 +288,85 @@ pub struct MapFile {
 #[serde(deny_unknown_fields)]
 pub struct MapRange {
     /// First byte.
+    #[serde(deserialize_with = "field::start")]
     pub start: Number,
     /// One past the last byte.
+    #[serde(deserialize_with = "field::end")]
     pub end: Number,
     /// `usable`, `reserved` or `other`.
+    #[serde(deserialize_with = "field::kind")]
     pub kind: Kind,
     /// NUMA node.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "field::node")]
     pub node: u32,
+}
+
+/// Deserializers that put the field's name (and a range's position) in front of
+/// what went wrong inside it. serde_json reads the position back out of the inner
+/// message, so the result still points at the offending value.
+mod field {
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+    use std::fmt;
+
+    use super::{Kind, MapRange, Number};
+
+    fn named<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        name: &str,
+        d: D,
+    ) -> Result<T, D::Error> {
+        T::deserialize(d).map_err(|e| D::Error::custom(format!("{name}: {e}")))
+    }
+
+    pub(super) fn start<'de, D: Deserializer<'de>>(d: D) -> Result<Number, D::Error> {
+        named("start", d)
+    }
+    pub(super) fn end<'de, D: Deserializer<'de>>(d: D) -> Result<Number, D::Error> {
+        named("end", d)
+    }
+    pub(super) fn kind<'de, D: Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        named("kind", d)
+    }
+    pub(super) fn node<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        named("node", d)
+    }
+    pub(super) fn cpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        named("cpus", d)
+    }
+    pub(super) fn section_size<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Number>, D::Error> {
+        named("section_size", d)
+    }
+
+    /// The list of ranges, each error prefixed with `range #i`.
+    pub(super) fn ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<MapRange>, D::Error> {
+        struct Ranges;
+        impl<'de> Visitor<'de> for Ranges {
+            type Value = Vec<MapRange>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of ranges")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<MapRange>, A::Error> {
+                let mut out = Vec::new();
+                loop {
+                    match seq.next_element::<MapRange>() {
+                        Ok(Some(r)) => out.push(r),
+                        Ok(None) => return Ok(out),
+                        Err(e) => {
+                            return Err(A::Error::custom(format!("range #{}: {e}", out.len())))
+                        }
+                    }
+                }
+            }
+        }
+        d.deserialize_seq(Ranges).map_err(|e| {
+            if e.to_string().starts_with("range #") {
+                e
+            } else {
+                D::Error::custom(format!("ranges: {e}"))
+            }
+        })
+    }
 }
 
 /// A range kind in a [`MapFile`].
@@ -287,25 +382,76 @@ pub enum Kind {
 }
 
 /// An integer written as a JSON number or as a string (decimal, `0x` hex, or a
-/// size with a K/M/G/T suffix).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "NumberRepr", into = "u64")]
+/// size with a K/M/G/T suffix), from 0 to 2^64 - 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "u64")]
 pub struct Number(pub u64);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumberRepr {
-    Int(u64),
-    Text(String),
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Number, D::Error> {
+        d.deserialize_any(NumberVisitor)
+    }
 }
 
-impl TryFrom<NumberRepr> for Number {
-    type Error = String;
-    fn try_from(r: NumberRepr) -> Result<Self, String> {
-        match r {
-            NumberRepr::Int(v) => Ok(Number(v)),
-            NumberRepr::Text(s) => crate::size::parse(&s).map(Number),
+struct NumberVisitor;
+
+const NUMBER_RANGE: &str = "an address or size is a whole number from 0 to 2^64 - 1";
+
+impl serde::de::Visitor<'_> for NumberVisitor {
+    type Value = Number;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a whole number from 0 to 2^64 - 1, or a string such as \"0x1000\" or \"128M\"")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Number, E> {
+        Ok(Number(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Number, E> {
+        u64::try_from(v)
+            .map(Number)
+            .map_err(|_| E::custom(format!("{v} is negative: {NUMBER_RANGE}")))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Number, E> {
+        u64::try_from(v)
+            .map(Number)
+            .map_err(|_| E::custom(format!("{v} is 2^64 or more: {NUMBER_RANGE}")))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Number, E> {
+        if v < 0 {
+            return Err(E::custom(format!("{v} is negative: {NUMBER_RANGE}")));
         }
+        self.visit_u128(v.unsigned_abs())
+    }
+
+    /// serde_json hands over integers that do not fit in 64 bits, and numbers
+    /// with a fraction or an exponent, as floating point.
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Number, E> {
+        const EXACT: f64 = (1u64 << f64::MANTISSA_DIGITS) as f64;
+        if !v.is_finite() || v.fract() != 0.0 {
+            Err(E::custom(format!(
+                "{v} is not a whole number: {NUMBER_RANGE}"
+            )))
+        } else if v < 0.0 {
+            Err(E::custom(format!("{v} is negative: {NUMBER_RANGE}")))
+        } else if v >= 18_446_744_073_709_551_616.0 {
+            Err(E::custom(format!(
+                "the number is 2^64 or more: {NUMBER_RANGE} (the largest is 0xffffffffffffffff)"
+            )))
+        } else if v <= EXACT {
+            Ok(Number(v as u64))
+        } else {
+            Err(E::custom(format!(
+                "{v:e} is too large to be read exactly in this form: write it as an integer without a fraction or exponent, or as a string"
+            )))
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Number, E> {
+        crate::size::parse(s).map(Number).map_err(E::custom)
     }
 }
 
@@ -318,11 +464,29 @@ impl From<Number> for u64 {
 impl MapFile {
     /// Parses the JSON text of a map file; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<MapFile, MachineError> {
-        serde_json::from_str(text).map_err(|e| MachineError::Json {
-            path: path.to_string(),
-            line: e.line(),
-            column: e.column(),
-            message: e.to_string(),
+        if text.trim().is_empty() {
+            return Err(MachineError::Json {
+                path: path.to_string(),
+                line: 1,
+                column: 1,
+                message: "the file is empty: a memory map is a JSON object with a \"ranges\" list"
+                    .to_string(),
+            });
+        }
+        serde_json::from_str(text).map_err(|e| {
+            // serde_json's message ends with the position, which the error shows
+            // in front already.
+            let mut message = e.to_string();
+            let at = format!(" at line {} column {}", e.line(), e.column());
+            if message.ends_with(&at) {
+                message.truncate(message.len() - at.len());
+            }
+            MachineError::Json {
+                path: path.to_string(),
+                line: e.line(),
+                column: e.column(),
+                message,
+            }
         })
     }
 
@@ -341,8 +505,8 @@ impl MapFile {
             })
             .collect();
         Ok(Machine {
+            cpus: check_cpus(self.cpus.unwrap_or(1).max(1), &format!("{name}: cpus"))?,
             name,
-            cpus: self.cpus.unwrap_or(1).max(1),
             ranges,
             section_size: self
                 .section_size
@@ -365,6 +529,15 @@ mod tests {
         let n = l.node(0).unwrap();
         assert_eq!(n.present, 524158);
         assert_eq!(n.zones[ZoneType::Dma as usize].present, 3998);
+    }
+
+    #[test]
+    fn sized_machines_end_below_the_address_limit() {
+        let most = (1u64 << 52) - GIB;
+        assert!(Machine::qemu_like(most, 16, 1).unwrap().layout().is_ok());
+        let e = Machine::qemu_like(most + 1, 1, 1).unwrap_err().to_string();
+        assert!(e.contains("is above the"), "{e}");
+        assert!(Machine::qemu_like(u64::MAX, 1, 1).is_err());
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub const DEFAULT_SECTION_SIZE: u64 = 128 << 20;
 /// The smallest section: one max-order block, so that a block and its buddy always
 /// share a section.
 pub const MIN_SECTION_SIZE: u64 = PAGE_SIZE << MAX_ORDER;
+/// One past the highest pfn the physical address space holds.
+pub const MAX_PFN: u64 = 1 << (PHYS_ADDR_BITS - PAGE_SHIFT);
+/// The most runs of present pages a layout holds: a reserved range inside a usable
+/// one splits it in three, so `MAX_RANGES` input ranges give fewer than twice as many.
+const MAX_PRESENT: usize = 2 * MAX_RANGES;
 
 /// A physical frame number: a physical address divided by [`PAGE_SIZE`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -43,9 +48,23 @@ impl Pfn {
         Pfn(addr >> PAGE_SHIFT)
     }
 
-    /// The physical address of the frame's first byte.
+    /// The physical address of the frame's first byte; `u64::MAX`, which no frame
+    /// has, for a pfn whose address does not fit in 64 bits.
     pub const fn addr(self) -> u64 {
-        self.0 << PAGE_SHIFT
+        match self.checked_addr() {
+            Some(addr) => addr,
+            None => u64::MAX,
+        }
+    }
+
+    /// The physical address of the frame's first byte, or `None` if it does not fit
+    /// in 64 bits.
+    pub const fn checked_addr(self) -> Option<u64> {
+        if self.0 > u64::MAX >> PAGE_SHIFT {
+            None
+        } else {
+            Some(self.0 << PAGE_SHIFT)
+        }
     }
 }
 
@@ -62,7 +81,10 @@ pub enum RangeKind {
     Usable,
     /// RAM that is present but already in use before the allocator starts (the kernel
     /// image, an initrd, firmware tables kept in RAM). Counted as present, given
-    /// reserved descriptors, never handed out. Grows outward to whole pages.
+    /// reserved descriptors, never handed out. Grows outward to whole pages. It may
+    /// stand on its own or lie inside usable ranges (and other reserved ranges) of
+    /// its node, as Linux's memblock reservations lie inside memory: the pages it
+    /// covers are reserved, the rest stay usable.
     Reserved,
     /// Not RAM at all (e820 `reserved`, ACPI, MMIO, holes). Not present; pages of it
     /// that share a section with RAM get reserved descriptors.
@@ -223,8 +245,21 @@ pub enum LayoutError {
         /// The range.
         range: MemoryRange,
     },
-    /// Two ranges share bytes.
+    /// Two ranges share bytes, and they may not: two usable ranges, or an `other`
+    /// range and any other. (A reserved range may overlap usable and reserved
+    /// ranges of its own node.)
     Overlap {
+        /// Position of the range that starts first.
+        first_index: usize,
+        /// The range that starts first.
+        first: MemoryRange,
+        /// Position of the range that starts inside it.
+        second_index: usize,
+        /// The range that starts inside it.
+        second: MemoryRange,
+    },
+    /// A reserved range overlaps a usable or reserved range of another node.
+    NodeConflict {
         /// Position of the range that starts first.
         first_index: usize,
         /// The range that starts first.
@@ -276,6 +311,15 @@ impl fmt::Display for LayoutError {
             } => write!(
                 f,
                 "range #{second_index} {second} overlaps range #{first_index} {first}"
+            ),
+            LayoutError::NodeConflict {
+                first_index,
+                first,
+                second_index,
+                second,
+            } => write!(
+                f,
+                "range #{second_index} {second} overlaps range #{first_index} {first}, which is on another node"
             ),
             LayoutError::NoUsableMemory => {
                 write!(f, "the memory map has no whole page of usable memory")
@@ -352,6 +396,11 @@ impl LayoutBuilder {
     }
 
     /// Validates the map and computes the layout.
+    ///
+    /// Ranges may not overlap, except that a reserved range may overlap usable and
+    /// reserved ranges of its own node (a reservation inside memory); its pages are
+    /// then reserved and the rest of the usable range stays usable. Every refusal is
+    /// a [`LayoutError`] naming the ranges by position.
     pub fn build(&self) -> Result<Layout, LayoutError> {
         if self.overflowed {
             return Err(LayoutError::TooManyRanges { max: MAX_RANGES });
@@ -380,49 +429,89 @@ impl LayoutBuilder {
             }
         }
 
-        // Sort positions by start address; a range overlaps an earlier one exactly
-        // when it starts below the furthest end seen so far.
+        // Sort positions by start address. Each range is checked against every
+        // earlier one that reaches past its start: usable and reserved RAM may
+        // overlap (a reservation inside memory), if on one node; nothing else may.
         let mut order = [0u16; MAX_RANGES];
         for (i, slot) in order[..input.len()].iter_mut().enumerate() {
+            // `input.len() <= MAX_RANGES`, which fits in u16.
             *slot = i as u16;
         }
         let order = &mut order[..input.len()];
         order.sort_unstable_by_key(|&i| (input[i as usize].start, i));
-        let mut furthest: Option<usize> = None;
-        for &i in order.iter() {
-            let i = i as usize;
-            if let Some(f) = furthest {
-                if input[i].start < input[f].end {
+        for (at, &i) in order.iter().enumerate() {
+            let second_index = i as usize;
+            let second = input[second_index];
+            for &j in &order[..at] {
+                let first_index = j as usize;
+                let first = input[first_index];
+                if first.end <= second.start {
+                    continue;
+                }
+                let ram_in_ram = matches!(
+                    (first.kind, second.kind),
+                    (RangeKind::Usable, RangeKind::Reserved)
+                        | (RangeKind::Reserved, RangeKind::Usable)
+                        | (RangeKind::Reserved, RangeKind::Reserved)
+                );
+                if !ram_in_ram {
                     return Err(LayoutError::Overlap {
-                        first_index: f,
-                        first: input[f],
-                        second_index: i,
-                        second: input[i],
+                        first_index,
+                        first,
+                        second_index,
+                        second,
                     });
                 }
-                if input[i].end > input[f].end {
-                    furthest = Some(i);
+                if first.node != second.node {
+                    return Err(LayoutError::NodeConflict {
+                        first_index,
+                        first,
+                        second_index,
+                        second,
+                    });
                 }
-            } else {
-                furthest = Some(i);
             }
         }
 
+        // The present pages: usable ranges shrunk inward to whole pages, reserved
+        // ranges grown outward. A page any reserved range touches is reserved; where
+        // two ranges of different nodes share a page (only possible at their
+        // rounded ends), the one that starts first has it. Walk the page
+        // boundaries of all ranges in address order and classify each piece.
+        let pages = |range: &MemoryRange| match range.kind {
+            RangeKind::Usable => Some((range.start.div_ceil(PAGE_SIZE), range.end / PAGE_SIZE)),
+            RangeKind::Reserved => Some((range.start / PAGE_SIZE, range.end.div_ceil(PAGE_SIZE))),
+            RangeKind::Other => None,
+        };
         let mut layout = Layout::empty(section_size.trailing_zeros() - PAGE_SHIFT);
-        for &i in order.iter() {
-            let range = input[i as usize];
-            let (start, end, reserved) = match range.kind {
-                RangeKind::Usable => (
-                    range.start.div_ceil(PAGE_SIZE),
-                    range.end / PAGE_SIZE,
-                    false,
-                ),
-                RangeKind::Reserved => {
-                    (range.start / PAGE_SIZE, range.end.div_ceil(PAGE_SIZE), true)
-                }
-                RangeKind::Other => continue,
+        let mut cursor = input
+            .iter()
+            .filter_map(pages)
+            .filter(|(s, e)| s < e)
+            .map(|(s, _)| s)
+            .min();
+        while let Some(at) = cursor {
+            let next = input
+                .iter()
+                .filter_map(pages)
+                .filter(|(s, e)| s < e)
+                .flat_map(|(s, e)| [s, e])
+                .filter(|&b| b > at)
+                .min();
+            let Some(next) = next else { break };
+            let covering = |kind| {
+                order
+                    .iter()
+                    .map(|&i| &input[i as usize])
+                    .filter(|r| r.kind == kind)
+                    .find(|r| pages(r).is_some_and(|(s, e)| s <= at && at < e))
             };
-            layout.push_present(start, end, range.node as u8, reserved);
+            if let Some(r) = covering(RangeKind::Reserved) {
+                layout.push_present(at, next, r.node as u8, true);
+            } else if let Some(r) = covering(RangeKind::Usable) {
+                layout.push_present(at, next, r.node as u8, false);
+            }
+            cursor = Some(next);
         }
         if layout.usable_pages() == 0 {
             return Err(LayoutError::NoUsableMemory);
@@ -432,13 +521,55 @@ impl LayoutBuilder {
     }
 }
 
-/// A run of present pages on one node, reserved or not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A run of present pages on one node, reserved or not: pfns `[start, end)`, both
+/// at most [`MAX_PFN`] (2^40), so the node and the reserved flag ride in the top
+/// bits of `tagged_end` and a run takes 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct PresentRange {
     start: u64,
-    end: u64,
-    node: u8,
-    reserved: bool,
+    tagged_end: u64,
+}
+
+impl PresentRange {
+    const NODE_SHIFT: u32 = 48;
+    const RESERVED: u64 = 1 << 63;
+    const END_MASK: u64 = (1 << Self::NODE_SHIFT) - 1;
+
+    const fn new(start: u64, end: u64, node: u8, reserved: bool) -> Self {
+        PresentRange {
+            start,
+            tagged_end: end
+                | (node as u64) << Self::NODE_SHIFT
+                | if reserved { Self::RESERVED } else { 0 },
+        }
+    }
+
+    const fn end(&self) -> u64 {
+        self.tagged_end & Self::END_MASK
+    }
+
+    const fn node(&self) -> u8 {
+        (self.tagged_end >> Self::NODE_SHIFT) as u8
+    }
+
+    const fn reserved(&self) -> bool {
+        self.tagged_end & Self::RESERVED != 0
+    }
+
+    const fn pages(&self) -> u64 {
+        self.end() - self.start
+    }
+}
+
+impl fmt::Debug for PresentRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresentRange")
+            .field("start", &self.start)
+            .field("end", &self.end())
+            .field("node", &self.node())
+            .field("reserved", &self.reserved())
+            .finish()
+    }
 }
 
 /// Spanned and present pages of one zone of one node.
@@ -457,7 +588,7 @@ pub struct ZoneSpan {
 impl ZoneSpan {
     /// Pages spanned, holes included (Linux's `spanned_pages`).
     pub const fn spanned(&self) -> u64 {
-        self.end_pfn - self.start_pfn
+        self.end_pfn.saturating_sub(self.start_pfn)
     }
 }
 
@@ -493,7 +624,7 @@ pub struct PresentRun {
 /// A validated memory map: present pages, nodes, zones and sections.
 #[derive(Clone)]
 pub struct Layout {
-    present: [PresentRange; MAX_RANGES],
+    present: [PresentRange; MAX_PRESENT],
     len: usize,
     nodes: [NodeSpan; MAX_NODES],
     node_count: usize,
@@ -513,12 +644,7 @@ impl fmt::Debug for Layout {
 impl Layout {
     const fn empty(section_shift: u32) -> Self {
         Layout {
-            present: [PresentRange {
-                start: 0,
-                end: 0,
-                node: 0,
-                reserved: false,
-            }; MAX_RANGES],
+            present: [PresentRange::new(0, 0, 0, false); MAX_PRESENT],
             len: 0,
             nodes: [NodeSpan {
                 start_pfn: 0,
@@ -536,43 +662,31 @@ impl Layout {
         }
     }
 
-    /// Appends pages `[start, end)`, which begin no lower than any range before them.
-    /// Rounding outward can make a reserved range reach into the page of the range
-    /// before it; that page already belongs to the earlier range.
+    /// Appends pages `[start, end)`, which begin at or above the end of the last
+    /// run, merging with it where they continue it.
     fn push_present(&mut self, start: u64, end: u64, node: u8, reserved: bool) {
-        let start = match self.len {
-            0 => start,
-            n => start.max(self.present[n - 1].end),
-        };
-        if start >= end {
-            return;
-        }
         if let Some(last) = self.len.checked_sub(1).map(|n| &mut self.present[n]) {
-            if last.end == start && last.node == node && last.reserved == reserved {
-                last.end = end;
+            if last.end() == start && last.node() == node && last.reserved() == reserved {
+                *last = PresentRange::new(last.start, end, node, reserved);
                 return;
             }
         }
-        // Each input range adds at most one present range, so this cannot overflow.
-        self.present[self.len] = PresentRange {
-            start,
-            end,
-            node,
-            reserved,
-        };
+        // `build` pushes one run per piece between two of the (at most
+        // 2 * MAX_RANGES) page boundaries of its ranges, fewer than MAX_PRESENT.
+        self.present[self.len] = PresentRange::new(start, end, node, reserved);
         self.len += 1;
     }
 
     fn compute_spans(&mut self) {
         for r in &self.present[..self.len] {
-            let n = &mut self.nodes[r.node as usize];
+            let n = &mut self.nodes[r.node() as usize];
             if n.present == 0 {
                 n.start_pfn = r.start;
             }
             n.start_pfn = n.start_pfn.min(r.start);
-            n.end_pfn = n.end_pfn.max(r.end);
-            n.present += r.end - r.start;
-            self.node_count = self.node_count.max(r.node as usize + 1);
+            n.end_pfn = n.end_pfn.max(r.end());
+            n.present += r.pages();
+            self.node_count = self.node_count.max(r.node() as usize + 1);
         }
         for node in &mut self.nodes[..self.node_count] {
             if node.present == 0 {
@@ -627,27 +741,38 @@ impl Layout {
         self.memmap_descriptors() * crate::page::DESCRIPTOR_SIZE
     }
 
-    /// The pfns `[start, end)` of section `index`.
+    /// The pfns `[start, end)` of section `index`; for a section beyond the physical
+    /// address space (`index` at or above `MAX_PFN / section_pages()`), the empty
+    /// range `(MAX_PFN, MAX_PFN)`.
     pub const fn section_pfns(&self, index: usize) -> (u64, u64) {
+        if index as u64 >= MAX_PFN >> self.section_shift {
+            return (MAX_PFN, MAX_PFN);
+        }
         let start = (index as u64) << self.section_shift;
         (start, start + self.section_pages())
     }
 
-    /// The section that holds `pfn`.
+    /// The section that holds `pfn` (`usize::MAX` if that index does not fit in a
+    /// `usize`, which happens only on targets narrower than 64 bits).
     pub const fn section_of(&self, pfn: u64) -> usize {
-        (pfn >> self.section_shift) as usize
+        let index = pfn >> self.section_shift;
+        if index > usize::MAX as u64 {
+            usize::MAX
+        } else {
+            index as usize
+        }
     }
 
     /// One past the highest present pfn.
     pub fn end_pfn(&self) -> u64 {
-        self.present[self.len - 1].end
+        self.present[..self.len].last().map_or(0, PresentRange::end)
     }
 
     /// Present pages on all nodes.
     pub fn present_pages(&self) -> u64 {
         self.present[..self.len]
             .iter()
-            .map(|r| r.end - r.start)
+            .map(PresentRange::pages)
             .sum()
     }
 
@@ -655,8 +780,8 @@ impl Layout {
     pub fn usable_pages(&self) -> u64 {
         self.present[..self.len]
             .iter()
-            .filter(|r| !r.reserved)
-            .map(|r| r.end - r.start)
+            .filter(|r| !r.reserved())
+            .map(PresentRange::pages)
             .sum()
     }
 
@@ -683,7 +808,7 @@ impl Layout {
     /// The runs of present pages inside `[start, end)`, in address order, each within
     /// one node and one zone.
     pub fn present_runs(&self, start: u64, end: u64) -> PresentRuns<'_> {
-        let first = self.present[..self.len].partition_point(|r| r.end <= start);
+        let first = self.present[..self.len].partition_point(|r| r.end() <= start);
         PresentRuns {
             ranges: &self.present[first..self.len],
             cursor: start,
@@ -698,13 +823,13 @@ impl Layout {
         let mut i = 0;
         core::iter::from_fn(move || {
             let first = self.present[..self.len].get(i)?;
-            let (start, mut end, node) = (first.start, first.end, first.node);
+            let (start, mut end, node) = (first.start, first.end(), first.node());
             i += 1;
             while let Some(next) = self.present[..self.len].get(i) {
-                if next.start != end || next.node != node {
+                if next.start != end || next.node() != node {
                     break;
                 }
-                end = next.end;
+                end = next.end();
                 i += 1;
             }
             Some((start, end, node))
@@ -716,16 +841,16 @@ impl Layout {
     pub fn present_sections(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.present[..self.len]
             .iter()
-            .map(|r| (self.section_of(r.start), self.section_of(r.end - 1) + 1))
+            .map(|r| (self.section_of(r.start), self.section_of(r.end() - 1) + 1))
     }
 
     /// The node `pfn` is present on, if it is present.
     pub fn node_of(&self, pfn: u64) -> Option<u8> {
-        let i = self.present[..self.len].partition_point(|r| r.end <= pfn);
+        let i = self.present[..self.len].partition_point(|r| r.end() <= pfn);
         self.present[..self.len]
             .get(i)
             .filter(|r| r.start <= pfn)
-            .map(|r| r.node)
+            .map(PresentRange::node)
     }
 
     /// Whether section `index` holds any present page.
@@ -770,19 +895,19 @@ impl Iterator for PresentRuns<'_> {
                 self.ranges = &[];
                 return None;
             }
-            if start >= r.end {
+            if start >= r.end() {
                 self.ranges = rest;
                 continue;
             }
             let zone = ZoneType::of_pfn(start);
-            let end = r.end.min(self.end).min(zone.highest_pfn());
+            let end = r.end().min(self.end).min(zone.highest_pfn());
             self.cursor = end;
             return Some(PresentRun {
                 start,
                 end,
-                node: r.node,
+                node: r.node(),
                 zone,
-                reserved: r.reserved,
+                reserved: r.reserved(),
             });
         }
     }
@@ -913,5 +1038,167 @@ mod tests {
         assert_eq!(l.node(1).unwrap().zones[1].spanned(), 0);
         assert_eq!(l.node_of((6 << 30) / PAGE_SIZE), Some(1));
         assert_eq!(l.node_of((8 << 30) / PAGE_SIZE), None);
+    }
+
+    /// The README's example: a reservation inside usable memory, as Linux's
+    /// memblock allows. Its pages are present and reserved, the rest usable.
+    #[test]
+    fn reserved_ranges_may_sit_inside_usable_ones() {
+        let mut b = LayoutBuilder::new();
+        b.add(0x1000, 0x9fc00, RangeKind::Usable, 0)
+            .add(0x100000, 0xbffe0000, RangeKind::Usable, 0)
+            .add(0x1000000, 0x3000000, RangeKind::Reserved, 0)
+            .add(0xfec00000, 0x1_0000_0000, RangeKind::Other, 0);
+        let l = b.build().unwrap();
+        let runs: Vec<_> = l
+            .present_runs(0, u64::MAX)
+            .map(|r| (r.start, r.end, r.zone, r.reserved))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (0x1, 0x9f, ZoneType::Dma, false),
+                (0x100, 0x1000, ZoneType::Dma, false),
+                (0x1000, 0x3000, ZoneType::Dma32, true),
+                (0x3000, 0xbffe0, ZoneType::Dma32, false),
+            ]
+        );
+        let n = l.node(0).unwrap();
+        assert_eq!(n.present, 0x9e + 0xbffe0 - 0x100);
+        assert_eq!(n.zones[ZoneType::Dma32 as usize].reserved, 0x2000);
+        assert_eq!(n.zones[ZoneType::Dma32 as usize].present, 0xbffe0 - 0x1000);
+        assert_eq!(l.usable_pages(), n.present - 0x2000);
+        // Linux prints the node ranges of memory, reservations included.
+        let ranges: Vec<_> = l.node_ranges().collect();
+        assert_eq!(ranges, [(0x1, 0x9f, 0), (0x100, 0xbffe0, 0)]);
+
+        // Unaligned, at the edge, overlapping each other, and across two usable
+        // ranges: every page a reservation touches is reserved.
+        let mut b = LayoutBuilder::new();
+        b.add(0x0, 0x10000, RangeKind::Usable, 1)
+            .add(0x10000, 0x20000, RangeKind::Usable, 1)
+            .add(0x0, 0x1800, RangeKind::Reserved, 1)
+            .add(0x1000, 0x2001, RangeKind::Reserved, 1)
+            .add(0xf800, 0x10800, RangeKind::Reserved, 1)
+            .add(0x1f000, 0x20000, RangeKind::Reserved, 1);
+        let l = b.build().unwrap();
+        let runs: Vec<_> = l
+            .present_runs(0, u64::MAX)
+            .map(|r| (r.start, r.end, r.node, r.reserved))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (0, 3, 1, true),
+                (3, 0xf, 1, false),
+                (0xf, 0x11, 1, true),
+                (0x11, 0x1f, 1, false),
+                (0x1f, 0x20, 1, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn overlaps_that_make_no_sense_stay_errors() {
+        let overlap = |ranges: &[(u64, u64, RangeKind, u32)]| {
+            let mut b = LayoutBuilder::new();
+            for &(s, e, k, n) in ranges {
+                b.add(s, e, k, n);
+            }
+            b.build().unwrap_err()
+        };
+        use RangeKind::{Other, Reserved, Usable};
+        // Two usable ranges.
+        assert!(matches!(
+            overlap(&[(0, 0x10000, Usable, 0), (0x2000, 0x3000, Usable, 0)]),
+            LayoutError::Overlap {
+                first_index: 0,
+                second_index: 1,
+                ..
+            }
+        ));
+        // `other` with usable or reserved, in either order.
+        for kind in [Usable, Reserved] {
+            assert!(matches!(
+                overlap(&[(0, 0x10000, kind, 0), (0x8000, 0x20000, Other, 0)]),
+                LayoutError::Overlap {
+                    first_index: 0,
+                    second_index: 1,
+                    ..
+                }
+            ));
+            assert!(matches!(
+                overlap(&[
+                    (0x100000, 0x200000, Usable, 0),
+                    (0, 0x101000, Other, 0),
+                    (0x100000, 0x101000, kind, 0)
+                ]),
+                LayoutError::Overlap { first_index: 1, .. }
+            ));
+        }
+        // A reservation inside usable memory of another node: named, both ranges.
+        let e = overlap(&[(0, 0x10000, Usable, 0), (0x2000, 0x3000, Reserved, 1)]);
+        assert!(matches!(
+            e,
+            LayoutError::NodeConflict {
+                first_index: 0,
+                second_index: 1,
+                ..
+            }
+        ));
+        assert_eq!(
+            e.to_string(),
+            "range #1 [0x2000, 0x3000) reserved on node 1 overlaps range #0 [0x0, 0x10000) usable on node 0, which is on another node"
+        );
+        // Reserved alone is reserved RAM: no usable memory.
+        assert_eq!(
+            overlap(&[(0, 0x10000, Reserved, 0), (0x1000, 0x3000, Reserved, 0)]),
+            LayoutError::NoUsableMemory
+        );
+        // All of a usable range reserved.
+        assert_eq!(
+            overlap(&[(0x1000, 0x3000, Usable, 0), (0x800, 0x3800, Reserved, 0)]),
+            LayoutError::NoUsableMemory
+        );
+    }
+
+    /// Every public function answers any argument without panicking.
+    #[test]
+    fn layout_functions_are_total() {
+        let l = qemu_2g().build().unwrap();
+        let beyond = MAX_PFN >> l.section_shift();
+        for index in [
+            usize::MAX,
+            usize::MAX / 2,
+            beyond as usize,
+            beyond as usize - 1,
+        ] {
+            let (s, e) = l.section_pfns(index);
+            assert!(s <= e && e <= MAX_PFN, "{index}: {s} {e}");
+            assert!(!l.section_has_present(index));
+            for zone in ZoneType::ALL {
+                for node in [0, 1, u8::MAX] {
+                    assert_eq!(l.section_zone_pages(index, node, zone), (0, 0));
+                }
+            }
+        }
+        assert_eq!(l.section_pfns(beyond as usize), (MAX_PFN, MAX_PFN));
+        assert_eq!(l.section_pfns(1), (1 << 15, 2 << 15));
+        assert_eq!(l.section_of(u64::MAX), (u64::MAX >> 15) as usize);
+        assert_eq!(l.node_of(u64::MAX), None);
+        assert!(l.node(usize::MAX).is_none() && l.node(MAX_NODES).is_none());
+        assert_eq!(l.present_runs(u64::MAX, 0).count(), 0);
+        assert_eq!(l.present_runs(u64::MAX, u64::MAX).count(), 0);
+        assert_eq!(l.present_runs(5, 3).count(), 0);
+        assert_eq!(Pfn(u64::MAX).addr(), u64::MAX);
+        assert_eq!(Pfn(u64::MAX).checked_addr(), None);
+        assert_eq!(Pfn(u64::MAX >> 12).checked_addr(), Some(!0xfff));
+        let inverted = ZoneSpan {
+            start_pfn: 10,
+            end_pfn: 5,
+            ..ZoneSpan::default()
+        };
+        assert_eq!(inverted.spanned(), 0);
+        assert_eq!(ZoneType::of_pfn(u64::MAX), ZoneType::Normal);
     }
 }
