@@ -7,7 +7,7 @@
 //! - **batch**: every thread allocates 32 order-0 frames, then frees them, and
 //!   repeats, on its own CPU (meminit's `CpuId`, LLFree's core index).
 //! - **producer/consumer**: threads in pairs; thread 2k allocates batches of 32 and
-//!   passes them over a bounded queue (8 batches) to thread 2k+1, which frees them on
+//!   passes them over a bounded queue (64 batches by default) to thread 2k+1, which frees them on
 //!   its own CPU. Frees on another CPU than the allocation's are what per-CPU caches
 //!   find hardest.
 //!
@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use llfree::{Alloc, Classing, FrameId, Init, LLFree, MetaData, Request};
+use llfree::{Alloc, Class, Classing, FrameId, Init, LLFree, MetaData, Request};
 use lock_api::RawMutex;
 use meminit::{
     Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page, RangeKind, SectionSlot,
@@ -44,8 +44,8 @@ use meminit::{
 
 /// Frames each thread allocates before it frees them (or passes them on).
 const BATCH: usize = 32;
-/// Batches in flight between a producer and its consumer.
-const QUEUE: usize = 8;
+/// Batches in flight between a producer and its consumer, by default.
+const QUEUE: usize = 64;
 
 /// Order-0 frames, shared by threads; `cpu` is the calling thread's CPU index.
 trait Frames: Sync {
@@ -128,37 +128,36 @@ where
 /// LLFree with one local reservation per thread.
 struct Llfree {
     ll: LLFree<'static>,
-    request: Box<dyn Fn(usize, usize) -> Request + Sync>,
     frames: usize,
 }
 
 impl Llfree {
     fn new(frames: usize, cores: usize) -> Self {
-        let (classing, request) = Classing::simple(cores);
+        let (classing, _) = Classing::simple(cores);
         let meta = MetaData::alloc(&LLFree::metadata_size(&classing, frames));
         let ll = LLFree::new(frames, Init::FreeAll, &classing, meta).expect("start LLFree");
-        Llfree {
-            ll,
-            request: Box::new(request),
-            frames,
-        }
+        Llfree { ll, frames }
+    }
+
+    /// What `Classing::simple`'s request function makes for order 0 on `cpu` (small
+    /// frames are class 0), built inline rather than through its closure.
+    #[inline]
+    fn request(cpu: usize) -> Request {
+        Request::new(0, Class(0), Some(cpu))
     }
 }
 
 impl Frames for Llfree {
     #[inline]
     fn alloc(&self, cpu: usize) -> u64 {
-        let (frame, _) = self
-            .ll
-            .get(None, (self.request)(0, cpu))
-            .expect("LLFree get");
+        let (frame, _) = self.ll.get(None, Self::request(cpu)).expect("LLFree get");
         frame.0 as u64
     }
 
     #[inline]
     fn free(&self, cpu: usize, frame: u64) {
         self.ll
-            .put(FrameId(frame as usize), (self.request)(0, cpu))
+            .put(FrameId(frame as usize), Self::request(cpu))
             .expect("LLFree put");
     }
 
@@ -199,13 +198,34 @@ impl Frames for Buddy {
     }
 }
 
+/// No allocator at all: frames out of thin air. Measures the harness (the loop, the
+/// queue between pairs) and how much parallelism the machine gives right now: on a
+/// shared machine, 2 threads may not get 2 cores.
+struct Nothing;
+
+impl Frames for Nothing {
+    #[inline]
+    fn alloc(&self, cpu: usize) -> u64 {
+        std::hint::black_box(cpu as u64)
+    }
+
+    #[inline]
+    fn free(&self, _cpu: usize, frame: u64) {
+        std::hint::black_box(frame);
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Keeps what it holds on its own pair of cache lines.
 #[repr(align(128))]
 struct Padded<T>(T);
 
 /// A bounded single-producer, single-consumer queue of batches of frames.
 struct Queue {
-    slots: [[AtomicU64; BATCH]; QUEUE],
+    slots: Box<[[AtomicU64; BATCH]]>,
     head: Padded<AtomicUsize>,
     tail: Padded<AtomicUsize>,
     /// Set by the producer after its last push.
@@ -213,9 +233,11 @@ struct Queue {
 }
 
 impl Queue {
-    fn new() -> Self {
+    fn new(depth: usize) -> Self {
         Queue {
-            slots: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            slots: (0..depth)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
             head: Padded(AtomicUsize::new(0)),
             tail: Padded(AtomicUsize::new(0)),
             done: AtomicBool::new(false),
@@ -225,10 +247,10 @@ impl Queue {
     fn push(&self, batch: &[u64; BATCH]) -> bool {
         let tail = self.tail.0.load(Ordering::Relaxed);
         // Acquire: the consumer has read the slot it released.
-        if tail - self.head.0.load(Ordering::Acquire) == QUEUE {
+        if tail - self.head.0.load(Ordering::Acquire) == self.slots.len() {
             return false;
         }
-        for (slot, &f) in self.slots[tail % QUEUE].iter().zip(batch) {
+        for (slot, &f) in self.slots[tail % self.slots.len()].iter().zip(batch) {
             slot.store(f, Ordering::Relaxed);
         }
         // Release: the slot's frames before the new tail.
@@ -242,7 +264,7 @@ impl Queue {
         if self.tail.0.load(Ordering::Acquire) == head {
             return false;
         }
-        for (f, slot) in batch.iter_mut().zip(&self.slots[head % QUEUE]) {
+        for (f, slot) in batch.iter_mut().zip(&self.slots[head % self.slots.len()]) {
             *f = slot.load(Ordering::Relaxed);
         }
         self.head.0.store(head + 1, Ordering::Release);
@@ -250,9 +272,12 @@ impl Queue {
     }
 }
 
-/// Spins a little, then yields: threads may outnumber cores.
-fn backoff(spins: &mut u32) {
-    if *spins < 128 {
+/// Spins up to `limit` times, then yields. Unpinned threads may share a core with
+/// the partner they wait for, so they yield soon; pinned ones, each on its own core,
+/// spin longer (a yield on a shared machine may hand the core to another process
+/// for a whole time slice).
+fn backoff(spins: &mut u32, limit: u32) {
+    if *spins < limit {
         spin_loop();
     } else {
         std::thread::yield_now();
@@ -301,6 +326,19 @@ fn affinity() -> Vec<usize> {
 struct Run<'c> {
     time: Duration,
     pin: &'c [usize],
+    /// Batches a producer may have in flight to its consumer.
+    queue: usize,
+}
+
+impl Run<'_> {
+    /// Spins before a waiting thread yields, with `threads` running.
+    fn spins(&self, threads: usize) -> u32 {
+        if threads <= self.pin.len() {
+            1 << 14
+        } else {
+            128
+        }
+    }
 }
 
 /// The two workloads, for any allocator: Mops/s across all threads.
@@ -353,7 +391,8 @@ impl<F: Frames> Workloads for F {
         );
         let stop = AtomicBool::new(false);
         let start = Barrier::new(threads + 1);
-        let queues: Vec<Queue> = (0..threads / 2).map(|_| Queue::new()).collect();
+        let queues: Vec<Queue> = (0..threads / 2).map(|_| Queue::new(run.queue)).collect();
+        let limit = run.spins(threads);
         let (ops, time) = std::thread::scope(|s| {
             let mut workers = Vec::new();
             for (k, q) in queues.iter().enumerate() {
@@ -369,7 +408,7 @@ impl<F: Frames> Workloads for F {
                         }
                         let mut spins = 0;
                         while !q.push(&batch) {
-                            backoff(&mut spins);
+                            backoff(&mut spins, limit);
                         }
                     }
                     // Release: every push before it.
@@ -390,7 +429,7 @@ impl<F: Frames> Workloads for F {
                                 break;
                             }
                         } else {
-                            backoff(&mut spins);
+                            backoff(&mut spins, limit);
                             continue;
                         }
                         for &f in batch.iter() {
@@ -422,6 +461,7 @@ struct Options {
     time: Duration,
     frames: u64,
     pin: bool,
+    queue: usize,
     json: Option<String>,
     only: Option<Vec<String>>,
     workloads: Vec<String>,
@@ -436,8 +476,10 @@ options:
   --rounds N      rounds per point; min/median/max over them (default 5)
   --ms N          milliseconds per measurement (default 200)
   --frames N      frames each allocator manages, a multiple of 16384 (default 2^20: 4 GiB)
+  --queue N       batches of 32 in flight from a producer to its consumer (default 64)
   --pin           pin thread i to the i-th CPU of the affinity mask (default: unpinned)
-  --only A,B      only these allocators: meminit-spin, meminit-pl, meminit-zone, llfree, buddy
+  --only A,B      only these allocators: meminit-spin, meminit-pl, meminit-zone, llfree,
+                  buddy, none (no allocator: the harness alone, and the machine's parallelism)
   --workload W    batch, pairs or both (default both)
   --json FILE     also write the results as JSON to FILE (- for stdout; tables then go
                   to stderr)";
@@ -450,6 +492,7 @@ fn options() -> Result<Options, String> {
         time: Duration::from_millis(200),
         frames: 1 << 20,
         pin: false,
+        queue: QUEUE,
         json: None,
         only: None,
         workloads: vec!["batch".into(), "pairs".into()],
@@ -464,6 +507,7 @@ fn options() -> Result<Options, String> {
             "--ms" => o.time = Duration::from_millis(number(value()?)?),
             "--frames" => o.frames = number(value()?)?,
             "--pin" => o.pin = true,
+            "--queue" => o.queue = number(value()?)? as usize,
             "--json" => o.json = Some(value()?),
             "--only" => o.only = Some(value()?.split(',').map(str::to_string).collect()),
             "--workload" => {
@@ -482,8 +526,8 @@ fn options() -> Result<Options, String> {
             _ => return Err(format!("unknown argument {arg}\n\n{USAGE}")),
         }
     }
-    if o.threads == 0 || o.rounds == 0 {
-        return Err("--threads and --rounds must be at least 1".into());
+    if o.threads == 0 || o.rounds == 0 || o.queue == 0 {
+        return Err("--threads, --rounds and --queue must be at least 1".into());
     }
     if o.frames == 0 || !o.frames.is_multiple_of(16384) {
         return Err("--frames must be a positive multiple of 16384 (LLFree's tree)".into());
@@ -567,6 +611,7 @@ impl Table {
             return;
         }
         let base = baseline.unwrap_or(self);
+        let none = self.names.contains(&"none");
         let _ = writeln!(
             out,
             "ratios, median [min-max] of per-round ratios: x/llfree measured back to back; \
@@ -577,6 +622,13 @@ impl Table {
                 "the 1-thread figure of the same round"
             }
         );
+        if none {
+            let _ = writeln!(
+                out,
+                "none/1t: no allocator at all, so the parallelism the machine gave (ideal: the \
+                 thread count, up to the cores)"
+            );
+        }
         let _ = write!(out, "{:>7}", "threads");
         for m in &ours {
             let short = m.trim_start_matches("meminit-");
@@ -586,6 +638,9 @@ impl Table {
                 format!("{short}/llfree"),
                 format!("{short}/1t")
             );
+        }
+        if none {
+            let _ = write!(out, " | {:>18}", "none/1t");
         }
         let _ = writeln!(out);
         let cell = |r: Option<(f64, f64, f64)>| match r {
@@ -602,6 +657,11 @@ impl Table {
                     .position(|&n| n == 1)
                     .and_then(|one| self.paired_with(t, m, base, one));
                 let _ = write!(out, " | {:>18} | {:>18}", cell(vs_llfree), cell(vs_one));
+            }
+            if none {
+                let one = base.threads.iter().position(|&n| n == 1);
+                let r = one.and_then(|one| self.paired_with(t, "none", base, one));
+                let _ = write!(out, " | {:>18}", cell(r));
             }
             let _ = writeln!(out);
         }
@@ -656,10 +716,14 @@ fn verdicts(batch: &Table, name: &str) -> Vec<(String, bool, String)> {
     }
     if let (Some(one), Some(two)) = (one, batch.threads.iter().position(|&n| n == 2)) {
         if let Some((_, r, _)) = batch.paired_with(two, name, batch, one) {
+            let machine = match batch.paired_with(two, "none", batch, one) {
+                Some((_, m, _)) => format!(" (no allocator at all: {m:.2}x)"),
+                None => String::new(),
+            };
             v.push((
                 format!("{name}: 2 threads >= 1.6x its 1 thread"),
                 r >= 1.6,
-                format!("{r:.2}x"),
+                format!("{r:.2}x{machine}"),
             ));
         }
     }
@@ -688,6 +752,7 @@ fn main() {
     let run = Run {
         time: o.time,
         pin: &pinned,
+        queue: o.queue,
     };
 
     let t = Instant::now();
@@ -697,12 +762,13 @@ fn main() {
     let ll = Llfree::new(o.frames as usize, o.threads);
     let buddy = Buddy::new(o.frames as usize);
     let setup = t.elapsed();
-    let all: [(&'static str, &dyn Workloads); 5] = [
+    let all: [(&'static str, &dyn Workloads); 6] = [
         ("meminit-spin", &spin),
         ("meminit-pl", &pl),
         ("meminit-zone", &zone),
         ("llfree", &ll),
         ("buddy", &buddy),
+        ("none", &Nothing),
     ];
     let subjects: Vec<(&'static str, &dyn Workloads)> = all
         .iter()
