@@ -341,18 +341,46 @@ impl Run<'_> {
     }
 }
 
-/// The two workloads, for any allocator: Mops/s across all threads.
+/// The CPU time the calling thread has had, in seconds.
+fn thread_cpu() -> f64 {
+    // SAFETY: a plain out-parameter for the call.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` is a valid timespec; the clock id is a constant the call knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// One measurement: ops per second of wall-clock time, and per second of CPU time
+/// the threads got. The second does not depend on how many cores a shared machine
+/// gave the run: if its N-thread figure equals its 1-thread one, the threads do not
+/// slow each other down, and N free cores would give N times the throughput.
+#[derive(Clone, Copy)]
+struct Sample {
+    mops: f64,
+    per_cpu: f64,
+}
+
+impl Sample {
+    fn new(ops: u64, wall: Duration, cpu: f64) -> Self {
+        Sample {
+            mops: ops as f64 / wall.as_secs_f64() / 1e6,
+            per_cpu: ops as f64 / cpu / 1e6,
+        }
+    }
+}
+
+/// The two workloads, for any allocator: ops across all threads.
 trait Workloads: Sync {
-    fn batch(&self, run: &Run, threads: usize) -> f64;
-    fn pairs(&self, run: &Run, threads: usize) -> f64;
+    fn batch(&self, run: &Run, threads: usize) -> Sample;
+    fn pairs(&self, run: &Run, threads: usize) -> Sample;
     fn check(&self) -> Result<(), String>;
 }
 
 impl<F: Frames> Workloads for F {
-    fn batch(&self, run: &Run, threads: usize) -> f64 {
+    fn batch(&self, run: &Run, threads: usize) -> Sample {
         let stop = AtomicBool::new(false);
         let start = Barrier::new(threads + 1);
-        let (ops, time) = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
                 .map(|cpu| {
                     let (stop, start) = (&stop, &start);
@@ -361,6 +389,7 @@ impl<F: Frames> Workloads for F {
                         let mut held = [0u64; BATCH];
                         let mut ops = 0u64;
                         start.wait();
+                        let cpu0 = thread_cpu();
                         while !stop.load(Ordering::Relaxed) {
                             for f in held.iter_mut() {
                                 *f = self.alloc(cpu);
@@ -370,7 +399,7 @@ impl<F: Frames> Workloads for F {
                             }
                             ops += BATCH as u64;
                         }
-                        ops
+                        (ops, thread_cpu() - cpu0)
                     })
                 })
                 .collect();
@@ -378,13 +407,15 @@ impl<F: Frames> Workloads for F {
             let t = Instant::now();
             std::thread::sleep(run.time);
             stop.store(true, Ordering::Relaxed);
-            let ops: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-            (ops, t.elapsed())
-        });
-        ops as f64 / time.as_secs_f64() / 1e6
+            let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+            let wall = t.elapsed();
+            let ops = done.iter().map(|d| d.0).sum();
+            let cpu = done.iter().map(|d| d.1).sum();
+            Sample::new(ops, wall, cpu)
+        })
     }
 
-    fn pairs(&self, run: &Run, threads: usize) -> f64 {
+    fn pairs(&self, run: &Run, threads: usize) -> Sample {
         assert!(
             threads.is_multiple_of(2),
             "producer/consumer runs need pairs"
@@ -393,15 +424,16 @@ impl<F: Frames> Workloads for F {
         let start = Barrier::new(threads + 1);
         let queues: Vec<Queue> = (0..threads / 2).map(|_| Queue::new(run.queue)).collect();
         let limit = run.spins(threads);
-        let (ops, time) = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let mut workers = Vec::new();
             for (k, q) in queues.iter().enumerate() {
                 let (stop, start) = (&stop, &start);
                 let (producer, consumer) = (2 * k, 2 * k + 1);
-                s.spawn(move || {
+                workers.push(s.spawn(move || {
                     pin(producer, run.pin);
                     let mut batch = [0u64; BATCH];
                     start.wait();
+                    let cpu0 = thread_cpu();
                     while !stop.load(Ordering::Relaxed) {
                         for f in batch.iter_mut() {
                             *f = self.alloc(producer);
@@ -413,13 +445,15 @@ impl<F: Frames> Workloads for F {
                     }
                     // Release: every push before it.
                     q.done.store(true, Ordering::Release);
-                });
+                    (0, thread_cpu() - cpu0)
+                }));
                 workers.push(s.spawn(move || {
                     pin(consumer, run.pin);
                     let mut batch = [0u64; BATCH];
                     let mut ops = 0u64;
                     let mut spins = 0;
                     start.wait();
+                    let cpu0 = thread_cpu();
                     loop {
                         if q.pop(&mut batch) {
                             spins = 0;
@@ -437,17 +471,19 @@ impl<F: Frames> Workloads for F {
                         }
                         ops += BATCH as u64;
                     }
-                    ops
+                    (ops, thread_cpu() - cpu0)
                 }));
             }
             start.wait();
             let t = Instant::now();
             std::thread::sleep(run.time);
             stop.store(true, Ordering::Relaxed);
-            let ops: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-            (ops, t.elapsed())
-        });
-        ops as f64 / time.as_secs_f64() / 1e6
+            let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+            let wall = t.elapsed();
+            let ops = done.iter().map(|d| d.0).sum();
+            let cpu = done.iter().map(|d| d.1).sum();
+            Sample::new(ops, wall, cpu)
+        })
     }
 
     fn check(&self) -> Result<(), String> {
@@ -542,6 +578,15 @@ fn summary(v: &[f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
+/// Which figure of a [`Sample`].
+#[derive(Clone, Copy, PartialEq)]
+enum Metric {
+    /// Ops per second of wall-clock time.
+    Wall,
+    /// Ops per second of CPU time the threads got.
+    PerCpu,
+}
+
 /// The figures of one workload: per thread count, per allocator, one per round.
 struct Table {
     workload: &'static str,
@@ -549,42 +594,63 @@ struct Table {
     threads: Vec<usize>,
     names: Vec<&'static str>,
     /// `[thread count][allocator][round]`.
-    mops: Vec<Vec<Vec<f64>>>,
+    samples: Vec<Vec<Vec<Sample>>>,
 }
 
 impl Table {
-    /// Median over rounds of the per-round ratio `a / b` at thread index `t`, with its
-    /// min and max: both were measured back to back in each round.
-    fn paired(&self, t: usize, a: &str, tb: usize, b: &str) -> Option<(f64, f64, f64)> {
-        let ia = self.names.iter().position(|n| *n == a)?;
-        let ib = self.names.iter().position(|n| *n == b)?;
-        let r: Vec<f64> = self.mops[t][ia]
+    fn runs(&self, t: usize, a: usize, m: Metric) -> Vec<f64> {
+        self.samples[t][a]
             .iter()
-            .zip(&self.mops[tb][ib])
-            .map(|(x, y)| x / y)
-            .collect();
-        Some(summary(&r))
+            .map(|s| match m {
+                Metric::Wall => s.mops,
+                Metric::PerCpu => s.per_cpu,
+            })
+            .collect()
     }
 
-    /// As `paired`, for allocator `a` here at `t` against the same allocator in
-    /// `other` at `to` (the same table, or the batch table for producer/consumer).
-    fn paired_with(&self, t: usize, a: &str, other: &Table, to: usize) -> Option<(f64, f64, f64)> {
-        let ia = self.names.iter().position(|n| *n == a)?;
-        let ib = other.names.iter().position(|n| *n == a)?;
-        let r: Vec<f64> = self.mops[t][ia]
-            .iter()
-            .zip(&other.mops[to][ib])
-            .map(|(x, y)| x / y)
-            .collect();
+    fn index(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| *n == name)
+    }
+
+    /// Median over rounds of the per-round ratio of allocator `a` here at thread
+    /// index `t` to allocator `b` in `other` at thread index `to` (the same table, or
+    /// the batch table for producer/consumer), with its min and max. Within a round,
+    /// allocators run back to back, so each ratio compares figures measured under the
+    /// same noise.
+    fn paired(
+        &self,
+        m: Metric,
+        t: usize,
+        a: &str,
+        other: &Table,
+        to: usize,
+        b: &str,
+    ) -> Option<(f64, f64, f64)> {
+        let x = self.runs(t, self.index(a)?, m);
+        let y = other.runs(to, other.index(b)?, m);
+        let r: Vec<f64> = x.iter().zip(&y).map(|(x, y)| x / y).collect();
         Some(summary(&r))
     }
 
     fn render(&self, out: &mut String, baseline: Option<&Table>) {
         let _ = writeln!(out, "\n{}", self.title);
+        self.render_metric(out, baseline, Metric::Wall);
+        self.render_metric(out, baseline, Metric::PerCpu);
+    }
+
+    fn render_metric(&self, out: &mut String, baseline: Option<&Table>, m: Metric) {
+        let rounds = self.samples[0][0].len();
         let _ = writeln!(
             out,
-            "Mops/s (alloc+free pairs, all threads), median [min-max] of {} rounds",
-            self.mops[0][0].len()
+            "{}, median [min-max] of {rounds} rounds",
+            match m {
+                Metric::Wall => "Mops/s (alloc+free pairs per second, all threads together)",
+                Metric::PerCpu => {
+                    "Mops per CPU-second (alloc+free pairs per second of CPU time the threads \
+                     got; flat from 1 thread to N = no slow-down from sharing, whatever the \
+                     machine gave)"
+                }
+            }
         );
         let _ = write!(out, "{:>7}", "threads");
         for n in &self.names {
@@ -593,8 +659,8 @@ impl Table {
         let _ = writeln!(out);
         for (t, &threads) in self.threads.iter().enumerate() {
             let _ = write!(out, "{threads:>7}");
-            for runs in &self.mops[t] {
-                let (lo, med, hi) = summary(runs);
+            for a in 0..self.names.len() {
+                let (lo, med, hi) = summary(&self.runs(t, a, m));
                 let cell = format!("{med:.1} [{lo:.1}-{hi:.1}]");
                 let _ = write!(out, " | {cell:>20}");
             }
@@ -611,24 +677,22 @@ impl Table {
             return;
         }
         let base = baseline.unwrap_or(self);
+        let one = base.threads.iter().position(|&n| n == 1);
         let none = self.names.contains(&"none");
         let _ = writeln!(
             out,
-            "ratios, median [min-max] of per-round ratios: x/llfree measured back to back; \
-             x/1t against {}",
+            "  ratios of the above, median [min-max] of per-round ratios; x/1t: against {}{}",
             if baseline.is_some() {
-                "the 1-thread batch figure of the same round"
+                "the same allocator's 1-thread batch figure of the same round"
             } else {
-                "the 1-thread figure of the same round"
+                "the same allocator's 1-thread figure of the same round"
+            },
+            if none && m == Metric::Wall {
+                "; none/1t: no allocator, so the parallelism the machine gave"
+            } else {
+                ""
             }
         );
-        if none {
-            let _ = writeln!(
-                out,
-                "none/1t: no allocator at all, so the parallelism the machine gave (ideal: the \
-                 thread count, up to the cores)"
-            );
-        }
         let _ = write!(out, "{:>7}", "threads");
         for m in &ours {
             let short = m.trim_start_matches("meminit-");
@@ -649,18 +713,13 @@ impl Table {
         };
         for (t, &threads) in self.threads.iter().enumerate() {
             let _ = write!(out, "{threads:>7}");
-            for &m in &ours {
-                let vs_llfree = self.paired(t, m, t, "llfree");
-                let vs_one = base
-                    .threads
-                    .iter()
-                    .position(|&n| n == 1)
-                    .and_then(|one| self.paired_with(t, m, base, one));
+            for &a in &ours {
+                let vs_llfree = self.paired(m, t, a, self, t, "llfree");
+                let vs_one = one.and_then(|one| self.paired(m, t, a, base, one, a));
                 let _ = write!(out, " | {:>18} | {:>18}", cell(vs_llfree), cell(vs_one));
             }
             if none {
-                let one = base.threads.iter().position(|&n| n == 1);
-                let r = one.and_then(|one| self.paired_with(t, "none", base, one));
+                let r = one.and_then(|one| self.paired(m, t, "none", base, one, "none"));
                 let _ = write!(out, " | {:>18}", cell(r));
             }
             let _ = writeln!(out);
@@ -676,16 +735,23 @@ impl Table {
                 let per: serde_json::Map<_, _> = self
                     .names
                     .iter()
-                    .zip(&self.mops[t])
-                    .map(|(n, runs)| {
-                        let (lo, med, hi) = summary(runs);
+                    .enumerate()
+                    .map(|(a, n)| {
+                        let figures = |m| {
+                            let runs = self.runs(t, a, m);
+                            let (lo, med, hi) = summary(&runs);
+                            serde_json::json!({"min": lo, "median": med, "max": hi, "runs": runs})
+                        };
                         (
                             n.to_string(),
-                            serde_json::json!({"min": lo, "median": med, "max": hi, "runs": runs}),
+                            serde_json::json!({
+                                "mops": figures(Metric::Wall),
+                                "mops_per_cpu_second": figures(Metric::PerCpu),
+                            }),
                         )
                     })
                     .collect();
-                serde_json::json!({"threads": threads, "mops": per})
+                serde_json::json!({"threads": threads, "allocators": per})
             })
             .collect();
         serde_json::json!({"workload": self.workload, "title": self.title, "points": points})
@@ -695,9 +761,10 @@ impl Table {
 /// The issue's aims, checked on the batch table: (aim, met, figure).
 fn verdicts(batch: &Table, name: &str) -> Vec<(String, bool, String)> {
     let mut v = Vec::new();
+    let w = Metric::Wall;
     let one = batch.threads.iter().position(|&n| n == 1);
     if let Some(one) = one {
-        if let Some((_, r, _)) = batch.paired(one, name, one, "llfree") {
+        if let Some((_, r, _)) = batch.paired(w, one, name, batch, one, "llfree") {
             v.push((
                 format!("{name}: 1 thread >= 2x llfree"),
                 r >= 2.0,
@@ -706,7 +773,7 @@ fn verdicts(batch: &Table, name: &str) -> Vec<(String, bool, String)> {
         }
     }
     for (t, &threads) in batch.threads.iter().enumerate().skip(1) {
-        if let Some((_, r, _)) = batch.paired(t, name, t, "llfree") {
+        if let Some((_, r, _)) = batch.paired(w, t, name, batch, t, "llfree") {
             v.push((
                 format!("{name}: {threads} threads >= llfree"),
                 r >= 1.0,
@@ -715,15 +782,22 @@ fn verdicts(batch: &Table, name: &str) -> Vec<(String, bool, String)> {
         }
     }
     if let (Some(one), Some(two)) = (one, batch.threads.iter().position(|&n| n == 2)) {
-        if let Some((_, r, _)) = batch.paired_with(two, name, batch, one) {
-            let machine = match batch.paired_with(two, "none", batch, one) {
-                Some((_, m, _)) => format!(" (no allocator at all: {m:.2}x)"),
+        if let Some((_, r, _)) = batch.paired(w, two, name, batch, one, name) {
+            let machine = match batch.paired(w, two, "none", batch, one, "none") {
+                Some((_, m, _)) => format!("; no allocator at all: {m:.2}x"),
+                None => String::new(),
+            };
+            let per_cpu = match batch.paired(Metric::PerCpu, two, name, batch, one, name) {
+                Some((_, c, _)) => format!(
+                    "; per CPU-second {c:.2}x, so about {:.2}x on 2 free cores",
+                    2.0 * c
+                ),
                 None => String::new(),
             };
             v.push((
                 format!("{name}: 2 threads >= 1.6x its 1 thread"),
                 r >= 1.6,
-                format!("{r:.2}x{machine}"),
+                format!("{r:.2}x{machine}{per_cpu}"),
             ));
         }
     }
@@ -833,7 +907,7 @@ fn main() {
             let _ = writeln!(out, "\n{title}: skipped (needs --threads 2 or more)");
             continue;
         }
-        let mut mops = vec![vec![Vec::new(); subjects.len()]; threads.len()];
+        let mut samples = vec![vec![Vec::new(); subjects.len()]; threads.len()];
         for round in 0..o.rounds {
             for (t, &n) in threads.iter().enumerate() {
                 // Rotate the order each round, so no allocator always runs first.
@@ -845,7 +919,7 @@ fn main() {
                     } else {
                         s.pairs(&run, n)
                     };
-                    mops[t][a].push(m);
+                    samples[t][a].push(m);
                 }
             }
         }
@@ -854,7 +928,7 @@ fn main() {
             title,
             threads,
             names: subjects.iter().map(|(n, _)| *n).collect(),
-            mops,
+            samples,
         });
     }
     for (name, s) in &subjects {
