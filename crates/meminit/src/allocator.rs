@@ -51,7 +51,7 @@ pub enum AllocPath {
     Fast,
     /// From the free lists of a later zone, without initialising anything.
     Fallback,
-    /// After initialising at least one section (the grow path).
+    /// After initialising at least one chunk (the grow path).
     Grew,
 }
 
@@ -262,7 +262,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// `node`. Returns the first pfn of the block.
     ///
     /// Zones are tried preferred node first, highest allowed zone first. A zone with
-    /// no free block but with uninitialised memory is grown (a section initialised)
+    /// no free block but with uninitialised memory is grown (a chunk initialised)
     /// before the next zone is tried, so an allocation fails only when every
     /// eligible zone is fully initialised and has no block of that order.
     #[inline]

@@ -4,21 +4,40 @@
 //! `struct page`: 64 bytes per 4 KiB page, 1/64 of memory). Writing them is the
 //! slowest part of bringing memory up on a large machine, and in a small virtual
 //! machine they are dead weight its host keeps resident. meminit writes almost
-//! nothing at start-up and initialises descriptors, a section (128 MiB) at a time,
-//! when they are needed:
+//! nothing at start-up and initialises descriptors a *chunk* at a time when they
+//! are needed:
 //!
-//! - [`Strategy::Eager`]: every section at start-up, like a kernel without deferred
+//! - [`Strategy::Eager`]: every chunk at start-up, like a kernel without deferred
 //!   initialisation.
 //! - [`Strategy::Deferred`]: nothing at start-up; the embedder runs
 //!   [`Allocator::run_deferred_worker`] on as many threads or CPUs per node as it
-//!   has, and they split the sections between them without a lock.
+//!   has, and they split the chunks between them without a lock.
 //! - [`Strategy::OnDemand`]: nothing at start-up and nothing in the background. The
 //!   memmap, and the memory under it, exist only where memory is used.
 //!
 //! Under every strategy an allocation that finds its zone empty while uninitialised
-//! memory remains there initialises another section of that zone and retries (the
+//! memory remains there initialises another chunk of that zone and retries (the
 //! *grow path*), so no allocation fails for lack of initialised memory. Once every
-//! section is done, one flag switches growth off; the fast path never had a check.
+//! chunk is done, one flag switches growth off; the fast path never had a check.
+//!
+//! ## Sections and chunks
+//!
+//! Two units, as in the project's design words:
+//!
+//! - the **section** (128 MiB by default, [`LayoutBuilder::section_size`]) is the
+//!   unit of *memmap backing*: the backing maps a section's 2 MiB of descriptors at
+//!   once (one huge page), when the first chunk of the section is initialised;
+//! - the **chunk** (one max-order block, 4 MiB, 1024 descriptors, 64 KiB of memmap
+//!   by default; [`Config::chunk_size`], a power of two up to a section, at most
+//!   [`MAX_CHUNKS_PER_SECTION`] per section) is the unit of *initialisation*: what
+//!   one claim covers, what the grow path writes before an allocation returns (tens
+//!   of microseconds, not the milliseconds of a section), and what
+//!   [`MemmapBacking::accept`] is asked to accept (TDX, SNP) or zero before first
+//!   use, exactly once.
+//!
+//! A backing that wants resident memmap to follow chunks rather than sections
+//! returns [`Granularity::Chunk`] from [`MemmapBacking::granularity`] and is then
+//! asked to populate each chunk's 64 KiB (small pages) instead.
 //!
 //! ## Embedding
 //!
@@ -26,9 +45,10 @@
 //! 1. the memory map, as a [`LayoutBuilder`] of byte ranges (usable, reserved or
 //!    other, each on a NUMA node), validated into a [`Layout`];
 //! 2. a [`MemmapBacking`]: the virtual range of the descriptor array, indexed by pfn,
-//!    and a `populate` that makes one section's part of it accessible when first
-//!    needed (a kernel maps a 2 MiB page there; [`SliceBacking`] covers memory that
-//!    is already mapped);
+//!    and a `populate` that makes one section's (or chunk's) part of it accessible
+//!    when first needed (a kernel maps a 2 MiB page there; [`SliceBacking`] covers
+//!    memory that is already mapped), and optionally an `accept` for each chunk's
+//!    memory;
 //! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]), a
 //!    slice of [`CpuCache`]s, one per CPU, and a lock type for the zones and the
 //!    caches (any [`lock_api::RawMutex`]: a spin lock in a kernel).
@@ -61,7 +81,8 @@
 //! )?;
 //! assert_eq!(allocator.memmap_populated_bytes(), 0);
 //!
-//! // The first allocation initialises one section of its zone, and no more.
+//! // The first allocation initialises one chunk (here, 4 MiB sections hold one
+//! // chunk each) of its zone, and no more.
 //! let block = allocator.alloc_on(CpuId(0), 3, Constraint::Any, 0)?;
 //! assert_eq!(allocator.memmap_populated_bytes(), 1024 * 64);
 //! // Freed on another CPU, into that CPU's cache.
@@ -117,11 +138,11 @@
 //!   lock, Linux's `spin_lock_irqsave`): otherwise a handler that interrupts a zone
 //!   lock's holder on the same CPU spins forever. With such a lock an interrupt can
 //!   never find its own CPU's cache held. No lock of `R` is ever held while another
-//!   CPU's cache lock is awaited, nor while descriptors are written for a section.
+//!   CPU's cache lock is awaited, nor while descriptors are written for a chunk.
 //!
 //! ## Guarantees
 //!
-//! - A section is initialised exactly once, by whoever claims it first (start-up, a
+//! - A chunk is initialised exactly once, by whoever claims it first (start-up, a
 //!   worker, the grow path, [`Allocator::page_or_init`]); the others wait or move on.
 //!   No zone lock is held while descriptors are written.
 //! - A descriptor is never read before it is written: [`Allocator::page`] says

@@ -6,7 +6,7 @@
 //! backing's own [`Granularity`]: a whole section's part at once (a huge page), or
 //! each chunk's part as that chunk is initialised. It is asked exactly once per
 //! piece, by the one holder of the chunk's [`Claim`] (and, for sections, of the
-//! section's [`MemmapClaim`]). The module keeps one invariant, on which every
+//! section's [`crate::section::MemmapClaim`]). The module keeps one invariant, on which every
 //! `unsafe` block in it relies:
 //!
 //! > **A descriptor is read only in a chunk whose state is `Ready`, and a chunk

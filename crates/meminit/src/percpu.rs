@@ -226,7 +226,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The descriptor of a block head that a cache or a free list holds: always in
-    /// a `Ready` section.
+    /// a `Ready` chunk.
     #[inline]
     fn head(&self, pfn: u64) -> &Page {
         match self.memmap.page(pfn) {
