@@ -71,7 +71,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         tsc_hz / 1_000_000
     );
     for ignored in &options.ignored[..options.ignored_count] {
-        println!("meminit guest: note: ignoring Linux's option '{ignored}', which means nothing here");
+        println!(
+            "meminit guest: note: ignoring Linux's option '{ignored}', which means nothing here"
+        );
     }
     if options.crash_offset_ignored {
         println!(
@@ -360,7 +362,7 @@ impl Progress {
 
     fn tick(&mut self, done: u64, of: u64) {
         // Read the clock once in 4096 steps only.
-        if done % 4096 != 0 {
+        if !done.is_multiple_of(4096) {
             return;
         }
         let now = tsc::now();
