@@ -149,18 +149,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// `meminit` alone: the report on each built-in machine that fits this host.
+/// `meminit` alone: `meminit report` with its defaults, which runs every
+/// built-in machine.
 fn default_run() -> Result<ExitCode> {
-    let opts = Options::new();
-    let progress = Spinner::new();
-    for name in BUILT_IN {
-        let machine = Machine::built_in(name)?;
-        let report = sim::run(&machine, &opts, &progress)?;
-        progress.clear();
-        print_report(&report, &opts);
-        println!();
+    match Cli::parse_from(["meminit", "report"]).command {
+        Some(Command::Report(args)) => report(&args),
+        _ => bail!("the default report's arguments did not parse"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn machine_of(args: &MachineArgs) -> Result<Machine> {
@@ -182,34 +177,108 @@ fn machine_of(args: &MachineArgs) -> Result<Machine> {
     Ok(machine)
 }
 
+/// `meminit report`: the machine given, or, with none, every built-in machine
+/// (as `meminit` alone does).
 fn report(args: &ReportArgs) -> Result<ExitCode> {
-    let machine = machine_of(&args.machine)?;
+    let m = &args.machine;
+    let machines = if m.machine.is_none() && m.memory.is_none() && m.map.is_none() {
+        if args.plot.is_some() {
+            bail!("--plot: name one machine (--machine, --memory or --map)");
+        }
+        BUILT_IN
+            .iter()
+            .map(|name| {
+                let mut machine = Machine::built_in(name)?;
+                if let Some(cpus) = m.cpus {
+                    machine.cpus = cpus;
+                }
+                Ok(machine)
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        vec![machine_of(m)?]
+    };
+    let mut reports = Vec::new();
+    let mut code = ExitCode::SUCCESS;
+    for machine in &machines {
+        let (report, c) = report_one(args, machine)?;
+        if !args.json && machines.len() > 1 {
+            println!();
+        }
+        if c != ExitCode::SUCCESS {
+            code = c;
+        }
+        reports.push(report);
+    }
+    if args.json {
+        if reports.len() == 1 {
+            println!("{}", serde_json::to_string_pretty(&reports[0])?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+    }
+    Ok(code)
+}
+
+fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Report, ExitCode)> {
+    if machine.cpus == 0 {
+        bail!("--cpus must be at least 1");
+    }
+    let layout = machine.layout()?;
     let mut opts = Options::new();
     if let Some(s) = args.strategy {
         opts.strategies = vec![s.into()];
     }
     if let Some(t) = args.threads {
-        if t == 0 {
-            bail!("--threads must be at least 1");
+        // A machine runs at most one deferred worker per CPU (and at least one
+        // per node); more would only measure this host's scheduler.
+        let most = (machine.cpus as usize).max(layout.node_count());
+        if t == 0 || t > most {
+            bail!(
+                "--threads {t}: must be between 1 and {most} (machine {} has {} CPU{} on {} node{})",
+                machine.name,
+                machine.cpus,
+                if machine.cpus == 1 { "" } else { "s" },
+                layout.node_count(),
+                if layout.node_count() == 1 { "" } else { "s" },
+            );
         }
         opts.threads = t;
     }
     opts.trace_buf_size = args.trace_buf_size;
     opts.crashkernel = args.crashkernel;
     opts.workload = args.workload;
+    let params = meminit_boot::BootParams {
+        cpus: machine.cpus,
+        trace_buf_size: args.trace_buf_size,
+        crashkernel: args.crashkernel,
+    };
+    if let Err(e) = meminit_boot::check_bounds_for(&layout, &params, args.workload) {
+        let option = match e.option {
+            "trace_buf_size" => "--trace-buf-size",
+            "crashkernel" => "--crashkernel",
+            _ => "--workload",
+        };
+        bail!(
+            "{option}: {e} (machine {}, {} CPUs)",
+            machine.name,
+            machine.cpus
+        );
+    }
     if let Some(b) = args.memory_budget {
+        if b == 0 {
+            bail!("--memory-budget 0: nothing could be measured; give the host memory a strategy may commit, e.g. 4G");
+        }
         opts.memory_budget = b;
     }
     let progress = Spinner::new();
-    let report = sim::run(&machine, &opts, &progress)?;
+    let report = sim::run(machine, &opts, &progress)?;
     progress.clear();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    if !args.json {
         print_report(&report, &opts);
     }
     if let Some(dir) = &args.plot {
-        let written = plot::write_all(dir, &machine, &opts, &progress)
+        let written = plot::write_all(dir, machine, &opts, &progress)
             .with_context(|| format!("writing charts into {}", dir.display()))?;
         progress.clear();
         for f in written {
@@ -217,11 +286,12 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
         }
     }
     let failed = report.strategies.iter().any(|s| s.alloc_failures > 0);
-    Ok(if failed {
+    let code = if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    Ok((report, code))
 }
 
 /// A spinner on stderr, shown only on a terminal and only once a run has taken

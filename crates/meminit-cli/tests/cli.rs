@@ -210,6 +210,10 @@ fn trace_buffers_as_large_as_memory() {
     for s in r["strategies"].as_array().unwrap() {
         assert_eq!(s["alloc_failures"], 0, "{}", s["strategy"]);
     }
+    // A trace buffer of all the memory present: it cannot all be served (the
+    // hash tables took some), and the rest fails only once nothing is left to
+    // initialise. (Larger than the memory present is refused before boot.)
+    let present = r["present_bytes"].as_u64().unwrap().to_string();
     let out = meminit()
         .args([
             "report",
@@ -217,7 +221,7 @@ fn trace_buffers_as_large_as_memory() {
             "--machine",
             "container",
             "--trace-buf-size",
-            "3G",
+            &present,
         ])
         .output()
         .unwrap();
@@ -286,4 +290,73 @@ fn plots_are_written_as_svg_and_png() {
         let png = std::fs::read(dir.path().join(format!("{chart}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     }
+}
+
+/// Sizes that parse but could never be served are refused at once, with the
+/// memory present, rather than keep the simulator busy for hours.
+#[test]
+fn absurd_sizes_are_refused_at_once() {
+    for args in [
+        ["--trace-buf-size", "100T"],
+        ["--workload", "container:100T"],
+        ["--workload", "random:18446744073709551615"],
+        ["--crashkernel", "3G"],
+    ] {
+        let started = std::time::Instant::now();
+        let out = meminit()
+            .args(["report", "--machine", "container"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("machine container"), "{args:?}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{args:?}"
+        );
+    }
+}
+
+/// `--threads` is bounded by the machine's CPUs; `--memory-budget 0` would
+/// measure nothing and is an error.
+#[test]
+fn threads_and_budget_are_checked() {
+    let out = meminit()
+        .args(["report", "--machine", "server", "--threads", "100000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("between 1 and 16"), "{err}");
+    let out = meminit()
+        .args(["report", "--machine", "container", "--memory-budget", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-budget 0"));
+}
+
+/// `report` with no machine runs what `meminit` alone runs: every built-in
+/// machine.
+#[test]
+fn report_alone_runs_every_built_in_machine() {
+    let out = meminit()
+        .args(["report", "--json", "--strategy", "ondemand"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["machine"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["container", "server", "large"]);
 }
