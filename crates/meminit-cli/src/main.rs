@@ -431,8 +431,8 @@ fn print_report(report: &Report, opts: &Options) {
             Box::new(|s| format_ns(s.init_ns)),
         ),
         (
-            "physical limit: 1-core fill, same bytes",
-            Box::new(|s| format_ns(s.limit_fill_ns)),
+            "physical limit: best 1-core fill, same bytes",
+            Box::new(|s| format!("{} ({})", format_ns(s.limit_fill_ns), s.limit_method)),
         ),
         (
             "limit / initialising (1.0 = at limit)",
@@ -441,6 +441,31 @@ fn print_report(report: &Report, opts: &Options) {
                     "-".into()
                 } else {
                     format!("{:.2}", s.limit_ratio)
+                }
+            }),
+        ),
+        (
+            "parallel limit: all workers' cores fill",
+            Box::new(|s| {
+                format!(
+                    "{} ({} thread{})",
+                    format_ns(s.limit_parallel_fill_ns),
+                    s.limit_parallel_threads,
+                    if s.limit_parallel_threads == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
+                )
+            }),
+        ),
+        (
+            "parallel limit / deferred init",
+            Box::new(|s| {
+                if s.strategy == "deferred" && s.init_ns > 0 {
+                    format!("{:.2}", s.limit_parallel_fill_ns as f64 / s.init_ns as f64)
+                } else {
+                    "-".into()
                 }
             }),
         ),

@@ -158,6 +158,9 @@ fn json_report_has_the_documented_shape() {
             "alloc_failures",
             "limit_fill_ns",
             "limit_ratio",
+            "limit_method",
+            "limit_parallel_fill_ns",
+            "limit_parallel_threads",
             "boot",
             "zones",
         ] {
