@@ -84,7 +84,8 @@ pub struct VmRun {
     pub guest_ram_rss_bytes: u64,
     /// The rest: QEMU's own memory (code, heap, translation cache), bytes.
     pub qemu_own_rss_bytes: u64,
-    /// Wall time from start to exit, ns.
+    /// Wall time from QEMU's start until the guest said it was done (or until
+    /// QEMU exited, if it never did), ns.
     pub wall_ns: u64,
     /// Whether the run was stopped at the time limit.
     pub timed_out: bool,
@@ -390,6 +391,9 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
     let mut stopped_by_host = false;
     let mut next_progress = Duration::from_secs(10);
     let mut done_at = None;
+    // When the guest said it was done: its wall time, not counting the wait to
+    // measure it at rest.
+    let mut done_wall = None;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -403,6 +407,7 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
         let (done, last_said) = console.lock().map(|c| (c.1, c.2)).unwrap_or((false, false));
         if done && done_at.is_none() {
             done_at = Some(Instant::now());
+            done_wall = Some(started.elapsed());
         }
         let waited = done_at.is_some_and(|t| {
             last_said || run.finish == Finish::Release || t.elapsed() > REFINE_WAIT
@@ -440,7 +445,7 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    let wall_ns = started.elapsed().as_nanos() as u64;
+    let wall_ns = done_wall.unwrap_or_else(|| started.elapsed()).as_nanos() as u64;
     drop(stdin);
     let _ = reader.join();
     let mut console = console.lock().map(|c| c.0.clone()).unwrap_or_default();
