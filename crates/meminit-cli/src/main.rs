@@ -4,6 +4,7 @@
 //! This file owns the command line and the output (tables for people, JSON for
 //! programs); the simulation is `meminit_host::sim`.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -110,6 +111,9 @@ struct ReportArgs {
     /// Also write charts (SVG and PNG) into this directory.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Run each strategy this many times; times are given as median [min–max].
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
 }
 
 #[derive(Args)]
@@ -198,6 +202,9 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
     } else {
         vec![machine_of(m)?]
     };
+    if args.runs == 0 || args.runs > vm::MAX_RUNS {
+        bail!("--runs must be between 1 and {}", vm::MAX_RUNS);
+    }
     let mut reports = Vec::new();
     let mut code = ExitCode::SUCCESS;
     for machine in &machines {
@@ -220,7 +227,39 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
-fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Report, ExitCode)> {
+/// A report with the spread of its figures over repeated runs.
+#[derive(serde::Serialize)]
+struct Repeated {
+    /// The first run's figures.
+    #[serde(flatten)]
+    first: Report,
+    /// How many runs.
+    runs: u32,
+    /// Per strategy, the minimum, median and maximum of each figure that varies
+    /// from run to run.
+    spread: BTreeMap<&'static str, BTreeMap<&'static str, vm::Spread>>,
+}
+
+/// How to read one figure of a strategy's report.
+type ReadFigure = fn(&StrategyReport) -> Option<f64>;
+
+/// The figures of a strategy whose spread is reported.
+const REPORT_METRICS: [(&str, ReadFigure); 8] = [
+    ("ready_ns", |s| Some(s.ready_ns as f64)),
+    ("full_init_ns", |s| s.full_init_ns.map(|t| t as f64)),
+    ("init_ns", |s| Some(s.init_ns as f64)),
+    ("grow_ns", |s| Some(s.grow_ns as f64)),
+    ("limit_fill_ns", |s| Some(s.limit_fill_ns as f64)),
+    ("limit_ratio", |s| Some(s.limit_ratio)),
+    ("limit_parallel_fill_ns", |s| {
+        Some(s.limit_parallel_fill_ns as f64)
+    }),
+    ("memmap_resident_end_bytes", |s| {
+        Some(s.memmap_resident_end_bytes as f64)
+    }),
+];
+
+fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Repeated, ExitCode)> {
     if machine.cpus == 0 {
         bail!("--cpus must be at least 1");
     }
@@ -272,20 +311,44 @@ fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Report, ExitCode)
         opts.memory_budget = b;
     }
     let progress = Spinner::new();
-    let report = sim::run(machine, &opts, &progress)?;
+    let mut all = Vec::new();
+    for _ in 0..args.runs {
+        all.push(sim::run(machine, &opts, &progress)?);
+    }
     progress.clear();
+    let mut spread: BTreeMap<&'static str, BTreeMap<&'static str, vm::Spread>> = BTreeMap::new();
+    for (i, s) in all[0].strategies.iter().enumerate() {
+        if s.skipped.is_some() {
+            continue;
+        }
+        let per = spread.entry(s.strategy).or_default();
+        for (metric, read) in REPORT_METRICS {
+            let values = all
+                .iter()
+                .filter_map(|r| r.strategies.get(i).and_then(read))
+                .collect();
+            if let Some(sp) = vm::Spread::of(values) {
+                per.insert(metric, sp);
+            }
+        }
+    }
+    let report = Repeated {
+        first: all.swap_remove(0),
+        runs: args.runs,
+        spread,
+    };
     if !args.json {
         print_report(&report, &opts);
     }
     if let Some(dir) = &args.plot {
-        let written = plot::write_all(dir, machine, &opts, &progress)
+        let written = plot::write_all(dir, machine, &opts, args.runs, &progress)
             .with_context(|| format!("writing charts into {}", dir.display()))?;
         progress.clear();
         for f in written {
             eprintln!("wrote {}", f.display());
         }
     }
-    let failed = report.strategies.iter().any(|s| s.alloc_failures > 0);
+    let failed = report.first.strategies.iter().any(|s| s.alloc_failures > 0);
     let code = if failed {
         ExitCode::FAILURE
     } else {
@@ -343,9 +406,10 @@ pub(crate) fn format_ns(ns: u64) -> String {
 }
 
 /// One row of the report table: how to print a strategy's figure.
-type Cell = Box<dyn Fn(&StrategyReport) -> String>;
+type Cell<'a> = Box<dyn Fn(&StrategyReport) -> String + 'a>;
 
-fn print_report(report: &Report, opts: &Options) {
+fn print_report(repeated: &Repeated, opts: &Options) {
+    let report = &repeated.first;
     println!(
         "machine {}: {} present on {} node{}, {} CPU{}, {} sections; workload {}; {} deferred worker thread{}",
         report.machine,
@@ -358,6 +422,11 @@ fn print_report(report: &Report, opts: &Options) {
         report.workload,
         opts.threads,
         if opts.threads == 1 { "" } else { "s" },
+    );
+    println!(
+        "  times: median [min–max] of {} run{}; the rest from the first run",
+        repeated.runs,
+        if repeated.runs == 1 { "" } else { "s" }
     );
     let ran: Vec<&StrategyReport> = report
         .strategies
@@ -374,11 +443,26 @@ fn print_report(report: &Report, opts: &Options) {
     if ran.is_empty() {
         return;
     }
+    let spread = |s: &StrategyReport, metric: &str, f: &dyn Fn(f64) -> String| -> Option<String> {
+        let sp = repeated.spread.get(s.strategy)?.get(metric)?;
+        Some(if sp.n <= 1 || sp.min == sp.max {
+            f(sp.median)
+        } else {
+            format!("{} [{}–{}]", f(sp.median), f(sp.min), f(sp.max))
+        })
+    };
+    let ns = |v: f64| format_ns(v.round() as u64);
     let rows: Vec<(&str, Cell)> = vec![
-        ("time until ready", Box::new(|s| format_ns(s.ready_ns))),
+        (
+            "time until ready",
+            Box::new(move |s| spread(s, "ready_ns", &ns).unwrap_or_else(|| format_ns(s.ready_ns))),
+        ),
         (
             "time until all initialised",
-            Box::new(|s| s.full_init_ns.map_or("never".into(), format_ns)),
+            Box::new(move |s| match s.full_init_ns {
+                None => "never".into(),
+                Some(t) => spread(s, "full_init_ns", &ns).unwrap_or_else(|| format_ns(t)),
+            }),
         ),
         (
             "time growing (allocations that grew)",
@@ -428,28 +512,36 @@ fn print_report(report: &Report, opts: &Options) {
         ),
         (
             "time initialising memmap",
-            Box::new(|s| format_ns(s.init_ns)),
+            Box::new(move |s| spread(s, "init_ns", &ns).unwrap_or_else(|| format_ns(s.init_ns))),
         ),
         (
             "physical limit: best 1-core fill, same bytes",
-            Box::new(|s| format!("{} ({})", format_ns(s.limit_fill_ns), s.limit_method)),
+            Box::new(move |s| {
+                format!(
+                    "{} ({})",
+                    spread(s, "limit_fill_ns", &ns).unwrap_or_else(|| format_ns(s.limit_fill_ns)),
+                    s.limit_method
+                )
+            }),
         ),
         (
             "limit / initialising (1.0 = at limit)",
-            Box::new(|s| {
+            Box::new(move |s| {
                 if s.init_ns == 0 {
                     "-".into()
                 } else {
-                    format!("{:.2}", s.limit_ratio)
+                    spread(s, "limit_ratio", &|v| format!("{v:.2}"))
+                        .unwrap_or_else(|| format!("{:.2}", s.limit_ratio))
                 }
             }),
         ),
         (
             "parallel limit: all workers' cores fill",
-            Box::new(|s| {
+            Box::new(move |s| {
                 format!(
                     "{} ({} thread{})",
-                    format_ns(s.limit_parallel_fill_ns),
+                    spread(s, "limit_parallel_fill_ns", &ns)
+                        .unwrap_or_else(|| format_ns(s.limit_parallel_fill_ns)),
                     s.limit_parallel_threads,
                     if s.limit_parallel_threads == 1 {
                         ""

@@ -30,7 +30,7 @@ pub enum Peer {
 }
 
 /// The most runs of each guest `--runs` asks for.
-const MAX_RUNS: u32 = 100;
+pub(crate) const MAX_RUNS: u32 = 100;
 
 #[derive(Args)]
 pub struct VmArgs {
@@ -96,16 +96,16 @@ struct Sample {
 }
 
 /// Minimum, median and maximum of one figure over the runs.
-#[derive(Clone, Copy, Serialize)]
-struct Spread {
-    min: f64,
-    median: f64,
-    max: f64,
-    n: usize,
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct Spread {
+    pub(crate) min: f64,
+    pub(crate) median: f64,
+    pub(crate) max: f64,
+    pub(crate) n: usize,
 }
 
 impl Spread {
-    fn of(mut values: Vec<f64>) -> Option<Spread> {
+    pub(crate) fn of(mut values: Vec<f64>) -> Option<Spread> {
         if values.is_empty() {
             return None;
         }

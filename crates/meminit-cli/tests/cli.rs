@@ -126,7 +126,13 @@ fn bad_logs_and_maps_say_what_and_where() {
 }
 
 fn report_json(args: &[&str]) -> Value {
-    let out = stdout(meminit().arg("report").arg("--json").args(args));
+    let out = stdout(
+        meminit()
+            .arg("report")
+            .arg("--json")
+            .args(["--runs", "1"])
+            .args(args),
+    );
     serde_json::from_str(&out).unwrap()
 }
 
@@ -220,6 +226,8 @@ fn trace_buffers_as_large_as_memory() {
     let out = meminit()
         .args([
             "report",
+            "--runs",
+            "1",
             "--json",
             "--machine",
             "container",
@@ -245,7 +253,14 @@ fn trace_buffers_as_large_as_memory() {
 fn the_example_map_and_a_sized_machine_run() {
     let out = stdout(
         meminit()
-            .args(["report", "--workload", "random:2000", "--map"])
+            .args([
+                "report",
+                "--runs",
+                "1",
+                "--workload",
+                "random:2000",
+                "--map",
+            ])
             .arg(repo("examples/maps/two-nodes-with-holes.json")),
     );
     assert!(out.contains("time until ready"), "{out}");
@@ -273,6 +288,8 @@ fn plots_are_written_as_svg_and_png() {
     let out = meminit()
         .args([
             "report",
+            "--runs",
+            "1",
             "--machine",
             "container",
             "--strategy",
@@ -345,7 +362,7 @@ fn threads_and_budget_are_checked() {
 #[test]
 fn report_alone_runs_every_built_in_machine() {
     let out = meminit()
-        .args(["report", "--json", "--strategy", "ondemand"])
+        .args(["report", "--json", "--runs", "1", "--strategy", "ondemand"])
         .output()
         .unwrap();
     assert_eq!(
@@ -362,4 +379,52 @@ fn report_alone_runs_every_built_in_machine() {
         .map(|m| m["machine"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["container", "server", "large"]);
+}
+
+/// `--runs N` gives each time as min, median and max over N runs, in the table
+/// and in JSON.
+#[test]
+fn repeated_runs_give_the_spread_of_times() {
+    let out = stdout(meminit().args([
+        "report",
+        "--json",
+        "--machine",
+        "container",
+        "--strategy",
+        "deferred",
+        "--runs",
+        "3",
+    ]));
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["runs"], 3);
+    for metric in [
+        "ready_ns",
+        "full_init_ns",
+        "limit_fill_ns",
+        "limit_parallel_fill_ns",
+    ] {
+        let s = &r["spread"]["deferred"][metric];
+        assert_eq!(s["n"], 3, "{metric}: {r:#}");
+        let (min, med, max) = (
+            s["min"].as_f64().unwrap(),
+            s["median"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap(),
+        );
+        assert!(min <= med && med <= max, "{metric}: {s}");
+    }
+    let out = stdout(meminit().args([
+        "report",
+        "--machine",
+        "container",
+        "--strategy",
+        "ondemand",
+        "--runs",
+        "2",
+    ]));
+    assert!(out.contains("median [min–max] of 2 runs"), "{out}");
+    let out = meminit()
+        .args(["report", "--machine", "container", "--runs", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
