@@ -449,3 +449,50 @@ fn a_section_too_small_for_its_own_memmap_gets_a_home() {
     assert_eq!(eager["memmap_populated_bytes"], 18u64 << 20);
     assert_eq!(eager["counts_hold"], true);
 }
+
+/// On `microvm` without ACPI the guest cannot see its other vCPUs: it says so
+/// rather than silently running on one.
+#[test]
+fn microvm_without_acpi_says_it_runs_on_one_cpu() {
+    // Builds the guest kernel.
+    let (code, _) = vm(&["--memory", "128M", "--strategy", "ondemand"]);
+    assert_eq!(code, Some(0));
+    let kernel = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../guest/target/x86_64-unknown-none/release/meminit-guest");
+    let out = std::process::Command::new("timeout")
+        .args(["60", "qemu-system-x86_64"])
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-nodefaults",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-smp",
+            "2",
+            "-m",
+            "256M",
+            "-M",
+            "microvm,acpi=off",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-kernel",
+        ])
+        .arg(&kernel)
+        .args(["-append", "meminit=ondemand"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(33), "{console}");
+    assert!(
+        console.contains("no ACPI MADT") && console.contains("boot CPU only"),
+        "{console}"
+    );
+}
