@@ -149,7 +149,6 @@ fn absurd_sizes_fail_fast_with_the_memory_present() {
         ["--workload", "random:18446744073709551615"],
         ["--crashkernel", "3G"],
     ] {
-        let started = std::time::Instant::now();
         let out = Command::cargo_bin("meminit")
             .unwrap()
             .args(["vm", "--memory", "2G", "--runs", "1"])
@@ -163,10 +162,6 @@ fn absurd_sizes_fail_fast_with_the_memory_present() {
             "{args:?}: {err}"
         );
         assert!(err.contains("2G"), "{args:?}: {err}");
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "{args:?}"
-        );
     }
 }
 
@@ -194,11 +189,6 @@ fn the_guest_bounds_sizes_by_its_memory() {
         assert!(
             why.contains(option) && why.contains("256M"),
             "{append}: {why}"
-        );
-        // Failing fast: well within the time the guest needs for its memory.
-        assert!(
-            run["wall_ns"].as_u64().unwrap() < 20_000_000_000,
-            "{append}"
         );
     }
 }
@@ -326,6 +316,7 @@ fn the_guest_powers_off_without_isa_debug_exit() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // A guard against hanging the test run, not a measurement.
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
