@@ -136,6 +136,12 @@ pub unsafe fn read(rsdp: u64) -> Topology {
             b"APIC" => unsafe { read_madt(table, len, &mut t) },
             // SAFETY: as above.
             b"SRAT" => unsafe { read_srat(table, len, &mut t) },
+            // FADT: PM1a control block (I/O port) at 64, for powering off.
+            // SAFETY: as above; the field lies inside every FADT revision.
+            b"FACP" if len >= 68 => unsafe {
+                let port = read_unaligned((table + 64) as usize as *const u32);
+                crate::port::set_acpi_pm1a_control(port);
+            },
             _ => {}
         }
     }

@@ -1,23 +1,65 @@
 //! The kernel command line: `meminit=`, `trace_buf_size=`, `crashkernel=`,
-//! `workload=`. Anything else is an error that names the option.
+//! `workload=` and `hold=`. Options a monitor or a Linux-minded user passes by
+//! habit (`console=ttyS0`, `quiet`, `loglevel=7`, ...) are ignored and noted;
+//! anything else is an error that names the option.
 
 use core::fmt;
 
 use meminit::Strategy;
 use meminit_boot::{parse_size, Workload};
 
+/// The most ignored options kept to be noted.
+pub const MAX_IGNORED: usize = 16;
+
 /// The options.
 #[derive(Clone, Copy, Debug)]
-pub struct Options {
+pub struct Options<'a> {
     /// `meminit=eager|deferred|ondemand` (default: deferred).
     pub strategy: Strategy,
     /// `trace_buf_size=SIZE`: ring buffer per CPU.
     pub trace_buf_size: Option<u64>,
-    /// `crashkernel=SIZE`.
+    /// `crashkernel=SIZE` (or Linux's `SIZE@OFFSET`, whose offset is ignored).
     pub crashkernel: Option<u64>,
     /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]`.
     pub workload: Workload,
+    /// `hold=serial`: once the report is printed, wait (at most a minute) for a
+    /// byte on the serial line before powering off, so that whoever runs the guest
+    /// can measure it at rest.
+    pub hold: bool,
+    /// Linux options taken but ignored, to be noted.
+    pub ignored: [&'a str; MAX_IGNORED],
+    /// How many.
+    pub ignored_count: usize,
+    /// Notes on options taken in part (`crashkernel=X@Y`).
+    pub crash_offset_ignored: bool,
 }
+
+/// Options of Linux's (or of a monitor's default command line) that mean nothing
+/// here: taken and noted, never an error.
+const LINUX_OPTIONS: [&str; 22] = [
+    "console",
+    "earlycon",
+    "earlyprintk",
+    "loglevel",
+    "ignore_loglevel",
+    "quiet",
+    "debug",
+    "panic",
+    "reboot",
+    "root",
+    "rootfstype",
+    "rw",
+    "ro",
+    "init",
+    "nokaslr",
+    "noapic",
+    "acpi",
+    "pci",
+    "tsc",
+    "tsc_early_khz",
+    "mminit_loglevel",
+    "i8042.noaux",
+];
 
 /// A command-line option that could not be taken.
 pub struct BadOption<'a> {
@@ -38,16 +80,20 @@ impl fmt::Display for BadOption<'_> {
 }
 
 /// Parses the command line.
-pub fn parse(cmdline: &str) -> Result<Options, BadOption<'_>> {
+pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
     let mut o = Options {
         strategy: Strategy::Deferred,
         trace_buf_size: None,
         crashkernel: None,
         workload: Workload::Idle,
+        hold: false,
+        ignored: [""; MAX_IGNORED],
+        ignored_count: 0,
+        crash_offset_ignored: false,
     };
     for option in cmdline.split_ascii_whitespace() {
         let bad = |why| BadOption { option, why };
-        let (key, value) = option.split_once('=').ok_or(bad("expected key=value"))?;
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
         match key {
             "meminit" => {
                 o.strategy = value
@@ -58,16 +104,39 @@ pub fn parse(cmdline: &str) -> Result<Options, BadOption<'_>> {
                 o.trace_buf_size = Some(parse_size(value).map_err(|_| bad("not a size"))?)
             }
             "crashkernel" => {
-                o.crashkernel = Some(parse_size(value).map_err(|_| bad("not a size"))?)
+                // Linux's `SIZE@OFFSET`: the size is taken, the offset is not (the
+                // reservation is wherever below 4 GiB the allocator finds it).
+                let size = match value.split_once('@') {
+                    Some((size, offset)) => {
+                        parse_size(offset).map_err(|_| bad("not a size@offset"))?;
+                        o.crash_offset_ignored = true;
+                        size
+                    }
+                    None => value,
+                };
+                o.crashkernel = Some(parse_size(size).map_err(|_| bad("not a size"))?)
             }
             "workload" => {
                 o.workload = value.parse().map_err(|_| {
                     bad("expected idle, container[:SIZE], random[:OPS] or smp[:OPS]")
                 })?
             }
+            "hold" => {
+                o.hold = match value {
+                    "serial" => true,
+                    "none" => false,
+                    _ => return Err(bad("expected serial or none")),
+                }
+            }
+            _ if LINUX_OPTIONS.contains(&key) => {
+                if o.ignored_count < MAX_IGNORED {
+                    o.ignored[o.ignored_count] = option;
+                    o.ignored_count += 1;
+                }
+            }
             _ => {
                 return Err(bad(
-                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload)",
+                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, and Linux's console, quiet, loglevel, ... which are ignored)",
                 ))
             }
         }

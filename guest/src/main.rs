@@ -28,7 +28,7 @@ use core::cell::Cell;
 use meminit::{
     AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Pfn, SectionSlot, Strategy,
 };
-use meminit_boot::{early_requests, BootParams, Workload, XorShift};
+use meminit_boot::{check_bounds_for, early_requests, BootParams, EarlyKind, Workload, XorShift};
 use port::{exit, ExitCode, Serial};
 use report::{Report, Samples};
 
@@ -76,6 +76,16 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         boot.cmdline,
         tsc_hz / 1_000_000
     );
+    for ignored in &options.ignored[..options.ignored_count] {
+        println!(
+            "meminit guest: note: ignoring Linux's option '{ignored}', which means nothing here"
+        );
+    }
+    if options.crash_offset_ignored {
+        println!(
+            "meminit guest: note: crashkernel=SIZE@OFFSET: the size is reserved below 4 GiB, wherever the allocator finds it; the offset is ignored"
+        );
+    }
 
     // SAFETY: the RSDP address comes from the PVH start information; ACPI tables
     // sit in identity-mapped low memory and never change.
@@ -99,7 +109,23 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     }
     paging::init();
 
+    if topology.cpus == 0 {
+        println!(
+            "meminit guest: note: no ACPI MADT (QEMU's microvm without acpi=on?): running on the boot CPU only, whatever -smp says"
+        );
+    }
     let cpus = topology.cpus.max(1) as u32;
+    let params = BootParams {
+        cpus,
+        trace_buf_size: options.trace_buf_size,
+        crashkernel: options.crashkernel,
+    };
+    // Bound every request by the memory present before anything runs: an absurd
+    // size fails at once, with a reason, rather than keeping the guest busy.
+    if let Err(e) = check_bounds_for(&layout, &params, options.workload) {
+        println!("meminit guest: bad kernel command line option: {e}");
+        exit(ExitCode::BadCommandLine)
+    }
     let t0 = tsc::now();
     let allocator = ALLOCATOR.call_once(|| {
         match Allocator::new(
@@ -148,26 +174,26 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         }
     };
 
-    let params = BootParams {
-        cpus,
-        trace_buf_size: options.trace_buf_size,
-        crashkernel: options.crashkernel,
-    };
+    let tb = tsc::now();
     let mut boot_results = [(None, 0u64); 5];
     for (slot, request) in boot_results.iter_mut().zip(early_requests(layout, &params)) {
         let Some(request) = request else { continue };
         let mut failed = 0;
         for (node, &blocks) in request.blocks_per_node.iter().enumerate() {
             for _ in 0..blocks {
-                if alloc(request.order, request.constraint, node).is_none() {
-                    failed += 1;
+                match alloc(request.order, request.constraint, node) {
+                    Some(pfn) => write_as_linux_does(request.kind, pfn, request.order),
+                    None => failed += 1,
                 }
             }
         }
         *slot = (Some(request), failed);
     }
 
+    let boot_allocs = tsc::now() - tb;
+
     // The APs, each on a stack meminit gives it on its own node.
+    let ta = tsc::now();
     let node_of_cpu = |cpu: usize| {
         if topology.memory_ranges > 0 {
             topology.node_of_domain(topology.cpu_domain[cpu]) as usize
@@ -180,6 +206,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         let pfn = alloc(smp::AP_STACK_ORDER, Constraint::Any, node)?;
         Some(pfn.addr() + (4096 << smp::AP_STACK_ORDER))
     });
+    let ap_start = tsc::now() - ta;
 
     let mut workers_ticks = 0;
     if options.strategy == Strategy::Deferred {
@@ -197,6 +224,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let full_init = allocator.is_fully_initialised().then(|| tsc::now() - t0);
 
     let nodes = layout.node_count();
+    let mut progress = Progress::new(tsc_hz, options.workload);
     match options.workload {
         Workload::Idle => {}
         Workload::Smp { ops } => {
@@ -215,10 +243,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             failures.set(failures.get() + failed + unmerged);
         }
         Workload::Container { bytes } => {
-            for i in 0..bytes.div_ceil(4096) {
+            let pages = bytes.div_ceil(4096);
+            for i in 0..pages {
                 if let Some(pfn) = alloc(0, Constraint::Any, i as usize % nodes) {
                     touch(pfn);
                 }
+                progress.tick(i, pages);
             }
         }
         Workload::Random { ops } => {
@@ -227,7 +257,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             let held = spin::MutexGuard::leak(HELD_BLOCKS.lock());
             let mut count = 0;
             let mut rng = XorShift::new();
-            for _ in 0..ops {
+            for op in 0..ops {
+                progress.tick(op, ops);
                 let x = rng.next_u64();
                 if count < HELD && (x.is_multiple_of(2) || count == 0) {
                     let order = (x >> 8) as u32 % 4;
@@ -273,6 +304,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         tsc_hz,
         tsc_source,
         boot_ns: ns(t0 - entered),
+        boot_allocs_ns: ns(boot_allocs),
+        ap_start_ns: ns(ap_start),
+        workers_ns: ns(workers_ticks),
         ready_ns: ns(ready),
         full_init_ns: full_init.map(ns),
         init_ns: ns(init),
@@ -293,11 +327,76 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         println!("meminit guest: the boot stack overflowed");
         exit(ExitCode::Crash);
     }
+    if options.hold {
+        // Whoever runs the guest measures it now, at rest, and then sends a byte.
+        println!("MEMINIT-HOLD waiting for a byte on the serial line (at most 60 s)");
+        if !Serial::wait_for_byte(tsc_hz.saturating_mul(60)) {
+            println!("meminit guest: no byte came in 60 s; powering off");
+        }
+    }
     exit(if failures.get() == 0 && counts_hold {
         ExitCode::Success
     } else {
         ExitCode::Failure
     })
+}
+
+/// Writes a boot allocation as Linux does, so that it costs the host what it costs
+/// under Linux: the hash tables are zeroed (`HASH_ZERO`), the per-CPU areas are
+/// written (the static per-CPU data copied into each unit), each ring-buffer page
+/// gets its header (`rb_init_page`), and the crash kernel's reservation is left
+/// untouched until a crash kernel is loaded.
+fn write_as_linux_does(kind: EarlyKind, pfn: Pfn, order: u32) {
+    let start = pfn.addr() as *mut u8;
+    let bytes = 4096usize << order;
+    match kind {
+        EarlyKind::DentryHash | EarlyKind::InodeHash | EarlyKind::PerCpu => {
+            // SAFETY: the block was just allocated to us and RAM is identity-mapped.
+            unsafe { core::ptr::write_bytes(start, 0, bytes) }
+        }
+        EarlyKind::TraceBuffer => {
+            for page in (0..bytes).step_by(4096) {
+                // SAFETY: as above; the header is the page's first 16 bytes.
+                unsafe { core::ptr::write_bytes(start.add(page), 0, 16) }
+            }
+        }
+        EarlyKind::CrashKernel => {}
+    }
+}
+
+/// A line on the console every few seconds of a long workload, so that a long
+/// run is never silent.
+struct Progress {
+    every: u64,
+    next: u64,
+    workload: Workload,
+}
+
+impl Progress {
+    fn new(tsc_hz: u64, workload: Workload) -> Self {
+        let every = tsc_hz.saturating_mul(2);
+        Progress {
+            every,
+            next: tsc::now().saturating_add(every),
+            workload,
+        }
+    }
+
+    fn tick(&mut self, done: u64, of: u64) {
+        // Read the clock once in 4096 steps only.
+        if !done.is_multiple_of(4096) {
+            return;
+        }
+        let now = tsc::now();
+        if now >= self.next {
+            self.next = now.saturating_add(self.every);
+            println!(
+                "meminit guest: workload {}: {done} of {of} steps ({}%)",
+                self.workload,
+                done * 100 / of.max(1)
+            );
+        }
+    }
 }
 
 /// Blocks the random workload holds at most.

@@ -2,6 +2,7 @@
 
 use core::arch::asm;
 use core::fmt;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// Writes a byte to an I/O port.
 ///
@@ -41,6 +42,18 @@ pub unsafe fn outl(port: u16, value: u32) {
     };
 }
 
+/// Writes a 16-bit value to an I/O port.
+///
+/// # Safety
+///
+/// The port must be one whose side effects the caller intends.
+pub unsafe fn outw(port: u16, value: u16) {
+    // SAFETY: the caller vouches for the port; `out` touches no memory.
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    };
+}
+
 const COM1: u16 = 0x3f8;
 
 /// The serial console. Writes are serialised by a lock, so lines from several
@@ -72,6 +85,23 @@ impl Serial {
             }
             outb(COM1, byte);
         }
+    }
+
+    /// Waits for a byte on the serial line for at most `ticks` of the TSC;
+    /// whether one came.
+    pub fn wait_for_byte(ticks: u64) -> bool {
+        let start = crate::tsc::now();
+        // SAFETY: COM1's line status and data registers.
+        unsafe {
+            while crate::tsc::now() - start < ticks {
+                if inb(COM1 + 5) & 1 != 0 {
+                    let _ = inb(COM1);
+                    return true;
+                }
+                core::hint::spin_loop();
+            }
+        }
+        false
     }
 
     /// Writes formatted text without the console lock: for the crash paths, which
@@ -126,10 +156,30 @@ pub enum ExitCode {
     Crash = 0x13,
 }
 
-/// Leaves through `isa-debug-exit` (I/O port 0xf4); halts if there is none.
+/// The FADT's PM1a control port, 0 until the ACPI tables are read (or without).
+static ACPI_PM1A_CONTROL: AtomicU32 = AtomicU32::new(0);
+
+/// Records the FADT's PM1a control port, for powering off.
+pub fn set_acpi_pm1a_control(port: u32) {
+    ACPI_PM1A_CONTROL.store(port, Ordering::Relaxed);
+}
+
+/// Leaves through `isa-debug-exit` (I/O port 0xf4), whose status says how it
+/// went. A monitor without that device does not stop there: the guest then
+/// powers off through ACPI (S5 through the FADT's PM1a control port; QEMU's `pc`
+/// and `q35` DSDTs give S5 the sleep type 0), and failing that resets through the
+/// keyboard controller (which `-no-reboot` turns into an exit), and only then
+/// halts.
 pub fn exit(code: ExitCode) -> ! {
     // SAFETY: port 0xf4 is QEMU's isa-debug-exit device; writing ends the VM.
     unsafe { outl(0xf4, code as u32) };
+    let pm1a = ACPI_PM1A_CONTROL.load(Ordering::Relaxed);
+    if pm1a != 0 && pm1a <= u16::MAX as u32 {
+        // SAFETY: SLP_TYP 0 | SLP_EN (bit 13) into PM1a_CNT: ACPI S5, power off.
+        unsafe { outw(pm1a as u16, 1 << 13) };
+    }
+    // SAFETY: the 8042's pulse-reset command.
+    unsafe { outb(0x64, 0xfe) };
     loop {
         // SAFETY: nothing is left to do; interrupts are off.
         unsafe { asm!("cli; hlt", options(nomem, nostack)) };

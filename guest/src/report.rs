@@ -89,6 +89,9 @@ pub struct Report<'a> {
     pub tsc_hz: u64,
     pub tsc_source: &'static str,
     pub boot_ns: u64,
+    pub boot_allocs_ns: u64,
+    pub ap_start_ns: u64,
+    pub workers_ns: u64,
     pub ready_ns: u64,
     pub full_init_ns: Option<u64>,
     pub init_ns: u64,
@@ -178,6 +181,10 @@ impl Report<'_> {
         print!(
             "\"tsc_hz\":{},\"tsc_source\":\"{}\",\"boot_ns\":{},\"ready_ns\":{},",
             self.tsc_hz, self.tsc_source, self.boot_ns, self.ready_ns
+        );
+        print!(
+            "\"boot_allocs_ns\":{},\"ap_start_ns\":{},\"workers_ns\":{},",
+            self.boot_allocs_ns, self.ap_start_ns, self.workers_ns
         );
         match self.full_init_ns {
             Some(t) => print!("\"full_init_ns\":{t},"),

@@ -366,6 +366,106 @@ pub fn early_requests(layout: &Layout, params: &BootParams) -> [Option<EarlyRequ
     ]
 }
 
+/// A boot parameter or workload larger than the memory present: it could never be
+/// served, and trying would only keep a machine busy. Names the option, what it
+/// asks for in all, and the memory there is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooLarge {
+    /// The option, as on a kernel command line (`trace_buf_size`, `crashkernel`,
+    /// `workload`).
+    pub option: &'static str,
+    /// What it asks for in all: bytes, or operations for `workload=random`.
+    pub asked: u64,
+    /// The most it may ask for: bytes, or operations.
+    pub bound: u64,
+    /// Bytes of memory present.
+    pub present: u64,
+    /// Whether `asked` and `bound` count operations rather than bytes.
+    pub ops: bool,
+}
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ops {
+            write!(
+                f,
+                "{}: {} operations is more than the {} this machine's {} of memory bounds it to (one per page present)",
+                self.option,
+                self.asked,
+                self.bound,
+                Size(self.present)
+            )
+        } else {
+            write!(
+                f,
+                "{}: asks for {} in all, more than the {} it may have of the {} of memory present",
+                self.option,
+                Size(self.asked),
+                Size(self.bound),
+                Size(self.present)
+            )
+        }
+    }
+}
+
+/// Checks the boot parameters and the workload against the memory present, so that
+/// no value keeps a machine busy longer than its memory could: the trace buffer of
+/// all CPUs, the crash kernel and the container's working set must each fit in the
+/// memory present (the crash kernel in the part below 4 GiB), and the random
+/// workload may make at most one operation per page present.
+pub fn check_bounds(
+    present_bytes: u64,
+    below_4g_bytes: u64,
+    params: &BootParams,
+    workload: Workload,
+) -> Result<(), TooLarge> {
+    let too_large = |option, asked: u64, bound: u64, ops| {
+        if asked > bound {
+            Err(TooLarge {
+                option,
+                asked,
+                bound,
+                present: present_bytes,
+                ops,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(t) = params.trace_buf_size {
+        let all = t.saturating_mul(u64::from(params.cpus.max(1)));
+        too_large("trace_buf_size", all, present_bytes, false)?;
+    }
+    if let Some(c) = params.crashkernel {
+        too_large("crashkernel", c, below_4g_bytes.min(present_bytes), false)?;
+    }
+    match workload {
+        Workload::Idle => Ok(()),
+        Workload::Container { bytes } => too_large("workload", bytes, present_bytes, false),
+        Workload::Random { ops } | Workload::Smp { ops } => {
+            too_large("workload", ops, present_bytes / PAGE_SIZE, true)
+        }
+    }
+}
+
+/// [`check_bounds`] for a layout: the memory it holds present, and the part below
+/// 4 GiB.
+pub fn check_bounds_for(
+    layout: &Layout,
+    params: &BootParams,
+    workload: Workload,
+) -> Result<(), TooLarge> {
+    let present = layout.present_pages() * PAGE_SIZE;
+    let below_4g: u64 = layout
+        .node_ranges()
+        .map(|(start, end, _)| {
+            let end = end.min((4u64 << 30) / PAGE_SIZE);
+            end.saturating_sub(start) * PAGE_SIZE
+        })
+        .sum();
+    check_bounds(present, below_4g, params, workload)
+}
+
 /// A small xorshift generator: the random workload is the same sequence everywhere.
 #[derive(Clone, Debug)]
 pub struct XorShift(pub u64);
@@ -478,5 +578,48 @@ mod tests {
         ] {
             let _ = parse_size(text);
         }
+    }
+
+    #[test]
+    fn absurd_sizes_are_bounded_by_the_memory_present() {
+        let g2 = 2u64 << 30;
+        let params = |trace, crash| BootParams {
+            cpus: 2,
+            trace_buf_size: trace,
+            crashkernel: crash,
+        };
+        let ok = check_bounds(
+            g2,
+            g2,
+            &params(Some(100 << 20), Some(256 << 20)),
+            Workload::Idle,
+        );
+        assert_eq!(ok, Ok(()));
+        let e = check_bounds(g2, g2, &params(Some(100 << 40), None), Workload::Idle).unwrap_err();
+        assert_eq!(e.option, "trace_buf_size");
+        assert_eq!(e.asked, 200 << 40);
+        assert!(e.to_string().contains("of the 2G of memory present"), "{e}");
+        // Saturates rather than overflows.
+        let e = check_bounds(g2, g2, &params(Some(u64::MAX), None), Workload::Idle).unwrap_err();
+        assert_eq!(e.asked, u64::MAX);
+        let e = check_bounds(8 * g2, g2, &params(None, Some(3 << 30)), Workload::Idle).unwrap_err();
+        assert_eq!((e.option, e.bound), ("crashkernel", g2));
+        let e = check_bounds(
+            g2,
+            g2,
+            &params(None, None),
+            Workload::Container { bytes: 100 << 40 },
+        )
+        .unwrap_err();
+        assert_eq!(e.option, "workload");
+        let e = check_bounds(
+            g2,
+            g2,
+            &params(None, None),
+            Workload::Random { ops: u64::MAX },
+        )
+        .unwrap_err();
+        assert!(e.ops && e.bound == g2 / 4096, "{e:?}");
+        assert!(e.to_string().contains("operations"), "{e}");
     }
 }

@@ -4,6 +4,7 @@
 //! This file owns the command line and the output (tables for people, JSON for
 //! programs); the simulation is `meminit_host::sim`.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -124,6 +125,9 @@ struct ReportArgs {
     /// confidential guest (TDX, SNP) must, and report the bytes accepted.
     #[arg(long)]
     accept_memory: bool,
+    /// Run each strategy this many times; times are given as median [min–max].
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -184,18 +188,13 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-/// `meminit` alone: the report on each built-in machine that fits this host.
+/// `meminit` alone: `meminit report` with its defaults, which runs every
+/// built-in machine.
 fn default_run() -> Result<ExitCode> {
-    let opts = Options::new();
-    let progress = Spinner::new();
-    for name in BUILT_IN {
-        let machine = Machine::built_in(name)?;
-        let report = sim::run(&machine, &opts, &progress)?;
-        progress.clear();
-        print_report(&report, &opts);
-        println!();
+    match Cli::parse_from(["meminit", "report"]).command {
+        Some(Command::Report(args)) => report(&args),
+        _ => bail!("the default report's arguments did not parse"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn machine_of(args: &MachineArgs) -> Result<Machine> {
@@ -214,24 +213,133 @@ fn machine_of(args: &MachineArgs) -> Result<Machine> {
     Ok(machine)
 }
 
+/// `meminit report`: the machine given, or, with none, every built-in machine
+/// (as `meminit` alone does).
 fn report(args: &ReportArgs) -> Result<ExitCode> {
-    let machine = machine_of(&args.machine)?;
+    let m = &args.machine;
+    let machines = if m.machine.is_none() && m.memory.is_none() && m.map.is_none() {
+        if args.plot.is_some() {
+            bail!("--plot: name one machine (--machine, --memory or --map)");
+        }
+        BUILT_IN
+            .iter()
+            .map(|name| {
+                let mut machine = Machine::built_in(name)?;
+                if let Some(cpus) = m.cpus {
+                    machine.cpus = cpus;
+                }
+                Ok(machine)
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        vec![machine_of(m)?]
+    };
+    if args.runs == 0 || args.runs > vm::MAX_RUNS {
+        bail!("--runs must be between 1 and {}", vm::MAX_RUNS);
+    }
+    let mut reports = Vec::new();
+    let mut code = ExitCode::SUCCESS;
+    for machine in &machines {
+        let (report, c) = report_one(args, machine)?;
+        if !args.json && machines.len() > 1 {
+            println!();
+        }
+        if c != ExitCode::SUCCESS {
+            code = c;
+        }
+        reports.push(report);
+    }
+    if args.json {
+        if reports.len() == 1 {
+            println!("{}", serde_json::to_string_pretty(&reports[0])?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&reports)?);
+        }
+    }
+    Ok(code)
+}
+
+/// A report with the spread of its figures over repeated runs.
+#[derive(serde::Serialize)]
+struct Repeated {
+    /// The first run's figures.
+    #[serde(flatten)]
+    first: Report,
+    /// How many runs.
+    runs: u32,
+    /// Per strategy, the minimum, median and maximum of each figure that varies
+    /// from run to run.
+    spread: BTreeMap<&'static str, BTreeMap<&'static str, vm::Spread>>,
+}
+
+/// How to read one figure of a strategy's report.
+type ReadFigure = fn(&StrategyReport) -> Option<f64>;
+
+/// The figures of a strategy whose spread is reported.
+const REPORT_METRICS: [(&str, ReadFigure); 8] = [
+    ("ready_ns", |s| Some(s.ready_ns as f64)),
+    ("full_init_ns", |s| s.full_init_ns.map(|t| t as f64)),
+    ("init_ns", |s| Some(s.init_ns as f64)),
+    ("grow_ns", |s| Some(s.grow_ns as f64)),
+    ("limit_fill_ns", |s| Some(s.limit_fill_ns as f64)),
+    ("limit_ratio", |s| Some(s.limit_ratio)),
+    ("limit_parallel_fill_ns", |s| {
+        Some(s.limit_parallel_fill_ns as f64)
+    }),
+    ("memmap_resident_end_bytes", |s| {
+        Some(s.memmap_resident_end_bytes as f64)
+    }),
+];
+
+fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Repeated, ExitCode)> {
+    if machine.cpus == 0 {
+        bail!("--cpus must be at least 1");
+    }
+    let layout = machine.layout()?;
     let mut opts = Options::new();
     if let Some(s) = args.strategy {
         opts.strategies = vec![s.into()];
     }
     if let Some(t) = args.threads {
-        // Each is an OS thread; past a few thousand, spawning one fails (a panic
-        // in std::thread::scope) long before it could help.
-        if !(1..=4096).contains(&t) {
-            bail!("--threads {t}: between 1 and 4096 are supported");
+        // A machine runs at most one deferred worker per CPU (and at least one
+        // per node); more would only measure this host's scheduler.
+        let most = (machine.cpus as usize).max(layout.node_count());
+        if t == 0 || t > most {
+            bail!(
+                "--threads {t}: must be between 1 and {most} (machine {} has {} CPU{} on {} node{})",
+                machine.name,
+                machine.cpus,
+                if machine.cpus == 1 { "" } else { "s" },
+                layout.node_count(),
+                if layout.node_count() == 1 { "" } else { "s" },
+            );
         }
         opts.threads = t;
     }
     opts.trace_buf_size = args.trace_buf_size;
     opts.crashkernel = args.crashkernel;
     opts.workload = args.workload;
+    let params = meminit_boot::BootParams {
+        cpus: machine.cpus,
+        trace_buf_size: args.trace_buf_size,
+        crashkernel: args.crashkernel,
+    };
+    if let Err(e) = meminit_boot::check_bounds_for(&layout, &params, args.workload) {
+        let option = match e.option {
+            "trace_buf_size" => "--trace-buf-size",
+            "crashkernel" => "--crashkernel",
+            _ => "--workload",
+        };
+        bail!(
+            "{option}: {e} (machine {}, {} CPUs)",
+            machine.name,
+            machine.cpus
+        );
+    }
     if let Some(b) = args.memory_budget {
+        if b == 0 {
+            bail!("--memory-budget 0: nothing could be measured; give the host memory a strategy may commit, e.g. 4G");
+        }
         opts.memory_budget = b;
     }
     if let Some(c) = args.chunk_size {
@@ -249,27 +357,50 @@ fn report(args: &ReportArgs) -> Result<ExitCode> {
     opts.premapped = matches!(args.memmap_granularity, GranularityArg::Premapped);
     opts.accept = args.accept_memory;
     let progress = Spinner::new();
-    let report = sim::run(&machine, &opts, &progress)?;
+    let mut all = Vec::new();
+    for _ in 0..args.runs {
+        all.push(sim::run(machine, &opts, &progress)?);
+    }
     progress.clear();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    let mut spread: BTreeMap<&'static str, BTreeMap<&'static str, vm::Spread>> = BTreeMap::new();
+    for (i, s) in all[0].strategies.iter().enumerate() {
+        if s.skipped.is_some() {
+            continue;
+        }
+        let per = spread.entry(s.strategy).or_default();
+        for (metric, read) in REPORT_METRICS {
+            let values = all
+                .iter()
+                .filter_map(|r| r.strategies.get(i).and_then(read))
+                .collect();
+            if let Some(sp) = vm::Spread::of(values) {
+                per.insert(metric, sp);
+            }
+        }
+    }
+    let report = Repeated {
+        first: all.swap_remove(0),
+        runs: args.runs,
+        spread,
+    };
+    if !args.json {
         print_report(&report, &opts);
     }
     if let Some(dir) = &args.plot {
-        let written = plot::write_all(dir, &machine, &opts, &progress)
+        let written = plot::write_all(dir, machine, &opts, args.runs, &progress)
             .with_context(|| format!("writing charts into {}", dir.display()))?;
         progress.clear();
         for f in written {
             eprintln!("wrote {}", f.display());
         }
     }
-    let failed = report.strategies.iter().any(|s| s.alloc_failures > 0);
-    Ok(if failed {
+    let failed = report.first.strategies.iter().any(|s| s.alloc_failures > 0);
+    let code = if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    Ok((report, code))
 }
 
 /// A spinner on stderr, shown only on a terminal and only once a run has taken
@@ -321,9 +452,10 @@ pub(crate) fn format_ns(ns: u64) -> String {
 }
 
 /// One row of the report table: how to print a strategy's figure.
-type Cell = Box<dyn Fn(&StrategyReport) -> String>;
+type Cell<'a> = Box<dyn Fn(&StrategyReport) -> String + 'a>;
 
-fn print_report(report: &Report, opts: &Options) {
+fn print_report(repeated: &Repeated, opts: &Options) {
+    let report = &repeated.first;
     println!(
         "machine {}: {} present on {} node{}, {} CPU{}, {} sections, {} chunks; workload {}; {} deferred worker thread{}",
         report.machine,
@@ -337,6 +469,11 @@ fn print_report(report: &Report, opts: &Options) {
         report.workload,
         opts.threads,
         if opts.threads == 1 { "" } else { "s" },
+    );
+    println!(
+        "  times: median [min–max] of {} run{}; the rest from the first run",
+        repeated.runs,
+        if repeated.runs == 1 { "" } else { "s" }
     );
     let ran: Vec<&StrategyReport> = report
         .strategies
@@ -353,11 +490,26 @@ fn print_report(report: &Report, opts: &Options) {
     if ran.is_empty() {
         return;
     }
+    let spread = |s: &StrategyReport, metric: &str, f: &dyn Fn(f64) -> String| -> Option<String> {
+        let sp = repeated.spread.get(s.strategy)?.get(metric)?;
+        Some(if sp.n <= 1 || sp.min == sp.max {
+            f(sp.median)
+        } else {
+            format!("{} [{}–{}]", f(sp.median), f(sp.min), f(sp.max))
+        })
+    };
+    let ns = |v: f64| format_ns(v.round() as u64);
     let rows: Vec<(&str, Cell)> = vec![
-        ("time until ready", Box::new(|s| format_ns(s.ready_ns))),
+        (
+            "time until ready",
+            Box::new(move |s| spread(s, "ready_ns", &ns).unwrap_or_else(|| format_ns(s.ready_ns))),
+        ),
         (
             "time until all initialised",
-            Box::new(|s| s.full_init_ns.map_or("never".into(), format_ns)),
+            Box::new(move |s| match s.full_init_ns {
+                None => "never".into(),
+                Some(t) => spread(s, "full_init_ns", &ns).unwrap_or_else(|| format_ns(t)),
+            }),
         ),
         (
             "time growing (allocations that grew)",
@@ -422,19 +574,52 @@ fn print_report(report: &Report, opts: &Options) {
         ),
         (
             "time initialising memmap",
-            Box::new(|s| format_ns(s.init_ns)),
+            Box::new(move |s| spread(s, "init_ns", &ns).unwrap_or_else(|| format_ns(s.init_ns))),
         ),
         (
-            "physical limit: 1-core fill, same bytes",
-            Box::new(|s| format_ns(s.limit_fill_ns)),
+            "physical limit: best 1-core fill, same bytes",
+            Box::new(move |s| {
+                format!(
+                    "{} ({})",
+                    spread(s, "limit_fill_ns", &ns).unwrap_or_else(|| format_ns(s.limit_fill_ns)),
+                    s.limit_method
+                )
+            }),
         ),
         (
             "limit / initialising (1.0 = at limit)",
-            Box::new(|s| {
+            Box::new(move |s| {
                 if s.init_ns == 0 {
                     "-".into()
                 } else {
-                    format!("{:.2}", s.limit_ratio)
+                    spread(s, "limit_ratio", &|v| format!("{v:.2}"))
+                        .unwrap_or_else(|| format!("{:.2}", s.limit_ratio))
+                }
+            }),
+        ),
+        (
+            "parallel limit: all workers' cores fill",
+            Box::new(move |s| {
+                format!(
+                    "{} ({} thread{})",
+                    spread(s, "limit_parallel_fill_ns", &ns)
+                        .unwrap_or_else(|| format_ns(s.limit_parallel_fill_ns)),
+                    s.limit_parallel_threads,
+                    if s.limit_parallel_threads == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
+                )
+            }),
+        ),
+        (
+            "parallel limit / deferred init",
+            Box::new(|s| {
+                if s.strategy == "deferred" && s.init_ns > 0 {
+                    format!("{:.2}", s.limit_parallel_fill_ns as f64 / s.init_ns as f64)
+                } else {
+                    "-".into()
                 }
             }),
         ),

@@ -2,9 +2,13 @@
 //!
 //! - `ready`: time until the allocator serves and until all memory is initialised,
 //!   against memory size, per strategy (QEMU-like machines of 1 GiB up to 1 TiB;
-//!   strategies that do not fit this host are left out at those sizes).
+//!   strategies that do not fit this host are left out at those sizes): the
+//!   median of `--runs` runs, with a bar from the minimum to the maximum.
 //! - `resident`: memmap resident on the host against the working set touched after
-//!   boot, per strategy, on the machine of the report.
+//!   boot, per strategy, on the machine of the report, over the whole range of
+//!   working sets, drawn as steps (the memmap grows a section at a time).
+//!
+//! Every chart names the host it was measured on.
 //!
 //! Text is drawn with the DejaVu font embedded in the binary, so PNGs need no
 //! system font library.
@@ -22,11 +26,54 @@ use plotters::prelude::*;
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
 
-/// One line of a chart: a label and its points.
+/// One line of a chart: a label, its points, and the spread at each (x, min,
+/// max), drawn as bars where there is any.
 struct Series {
     label: String,
     color: RGBColor,
     points: Vec<(f64, f64)>,
+    bars: Vec<(f64, f64, f64)>,
+    /// Drawn as steps: flat until the next point, then up.
+    steps: bool,
+}
+
+/// The host the charts were measured on: CPU model, cores, memory.
+fn host_name() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or("? memory".into(), |kib| size::format(kib * 1024));
+    format!("on {cpu}, {cores} cores, {memory}")
+}
+
+/// Median, minimum and maximum.
+fn median_min_max(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((median, v[0], v[n - 1]))
 }
 
 /// Runs the measurements and writes every chart into `dir`.
@@ -34,39 +81,36 @@ pub fn write_all(
     dir: &Path,
     machine: &Machine,
     opts: &Options,
+    runs: u32,
     progress: &dyn Progress,
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| anyhow::anyhow!("the embedded font did not load"))?;
     let mut written = Vec::new();
-    written.extend(ready_chart(dir, opts, progress)?);
+    written.extend(ready_chart(dir, opts, runs.max(1), progress)?);
     written.extend(resident_chart(dir, machine, opts, progress)?);
     Ok(written)
 }
 
-fn ready_chart(dir: &Path, opts: &Options, progress: &dyn Progress) -> Result<Vec<PathBuf>> {
+fn ready_chart(
+    dir: &Path,
+    opts: &Options,
+    runs: u32,
+    progress: &dyn Progress,
+) -> Result<Vec<PathBuf>> {
+    let series = |label: &str, color| Series {
+        label: label.into(),
+        color,
+        points: vec![],
+        bars: vec![],
+        steps: false,
+    };
     let mut series = vec![
-        Series {
-            label: "eager: ready = all initialised".into(),
-            color: RGBColor(200, 60, 40),
-            points: vec![],
-        },
-        Series {
-            label: "deferred: ready".into(),
-            color: RGBColor(40, 110, 200),
-            points: vec![],
-        },
-        Series {
-            label: "deferred: all initialised".into(),
-            color: RGBColor(120, 170, 230),
-            points: vec![],
-        },
-        Series {
-            label: "on-demand: ready".into(),
-            color: RGBColor(40, 160, 80),
-            points: vec![],
-        },
+        series("eager: ready = all initialised", RGBColor(200, 60, 40)),
+        series("deferred: ready", RGBColor(40, 110, 200)),
+        series("deferred: all initialised", RGBColor(120, 170, 230)),
+        series("on-demand: ready", RGBColor(40, 160, 80)),
     ];
     let mut run = opts.clone();
     run.workload = Workload::Idle;
@@ -76,26 +120,41 @@ fn ready_chart(dir: &Path, opts: &Options, progress: &dyn Progress) -> Result<Ve
         let layout = machine.layout()?;
         let x = memory as f64 / GIB as f64;
         for strategy in Strategy::ALL {
-            let r = sim::run_strategy(&machine, &layout, strategy, &run, progress);
-            if r.skipped.is_some() {
-                continue;
-            }
-            let ms = |ns: u64| (ns as f64 / 1e6).max(1e-3);
-            match strategy {
-                Strategy::Eager => series[0].points.push((x, ms(r.ready_ns))),
-                Strategy::Deferred => {
-                    series[1].points.push((x, ms(r.ready_ns)));
-                    if let Some(full) = r.full_init_ns {
-                        series[2].points.push((x, ms(full)));
-                    }
+            let mut ready = Vec::new();
+            let mut full = Vec::new();
+            for _ in 0..runs {
+                let r = sim::run_strategy(&machine, &layout, strategy, &run, progress);
+                if r.skipped.is_some() {
+                    break;
                 }
-                Strategy::OnDemand => series[3].points.push((x, ms(r.ready_ns))),
+                let ms = |ns: u64| (ns as f64 / 1e6).max(1e-3);
+                ready.push(ms(r.ready_ns));
+                if let Some(t) = r.full_init_ns {
+                    full.push(ms(t));
+                }
+            }
+            let mut add = |i: usize, values: Vec<f64>| {
+                if let Some((median, min, max)) = median_min_max(values) {
+                    series[i].points.push((x, median));
+                    series[i].bars.push((x, min, max));
+                }
+            };
+            match strategy {
+                Strategy::Eager => add(0, ready),
+                Strategy::Deferred => {
+                    add(1, ready);
+                    add(2, full);
+                }
+                Strategy::OnDemand => add(3, ready),
             }
         }
     }
     draw_both(
         &dir.join("ready"),
-        "Time until ready and until all memory is initialised",
+        &format!(
+            "Time until ready and until all initialised, median of {runs}, bars min–max ({})",
+            host_name()
+        ),
         "memory (GiB)",
         "time (ms)",
         &series,
@@ -123,10 +182,18 @@ fn resident_chart(
             label: s.name().to_string(),
             color,
             points: vec![],
+            bars: vec![],
+            steps: true,
         })
         .collect();
+    // The whole range of working sets, a section's worth at a time where that
+    // gives at most 64 points (the memmap grows a section at a time), else in
+    // 64 even steps; short of all of memory by what the boot allocations take.
+    let section = layout.section_pages() * 4096;
+    let most = present - present / 16;
+    let step = section.max(most / 64).next_multiple_of(section);
     let mut set = 0;
-    while set <= present / 2 {
+    while set <= most {
         let mut run = opts.clone();
         run.workload = Workload::Container { bytes: set.max(1) };
         for (i, strategy) in Strategy::ALL.iter().enumerate() {
@@ -138,14 +205,15 @@ fn resident_chart(
                 ));
             }
         }
-        set = if set == 0 { 64 * MIB } else { set * 2 };
+        set += step;
     }
     draw_both(
         &dir.join("resident"),
         &format!(
-            "memmap resident on the host against working set ({}, {})",
+            "memmap resident against working set ({}, {}; {})",
             machine.name,
-            size::format(present)
+            size::format(present),
+            host_name()
         ),
         "working set (MiB)",
         "memmap resident (MiB)",
@@ -166,7 +234,19 @@ where
         let color = s.color;
         // The first line is drawn wider, so a line on top of it stays visible.
         let width = if i == 0 { 6 } else { 2 };
-        c.draw_series(LineSeries::new(s.points.clone(), color.stroke_width(width)))
+        let path: Vec<(f64, f64)> = if s.steps {
+            let mut p = Vec::new();
+            for (i, &(x, y)) in s.points.iter().enumerate() {
+                if i > 0 {
+                    p.push((x, s.points[i - 1].1));
+                }
+                p.push((x, y));
+            }
+            p
+        } else {
+            s.points.clone()
+        };
+        c.draw_series(LineSeries::new(path, color.stroke_width(width)))
             .map_err(err)?
             .label(s.label.as_str())
             .legend(move |(x, y)| {
@@ -174,6 +254,16 @@ where
             });
         c.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(err)?;
+        c.draw_series(
+            s.bars
+                .iter()
+                .zip(&s.points)
+                .filter(|((_, lo, hi), _)| hi > lo)
+                .map(|(&(x, lo, hi), _)| {
+                    PathElement::new(vec![(x, lo), (x, hi)], color.stroke_width(2))
+                }),
+        )
+        .map_err(err)?;
     }
     c.configure_series_labels()
         .background_style(WHITE.mix(0.9))
@@ -227,6 +317,10 @@ where
         x_max = x_max.max(x);
         y_min = y_min.min(y);
         y_max = y_max.max(y);
+    }
+    for &(_, lo, hi) in series.iter().flat_map(|s| s.bars.iter()) {
+        y_min = y_min.min(lo);
+        y_max = y_max.max(hi);
     }
     if y_min == f64::MAX {
         y_min = 0.0;

@@ -126,7 +126,13 @@ fn bad_logs_and_maps_say_what_and_where() {
 }
 
 fn report_json(args: &[&str]) -> Value {
-    let out = stdout(meminit().arg("report").arg("--json").args(args));
+    let out = stdout(
+        meminit()
+            .arg("report")
+            .arg("--json")
+            .args(["--runs", "1"])
+            .args(args),
+    );
     serde_json::from_str(&out).unwrap()
 }
 
@@ -158,6 +164,9 @@ fn json_report_has_the_documented_shape() {
             "alloc_failures",
             "limit_fill_ns",
             "limit_ratio",
+            "limit_method",
+            "limit_parallel_fill_ns",
+            "limit_parallel_threads",
             "boot",
             "zones",
         ] {
@@ -210,14 +219,20 @@ fn trace_buffers_as_large_as_memory() {
     for s in r["strategies"].as_array().unwrap() {
         assert_eq!(s["alloc_failures"], 0, "{}", s["strategy"]);
     }
+    // A trace buffer of all the memory present: it cannot all be served (the
+    // hash tables took some), and the rest fails only once nothing is left to
+    // initialise. (Larger than the memory present is refused before boot.)
+    let present = r["present_bytes"].as_u64().unwrap().to_string();
     let out = meminit()
         .args([
             "report",
+            "--runs",
+            "1",
             "--json",
             "--machine",
             "container",
             "--trace-buf-size",
-            "3G",
+            &present,
         ])
         .output()
         .unwrap();
@@ -238,7 +253,14 @@ fn trace_buffers_as_large_as_memory() {
 fn the_example_map_and_a_sized_machine_run() {
     let out = stdout(
         meminit()
-            .args(["report", "--workload", "random:2000", "--map"])
+            .args([
+                "report",
+                "--runs",
+                "1",
+                "--workload",
+                "random:2000",
+                "--map",
+            ])
             .arg(repo("examples/maps/two-nodes-with-holes.json")),
     );
     assert!(out.contains("time until ready"), "{out}");
@@ -266,6 +288,8 @@ fn plots_are_written_as_svg_and_png() {
     let out = meminit()
         .args([
             "report",
+            "--runs",
+            "1",
             "--machine",
             "container",
             "--strategy",
@@ -327,4 +351,116 @@ fn chunk_size_granularity_and_acceptance() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("chunk size"), "{err}");
     }
+}
+
+/// Sizes that parse but could never be served are refused at once, with the
+/// memory present, rather than keep the simulator busy for hours.
+#[test]
+fn absurd_sizes_are_refused_at_once() {
+    for args in [
+        ["--trace-buf-size", "100T"],
+        ["--workload", "container:100T"],
+        ["--workload", "random:18446744073709551615"],
+        ["--crashkernel", "3G"],
+    ] {
+        let out = meminit()
+            .args(["report", "--machine", "container"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("machine container"), "{args:?}: {err}");
+    }
+}
+
+/// `--threads` is bounded by the machine's CPUs; `--memory-budget 0` would
+/// measure nothing and is an error.
+#[test]
+fn threads_and_budget_are_checked() {
+    let out = meminit()
+        .args(["report", "--machine", "server", "--threads", "100000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("between 1 and 16"), "{err}");
+    let out = meminit()
+        .args(["report", "--machine", "container", "--memory-budget", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-budget 0"));
+}
+
+/// `report` with no machine runs what `meminit` alone runs: every built-in
+/// machine.
+#[test]
+fn report_alone_runs_every_built_in_machine() {
+    let out = meminit()
+        .args(["report", "--json", "--runs", "1", "--strategy", "ondemand"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["machine"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["container", "server", "large"]);
+}
+
+/// `--runs N` gives each time as min, median and max over N runs, in the table
+/// and in JSON.
+#[test]
+fn repeated_runs_give_the_spread_of_times() {
+    let out = stdout(meminit().args([
+        "report",
+        "--json",
+        "--machine",
+        "container",
+        "--strategy",
+        "deferred",
+        "--runs",
+        "3",
+    ]));
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["runs"], 3);
+    for metric in [
+        "ready_ns",
+        "full_init_ns",
+        "limit_fill_ns",
+        "limit_parallel_fill_ns",
+    ] {
+        let s = &r["spread"]["deferred"][metric];
+        assert_eq!(s["n"], 3, "{metric}: {r:#}");
+        let (min, med, max) = (
+            s["min"].as_f64().unwrap(),
+            s["median"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap(),
+        );
+        assert!(min <= med && med <= max, "{metric}: {s}");
+    }
+    let out = stdout(meminit().args([
+        "report",
+        "--machine",
+        "container",
+        "--strategy",
+        "ondemand",
+        "--runs",
+        "2",
+    ]));
+    assert!(out.contains("median [min–max] of 2 runs"), "{out}");
+    let out = meminit()
+        .args(["report", "--machine", "container", "--runs", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
