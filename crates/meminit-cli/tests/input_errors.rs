@@ -179,10 +179,9 @@ proptest::proptest! {
 fn thread_counts_are_bounded() {
     for threads in ["0", "4097", "18446744073709551615"] {
         let err = error_of(&["report".as_ref(), "--threads".as_ref(), threads.as_ref()]);
+        // Bounded by the machine's CPUs (at most 8192), so never by spawning.
         assert!(
-            err.ends_with(&format!(
-                "--threads {threads}: between 1 and 4096 are supported"
-            )),
+            err.contains(&format!("--threads {threads}: must be between 1 and ")),
             "{err}"
         );
     }
