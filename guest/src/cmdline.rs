@@ -1,9 +1,9 @@
 //! The kernel command line: `meminit=`, `trace_buf_size=`, `crashkernel=`,
-//! `workload=`. Anything else is an error that names the option.
+//! `workload=`, `memmap=`, `accept=`. Anything else is an error that names the option.
 
 use core::fmt;
 
-use meminit::Strategy;
+use meminit::{Granularity, Strategy};
 use meminit_boot::{parse_size, Workload};
 
 /// The options.
@@ -17,6 +17,10 @@ pub struct Options {
     pub crashkernel: Option<u64>,
     /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]`.
     pub workload: Workload,
+    /// `memmap=section|chunk`: the memmap's granularity (default: section).
+    pub memmap: Granularity,
+    /// `accept=zero|off`: zero each chunk before its first use (default: off).
+    pub accept_zero: bool,
 }
 
 /// A command-line option that could not be taken.
@@ -44,6 +48,8 @@ pub fn parse(cmdline: &str) -> Result<Options, BadOption<'_>> {
         trace_buf_size: None,
         crashkernel: None,
         workload: Workload::Idle,
+        memmap: Granularity::Section,
+        accept_zero: false,
     };
     for option in cmdline.split_ascii_whitespace() {
         let bad = |why| BadOption { option, why };
@@ -65,9 +71,23 @@ pub fn parse(cmdline: &str) -> Result<Options, BadOption<'_>> {
                     bad("expected idle, container[:SIZE], random[:OPS] or smp[:OPS]")
                 })?
             }
+            "memmap" => {
+                o.memmap = match value {
+                    "section" => Granularity::Section,
+                    "chunk" => Granularity::Chunk,
+                    _ => return Err(bad("expected section or chunk")),
+                }
+            }
+            "accept" => {
+                o.accept_zero = match value {
+                    "zero" => true,
+                    "off" => false,
+                    _ => return Err(bad("expected zero or off")),
+                }
+            }
             _ => {
                 return Err(bad(
-                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload)",
+                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, memmap, accept)",
                 ))
             }
         }
