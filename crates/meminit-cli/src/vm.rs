@@ -21,6 +21,12 @@ pub enum AccelArg {
     Tcg,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GuestGranularity {
+    Section,
+    Chunk,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Peer {
     /// A Linux kernel under the same QEMU configuration.
@@ -60,6 +66,14 @@ pub struct VmArgs {
     /// The guest's `workload=`: `idle`, `container[:SIZE]` or `random[:OPS]`.
     #[arg(long, default_value = "idle", value_parser = crate::parse_workload)]
     workload: meminit_host::sim::Workload,
+    /// The guest's `memmap=`: map a section's memmap at once on a 2 MiB page of the
+    /// section, or each chunk's on 4 KiB pages, so that residency follows chunks.
+    #[arg(long, visible_alias = "memmap", value_enum, default_value = "section")]
+    memmap_granularity: GuestGranularity,
+    /// The guest's `accept=zero`: zero each chunk before its first use, as a
+    /// confidential guest accepts its memory, and report the bytes accepted.
+    #[arg(long)]
+    accept_memory: bool,
     /// Extra text for the guest's command line (to test its checking).
     #[arg(long, hide = true)]
     append: Option<String>,
@@ -142,6 +156,12 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
         }
         if let Some(c) = args.crashkernel {
             append.push_str(&format!(" crashkernel={c}"));
+        }
+        if let GuestGranularity::Chunk = args.memmap_granularity {
+            append.push_str(" memmap=chunk");
+        }
+        if args.accept_memory {
+            append.push_str(" accept=zero");
         }
         if let Some(extra) = &args.append {
             append.push(' ');
@@ -271,6 +291,13 @@ fn print_table(r: &VmReport) {
                 Some(b) => size::format(b),
                 None if c.name == "linux" => "all (Linux)".into(),
                 None => "-".into(),
+            }),
+        ),
+        (
+            "memory accepted (guest)",
+            Box::new(|c| match c.guest["accepted_bytes"].as_u64() {
+                Some(b) if c.guest["accept"] == "zero" => size::format(b),
+                _ => "-".into(),
             }),
         ),
         (
