@@ -227,15 +227,20 @@ impl GuestBacking {
     }
 
     /// Zeroes pfns `[start, end)` through the identity map and counts them.
-    fn zero(&self, start: u64, end: u64) {
+    ///
+    /// # Safety
+    ///
+    /// The pages are RAM below 4 TiB (identity-mapped) that no one holds or will
+    /// touch until this returns: usable pages of a chunk being accepted, which the
+    /// allocator hands out only after `accept` returns, outside every reserved
+    /// range (kernel image, homes, pool) and the section's own memmap block.
+    unsafe fn zero(&self, start: u64, end: u64) {
         if start >= end {
             return;
         }
         let len = (end - start) * SMALL;
-        // SAFETY: the caller passes usable pages of a chunk being accepted: the
-        // allocator calls `accept` before any page of the chunk reaches a free list,
-        // and the pages are not reserved (kernel image, homes, pool) nor taken for
-        // the memmap, so no one holds them. RAM is identity-mapped below 4 TiB.
+        // SAFETY: the caller's promise: the range is identity-mapped RAM in no
+        // one's hands.
         unsafe { core::ptr::write_bytes((start * SMALL) as *mut u8, 0, len as usize) };
         // Relaxed: a statistic.
         self.accepted.fetch_add(len, Ordering::Relaxed);
@@ -329,8 +334,15 @@ unsafe impl MemmapBacking for GuestBacking {
             .present_runs(chunk.start.0, chunk.end.0)
             .filter(|r| !r.reserved)
         {
-            self.zero(run.start, run.end.min(taken.start.max(run.start)));
-            self.zero(run.start.max(taken.end), run.end);
+            // SAFETY: the allocator calls `accept` once per chunk, by the holder of
+            // its claim, before any of its pages reaches a free list; these runs
+            // are the chunk's usable pages (not reserved: no kernel, home or pool
+            // page) less `taken`, so no one holds them. Guest RAM lies below the
+            // 4 TiB the boot tables identity-map (`MAX_MEMORY`).
+            unsafe {
+                self.zero(run.start, run.end.min(taken.start.max(run.start)));
+                self.zero(run.start.max(taken.end), run.end);
+            }
         }
         Ok(())
     }

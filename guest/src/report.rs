@@ -155,14 +155,14 @@ impl Report<'_> {
             Granularity::Section => "section",
             Granularity::Chunk => "chunk",
         };
-        println!(
-            "  memmap mapped by {memmap}; memory accepted (zeroed) on first use: {}",
-            if backing.zero_on_accept() {
+        if backing.zero_on_accept() {
+            println!(
+                "  memmap mapped by {memmap}; {} accepted (zeroed) on first use",
                 Size(backing.accepted_bytes())
-            } else {
-                Size(0)
-            }
-        );
+            );
+        } else {
+            println!("  memmap mapped by {memmap}; acceptance off");
+        }
         println!(
             "  allocations: {} fast (median {} ns), {} slow (median {} ns), {} failed; counts {}",
             self.fast.count,
