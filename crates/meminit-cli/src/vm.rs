@@ -294,6 +294,28 @@ fn print_table(r: &VmReport) {
             }),
         ),
         (
+            "chunks: boot/workers/growth/look-up (guest)",
+            Box::new(|c| {
+                let n = |by: &str| c.guest[format!("chunks_by_{by}")].as_u64();
+                match (n("boot"), n("workers"), n("growth"), n("lookup")) {
+                    (Some(b), Some(w), Some(g), Some(l)) => format!("{b}/{w}/{g}/{l}"),
+                    _ => "-".into(),
+                }
+            }),
+        ),
+        (
+            "slow path p50 / p99 (guest)",
+            Box::new(move |c| {
+                let slow = &c.guest["alloc_slow"];
+                match (ms(&slow["median_ns"]), ms(&slow["p99_ns"])) {
+                    (Some(a), Some(b)) if slow["count"].as_u64() > Some(0) => {
+                        format!("{a} / {b}")
+                    }
+                    _ => "-".into(),
+                }
+            }),
+        ),
+        (
             "memory accepted (guest)",
             Box::new(|c| match c.guest["accepted_bytes"].as_u64() {
                 Some(b) if c.guest["accept"] == "zero" => size::format(b),
