@@ -1,11 +1,11 @@
 //! The kernel command line: `meminit=`, `trace_buf_size=`, `crashkernel=`,
-//! `workload=` and `hold=`. Options a monitor or a Linux-minded user passes by
+//! `workload=`, `hold=`, `memmap=` and `accept=`. Options a monitor or a Linux-minded user passes by
 //! habit (`console=ttyS0`, `quiet`, `loglevel=7`, ...) are ignored and noted;
 //! anything else is an error that names the option.
 
 use core::fmt;
 
-use meminit::Strategy;
+use meminit::{Granularity, Strategy};
 use meminit_boot::{parse_size, Workload};
 
 /// The most ignored options kept to be noted.
@@ -32,6 +32,10 @@ pub struct Options<'a> {
     pub ignored_count: usize,
     /// Notes on options taken in part (`crashkernel=X@Y`).
     pub crash_offset_ignored: bool,
+    /// `memmap=section|chunk`: the memmap's granularity (default: section).
+    pub memmap: Granularity,
+    /// `accept=zero|off`: zero each chunk before its first use (default: off).
+    pub accept_zero: bool,
 }
 
 /// Options of Linux's (or of a monitor's default command line) that mean nothing
@@ -90,6 +94,8 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
         ignored: [""; MAX_IGNORED],
         ignored_count: 0,
         crash_offset_ignored: false,
+        memmap: Granularity::Section,
+        accept_zero: false,
     };
     for option in cmdline.split_ascii_whitespace() {
         let bad = |why| BadOption { option, why };
@@ -121,6 +127,20 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
                     bad("expected idle, container[:SIZE], random[:OPS] or smp[:OPS]")
                 })?
             }
+            "memmap" => {
+                o.memmap = match value {
+                    "section" => Granularity::Section,
+                    "chunk" => Granularity::Chunk,
+                    _ => return Err(bad("expected section or chunk")),
+                }
+            }
+            "accept" => {
+                o.accept_zero = match value {
+                    "zero" => true,
+                    "off" => false,
+                    _ => return Err(bad("expected zero or off")),
+                }
+            }
             "hold" => {
                 o.hold = match value {
                     "serial" => true,
@@ -136,7 +156,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
             }
             _ => {
                 return Err(bad(
-                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, and Linux's console, quiet, loglevel, ... which are ignored)",
+                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, memmap, accept, and Linux's console, quiet, loglevel, ... which are ignored)",
                 ))
             }
         }

@@ -92,7 +92,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let topology = unsafe { acpi::read(boot.rsdp) };
     let mut splits = [(0, 0); 64];
     let split_count = topology.node_splits(&mut splits);
-    let layout = match memory::layout(boot.memmap, &splits[..split_count]) {
+    let layout = match memory::layout(boot.memmap, &splits[..split_count], options.memmap) {
         Ok(l) => l,
         Err(e) => {
             println!("meminit guest: bad memory map: {e}");
@@ -130,7 +130,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let allocator = ALLOCATOR.call_once(|| {
         match Allocator::new(
             layout,
-            paging::GuestBacking,
+            paging::GuestBacking::new(options.memmap, options.accept_zero),
             // The allocator keeps the slots for good: leak the guard.
             &mut spin::MutexGuard::leak(SECTION_SLOTS.lock())[..],
             &CPU_CACHES,

@@ -1,8 +1,8 @@
 //! The guest's layout: the PVH memory map, less what the guest itself occupies.
 
-use meminit::{Layout, LayoutBuilder, LayoutError, RangeKind};
+use meminit::{Granularity, Layout, LayoutBuilder, LayoutError, RangeKind};
 
-use crate::paging::{own_memmap_block, set_memmap_homes};
+use crate::paging::{memmap_pool_bytes, own_memmap_block, set_memmap_homes, set_memmap_pool};
 use crate::pvh::MemmapEntry;
 
 extern "C" {
@@ -24,9 +24,25 @@ pub fn kernel_image() -> (u64, u64) {
 /// start information, the AP trampoline) and the kernel image as reserved RAM;
 /// everything else other. `splits` are `(start address, node)` boundaries in
 /// address order (from the SRAT; empty: one node), and RAM ranges are cut where
-/// the node changes.
-pub fn layout(memmap: &[MemmapEntry], splits: &[(u64, u32)]) -> Result<Layout, LayoutError> {
+/// the node changes. Under `Granularity::Chunk` there are no homes: a pool for
+/// the whole memmap and its page tables is reserved at the top of memory instead.
+pub fn layout(
+    memmap: &[MemmapEntry],
+    splits: &[(u64, u32)],
+    granularity: Granularity,
+) -> Result<Layout, LayoutError> {
     let first = build(memmap, splits, &[])?;
+    if granularity == Granularity::Chunk {
+        set_memmap_homes(&[]);
+        let Some(pool) = memmap_pool(&first) else {
+            // Too little memory in one piece: the allocator's first populate says so.
+            set_memmap_pool(0, 0);
+            return Ok(first);
+        };
+        set_memmap_pool(pool.0, first.memmap_bytes());
+        // Reserving the pool changes no section or end: the memmap stays the same.
+        return build(memmap, splits, &[pool]);
+    }
     // Only a section where a range of memory starts or ends can lack a whole
     // 2 MiB block of usable memory for its memmap.
     let mut orphans = 0;
@@ -75,6 +91,23 @@ pub fn layout(memmap: &[MemmapEntry], splits: &[(u64, u32)]) -> Result<Layout, L
     }
     set_memmap_homes(&homes[..found]);
     build(memmap, splits, &carved[..found])
+}
+
+/// Where the chunk-granular memmap's pool goes: `[start, end)` at the top of the
+/// highest usable run that holds it, 2 MiB-aligned.
+fn memmap_pool(layout: &Layout) -> Option<(u64, u64)> {
+    let bytes = memmap_pool_bytes(layout.memmap_bytes());
+    let mut best = None;
+    for run in layout.present_runs(0, u64::MAX).filter(|r| !r.reserved) {
+        let (start, end) = (run.start * 4096, run.end * 4096);
+        let Some(base) = end.checked_sub(bytes).map(|b| b & !((2 << 20) - 1)) else {
+            continue;
+        };
+        if base >= start {
+            best = Some((base, base + bytes));
+        }
+    }
+    best
 }
 
 fn build(

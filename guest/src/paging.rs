@@ -1,15 +1,30 @@
-//! The memmap's virtual range and the backing that maps it, section by section.
+//! The memmap's virtual range and the backing that maps it, section by section or
+//! chunk by chunk, and the acceptance of each chunk's memory.
 //!
-//! The memmap lives at [`VMEMMAP_BASE`], indexed by pfn. When meminit first
-//! initialises a section, [`GuestBacking::populate`] maps that section's 2 MiB of
-//! descriptors with one 2 MiB page taken from the section's own memory (Linux's
-//! "memmap on memory"), so a section never used costs no memory at all, and one in
-//! use costs exactly one huge page. This module owns the page-table writes.
+//! The memmap lives at [`VMEMMAP_BASE`], indexed by pfn. Its granularity is chosen
+//! on the command line (`memmap=section|chunk`):
+//!
+//! - **section** (the default): when meminit first initialises a chunk of a
+//!   section, [`GuestBacking::populate`] maps that section's 2 MiB of descriptors
+//!   with one 2 MiB page taken from the section's own memory (Linux's "memmap on
+//!   memory"), so a section never used costs no memory at all, and one in use
+//!   costs exactly one huge page.
+//! - **chunk**: each chunk's descriptors (64 KiB for a 4 MiB chunk) are mapped
+//!   with 4 KiB pages when that chunk is initialised, from a pool reserved at the
+//!   top of memory (`memory::layout`) that spans the whole memmap: descriptor page
+//!   `i` is pool page `i` (a linear mapping), and the page tables for them are
+//!   pool pages too, after the descriptor pages. Reserved guest RAM that is never
+//!   touched costs QEMU's host nothing, so what the host keeps resident follows
+//!   the chunks initialised, at 4 KiB rather than 2 MiB steps.
+//!
+//! With `accept=zero`, [`GuestBacking::accept`] zeroes each chunk's usable pages
+//! before the first is handed out, as a confidential guest accepts its memory, and
+//! counts the bytes. This module owns the page-table writes.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use meminit::memmap::{BackingError, MemmapBacking, MemmapPiece, Populated};
+use meminit::memmap::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
 use meminit::{Layout, Page};
 
 use crate::boot::{PageTable, BOOT_PML4};
@@ -22,6 +37,7 @@ const PD_POOL: usize = 64;
 const HUGE: u64 = 2 << 20;
 const PRESENT_WRITABLE: u64 = 0x3;
 const HUGE_PAGE: u64 = 0x80;
+const SMALL: u64 = 4096;
 
 static mut VMEMMAP_PDPT: PageTable = PageTable([0; 512]);
 static mut PD_POOL_TABLES: [PageTable; PD_POOL] = [const { PageTable([0; 512]) }; PD_POOL];
@@ -34,6 +50,28 @@ const MAX_HOMES: usize = 16;
 static HOMES: [AtomicU64; MAX_HOMES] = [const { AtomicU64::new(0) }; MAX_HOMES];
 static HOMES_SET: AtomicUsize = AtomicUsize::new(0);
 static HOMES_USED: AtomicUsize = AtomicUsize::new(0);
+
+/// The chunk-granular memmap's pool (`memmap=chunk`): physical base and the bytes
+/// of memmap it maps; its page tables follow those bytes. Zero when not set.
+static POOL_BASE: AtomicU64 = AtomicU64::new(0);
+static POOL_MEMMAP_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of pool that map `memmap_bytes` of memmap with 4 KiB pages: the pages
+/// themselves, then one page table for every 2 MiB of them.
+pub const fn memmap_pool_bytes(memmap_bytes: u64) -> u64 {
+    let memmap = memmap_bytes.next_multiple_of(SMALL);
+    memmap + memmap.div_ceil(HUGE) * SMALL
+}
+
+/// Records the pool that `memmap=chunk` maps the memmap from: `memmap_bytes` of
+/// memmap (the layout's whole span) from physical `base`, reserved in the layout
+/// for [`memmap_pool_bytes`]. Call before the allocator starts.
+pub fn set_memmap_pool(base: u64, memmap_bytes: u64) {
+    // Relaxed: published to the allocator's threads by whatever starts them (the
+    // boot CPU creates the allocator after this).
+    POOL_BASE.store(base, Ordering::Relaxed);
+    POOL_MEMMAP_BYTES.store(memmap_bytes, Ordering::Relaxed);
+}
 
 /// Records the reserved blocks that sections without a 2 MiB block of their own
 /// take their memmap from. Call before the allocator starts.
@@ -98,22 +136,121 @@ fn map_huge(virt: u64, phys: u64) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Memmap memory in the guest: each section's descriptors on a 2 MiB page of the
-/// section itself.
-pub struct GuestBacking;
+/// Maps the memmap bytes `[start, end)` (offsets from [`VMEMMAP_BASE`], 4 KiB
+/// aligned) with 4 KiB pages of the pool, linearly: memmap offset `o` on pool byte
+/// `o`, and the page table of the 2 MiB of memmap at offset `j << 21` on the pool
+/// page after the memmap's, number `j`.
+fn map_small(start: u64, end: u64) -> Result<(), &'static str> {
+    // Relaxed: set before the allocator started (see `set_memmap_pool`).
+    let base = POOL_BASE.load(Ordering::Relaxed);
+    let bytes = POOL_MEMMAP_BYTES.load(Ordering::Relaxed);
+    if base == 0 {
+        return Err("memmap=chunk, but no memmap pool was reserved");
+    }
+    if end > bytes || !start.is_multiple_of(SMALL) || !end.is_multiple_of(SMALL) {
+        return Err("the chunk's memmap lies outside the memmap pool");
+    }
+    let tables = base + bytes.next_multiple_of(SMALL);
+    let _guard = TABLE_LOCK.lock();
+    let mut offset = start;
+    while offset < end {
+        let pdpt_index = (offset >> 30) as usize;
+        let pd_index = ((offset >> 21) & 511) as usize;
+        let pt_index = ((offset >> 12) & 511) as usize;
+        // SAFETY: page-table updates are serialised by TABLE_LOCK; the PDPT and PDs
+        // are statics; the page tables and the pages they map are pool pages, which
+        // the layout reserves (the allocator never hands them out) and which only
+        // this function touches, under the lock: page table `j` for the 2 MiB of
+        // memmap number `j` alone, descriptor pages for their own offset alone.
+        // Pool memory is identity-mapped (below the 4 TiB `boot` maps). Entries only
+        // go from not-present to present, so no TLB entry can be stale and no flush
+        // is needed.
+        unsafe {
+            let pdpt = &mut (*core::ptr::addr_of_mut!(VMEMMAP_PDPT)).0;
+            if pdpt[pdpt_index] == 0 {
+                // Relaxed: TABLE_LOCK orders every use of the pool.
+                let n = PD_USED.fetch_add(1, Ordering::Relaxed);
+                if n >= PD_POOL {
+                    return Err("the memmap's page-directory pool is exhausted");
+                }
+                let pd = core::ptr::addr_of!(PD_POOL_TABLES[n]) as u64;
+                pdpt[pdpt_index] = pd | PRESENT_WRITABLE;
+            }
+            let pd = &mut (*((pdpt[pdpt_index] & !0xfff) as *mut PageTable)).0;
+            if pd[pd_index] & HUGE_PAGE != 0 {
+                return Err("the memmap is mapped by sections here");
+            }
+            if pd[pd_index] == 0 {
+                let pt = tables + (offset >> 21) * SMALL;
+                // The pool's content is whatever the memory held: clear the table
+                // before it is linked.
+                core::ptr::write_bytes(pt as *mut u8, 0, SMALL as usize);
+                pd[pd_index] = pt | PRESENT_WRITABLE;
+            }
+            let pt = &mut (*((pd[pd_index] & !0xfff) as *mut PageTable)).0;
+            pt[pt_index] = (base + offset) | PRESENT_WRITABLE;
+        }
+        offset += SMALL;
+    }
+    Ok(())
+}
 
-// SAFETY: `descriptors` is the base of a range reserved for the memmap alone (PML4
-// slot 16, mapped by nothing else) large enough for MAX_MEMORY; `populate` maps the
-// section's descriptors to a 2 MiB page that the layout says is usable memory of
-// that very section, which the allocator then marks reserved (`taken`), or to a
-// home block the layout already marks reserved and that no other section gets;
-// either way no one else ever uses it.
-unsafe impl MemmapBacking for GuestBacking {
-    fn descriptors(&self) -> NonNull<Page> {
-        NonNull::new(VMEMMAP_BASE as *mut Page).expect("non-null base")
+/// Memmap memory in the guest: each section's descriptors on a 2 MiB page of the
+/// section itself, or each chunk's on 4 KiB pages of the memmap pool; and, if
+/// asked, each chunk's memory zeroed before its first use.
+pub struct GuestBacking {
+    granularity: Granularity,
+    zero_on_accept: bool,
+    accepted: AtomicU64,
+}
+
+impl GuestBacking {
+    /// A backing of `granularity` (a chunk-granular one needs the pool set by
+    /// [`set_memmap_pool`]) that zeroes each chunk on acceptance if `zero_on_accept`.
+    pub const fn new(granularity: Granularity, zero_on_accept: bool) -> Self {
+        GuestBacking {
+            granularity,
+            zero_on_accept,
+            accepted: AtomicU64::new(0),
+        }
     }
 
-    fn populate(&self, section: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+    /// Bytes of memory accepted (zeroed) so far.
+    pub fn accepted_bytes(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Whether chunks are zeroed on acceptance.
+    pub fn zero_on_accept(&self) -> bool {
+        self.zero_on_accept
+    }
+
+    /// Zeroes pfns `[start, end)` through the identity map and counts them.
+    ///
+    /// # Safety
+    ///
+    /// The pages are RAM below 4 TiB (identity-mapped) that no one holds or will
+    /// touch until this returns: usable pages of a chunk being accepted, which the
+    /// allocator hands out only after `accept` returns, outside every reserved
+    /// range (kernel image, homes, pool) and the section's own memmap block.
+    unsafe fn zero(&self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let len = (end - start) * SMALL;
+        // SAFETY: the caller's promise: the range is identity-mapped RAM in no
+        // one's hands.
+        unsafe { core::ptr::write_bytes((start * SMALL) as *mut u8, 0, len as usize) };
+        // Relaxed: a statistic.
+        self.accepted.fetch_add(len, Ordering::Relaxed);
+    }
+
+    fn populate_section(
+        &self,
+        section: MemmapPiece,
+        layout: &Layout,
+    ) -> Result<Populated, BackingError> {
         let fail = |reason| BackingError {
             section: section.section,
             reason,
@@ -145,5 +282,68 @@ unsafe impl MemmapBacking for GuestBacking {
         )
         .map_err(fail)?;
         Ok(Populated::ELSEWHERE)
+    }
+}
+
+// SAFETY: `descriptors` is the base of a range reserved for the memmap alone (PML4
+// slot 16, mapped by nothing else) large enough for MAX_MEMORY; the granularity is
+// fixed at creation. Under `Section`, `populate` maps the section's descriptors to
+// a 2 MiB page that the layout says is usable memory of that very section, which
+// the allocator then marks reserved (`taken`), or to a home block the layout
+// already marks reserved and that no other section gets. Under `Chunk`, it maps
+// the chunk's descriptors to the pool pages at the same offset, which the layout
+// reserves and no other chunk's descriptors use, and takes nothing. Either way no
+// one else ever uses that memory.
+unsafe impl MemmapBacking for GuestBacking {
+    fn descriptors(&self) -> NonNull<Page> {
+        NonNull::new(VMEMMAP_BASE as *mut Page).expect("non-null base")
+    }
+
+    fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+        match self.granularity {
+            Granularity::Section => self.populate_section(piece, layout),
+            Granularity::Chunk => {
+                map_small(piece.start.0 * 64, piece.end.0 * 64).map_err(|reason| BackingError {
+                    section: piece.section,
+                    reason,
+                })?;
+                Ok(Populated::ELSEWHERE)
+            }
+        }
+    }
+
+    fn accept(&self, chunk: MemmapPiece, layout: &Layout) -> Result<(), BackingError> {
+        if !self.zero_on_accept {
+            return Ok(());
+        }
+        // Under sections, the section's own 2 MiB block may hold its memmap (the
+        // descriptors of chunks already in use): never zero it. `populate_section`
+        // takes exactly this block whenever it exists.
+        let taken = match self.granularity {
+            Granularity::Section => {
+                let (start, end) = layout.section_pfns(chunk.section);
+                own_memmap_block(layout, start, end).map_or(0..0, |b| b..b + HUGE / SMALL)
+            }
+            Granularity::Chunk => 0..0,
+        };
+        for run in layout
+            .present_runs(chunk.start.0, chunk.end.0)
+            .filter(|r| !r.reserved)
+        {
+            // SAFETY: the allocator calls `accept` once per chunk, by the holder of
+            // its claim, before any of its pages reaches a free list; these runs
+            // are the chunk's usable pages (not reserved: no kernel, home or pool
+            // page) less `taken`, so no one holds them. Guest RAM lies below the
+            // 4 TiB the boot tables identity-map (`MAX_MEMORY`).
+            unsafe {
+                self.zero(run.start, run.end.min(taken.start.max(run.start)));
+                self.zero(run.start.max(taken.end), run.end);
+            }
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! with the simulator's field names (`meminit-host`'s `StrategyReport`) plus the
 //! guest's own (TSC frequency and how it was found).
 
-use meminit::Strategy;
+use meminit::{Granularity, MemmapBacking, Strategy};
 use meminit_boot::{EarlyRequest, Size, Workload, XorShift};
 
 use crate::{print, println, GuestAllocator};
@@ -153,6 +153,19 @@ impl Report<'_> {
             stats.by_workers,
             stats.by_growth
         );
+        let backing = a.backing();
+        let memmap = match backing.granularity() {
+            Granularity::Section => "section",
+            Granularity::Chunk => "chunk",
+        };
+        if backing.zero_on_accept() {
+            println!(
+                "  memmap mapped by {memmap}; {} accepted (zeroed) on first use",
+                Size(backing.accepted_bytes())
+            );
+        } else {
+            println!("  memmap mapped by {memmap}; acceptance off");
+        }
         println!(
             "  allocations: {} fast (median {} ns), {} slow (median {} ns), {} failed; counts {}",
             self.fast.count,
@@ -201,6 +214,15 @@ impl Report<'_> {
         print!(
             "\"memmap_populated_bytes\":{},\"memmap_full_bytes\":{full},",
             stats.memmap_bytes
+        );
+        print!(
+            "\"memmap\":\"{memmap}\",\"accept\":\"{}\",\"accepted_bytes\":{},",
+            if backing.zero_on_accept() {
+                "zero"
+            } else {
+                "off"
+            },
+            backing.accepted_bytes()
         );
         for (name, l) in [("alloc_fast", &self.fast), ("alloc_slow", &self.slow)] {
             print!(

@@ -23,6 +23,12 @@ pub enum AccelArg {
     Tcg,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GuestGranularity {
+    Section,
+    Chunk,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Peer {
     /// A Linux kernel under the same QEMU configuration.
@@ -71,6 +77,14 @@ pub struct VmArgs {
     /// and maximum.
     #[arg(long, default_value_t = 3)]
     runs: u32,
+    /// The guest's `memmap=`: map a section's memmap at once on a 2 MiB page of the
+    /// section, or each chunk's on 4 KiB pages, so that residency follows chunks.
+    #[arg(long, visible_alias = "memmap", value_enum, default_value = "section")]
+    memmap_granularity: GuestGranularity,
+    /// The guest's `accept=zero`: zero each chunk before its first use, as a
+    /// confidential guest accepts its memory, and report the bytes accepted.
+    #[arg(long)]
+    accept_memory: bool,
     /// Extra text for the guest's command line (to test its checking).
     #[arg(long, hide = true)]
     append: Option<String>,
@@ -316,6 +330,12 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
         if let Some(c) = args.crashkernel {
             append.push_str(&format!(" crashkernel={c}"));
         }
+        if let GuestGranularity::Chunk = args.memmap_granularity {
+            append.push_str(" memmap=chunk");
+        }
+        if args.accept_memory {
+            append.push_str(" accept=zero");
+        }
         if let Some(extra) = &args.append {
             append.push(' ');
             append.push_str(extra);
@@ -558,6 +578,35 @@ fn print_table(r: &VmReport) {
                 Some(b) => size::format(b),
                 None if c.name == "linux" => "all (Linux)".into(),
                 None => "-".into(),
+            }),
+        ),
+        (
+            "chunks: boot/workers/growth/look-up (guest)",
+            Box::new(|c| {
+                let n = |by: &str| c.first.guest[format!("chunks_by_{by}")].as_u64();
+                match (n("boot"), n("workers"), n("growth"), n("lookup")) {
+                    (Some(b), Some(w), Some(g), Some(l)) => format!("{b}/{w}/{g}/{l}"),
+                    _ => "-".into(),
+                }
+            }),
+        ),
+        (
+            "slow path p50 / p99 (guest)",
+            Box::new(move |c| {
+                let slow = &c.first.guest["alloc_slow"];
+                match (slow["median_ns"].as_u64(), slow["p99_ns"].as_u64()) {
+                    (Some(a), Some(b)) if slow["count"].as_u64() > Some(0) => {
+                        format!("{} / {}", format_ns(a), format_ns(b))
+                    }
+                    _ => "-".into(),
+                }
+            }),
+        ),
+        (
+            "memory accepted (guest)",
+            Box::new(|c| match c.first.guest["accepted_bytes"].as_u64() {
+                Some(b) if c.first.guest["accept"] == "zero" => size::format(b),
+                _ => "-".into(),
             }),
         ),
         (

@@ -362,6 +362,11 @@ fn a_malformed_command_line_fails_with_its_own_status() {
     );
     let (_, err) = vm_with_append("eager", "meminit=lazy");
     assert!(err.contains("'meminit=lazy'"), "{err}");
+    let (_, err) = vm_with_append("ondemand", "memmap=page");
+    assert!(
+        err.contains("'memmap=page': expected section or chunk"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -528,5 +533,141 @@ fn microvm_without_acpi_says_it_runs_on_one_cpu() {
     assert!(
         console.contains("no ACPI MADT") && console.contains("boot CPU only"),
         "{console}"
+    );
+}
+
+/// Chunks initialised, by whoever initialised them.
+fn chunks_initialised(g: &Value) -> u64 {
+    ["boot", "workers", "growth", "lookup"]
+        .iter()
+        .map(|by| g[format!("chunks_by_{by}")].as_u64().unwrap())
+        .sum()
+}
+
+/// `memmap=chunk`: each chunk's 64 KiB of memmap is mapped with 4 KiB pages when
+/// the chunk is initialised, so the guest populates a multiple of 64 KiB, one
+/// piece per chunk, well below a section's 2 MiB; `accept=zero` zeroes each
+/// initialised chunk's usable memory exactly once.
+#[test]
+fn a_chunk_granular_memmap_follows_the_chunks_and_each_is_accepted_once() {
+    let run = |granularity: &str| {
+        let (code, r) = vm(&[
+            "--memory",
+            "1G",
+            "--strategy",
+            "ondemand",
+            "--workload",
+            "container:64M",
+            "--memmap",
+            granularity,
+            "--accept-memory",
+        ]);
+        assert_eq!(code, Some(0), "{r:#}");
+        let run = &r["runs"][0];
+        assert_eq!(run["exit_status"], 33, "{run:#}");
+        let g = run["guest"].clone();
+        assert_eq!(g["memmap"], granularity);
+        assert_eq!(g["accept"], "zero");
+        assert_eq!(g["alloc_failures"], 0, "{g:#}");
+        assert_eq!(g["counts_hold"], true, "{g:#}");
+        g
+    };
+    let chunk = run("chunk");
+    let section = run("section");
+    let n = chunks_initialised(&chunk);
+    let chunk_bytes = chunk["chunk_bytes"].as_u64().unwrap();
+    assert_eq!(chunk_bytes, 4 << 20);
+    // 64 MiB of workload: at least 16 chunks, not many more.
+    assert!((16..=20).contains(&n), "{chunk:#}");
+    let populated = chunk["memmap_populated_bytes"].as_u64().unwrap();
+    assert_eq!(populated % (64 << 10), 0, "{populated}");
+    assert_eq!(populated, n * (64 << 10));
+    let by_section = section["memmap_populated_bytes"].as_u64().unwrap();
+    assert!(by_section >= 2 << 20, "{by_section}");
+    assert!(
+        populated * 3 / 2 < by_section,
+        "{populated} vs {by_section}"
+    );
+    // Every initialised chunk is accepted once: its usable bytes, which are all
+    // of it but for reserved memory (the first MiB, the kernel) in one chunk at
+    // most, or the section's own memmap block.
+    for g in [&chunk, &section] {
+        let n = chunks_initialised(g);
+        let accepted = g["accepted_bytes"].as_u64().unwrap();
+        assert!(accepted <= n * chunk_bytes, "{g:#}");
+        assert!(accepted > (n - 1) * chunk_bytes, "{g:#}");
+        assert_eq!(accepted % 4096, 0);
+    }
+}
+
+/// Eager with acceptance: every usable page of the guest is zeroed exactly once,
+/// and the section's own memmap block (which holds the descriptors of chunks
+/// already in use) never is: the bytes accepted are the pages the allocator
+/// manages, exactly.
+#[test]
+fn eager_acceptance_zeroes_every_usable_page_once_and_no_memmap() {
+    for granularity in ["section", "chunk"] {
+        let (code, r) = vm(&[
+            "--memory",
+            "1G",
+            "--strategy",
+            "eager",
+            "--memmap",
+            granularity,
+            "--accept-memory",
+        ]);
+        assert_eq!(code, Some(0), "{r:#}");
+        let g = &r["runs"][0]["guest"];
+        assert_eq!(g["counts_hold"], true, "{g:#}");
+        let managed: u64 = g["zones"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|z| z["managed"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            g["accepted_bytes"].as_u64().unwrap(),
+            managed * 4096,
+            "{g:#}"
+        );
+        assert_eq!(g["memmap_populated_bytes"], 16u64 << 20);
+    }
+}
+
+#[test]
+fn without_acceptance_nothing_is_accepted() {
+    let (code, r) = vm(&["--memory", "256M", "--strategy", "ondemand"]);
+    assert_eq!(code, Some(0), "{r:#}");
+    let g = &r["runs"][0]["guest"];
+    assert_eq!(g["memmap"], "section");
+    assert_eq!(g["accept"], "off");
+    assert_eq!(g["accepted_bytes"], 0);
+}
+
+/// Two vCPUs initialising chunks at once on two nodes, each mapping its chunk's
+/// memmap with 4 KiB pages (page tables shared between neighbouring chunks).
+#[test]
+fn two_vcpus_map_the_memmap_chunk_by_chunk_at_once() {
+    let (code, r) = vm(&[
+        "--memory",
+        "2G",
+        "--cpus",
+        "2",
+        "--nodes",
+        "2",
+        "--strategy",
+        "deferred",
+        "--memmap",
+        "chunk",
+    ]);
+    assert_eq!(code, Some(0), "{r:#}");
+    let g = &r["runs"][0]["guest"];
+    assert_eq!(g["counts_hold"], true, "{g:#}");
+    assert_eq!(g["memmap"], "chunk");
+    assert!(g["chunks_by_workers"].as_u64().unwrap() > 0, "{g:#}");
+    assert_eq!(chunks_initialised(g), g["chunks_present"].as_u64().unwrap());
+    assert_eq!(
+        g["memmap_populated_bytes"].as_u64().unwrap(),
+        chunks_initialised(g) * (64 << 10)
     );
 }
