@@ -119,13 +119,23 @@ impl SectionSlot {
         }
     }
 
-    fn or_unshared(&mut self, bits: u64) {
+    /// Sets `bits` in the chunk word through exclusive access; returns how many of
+    /// them were not set yet.
+    fn or_unshared(&mut self, bits: u64) -> u32 {
+        #[cfg(not(loom))]
+        let word = self.chunks.get_mut();
         #[cfg(not(loom))]
         {
-            *self.chunks.get_mut() |= bits;
+            let new = (bits & !*word).count_ones();
+            *word |= bits;
+            new
         }
         #[cfg(loom)]
-        self.chunks.with_mut(|v| *v |= bits);
+        self.chunks.with_mut(|word| {
+            let new = (bits & !*word).count_ones();
+            *word |= bits;
+            new
+        })
     }
 }
 
@@ -175,33 +185,29 @@ impl<'a> Sections<'a> {
             slot.set_unshared(0);
         }
         let per = 1usize << chunks_shift;
+        // Chunks [from, to) of one section, all `Uninit` (01): one mask, no loop, so
+        // that start-up costs a word per section however many chunks it holds.
         let uninit_bits = |from: usize, to: usize| -> u64 {
-            (from..to)
-                .map(|i| (ChunkState::Uninit as u64) << shift_of(i))
-                .fold(0, |a, b| a | b)
+            let below = |chunks: usize| match shift_of(chunks) {
+                64.. => u64::MAX,
+                bits => (1u64 << bits) - 1,
+            };
+            0x5555_5555_5555_5555 & below(to) & !below(from)
         };
+        // Present ranges that share a chunk set it twice: count only new bits.
+        let mut unfinished = 0;
         for (first, end) in present {
             let mut chunk = first;
             while chunk < end {
                 let section = chunk >> chunks_shift;
                 let upto = end.min((section + 1) * per);
-                slots
+                unfinished += slots
                     .get_mut(section)?
-                    .or_unshared(uninit_bits(chunk % per, (upto - 1) % per + 1));
+                    .or_unshared(uninit_bits(chunk % per, (upto - 1) % per + 1))
+                    as usize;
                 chunk = upto;
             }
         }
-        // Overlapping present ranges may have set a chunk twice: count afterwards.
-        let unfinished = slots
-            .iter_mut()
-            .map(|s| {
-                #[cfg(not(loom))]
-                let v = *s.chunks.get_mut();
-                #[cfg(loom)]
-                let v = s.chunks.with_mut(|v| *v);
-                v.count_ones() as usize
-            })
-            .sum();
         Some(Sections {
             slots,
             chunks_shift,
