@@ -116,9 +116,25 @@ fn map_huge(virt: u64, phys: u64) -> Result<(), &'static str> {
     let pdpt_index = (offset >> 30) as usize;
     let pd_index = ((offset >> 21) & 511) as usize;
     let _guard = TABLE_LOCK.lock();
-    // SAFETY: page-table updates are serialised by TABLE_LOCK; the tables are
-    // statics; entries only go from not-present to present, so no TLB entry can
-    // be stale and no flush is needed.
+    // SAFETY: TABLE_LOCK is held; entries only go from not-present to present, so
+    // no TLB entry can be stale and no flush is needed.
+    unsafe {
+        let pd = page_directory(pdpt_index)?;
+        (*pd).0[pd_index] = phys | PRESENT_WRITABLE | HUGE_PAGE;
+    }
+    Ok(())
+}
+
+/// The page directory of the memmap's PDPT entry `pdpt_index`, taken from the
+/// static pool and linked the first time.
+///
+/// # Safety
+///
+/// The caller holds TABLE_LOCK, which serialises every page-table update of the
+/// memmap; the returned table may be written only while it is held.
+unsafe fn page_directory(pdpt_index: usize) -> Result<*mut PageTable, &'static str> {
+    // SAFETY: the PDPT and the pool are statics, written only under TABLE_LOCK,
+    // which the caller holds.
     unsafe {
         let pdpt = &mut (*core::ptr::addr_of_mut!(VMEMMAP_PDPT)).0;
         if pdpt[pdpt_index] == 0 {
@@ -130,10 +146,8 @@ fn map_huge(virt: u64, phys: u64) -> Result<(), &'static str> {
             let pd = core::ptr::addr_of!(PD_POOL_TABLES[n]) as u64;
             pdpt[pdpt_index] = pd | PRESENT_WRITABLE;
         }
-        let pd = (pdpt[pdpt_index] & !0xfff) as *mut PageTable;
-        (*pd).0[pd_index] = phys | PRESENT_WRITABLE | HUGE_PAGE;
+        Ok((pdpt[pdpt_index] & !0xfff) as *mut PageTable)
     }
-    Ok(())
 }
 
 /// Maps the memmap bytes `[start, end)` (offsets from [`VMEMMAP_BASE`], 4 KiB
@@ -166,17 +180,7 @@ fn map_small(start: u64, end: u64) -> Result<(), &'static str> {
         // go from not-present to present, so no TLB entry can be stale and no flush
         // is needed.
         unsafe {
-            let pdpt = &mut (*core::ptr::addr_of_mut!(VMEMMAP_PDPT)).0;
-            if pdpt[pdpt_index] == 0 {
-                // Relaxed: TABLE_LOCK orders every use of the pool.
-                let n = PD_USED.fetch_add(1, Ordering::Relaxed);
-                if n >= PD_POOL {
-                    return Err("the memmap's page-directory pool is exhausted");
-                }
-                let pd = core::ptr::addr_of!(PD_POOL_TABLES[n]) as u64;
-                pdpt[pdpt_index] = pd | PRESENT_WRITABLE;
-            }
-            let pd = &mut (*((pdpt[pdpt_index] & !0xfff) as *mut PageTable)).0;
+            let pd = &mut (*page_directory(pdpt_index)?).0;
             if pd[pd_index] & HUGE_PAGE != 0 {
                 return Err("the memmap is mapped by sections here");
             }
