@@ -6,16 +6,18 @@
 //! is committed a section at a time by [`backing::HostBacking`], and its residency is
 //! read back from the OS. [`machine`] makes machines (built-in shapes, any size, a
 //! JSON map or a Linux boot log via [`dmesg`]); [`sim`] boots them under each
-//! strategy and measures.
+//! strategy and measures, beside the physical limit of [`limit`].
 //!
 //! Unsafe code lives in [`region`] (system calls) and in the backing's `unsafe impl`.
 
 pub mod backing;
 pub mod dmesg;
+pub mod limit;
 pub mod machine;
 pub mod region;
 pub mod sim;
 pub mod size;
+mod smp;
 pub mod vm;
 
 pub use backing::HostBacking;

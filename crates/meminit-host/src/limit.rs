@@ -1,0 +1,148 @@
+//! The physical limit of memmap initialisation: the best honest ways to write the
+//! same bytes on fresh memory, one core or all of them, measured on this host.
+//!
+//! Initialisation is compared with these fills in the report: a whole-region fill
+//! (fault everything in, then write), a fill a section's memmap (2 MiB) at a time
+//! while it is in cache, the same with non-temporal stores, and all threads filling
+//! at once beside deferred initialisation. This module only measures; it knows
+//! nothing of the allocator.
+
+use std::time::Instant;
+
+use crate::region::Region;
+
+/// Time for one core to commit and fill `bytes` of fresh memory, the way the
+/// backing commits memmap: huge pages, populated ahead, then written.
+pub fn fill_time(bytes: u64) -> std::io::Result<u64> {
+    if bytes == 0 {
+        return Ok(0);
+    }
+    let region = Region::reserve(bytes)?;
+    let t = Instant::now();
+    region.populate(0, bytes as usize)?;
+    // SAFETY: the region is ours alone.
+    unsafe { region.fill(0, bytes as usize, 0) };
+    Ok(t.elapsed().as_nanos() as u64)
+}
+
+/// The unit of the chunked fills: one section's memmap (2 MiB), what
+/// initialisation writes at a time.
+const FILL_CHUNK: usize = 2 << 20;
+
+/// Time to fill `bytes` of fresh memory a chunk at a time (fault in 2 MiB, then
+/// write it while it is in cache), with ordinary or non-temporal stores (ns).
+pub fn chunked_fill_time(bytes: u64, nontemporal: bool) -> std::io::Result<u64> {
+    if bytes == 0 {
+        return Ok(0);
+    }
+    let region = Region::reserve(bytes)?;
+    let len = bytes as usize;
+    let t = Instant::now();
+    for offset in (0..len).step_by(FILL_CHUNK) {
+        let n = FILL_CHUNK.min(len - offset);
+        region.populate(offset, n)?;
+        // SAFETY: the region is ours alone; the range is inside it.
+        unsafe { fill_range(&region, offset, n, nontemporal) };
+    }
+    Ok(t.elapsed().as_nanos() as u64)
+}
+
+/// Writes zeroes over `len` bytes at `offset`, with non-temporal stores where
+/// asked (and available).
+///
+/// # Safety
+///
+/// No one else may read or write that range meanwhile, and it lies inside the
+/// region.
+unsafe fn fill_range(region: &Region, offset: usize, len: usize, nontemporal: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if nontemporal {
+        use std::arch::x86_64::{__m128i, _mm_setzero_si128, _mm_sfence, _mm_stream_si128};
+        // SAFETY: the region is page-aligned and offset is a multiple of 2 MiB,
+        // so every 16-byte store is aligned; the stores stay below offset + len
+        // (inside the region, the caller's promise); SSE2 is part of x86-64.
+        unsafe {
+            let base = region.base().as_ptr().add(offset) as *mut __m128i;
+            let zero = _mm_setzero_si128();
+            for i in 0..len / 16 {
+                _mm_stream_si128(base.add(i), zero);
+            }
+            _mm_sfence();
+        }
+        return;
+    }
+    let _ = nontemporal;
+    // SAFETY: the caller's promise.
+    unsafe { region.fill(offset, len, 0) };
+}
+
+/// The physical limit of one core filling `bytes` of fresh memory: the best of
+/// the whole-region fill ([`fill_time`]), the chunked fill and the chunked
+/// non-temporal fill, each on fresh memory. Returns the time and which it was.
+pub fn limit_fill(bytes: u64) -> std::io::Result<(u64, &'static str)> {
+    let whole = fill_time(bytes)?;
+    let chunked = chunked_fill_time(bytes, false)?;
+    let nt = chunked_fill_time(bytes, true)?;
+    Ok([(whole, "whole"), (chunked, "chunked"), (nt, "chunked-nt")]
+        .into_iter()
+        .min_by_key(|&(t, _)| t)
+        .unwrap_or((whole, "whole")))
+}
+
+/// Time for `threads` threads together to fill `bytes` of fresh memory, each
+/// taking 2 MiB chunks in turn and faulting in and writing each one (ns).
+pub fn parallel_fill_time(bytes: u64, threads: usize) -> std::io::Result<u64> {
+    if bytes == 0 {
+        return Ok(0);
+    }
+    let region = Region::reserve(bytes)?;
+    let len = bytes as usize;
+    let chunks = len.div_ceil(FILL_CHUNK);
+    let threads = threads.clamp(1, chunks);
+    let t = Instant::now();
+    let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let region = &region;
+                s.spawn(move || {
+                    for c in (i..chunks).step_by(threads) {
+                        let offset = c * FILL_CHUNK;
+                        let n = FILL_CHUNK.min(len - offset);
+                        region.populate(offset, n)?;
+                        // SAFETY: each chunk belongs to one thread alone.
+                        unsafe { region.fill(offset, n, 0) };
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a fill thread panicked")))
+            })
+            .collect()
+    });
+    let elapsed = t.elapsed().as_nanos() as u64;
+    results.into_iter().collect::<std::io::Result<()>>()?;
+    Ok(elapsed)
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_is_the_best_of_three_honest_fills() {
+        let bytes = 8 << 20;
+        let (t, method) = limit_fill(bytes).unwrap();
+        assert!(t > 0);
+        assert!(["whole", "chunked", "chunked-nt"].contains(&method));
+        assert!(chunked_fill_time(bytes + 4096, true).unwrap() > 0);
+        assert!(parallel_fill_time(bytes, 2).unwrap() > 0);
+        assert_eq!(parallel_fill_time(0, 2).unwrap(), 0);
+        // More threads than chunks: one chunk each.
+        assert!(parallel_fill_time(4096, 64).unwrap() > 0);
+    }
+}
