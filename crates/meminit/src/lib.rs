@@ -140,6 +140,10 @@
 //!   never find its own CPU's cache held. No lock of `R` is ever held while another
 //!   CPU's cache lock is awaited, nor while descriptors are written for a chunk.
 //!
+//! With the feature `x86_64`, [`frames::Frames`] offers the `x86_64` crate's
+//! `FrameAllocator` and `FrameDeallocator` (4 KiB and 2 MiB frames) over one CPU's
+//! cache, for kernels that already ask for page-table frames that way.
+//!
 //! ## Guarantees
 //!
 //! - A chunk is initialised exactly once, by whoever claims it first (start-up, a
@@ -170,6 +174,8 @@
 
 mod allocator;
 mod buddy;
+#[cfg(feature = "x86_64")]
+pub mod frames;
 pub mod init;
 pub mod layout;
 pub mod memmap;
