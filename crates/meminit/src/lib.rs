@@ -140,7 +140,7 @@
 //!   never find its own CPU's cache held. No lock of `R` is ever held while another
 //!   CPU's cache lock is awaited, nor while descriptors are written for a chunk.
 //!
-//! With the feature `x86_64`, [`frames::Frames`] offers the `x86_64` crate's
+//! With the feature `x86_64`, `frames::Frames` offers the `x86_64` crate's
 //! `FrameAllocator` and `FrameDeallocator` (4 KiB and 2 MiB frames) over one CPU's
 //! cache, for kernels that already ask for page-table frames that way.
 //!
