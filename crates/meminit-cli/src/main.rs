@@ -300,10 +300,12 @@ fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Repeated, ExitCod
     if let Some(s) = args.strategy {
         opts.strategies = vec![s.into()];
     }
+    // A machine runs at most one deferred worker per CPU (and at least one per
+    // node); more would only measure this host's scheduler.
+    let most = (machine.cpus as usize).max(layout.node_count());
+    // By default, this host's cores, but no more workers than the machine has CPUs.
+    opts.threads = opts.threads.min(most);
     if let Some(t) = args.threads {
-        // A machine runs at most one deferred worker per CPU (and at least one
-        // per node); more would only measure this host's scheduler.
-        let most = (machine.cpus as usize).max(layout.node_count());
         if t == 0 || t > most {
             bail!(
                 "--threads {t}: must be between 1 and {most} (machine {} has {} CPU{} on {} node{})",

@@ -464,3 +464,20 @@ fn repeated_runs_give_the_spread_of_times() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Without `--threads`, a machine gets this host's cores as deferred workers, but
+/// never more than it has CPUs: the 1-CPU container runs one.
+#[test]
+fn default_workers_never_exceed_the_machines_cpus() {
+    let out = stdout(meminit().args([
+        "report",
+        "--machine",
+        "container",
+        "--strategy",
+        "deferred",
+        "--runs",
+        "1",
+    ]));
+    let header = out.lines().next().unwrap_or_default();
+    assert!(header.ends_with("; 1 deferred worker thread"), "{out}");
+}
