@@ -463,6 +463,20 @@ fn spread_cell(c: &Column, metric: &str, f: &dyn Fn(u64) -> String) -> Option<St
     })
 }
 
+/// Whether the column is the Linux peer's.
+fn is_linux(c: &Column) -> bool {
+    c.name == "linux"
+}
+
+/// A meminit guest's time `metric` with its spread; `for_linux` in Linux's column.
+fn guest_time(c: &Column, metric: &str, for_linux: &str) -> String {
+    if is_linux(c) {
+        for_linux.into()
+    } else {
+        spread_cell(c, metric, &format_ns).unwrap_or("-".into())
+    }
+}
+
 fn print_table(r: &VmReport) {
     println!(
         "guest {}, {} vCPU{}, {} node{}, under {} ({}); median [min–max] of {} run{} each",
@@ -479,7 +493,6 @@ fn print_table(r: &VmReport) {
     let bytes = |b: u64| size::format(b);
     let mhz = |hz: u64| format!("{:.0} MHz", hz as f64 / 1e6);
     type Row = (&'static str, Box<dyn Fn(&Column) -> String>);
-    let is_linux = |c: &Column| c.name == "linux";
     let rows: Vec<Row> = vec![
         (
             "guest RAM resident, at rest (compared)",
@@ -542,23 +555,11 @@ fn print_table(r: &VmReport) {
         ),
         (
             "memmap init on use (growth)",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    "-".into()
-                } else {
-                    spread_cell(c, "grow_ns", &format_ns).unwrap_or("-".into())
-                }
-            }),
+            Box::new(move |c| guest_time(c, "grow_ns", "-")),
         ),
         (
             "boot allocations, written as Linux does",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    "(not timed)".into()
-                } else {
-                    spread_cell(c, "boot_allocs_ns", &format_ns).unwrap_or("-".into())
-                }
-            }),
+            Box::new(move |c| guest_time(c, "boot_allocs_ns", "(not timed)")),
         ),
         (
             "all initialised, from allocator start",

@@ -219,16 +219,6 @@ impl core::fmt::Display for InitError {
     }
 }
 
-/// What one pass of the grow path achieved.
-enum GrowStep {
-    /// A chunk with usable pages of the zone was initialised.
-    Grew,
-    /// Someone else is initialising the zone's last chunks; look again.
-    Waited,
-    /// Nothing left to initialise in the zone.
-    Exhausted,
-}
-
 impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Starts an allocator over `layout`, with descriptors in `backing`, section
     /// states in `slots` (at least [`Layout::section_count`] of them, in any state:
@@ -450,7 +440,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         let mut grew = false;
         let result = loop {
             // Observe first, then take. Acquire: pairs with the Release decrement in
-            // `init_section`, which follows that section's splice; so when this sees
+            // `init_chunk`, which follows that chunk's splice; so when this sees
             // zero, the take below sees every page that was ever spliced here.
             let left = zone.uninit.load(Acquire);
             if let Some(pfn) = zone.take(&self.memmap, order) {
@@ -459,11 +449,10 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             if left == 0 {
                 break Ok(None);
             }
+            // Whether this pass initialised a chunk or someone else is finishing
+            // the zone's last ones, the next pass looks again.
             match self.grow_zone(zone) {
-                Ok(GrowStep::Grew) => grew = true,
-                // Someone else is finishing the zone's sections, or they are done:
-                // either way the next pass looks again.
-                Ok(GrowStep::Waited | GrowStep::Exhausted) => {}
+                Ok(initialised) => grew |= initialised,
                 Err(e) => break Err(e),
             }
         };
@@ -478,11 +467,11 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         result.map(|found| found.map(|pfn| (pfn, grew)))
     }
 
-    /// Initialises one more chunk holding usable pages of `zone`, or waits for
-    /// whoever is initialising the last ones. A chunk whose memmap cannot be
-    /// populated (or whose memory cannot be accepted) is passed over for the next;
-    /// its error is returned only if no chunk could be initialised.
-    fn grow_zone(&self, zone: &Zone<R>) -> Result<GrowStep, BackingError> {
+    /// Initialises one more chunk holding usable pages of `zone` (returns true), or
+    /// waits for whoever is initialising the last ones (false). A chunk whose memmap
+    /// cannot be populated (or whose memory cannot be accepted) is passed over for
+    /// the next; its error is returned only if no chunk could be initialised.
+    fn grow_zone(&self, zone: &Zone<R>) -> Result<bool, BackingError> {
         let sections = self.memmap.sections();
         let (first, end) = zone.chunks(self.memmap.chunk_shift());
         // Relaxed: the cursor is only a hint of where unclaimed sections start;
@@ -506,7 +495,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             match self.init_chunk(index, InitCause::Grow) {
                 Ok(Some(_)) => {
                     zone.grow_cursor.store(index + 1, Relaxed);
-                    return Ok(GrowStep::Grew);
+                    return Ok(true);
                 }
                 Ok(None) => {}
                 Err(e) => failed = failed.or(Some(e)),
@@ -514,19 +503,16 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         }
         if let Some(index) = busy {
             sections.wait_while_initialising(index);
-            return Ok(GrowStep::Waited);
+            return Ok(false);
         }
         if let Some(e) = failed {
             return Err(e);
         }
         zone.grow_cursor.store(end, Relaxed);
-        // Every chunk is Ready, but one may still be splicing its pages.
-        // Acquire: pairs with the Release decrement in `init_section`.
-        if zone.uninit.load(Acquire) > 0 {
-            crate::sync::spin_hint();
-            return Ok(GrowStep::Waited);
-        }
-        Ok(GrowStep::Exhausted)
+        // Every chunk is Ready, but one may still be splicing its pages: the
+        // caller's next look at the zone's count tells.
+        crate::sync::spin_hint();
+        Ok(false)
     }
 
     /// Whether chunk `index` holds usable pages of `zone`.

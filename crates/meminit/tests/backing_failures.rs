@@ -4,15 +4,16 @@
 
 #![cfg(not(miri))]
 
+mod common;
+
 use std::collections::HashSet;
-use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
+use common::Lent;
 use meminit::{
-    AllocError, Allocator, BackingError, Config, Constraint, CpuCache, CpuId, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, Page, Populated, RangeKind, SectionSlot,
-    SliceBacking, Strategy, ZoneType,
+    AllocError, Allocator, BackingError, Config, Constraint, CpuId, Layout, LayoutBuilder,
+    MemmapBacking, MemmapPiece, Page, Populated, RangeKind, SliceBacking, Strategy, ZoneType,
 };
 
 const MIB: u64 = 1 << 20;
@@ -45,21 +46,16 @@ unsafe impl MemmapBacking for Failing<'_> {
 type Alloc<'a> = Allocator<'a, Failing<'a>, parking_lot::RawMutex>;
 
 fn with_failing(layout: &Layout, failing: &[usize], f: impl FnOnce(&Alloc<'_>)) {
-    let mut memmap: Box<[MaybeUninit<Page>]> =
-        Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
-        .map(|_| SectionSlot::new())
-        .collect();
-    let cpus: Vec<CpuCache<parking_lot::RawMutex>> = (0..2).map(|_| CpuCache::new()).collect();
+    let mut lent = Lent::for_layout(layout);
     let backing = Failing {
-        inner: SliceBacking::new(&mut memmap),
+        inner: SliceBacking::new(&mut lent.memmap),
         failing: Mutex::new(failing.iter().copied().collect()),
     };
     let a = Allocator::new(
         layout.clone(),
         backing,
-        &mut slots,
-        &cpus,
+        &mut lent.slots,
+        &lent.cpus,
         Config::new(Strategy::OnDemand),
     )
     .unwrap();

@@ -6,15 +6,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use common::*;
 use meminit::{
-    AllocError, Allocator, BackingError, Config, Constraint, CpuCache, CpuId, Granularity,
-    InitError, Layout, LookupError, MemmapBacking, MemmapPiece, Page, Pfn, Populated, SectionSlot,
-    SliceBacking, Strategy, DEFAULT_CHUNK_SIZE, MAX_ORDER,
+    AllocError, Allocator, BackingError, Config, Constraint, CpuId, Granularity, InitError, Layout,
+    LookupError, MemmapBacking, MemmapPiece, Page, Pfn, Populated, SliceBacking, Strategy,
+    DEFAULT_CHUNK_SIZE, MAX_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -93,15 +92,12 @@ fn chunk_sizes_from_a_max_order_block_to_a_section() {
 fn bad_chunk_sizes_are_refused() {
     let l = simple(256 * MIB, 256 * MIB);
     for chunk in [0, 4096, 2 * MIB, 6 * MIB, 512 * MIB, u64::MAX, 4 * MIB] {
-        let mut memmap: Box<[MaybeUninit<Page>]> =
-            Box::new_uninit_slice(l.memmap_descriptors() as usize);
-        let mut slots: Vec<SectionSlot> =
-            (0..l.section_count()).map(|_| SectionSlot::new()).collect();
-        let r = Allocator::<_, parking_lot::RawMutex>::new(
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&l);
+        let r = Allocator::new(
             l.clone(),
-            SliceBacking::new(&mut memmap),
-            &mut slots,
-            &[],
+            SliceBacking::new(&mut lent.memmap),
+            &mut lent.slots,
+            &lent.cpus,
             Config {
                 chunk_size: chunk,
                 ..Config::new(Strategy::OnDemand)
@@ -158,22 +154,17 @@ fn with_accepting(
     refuse: &[u64],
     f: impl FnOnce(&Allocator<'_, Accepting<'_>, parking_lot::RawMutex>),
 ) {
-    let mut memmap: Box<[MaybeUninit<Page>]> =
-        Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
-        .map(|_| SectionSlot::new())
-        .collect();
-    let cpus: Vec<CpuCache<parking_lot::RawMutex>> = (0..2).map(|_| CpuCache::new()).collect();
+    let mut lent = Lent::for_layout(layout);
     let backing = Accepting {
-        inner: SliceBacking::new(&mut memmap).with_granularity(Granularity::Chunk),
+        inner: SliceBacking::new(&mut lent.memmap).with_granularity(Granularity::Chunk),
         accepted: Mutex::new(Vec::new()),
         refuse: Mutex::new(refuse.iter().copied().collect()),
     };
     let a = Allocator::new(
         layout.clone(),
         backing,
-        &mut slots,
-        &cpus,
+        &mut lent.slots,
+        &lent.cpus,
         Config::new(strategy),
     )
     .unwrap();

@@ -9,16 +9,18 @@
 
 #![cfg(not(miri))]
 
+mod common;
+
 use std::cell::Cell;
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use common::Lent;
 use lock_api::{GuardSend, RawMutex};
 use meminit::{
-    Allocator, Config, Constraint, CpuCache, CpuId, Layout, LayoutBuilder, LookupError, Page, Pfn,
-    RangeKind, SectionSlot, SliceBacking, Strategy,
+    Allocator, Config, Constraint, CpuId, Layout, LayoutBuilder, LookupError, Pfn, RangeKind,
+    SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -90,17 +92,12 @@ unsafe impl RawMutex for StoppingLock {
 type Alloc<'a> = Allocator<'a, SliceBacking<'a>, StoppingLock>;
 
 fn with_allocator(layout: &Layout, f: impl FnOnce(&Alloc<'_>)) {
-    let mut memmap: Box<[MaybeUninit<Page>]> =
-        Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
-        .map(|_| SectionSlot::new())
-        .collect();
-    let cpus: Vec<CpuCache<StoppingLock>> = (0..2).map(|_| CpuCache::new()).collect();
+    let mut lent = Lent::<StoppingLock>::for_layout(layout);
     let a = Allocator::new(
         layout.clone(),
-        SliceBacking::new(&mut memmap),
-        &mut slots,
-        &cpus,
+        SliceBacking::new(&mut lent.memmap),
+        &mut lent.slots,
+        &lent.cpus,
         Config::new(Strategy::OnDemand),
     )
     .unwrap();

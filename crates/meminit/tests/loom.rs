@@ -39,7 +39,7 @@ impl Memmap {
     }
 }
 
-/// Claim, write, publish, splice, finish: what `init_section` does.
+/// Claim, write, publish, splice, finish: what `init_chunk` does.
 fn init(sections: &Sections<'_>, memmap: &Memmap, free: &Mutex<Vec<usize>>, i: usize) -> bool {
     match sections.claim(i) {
         Ok(claim) => {

@@ -15,6 +15,27 @@ pub const CPUS: usize = 8;
 
 pub type Alloc<'a> = Allocator<'a, SliceBacking<'a>, parking_lot::RawMutex>;
 
+/// What a test lends an allocator over `layout`: the memmap (allocated
+/// uninitialised, so only what the allocator initialises is touched), the section
+/// slots, and one page cache for each of [`CPUS`] CPUs.
+pub struct Lent<R: lock_api::RawMutex> {
+    pub memmap: Box<[MaybeUninit<Page>]>,
+    pub slots: Vec<SectionSlot>,
+    pub cpus: Vec<CpuCache<R>>,
+}
+
+impl<R: lock_api::RawMutex> Lent<R> {
+    pub fn for_layout(layout: &Layout) -> Self {
+        Lent {
+            memmap: Box::new_uninit_slice(layout.memmap_descriptors() as usize),
+            slots: (0..layout.section_count())
+                .map(|_| SectionSlot::new())
+                .collect(),
+            cpus: (0..CPUS).map(|_| CpuCache::new()).collect(),
+        }
+    }
+}
+
 /// Builds an allocator over `layout` with memmap and section slots on the heap, and
 /// runs `f` on it. The memmap is allocated uninitialised, so only sections the
 /// allocator initialises are touched.
@@ -34,17 +55,12 @@ pub fn with_allocator_chunked<T>(
     granularity: Granularity,
     f: impl FnOnce(&Alloc<'_>) -> T,
 ) -> T {
-    let mut memmap: Box<[MaybeUninit<Page>]> =
-        Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
-        .map(|_| SectionSlot::new())
-        .collect();
-    let cpus: Vec<CpuCache<parking_lot::RawMutex>> = (0..CPUS).map(|_| CpuCache::new()).collect();
+    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(layout);
     let allocator = Allocator::new(
         layout.clone(),
-        SliceBacking::new(&mut memmap).with_granularity(granularity),
-        &mut slots,
-        &cpus,
+        SliceBacking::new(&mut lent.memmap).with_granularity(granularity),
+        &mut lent.slots,
+        &lent.cpus,
         config,
     )
     .expect("allocator starts");
