@@ -25,7 +25,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::layout::{Layout, Pfn};
 use crate::page::{Page, PageState};
-use crate::section::{ChunkState, Claim, MemmapState, Published, Sections};
+use crate::section::{ChunkState, Claim, MemmapState, Published, Sections, MAX_TAKEN_OFFSET};
 
 /// The pages whose memmap a backing is asked to populate, or whose memory it is
 /// asked to accept: a section, or a chunk of one.
@@ -337,7 +337,10 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             // Relaxed: a statistic.
             self.populated_bytes
                 .fetch_add(piece.memmap_bytes(), Relaxed);
-            let valid = taken_is_usable(&taken, piece, layout);
+            // The section's state word records the taken range as 31-bit offsets;
+            // a section so large that they do not fit cannot carry its own memmap.
+            let recordable = taken.is_empty() || taken.end - first <= MAX_TAKEN_OFFSET;
+            let valid = recordable && taken_is_usable(&taken, piece, layout);
             // The memmap is in place either way: it must never be populated again.
             let recorded = if valid && !taken.is_empty() {
                 taken.start - first..taken.end - first
@@ -348,7 +351,11 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             if !valid {
                 return Err(BackingError {
                     section,
-                    reason: "the backing took pages that are not usable memory of the section",
+                    reason: if recordable {
+                        "the backing took pages that are not usable memory of the section"
+                    } else {
+                        "the backing took pages more than 2^31 pages into the section"
+                    },
                 });
             }
             return Ok(if taken.is_empty() { 0..0 } else { taken });

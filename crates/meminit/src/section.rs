@@ -72,6 +72,10 @@ pub enum MemmapState {
     Populated(Range<u64>),
 }
 
+/// The pages taken from a section for its memmap are recorded as offsets in the
+/// section below this bound (31 bits each in the memmap word).
+pub const MAX_TAKEN_OFFSET: u64 = 1 << 31;
+
 const MEMMAP_UNPOPULATED: u64 = 0;
 const MEMMAP_POPULATING: u64 = 1;
 const MEMMAP_POPULATED: u64 = 2;
@@ -467,7 +471,8 @@ impl MemmapClaim<'_, '_> {
     }
 
     /// Marks the memmap populated, with `taken` (offsets in the section, below
-    /// 2^31) the pages the backing took from the section for it.
+    /// [`MAX_TAKEN_OFFSET`]; the caller checks) the pages the backing took from the
+    /// section for it.
     ///
     /// Release: pairs with the Acquire of [`Sections::memmap_state`] and of a
     /// failed [`Sections::claim_memmap`].
