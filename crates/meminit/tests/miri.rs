@@ -93,3 +93,29 @@ fn cpus_allocate_and_free_through_their_caches() {
         check_fully_coalesced(a);
     });
 }
+
+/// Give-back and reporting: chunks go back, their descriptors are written again
+/// with atomic stores over what a stale reference could still see, and blocks are
+/// isolated and put back.
+#[test]
+fn chunks_given_back_are_written_again() {
+    let l = small();
+    let mut config = meminit::Config::new(Strategy::OnDemand);
+    config.give_back_reserve = 0;
+    with_allocator_chunked(&l, config, meminit::Granularity::Section, |a| {
+        let p = a.alloc(MAX_ORDER, Constraint::Any, 1).unwrap();
+        let stale = a.page(p).unwrap();
+        a.free(p, MAX_ORDER).unwrap();
+        assert_eq!(a.give_back().chunks_marked, 1);
+        let stats = a.report_free(&mut meminit::NoReporter).unwrap();
+        assert_eq!(stats.chunks_given_back, 1);
+        assert_eq!(stats.pages, 1 << MAX_ORDER, "reported first");
+        assert!(a.page(p).is_err(), "uninitialised again");
+        let q = a.alloc(MAX_ORDER, Constraint::Any, 1).unwrap();
+        assert_eq!(q, p);
+        // The reference taken before give-back reads the new descriptor.
+        assert_eq!(stale.state(), PageState::Allocated { order: MAX_ORDER });
+        a.free(q, MAX_ORDER).unwrap();
+        check_counts(a, &Default::default());
+    });
+}
