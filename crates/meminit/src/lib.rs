@@ -202,7 +202,7 @@ pub use layout::{
 pub use memmap::{
     BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, Populated, SliceBacking,
 };
-pub use page::{Page, PageState};
+pub use page::{Page, PageMeta, PageState, USER_BYTES};
 pub use pcp::{CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
 pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
 pub use zone::ZoneStats;

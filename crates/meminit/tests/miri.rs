@@ -119,3 +119,58 @@ fn chunks_given_back_are_written_again() {
         check_counts(a, &Default::default());
     });
 }
+
+/// The embedder's per-page data: typed, zero on first use, theirs while the page
+/// is allocated, zero again once the chunk was given back and initialised anew.
+#[test]
+fn per_page_data_is_the_embedders() {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+    #[repr(C)]
+    struct KernelPage {
+        refcount: AtomicU32,
+        flags: AtomicU32,
+        mapping: AtomicU64,
+        lru: [AtomicU64; 2],
+    }
+    // SAFETY: atomic integers only, 32 bytes, 8-byte aligned.
+    unsafe impl meminit::PageMeta for KernelPage {}
+
+    let l = small();
+    let mut config = meminit::Config::new(Strategy::OnDemand);
+    config.give_back_reserve = 0;
+    with_allocator_chunked(&l, config, meminit::Granularity::Section, |a| {
+        let p = a.alloc(0, Constraint::Any, 1).unwrap();
+        let meta: &KernelPage = a.page(p).unwrap().meta();
+        assert_eq!(meta.refcount.load(Relaxed), 0);
+        meta.refcount.store(1, Relaxed);
+        meta.mapping.store(0xffff_8000_dead_b000, Relaxed);
+        meta.lru[1].store(7, Relaxed);
+        // The same bytes, word by word.
+        let page = a.page(p).unwrap();
+        assert_eq!(page.user_word(0).unwrap().load(Relaxed), 1);
+        assert_eq!(
+            page.user_word(1).unwrap().load(Relaxed),
+            0xffff_8000_dead_b000
+        );
+        assert_eq!(page.user_word(3).unwrap().load(Relaxed), 7);
+        assert!(page.user_word(meminit::page::USER_WORDS).is_none());
+        // Allocating and freeing other pages leaves it alone.
+        let q = a.alloc(3, Constraint::Any, 1).unwrap();
+        a.free(q, 3).unwrap();
+        assert_eq!(meta.flags.load(Relaxed), 0);
+        assert_eq!(meta.refcount.load(Relaxed), 1);
+        a.free(p, 0).unwrap();
+        a.give_back();
+        assert_eq!(a.give_back().chunks_given_back, 1);
+        let p = a.alloc(0, Constraint::Any, 1).unwrap();
+        let meta: &KernelPage = a.page(p).unwrap().meta();
+        assert_eq!(
+            meta.refcount.load(Relaxed),
+            0,
+            "zeroed when initialised anew"
+        );
+        assert_eq!(meta.mapping.load(Relaxed), 0);
+        a.free(p, 0).unwrap();
+    });
+}
