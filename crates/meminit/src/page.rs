@@ -80,7 +80,9 @@ pub const USER_BYTES: usize = USER_WORDS * 8;
 /// requirement beyond theirs): so any bit pattern, all zeroes in particular, is a
 /// valid value, and every access, through this type or through
 /// [`Page::user_word`], is atomic. Views of one page through two such types are
-/// then merely confusing, never undefined behaviour.
+/// then merely confusing, never undefined behaviour, provided accesses of
+/// different sizes to the same bytes do not race (Rust's rule for mixed-size
+/// atomics; the allocator's zeroing happens before the page is handed out).
 pub unsafe trait PageMeta: Sync + Sized {}
 
 /// The page descriptor. One per page frame, 64 bytes, cache-line aligned.
