@@ -24,12 +24,12 @@
 //!   that populate chunk by chunk it is instead a bitmap of the chunks whose
 //!   memmap is populated, each bit set once by that chunk's claimant.
 //!
-//! - **Give-back** runs the chunk's cycle backwards: the holder of a [`Retiring`]
+//! - **Give-back** runs the chunk's cycle backwards: the holder of a `Retiring`
 //!   (taken `Ready → Initialising` under the zone lock, once every page of the
 //!   chunk is free) returns the chunk to `Uninit`, and the off switch turns off
 //!   again until the chunk is initialised anew. A section's memmap may be retired
 //!   (`Populated → Populating → Unpopulated`) once none of its chunks is
-//!   `Initialising` or `Ready`: [`Sections::retire_memmap`] and a chunk claimant's
+//!   `Initialising` or `Ready`: `Sections::retire_memmap` and a chunk claimant's
 //!   look at the memmap word form a store-buffer pair (each writes its own word,
 //!   then a `SeqCst` fence, then reads the other's), so of a retirement and an
 //!   initialisation racing in one section, at least one sees the other and backs
