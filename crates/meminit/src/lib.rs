@@ -153,6 +153,35 @@
 //! `FrameAllocator` and `FrameDeallocator` (4 KiB and 2 MiB frames) over one CPU's
 //! cache, for kernels that already ask for page-table frames that way.
 //!
+//! ## Memory follows use down: give-back and free page reporting
+//!
+//! On-demand initialisation keeps memmap only where memory was used; once a
+//! workload's memory grew and shrank again, give-back lets it follow use down.
+//! Call [`Allocator::report_free`] from an idle loop or a timer (every second or
+//! two, as Linux's page reporting runs two seconds after free memory
+//! accumulates), with a [`FreeReporter`] that hands memory to the host (a
+//! virtio-balloon reporting queue; see the guest kernel in this repository):
+//!
+//! - free blocks of a pageblock (2 MiB) or more that were not reported yet are
+//!   taken off the free lists, reported, and put back marked as reported, behind
+//!   the others; an allocation that finds only them waits until they are back,
+//!   and the backing hears ([`MemmapBacking::reuse_reported`]) when reported
+//!   memory is taken again;
+//! - with [`Config::give_back`] (on by default for [`Strategy::OnDemand`]), every
+//!   chunk whose usable pages all stayed free on the free lists since the
+//!   previous call goes back to uninitialised, beyond [`Config::give_back_reserve`]
+//!   of initialised free memory per zone: its blocks leave the lists, its pages
+//!   count as uninitialised (still available), its memory is reported if it was
+//!   not, and the backing may release its memmap ([`MemmapBacking::depopulate`]:
+//!   the chunk's own part, or the section's once every chunk of it is given
+//!   back). The next allocation that needs it initialises it again.
+//!
+//! [`Allocator::give_back`] does the second part alone, for a kernel with no host.
+//! Chunks holding an allocated page, pages in CPU caches, or pages of two zones
+//! are never given back. A descriptor reference taken before give-back stays
+//! valid memory (the backing keeps the range mapped), but says nothing useful
+//! about a page one does not own.
+//!
 //! ## Guarantees
 //!
 //! - A chunk is initialised exactly once, by whoever claims it first (start-up, a
