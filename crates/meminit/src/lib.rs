@@ -18,7 +18,8 @@
 //! Under every strategy an allocation that finds its zone empty while uninitialised
 //! memory remains there initialises another chunk of that zone and retries (the
 //! *grow path*), so no allocation fails for lack of initialised memory. Once every
-//! chunk is done, one flag switches growth off; the fast path never had a check.
+//! chunk is done, one flag switches growth off (a chunk given back switches it on
+//! again); the fast path never had a check.
 //!
 //! ## Sections and chunks
 //!
