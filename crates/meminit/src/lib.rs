@@ -166,7 +166,8 @@
 //! ## Modules
 //!
 //! The unsafe code lives in [`memmap`] (the descriptor array and its backing) and
-//! relies on the claim protocol of [`section`]; zones, the buddy lists, the per-CPU
+//! relies on the claim protocol of the crate-private `section` module (whose only
+//! public parts are [`SectionSlot`], [`ChunkState`] and [`MAX_CHUNKS_PER_SECTION`]); zones, the buddy lists, the per-CPU
 //! caches and the strategies are safe code over them.
 
 #![cfg_attr(not(test), no_std)]
@@ -182,7 +183,12 @@ pub mod memmap;
 pub mod page;
 mod pcp;
 mod percpu;
+// The claim machinery is crate-private: an embedder only lends the slots. loom
+// builds expose it so that `tests/loom.rs` can model the protocol on its own.
+#[cfg(loom)]
 pub mod section;
+#[cfg(not(loom))]
+mod section;
 mod sync;
 mod zone;
 

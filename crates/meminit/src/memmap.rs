@@ -5,8 +5,8 @@
 //! the memmap is asked of the [`MemmapBacking`] the first time it is needed, in the
 //! backing's own [`Granularity`]: a whole section's part at once (a huge page), or
 //! each chunk's part as that chunk is initialised. It is asked exactly once per
-//! piece, by the one holder of the chunk's [`Claim`] (and, for sections, of the
-//! section's [`crate::section::MemmapClaim`]). The module keeps one invariant, on which every
+//! piece, by the one holder of the chunk's claim (and, for sections, of the
+//! section's memmap claim; both are crate-private, in `section`). The module keeps one invariant, on which every
 //! `unsafe` block in it relies:
 //!
 //! > **A descriptor is read only in a chunk whose state is `Ready`, and a chunk

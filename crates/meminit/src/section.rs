@@ -465,11 +465,6 @@ pub struct MemmapClaim<'s, 'a> {
 }
 
 impl MemmapClaim<'_, '_> {
-    /// The section.
-    pub fn section(&self) -> usize {
-        self.section
-    }
-
     /// Marks the memmap populated, with `taken` (offsets in the section, below
     /// [`MAX_TAKEN_OFFSET`]; the caller checks) the pages the backing took from the
     /// section for it.
