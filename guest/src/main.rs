@@ -39,8 +39,8 @@ pub type GuestAllocator = Allocator<'static, paging::GuestBacking, ZoneLock>;
 
 /// Section states for up to `paging::MAX_MEMORY` of RAM.
 const MAX_SECTIONS: usize = (paging::MAX_MEMORY >> 27) as usize;
-static SECTION_SLOTS: spin::Mutex<[SectionSlot; MAX_SECTIONS]> =
-    spin::Mutex::new([const { SectionSlot::new() }; MAX_SECTIONS]);
+/// A plain static: the slots are atomics, lent by shared reference.
+static SECTION_SLOTS: [SectionSlot; MAX_SECTIONS] = [const { SectionSlot::new() }; MAX_SECTIONS];
 static ALLOCATOR: spin::Once<GuestAllocator> = spin::Once::new();
 /// One page cache per vCPU, indexed as `smp` numbers them (the boot CPU is 0).
 static CPU_CACHES: [CpuCache<ZoneLock>; acpi::MAX_CPUS] =
@@ -131,8 +131,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         match Allocator::new(
             layout,
             paging::GuestBacking::new(options.memmap, options.accept_zero),
-            // The allocator keeps the slots for good: leak the guard.
-            &mut spin::MutexGuard::leak(SECTION_SLOTS.lock())[..],
+            &SECTION_SLOTS,
             &CPU_CACHES,
             Config {
                 clock: Some(tsc::now),

@@ -69,7 +69,7 @@ impl<R: RawMutex + 'static, const CACHED: bool> Meminit<R, CACHED> {
         // Leaked: they live as long as the benchmark.
         let memmap: &'static mut [MaybeUninit<Page>] =
             Box::leak(Box::new_uninit_slice(layout.memmap_descriptors() as usize));
-        let slots: &'static mut [SectionSlot] = Box::leak(
+        let slots: &'static [SectionSlot] = Box::leak(
             (0..layout.section_count())
                 .map(|_| SectionSlot::new())
                 .collect(),

@@ -27,7 +27,7 @@ fn with_allocator<T>(
     strategy: Strategy,
     f: impl FnOnce(&HostAllocator<'_>, u64) -> T,
 ) -> T {
-    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+    let slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
     let cpus: Vec<CpuCache<spin::mutex::SpinMutex<()>>> = (0..2).map(|_| CpuCache::new()).collect();
@@ -36,7 +36,7 @@ fn with_allocator<T>(
     let a = Allocator::new(
         layout.clone(),
         backing,
-        &mut slots,
+        &slots,
         &cpus,
         Config::new(strategy),
     )

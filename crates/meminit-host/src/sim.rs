@@ -391,7 +391,7 @@ fn measure(
     } else {
         backing
     };
-    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+    let slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
     progress.step(&format!("{}: {name}: start-up", machine.name));
@@ -404,7 +404,7 @@ fn measure(
     let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
         layout.clone(),
         backing,
-        &mut slots,
+        &slots,
         &cpus,
         Config {
             clock: Some(now_ns),

@@ -29,7 +29,7 @@ use crate::layout::{Layout, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYP
 use crate::memmap::{BackingError, Memmap, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
 use crate::pcp::CpuCache;
-use crate::section::{ChunkState, SectionSlot, Sections, MAX_CHUNKS_PER_SECTION};
+use crate::section::{ChunkState, SectionSlot, Sections, SlotsError, MAX_CHUNKS_PER_SECTION};
 use crate::zone::Zone;
 
 /// When descriptors are initialised.
@@ -197,6 +197,12 @@ pub enum InitError {
         /// The layout's section size, in bytes.
         section: u64,
     },
+    /// A section slot is owned by another live allocator: slots must be fresh
+    /// ([`SectionSlot::new`]) or given back by dropping the allocator that had them.
+    SlotsInUse {
+        /// The first slot found in use.
+        index: usize,
+    },
     /// Eager start-up could not populate the memmap.
     Backing(BackingError),
 }
@@ -210,6 +216,10 @@ impl core::fmt::Display for InitError {
                 f,
                 "the layout has {needed} sections but only {given} section slots were given"
             ),
+            InitError::SlotsInUse { index } => write!(
+                f,
+                "section slot {index} is in use by another allocator: lend fresh slots, or drop that allocator first"
+            ),
             InitError::BadChunkSize { chunk, section } => write!(
                 f,
                 "chunk size {chunk:#x} must be a power of two from {DEFAULT_CHUNK_SIZE:#x} (one max-order block) up to the section size {section:#x}, and at least 1/{MAX_CHUNKS_PER_SECTION} of it"
@@ -221,8 +231,10 @@ impl core::fmt::Display for InitError {
 
 impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Starts an allocator over `layout`, with descriptors in `backing`, section
-    /// states in `slots` (at least [`Layout::section_count`] of them, in any state:
-    /// they are reset) and one page cache per CPU in `cpus` (emptied; may be empty,
+    /// states in `slots` (at least [`Layout::section_count`] of them, fresh: each is
+    /// marked owned with a compare-and-swap, refused with
+    /// [`InitError::SlotsInUse`] if another live allocator owns it, and fresh again
+    /// when this allocator is dropped) and one page cache per CPU in `cpus` (emptied; may be empty,
     /// and then every allocation goes to the zones).
     ///
     /// With [`Strategy::Eager`] every chunk is initialised before this returns;
@@ -231,7 +243,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     pub fn new(
         layout: Layout,
         backing: B,
-        slots: &'a mut [SectionSlot],
+        slots: &'a [SectionSlot],
         cpus: &'a [CpuCache<R>],
         config: Config,
     ) -> Result<Self, InitError> {
@@ -245,12 +257,15 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 ((r.end - 1) >> chunk_shift) as usize + 1,
             )
         });
-        let sections = Sections::new(slots, count, chunks_shift, present_chunks).ok_or(
-            InitError::TooFewSlots {
-                needed: count,
-                given,
-            },
-        )?;
+        let sections =
+            Sections::new(slots, count, chunks_shift, present_chunks).map_err(|e| match e {
+                SlotsError::InUse { index } => InitError::SlotsInUse { index },
+                // `chunk_shift` checked the chunks per section already.
+                SlotsError::TooFew | SlotsError::TooManyChunks => InitError::TooFewSlots {
+                    needed: count,
+                    given,
+                },
+            })?;
         let memmap = Memmap::new(backing, sections, &layout, chunk_shift);
         let zones = array::from_fn(|i| {
             let node = i / ZONE_TYPES;

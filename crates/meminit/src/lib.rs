@@ -67,7 +67,7 @@
 //! // The descriptor array and the section states: in a kernel, a virtual range
 //! // mapped on demand and a static or boot-allocated slice.
 //! let mut memmap = Box::<[Page]>::new_uninit_slice(layout.memmap_descriptors() as usize);
-//! let mut slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
+//! let slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
 //!
 //! // One page cache per CPU (a kernel's per-CPU area, or a static array).
 //! let cpus: [CpuCache<parking_lot::RawMutex>; 2] = [CpuCache::new(), CpuCache::new()];
@@ -75,7 +75,7 @@
 //! let allocator: Allocator<'_, _, parking_lot::RawMutex> = Allocator::new(
 //!     layout,
 //!     SliceBacking::new(&mut memmap),
-//!     &mut slots,
+//!     &slots,
 //!     &cpus,
 //!     Config::new(Strategy::OnDemand),
 //! )?;

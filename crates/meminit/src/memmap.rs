@@ -337,9 +337,9 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             // Relaxed: a statistic.
             self.populated_bytes
                 .fetch_add(piece.memmap_bytes(), Relaxed);
-            // The section's state word records the taken range as 31-bit offsets;
+            // The section's state word records the taken range as 30-bit offsets;
             // a section so large that they do not fit cannot carry its own memmap.
-            let recordable = taken.is_empty() || taken.end - first <= MAX_TAKEN_OFFSET;
+            let recordable = taken.is_empty() || taken.end - first < MAX_TAKEN_OFFSET;
             let valid = recordable && taken_is_usable(&taken, piece, layout);
             // The memmap is in place either way: it must never be populated again.
             let recorded = if valid && !taken.is_empty() {
@@ -354,7 +354,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                     reason: if recordable {
                         "the backing took pages that are not usable memory of the section"
                     } else {
-                        "the backing took pages more than 2^31 pages into the section"
+                        "the backing took pages 2^30 or more pages into the section"
                     },
                 });
             }

@@ -73,20 +73,33 @@ pub enum MemmapState {
 }
 
 /// The pages taken from a section for its memmap are recorded as offsets in the
-/// section below this bound (31 bits each in the memmap word).
-pub const MAX_TAKEN_OFFSET: u64 = 1 << 31;
+/// section below this bound (30 bits each in the memmap word): the taken range
+/// must end below it.
+pub const MAX_TAKEN_OFFSET: u64 = 1 << 30;
 
 const MEMMAP_UNPOPULATED: u64 = 0;
 const MEMMAP_POPULATING: u64 = 1;
 const MEMMAP_POPULATED: u64 = 2;
+/// Bits 2–31 of the memmap word: the first taken page.
+const TAKEN_MASK: u64 = MAX_TAKEN_OFFSET - 1;
+/// Bit 63 of the memmap word: the slot belongs to a live allocator. Set with a
+/// compare-and-swap from a fresh (all-zero) word when an allocator starts, cleared
+/// when it is dropped, so that two allocators can never share a slot array.
+const OWNED: u64 = 1 << 63;
 
-/// The state of one section. The embedder provides a slice of these, one per
-/// section ([`crate::Layout::section_count`]); the allocator owns their contents.
+/// The state of one section. The embedder lends a slice of these, one per section
+/// ([`crate::Layout::section_count`]), by shared reference: they are atomics, so a
+/// kernel may keep them in a plain `static`. The allocator owns their contents for
+/// its life; a slot in use by a live allocator is refused to any other
+/// ([`crate::InitError::SlotsInUse`]), and dropping the allocator makes it fresh
+/// again.
 pub struct SectionSlot {
     /// Two bits per chunk, chunk 0 in the lowest.
     chunks: AtomicU64,
-    /// Bits 0–1: memmap state. Bits 2–32: first taken page, as an offset in the
-    /// section. Bits 33–63: taken pages.
+    /// Bits 0–1: memmap state. Bits 2–31: first taken page, as an offset in the
+    /// section. Bits 32–61: taken pages. Bit 63: owned by a live allocator. (For
+    /// backings that populate chunk by chunk, bits 0–31 are instead a bitmap of
+    /// the chunks whose memmap is populated.)
     memmap: AtomicU64,
 }
 
@@ -109,37 +122,33 @@ impl SectionSlot {
         }
     }
 
-    /// Sets both words through exclusive access: no other thread can see the slot.
-    fn set_unshared(&mut self, chunks: u64) {
-        #[cfg(not(loom))]
-        {
-            *self.chunks.get_mut() = chunks;
-            *self.memmap.get_mut() = MEMMAP_UNPOPULATED;
-        }
-        #[cfg(loom)]
-        {
-            self.chunks.with_mut(|v| *v = chunks);
-            self.memmap.with_mut(|v| *v = MEMMAP_UNPOPULATED);
-        }
+    /// Whether a live allocator owns the slot.
+    pub fn is_owned(&self) -> bool {
+        // Relaxed: an observation for the embedder; ownership itself is decided by
+        // the compare-and-swap in `Sections::new`.
+        self.memmap.load(Relaxed) & OWNED != 0
     }
 
-    /// Sets `bits` in the chunk word through exclusive access; returns how many of
-    /// them were not set yet.
-    fn or_unshared(&mut self, bits: u64) -> u32 {
-        #[cfg(not(loom))]
-        let word = self.chunks.get_mut();
-        #[cfg(not(loom))]
-        {
-            let new = (bits & !*word).count_ones();
-            *word |= bits;
-            new
+    /// Takes the slot if it is fresh.
+    fn take(&self) -> bool {
+        // Acquire: pairs with the Release in `release` of the allocator that owned
+        // the slot before, so its last writes are not seen after ours.
+        let taken = self
+            .memmap
+            .compare_exchange(0, OWNED, Acquire, Relaxed)
+            .is_ok();
+        if taken {
+            // Relaxed: ours alone until the allocator is shared (see `Sections::new`).
+            self.chunks.store(0, Relaxed);
         }
-        #[cfg(loom)]
-        self.chunks.with_mut(|word| {
-            let new = (bits & !*word).count_ones();
-            *word |= bits;
-            new
-        })
+        taken
+    }
+
+    /// Makes the slot fresh again.
+    fn release(&self) {
+        self.chunks.store(0, Relaxed);
+        // Release: pairs with the Acquire in `take` of the next owner.
+        self.memmap.store(0, Release);
     }
 }
 
@@ -147,6 +156,20 @@ impl Default for SectionSlot {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Why [`Sections::new`] refused its slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotsError {
+    /// Fewer slots than sections, or a present chunk past them.
+    TooFew,
+    /// More than [`MAX_CHUNKS_PER_SECTION`] chunks per section.
+    TooManyChunks,
+    /// Slot `index` is owned by another live allocator.
+    InUse {
+        /// The first slot found owned.
+        index: usize,
+    },
 }
 
 /// The state of every section and chunk, and how many chunks are not finished.
@@ -169,25 +192,37 @@ const fn shift_of(i: usize) -> u32 {
 }
 
 impl<'a> Sections<'a> {
-    /// Takes `slots` (at least `count` sections of them) for sections of
-    /// `2^chunks_shift` chunks, marks every chunk `Absent`, then the chunks that
-    /// `present` spans (ranges `[first, end)` of chunk indices) `Uninit`. The cost is
-    /// two words per section plus one per section a present range touches: nothing
-    /// is looked up per page or chunk. Returns `None` if `slots` is too short or a
-    /// section would have more than [`MAX_CHUNKS_PER_SECTION`] chunks.
+    /// Takes `slots` (at least `count` sections of them; each must be fresh, and
+    /// is marked owned with a compare-and-swap) for sections of `2^chunks_shift`
+    /// chunks, marks every chunk `Absent`, then the chunks that `present` spans
+    /// (ranges `[first, end)` of chunk indices) `Uninit`. The cost is two words per
+    /// section plus one per section a present range touches: nothing is looked up
+    /// per page or chunk. On failure every slot this call took is fresh again; of
+    /// two calls racing for one slot array at most one succeeds.
     pub fn new(
-        slots: &'a mut [SectionSlot],
+        slots: &'a [SectionSlot],
         count: usize,
         chunks_shift: u32,
         present: impl Iterator<Item = (usize, usize)>,
-    ) -> Option<Self> {
+    ) -> Result<Self, SlotsError> {
         if 1u64 << chunks_shift.min(63) > MAX_CHUNKS_PER_SECTION as u64 {
-            return None;
+            return Err(SlotsError::TooManyChunks);
         }
-        let slots = slots.get_mut(..count)?;
-        for slot in slots.iter_mut() {
-            slot.set_unshared(0);
+        let slots = slots.get(..count).ok_or(SlotsError::TooFew)?;
+        for (index, slot) in slots.iter().enumerate() {
+            if !slot.take() {
+                slots[..index].iter().for_each(SectionSlot::release);
+                return Err(SlotsError::InUse { index });
+            }
         }
+        // From here on the slots are ours: `Sections` releases them when dropped.
+        let mut sections = Sections {
+            slots,
+            chunks_shift,
+            present: 0,
+            unfinished: AtomicUsize::new(0),
+            all_initialised: AtomicBool::new(false),
+        };
         let per = 1usize << chunks_shift;
         // Chunks [from, to) of one section, all `Uninit` (01): one mask, no loop, so
         // that start-up costs a word per section however many chunks it holds.
@@ -199,26 +234,26 @@ impl<'a> Sections<'a> {
             0x5555_5555_5555_5555 & below(to) & !below(from)
         };
         // Present ranges that share a chunk set it twice: count only new bits.
+        // Relaxed throughout: no other thread can reach these slots before the
+        // allocator that holds them is shared, which orders these writes itself.
         let mut unfinished = 0;
         for (first, end) in present {
             let mut chunk = first;
             while chunk < end {
                 let section = chunk >> chunks_shift;
                 let upto = end.min((section + 1) * per);
-                unfinished += slots
-                    .get_mut(section)?
-                    .or_unshared(uninit_bits(chunk % per, (upto - 1) % per + 1))
-                    as usize;
+                let bits = uninit_bits(chunk % per, (upto - 1) % per + 1);
+                // Dropping `sections` releases every slot on this early return.
+                let slot = slots.get(section).ok_or(SlotsError::TooFew)?;
+                let old = slot.chunks.fetch_or(bits, Relaxed);
+                unfinished += (bits & !old).count_ones() as usize;
                 chunk = upto;
             }
         }
-        Some(Sections {
-            slots,
-            chunks_shift,
-            present: unfinished,
-            unfinished: AtomicUsize::new(unfinished),
-            all_initialised: AtomicBool::new(unfinished == 0),
-        })
+        sections.present = unfinished;
+        sections.unfinished = AtomicUsize::new(unfinished);
+        sections.all_initialised = AtomicBool::new(unfinished == 0);
+        Ok(sections)
     }
 
     /// Chunks with present pages (not `Absent`).
@@ -309,10 +344,12 @@ impl<'a> Sections<'a> {
         let slot = self.slots.get(section).ok_or(MemmapState::Unpopulated)?;
         // Acquire on success pairs with the Release of a failed claimant giving it
         // back; on failure with `publish`.
-        match slot
-            .memmap
-            .compare_exchange(MEMMAP_UNPOPULATED, MEMMAP_POPULATING, Acquire, Acquire)
-        {
+        match slot.memmap.compare_exchange(
+            OWNED | MEMMAP_UNPOPULATED,
+            OWNED | MEMMAP_POPULATING,
+            Acquire,
+            Acquire,
+        ) {
             Ok(_) => Ok(MemmapClaim {
                 sections: self,
                 section,
@@ -376,12 +413,19 @@ impl<'a> Sections<'a> {
     }
 }
 
+impl Drop for Sections<'_> {
+    /// Gives the slots back, fresh, for another allocator.
+    fn drop(&mut self) {
+        self.slots.iter().for_each(SectionSlot::release);
+    }
+}
+
 fn decode_memmap(word: u64) -> MemmapState {
     match word & 3 {
         MEMMAP_POPULATING => MemmapState::Populating,
         MEMMAP_POPULATED => {
-            let offset = (word >> 2) & ((1 << 31) - 1);
-            let len = word >> 33;
+            let offset = (word >> 2) & TAKEN_MASK;
+            let len = (word >> 32) & TAKEN_MASK;
             MemmapState::Populated(offset..offset + len)
         }
         _ => MemmapState::Unpopulated,
@@ -475,7 +519,7 @@ impl MemmapClaim<'_, '_> {
         self.published = true;
         let len = taken.end.saturating_sub(taken.start);
         let start = if len == 0 { 0 } else { taken.start };
-        let word = MEMMAP_POPULATED | (start & ((1 << 31) - 1)) << 2 | len << 33;
+        let word = OWNED | MEMMAP_POPULATED | (start & TAKEN_MASK) << 2 | (len & TAKEN_MASK) << 32;
         self.sections.slots[self.section]
             .memmap
             .store(word, Release);
@@ -488,7 +532,7 @@ impl Drop for MemmapClaim<'_, '_> {
             // Release: pairs with the Acquire of the next successful claim.
             self.sections.slots[self.section]
                 .memmap
-                .store(MEMMAP_UNPOPULATED, Release);
+                .store(OWNED | MEMMAP_UNPOPULATED, Release);
         }
     }
 }
@@ -499,9 +543,9 @@ mod tests {
 
     #[test]
     fn claim_is_exclusive_and_publish_is_final() {
-        let mut slots: [SectionSlot; 2] = Default::default();
+        let slots: [SectionSlot; 2] = Default::default();
         // Two sections of four chunks; chunks 0..2 and 5 present.
-        let s = Sections::new(&mut slots, 2, 2, [(0, 2), (5, 6)].into_iter()).unwrap();
+        let s = Sections::new(&slots, 2, 2, [(0, 2), (5, 6)].into_iter()).unwrap();
         assert_eq!(s.present(), 3);
         assert_eq!(s.state(2), ChunkState::Absent);
         assert_eq!(s.state(4), ChunkState::Absent);
@@ -526,8 +570,8 @@ mod tests {
 
     #[test]
     fn a_memmap_is_populated_once_and_keeps_what_was_taken() {
-        let mut slots: [SectionSlot; 1] = Default::default();
-        let s = Sections::new(&mut slots, 1, 0, [(0, 1)].into_iter()).unwrap();
+        let slots: [SectionSlot; 1] = Default::default();
+        let s = Sections::new(&slots, 1, 0, [(0, 1)].into_iter()).unwrap();
         assert_eq!(s.memmap_state(0), MemmapState::Unpopulated);
         let m = s.claim_memmap(0).unwrap();
         assert_eq!(s.claim_memmap(0).err(), Some(MemmapState::Populating));
@@ -544,9 +588,46 @@ mod tests {
 
     #[test]
     fn too_few_slots_or_too_many_chunks() {
-        let mut slots: [SectionSlot; 1] = Default::default();
-        assert!(Sections::new(&mut slots, 2, 0, [(0, 2)].into_iter()).is_none());
-        assert!(Sections::new(&mut slots, 1, 6, [(0, 1)].into_iter()).is_none());
-        assert!(Sections::new(&mut slots, 1, 5, [(0, 32)].into_iter()).is_some());
+        let slots: [SectionSlot; 1] = Default::default();
+        assert_eq!(
+            Sections::new(&slots, 2, 0, [(0, 2)].into_iter()).err(),
+            Some(SlotsError::TooFew)
+        );
+        assert_eq!(
+            Sections::new(&slots, 1, 6, [(0, 1)].into_iter()).err(),
+            Some(SlotsError::TooManyChunks)
+        );
+        // A present chunk past the slots: refused, and the slot is fresh again.
+        assert_eq!(
+            Sections::new(&slots, 1, 0, [(0, 2)].into_iter()).err(),
+            Some(SlotsError::TooFew)
+        );
+        assert!(!slots[0].is_owned());
+        assert!(Sections::new(&slots, 1, 5, [(0, 32)].into_iter()).is_ok());
+        assert!(!slots[0].is_owned());
+    }
+
+    #[test]
+    fn slots_in_use_are_refused_and_released_on_drop() {
+        let slots: [SectionSlot; 3] = Default::default();
+        let first = Sections::new(&slots[1..], 2, 0, [(0, 2)].into_iter()).unwrap();
+        assert!(slots[1].is_owned() && slots[2].is_owned() && !slots[0].is_owned());
+        // Overlapping the owned ones: refused, naming the first owned slot, and
+        // slot 0, taken on the way, is fresh again.
+        assert_eq!(
+            Sections::new(&slots, 3, 0, [(0, 3)].into_iter()).err(),
+            Some(SlotsError::InUse { index: 1 })
+        );
+        assert!(!slots[0].is_owned());
+        // A populated memmap keeps the slot owned.
+        first.claim_memmap(0).unwrap().publish(1..3);
+        assert!(slots[1].is_owned());
+        assert_eq!(first.memmap_state(0), MemmapState::Populated(1..3));
+        drop(first);
+        assert!(slots.iter().all(|s| !s.is_owned()));
+        let again = Sections::new(&slots, 3, 0, [(2, 3)].into_iter()).unwrap();
+        assert_eq!(again.state(0), ChunkState::Absent);
+        assert_eq!(again.state(2), ChunkState::Uninit);
+        assert_eq!(again.memmap_state(1), MemmapState::Unpopulated);
     }
 }

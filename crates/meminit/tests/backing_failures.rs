@@ -54,7 +54,7 @@ fn with_failing(layout: &Layout, failing: &[usize], f: impl FnOnce(&Alloc<'_>)) 
     let a = Allocator::new(
         layout.clone(),
         backing,
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         Config::new(Strategy::OnDemand),
     )

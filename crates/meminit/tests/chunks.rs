@@ -96,7 +96,7 @@ fn bad_chunk_sizes_are_refused() {
         let r = Allocator::new(
             l.clone(),
             SliceBacking::new(&mut lent.memmap),
-            &mut lent.slots,
+            &lent.slots,
             &lent.cpus,
             Config {
                 chunk_size: chunk,
@@ -163,7 +163,7 @@ fn with_accepting(
     let a = Allocator::new(
         layout.clone(),
         backing,
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         Config::new(strategy),
     )

@@ -96,7 +96,7 @@ fn with_allocator(layout: &Layout, f: impl FnOnce(&Alloc<'_>)) {
     let a = Allocator::new(
         layout.clone(),
         SliceBacking::new(&mut lent.memmap),
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         Config::new(Strategy::OnDemand),
     )

@@ -56,8 +56,7 @@ fn init(sections: &Sections<'_>, memmap: &Memmap, free: &Mutex<Vec<usize>>, i: u
 #[test]
 fn a_chunk_is_claimed_once_and_read_only_when_ready() {
     loom::model(|| {
-        let slots: &'static mut [SectionSlot] =
-            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
         let sections = Arc::new(Sections::new(slots, 1, 0, [(0, 1)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(1));
         let free = Arc::new(Mutex::new(Vec::new()));
@@ -87,8 +86,7 @@ fn a_chunk_is_claimed_once_and_read_only_when_ready() {
 fn a_sections_memmap_is_populated_once_for_two_chunks() {
     use meminit::section::MemmapState;
     loom::model(|| {
-        let slots: &'static mut [SectionSlot] =
-            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
         let sections = Arc::new(Sections::new(slots, 1, 1, [(0, 2)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(1));
         let handles: Vec<_> = (0..2)
@@ -129,8 +127,7 @@ fn growth_races_a_deferred_worker() {
     loom::model(|| {
         // Two chunks of one section: their claims share one word.
         const N: usize = 2;
-        let slots: &'static mut [SectionSlot] =
-            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
         let sections = Arc::new(Sections::new(slots, 1, 1, [(0, N)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(N));
         let free = Arc::new(Mutex::new(Vec::new()));
@@ -252,14 +249,14 @@ mod real {
         let layout = b.build().unwrap();
         let mut memmap: Box<[MaybeUninit<Page>]> =
             Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-        let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+        let slots: Vec<SectionSlot> = (0..layout.section_count())
             .map(|_| SectionSlot::new())
             .collect();
         let cpus: Vec<CpuCache<LoomLock>> = (0..2).map(|_| CpuCache::new()).collect();
         let a = Allocator::new(
             layout,
             SliceBacking::new(&mut memmap),
-            &mut slots,
+            &slots,
             &cpus,
             Config::new(strategy),
         )

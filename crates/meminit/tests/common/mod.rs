@@ -59,7 +59,7 @@ pub fn with_allocator_chunked<T>(
     let allocator = Allocator::new(
         layout.clone(),
         SliceBacking::new(&mut lent.memmap).with_granularity(granularity),
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         config,
     )
