@@ -270,7 +270,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
                     let (pfn, order) = held[i];
                     held[i] = held[count - 1];
                     count -= 1;
-                    if allocator.free_on(CpuId(0), pfn, order).is_err() {
+                    if allocator.free_order_on(CpuId(0), pfn, order).is_err() {
                         failures.set(failures.get() + 1);
                     }
                     allocated_pages.set(allocated_pages.get() - (1 << order));

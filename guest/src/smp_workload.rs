@@ -51,7 +51,7 @@ fn read_stamp(pfn: Pfn) -> u64 {
 
 /// Frees `pfn` on `cpu` after checking its stamp.
 fn free(a: &GuestAllocator, cpu: usize, (pfn, order, stamped): Held) {
-    if read_stamp(pfn) != stamped || a.free_on(CpuId(cpu as u32), pfn, order).is_err() {
+    if read_stamp(pfn) != stamped || a.free_order_on(CpuId(cpu as u32), pfn, order).is_err() {
         // Relaxed: a counter, read after every CPU has finished.
         FAILURES.fetch_add(1, Relaxed);
     }

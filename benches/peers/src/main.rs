@@ -109,9 +109,9 @@ where
     #[inline]
     fn free(&self, cpu: usize, frame: u64) {
         let r = if CACHED {
-            self.a.free_on(CpuId(cpu as u32), meminit::Pfn(frame), 0)
+            self.a.free_order_on(CpuId(cpu as u32), meminit::Pfn(frame), 0)
         } else {
-            self.a.free(meminit::Pfn(frame), 0)
+            self.a.free_order(meminit::Pfn(frame), 0)
         };
         r.expect("meminit free");
     }

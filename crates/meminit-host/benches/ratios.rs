@@ -59,7 +59,7 @@ fn fast_path(a: &HostAllocator<'_>, ops: u32) -> f64 {
     let t = Instant::now();
     for _ in 0..ops {
         let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
-        a.free_on(CpuId(0), black_box(p), 0).unwrap();
+        a.free_order_on(CpuId(0), black_box(p), 0).unwrap();
     }
     t.elapsed().as_nanos() as f64 / ops as f64
 }
@@ -161,7 +161,7 @@ fn main() {
                     (0..batch).map(|_| e.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap()),
                 );
                 for p in held.drain(..) {
-                    e.free_on(CpuId(0), p, 0).unwrap();
+                    e.free_order_on(CpuId(0), p, 0).unwrap();
                 }
             }
             ours.push(t.elapsed().as_nanos() as f64 / (ops as f64));

@@ -537,7 +537,7 @@ fn measure(
                 } else {
                     let (pfn, order) = held.swap_remove((x >> 24) as usize % held.len());
                     allocator
-                        .free_on(CpuId(0), pfn, order)
+                        .free_order_on(CpuId(0), pfn, order)
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                 }
             }

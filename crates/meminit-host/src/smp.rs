@@ -47,7 +47,7 @@ pub(crate) fn smp_workload(
                     let mut rng = XorShift::stream(cpu as u64);
                     let free = |pfn: Pfn, order: u32| {
                         allocator
-                            .free_on(me, pfn, order)
+                            .free_order_on(me, pfn, order)
                             .map_err(|e| std::io::Error::other(e.to_string()))
                     };
                     for _ in 0..ops {
@@ -108,7 +108,7 @@ pub(crate) fn smp_workload(
     });
     for (pfn, order) in handoff.into_inner() {
         allocator
-            .free(pfn, order)
+            .free_order(pfn, order)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
     }
     allocator.drain_all_cpus();

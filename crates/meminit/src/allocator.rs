@@ -143,7 +143,8 @@ pub enum FreeError {
         /// The pfn given.
         pfn: Pfn,
     },
-    /// The block was allocated with another order.
+    /// The block was allocated with another order (only from the order-checked
+    /// frees, [`Allocator::free_order`] and [`Allocator::free_order_on`]).
     WrongOrder {
         /// The pfn given.
         pfn: Pfn,
@@ -358,23 +359,33 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             .map(|&i| &self.zones[i as usize])
     }
 
-    /// Returns a block that [`alloc`](Self::alloc) handed out. The descriptor is
-    /// checked first: a double free, a wrong order, a reserved or never-initialised
-    /// page is refused with nothing changed.
+    /// Returns a block that [`alloc`](Self::alloc) handed out, and says its order,
+    /// which the block's head descriptor records. The descriptor is checked first:
+    /// a double free, a reserved or never-initialised page, or a pfn inside a
+    /// block is refused with nothing changed. Of two frees of one block racing,
+    /// exactly one succeeds (a compare-and-swap on the head decides).
     #[inline]
-    pub fn free(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
-        self.free_in(pfn, order, None)
+    pub fn free(&self, pfn: Pfn) -> Result<u32, FreeError> {
+        self.free_in(pfn, None, None)
     }
 
-    /// The free path, through `cache` for the cached orders when given.
+    /// [`free`](Self::free) for a caller that knows the order, checked against the
+    /// descriptor: a different order is [`FreeError::WrongOrder`].
+    #[inline]
+    pub fn free_order(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
+        self.free_in(pfn, Some(order), None).map(drop)
+    }
+
+    /// The free path, through `cache` for the cached orders when given; checks
+    /// `given` against the descriptor when given. Returns the block's order.
     #[inline]
     pub(crate) fn free_in(
         &self,
         pfn: Pfn,
-        order: u32,
+        given: Option<u32>,
         cache: Option<&CpuCache<R>>,
-    ) -> Result<(), FreeError> {
-        if order > MAX_ORDER {
+    ) -> Result<u32, FreeError> {
+        if let Some(order) = given.filter(|&o| o > MAX_ORDER) {
             return Err(FreeError::OrderTooLarge { order });
         }
         let page = self.memmap.page(pfn.0).map_err(FreeError::Lookup)?;
@@ -382,19 +393,29 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         if zone_index == NO_ZONE {
             return Err(FreeError::Reserved { pfn });
         }
+        // The order the block was allocated with; a head in any other state is
+        // refused here. This read decides nothing: the compare-and-swap below,
+        // from exactly this state, does.
+        let order = match (page.state(), given) {
+            (PageState::Allocated { order }, None) => order,
+            (_, Some(order)) => order,
+            (found, None) => return Err(free_error(pfn, None, found)),
+        };
         let zone = &self.zones[zone_index as usize];
         if let Some(cache) = cache {
             if let Some(done) = self.free_cached(cache, zone, page, pfn, order) {
-                return done;
+                return done
+                    .map(|()| order)
+                    .map_err(|found| free_error(pfn, given, found));
             }
         }
         zone.with_free(|area| {
             // The compare-and-swap, not the zone lock, decides between two frees of
             // one block: the other may be going into a CPU cache under its lock.
             page.transition(PageState::Allocated { order }, PageState::Tail)
-                .map_err(|found| free_error(pfn, order, found))?;
+                .map_err(|found| free_error(pfn, given, found))?;
             area.give(&self.memmap, pfn.0, order, zone_index);
-            Ok(())
+            Ok(order)
         })
     }
 
@@ -501,17 +522,20 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 }
 
-/// Why a free of `pfn` with `order` is refused, given the state its head was found
-/// in instead of `Allocated { order }`.
-pub(crate) fn free_error(pfn: Pfn, order: u32, found: PageState) -> FreeError {
-    match found {
-        PageState::Allocated { order: allocated } => FreeError::WrongOrder {
+/// Why a free of `pfn` (with order `given`, if the caller gave one) is refused,
+/// given the state its head was found in instead of `Allocated`.
+pub(crate) fn free_error(pfn: Pfn, given: Option<u32>, found: PageState) -> FreeError {
+    match (found, given) {
+        (PageState::Allocated { order: allocated }, Some(given)) => FreeError::WrongOrder {
             pfn,
             allocated,
-            given: order,
+            given,
         },
-        PageState::Free { .. } | PageState::Cached { .. } => FreeError::DoubleFree { pfn },
-        PageState::Tail => FreeError::NotBlockHead { pfn },
-        PageState::Reserved => FreeError::Reserved { pfn },
+        // Seen free-able a moment ago, now allocated again: another free of the
+        // block won, and the block was handed out anew.
+        (PageState::Allocated { .. }, None) => FreeError::DoubleFree { pfn },
+        (PageState::Free { .. } | PageState::Cached { .. }, _) => FreeError::DoubleFree { pfn },
+        (PageState::Tail, _) => FreeError::NotBlockHead { pfn },
+        (PageState::Reserved, _) => FreeError::Reserved { pfn },
     }
 }

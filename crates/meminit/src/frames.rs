@@ -56,7 +56,7 @@ impl<'r, 'a, B: MemmapBacking, R: RawMutex> Frames<'r, 'a, B, R> {
         let pfn = Pfn(frame.start_address().as_u64() / crate::layout::PAGE_SIZE);
         // A frame that is not a block of ours allocated with this order is refused
         // with nothing changed; the trait gives no way to report it.
-        let _ = self.allocator.free_on(self.cpu, pfn, order);
+        let _ = self.allocator.free_order_on(self.cpu, pfn, order);
     }
 }
 

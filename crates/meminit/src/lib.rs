@@ -85,9 +85,10 @@
 //! // chunk each) of its zone, and no more.
 //! let block = allocator.alloc_on(CpuId(0), 3, Constraint::Any, 0)?;
 //! assert_eq!(allocator.memmap_populated_bytes(), 1024 * 64);
-//! // Freed on another CPU, into that CPU's cache.
-//! allocator.free_on(CpuId(1), block, 3)?;
-//! assert!(allocator.free(block, 3).is_err()); // a double free is refused
+//! // Freed on another CPU, into that CPU's cache. The block's descriptor knows
+//! // its order, and the free says it.
+//! assert_eq!(allocator.free_on(CpuId(1), block)?, 3);
+//! assert!(allocator.free(block).is_err()); // a double free is refused
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -155,6 +156,8 @@
 //! - Per zone, free + allocated + uninitialised + reserved = present whenever no
 //!   operation is in flight, and [`ZoneStats::available`] counts uninitialised pages
 //!   as available.
+//! - [`Allocator::free`] reads a block's order from its head descriptor;
+//!   [`Allocator::free_order`] checks the order a caller gives against it.
 //! - A double free, a free with the wrong order, of a reserved or never-initialised
 //!   page, or outside the map is a [`FreeError`], with nothing changed; of two frees
 //!   of one block racing on two CPUs, exactly one succeeds.

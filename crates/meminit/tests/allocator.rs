@@ -34,7 +34,7 @@ fn ondemand_starts_with_nothing_and_grows_one_section() {
         assert_eq!(a.memmap_populated_bytes(), 1024 * 64);
         let (_, path) = a.alloc_traced(0, Constraint::Any, 0).unwrap();
         assert_eq!(path, AllocPath::Fast);
-        a.free(pfn, 0).unwrap();
+        a.free_order(pfn, 0).unwrap();
         // On-demand never initialises in the background.
         assert_eq!(a.run_deferred_worker(0).unwrap().chunks, 0);
         assert_eq!(a.init_stats().by_growth, 1);
@@ -140,7 +140,7 @@ fn holes_and_reserved_pages_inside_a_section() {
         }
         assert_eq!(got.len() as u64, l.usable_pages());
         for p in got {
-            a.free(p, 0).unwrap();
+            a.free_order(p, 0).unwrap();
         }
         check_fully_coalesced(a);
     });
@@ -155,7 +155,7 @@ fn look_up_of_a_never_initialised_page() {
         let pfn = Pfn(40 * MIB / PAGE_SIZE);
         assert_eq!(a.page(pfn).unwrap_err(), LookupError::Uninitialised { pfn });
         assert!(matches!(
-            a.free(pfn, 0),
+            a.free_order(pfn, 0),
             Err(FreeError::Lookup(LookupError::Uninitialised { .. }))
         ));
         let page = a.page_or_init(pfn).unwrap();
@@ -183,7 +183,7 @@ fn uninitialised_memory_counts_as_available() {
             assert_eq!(a.available_pages(), l.usable_pages());
             let p = a.alloc(2, Constraint::Any, 0).unwrap();
             assert_eq!(a.available_pages(), l.usable_pages() - 4);
-            a.free(p, 2).unwrap();
+            a.free_order(p, 2).unwrap();
             assert_eq!(a.available_pages(), l.usable_pages());
         });
     }
@@ -196,7 +196,7 @@ fn misuse_is_refused_and_changes_nothing() {
         let p = a.alloc(3, Constraint::Any, 0).unwrap();
         let before: Vec<_> = a.zone_stats().collect();
         assert_eq!(
-            a.free(p, 2),
+            a.free_order(p, 2),
             Err(FreeError::WrongOrder {
                 pfn: p,
                 allocated: 3,
@@ -204,19 +204,25 @@ fn misuse_is_refused_and_changes_nothing() {
             })
         );
         assert_eq!(
-            a.free(Pfn(p.0 + 1), 0),
+            a.free_order(Pfn(p.0 + 1), 0),
             Err(FreeError::NotBlockHead { pfn: Pfn(p.0 + 1) })
         );
-        assert_eq!(a.free(Pfn(3), 0), Err(FreeError::Reserved { pfn: Pfn(3) }));
-        assert_eq!(a.free(p, 11), Err(FreeError::OrderTooLarge { order: 11 }));
+        assert_eq!(
+            a.free_order(Pfn(3), 0),
+            Err(FreeError::Reserved { pfn: Pfn(3) })
+        );
+        assert_eq!(
+            a.free_order(p, 11),
+            Err(FreeError::OrderTooLarge { order: 11 })
+        );
         assert!(matches!(
-            a.free(Pfn(1 << 40), 0),
+            a.free_order(Pfn(1 << 40), 0),
             Err(FreeError::Lookup(LookupError::NotPresent { .. }))
         ));
         assert_eq!(before, a.zone_stats().collect::<Vec<_>>());
-        a.free(p, 3).unwrap();
+        a.free_order(p, 3).unwrap();
         assert!(matches!(
-            a.free(p, 3),
+            a.free_order(p, 3),
             Err(FreeError::DoubleFree { .. } | FreeError::NotBlockHead { .. })
         ));
         assert_eq!(
@@ -288,7 +294,7 @@ fn a_range_on_a_node_boundary_never_merges_across_nodes() {
             all.push(p);
         }
         for p in all {
-            a.free(p, 0).unwrap();
+            a.free_order(p, 0).unwrap();
         }
         check_fully_coalesced(a);
         let n0 = a.free_blocks(0, ZoneType::Dma);
@@ -318,7 +324,7 @@ fn touching_ranges_merge_across_the_seam() {
         assert_eq!(a.unmerged_free_blocks(), 0);
         assert_eq!(a.free_blocks(0, ZoneType::Dma)[MAX_ORDER as usize], 2);
         let p = a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap();
-        a.free(p, MAX_ORDER).unwrap();
+        a.free_order(p, MAX_ORDER).unwrap();
         check_fully_coalesced(a);
     });
 }

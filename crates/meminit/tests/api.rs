@@ -9,11 +9,12 @@ mod common;
 use std::mem::MaybeUninit;
 
 use common::*;
-use meminit::{Allocator, Config, CpuCache, InitError, Page, SectionSlot, SliceBacking, Strategy};
+use meminit::{
+    Allocator, Config, Constraint, CpuCache, CpuId, FreeError, InitError, Page, Pfn, SectionSlot,
+    SliceBacking, Strategy,
+};
 
 const MIB: u64 = 1 << 20;
-
-type Alloc<'a> = Allocator<'a, SliceBacking<'a>, parking_lot::RawMutex>;
 
 fn memmap_for(layout: &meminit::Layout) -> Box<[MaybeUninit<Page>]> {
     Box::new_uninit_slice(layout.memmap_descriptors() as usize)
@@ -168,4 +169,101 @@ fn racing_starts_over_one_slot_array_have_at_most_one_winner() {
         assert!(won <= 1, "{won} allocators own one slot array");
         assert!(slots.iter().all(|s| !s.is_owned()));
     }
+}
+
+#[test]
+fn free_reads_the_order_from_the_descriptor() {
+    let l = simple(64 * MIB, 4 * MIB);
+    with_allocator(&l, Strategy::OnDemand, |a| {
+        for order in [0, 3, 5, meminit::PAGEBLOCK_ORDER, meminit::MAX_ORDER] {
+            let pfn = a.alloc(order, Constraint::Any, 0).unwrap();
+            assert_eq!(a.free(pfn), Ok(order));
+            assert_eq!(a.free(pfn), Err(FreeError::DoubleFree { pfn }));
+            // Through a CPU's cache (cached orders) or the zone (the rest).
+            let pfn = a.alloc_on(CpuId(1), order, Constraint::Any, 0).unwrap();
+            assert_eq!(a.free_on(CpuId(2), pfn), Ok(order));
+            assert_eq!(a.free_on(CpuId(2), pfn), Err(FreeError::DoubleFree { pfn }));
+        }
+        let pfn = a.alloc(2, Constraint::Any, 0).unwrap();
+        let inside = Pfn(pfn.0 + 1);
+        assert_eq!(a.free(inside), Err(FreeError::NotBlockHead { pfn: inside }));
+        assert_eq!(
+            a.free_on(CpuId(99), pfn),
+            Err(FreeError::UnknownCpu {
+                cpu: CpuId(99),
+                cpus: CPUS
+            })
+        );
+        // The order-checked frees still say when the caller is wrong, with
+        // nothing changed.
+        assert_eq!(
+            a.free_order(pfn, 3),
+            Err(FreeError::WrongOrder {
+                pfn,
+                allocated: 2,
+                given: 3
+            })
+        );
+        assert_eq!(
+            a.free_order_on(CpuId(0), pfn, 1),
+            Err(FreeError::WrongOrder {
+                pfn,
+                allocated: 2,
+                given: 1
+            })
+        );
+        assert_eq!(
+            a.free_order(pfn, 99),
+            Err(FreeError::OrderTooLarge { order: 99 })
+        );
+        assert_eq!(a.free_order_on(CpuId(0), pfn, 2), Ok(()));
+        assert_eq!(a.free_order(pfn, 2), Err(FreeError::DoubleFree { pfn }));
+        // Never initialised, reserved, or outside the map.
+        assert!(matches!(a.free(Pfn(u64::MAX)), Err(FreeError::Lookup(_))));
+        assert!(matches!(a.free(Pfn(0)), Err(FreeError::Lookup(_))));
+        let far = Pfn((60 * MIB) / meminit::PAGE_SIZE);
+        assert!(matches!(a.free(far), Err(FreeError::Lookup(_))));
+        check_fully_coalesced_after_init(a);
+    });
+}
+
+fn check_fully_coalesced_after_init(a: &Alloc<'_>) {
+    init_all(a);
+    check_fully_coalesced(a);
+}
+
+/// Two frees of one block without the order, racing on two CPUs (one into its
+/// cache, one to the zone): exactly one succeeds, and it says the order.
+#[test]
+fn racing_order_less_frees_of_one_block_have_one_winner() {
+    let l = simple(64 * MIB, 4 * MIB);
+    with_allocator(&l, Strategy::Eager, |a| {
+        for round in 0..500u32 {
+            let order = [0, 1, 3, 4][round as usize % 4];
+            let pfn = a.alloc(order, Constraint::Any, 0).unwrap();
+            let barrier = std::sync::Barrier::new(2);
+            let results: Vec<_> = std::thread::scope(|s| {
+                let h: Vec<_> = (0..2u32)
+                    .map(|cpu| {
+                        let barrier = &barrier;
+                        s.spawn(move || {
+                            barrier.wait();
+                            if cpu == 0 {
+                                a.free_on(CpuId(cpu), pfn)
+                            } else {
+                                a.free(pfn)
+                            }
+                        })
+                    })
+                    .collect();
+                h.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+            assert_eq!(won, [&Ok(order)], "{results:?}");
+            assert!(results
+                .iter()
+                .any(|r| *r == Err(FreeError::DoubleFree { pfn })));
+        }
+        check_fully_coalesced(a);
+    });
 }

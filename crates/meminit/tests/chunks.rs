@@ -60,9 +60,9 @@ fn a_section_granular_backing_populates_the_section_once_for_all_its_chunks() {
             .collect();
         assert_eq!(a.init_stats().chunks_done, 4);
         assert_eq!(a.memmap_populated_bytes(), 2 * MIB);
-        a.free(p, 0).unwrap();
+        a.free_order(p, 0).unwrap();
         for b in big {
-            a.free(b, MAX_ORDER).unwrap();
+            a.free_order(b, MAX_ORDER).unwrap();
         }
         init_all(a);
         assert_eq!(a.memmap_populated_bytes(), 4 * MIB);
@@ -81,7 +81,7 @@ fn chunk_sizes_from_a_max_order_block_to_a_section() {
         with_allocator_chunked(&l, config, Granularity::Chunk, |a| {
             let p = a.alloc(0, Constraint::Any, 0).unwrap();
             assert_eq!(a.memmap_populated_bytes(), chunk / 4096 * 64);
-            a.free(p, 0).unwrap();
+            a.free_order(p, 0).unwrap();
             init_all(a);
             check_fully_coalesced(a);
         });
@@ -196,7 +196,7 @@ fn each_chunk_is_accepted_once_before_its_first_page_is_handed_out() {
         // Single-threaded: every chunk accepted had a page handed out.
         assert_eq!(unique, handed_out);
         for (p, o) in held {
-            a.free(p, o).unwrap();
+            a.free_order(p, o).unwrap();
         }
     });
 }

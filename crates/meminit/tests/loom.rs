@@ -298,8 +298,8 @@ mod real {
                     let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
                     let q = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
                     assert_ne!(p, q);
-                    a.free_on(CpuId(0), p, 0).unwrap();
-                    a.free_on(CpuId(0), q, 0).unwrap();
+                    a.free_order_on(CpuId(0), p, 0).unwrap();
+                    a.free_order_on(CpuId(0), q, 0).unwrap();
                 });
                 let remote = spawn(move || {
                     a.drain_cpu(CpuId(0)).unwrap();
@@ -323,10 +323,10 @@ mod real {
         model(|| {
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
                 let p = a.alloc_on(CpuId(0), 1, Constraint::Any, 0).unwrap();
-                let other = spawn(move || a.free_on(CpuId(1), p, 1).unwrap());
+                let other = spawn(move || a.free_order_on(CpuId(1), p, 1).unwrap());
                 let owner = spawn(move || {
                     let q = a.alloc_on(CpuId(0), 1, Constraint::Any, 0).unwrap();
-                    a.free_on(CpuId(0), q, 1).unwrap();
+                    a.free_order_on(CpuId(0), q, 1).unwrap();
                 });
                 other.join().unwrap();
                 owner.join().unwrap();

@@ -32,8 +32,8 @@ fn every_strategy_allocates_frees_and_coalesces() {
             }
             assert_eq!(a.page(Pfn(0x300)).unwrap().state(), PageState::Reserved);
             for (p, o) in held {
-                a.free(p, o).unwrap();
-                assert!(a.free(p, o).is_err());
+                a.free_order(p, o).unwrap();
+                assert!(a.free_order(p, o).is_err());
             }
             run_workers(a);
             init_all(a);
@@ -51,7 +51,7 @@ fn threads_race_to_initialise_the_same_sections() {
             s.spawn(|| a.run_deferred_worker(1).unwrap());
             s.spawn(|| {
                 let p = a.alloc(0, Constraint::Any, 1).unwrap();
-                a.free(p, 0).unwrap();
+                a.free_order(p, 0).unwrap();
             });
             s.spawn(|| a.page_or_init(Pfn(0x400)).map(|p| p.state()).unwrap());
         });
@@ -74,11 +74,11 @@ fn cpus_allocate_and_free_through_their_caches() {
                     for order in [0, 1, 0, 3, 0, 9] {
                         let p = a.alloc_on(CpuId(cpu), order, Constraint::Any, 0).unwrap();
                         let mine = a.alloc_on(CpuId(cpu), 0, Constraint::Any, 1).unwrap();
-                        a.free_on(CpuId(cpu), mine, 0).unwrap();
+                        a.free_order_on(CpuId(cpu), mine, 0).unwrap();
                         handed.lock().unwrap().push((p, order));
                         let theirs = handed.lock().unwrap().pop();
                         if let Some((q, o)) = theirs {
-                            a.free_on(CpuId(cpu), q, o).unwrap();
+                            a.free_order_on(CpuId(cpu), q, o).unwrap();
                         }
                     }
                 });
@@ -86,7 +86,7 @@ fn cpus_allocate_and_free_through_their_caches() {
             s.spawn(|| a.drain_cpu(CpuId(0)).unwrap());
         });
         for (p, o) in handed.into_inner().unwrap() {
-            a.free(p, o).unwrap();
+            a.free_order(p, o).unwrap();
         }
         check_counts(a, &Default::default());
         init_all(a);

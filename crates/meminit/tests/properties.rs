@@ -238,12 +238,12 @@ proptest! {
                             let pfn = keys[pick % keys.len()];
                             let order = ledger.release(a, pfn);
                             match cpu {
-                                Some(cpu) => a.free_on(CpuId(cpu), Pfn(pfn), order).unwrap(),
-                                None => a.free(Pfn(pfn), order).unwrap(),
+                                Some(cpu) => a.free_order_on(CpuId(cpu), Pfn(pfn), order).unwrap(),
+                                None => a.free_order(Pfn(pfn), order).unwrap(),
                             }
                             // A double free is refused wherever the block went.
-                            prop_assert!(a.free(Pfn(pfn), order).is_err());
-                            prop_assert!(a.free_on(CpuId(0), Pfn(pfn), order).is_err());
+                            prop_assert!(a.free_order(Pfn(pfn), order).is_err());
+                            prop_assert!(a.free_order_on(CpuId(0), Pfn(pfn), order).is_err());
                         }
                     }
                     Op::Worker { node } => {
@@ -266,7 +266,7 @@ proptest! {
             let held: Vec<(u64, u32)> = ledger.blocks.iter().map(|(&p, &o)| (p, o)).collect();
             for (pfn, order) in held {
                 ledger.release(a, pfn);
-                a.free(Pfn(pfn), order).unwrap();
+                a.free_order(Pfn(pfn), order).unwrap();
             }
             init_all(a);
             check_counts(a, &ledger.per_zone);

@@ -181,23 +181,23 @@ fn stress_on(
                             let taken = handoff.lock().unwrap().pop();
                             if let Some((pfn, order)) = taken {
                                 release(pfn, order);
-                                a.free_on(cpu, pfn, order).unwrap();
+                                a.free_order_on(cpu, pfn, order).unwrap();
                             }
                         } else if !held.is_empty() {
                             let (pfn, order) = held.swap_remove(r as usize % held.len());
                             release(pfn, order);
-                            a.free_on(cpu, pfn, order).unwrap();
+                            a.free_order_on(cpu, pfn, order).unwrap();
                         }
                     }
                     for (pfn, order) in held {
                         release(pfn, order);
-                        a.free_on(own, pfn, order).unwrap();
+                        a.free_order_on(own, pfn, order).unwrap();
                     }
                 });
             }
         });
         for (pfn, order) in handoff.lock().unwrap().drain(..) {
-            a.free(pfn, order).unwrap();
+            a.free_order(pfn, order).unwrap();
         }
         // Quiescent: everything freed; the caches' pages count as free.
         check_counts(a, &Default::default());
