@@ -26,7 +26,7 @@ mod tsc;
 use core::cell::Cell;
 
 use meminit::{
-    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Pfn, SectionSlot, Strategy,
+    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, NodeId, Pfn, SectionSlot, Strategy,
 };
 use meminit_boot::{check_bounds_for, early_requests, BootParams, EarlyKind, Workload, XorShift};
 use port::{exit, ExitCode, Serial};
@@ -99,10 +99,10 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             exit(ExitCode::Failure)
         }
     };
-    if layout.end_pfn() * 4096 > paging::MAX_MEMORY {
+    if layout.end_pfn().addr() > paging::MAX_MEMORY {
         println!(
             "meminit guest: memory ends at {:#x}, above the {} GiB this guest maps",
-            layout.end_pfn() * 4096,
+            layout.end_pfn().addr(),
             paging::MAX_MEMORY >> 30
         );
         exit(ExitCode::Failure);
@@ -154,7 +154,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let allocated_pages = Cell::new(0u64);
     let mut alloc = |order: u32, constraint: Constraint, node: usize| {
         let t = tsc::now();
-        let r = allocator.alloc_on_traced(CpuId(0), order, constraint, node);
+        // `node` is below MAX_NODES (16): it fits in u32.
+        let r = allocator.alloc_on_traced(CpuId(0), order, constraint, NodeId(node as u32));
         let ticks = tsc::now() - t;
         match r {
             Ok((pfn, path)) => {
@@ -197,7 +198,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         if topology.memory_ranges > 0 {
             topology.node_of_domain(topology.cpu_domain[cpu]) as usize
         } else {
-            meminit_boot::node_of_cpu(layout, cpu as u32, cpus)
+            meminit_boot::node_of_cpu(layout, cpu as u32, cpus).index()
         }
     };
     let running = smp::start_aps(&topology, tsc_hz, |cpu| {

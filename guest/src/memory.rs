@@ -1,6 +1,6 @@
 //! The guest's layout: the PVH memory map, less what the guest itself occupies.
 
-use meminit::{Granularity, Layout, LayoutBuilder, LayoutError, RangeKind};
+use meminit::{Granularity, Layout, LayoutBuilder, LayoutError, NodeId, Pfn, RangeKind};
 
 use crate::paging::{memmap_pool_bytes, own_memmap_block, set_memmap_homes, set_memmap_pool};
 use crate::pvh::MemmapEntry;
@@ -47,10 +47,12 @@ pub fn layout(
     // 2 MiB block of usable memory for its memmap.
     let mut orphans = 0;
     let mut last = usize::MAX;
-    for run in first.present_runs(0, u64::MAX) {
-        for s in [first.section_of(run.start), first.section_of(run.end - 1)] {
-            let (start, end) = first.section_pfns(s);
-            if s != last && own_memmap_block(&first, start, end).is_none() {
+    for run in first.present_runs(Pfn(0)..Pfn(u64::MAX)) {
+        for s in [
+            first.section_of(run.start),
+            first.section_of(Pfn(run.end.0 - 1)),
+        ] {
+            if s != last && own_memmap_block(&first, first.section_pfns(s)).is_none() {
                 orphans += 1;
             }
             last = s;
@@ -68,16 +70,15 @@ pub fn layout(
         if found == orphans.min(homes.len()) {
             break;
         }
-        let (start, end) = first.section_pfns(s);
-        let Some(own) = own_memmap_block(&first, start, end) else {
+        let Some(own) = own_memmap_block(&first, first.section_pfns(s)) else {
             continue;
         };
         let top = first
-            .present_runs(start, end)
+            .present_runs(first.section_pfns(s))
             .filter(|r| !r.reserved)
             .filter_map(|r| {
-                let block = (r.end / 512) * 512;
-                (block >= r.start + 512 && block - 512 > own).then_some(block - 512)
+                let block = (r.end.0 / 512) * 512;
+                (block >= r.start.0 + 512 && block - 512 > own).then_some(block - 512)
             })
             .last();
         if let Some(block) = top {
@@ -98,8 +99,11 @@ pub fn layout(
 fn memmap_pool(layout: &Layout) -> Option<(u64, u64)> {
     let bytes = memmap_pool_bytes(layout.memmap_bytes());
     let mut best = None;
-    for run in layout.present_runs(0, u64::MAX).filter(|r| !r.reserved) {
-        let (start, end) = (run.start * 4096, run.end * 4096);
+    for run in layout
+        .present_runs(Pfn(0)..Pfn(u64::MAX))
+        .filter(|r| !r.reserved)
+    {
+        let (start, end) = (run.start.addr(), run.end.addr());
         let Some(base) = end.checked_sub(bytes).map(|b| b & !((2 << 20) - 1)) else {
             continue;
         };
@@ -131,7 +135,7 @@ fn build(
             continue;
         }
         if e.kind != 1 {
-            b.add(start, end, RangeKind::Other, 0);
+            b.add(start, end, RangeKind::Other, NodeId(0));
             continue;
         }
         // Cut the RAM range at the reserved spans and at node boundaries.
@@ -158,7 +162,7 @@ fn build(
             } else {
                 RangeKind::Usable
             };
-            b.add(at, stop, kind, node);
+            b.add(at, stop, kind, NodeId(node));
             at = stop;
         }
     }

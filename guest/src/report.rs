@@ -260,7 +260,7 @@ impl Report<'_> {
             first = false;
             print!(
                 "{{\"node\":{},\"zone\":\"{}\",\"spanned\":{},\"present\":{},\"managed\":{},\"free\":{},\"uninitialised\":{}}}",
-                z.node,
+                z.node.0,
                 z.zone.name(),
                 z.spanned,
                 z.present,

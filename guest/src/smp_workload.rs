@@ -9,7 +9,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use meminit::{Constraint, CpuId, Pfn};
+use meminit::{Constraint, CpuId, NodeId, Pfn};
 use meminit_boot::XorShift;
 
 use crate::GuestAllocator;
@@ -69,7 +69,12 @@ pub fn run_on(a: &GuestAllocator, cpu: usize, node: usize) {
         match x % 8 {
             0..=3 if count < HELD => {
                 let order = (x >> 8) as u32 % 4;
-                match a.alloc_on(CpuId(cpu as u32), order, Constraint::Any, node) {
+                match a.alloc_on(
+                    CpuId(cpu as u32),
+                    order,
+                    Constraint::Any,
+                    NodeId(node as u32),
+                ) {
                     Ok(pfn) => {
                         let s = stamp(cpu, seq);
                         write_stamp(pfn, s);

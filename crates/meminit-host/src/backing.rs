@@ -100,10 +100,10 @@ unsafe impl MemmapBacking for HostBacking {
             return Ok(());
         };
         for run in layout
-            .present_runs(chunk.start.0, chunk.end.0)
+            .present_runs(chunk.start..chunk.end)
             .filter(|r| !r.reserved)
         {
-            let (offset, len) = (run.start * PAGE_SIZE, (run.end - run.start) * PAGE_SIZE);
+            let (offset, len) = (run.start.addr(), run.pages() * PAGE_SIZE);
             if offset + len > physical.len() as u64 {
                 return Err(BackingError {
                     section: chunk.section,

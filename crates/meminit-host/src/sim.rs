@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use meminit::{
-    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Granularity, Layout, Pfn,
+    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Granularity, Layout, NodeId, Pfn,
     SectionSlot, Strategy,
 };
 use meminit_boot::{early_requests, BootParams, EarlyKind, Size, XorShift};
@@ -380,7 +380,7 @@ fn measure(
     let name = strategy.name();
     // The physical limit is the best of a fill before and one after the run.
     let limit_before = limit_fill(memmap_need(layout, strategy).min(opts.memory_budget))?;
-    let physical = Arc::new(Region::reserve(layout.end_pfn() * PAGE)?);
+    let physical = Arc::new(Region::reserve(layout.end_pfn().0 * PAGE)?);
     let backing = if opts.premapped {
         HostBacking::premapped(layout)?
     } else {
@@ -419,7 +419,7 @@ fn measure(
     let mut fast = Vec::new();
     let mut slow = Vec::new();
     let mut failures = 0;
-    let mut timed_alloc = |order: u32, constraint: Constraint, node: usize| {
+    let mut timed_alloc = |order: u32, constraint: Constraint, node: NodeId| {
         let t = Instant::now();
         let r = allocator.alloc_on_traced(CpuId(0), order, constraint, node);
         let ns = t.elapsed().as_nanos() as u64;
@@ -449,6 +449,8 @@ fn measure(
     for request in early_requests(layout, &params).into_iter().flatten() {
         let mut failed = 0;
         for (node, &blocks) in request.blocks_per_node.iter().enumerate() {
+            // Below MAX_NODES (16): fits in u32.
+            let node = NodeId(node as u32);
             for _ in 0..blocks {
                 if timed_alloc(request.order, request.constraint, node).is_none() {
                     failed += 1;
@@ -470,7 +472,7 @@ fn measure(
         });
     }
 
-    let nodes: Vec<usize> = layout.nodes().map(|(n, _)| n).collect();
+    let nodes: Vec<NodeId> = layout.nodes().map(|(n, _)| n).collect();
     let mut worker_threads = 0;
     let mut workers_ns = 0;
     if strategy == Strategy::Deferred {
@@ -555,7 +557,8 @@ fn measure(
     let zones = allocator
         .zone_stats()
         .map(|z| ZoneRow {
-            node: z.node,
+            // Below MAX_NODES (16): fits in u8.
+            node: z.node.0 as u8,
             zone: z.zone.name(),
             spanned: z.spanned,
             present: z.present,

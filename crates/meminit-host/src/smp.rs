@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use meminit::{AllocPath, Allocator, Constraint, CpuId, Pfn};
+use meminit::{AllocPath, Allocator, Constraint, CpuId, NodeId, Pfn};
 use meminit_boot::XorShift;
 
 use crate::backing::HostBacking;
@@ -27,7 +27,7 @@ pub(crate) fn smp_workload(
     allocator: &Allocator<'_, HostBacking, parking_lot::RawMutex>,
     cpus: u32,
     ops: u64,
-    nodes: &[usize],
+    nodes: &[NodeId],
 ) -> std::io::Result<SmpSamples> {
     let threads = cpus.clamp(1, 64);
     let handoff: parking_lot::Mutex<Vec<(Pfn, u32)>> = parking_lot::Mutex::new(Vec::new());

@@ -15,7 +15,7 @@ use core::sync::atomic::AtomicUsize;
 use lock_api::RawMutex;
 
 use crate::init::{Config, InitCounters, Strategy};
-use crate::layout::{Layout, Pfn, ZoneType, MAX_NODES, MAX_ORDER, ZONE_TYPES};
+use crate::layout::{Layout, NodeId, Pfn, ZoneType, MAX_NODES, MAX_ORDER, ZONE_TYPES};
 use crate::memmap::{BackingError, LookupError, Memmap, MemmapBacking};
 use crate::page::{Page, PageState, NO_ZONE};
 use crate::pcp::{CpuCache, CpuId};
@@ -66,7 +66,7 @@ pub enum AllocError {
     /// The preferred node is not in the layout.
     UnknownNode {
         /// The node asked for.
-        node: usize,
+        node: NodeId,
     },
     /// The CPU has no cache: its id is not below the number of caches lent.
     UnknownCpu {
@@ -94,7 +94,7 @@ impl fmt::Display for AllocError {
             AllocError::OrderTooLarge { order } => {
                 write!(f, "order {order} is above the maximum order {MAX_ORDER}")
             }
-            AllocError::UnknownNode { node } => write!(f, "node {node} is not in the layout"),
+            AllocError::UnknownNode { node } => write!(f, "{node} is not in the layout"),
             AllocError::UnknownCpu { cpu, cpus } => {
                 write!(f, "{cpu} has no page cache: {cpus} were lent at start-up")
             }
@@ -271,7 +271,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         &self,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
     ) -> Result<Pfn, AllocError> {
         self.alloc_traced(order, constraint, node)
             .map(|(pfn, _)| pfn)
@@ -283,7 +283,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         &self,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         self.alloc_in(order, constraint, node, None)
     }
@@ -294,15 +294,18 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         &self,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
         cache: Option<&CpuCache<R>>,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         if order > MAX_ORDER {
             return Err(AllocError::OrderTooLarge { order });
         }
-        if node >= self.layout.node_count() {
+        // Checked here once: below `node_count()` (at most MAX_NODES), the index
+        // of a zonelist.
+        if node.index() >= self.layout.node_count() {
             return Err(AllocError::UnknownNode { node });
         }
+        let node = node.index();
         let mut path = AllocPath::Fast;
         let mut backing_error = None;
         for zone in self.zonelist(constraint, node) {
@@ -478,15 +481,15 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The zone of `node` and type `zone`, if the node is in the layout.
-    fn zone(&self, node: usize, zone: ZoneType) -> Option<&Zone<R>> {
-        if node >= self.layout.node_count() {
+    fn zone(&self, node: NodeId, zone: ZoneType) -> Option<&Zone<R>> {
+        if node.index() >= self.layout.node_count() {
             return None;
         }
-        self.zones.get(node * ZONE_TYPES + zone as usize)
+        self.zones.get(node.index() * ZONE_TYPES + zone as usize)
     }
 
     /// The counters of `node`'s zone `zone`, if it has present pages.
-    pub fn zone_stats_of(&self, node: usize, zone: ZoneType) -> Option<ZoneStats> {
+    pub fn zone_stats_of(&self, node: NodeId, zone: ZoneType) -> Option<ZoneStats> {
         self.zone(node, zone)
             .filter(|z| z.is_populated())
             .map(|z| z.stats(self.cached_pages(z)))
@@ -495,7 +498,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Free blocks of each order on the free lists of `node`'s zone `zone` (takes
     /// the zone lock); blocks in CPU caches are not on them. All zeroes for a node
     /// not in the layout.
-    pub fn free_blocks(&self, node: usize, zone: ZoneType) -> [u64; MAX_ORDER as usize + 1] {
+    pub fn free_blocks(&self, node: NodeId, zone: ZoneType) -> [u64; MAX_ORDER as usize + 1] {
         self.zone(node, zone)
             .map(|z| z.free_blocks())
             .unwrap_or_default()

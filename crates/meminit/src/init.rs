@@ -25,7 +25,7 @@ use core::sync::atomic::{
 use lock_api::RawMutex;
 
 use crate::allocator::{Allocator, Constraint, ZoneList, CONSTRAINTS};
-use crate::layout::{Layout, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYPES};
+use crate::layout::{Layout, NodeId, Pfn, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYPES};
 use crate::memmap::{BackingError, Memmap, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
 use crate::pcp::CpuCache;
@@ -173,6 +173,8 @@ pub struct InitStats {
 /// What one call of [`Allocator::run_deferred_worker`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerReport {
+    /// The node the worker ran for.
+    pub node: NodeId,
     /// Chunks this worker initialised.
     pub chunks: u64,
     /// Pages it put on free lists.
@@ -251,10 +253,10 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         let chunks_shift = layout.section_shift() - chunk_shift;
         let count = layout.section_count();
         let given = slots.len();
-        let present_chunks = layout.present_runs(0, u64::MAX).map(|r| {
+        let present_chunks = layout.present_runs(Pfn(0)..Pfn(u64::MAX)).map(|r| {
             (
-                (r.start >> chunk_shift) as usize,
-                ((r.end - 1) >> chunk_shift) as usize + 1,
+                (r.start.0 >> chunk_shift) as usize,
+                ((r.end.0 - 1) >> chunk_shift) as usize + 1,
             )
         });
         let sections =
@@ -271,7 +273,8 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             let node = i / ZONE_TYPES;
             let kind = ZoneType::from_index(i % ZONE_TYPES);
             let span = layout
-                .node(node)
+                // Below MAX_NODES (16): fits in u32.
+                .node(NodeId(node as u32))
                 .map(|n| n.zones[kind as usize])
                 .unwrap_or_default();
             Zone::new(node as u8, kind, span, chunk_shift)
@@ -314,22 +317,26 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// a section's chunks at a time from the node's cursor, without a lock, and
     /// skips those the grow path or a look-up already took. Returns at once under
     /// any strategy but [`Strategy::Deferred`].
-    pub fn run_deferred_worker(&self, node: usize) -> Result<WorkerReport, BackingError> {
-        let mut report = WorkerReport::default();
+    pub fn run_deferred_worker(&self, node: NodeId) -> Result<WorkerReport, BackingError> {
+        let mut report = WorkerReport {
+            node,
+            ..WorkerReport::default()
+        };
         if self.config.strategy != Strategy::Deferred {
             return Ok(report);
         }
+        // `node` answers a span only below `node_count()`, so it indexes `work`.
         let Some(span) = self.layout.node(node) else {
             return Ok(report);
         };
         let first = self.layout.section_of(span.start_pfn);
-        let end = self.layout.section_of(span.end_pfn - 1) + 1;
+        let end = self.layout.section_of(Pfn(span.end_pfn.0 - 1)) + 1;
         let chunks_shift = self.memmap.sections().chunks_shift();
         loop {
             // Relaxed: the fetch_add alone hands each section (a batch of chunks) to
             // exactly one worker of this node; the chunk claims order everything the
             // chunks hold.
-            let section = first + self.work[node].fetch_add(1, Relaxed);
+            let section = first + self.work[node.index()].fetch_add(1, Relaxed);
             if section >= end {
                 return Ok(report);
             }
@@ -340,8 +347,8 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 let (s, e) = self.memmap.chunk_pfns(index);
                 if !self
                     .layout
-                    .present_runs(s, e)
-                    .any(|r| r.node as usize == node)
+                    .present_runs(Pfn(s)..Pfn(e))
+                    .any(|r| r.node == node)
                 {
                     continue;
                 }
@@ -388,34 +395,40 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         let mut writer = self.memmap.populate(claim, &self.layout)?;
         let taken = writer.taken();
         let (start, end) = self.memmap.chunk_pfns(index);
-        for run in self.layout.present_runs(start, end) {
-            writer.write_run(run.start, PageState::Reserved, NO_ZONE);
+        for run in self.layout.present_runs(Pfn(start)..Pfn(end)) {
+            let (rs, re) = (run.start.0, run.end.0);
+            writer.write_run(rs, PageState::Reserved, NO_ZONE);
             let zone = zone_index(run.node, run.zone);
             if run.reserved {
-                writer.write_run(run.end, PageState::Reserved, zone);
+                writer.write_run(re, PageState::Reserved, zone);
                 continue;
             }
-            let (t0, t1) = clamp(&taken, run.start, run.end);
+            let (t0, t1) = clamp(&taken, rs, re);
             writer.write_run(t0, PageState::Tail, zone);
             writer.write_run(t1, PageState::Reserved, zone);
-            writer.write_run(run.end, PageState::Tail, zone);
+            writer.write_run(re, PageState::Tail, zone);
         }
         writer.write_run(end, PageState::Reserved, NO_ZONE);
         let published = writer.publish();
 
         let mut freed = 0;
-        for run in self.layout.present_runs(start, end).filter(|r| !r.reserved) {
+        for run in self
+            .layout
+            .present_runs(Pfn(start)..Pfn(end))
+            .filter(|r| !r.reserved)
+        {
+            let (rs, re) = (run.start.0, run.end.0);
             let zone = &self.zones[zone_index(run.node, run.zone) as usize];
-            let (t0, t1) = clamp(&taken, run.start, run.end);
+            let (t0, t1) = clamp(&taken, rs, re);
             let added = zone.with_free(|area| {
-                area.add_run(&self.memmap, run.start, t0) + area.add_run(&self.memmap, t1, run.end)
+                area.add_run(&self.memmap, rs, t0) + area.add_run(&self.memmap, t1, re)
             });
             freed += added;
             // Relaxed: a counter; its sum with `uninit` is exact when quiescent.
             zone.memmap_pages.fetch_add(t1 - t0, Relaxed);
             // Release: pairs with the Acquire in `grow_and_take`, so a grower that
             // sees the count drop finds these blocks when it takes the zone lock.
-            zone.uninit.fetch_sub(run.end - run.start, Release);
+            zone.uninit.fetch_sub(run.pages(), Release);
         }
         self.counters.chunks_by[cause as usize].fetch_add(1, Relaxed);
         published.finish();
@@ -533,13 +546,13 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Whether chunk `index` holds usable pages of `zone`.
     fn chunk_has_usable(&self, index: usize, zone: &Zone<R>) -> bool {
         let (s, e) = self.memmap.chunk_pfns(index);
-        let s = s.max(zone.span.start_pfn);
-        let e = e.min(zone.span.end_pfn);
+        let s = Pfn(s).max(zone.span.start_pfn);
+        let e = Pfn(e).min(zone.span.end_pfn);
         s < e
             && self
                 .layout
-                .present_runs(s, e)
-                .any(|r| !r.reserved && r.node == zone.node && r.zone == zone.kind)
+                .present_runs(s..e)
+                .any(|r| !r.reserved && r.node.index() == zone.node as usize && r.zone == zone.kind)
     }
 }
 

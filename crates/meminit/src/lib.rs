@@ -54,14 +54,14 @@
 //!    caches (any [`lock_api::RawMutex`]: a spin lock in a kernel).
 //!
 //! ```
-//! use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page,
+//! use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page,
 //!               RangeKind, SectionSlot, SliceBacking, Strategy};
 //!
 //! // 64 MiB of RAM on one node, in 4 MiB sections to keep the example small.
 //! let mut map = LayoutBuilder::new();
 //! map.section_size(4 << 20)
-//!    .add(0x1000, 0x9f000, RangeKind::Usable, 0)
-//!    .add(0x100000, 64 << 20, RangeKind::Usable, 0);
+//!    .add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+//!    .add(0x100000, 64 << 20, RangeKind::Usable, NodeId(0));
 //! let layout = map.build()?;
 //!
 //! // The descriptor array and the section states: in a kernel, a virtual range
@@ -83,7 +83,7 @@
 //!
 //! // The first allocation initialises one chunk (here, 4 MiB sections hold one
 //! // chunk each) of its zone, and no more.
-//! let block = allocator.alloc_on(CpuId(0), 3, Constraint::Any, 0)?;
+//! let block = allocator.alloc_on(CpuId(0), 3, Constraint::Any, NodeId(0))?;
 //! assert_eq!(allocator.memmap_populated_bytes(), 1024 * 64);
 //! // Freed on another CPU, into that CPU's cache. The block's descriptor knows
 //! // its order, and the free says it.
@@ -198,7 +198,7 @@ mod zone;
 pub use allocator::{AllocError, AllocPath, Allocator, Constraint, FreeError};
 pub use init::{Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE};
 pub use layout::{
-    Layout, LayoutBuilder, LayoutError, MemoryRange, Pfn, RangeKind, ZoneType, MAX_NODES,
+    Layout, LayoutBuilder, LayoutError, MemoryRange, NodeId, Pfn, RangeKind, ZoneType, MAX_NODES,
     MAX_ORDER, PAGEBLOCK_ORDER, PAGE_SIZE,
 };
 pub use memmap::{

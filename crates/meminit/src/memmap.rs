@@ -65,12 +65,19 @@ pub struct Populated {
     /// Usable pages of the section itself that now hold its memmap (Linux's
     /// "memmap on memory"). They get reserved descriptors and are never handed out.
     /// Empty when the memory came from elsewhere.
-    pub taken: Range<u64>,
+    pub taken: Range<Pfn>,
 }
 
 impl Populated {
     /// The memmap's memory came from outside the section.
-    pub const ELSEWHERE: Populated = Populated { taken: 0..0 };
+    pub const ELSEWHERE: Populated = Populated {
+        taken: Pfn(0)..Pfn(0),
+    };
+
+    /// The memmap's memory is the section's own pages `taken`.
+    pub const fn in_section(taken: Range<Pfn>) -> Populated {
+        Populated { taken }
+    }
 }
 
 /// Why a backing could not populate a section.
@@ -333,7 +340,8 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                 start: Pfn(first),
                 end: Pfn(first + (1 << self.section_shift)),
             };
-            let taken = self.backing.populate(piece, layout)?.taken;
+            let Range { start, end } = self.backing.populate(piece, layout)?.taken;
+            let taken = start.0..end.0;
             // Relaxed: a statistic.
             self.populated_bytes
                 .fetch_add(piece.memmap_bytes(), Relaxed);
@@ -395,9 +403,9 @@ fn taken_is_usable(taken: &Range<u64>, piece: MemmapPiece, layout: &Layout) -> b
         || (piece.start.0 <= taken.start
             && taken.end <= piece.end.0
             && layout
-                .present_runs(taken.start, taken.end)
+                .present_runs(Pfn(taken.start)..Pfn(taken.end))
                 .filter(|r| !r.reserved)
-                .map(|r| r.end - r.start)
+                .map(|r| r.pages())
                 .sum::<u64>()
                 == taken.end - taken.start)
 }

@@ -20,7 +20,7 @@
 use lock_api::RawMutex;
 
 use crate::allocator::{AllocError, AllocPath, Allocator, Constraint, FreeError};
-use crate::layout::{Pfn, ZONE_TYPES};
+use crate::layout::{NodeId, Pfn, ZONE_TYPES};
 use crate::memmap::MemmapBacking;
 use crate::page::{Page, PageState};
 use crate::pcp::{slot_of, CacheGuard, CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH};
@@ -41,7 +41,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         cpu: CpuId,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
     ) -> Result<Pfn, AllocError> {
         self.alloc_on_traced(cpu, order, constraint, node)
             .map(|(pfn, _)| pfn)
@@ -54,7 +54,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         cpu: CpuId,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         let cache = self.cache(cpu).ok_or(AllocError::UnknownCpu {
             cpu,
@@ -113,7 +113,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     pub(crate) fn cached_pages(&self, zone: &Zone<R>) -> u64 {
         self.cpus
             .iter()
-            .map(|c| c.pages_of(zone.node, zone.kind))
+            .map(|c| c.pages_of(NodeId(zone.node as u32), zone.kind))
             .sum()
     }
 

@@ -200,8 +200,8 @@ mod real {
     use loom::sync::atomic::{AtomicBool, Ordering};
     use loom::thread;
     use meminit::{
-        Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page, Pfn, RangeKind,
-        SectionSlot, SliceBacking, Strategy, ZoneType,
+        Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page, Pfn,
+        RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType,
     };
 
     /// A test-and-set lock on a loom atomic, created on first use (loom's atomics
@@ -245,7 +245,7 @@ mod real {
     fn with_allocator(start: u64, end: u64, strategy: Strategy, f: impl FnOnce(&'static Alloc)) {
         let mut b = LayoutBuilder::new();
         b.section_size(4 << 20)
-            .add(start, end, RangeKind::Usable, 0);
+            .add(start, end, RangeKind::Usable, NodeId(0));
         let layout = b.build().unwrap();
         let mut memmap: Box<[MaybeUninit<Page>]> =
             Box::new_uninit_slice(layout.memmap_descriptors() as usize);
@@ -266,7 +266,7 @@ mod real {
         // to loom, a creation racing a use.
         a.drain_all_cpus();
         for zone in ZoneType::ALL {
-            a.free_blocks(0, zone);
+            a.free_blocks(NodeId(0), zone);
         }
         // SAFETY: every thread `f` spawns is joined before `f` returns, and `a`
         // (with what it borrows) outlives `f`.
@@ -295,8 +295,8 @@ mod real {
             // 15 pages: blocks of order 0, 1, 2 and 3.
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
                 let owner = spawn(move || {
-                    let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
-                    let q = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+                    let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+                    let q = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
                     assert_ne!(p, q);
                     a.free_order_on(CpuId(0), p, 0).unwrap();
                     a.free_order_on(CpuId(0), q, 0).unwrap();
@@ -306,12 +306,12 @@ mod real {
                 });
                 owner.join().unwrap();
                 remote.join().unwrap();
-                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!(z.free, 15, "{z:?}");
                 a.drain_all_cpus();
-                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.free, z.cached), (15, 0));
-                assert_eq!(a.free_blocks(0, ZoneType::Dma)[..4], [1, 1, 1, 1]);
+                assert_eq!(a.free_blocks(NodeId(0), ZoneType::Dma)[..4], [1, 1, 1, 1]);
             });
         });
     }
@@ -322,16 +322,16 @@ mod real {
     fn a_block_freed_on_another_cpu_goes_where_it_belongs() {
         model(|| {
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
-                let p = a.alloc_on(CpuId(0), 1, Constraint::Any, 0).unwrap();
+                let p = a.alloc_on(CpuId(0), 1, Constraint::Any, NodeId(0)).unwrap();
                 let other = spawn(move || a.free_order_on(CpuId(1), p, 1).unwrap());
                 let owner = spawn(move || {
-                    let q = a.alloc_on(CpuId(0), 1, Constraint::Any, 0).unwrap();
+                    let q = a.alloc_on(CpuId(0), 1, Constraint::Any, NodeId(0)).unwrap();
                     a.free_order_on(CpuId(0), q, 1).unwrap();
                 });
                 other.join().unwrap();
                 owner.join().unwrap();
                 a.drain_all_cpus();
-                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.free, z.cached), (15, 0));
             });
         });
@@ -347,7 +347,7 @@ mod real {
                 let lookup = spawn(move || {
                     a.page_or_init(Pfn(4096)).unwrap();
                 });
-                let alloc = spawn(move || a.alloc(0, Constraint::Any, 0));
+                let alloc = spawn(move || a.alloc(0, Constraint::Any, NodeId(0)));
                 lookup.join().unwrap();
                 let got = alloc.join().unwrap();
                 assert!(got.is_ok(), "{got:?}");

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use meminit::NodeId;
 use meminit::{Constraint, CpuId, LayoutBuilder, PageState, Pfn, RangeKind, Strategy, MAX_ORDER};
 
 const MIB: u64 = 1 << 20;
@@ -13,11 +14,11 @@ const MIB: u64 = 1 << 20;
 fn small() -> meminit::Layout {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(0x1000, 0x9f000, RangeKind::Usable, 0)
-        .add(0x100000, 0x300000, RangeKind::Usable, 0)
-        .add(0x300000, 0x301000, RangeKind::Reserved, 0)
-        .add(0x301000, 8 * MIB, RangeKind::Usable, 0)
-        .add(8 * MIB, 12 * MIB, RangeKind::Usable, 1);
+        .add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+        .add(0x100000, 0x300000, RangeKind::Usable, NodeId(0))
+        .add(0x300000, 0x301000, RangeKind::Reserved, NodeId(0))
+        .add(0x301000, 8 * MIB, RangeKind::Usable, NodeId(0))
+        .add(8 * MIB, 12 * MIB, RangeKind::Usable, NodeId(1));
     b.build().unwrap()
 }
 
@@ -28,7 +29,7 @@ fn every_strategy_allocates_frees_and_coalesces() {
         with_allocator(&l, strategy, |a| {
             let mut held = Vec::new();
             for order in [0, 1, 3, MAX_ORDER, 2, 0] {
-                held.push((a.alloc(order, Constraint::Any, 0).unwrap(), order));
+                held.push((a.alloc(order, Constraint::Any, NodeId(0)).unwrap(), order));
             }
             assert_eq!(a.page(Pfn(0x300)).unwrap().state(), PageState::Reserved);
             for (p, o) in held {
@@ -47,10 +48,10 @@ fn threads_race_to_initialise_the_same_sections() {
     let l = small();
     with_allocator(&l, Strategy::Deferred, |a| {
         std::thread::scope(|s| {
-            s.spawn(|| a.run_deferred_worker(0).unwrap());
-            s.spawn(|| a.run_deferred_worker(1).unwrap());
+            s.spawn(|| a.run_deferred_worker(NodeId(0)).unwrap());
+            s.spawn(|| a.run_deferred_worker(NodeId(1)).unwrap());
             s.spawn(|| {
-                let p = a.alloc(0, Constraint::Any, 1).unwrap();
+                let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
                 a.free_order(p, 0).unwrap();
             });
             s.spawn(|| a.page_or_init(Pfn(0x400)).map(|p| p.state()).unwrap());
@@ -72,8 +73,12 @@ fn cpus_allocate_and_free_through_their_caches() {
                 let handed = &handed;
                 s.spawn(move || {
                     for order in [0, 1, 0, 3, 0, 9] {
-                        let p = a.alloc_on(CpuId(cpu), order, Constraint::Any, 0).unwrap();
-                        let mine = a.alloc_on(CpuId(cpu), 0, Constraint::Any, 1).unwrap();
+                        let p = a
+                            .alloc_on(CpuId(cpu), order, Constraint::Any, NodeId(0))
+                            .unwrap();
+                        let mine = a
+                            .alloc_on(CpuId(cpu), 0, Constraint::Any, NodeId(1))
+                            .unwrap();
                         a.free_order_on(CpuId(cpu), mine, 0).unwrap();
                         handed.lock().unwrap().push((p, order));
                         let theirs = handed.lock().unwrap().pop();
