@@ -127,10 +127,11 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         exit(ExitCode::BadCommandLine)
     }
     let t0 = tsc::now();
+    let memmap_start = layout.memmap_start();
     let allocator = ALLOCATOR.call_once(|| {
         match Allocator::new(
             layout,
-            paging::GuestBacking::new(options.memmap, options.accept_zero),
+            paging::GuestBacking::new(options.memmap, options.accept_zero, memmap_start),
             &SECTION_SLOTS,
             &CPU_CACHES,
             Config {

@@ -39,7 +39,7 @@ pub fn layout(
             set_memmap_pool(0, 0);
             return Ok(first);
         };
-        set_memmap_pool(pool.0, first.memmap_bytes());
+        set_memmap_pool(pool.0, memmap_end_bytes(&first));
         // Reserving the pool changes no section or end: the memmap stays the same.
         return build(memmap, splits, &[pool]);
     }
@@ -66,7 +66,7 @@ pub fn layout(
     // a block of their own below it.
     let mut homes = [0u64; 16];
     let mut found = 0;
-    for s in (0..first.section_count()).rev() {
+    for s in first.memmap_sections().rev() {
         if found == orphans.min(homes.len()) {
             break;
         }
@@ -94,10 +94,17 @@ pub fn layout(
     build(memmap, splits, &carved[..found])
 }
 
+/// The guest maps descriptors at `VMEMMAP_BASE + pfn * 64` from pfn 0 whatever
+/// pfn the memmap starts at (QEMU's RAM starts at 0): bytes of that range up to
+/// the memmap's end.
+fn memmap_end_bytes(layout: &Layout) -> u64 {
+    layout.memmap_start().0 * 64 + layout.memmap_bytes()
+}
+
 /// Where the chunk-granular memmap's pool goes: `[start, end)` at the top of the
 /// highest usable run that holds it, 2 MiB-aligned.
 fn memmap_pool(layout: &Layout) -> Option<(u64, u64)> {
-    let bytes = memmap_pool_bytes(layout.memmap_bytes());
+    let bytes = memmap_pool_bytes(memmap_end_bytes(layout));
     let mut best = None;
     for run in layout
         .present_runs(Pfn(0)..Pfn(u64::MAX))

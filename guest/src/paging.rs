@@ -207,13 +207,17 @@ pub struct GuestBacking {
     granularity: Granularity,
     zero_on_accept: bool,
     accepted: AtomicU64,
+    /// The layout's first memmap pfn: `descriptors` is its descriptor's address.
+    memmap_start: Pfn,
 }
 
 impl GuestBacking {
     /// A backing of `granularity` (a chunk-granular one needs the pool set by
-    /// [`set_memmap_pool`]) that zeroes each chunk on acceptance if `zero_on_accept`.
-    pub const fn new(granularity: Granularity, zero_on_accept: bool) -> Self {
+    /// [`set_memmap_pool`]) that zeroes each chunk on acceptance if `zero_on_accept`,
+    /// for a layout whose memmap starts at `memmap_start`.
+    pub const fn new(granularity: Granularity, zero_on_accept: bool, memmap_start: Pfn) -> Self {
         GuestBacking {
+            memmap_start,
             granularity,
             zero_on_accept,
             accepted: AtomicU64::new(0),
@@ -288,8 +292,10 @@ impl GuestBacking {
     }
 }
 
-// SAFETY: `descriptors` is the base of a range reserved for the memmap alone (PML4
-// slot 16, mapped by nothing else) large enough for MAX_MEMORY; the granularity is
+// SAFETY: `descriptors` is the descriptor of the layout's memmap start in a range
+// reserved for the memmap alone (PML4 slot 16, mapped by nothing else) that holds
+// the descriptors of every pfn below MAX_MEMORY at `VMEMMAP_BASE + pfn * 64` (main
+// refuses memory above it); the granularity is
 // fixed at creation. Under `Section`, `populate` maps the section's descriptors to
 // a 2 MiB page that the layout says is usable memory of that very section, which
 // the allocator then marks reserved (`taken`), or to a home block the layout
@@ -299,7 +305,9 @@ impl GuestBacking {
 // one else ever uses that memory.
 unsafe impl MemmapBacking for GuestBacking {
     fn descriptors(&self) -> NonNull<Page> {
-        NonNull::new(VMEMMAP_BASE as *mut Page).expect("non-null base")
+        // Descriptors sit at `VMEMMAP_BASE + pfn * 64` from pfn 0; the allocator
+        // wants the first memmap pfn's.
+        NonNull::new((VMEMMAP_BASE + self.memmap_start.0 * 64) as *mut Page).expect("non-null base")
     }
 
     fn granularity(&self) -> Granularity {

@@ -119,8 +119,10 @@ unsafe impl MemmapBacking for HostBacking {
         Ok(())
     }
 
-    fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
-        let offset = piece.start.0 as usize * size_of::<Page>();
+    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+        // The region holds the descriptors from the layout's memmap start on.
+        let first = layout.memmap_start().0;
+        let offset = piece.start.0.saturating_sub(first) as usize * size_of::<Page>();
         self.region
             .populate(offset, piece.memmap_bytes() as usize)
             .map_err(|e| BackingError {

@@ -297,7 +297,8 @@ fn memmap_need(layout: &Layout, strategy: Strategy) -> u64 {
     let per_section = layout.section_pages() * DESCRIPTOR;
     match strategy {
         Strategy::Eager | Strategy::Deferred => {
-            (0..layout.section_count())
+            layout
+                .memmap_sections()
                 .filter(|&i| layout.section_has_present(i))
                 .count() as u64
                 * per_section

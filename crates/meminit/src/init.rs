@@ -205,6 +205,9 @@ pub enum InitError {
         /// The first slot found in use.
         index: usize,
     },
+    /// [`MemmapBacking::descriptors`] is not 64-byte aligned, as its contract
+    /// requires.
+    MisalignedMemmap,
     /// Eager start-up could not populate the memmap.
     Backing(BackingError),
 }
@@ -221,6 +224,9 @@ impl core::fmt::Display for InitError {
             InitError::SlotsInUse { index } => write!(
                 f,
                 "section slot {index} is in use by another allocator: lend fresh slots, or drop that allocator first"
+            ),
+            InitError::MisalignedMemmap => f.write_str(
+                "the backing's descriptor array (MemmapBacking::descriptors) is not 64-byte aligned",
             ),
             InitError::BadChunkSize { chunk, section } => write!(
                 f,
@@ -251,7 +257,8 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     ) -> Result<Self, InitError> {
         let chunk_shift = config.chunk_shift(&layout)?;
         let chunks_shift = layout.section_shift() - chunk_shift;
-        let count = layout.section_count();
+        let memmap_sections = layout.memmap_sections();
+        let count = memmap_sections.len();
         let given = slots.len();
         let present_chunks = layout.present_runs(Pfn(0)..Pfn(u64::MAX)).map(|r| {
             (
@@ -259,16 +266,23 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 ((r.end.0 - 1) >> chunk_shift) as usize + 1,
             )
         });
-        let sections =
-            Sections::new(slots, count, chunks_shift, present_chunks).map_err(|e| match e {
-                SlotsError::InUse { index } => InitError::SlotsInUse { index },
-                // `chunk_shift` checked the chunks per section already.
-                SlotsError::TooFew | SlotsError::TooManyChunks => InitError::TooFewSlots {
-                    needed: count,
-                    given,
-                },
-            })?;
-        let memmap = Memmap::new(backing, sections, &layout, chunk_shift);
+        let sections = Sections::new(
+            slots,
+            memmap_sections.start,
+            count,
+            chunks_shift,
+            present_chunks,
+        )
+        .map_err(|e| match e {
+            SlotsError::InUse { index } => InitError::SlotsInUse { index },
+            // `chunk_shift` checked the chunks per section already.
+            SlotsError::TooFew | SlotsError::TooManyChunks => InitError::TooFewSlots {
+                needed: count,
+                given,
+            },
+        })?;
+        let memmap = Memmap::new(backing, sections, &layout, chunk_shift)
+            .ok_or(InitError::MisalignedMemmap)?;
         let zones = array::from_fn(|i| {
             let node = i / ZONE_TYPES;
             let kind = ZoneType::from_index(i % ZONE_TYPES);
@@ -302,8 +316,8 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             },
         };
         if config.strategy == Strategy::Eager {
-            let chunks = count << chunks_shift;
-            for index in 0..chunks {
+            let chunks = memmap_sections.start << chunks_shift..memmap_sections.end << chunks_shift;
+            for index in chunks {
                 allocator
                     .init_chunk(index, InitCause::Boot)
                     .map_err(InitError::Backing)?;

@@ -776,13 +776,38 @@ impl Layout {
         1 << self.section_shift
     }
 
-    /// The number of sections from pfn 0 to the end of the highest present page: the
-    /// length of the section table and of the memmap, in sections.
-    pub fn section_count(&self) -> usize {
-        (self.end_pfn().0.div_ceil(self.section_pages())) as usize
+    /// The sections the memmap covers, as absolute section numbers (section `i`
+    /// holds pfns `i * section_pages()..`): from the first section with present
+    /// memory to the last. Section numbers in the crate's API ([`Layout::section_pfns`],
+    /// [`crate::MemmapPiece::section`], [`crate::BackingError::section`]) are
+    /// absolute; the section slots lent to the allocator are indexed from the
+    /// first of these (slot `i` holds section `memmap_sections().start + i`).
+    pub fn memmap_sections(&self) -> Range<usize> {
+        let Some(first) = self.present[..self.len].first() else {
+            return 0..0;
+        };
+        let end = self.end_pfn().0.div_ceil(self.section_pages());
+        // Below MAX_PFN (2^40) >> section_shift: fits in usize on 64-bit targets, and
+        // saturates (never wraps) elsewhere.
+        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        to_usize(first.start >> self.section_shift)..to_usize(end)
     }
 
-    /// Descriptors in the memmap: one per pfn from 0 to the end of the last section.
+    /// The first pfn the memmap describes: the first pfn of the first section with
+    /// present memory. [`crate::MemmapBacking::descriptors`] points at its
+    /// descriptor.
+    pub fn memmap_start(&self) -> Pfn {
+        Pfn((self.memmap_sections().start as u64) << self.section_shift)
+    }
+
+    /// The number of sections the memmap covers ([`Layout::memmap_sections`]): the
+    /// length of the section-slot table, and of the memmap, in sections.
+    pub fn section_count(&self) -> usize {
+        self.memmap_sections().len()
+    }
+
+    /// Descriptors in the memmap: one per pfn of the sections it covers, from
+    /// [`Layout::memmap_start`].
     pub fn memmap_descriptors(&self) -> u64 {
         self.section_count() as u64 * self.section_pages()
     }

@@ -1,7 +1,9 @@
 //! The descriptor array (memmap) and the backing that provides its memory.
 //!
 //! This is the unsafe core of the crate. The memmap is one virtual range indexed by
-//! pfn (vmemmap style): the descriptor of pfn `p` lives at `base + p`. Memory under
+//! pfn (vmemmap style), starting at the first section with present memory
+//! ([`Layout::memmap_start`]): the descriptor of pfn `p` lives at
+//! `base + (p - memmap_start)`. Memory under
 //! the memmap is asked of the [`MemmapBacking`] the first time it is needed, in the
 //! backing's own [`Granularity`]: a whole section's part at once (a huge page), or
 //! each chunk's part as that chunk is initialised. It is asked exactly once per
@@ -31,7 +33,8 @@ use crate::section::{ChunkState, Claim, MemmapState, Published, Sections, MAX_TA
 /// asked to accept: a section, or a chunk of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemmapPiece {
-    /// The section the pages are in.
+    /// The section the pages are in: its absolute number (section `i` holds pfns
+    /// from `i << Layout::section_shift()`), not its place in the memmap.
     pub section: usize,
     /// The first pfn.
     pub start: Pfn,
@@ -83,7 +86,8 @@ impl Populated {
 /// Why a backing could not populate a section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackingError {
-    /// The section that could not be populated.
+    /// The section that could not be populated, by absolute number (as in
+    /// [`MemmapPiece::section`]).
     pub section: usize,
     /// What went wrong, in the backing's words.
     pub reason: &'static str,
@@ -112,11 +116,14 @@ impl core::fmt::Display for BackingError {
 ///
 /// An implementation promises that:
 /// - [`descriptors`](Self::descriptors) returns the same pointer every time, aligned
-///   to 64 bytes, at the start of one address range (one allocated object, in Rust's
-///   terms) large enough for [`Layout::memmap_bytes`] bytes;
+///   to 64 bytes: the address of the descriptor of [`Layout::memmap_start`], at the
+///   start of one address range (one allocated object, in Rust's terms) large
+///   enough for [`Layout::memmap_bytes`] bytes (the descriptors of pfns
+///   `memmap_start..memmap_start + memmap_descriptors`);
 /// - [`granularity`](Self::granularity) returns the same value every time;
 /// - once [`populate`](Self::populate) has returned `Ok` for a piece, the
-///   descriptors `base + start .. base + end` of that piece are valid for reads and
+///   descriptors of its pfns, `base + (start - memmap_start) .. base + (end -
+///   memmap_start)`, are valid for reads and
 ///   writes, and stay so, untouched by anyone but the allocator, for as long as the
 ///   backing lives;
 /// - [`Populated::taken`] lies inside the piece, the backing asks for it only
@@ -128,7 +135,8 @@ impl core::fmt::Display for BackingError {
 /// pages, and never again once a call has succeeded. A call that fails gives the
 /// piece back; a later claimant may ask again.
 pub unsafe trait MemmapBacking {
-    /// The address of pfn 0's descriptor.
+    /// The address of the descriptor of [`Layout::memmap_start`], the first pfn the
+    /// memmap describes (the first pfn of the first section with present memory).
     fn descriptors(&self) -> NonNull<Page>;
 
     /// Whether [`populate`](Self::populate) is asked for whole sections or for
@@ -197,7 +205,11 @@ impl core::fmt::Display for LookupError {
 /// The descriptor array and the state of its sections and chunks.
 pub(crate) struct Memmap<'a, B> {
     backing: B,
+    /// The descriptor of `start`.
     base: NonNull<Page>,
+    /// The first pfn the memmap describes: every pfn of a chunk in `sections` is
+    /// at or above it.
+    start: u64,
     sections: Sections<'a>,
     chunk_shift: u32,
     section_shift: u32,
@@ -211,23 +223,39 @@ unsafe impl<B: Sync> Sync for Memmap<'_, B> {}
 // SAFETY: as above; moving the memmap moves the ownership of the backing with it.
 unsafe impl<B: Send> Send for Memmap<'_, B> {}
 
+impl<B> Memmap<'_, B> {
+    /// The place of `pfn`'s descriptor in the memmap. Only for a pfn of a chunk
+    /// with a slot, which is at or above `start`.
+    #[inline]
+    fn index_of(&self, pfn: u64) -> usize {
+        (pfn - self.start) as usize
+    }
+}
+
 impl<'a, B: MemmapBacking> Memmap<'a, B> {
     /// A memmap over `backing` for `layout`, with chunks of `2^chunk_shift` pages
-    /// whose states are in `sections`.
-    pub fn new(backing: B, sections: Sections<'a>, layout: &Layout, chunk_shift: u32) -> Self {
+    /// whose states are in `sections` (whose slots start at the layout's first
+    /// memmap section). `None` if the backing's descriptors are not 64-byte
+    /// aligned, against its contract.
+    pub fn new(
+        backing: B,
+        sections: Sections<'a>,
+        layout: &Layout,
+        chunk_shift: u32,
+    ) -> Option<Self> {
         let base = backing.descriptors();
-        assert!(
-            base.as_ptr().is_aligned(),
-            "MemmapBacking::descriptors must be 64-byte aligned"
-        );
-        Memmap {
+        if !base.as_ptr().is_aligned() {
+            return None;
+        }
+        Some(Memmap {
             backing,
             base,
+            start: layout.memmap_start().0,
             sections,
             chunk_shift,
             section_shift: layout.section_shift(),
             populated_bytes: AtomicU64::new(0),
-        }
+        })
     }
 
     /// The section and chunk states.
@@ -270,9 +298,10 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             ChunkState::Ready => {
                 // SAFETY: the chunk is Ready (seen with Acquire), so by the module
                 // invariant the memmap under it is populated and this descriptor
-                // written; the backing keeps that memory valid for as long as
+                // written (a Ready chunk has a slot, so `pfn` is at or above
+                // `start`); the backing keeps that memory valid for as long as
                 // `self` lives.
-                Ok(unsafe { &*self.base.as_ptr().add(pfn as usize) })
+                Ok(unsafe { &*self.base.as_ptr().add(self.index_of(pfn)) })
             }
             ChunkState::Absent => Err(LookupError::NotPresent { pfn: Pfn(pfn) }),
             ChunkState::Uninit => Err(LookupError::Uninitialised { pfn: Pfn(pfn) }),
@@ -439,11 +468,13 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
         );
         let base = self.memmap.base.as_ptr();
         for pfn in self.next..until {
-            // SAFETY: `pfn` lies in the claimed chunk (checked above), whose memmap
-            // is populated (a writer exists only after `populate` succeeded); the
+            let at = self.memmap.index_of(pfn);
+            // SAFETY: `pfn` lies in the claimed chunk (checked above; a claimed
+            // chunk has a slot, so it is at or above `start`), whose memmap is
+            // populated (a writer exists only after `populate` succeeded); the
             // claim makes this thread its only writer and no one reads it before
             // `publish`. `write` does not read the old bytes.
-            unsafe { base.add(pfn as usize).write(Page::new(state, zone_index)) };
+            unsafe { base.add(at).write(Page::new(state, zone_index)) };
         }
         self.next = until;
     }
@@ -459,7 +490,8 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
 }
 
 /// A backing over memory that is already there: a slice of at least
-/// [`Layout::memmap_bytes`] bytes. `populate` only checks the bounds. Fit for tests,
+/// [`Layout::memmap_descriptors`] descriptors, the first for
+/// [`Layout::memmap_start`]. `populate` only checks the bounds. Fit for tests,
 /// for small kernels that reserve the memmap statically, and for Miri.
 pub struct SliceBacking<'m> {
     base: NonNull<Page>,
@@ -470,7 +502,7 @@ pub struct SliceBacking<'m> {
 
 impl<'m> SliceBacking<'m> {
     /// A backing over `memory`, which holds the descriptors of pfns
-    /// `0..memory.len()`.
+    /// `memmap_start..memmap_start + memory.len()` of the layout it serves.
     pub fn new(memory: &'m mut [core::mem::MaybeUninit<Page>]) -> Self {
         SliceBacking {
             base: NonNull::new(memory.as_mut_ptr().cast()).unwrap_or(NonNull::dangling()),
@@ -506,8 +538,9 @@ unsafe impl MemmapBacking for SliceBacking<'_> {
         self.granularity
     }
 
-    fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
-        if piece.end.0 > self.len as u64 {
+    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+        let start = layout.memmap_start().0;
+        if piece.start.0 < start || piece.end.0 - start > self.len as u64 {
             return Err(BackingError {
                 section: piece.section,
                 reason: "the memmap slice is shorter than the layout's memmap",

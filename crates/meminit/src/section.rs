@@ -175,6 +175,9 @@ pub enum SlotsError {
 /// The state of every section and chunk, and how many chunks are not finished.
 pub struct Sections<'a> {
     slots: &'a [SectionSlot],
+    /// The section number of `slots[0]`: sections and chunks are numbered from
+    /// pfn 0, the slots from the first section with present memory.
+    first: usize,
     /// log2 of chunks per section.
     chunks_shift: u32,
     /// Chunks with present pages: fixed at start-up.
@@ -192,15 +195,17 @@ const fn shift_of(i: usize) -> u32 {
 }
 
 impl<'a> Sections<'a> {
-    /// Takes `slots` (at least `count` sections of them; each must be fresh, and
-    /// is marked owned with a compare-and-swap) for sections of `2^chunks_shift`
-    /// chunks, marks every chunk `Absent`, then the chunks that `present` spans
-    /// (ranges `[first, end)` of chunk indices) `Uninit`. The cost is two words per
+    /// Takes `slots` (at least `count` sections of them, for sections `first..`;
+    /// each must be fresh, and is marked owned with a compare-and-swap) for
+    /// sections of `2^chunks_shift` chunks, marks every chunk `Absent`, then the
+    /// chunks that `present` spans (ranges `[start, end)` of chunk numbers, counted
+    /// from pfn 0) `Uninit`. The cost is two words per
     /// section plus one per section a present range touches: nothing is looked up
     /// per page or chunk. On failure every slot this call took is fresh again; of
     /// two calls racing for one slot array at most one succeeds.
     pub fn new(
         slots: &'a [SectionSlot],
+        first: usize,
         count: usize,
         chunks_shift: u32,
         present: impl Iterator<Item = (usize, usize)>,
@@ -218,6 +223,7 @@ impl<'a> Sections<'a> {
         // From here on the slots are ours: `Sections` releases them when dropped.
         let mut sections = Sections {
             slots,
+            first,
             chunks_shift,
             present: 0,
             unfinished: AtomicUsize::new(0),
@@ -237,14 +243,17 @@ impl<'a> Sections<'a> {
         // Relaxed throughout: no other thread can reach these slots before the
         // allocator that holds them is shared, which orders these writes itself.
         let mut unfinished = 0;
-        for (first, end) in present {
-            let mut chunk = first;
+        for (start, end) in present {
+            let mut chunk = start;
             while chunk < end {
                 let section = chunk >> chunks_shift;
                 let upto = end.min((section + 1) * per);
                 let bits = uninit_bits(chunk % per, (upto - 1) % per + 1);
                 // Dropping `sections` releases every slot on this early return.
-                let slot = slots.get(section).ok_or(SlotsError::TooFew)?;
+                let slot = section
+                    .checked_sub(first)
+                    .and_then(|i| slots.get(i))
+                    .ok_or(SlotsError::TooFew)?;
                 let old = slot.chunks.fetch_or(bits, Relaxed);
                 unfinished += (bits & !old).count_ones() as usize;
                 chunk = upto;
@@ -268,8 +277,14 @@ impl<'a> Sections<'a> {
 
     #[inline]
     fn locate(&self, chunk: usize) -> Option<(&SectionSlot, u32)> {
-        let slot = self.slots.get(chunk >> self.chunks_shift)?;
+        let slot = self.slot(chunk >> self.chunks_shift)?;
         Some((slot, shift_of(chunk & ((1 << self.chunks_shift) - 1))))
+    }
+
+    /// The slot of section `section`, if the memmap covers it.
+    #[inline]
+    fn slot(&self, section: usize) -> Option<&SectionSlot> {
+        self.slots.get(section.checked_sub(self.first)?)
     }
 
     /// The state of chunk `chunk` (`Absent` past the end).
@@ -332,7 +347,7 @@ impl<'a> Sections<'a> {
     /// Acquire: pairs with the Release in [`MemmapClaim::publish`], so a caller
     /// that sees `Populated` may use the memmap the backing mapped.
     pub fn memmap_state(&self, section: usize) -> MemmapState {
-        let Some(slot) = self.slots.get(section) else {
+        let Some(slot) = self.slot(section) else {
             return MemmapState::Unpopulated;
         };
         decode_memmap(slot.memmap.load(Acquire))
@@ -340,8 +355,8 @@ impl<'a> Sections<'a> {
 
     /// Tries to take section `section`'s memmap out of `Unpopulated`, to populate
     /// it. On failure returns the state found.
-    pub fn claim_memmap(&self, section: usize) -> Result<MemmapClaim<'_, 'a>, MemmapState> {
-        let slot = self.slots.get(section).ok_or(MemmapState::Unpopulated)?;
+    pub fn claim_memmap(&self, section: usize) -> Result<MemmapClaim<'_>, MemmapState> {
+        let slot = self.slot(section).ok_or(MemmapState::Unpopulated)?;
         // Acquire on success pairs with the Release of a failed claimant giving it
         // back; on failure with `publish`.
         match slot.memmap.compare_exchange(
@@ -351,8 +366,7 @@ impl<'a> Sections<'a> {
             Acquire,
         ) {
             Ok(_) => Ok(MemmapClaim {
-                sections: self,
-                section,
+                slot,
                 published: false,
             }),
             Err(found) => Err(decode_memmap(found)),
@@ -502,13 +516,12 @@ impl Published<'_, '_> {
 
 /// Exclusive right to populate one section's memmap. Dropping it without
 /// [`publish`](MemmapClaim::publish) gives it back (`Unpopulated`).
-pub struct MemmapClaim<'s, 'a> {
-    sections: &'s Sections<'a>,
-    section: usize,
+pub struct MemmapClaim<'s> {
+    slot: &'s SectionSlot,
     published: bool,
 }
 
-impl MemmapClaim<'_, '_> {
+impl MemmapClaim<'_> {
     /// Marks the memmap populated, with `taken` (offsets in the section, below
     /// [`MAX_TAKEN_OFFSET`]; the caller checks) the pages the backing took from the
     /// section for it.
@@ -520,19 +533,15 @@ impl MemmapClaim<'_, '_> {
         let len = taken.end.saturating_sub(taken.start);
         let start = if len == 0 { 0 } else { taken.start };
         let word = OWNED | MEMMAP_POPULATED | (start & TAKEN_MASK) << 2 | (len & TAKEN_MASK) << 32;
-        self.sections.slots[self.section]
-            .memmap
-            .store(word, Release);
+        self.slot.memmap.store(word, Release);
     }
 }
 
-impl Drop for MemmapClaim<'_, '_> {
+impl Drop for MemmapClaim<'_> {
     fn drop(&mut self) {
         if !self.published {
             // Release: pairs with the Acquire of the next successful claim.
-            self.sections.slots[self.section]
-                .memmap
-                .store(OWNED | MEMMAP_UNPOPULATED, Release);
+            self.slot.memmap.store(OWNED | MEMMAP_UNPOPULATED, Release);
         }
     }
 }
@@ -545,7 +554,7 @@ mod tests {
     fn claim_is_exclusive_and_publish_is_final() {
         let slots: [SectionSlot; 2] = Default::default();
         // Two sections of four chunks; chunks 0..2 and 5 present.
-        let s = Sections::new(&slots, 2, 2, [(0, 2), (5, 6)].into_iter()).unwrap();
+        let s = Sections::new(&slots, 0, 2, 2, [(0, 2), (5, 6)].into_iter()).unwrap();
         assert_eq!(s.present(), 3);
         assert_eq!(s.state(2), ChunkState::Absent);
         assert_eq!(s.state(4), ChunkState::Absent);
@@ -571,7 +580,7 @@ mod tests {
     #[test]
     fn a_memmap_is_populated_once_and_keeps_what_was_taken() {
         let slots: [SectionSlot; 1] = Default::default();
-        let s = Sections::new(&slots, 1, 0, [(0, 1)].into_iter()).unwrap();
+        let s = Sections::new(&slots, 0, 1, 0, [(0, 1)].into_iter()).unwrap();
         assert_eq!(s.memmap_state(0), MemmapState::Unpopulated);
         let m = s.claim_memmap(0).unwrap();
         assert_eq!(s.claim_memmap(0).err(), Some(MemmapState::Populating));
@@ -590,32 +599,60 @@ mod tests {
     fn too_few_slots_or_too_many_chunks() {
         let slots: [SectionSlot; 1] = Default::default();
         assert_eq!(
-            Sections::new(&slots, 2, 0, [(0, 2)].into_iter()).err(),
+            Sections::new(&slots, 0, 2, 0, [(0, 2)].into_iter()).err(),
             Some(SlotsError::TooFew)
         );
         assert_eq!(
-            Sections::new(&slots, 1, 6, [(0, 1)].into_iter()).err(),
+            Sections::new(&slots, 0, 1, 6, [(0, 1)].into_iter()).err(),
             Some(SlotsError::TooManyChunks)
         );
         // A present chunk past the slots: refused, and the slot is fresh again.
         assert_eq!(
-            Sections::new(&slots, 1, 0, [(0, 2)].into_iter()).err(),
+            Sections::new(&slots, 0, 1, 0, [(0, 2)].into_iter()).err(),
             Some(SlotsError::TooFew)
         );
         assert!(!slots[0].is_owned());
-        assert!(Sections::new(&slots, 1, 5, [(0, 32)].into_iter()).is_ok());
+        assert!(Sections::new(&slots, 0, 1, 5, [(0, 32)].into_iter()).is_ok());
         assert!(!slots[0].is_owned());
+    }
+
+    /// Slots start at the first section with memory: section and chunk numbers
+    /// stay absolute, and those before the first slot are absent.
+    #[test]
+    fn slots_start_at_the_first_present_section() {
+        let slots: [SectionSlot; 2] = Default::default();
+        // Sections 5 and 6 of two chunks each; chunks 11..13 present.
+        let s = Sections::new(&slots, 5, 2, 1, [(11, 13)].into_iter()).unwrap();
+        assert_eq!(s.present(), 2);
+        assert_eq!(s.state(0), ChunkState::Absent);
+        assert_eq!(s.state(9), ChunkState::Absent);
+        assert_eq!(s.state(10), ChunkState::Absent);
+        assert_eq!(s.state(11), ChunkState::Uninit);
+        assert_eq!(s.state(12), ChunkState::Uninit);
+        assert_eq!(s.state(14), ChunkState::Absent);
+        assert_eq!(s.claim(3).err(), Some(ChunkState::Absent));
+        assert_eq!(s.claim_memmap(4).err(), Some(MemmapState::Unpopulated));
+        s.claim_memmap(6).unwrap().publish(0..0);
+        assert_eq!(s.memmap_state(6), MemmapState::Populated(0..0));
+        assert_eq!(s.memmap_state(5), MemmapState::Unpopulated);
+        // A present chunk before the first slot is refused.
+        drop(s);
+        assert_eq!(
+            Sections::new(&slots, 5, 2, 1, [(9, 12)].into_iter()).err(),
+            Some(SlotsError::TooFew)
+        );
+        assert!(slots.iter().all(|s| !s.is_owned()));
     }
 
     #[test]
     fn slots_in_use_are_refused_and_released_on_drop() {
         let slots: [SectionSlot; 3] = Default::default();
-        let first = Sections::new(&slots[1..], 2, 0, [(0, 2)].into_iter()).unwrap();
+        let first = Sections::new(&slots[1..], 0, 2, 0, [(0, 2)].into_iter()).unwrap();
         assert!(slots[1].is_owned() && slots[2].is_owned() && !slots[0].is_owned());
         // Overlapping the owned ones: refused, naming the first owned slot, and
         // slot 0, taken on the way, is fresh again.
         assert_eq!(
-            Sections::new(&slots, 3, 0, [(0, 3)].into_iter()).err(),
+            Sections::new(&slots, 0, 3, 0, [(0, 3)].into_iter()).err(),
             Some(SlotsError::InUse { index: 1 })
         );
         assert!(!slots[0].is_owned());
@@ -625,7 +662,7 @@ mod tests {
         assert_eq!(first.memmap_state(0), MemmapState::Populated(1..3));
         drop(first);
         assert!(slots.iter().all(|s| !s.is_owned()));
-        let again = Sections::new(&slots, 3, 0, [(2, 3)].into_iter()).unwrap();
+        let again = Sections::new(&slots, 0, 3, 0, [(2, 3)].into_iter()).unwrap();
         assert_eq!(again.state(0), ChunkState::Absent);
         assert_eq!(again.state(2), ChunkState::Uninit);
         assert_eq!(again.memmap_state(1), MemmapState::Unpopulated);

@@ -318,3 +318,126 @@ fn node_ids_and_pfns_read_well() {
         );
     });
 }
+
+/// The memmap starts at the first section with memory: 1 GiB of RAM at 512 GiB
+/// needs 16 MiB of memmap span and 8 section slots (128 MiB sections), not 8 GiB
+/// and 4104.
+#[test]
+fn the_memmap_spans_only_the_sections_with_memory() {
+    const GIB: u64 = 1 << 30;
+    let mut b = meminit::LayoutBuilder::new();
+    b.add(512 * GIB, 513 * GIB, meminit::RangeKind::Usable, NodeId(0));
+    let l = b.build().unwrap();
+    assert_eq!(l.memmap_start(), Pfn::containing(512 * GIB));
+    assert_eq!(l.memmap_sections(), 4096..4104);
+    assert_eq!(l.section_count(), 8);
+    assert_eq!(l.memmap_bytes(), 16 * MIB);
+    assert_eq!(l.memmap_descriptors(), (GIB / meminit::PAGE_SIZE));
+    for strategy in Strategy::ALL {
+        with_allocator(&l, strategy, |a| {
+            run_workers(a);
+            let pfn = a.alloc_on(CpuId(0), 3, Constraint::Any, NodeId(0)).unwrap();
+            assert!(pfn >= l.memmap_start() && pfn < l.end_pfn());
+            assert_eq!(
+                a.page(pfn).unwrap().state(),
+                meminit::PageState::Allocated { order: 3 }
+            );
+            assert_eq!(a.free_on(CpuId(0), pfn), Ok(3));
+            // Below the memmap: not present, never an out-of-bounds read.
+            assert!(matches!(
+                a.page(Pfn(0)),
+                Err(meminit::LookupError::NotPresent { .. })
+            ));
+            assert!(matches!(
+                a.page_or_init(Pfn(l.memmap_start().0 - 1)),
+                Err(meminit::LookupError::NotPresent { .. })
+            ));
+            init_all(a);
+            check_fully_coalesced(a);
+        });
+    }
+}
+
+/// Two nodes far apart with a hole between: section numbers stay absolute in
+/// what the backing is asked, and the slots cover first to last.
+#[test]
+fn memmap_pieces_name_absolute_sections() {
+    use std::sync::Mutex;
+    const GIB: u64 = 1 << 30;
+    struct Recording<'m> {
+        inner: SliceBacking<'m>,
+        seen: Mutex<Vec<(usize, Pfn)>>,
+    }
+    // SAFETY: every promise is `SliceBacking`'s, to which this delegates.
+    unsafe impl meminit::MemmapBacking for Recording<'_> {
+        fn descriptors(&self) -> std::ptr::NonNull<Page> {
+            self.inner.descriptors()
+        }
+        fn populate(
+            &self,
+            piece: meminit::MemmapPiece,
+            layout: &meminit::Layout,
+        ) -> Result<meminit::Populated, meminit::BackingError> {
+            self.seen.lock().unwrap().push((piece.section, piece.start));
+            self.inner.populate(piece, layout)
+        }
+    }
+    let mut b = meminit::LayoutBuilder::new();
+    b.section_size(4 * MIB)
+        .add(
+            2 * GIB,
+            2 * GIB + 8 * MIB,
+            meminit::RangeKind::Usable,
+            NodeId(0),
+        )
+        .add(
+            3 * GIB,
+            3 * GIB + 4 * MIB,
+            meminit::RangeKind::Usable,
+            NodeId(1),
+        );
+    let l = b.build().unwrap();
+    assert_eq!(l.memmap_sections(), 512..769);
+    let mut memmap = memmap_for(&l);
+    let slots: Vec<SectionSlot> = (0..l.section_count()).map(|_| SectionSlot::new()).collect();
+    let cpus: [CpuCache<parking_lot::RawMutex>; 0] = [];
+    let a = Allocator::<_, parking_lot::RawMutex>::new(
+        l.clone(),
+        Recording {
+            inner: SliceBacking::new(&mut memmap),
+            seen: Mutex::new(Vec::new()),
+        },
+        &slots,
+        &cpus,
+        Config::new(Strategy::Eager),
+    )
+    .unwrap();
+    let mut seen = a.backing().seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (512, Pfn::containing(2 * GIB)),
+            (513, Pfn::containing(2 * GIB + 4 * MIB)),
+            (768, Pfn::containing(3 * GIB))
+        ]
+    );
+    // Too few slots for first..last: refused by count.
+    drop(a);
+    let e = Allocator::<_, parking_lot::RawMutex>::new(
+        l.clone(),
+        SliceBacking::new(&mut memmap),
+        &slots[..256],
+        &cpus,
+        Config::new(Strategy::OnDemand),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(
+        e,
+        InitError::TooFewSlots {
+            needed: 257,
+            given: 256
+        }
+    );
+}

@@ -164,7 +164,7 @@ proptest! {
                     naive.values().filter(|&&(_, r)| !r).count() as u64
                 );
                 // Section by section, the same pages again.
-                for index in 0..layout.section_count() {
+                for index in layout.memmap_sections() {
                     let pfns = layout.section_pfns(index);
                     let mut present = 0;
                     for zone in ZoneType::ALL {

@@ -57,7 +57,7 @@ fn init(sections: &Sections<'_>, memmap: &Memmap, free: &Mutex<Vec<usize>>, i: u
 fn a_chunk_is_claimed_once_and_read_only_when_ready() {
     loom::model(|| {
         let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 1, 0, [(0, 1)].into_iter()).unwrap());
+        let sections = Arc::new(Sections::new(slots, 0, 1, 0, [(0, 1)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(1));
         let free = Arc::new(Mutex::new(Vec::new()));
         let handles: Vec<_> = (0..2)
@@ -87,7 +87,7 @@ fn a_sections_memmap_is_populated_once_for_two_chunks() {
     use meminit::section::MemmapState;
     loom::model(|| {
         let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 1, 1, [(0, 2)].into_iter()).unwrap());
+        let sections = Arc::new(Sections::new(slots, 0, 1, 1, [(0, 2)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(1));
         let handles: Vec<_> = (0..2)
             .map(|chunk| {
@@ -128,7 +128,7 @@ fn growth_races_a_deferred_worker() {
         // Two chunks of one section: their claims share one word.
         const N: usize = 2;
         let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 1, 1, [(0, N)].into_iter()).unwrap());
+        let sections = Arc::new(Sections::new(slots, 0, 1, 1, [(0, N)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(N));
         let free = Arc::new(Mutex::new(Vec::new()));
         let cursor = Arc::new(AtomicUsize::new(0));
