@@ -43,9 +43,12 @@ pub struct MemmapPiece {
 }
 
 impl MemmapPiece {
-    /// Bytes of memmap that hold these pages' descriptors.
+    /// Bytes of memmap that hold these pages' descriptors (zero for an inverted
+    /// piece, which the allocator never makes).
     pub const fn memmap_bytes(&self) -> u64 {
-        (self.end.0 - self.start.0) * core::mem::size_of::<Page>() as u64
+        self.start
+            .pages_to(self.end)
+            .saturating_mul(core::mem::size_of::<Page>() as u64)
     }
 }
 
@@ -540,7 +543,13 @@ unsafe impl MemmapBacking for SliceBacking<'_> {
 
     fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
         let start = layout.memmap_start().0;
-        if piece.start.0 < start || piece.end.0 - start > self.len as u64 {
+        let inside = piece.start.0 >= start
+            && piece
+                .end
+                .0
+                .checked_sub(start)
+                .is_some_and(|n| n <= self.len as u64);
+        if !inside {
             return Err(BackingError {
                 section: piece.section,
                 reason: "the memmap slice is shorter than the layout's memmap",

@@ -161,10 +161,11 @@ impl Page {
         self.zone.load(Relaxed)
     }
 
-    /// Word `i` (below [`USER_WORDS`]) reserved for the embedder. The allocator
-    /// zeroes it when the section is initialised and never touches it again.
-    pub fn user_word(&self, i: usize) -> &AtomicU64 {
-        &self.user[i]
+    /// Word `i` reserved for the embedder, or `None` if `i` is not below
+    /// [`USER_WORDS`]. The allocator zeroes it when the section is initialised and
+    /// never touches it again.
+    pub fn user_word(&self, i: usize) -> Option<&AtomicU64> {
+        self.user.get(i)
     }
 }
 

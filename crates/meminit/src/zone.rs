@@ -58,7 +58,7 @@ pub struct ZoneStats {
 impl ZoneStats {
     /// Pages a caller could still get: free now, or free once initialised.
     pub const fn available(&self) -> u64 {
-        self.free + self.uninitialised
+        self.free.saturating_add(self.uninitialised)
     }
 
     /// Managed pages that are handed out.

@@ -441,3 +441,41 @@ fn memmap_pieces_name_absolute_sections() {
         }
     );
 }
+
+/// A backing whose descriptors are misaligned, against its contract: refused at
+/// start-up with an error, not a panic.
+#[test]
+fn a_misaligned_memmap_is_an_error() {
+    struct Misaligned<'m>(SliceBacking<'m>);
+    // SAFETY: deliberately breaks the alignment promise; the allocator must refuse
+    // it before touching any descriptor.
+    unsafe impl meminit::MemmapBacking for Misaligned<'_> {
+        fn descriptors(&self) -> std::ptr::NonNull<Page> {
+            let p = self.0.descriptors().as_ptr() as *mut u8;
+            std::ptr::NonNull::new(p.wrapping_add(8).cast()).unwrap()
+        }
+        fn populate(
+            &self,
+            piece: meminit::MemmapPiece,
+            layout: &meminit::Layout,
+        ) -> Result<meminit::Populated, meminit::BackingError> {
+            self.0.populate(piece, layout)
+        }
+    }
+    let l = simple(16 * MIB, 4 * MIB);
+    let mut memmap = memmap_for(&l);
+    let slots: Vec<SectionSlot> = (0..l.section_count()).map(|_| SectionSlot::new()).collect();
+    let cpus: [CpuCache<parking_lot::RawMutex>; 0] = [];
+    let e = Allocator::<_, parking_lot::RawMutex>::new(
+        l,
+        Misaligned(SliceBacking::new(&mut memmap)),
+        &slots,
+        &cpus,
+        Config::new(Strategy::Eager),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e, InitError::MisalignedMemmap);
+    // Refused after the slots were taken: they are fresh again.
+    assert!(slots.iter().all(|s| !s.is_owned()));
+}
