@@ -57,8 +57,8 @@ fn any_pfn() -> impl Strategy<Value = u64> {
     prop_oneof![
         any::<u64>(),
         0..1u64 << 22,
-        (512 * GIB >> 12)..(512 * GIB >> 12) + 8192,
-        (5 * GIB >> 12)..(5 * GIB >> 12) + 4096,
+        Pfn::containing(512 * GIB).0..Pfn::containing(512 * GIB).0 + 8192,
+        Pfn::containing(5 * GIB).0..Pfn::containing(5 * GIB).0 + 4096,
         Just(u64::MAX),
         Just(MAX_PFN),
     ]
