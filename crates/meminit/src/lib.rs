@@ -44,14 +44,22 @@
 //! You provide three things:
 //! 1. the memory map, as a [`LayoutBuilder`] of byte ranges (usable, reserved or
 //!    other, each on a NUMA node), validated into a [`Layout`];
-//! 2. a [`MemmapBacking`]: the virtual range of the descriptor array, indexed by pfn,
-//!    and a `populate` that makes one section's (or chunk's) part of it accessible
+//! 2. a [`MemmapBacking`]: the virtual range of the descriptor array, indexed by pfn
+//!    from the first section with memory ([`Layout::memmap_start`]; RAM that starts
+//!    at 512 GiB costs no memmap span below it), and a `populate` that makes one
+//!    section's (or chunk's) part of it accessible
 //!    when first needed (a kernel maps a 2 MiB page there; [`SliceBacking`] covers
 //!    memory that is already mapped), and optionally an `accept` for each chunk's
 //!    memory;
-//! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]), a
-//!    slice of [`CpuCache`]s, one per CPU, and a lock type for the zones and the
-//!    caches (any [`lock_api::RawMutex`]: a spin lock in a kernel).
+//! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]),
+//!    lent by shared reference (they are atomics: a kernel keeps them in a plain
+//!    `static`; one live allocator owns a slot array at a time), a slice of
+//!    [`CpuCache`]s, one per CPU, and a lock type for the zones and the caches (any
+//!    [`lock_api::RawMutex`]: a spin lock in a kernel).
+//!
+//! Pages are named by [`Pfn`] (ranges of them by `Range<Pfn>`) and NUMA nodes by
+//! [`NodeId`] everywhere in the API. Every public function answers any argument
+//! with a value, `None`, an empty answer or a typed error; none panics.
 //!
 //! ```
 //! use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page,
