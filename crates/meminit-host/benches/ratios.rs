@@ -17,7 +17,9 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, Layout, SectionSlot, Strategy};
+use meminit::{
+    Allocator, Config, Constraint, CpuCache, CpuId, Layout, NodeId, Pfn, SectionSlot, Strategy,
+};
 use meminit_host::sim::{default_memory_budget, fill_time};
 use meminit_host::{HostBacking, Machine};
 
@@ -38,13 +40,13 @@ fn with_config<T>(
     config: Config,
     f: impl FnOnce(&HostAllocator<'_>, u64) -> T,
 ) -> T {
-    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+    let slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
     let cpus: Vec<CpuCache<spin::mutex::SpinMutex<()>>> = (0..2).map(|_| CpuCache::new()).collect();
     let backing = HostBacking::new(layout).expect("reserve memmap");
     let t = Instant::now();
-    let a = Allocator::new(layout.clone(), backing, &mut slots, &cpus, config).expect("start");
+    let a = Allocator::new(layout.clone(), backing, &slots, &cpus, config).expect("start");
     let ready = t.elapsed().as_nanos() as u64;
     f(&a, ready)
 }
@@ -62,14 +64,14 @@ fn layout(name: &str) -> Layout {
 fn fast_path(a: &HostAllocator<'_>, ops: u32) -> f64 {
     let t = Instant::now();
     for _ in 0..ops {
-        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
-        a.free_on(CpuId(0), black_box(p), 0).unwrap();
+        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+        a.free_order_on(CpuId(0), black_box(p), 0).unwrap();
     }
     t.elapsed().as_nanos() as f64 / ops as f64
 }
 
 fn run_workers(a: &HostAllocator<'_>, threads: usize) -> u64 {
-    let nodes: Vec<usize> = a.layout().nodes().map(|(n, _)| n).collect();
+    let nodes: Vec<NodeId> = a.layout().nodes().map(|(n, _)| n).collect();
     let t = Instant::now();
     std::thread::scope(|s| {
         for i in 0..threads.max(nodes.len()) {
@@ -127,7 +129,7 @@ fn main() {
     let (mut one, mut two) = (Vec::new(), Vec::new());
     let single = {
         let mut b = meminit::LayoutBuilder::new();
-        b.add(1 << 20, 32 << 30, meminit::RangeKind::Usable, 0);
+        b.add(1 << 20, 32 << 30, meminit::RangeKind::Usable, NodeId(0));
         b.build().unwrap()
     };
     for _ in 0..3 {
@@ -144,14 +146,16 @@ fn main() {
 
     // 4. Against buddy_system_allocator on the same memory (2 GiB of frames): a
     //    batch of order-0 allocations then their frees, and single pairs.
-    let frames = container.end_pfn() as usize;
+    let frames = container.end_pfn().0 as usize;
     // meminit locks its zone on every call; compare with the crate's own locked
     // allocator, and show its unlocked one too.
     let locked = buddy_system_allocator::LockedFrameAllocator::<32>::new();
     let mut other = buddy_system_allocator::FrameAllocator::<32>::new();
-    for r in container.present_runs(0, u64::MAX) {
-        other.add_frame(r.start as usize, r.end as usize);
-        locked.lock().add_frame(r.start as usize, r.end as usize);
+    for r in container.present_runs(Pfn(0)..Pfn(u64::MAX)) {
+        other.add_frame(r.start.0 as usize, r.end.0 as usize);
+        locked
+            .lock()
+            .add_frame(r.start.0 as usize, r.end.0 as usize);
     }
     let batch = 16_384;
     let (mut ours, mut theirs, mut unlocked) = (Vec::new(), Vec::new(), Vec::new());
@@ -162,10 +166,11 @@ fn main() {
             let t = Instant::now();
             for _ in 0..ops / batch as u32 {
                 held.extend(
-                    (0..batch).map(|_| e.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap()),
+                    (0..batch)
+                        .map(|_| e.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap()),
                 );
                 for p in held.drain(..) {
-                    e.free_on(CpuId(0), p, 0).unwrap();
+                    e.free_order_on(CpuId(0), p, 0).unwrap();
                 }
             }
             ours.push(t.elapsed().as_nanos() as f64 / (ops as f64));
@@ -242,12 +247,12 @@ fn main() {
             let grow_all = |a: &HostAllocator<'_>| {
                 let t = Instant::now();
                 let mut held = Vec::new();
-                while let Ok(p) = a.alloc(10, Constraint::Any, 0) {
+                while let Ok(p) = a.alloc(10, Constraint::Any, NodeId(0)) {
                     held.push(p);
                 }
                 let ns = t.elapsed().as_nanos() as f64;
                 for p in held {
-                    a.free(p, 10).unwrap();
+                    a.free(p).unwrap();
                 }
                 ns
             };
