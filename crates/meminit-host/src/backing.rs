@@ -15,7 +15,10 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use std::ops::Range;
+
 use meminit::memmap::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
+use meminit::source::PageSource;
 use meminit::{Layout, Page, PAGE_SIZE};
 
 use crate::region::Region;
@@ -95,7 +98,12 @@ unsafe impl MemmapBacking for HostBacking {
         self.granularity
     }
 
-    fn accept(&self, chunk: MemmapPiece, layout: &Layout) -> Result<(), BackingError> {
+    fn accept(
+        &self,
+        chunk: MemmapPiece,
+        _: Range<u64>,
+        layout: &Layout,
+    ) -> Result<(), BackingError> {
         let Some(physical) = &self.accept_into else {
             return Ok(());
         };
@@ -119,7 +127,12 @@ unsafe impl MemmapBacking for HostBacking {
         Ok(())
     }
 
-    fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        _: &Layout,
+        _: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
         let offset = piece.start.0 as usize * size_of::<Page>();
         self.region
             .populate(offset, piece.memmap_bytes() as usize)

@@ -29,6 +29,7 @@ use crate::layout::{Layout, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYP
 use crate::memmap::{BackingError, Memmap, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
 use crate::pcp::CpuCache;
+use crate::reentry::InBacking;
 use crate::section::{ChunkState, SectionSlot, Sections, MAX_CHUNKS_PER_SECTION};
 use crate::zone::Zone;
 
@@ -100,6 +101,17 @@ pub struct Config {
     /// one max-order block ([`DEFAULT_CHUNK_SIZE`]) up to a section, with at most
     /// [`MAX_CHUNKS_PER_SECTION`] chunks per section.
     pub chunk_size: u64,
+    /// Names the calling context: the CPU number (read with preemption off) in a
+    /// kernel, a thread id on a host; any value but `u64::MAX`, the same for the
+    /// whole of a call into the allocator. With it, a call back into the allocator
+    /// from inside the backing's `populate` or `accept` on the same context is
+    /// told apart from a wait on another CPU, and fails
+    /// ([`crate::AllocError::Reentrant`], [`crate::LookupError::Reentrant`],
+    /// [`ChunkError::Reentrant`]) where it would otherwise wait forever for the
+    /// chunk its own caller holds. It is called only on the paths that initialise
+    /// or wait for a chunk, never on the fast path. `None`: no such check (a
+    /// backing that calls back may then hang).
+    pub context: Option<fn() -> u64>,
 }
 
 impl Config {
@@ -109,6 +121,7 @@ impl Config {
             strategy,
             clock: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            context: None,
         }
     }
 
@@ -170,6 +183,38 @@ pub struct InitStats {
     pub fully_initialised: bool,
 }
 
+/// How many times a deferred worker tries again, after its pass over its node,
+/// each chunk whose initialisation failed.
+pub const WORKER_RETRIES: u32 = 3;
+
+/// Why a chunk could not be initialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkError {
+    /// The backing could not populate the memmap under it, or accept its memory.
+    Backing(BackingError),
+    /// Asked from inside the backing's `populate` or `accept`, on the same
+    /// [`Config::context`]: initialising there could wait for the chunk the
+    /// caller's own stack holds.
+    Reentrant {
+        /// The chunk.
+        chunk: usize,
+    },
+}
+
+impl core::error::Error for ChunkError {}
+
+impl core::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ChunkError::Backing(e) => e.fmt(f),
+            ChunkError::Reentrant { chunk } => write!(
+                f,
+                "chunk {chunk} cannot be initialised from inside the memmap backing"
+            ),
+        }
+    }
+}
+
 /// What one call of [`Allocator::run_deferred_worker`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -177,6 +222,12 @@ pub struct WorkerReport {
     pub chunks: u64,
     /// Pages it put on free lists.
     pub pages: u64,
+    /// Chunks it could not initialise, even after [`WORKER_RETRIES`] more tries:
+    /// they stay uninitialised, and the grow path or a later worker tries them
+    /// again when they are needed.
+    pub failed: u64,
+    /// Why the last of those failed.
+    pub error: Option<ChunkError>,
 }
 
 /// Why the allocator could not start.
@@ -277,6 +328,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             zones,
             config,
             work: array::from_fn(|_| AtomicUsize::new(0)),
+            in_backing: InBacking::new(),
             counters: InitCounters {
                 chunks_by: array::from_fn(|_| AtomicU64::new(0)),
                 grows: AtomicU64::new(0),
@@ -288,7 +340,14 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             for index in 0..chunks {
                 allocator
                     .init_chunk(index, InitCause::Boot)
-                    .map_err(InitError::Backing)?;
+                    .map_err(|e| match e {
+                        ChunkError::Backing(e) => InitError::Backing(e),
+                        // No one can call an allocator that does not exist yet.
+                        ChunkError::Reentrant { chunk } => InitError::Backing(BackingError {
+                            section: chunk >> chunks_shift,
+                            reason: "start-up was re-entered from the backing",
+                        }),
+                    })?;
             }
         }
         Ok(allocator)
@@ -298,15 +357,26 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// out. Call it from as many threads (or CPUs) per node as you like: each takes
     /// a section's chunks at a time from the node's cursor, without a lock, and
     /// skips those the grow path or a look-up already took. Returns at once under
-    /// any strategy but [`Strategy::Deferred`].
-    pub fn run_deferred_worker(&self, node: usize) -> Result<WorkerReport, BackingError> {
+    /// any strategy but [`Strategy::Deferred`], and for a node not in the layout.
+    ///
+    /// A chunk whose memmap cannot be populated (or whose memory cannot be
+    /// accepted) does not stop the worker: it goes on with the node's other
+    /// chunks, then tries each failed one again, up to [`WORKER_RETRIES`] times.
+    /// Those that still fail are counted in [`WorkerReport::failed`], with the last
+    /// error; they stay uninitialised, so the grow path tries them again when their
+    /// zone needs them. (A worker remembers at most 64 failed chunks to retry; the
+    /// rest are counted failed at once.) Called from inside the backing, it stops
+    /// at its first chunk with [`ChunkError::Reentrant`].
+    pub fn run_deferred_worker(&self, node: usize) -> WorkerReport {
         let mut report = WorkerReport::default();
         if self.config.strategy != Strategy::Deferred {
-            return Ok(report);
+            return report;
         }
         let Some(span) = self.layout.node(node) else {
-            return Ok(report);
+            return report;
         };
+        let mut retry = [0usize; 64];
+        let mut retries = 0;
         let first = self.layout.section_of(span.start_pfn);
         let end = self.layout.section_of(span.end_pfn - 1) + 1;
         let chunks_shift = self.memmap.sections().chunks_shift();
@@ -316,7 +386,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             // chunks hold.
             let section = first + self.work[node].fetch_add(1, Relaxed);
             if section >= end {
-                return Ok(report);
+                break;
             }
             for index in section << chunks_shift..(section + 1) << chunks_shift {
                 if self.memmap.sections().state(index) != ChunkState::Uninit {
@@ -330,12 +400,60 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 {
                     continue;
                 }
-                if let Some(pages) = self.init_chunk(index, InitCause::Worker)? {
-                    report.chunks += 1;
-                    report.pages += pages;
+                match self.init_chunk(index, InitCause::Worker) {
+                    Ok(Some(pages)) => {
+                        report.chunks += 1;
+                        report.pages += pages;
+                    }
+                    Ok(None) => {}
+                    Err(e @ ChunkError::Reentrant { .. }) => {
+                        report.failed += 1;
+                        report.error = Some(e);
+                        return report;
+                    }
+                    Err(e) => {
+                        report.error = Some(e);
+                        match retry.get_mut(retries) {
+                            Some(slot) => {
+                                *slot = index;
+                                retries += 1;
+                            }
+                            None => report.failed += 1,
+                        }
+                    }
                 }
             }
         }
+        // The failed chunks, again: a backing may fail for a moment (no memory for
+        // a page table just then). Whoever took one meanwhile has it.
+        let mut left = &mut retry[..retries];
+        for _ in 0..WORKER_RETRIES {
+            let mut still = 0;
+            for i in 0..left.len() {
+                let index = left[i];
+                match self.init_chunk(index, InitCause::Worker) {
+                    Ok(Some(pages)) => {
+                        report.chunks += 1;
+                        report.pages += pages;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        report.error = Some(e);
+                        left[still] = index;
+                        still += 1;
+                    }
+                }
+            }
+            left = &mut left[..still];
+            if left.is_empty() {
+                break;
+            }
+        }
+        report.failed += left.len() as u64;
+        if report.failed == 0 {
+            report.error = None;
+        }
+        report
     }
 
     /// What initialisation has done so far.
@@ -361,16 +479,29 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Initialises chunk `index` if no one has claimed it: has the memmap under it
     /// populated and its memory accepted, writes every descriptor, publishes it,
     /// and puts its usable pages on their zones' free lists. Returns the pages
-    /// freed, or `None` if someone else had it.
+    /// freed, or `None` if someone else had it. From inside the backing (on the
+    /// same [`Config::context`]) it gives the claim back and says so, rather than
+    /// call the backing again or wait for the section's memmap.
     pub(crate) fn init_chunk(
         &self,
         index: usize,
         cause: InitCause,
-    ) -> Result<Option<u64>, BackingError> {
+    ) -> Result<Option<u64>, ChunkError> {
         let Ok(claim) = self.memmap.sections().claim(index) else {
             return Ok(None);
         };
-        let mut writer = self.memmap.populate(claim, &self.layout)?;
+        let populated = match self.config.context {
+            Some(context) => {
+                let context = context();
+                if self.in_backing.contains(context) {
+                    return Err(ChunkError::Reentrant { chunk: index });
+                }
+                let _inside = self.in_backing.enter(context);
+                self.memmap.populate(claim, &self.layout)
+            }
+            None => self.memmap.populate(claim, &self.layout),
+        };
+        let mut writer = populated.map_err(ChunkError::Backing)?;
         let taken = writer.taken();
         let (start, end) = self.memmap.chunk_pfns(index);
         for run in self.layout.present_runs(start, end) {
@@ -418,7 +549,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         &self,
         zone: &Zone<R>,
         order: u32,
-    ) -> Result<Option<(u64, bool)>, BackingError> {
+    ) -> Result<Option<(u64, bool)>, ChunkError> {
         // The off switch: once set, this one flag is all that remains of laziness.
         // Acquire (in `all_initialised`) pairs with the Release of the last
         // section's finish, which comes after every section's splice.
@@ -431,11 +562,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Alternately look at what is left to initialise in `zone`, take a block, and
     /// initialise more of the zone, until a block is found or the zone was seen with
     /// nothing left to initialise before a take that failed.
-    fn grow_and_take(
-        &self,
-        zone: &Zone<R>,
-        order: u32,
-    ) -> Result<Option<(u64, bool)>, BackingError> {
+    fn grow_and_take(&self, zone: &Zone<R>, order: u32) -> Result<Option<(u64, bool)>, ChunkError> {
         let started = self.config.clock.map(|now| now());
         let mut grew = false;
         let result = loop {
@@ -470,8 +597,9 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Initialises one more chunk holding usable pages of `zone` (returns true), or
     /// waits for whoever is initialising the last ones (false). A chunk whose memmap
     /// cannot be populated (or whose memory cannot be accepted) is passed over for
-    /// the next; its error is returned only if no chunk could be initialised.
-    fn grow_zone(&self, zone: &Zone<R>) -> Result<bool, BackingError> {
+    /// the next; its error is returned only if no chunk could be initialised. From
+    /// inside the backing, neither initialises nor waits: `Reentrant`.
+    fn grow_zone(&self, zone: &Zone<R>) -> Result<bool, ChunkError> {
         let sections = self.memmap.sections();
         let (first, end) = zone.chunks(self.memmap.chunk_shift());
         // Relaxed: the cursor is only a hint of where unclaimed sections start;
@@ -498,10 +626,14 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                     return Ok(true);
                 }
                 Ok(None) => {}
+                Err(e @ ChunkError::Reentrant { .. }) => return Err(e),
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
         if let Some(index) = busy {
+            if self.reentrant() {
+                return Err(ChunkError::Reentrant { chunk: index });
+            }
             sections.wait_while_initialising(index);
             return Ok(false);
         }
@@ -513,6 +645,14 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         // caller's next look at the zone's count tells.
         crate::sync::spin_hint();
         Ok(false)
+    }
+
+    /// Whether the calling context is inside a call of the backing (known only
+    /// with a [`Config::context`]). Only for the paths that would wait.
+    pub(crate) fn reentrant(&self) -> bool {
+        self.config
+            .context
+            .is_some_and(|context| self.in_backing.contains(context()))
     }
 
     /// Whether chunk `index` holds usable pages of `zone`.

@@ -182,12 +182,17 @@ pub mod memmap;
 pub mod page;
 mod pcp;
 mod percpu;
+mod reentry;
 pub mod section;
+pub mod source;
 mod sync;
 mod zone;
 
 pub use allocator::{AllocError, AllocPath, Allocator, Constraint, FreeError};
-pub use init::{Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE};
+pub use init::{
+    ChunkError, Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE,
+    WORKER_RETRIES,
+};
 pub use layout::{
     Layout, LayoutBuilder, LayoutError, MemoryRange, Pfn, RangeKind, ZoneType, MAX_NODES,
     MAX_ORDER, PAGEBLOCK_ORDER, PAGE_SIZE,
@@ -197,5 +202,7 @@ pub use memmap::{
 };
 pub use page::{Page, PageState};
 pub use pcp::{CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
+pub use reentry::MAX_BACKING_CONTEXTS;
 pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
+pub use source::{PageSource, SourceError, MAX_SOURCE_PAGES};
 pub use zone::ZoneStats;

@@ -26,6 +26,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crate::layout::{Layout, Pfn};
 use crate::page::{Page, PageState};
 use crate::section::{ChunkState, Claim, MemmapState, Published, Sections, MAX_TAKEN_OFFSET};
+use crate::source::{merge, PageSource};
 
 /// The pages whose memmap a backing is asked to populate, or whose memory it is
 /// asked to accept: a section, or a chunk of one.
@@ -51,11 +52,13 @@ impl MemmapPiece {
 pub enum Granularity {
     /// A section's descriptors at once (2 MiB for a 128 MiB section: one huge
     /// page), when the first chunk of the section is initialised. The backing may
-    /// take pages of the section itself for them ([`Populated::taken`]).
+    /// take pages of the section itself for them and for its page tables, from the
+    /// [`PageSource`] it is lent (or as [`Populated::taken`]).
     Section,
     /// Each chunk's descriptors (64 KiB for a 4 MiB chunk) when that chunk is
     /// initialised, so that resident memmap follows initialised chunks. The memory
-    /// must come from elsewhere: `taken` must be empty.
+    /// and the page tables must come from elsewhere: `taken` must be empty, and the
+    /// [`PageSource`] hands out nothing.
     Chunk,
 }
 
@@ -63,8 +66,10 @@ pub enum Granularity {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Populated {
     /// Usable pages of the section itself that now hold its memmap (Linux's
-    /// "memmap on memory"). They get reserved descriptors and are never handed out.
-    /// Empty when the memory came from elsewhere.
+    /// "memmap on memory"), taken without the [`PageSource`]. They get reserved
+    /// descriptors and are never handed out. Empty when the memory came from
+    /// elsewhere or from the source (whose pages are recorded anyway); otherwise
+    /// it must form one contiguous range with the source's pages.
     pub taken: Range<u64>,
 }
 
@@ -114,12 +119,30 @@ impl core::fmt::Display for BackingError {
 ///   backing lives;
 /// - [`Populated::taken`] lies inside the piece, the backing asks for it only
 ///   pages that the layout says are usable, and it is empty under
-///   [`Granularity::Chunk`].
+///   [`Granularity::Chunk`];
+/// - the backing uses pages of the section only if they are in `taken` or were
+///   handed out by the [`PageSource`] of a call that succeeded.
 ///
 /// The allocator calls `populate` for a piece only while it holds the claim of a
 /// chunk in it (so from one thread at a time), never for a piece without present
 /// pages, and never again once a call has succeeded. A call that fails gives the
 /// piece back; a later claimant may ask again.
+///
+/// # Pages for the backing itself, and calls back into the allocator
+///
+/// A kernel's `populate` needs pages for the page tables that map the memmap. It
+/// takes them from the [`PageSource`] it is lent: usable pages of the section
+/// itself, next to each other, recorded with the section and never handed out
+/// (see there for the rules; under [`Granularity::Chunk`] it has none, and such a
+/// backing brings its own pool). The source works before the allocator exists,
+/// so it serves [`crate::Strategy::Eager`] start-up too.
+///
+/// `populate` and `accept` should not call the allocator. If they do (on the same
+/// context, as [`crate::Config::context`] names it), the call is served only from
+/// memory already initialised: where it would have to initialise a chunk or wait
+/// for one, it fails with [`crate::AllocError::Reentrant`] (or
+/// [`LookupError::Reentrant`]) rather than wait for the chunk its own caller
+/// holds.
 pub unsafe trait MemmapBacking {
     /// The address of pfn 0's descriptor.
     fn descriptors(&self) -> NonNull<Page>;
@@ -131,19 +154,32 @@ pub unsafe trait MemmapBacking {
     }
 
     /// Makes the memmap of `piece` accessible. Its content may be anything: every
-    /// descriptor is written before it is read.
-    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError>;
+    /// descriptor is written before it is read. Pages for the mapping itself (page
+    /// tables, or the memmap) come from `pages`, the section's own usable pages.
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        layout: &Layout,
+        pages: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError>;
 
     /// Makes the memory of one chunk ready for use, before any of its pages is
     /// handed out for the first time: accept it (TDX `TDG.MEM.PAGE.ACCEPT`, SNP
     /// `PVALIDATE`), zero it, or check it. Called exactly once per chunk, after its
     /// memmap is populated and before its pages reach a free list, by the chunk's
     /// claimant; a failure gives the chunk back, to be tried again. `chunk` may hold
-    /// holes, reserved pages and the pages `populate` took: only the usable runs of
-    /// `layout.present_runs(chunk.start, chunk.end)` outside them are handed out.
-    /// By default, nothing to do.
-    fn accept(&self, chunk: MemmapPiece, layout: &Layout) -> Result<(), BackingError> {
-        let _ = (chunk, layout);
+    /// holes, reserved pages and the pages `populate` took (`taken`: the part of
+    /// the section's recorded taken pages in this chunk, source pages included; they
+    /// hold the memmap or page tables and must not be touched): only the usable runs
+    /// of `layout.present_runs(chunk.start, chunk.end)` outside `taken` are handed
+    /// out. By default, nothing to do.
+    fn accept(
+        &self,
+        chunk: MemmapPiece,
+        taken: Range<u64>,
+        layout: &Layout,
+    ) -> Result<(), BackingError> {
+        let _ = (chunk, taken, layout);
         Ok(())
     }
 }
@@ -168,6 +204,13 @@ pub enum LookupError {
     },
     /// Initialising the section failed in its backing.
     Backing(BackingError),
+    /// The look-up was made from inside the backing's `populate` or `accept` (on
+    /// the same [`crate::Config::context`]) and would have had to initialise or
+    /// wait for the chunk.
+    Reentrant {
+        /// The pfn asked for.
+        pfn: Pfn,
+    },
 }
 
 impl core::error::Error for LookupError {}
@@ -183,6 +226,10 @@ impl core::fmt::Display for LookupError {
                 write!(f, "the descriptor of {pfn} is being initialised")
             }
             LookupError::Backing(e) => e.fmt(f),
+            LookupError::Reentrant { pfn } => write!(
+                f,
+                "the descriptor of {pfn} was asked for from inside the memmap backing, and its chunk is not initialised"
+            ),
         }
     }
 }
@@ -295,7 +342,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             Granularity::Chunk => self.populate_chunk(&claim, chunk, layout)?,
         };
         let taken = taken.start.clamp(start, end)..taken.end.clamp(start, end);
-        self.backing.accept(chunk, layout)?;
+        self.backing.accept(chunk, taken.clone(), layout)?;
         Ok(ChunkWriter {
             memmap: self,
             claim,
@@ -333,14 +380,20 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                 start: Pfn(first),
                 end: Pfn(first + (1 << self.section_shift)),
             };
-            let taken = self.backing.populate(piece, layout)?.taken;
+            let mut source = PageSource::new(layout, piece, Granularity::Section);
+            let returned = self.backing.populate(piece, layout, &mut source)?.taken;
             // Relaxed: a statistic.
             self.populated_bytes
                 .fetch_add(piece.memmap_bytes(), Relaxed);
+            // What the backing took itself and what the source handed out are
+            // recorded as one range; two apart cannot be.
+            let contiguous = merge(source.taken(), returned);
+            let taken = contiguous.clone().unwrap_or(0..0);
             // The section's state word records the taken range as 31-bit offsets;
             // a section so large that they do not fit cannot carry its own memmap.
             let recordable = taken.is_empty() || taken.end - first <= MAX_TAKEN_OFFSET;
-            let valid = recordable && taken_is_usable(&taken, piece, layout);
+            let valid =
+                contiguous.is_some() && recordable && taken_is_usable(&taken, piece, layout);
             // The memmap is in place either way: it must never be populated again.
             let recorded = if valid && !taken.is_empty() {
                 taken.start - first..taken.end - first
@@ -351,7 +404,9 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             if !valid {
                 return Err(BackingError {
                     section,
-                    reason: if recordable {
+                    reason: if contiguous.is_none() {
+                        "the pages the backing took and those of its page source are not one range"
+                    } else if recordable {
                         "the backing took pages that are not usable memory of the section"
                     } else {
                         "the backing took pages more than 2^31 pages into the section"
@@ -374,7 +429,8 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         if self.sections.chunk_memmap_populated(index) {
             return Ok(0..0);
         }
-        let taken = self.backing.populate(chunk, layout)?.taken;
+        let mut source = PageSource::new(layout, chunk, Granularity::Chunk);
+        let taken = self.backing.populate(chunk, layout, &mut source)?.taken;
         self.sections.set_chunk_memmap_populated(index);
         // Relaxed: a statistic.
         self.populated_bytes
@@ -498,7 +554,12 @@ unsafe impl MemmapBacking for SliceBacking<'_> {
         self.granularity
     }
 
-    fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        _: &Layout,
+        _: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
         if piece.end.0 > self.len as u64 {
             return Err(BackingError {
                 section: piece.section,

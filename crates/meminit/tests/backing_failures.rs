@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use common::Lent;
 use meminit::{
     AllocError, Allocator, BackingError, Config, Constraint, CpuId, Layout, LayoutBuilder,
-    MemmapBacking, MemmapPiece, Page, Populated, RangeKind, SliceBacking, Strategy, ZoneType,
+    MemmapBacking, MemmapPiece, Page, PageSource, Populated, RangeKind, SliceBacking, Strategy,
+    ZoneType,
 };
 
 const MIB: u64 = 1 << 20;
@@ -32,14 +33,19 @@ unsafe impl MemmapBacking for Failing<'_> {
         self.inner.descriptors()
     }
 
-    fn populate(&self, section: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+    fn populate(
+        &self,
+        section: MemmapPiece,
+        layout: &Layout,
+        pages: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
         if self.failing.lock().unwrap().contains(&section.section) {
             return Err(BackingError {
                 section: section.section,
                 reason: "injected failure",
             });
         }
-        self.inner.populate(section, layout)
+        self.inner.populate(section, layout, pages)
     }
 }
 

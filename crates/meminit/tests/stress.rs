@@ -116,7 +116,7 @@ fn stress_on(
         std::thread::scope(|s| {
             for node in 0..nodes {
                 for _ in 0..workers_per_node {
-                    s.spawn(move || a.run_deferred_worker(node).unwrap());
+                    s.spawn(move || a.run_deferred_worker(node));
                 }
             }
             for t in 0..allocators {
