@@ -15,22 +15,20 @@
 //! descriptor itself (that is [`crate::memmap`]) and holds a zone lock only to splice
 //! finished blocks.
 
-use core::array;
 use core::str::FromStr;
 use core::sync::atomic::{
-    AtomicU64, AtomicUsize,
+    AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
 };
 
 use lock_api::RawMutex;
 
-use crate::allocator::{Allocator, Constraint, ZoneList, CONSTRAINTS};
-use crate::layout::{Layout, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYPES};
-use crate::memmap::{BackingError, Memmap, MemmapBacking};
+use crate::allocator::Allocator;
+use crate::layout::{Layout, LayoutError, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE};
+use crate::memmap::{BackingError, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
 use crate::pcp::CpuCache;
-use crate::reentry::InBacking;
-use crate::section::{ChunkState, SectionSlot, Sections, MAX_CHUNKS_PER_SECTION};
+use crate::section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
 use crate::zone::Zone;
 
 /// When descriptors are initialised.
@@ -156,6 +154,16 @@ pub(crate) struct InitCounters {
     grow_time: AtomicU64,
 }
 
+impl InitCounters {
+    pub(crate) const fn new() -> Self {
+        InitCounters {
+            chunks_by: [const { AtomicU64::new(0) }; 4],
+            grows: AtomicU64::new(0),
+            grow_time: AtomicU64::new(0),
+        }
+    }
+}
+
 /// What initialisation has done so far, in chunks (the unit of initialisation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InitStats {
@@ -250,6 +258,8 @@ pub enum InitError {
     },
     /// Eager start-up could not populate the memmap.
     Backing(BackingError),
+    /// The memory map given to [`Allocator::build_in_place`] is not valid.
+    Layout(LayoutError),
 }
 
 impl core::error::Error for InitError {}
@@ -266,6 +276,7 @@ impl core::fmt::Display for InitError {
                 "chunk size {chunk:#x} must be a power of two from {DEFAULT_CHUNK_SIZE:#x} (one max-order block) up to the section size {section:#x}, and at least 1/{MAX_CHUNKS_PER_SECTION} of it"
             ),
             InitError::Backing(e) => e.fmt(f),
+            InitError::Layout(e) => write!(f, "the memory map is not valid: {e}"),
         }
     }
 }
@@ -279,6 +290,10 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// With [`Strategy::Eager`] every chunk is initialised before this returns;
     /// otherwise nothing is, and the allocator serves at once: start-up costs two
     /// words per section and work per memory-map range, nothing per page.
+    ///
+    /// The allocator (about 26 KB) and `layout` (about 10 KB) are moved by value:
+    /// on a small stack, start up in place instead
+    /// ([`init_in_place`](Self::init_in_place), [`build_in_place`](Self::build_in_place)).
     pub fn new(
         layout: Layout,
         backing: B,
@@ -286,71 +301,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         cpus: &'a [CpuCache<R>],
         config: Config,
     ) -> Result<Self, InitError> {
-        let chunk_shift = config.chunk_shift(&layout)?;
-        let chunks_shift = layout.section_shift() - chunk_shift;
-        let count = layout.section_count();
-        let given = slots.len();
-        let present_chunks = layout.present_runs(0, u64::MAX).map(|r| {
-            (
-                (r.start >> chunk_shift) as usize,
-                ((r.end - 1) >> chunk_shift) as usize + 1,
-            )
-        });
-        let sections = Sections::new(slots, count, chunks_shift, present_chunks).ok_or(
-            InitError::TooFewSlots {
-                needed: count,
-                given,
-            },
-        )?;
-        let memmap = Memmap::new(backing, sections, &layout, chunk_shift);
-        let zones = array::from_fn(|i| {
-            let node = i / ZONE_TYPES;
-            let kind = ZoneType::from_index(i % ZONE_TYPES);
-            let span = layout
-                .node(node)
-                .map(|n| n.zones[kind as usize])
-                .unwrap_or_default();
-            Zone::new(node as u8, kind, span, chunk_shift)
-        });
-        let zonelists = array::from_fn(|i| {
-            let constraint = [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
-            ZoneList::build(&zones, layout.node_count(), i / CONSTRAINTS, constraint)
-        });
-        for cache in cpus {
-            // Whatever a reused cache held belongs to a previous allocator.
-            cache.reset();
-        }
-        let allocator = Allocator {
-            cpus,
-            zonelists,
-            layout,
-            memmap,
-            zones,
-            config,
-            work: array::from_fn(|_| AtomicUsize::new(0)),
-            in_backing: InBacking::new(),
-            counters: InitCounters {
-                chunks_by: array::from_fn(|_| AtomicU64::new(0)),
-                grows: AtomicU64::new(0),
-                grow_time: AtomicU64::new(0),
-            },
-        };
-        if config.strategy == Strategy::Eager {
-            let chunks = count << chunks_shift;
-            for index in 0..chunks {
-                allocator
-                    .init_chunk(index, InitCause::Boot)
-                    .map_err(|e| match e {
-                        ChunkError::Backing(e) => InitError::Backing(e),
-                        // No one can call an allocator that does not exist yet.
-                        ChunkError::Reentrant { chunk } => InitError::Backing(BackingError {
-                            section: chunk >> chunks_shift,
-                            reason: "start-up was re-entered from the backing",
-                        }),
-                    })?;
-            }
-        }
-        Ok(allocator)
+        Self::start_by_value(&layout, backing, slots, cpus, config)
     }
 
     /// Runs one deferred worker for `node` until the node has no chunk left to hand

@@ -177,6 +177,7 @@ mod buddy;
 #[cfg(feature = "x86_64")]
 pub mod frames;
 pub mod init;
+mod inplace;
 pub mod layout;
 pub mod memmap;
 pub mod page;
