@@ -23,6 +23,18 @@ use meminit::{Layout, Page, PAGE_SIZE};
 
 use crate::region::Region;
 
+/// The calling thread, as a [`meminit::Config::context`]: a small number per
+/// thread, so that a call back into the allocator from inside a backing fails
+/// rather than waits for its own caller.
+pub fn thread_context() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        // Relaxed: only uniqueness matters.
+        static ID: u64 = NEXT.fetch_add(1, Relaxed);
+    }
+    ID.with(|id| *id)
+}
+
 /// Memmap memory on a host.
 pub struct HostBacking {
     region: Region,
