@@ -93,3 +93,47 @@ fn cpus_allocate_and_free_through_their_caches() {
         check_fully_coalesced(a);
     });
 }
+
+#[test]
+fn start_up_in_place_builds_the_layout_there_and_drops_on_failure() {
+    use meminit::{Allocator, Config, InitError, Page, SliceBacking};
+    use std::mem::MaybeUninit;
+    let l = small();
+    let mut b = LayoutBuilder::new();
+    b.section_size(4 * MIB)
+        .add(0x100000, 12 * MIB, RangeKind::Usable, 0);
+    for strategy in Strategy::ALL {
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&l);
+        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+        let a = Allocator::build_in_place(
+            &mut slot,
+            &b,
+            SliceBacking::new(&mut lent.memmap),
+            &mut lent.slots,
+            &lent.cpus,
+            Config::new(strategy),
+        )
+        .unwrap();
+        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+        a.free_on(CpuId(1), p, 0).unwrap();
+        assert_eq!(a.layout().usable_pages(), (12 * MIB - MIB) / 4096);
+        // SAFETY: started above; `a` is not used after this.
+        unsafe { slot.assume_init_drop() };
+    }
+    // Eager start-up over a memmap too short: the backing fails, the allocator
+    // written into the slot is dropped there.
+    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&l);
+    let mut short = Box::<[Page]>::new_uninit_slice(16);
+    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+    let err = Allocator::init_in_place(
+        &mut slot,
+        &l,
+        SliceBacking::new(&mut short),
+        &mut lent.slots,
+        &lent.cpus,
+        Config::new(Strategy::Eager),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, InitError::Backing(_)), "{err}");
+}
