@@ -163,7 +163,9 @@
 //! [`Allocator::init_in_place`] does the same from a built [`Layout`]. With the
 //! builder itself on the stack, start-up, the first allocations and frees need
 //! about 12 KiB (the workspace's `dev` profile, opt-level 1) to 15 KiB
-//! (`release`) under every strategy: a 16 KiB stack, which a test holds.
+//! (`release`) under every strategy: a 16 KiB stack, which a test holds. Without
+//! optimisation (opt-level 0) frames are larger: give it 32 KiB (24 KiB is not
+//! enough), or build the crate with opt-level 1 or more.
 //!
 //! ```
 //! # use meminit::*;

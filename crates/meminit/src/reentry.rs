@@ -12,9 +12,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Contexts that can be inside backing calls at once and be recognised: one per
-/// CPU of a 64-CPU machine. A context that finds the table full runs its backing
-/// call unrecorded (a call back from it would wait, as without a context).
+/// Contexts that can be inside backing calls at once: one per CPU of a 64-CPU
+/// machine. One more waits for a place before it calls the backing. It cannot
+/// wait forever: those recorded are inside the backing, and anything they ask of
+/// the allocator fails rather than waits for the chunk the waiting one holds.
 pub const MAX_BACKING_CONTEXTS: usize = 64;
 
 /// The contexts inside a backing call: `context + 1` in a slot, 0 for a free one.
@@ -29,14 +30,26 @@ impl InBacking {
         }
     }
 
-    /// Records that `context` is inside a backing call until the guard drops.
+    /// Records that `context` is inside a backing call until the guard drops,
+    /// waiting for a free place if every one is taken. `u64::MAX` is not
+    /// recorded.
     pub(crate) fn enter(&self, context: u64) -> Entered<'_> {
+        loop {
+            if let Some(entered) = self.try_enter(context) {
+                return entered;
+            }
+            crate::sync::spin_hint();
+        }
+    }
+
+    /// [`enter`](Self::enter), or `None` if every place is taken.
+    fn try_enter(&self, context: u64) -> Option<Entered<'_>> {
         let mark = context.wrapping_add(1);
         if mark == 0 {
-            return Entered {
+            return Some(Entered {
                 table: self,
                 slot: None,
-            };
+            });
         }
         for (i, slot) in self.slots.iter().enumerate() {
             // Relaxed: only `context` itself ever looks for `mark` (in
@@ -44,16 +57,13 @@ impl InBacking {
             // store visible to it); other contexts only need the exchange to be
             // atomic, so that two never share a slot.
             if slot.compare_exchange(0, mark, Relaxed, Relaxed).is_ok() {
-                return Entered {
+                return Some(Entered {
                     table: self,
                     slot: Some(i),
-                };
+                });
             }
         }
-        Entered {
-            table: self,
-            slot: None,
-        }
+        None
     }
 
     /// Whether `context` is inside a backing call. Only meaningful for the
@@ -104,14 +114,21 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_records_nothing_more() {
+    fn a_full_table_makes_the_next_context_wait_for_a_place() {
         let t = InBacking::new();
-        let held: Vec<_> = (0..MAX_BACKING_CONTEXTS as u64)
+        let mut held: Vec<_> = (0..MAX_BACKING_CONTEXTS as u64)
             .map(|c| t.enter(c))
             .collect();
-        let extra = t.enter(1000);
+        assert!(t.try_enter(1000).is_none());
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let _inside = t.enter(1000);
+                t.contains(1000)
+            });
+            held.pop();
+            assert!(waiter.join().unwrap());
+        });
         assert!(!t.contains(1000));
-        drop(extra);
         assert!(t.contains(0));
         drop(held);
         assert!(!t.contains(0));
