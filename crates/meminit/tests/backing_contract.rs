@@ -101,6 +101,16 @@ fn with_carving<T>(
     returned: Option<fn(Range<u64>) -> Range<u64>>,
     f: impl FnOnce(Result<&Carved<'_>, meminit::InitError>) -> T,
 ) -> T {
+    with_carving_config(layout, Config::new(strategy), granularity, returned, f)
+}
+
+fn with_carving_config<T>(
+    layout: &Layout,
+    config: Config,
+    granularity: Granularity,
+    returned: Option<fn(Range<u64>) -> Range<u64>>,
+    f: impl FnOnce(Result<&Carved<'_>, meminit::InitError>) -> T,
+) -> T {
     let mut lent = Lent::for_layout(layout);
     let backing = Carving {
         inner: SliceBacking::new(&mut lent.memmap).with_granularity(granularity),
@@ -111,7 +121,6 @@ fn with_carving<T>(
         populates: AtomicUsize::new(0),
         accept_taken: Mutex::new(Vec::new()),
     };
-    let config = Config::new(strategy);
     match Allocator::new(layout.clone(), backing, &mut lent.slots, &lent.cpus, config) {
         Ok(a) => f(Ok(&a)),
         Err(e) => f(Err(e)),
@@ -243,6 +252,50 @@ fn a_taken_range_apart_from_the_source_pages_is_refused_and_never_populated_agai
             assert_eq!(a.backing().populates.load(SeqCst), n);
         },
     );
+}
+
+#[test]
+fn a_chunk_holding_source_pages_given_back_keeps_them_reserved() {
+    let l = kernelish();
+    let config = Config {
+        give_back: true,
+        give_back_reserve: 0,
+        ..Config::new(Strategy::OnDemand)
+    };
+    with_carving_config(&l, config, Granularity::Section, None, |a| {
+        let a = a.unwrap();
+        // Section 0 (one chunk) holds its memmap and tables at 256..274.
+        let p = a.alloc(0, Constraint::Dma, 0).unwrap();
+        assert!(p.0 < 1024);
+        a.free(p, 0).unwrap();
+        a.give_back();
+        let stats = a.give_back();
+        assert!(stats.chunks_given_back >= 1, "{stats:?}");
+        assert!(a.page(Pfn(300)).is_err(), "given back");
+        // The section's memmap (and so its tables) stays: it holds pages of its
+        // own, and is never populated again.
+        let populates = a.backing().populates.load(SeqCst);
+        assert_eq!(stats.memmap_bytes_released, 0);
+        let got = drain_and_check(a);
+        for pfn in 256..274 {
+            assert!(!got.contains(&pfn), "{pfn:#x} handed out");
+            assert_eq!(a.page(Pfn(pfn)).unwrap().state(), PageState::Reserved);
+        }
+        assert!(a.backing().populates.load(SeqCst) > populates);
+        assert_eq!(
+            a.backing()
+                .taken
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|t| t.start == 256)
+                .count(),
+            1
+        );
+        // Accepted again, told the same pages.
+        let told = a.backing().accept_taken.lock().unwrap().clone();
+        assert_eq!(told.iter().filter(|t| **t == (256..274)).count(), 2);
+    });
 }
 
 #[test]
