@@ -19,6 +19,7 @@ use meminit_host::sim::{self, Options, Report, StrategyReport, Workload};
 use meminit_host::size;
 
 mod plot;
+mod spike;
 mod vm;
 
 #[derive(Parser)]
@@ -97,10 +98,21 @@ struct ReportArgs {
     /// Crash-kernel reservation below 4 GiB, like `crashkernel=`.
     #[arg(long, value_parser = parse_size)]
     crashkernel: Option<u64>,
-    /// After boot: `idle`, `container[:SIZE]` (default 100M, touched page by page)
-    /// or `random[:OPS]`.
+    /// After boot: `idle`, `container[:SIZE]` (default 100M, touched page by page),
+    /// `random[:OPS]`, `smp[:OPS]`, or `spike[:SIZE]` (SIZE allocated page by page
+    /// and written, all freed, then idle passes that report free memory to the host
+    /// and give chunks back).
     #[arg(long, default_value = "idle", value_parser = parse_workload)]
     workload: Workload,
+    /// Give chunks that stayed free back to uninitialised, releasing their memmap,
+    /// in the idle passes of the `spike` workload: `on` or `off` for every
+    /// strategy, or `default` (on for on-demand only).
+    #[arg(long, value_enum, default_value = "default")]
+    give_back: GiveBackArg,
+    /// Initialised free memory each zone keeps when giving back, in whole pages,
+    /// e.g. 16M [default: 16M, four chunks].
+    #[arg(long, value_parser = parse_size)]
+    give_back_reserve: Option<u64>,
     /// Host memory a strategy may commit before it is skipped [default: half of
     /// MemAvailable].
     #[arg(long, value_parser = parse_size)]
@@ -128,6 +140,13 @@ struct ReportArgs {
     /// Run each strategy this many times; times are given as median [min–max].
     #[arg(long, default_value_t = 3)]
     runs: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GiveBackArg {
+    On,
+    Off,
+    Default,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -276,7 +295,7 @@ struct Repeated {
 type ReadFigure = fn(&StrategyReport) -> Option<f64>;
 
 /// The figures of a strategy whose spread is reported.
-const REPORT_METRICS: [(&str, ReadFigure); 8] = [
+const REPORT_METRICS: [(&str, ReadFigure); 10] = [
     ("ready_ns", |s| Some(s.ready_ns as f64)),
     ("full_init_ns", |s| s.full_init_ns.map(|t| t as f64)),
     ("init_ns", |s| Some(s.init_ns as f64)),
@@ -288,6 +307,16 @@ const REPORT_METRICS: [(&str, ReadFigure); 8] = [
     }),
     ("memmap_resident_end_bytes", |s| {
         Some(s.memmap_resident_end_bytes as f64)
+    }),
+    (spike::MEMMAP_RELEASE, |s| {
+        s.spike
+            .as_ref()
+            .map(|p| p.memmap_resident_release_bytes as f64)
+    }),
+    (spike::GUEST_RELEASE, |s| {
+        s.spike
+            .as_ref()
+            .map(|p| p.guest_resident_release_bytes as f64)
     }),
 ];
 
@@ -358,6 +387,33 @@ fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Repeated, ExitCod
     };
     opts.premapped = matches!(args.memmap_granularity, GranularityArg::Premapped);
     opts.accept = args.accept_memory;
+    opts.give_back = match args.give_back {
+        GiveBackArg::On => Some(true),
+        GiveBackArg::Off => Some(false),
+        GiveBackArg::Default => None,
+    };
+    if let Some(reserve) = args.give_back_reserve {
+        if args.give_back == GiveBackArg::Off {
+            bail!("--give-back-reserve: give-back is off (--give-back off); drop one of them");
+        }
+        if reserve % PAGE_SIZE != 0 {
+            bail!(
+                "--give-back-reserve {}: not a whole number of {} pages",
+                size::format(reserve),
+                size::format(PAGE_SIZE)
+            );
+        }
+        let present = layout.present_pages() * PAGE_SIZE;
+        if reserve > present {
+            bail!(
+                "--give-back-reserve {}: more than the {} of machine {}; nothing would ever be given back",
+                size::format(reserve),
+                size::format(present),
+                machine.name
+            );
+        }
+        opts.give_back_reserve = Some(reserve);
+    }
     let progress = Spinner::new();
     let mut all = Vec::new();
     for _ in 0..args.runs {
@@ -396,7 +452,20 @@ fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Repeated, ExitCod
             eprintln!("wrote {}", f.display());
         }
     }
-    let failed = report.first.strategies.iter().any(|s| s.alloc_failures > 0);
+    let failed = report.first.strategies.iter().any(|s| {
+        s.alloc_failures > 0
+            || s.spike
+                .as_ref()
+                .is_some_and(|p| p.reuse_not_zeroed_pages > 0)
+    });
+    for s in &report.first.strategies {
+        if let Some(p) = s.spike.as_ref().filter(|p| p.reuse_not_zeroed_pages > 0) {
+            eprintln!(
+                "meminit: {}: {} pages reported to the host and allocated again did not read zeroes",
+                s.strategy, p.reuse_not_zeroed_pages
+            );
+        }
+    }
     let code = if failed {
         ExitCode::FAILURE
     } else {
@@ -454,7 +523,7 @@ pub(crate) fn format_ns(ns: u64) -> String {
 }
 
 /// One row of the report table: how to print a strategy's figure.
-type Cell<'a> = Box<dyn Fn(&StrategyReport) -> String + 'a>;
+pub(crate) type Cell<'a> = Box<dyn Fn(&StrategyReport) -> String + 'a>;
 
 fn print_report(repeated: &Repeated, opts: &Options) {
     let report = &repeated.first;
@@ -632,6 +701,7 @@ fn print_report(repeated: &Repeated, opts: &Options) {
         .map(|(label, cell)| (*label, ran.iter().map(|s| cell(s)).collect()))
         .collect();
     print_columns(&headers, &table);
+    spike::print(repeated, &ran);
     println!("  boot allocations (sized as Linux sizes them):");
     for b in &ran[0].boot {
         let blocks: u64 = b.blocks_per_node.iter().sum();
