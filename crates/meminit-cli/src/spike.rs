@@ -6,7 +6,8 @@
 use meminit_host::sim::StrategyReport;
 use meminit_host::size;
 
-use crate::{format_ns, print_columns, Cell, Repeated};
+use crate::table::{format_ns, print_columns, Cell};
+use crate::Repeated;
 
 /// The spread key of memmap resident after the release.
 pub(crate) const MEMMAP_RELEASE: &str = "spike_memmap_resident_release_bytes";
