@@ -300,7 +300,7 @@ struct Repeated {
 type ReadFigure = fn(&StrategyReport) -> Option<f64>;
 
 /// The figures of a strategy whose spread is reported.
-const REPORT_METRICS: [(&str, ReadFigure); 10] = [
+const REPORT_METRICS: [(&str, ReadFigure); 14] = [
     ("ready_ns", |s| Some(s.ready_ns as f64)),
     ("full_init_ns", |s| s.full_init_ns.map(|t| t as f64)),
     ("init_ns", |s| Some(s.init_ns as f64)),
@@ -313,10 +313,26 @@ const REPORT_METRICS: [(&str, ReadFigure); 10] = [
     ("memmap_resident_end_bytes", |s| {
         Some(s.memmap_resident_end_bytes as f64)
     }),
+    (spike::MEMMAP_BOOT, |s| {
+        s.spike
+            .as_ref()
+            .map(|p| p.memmap_resident_boot_bytes as f64)
+    }),
+    (spike::MEMMAP_PEAK, |s| {
+        s.spike
+            .as_ref()
+            .map(|p| p.memmap_resident_peak_bytes as f64)
+    }),
     (spike::MEMMAP_RELEASE, |s| {
         s.spike
             .as_ref()
             .map(|p| p.memmap_resident_release_bytes as f64)
+    }),
+    (spike::GUEST_BOOT, |s| {
+        s.spike.as_ref().map(|p| p.guest_resident_boot_bytes as f64)
+    }),
+    (spike::GUEST_PEAK, |s| {
+        s.spike.as_ref().map(|p| p.guest_resident_peak_bytes as f64)
     }),
     (spike::GUEST_RELEASE, |s| {
         s.spike

@@ -9,9 +9,18 @@ use meminit_host::size;
 use crate::table::{format_ns, print_columns, Cell};
 use crate::Repeated;
 
-/// The spread key of memmap resident after the release.
+/// The spread keys (over `--runs`) of memmap resident after boot, at the peak
+/// and after the release.
+pub(crate) const MEMMAP_BOOT: &str = "spike_memmap_resident_boot_bytes";
+/// See [`MEMMAP_BOOT`].
+pub(crate) const MEMMAP_PEAK: &str = "spike_memmap_resident_peak_bytes";
+/// See [`MEMMAP_BOOT`].
 pub(crate) const MEMMAP_RELEASE: &str = "spike_memmap_resident_release_bytes";
-/// The spread key of guest memory resident after the release.
+/// The same for simulated guest memory resident.
+pub(crate) const GUEST_BOOT: &str = "spike_guest_resident_boot_bytes";
+/// See [`GUEST_BOOT`].
+pub(crate) const GUEST_PEAK: &str = "spike_guest_resident_peak_bytes";
+/// See [`GUEST_BOOT`].
 pub(crate) const GUEST_RELEASE: &str = "spike_guest_resident_release_bytes";
 
 /// Prints the spike's rows for the strategies that ran it, if any did.
@@ -48,11 +57,11 @@ pub(crate) fn print(repeated: &Repeated, ran: &[&StrategyReport]) {
         ),
         (
             "memmap resident after boot",
-            Box::new(move |s| size::format(spike(s).memmap_resident_boot_bytes)),
+            Box::new(move |s| spread(s, MEMMAP_BOOT, spike(s).memmap_resident_boot_bytes)),
         ),
         (
             "memmap resident at the peak",
-            Box::new(move |s| size::format(spike(s).memmap_resident_peak_bytes)),
+            Box::new(move |s| spread(s, MEMMAP_PEAK, spike(s).memmap_resident_peak_bytes)),
         ),
         (
             "memmap resident after the release",
@@ -60,11 +69,11 @@ pub(crate) fn print(repeated: &Repeated, ran: &[&StrategyReport]) {
         ),
         (
             "guest memory resident after boot",
-            Box::new(move |s| size::format(spike(s).guest_resident_boot_bytes)),
+            Box::new(move |s| spread(s, GUEST_BOOT, spike(s).guest_resident_boot_bytes)),
         ),
         (
             "guest memory resident at the peak",
-            Box::new(move |s| size::format(spike(s).guest_resident_peak_bytes)),
+            Box::new(move |s| spread(s, GUEST_PEAK, spike(s).guest_resident_peak_bytes)),
         ),
         (
             "guest memory resident after the release",
