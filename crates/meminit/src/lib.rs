@@ -102,6 +102,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A whole kernel-style embedding is in the crate's `examples/kernel.rs` (run by
+//! `cargo test`; `cargo run -p meminit --example kernel` on Linux): two NUMA nodes
+//! with a hole and a reservation inside usable memory, a vmemmap mapped section by
+//! section with the section's own pages and a page-table page from the
+//! [`PageSource`], the section slots and per-CPU caches in `static`s, start-up in
+//! place on a 16 KiB stack, deferred workers per node, `NO_GROW`, `THIS_NODE` and
+//! `ZEROED` allocations, the kernel's per-page data ([`PageMeta`]) and free page
+//! reporting.
+//!
 //! With [`Strategy::Deferred`], start workers after `new` returns:
 //!
 //! ```ignore
