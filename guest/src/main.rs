@@ -11,17 +11,22 @@
 #![no_main]
 
 mod acpi;
+mod balloon;
 mod boot;
 mod cmdline;
+mod free_report;
 mod memory;
 mod paging;
+mod pci;
 mod port;
 mod pvh;
 mod report;
 mod smp;
 mod smp_workload;
+mod spike;
 mod traps;
 mod tsc;
+mod virtio;
 
 use core::cell::Cell;
 
@@ -122,7 +127,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     };
     // Bound every request by the memory present before anything runs: an absurd
     // size fails at once, with a reason, rather than keeping the guest busy.
-    if let Err(e) = check_bounds_for(&layout, &params, options.workload) {
+    // A spike is bounded as a container's working set is: by the memory present.
+    let bounded = match options.spike {
+        Some(bytes) => Workload::Container { bytes },
+        None => options.workload,
+    };
+    if let Err(e) = check_bounds_for(&layout, &params, bounded) {
         println!("meminit guest: bad kernel command line option: {e}");
         exit(ExitCode::BadCommandLine)
     }
@@ -225,6 +235,29 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
 
     let nodes = layout.node_count();
     let mut progress = Progress::new(tsc_hz, options.workload);
+    let mut spike = None;
+    if let Some(bytes) = options.spike {
+        let figures = spike::run(
+            bytes,
+            nodes,
+            options.hold,
+            tsc_hz,
+            spike::Paths {
+                alloc: &mut alloc,
+                free: &mut |pfn| {
+                    if allocator.free_on(CpuId(0), pfn, 0).is_err() {
+                        failures.set(failures.get() + 1);
+                    }
+                    allocated_pages.set(allocated_pages.get() - 1);
+                },
+                drain: &|| {
+                    allocator.drain_all_cpus();
+                },
+                tick: &mut |done, of| progress.tick(done, of),
+            },
+        );
+        spike = Some(figures);
+    }
     match options.workload {
         Workload::Idle => {}
         Workload::Smp { ops } => {
@@ -321,6 +354,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         failures: failures.get(),
         boot: &boot_results,
         counts_hold,
+        spike,
     };
     report.print();
     if !boot::stack_canary_intact() {
@@ -334,7 +368,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             println!("meminit guest: no byte came in 60 s; powering off");
         }
     }
-    exit(if failures.get() == 0 && counts_hold {
+    // A spike whose report failed, or that the host did not discard, fails too.
+    let spike_ok = spike.is_none_or(|s| s.ok());
+    exit(if failures.get() == 0 && counts_hold && spike_ok {
         ExitCode::Success
     } else {
         ExitCode::Failure
