@@ -334,10 +334,13 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// sit in CPU caches, or be split between them so that no block of `order`
     /// exists until they merge. Drains every cache back to its zone and looks again,
     /// for as long as draining finds pages.
+    /// Blocks away for free page reporting are waited for the same way: they
+    /// come back as soon as the host has them.
     #[cold]
     fn alloc_after_drain(&self, order: u32, constraint: Constraint, node: usize) -> Option<u64> {
         for _ in 0..DRAIN_ROUNDS {
-            if self.drain_all_cpus() == 0 {
+            let drained = self.drain_all_cpus();
+            if drained == 0 && !self.wait_for_reporting(constraint, node) {
                 return None;
             }
             for zone in self.zonelist(constraint, node) {
@@ -347,6 +350,21 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             }
         }
         None
+    }
+
+    /// Waits until no zone an allocation may use has blocks away for free page
+    /// reporting; returns whether there were any.
+    fn wait_for_reporting(&self, constraint: Constraint, node: usize) -> bool {
+        let mut waited = false;
+        for zone in self.zonelist(constraint, node) {
+            // Relaxed: the count drops under the zone lock as the blocks go back;
+            // the take that follows takes that lock after, and finds them.
+            while zone.isolated.load(core::sync::atomic::Ordering::Relaxed) > 0 {
+                crate::sync::spin_hint();
+                waited = true;
+            }
+        }
+        waited
     }
 
     /// The populated zones an allocation may use, in the order it tries them.

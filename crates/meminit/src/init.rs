@@ -100,15 +100,30 @@ pub struct Config {
     /// one max-order block ([`DEFAULT_CHUNK_SIZE`]) up to a section, with at most
     /// [`MAX_CHUNKS_PER_SECTION`] chunks per section.
     pub chunk_size: u64,
+    /// Whether [`Allocator::give_back`] and [`Allocator::report_free`] return
+    /// chunks whose pages all stayed free to uninitialised, releasing their
+    /// memmap. On by default for [`Strategy::OnDemand`], whose point is that
+    /// memmap follows use.
+    pub give_back: bool,
+    /// Bytes of initialised free memory each zone keeps when giving chunks back,
+    /// so that a workload that frees and allocates again does not make the
+    /// allocator give back and initialise the same chunks over and over.
+    pub give_back_reserve: u64,
 }
 
+/// The default [`Config::give_back_reserve`]: four default chunks per zone.
+pub const DEFAULT_GIVE_BACK_RESERVE: u64 = 4 * DEFAULT_CHUNK_SIZE;
+
 impl Config {
-    /// `strategy`, with no clock and the default chunk size.
+    /// `strategy`, with no clock, the default chunk size, and give-back on for
+    /// [`Strategy::OnDemand`] only, keeping [`DEFAULT_GIVE_BACK_RESERVE`].
     pub const fn new(strategy: Strategy) -> Self {
         Config {
             strategy,
             clock: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            give_back: matches!(strategy, Strategy::OnDemand),
+            give_back_reserve: DEFAULT_GIVE_BACK_RESERVE,
         }
     }
 
@@ -139,6 +154,8 @@ pub(crate) enum InitCause {
 /// Counters of initialisation work. All `Relaxed`: statistics, ordered by nothing.
 pub(crate) struct InitCounters {
     chunks_by: [AtomicU64; 4],
+    /// Chunks given back to uninitialised.
+    pub(crate) given_back: AtomicU64,
     grows: AtomicU64,
     grow_time: AtomicU64,
 }
@@ -168,6 +185,9 @@ pub struct InitStats {
     pub memmap_bytes: u64,
     /// Whether the off switch is set.
     pub fully_initialised: bool,
+    /// Chunks given back to uninitialised so far ([`Config::give_back`]); each is
+    /// counted again in the `by_*` figures when it is initialised anew.
+    pub given_back: u64,
 }
 
 /// What one call of [`Allocator::run_deferred_worker`] did.
@@ -279,6 +299,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             work: array::from_fn(|_| AtomicUsize::new(0)),
             counters: InitCounters {
                 chunks_by: array::from_fn(|_| AtomicU64::new(0)),
+                given_back: AtomicU64::new(0),
                 grows: AtomicU64::new(0),
                 grow_time: AtomicU64::new(0),
             },
@@ -355,6 +376,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             grow_time: self.counters.grow_time.load(Relaxed),
             memmap_bytes: self.memmap.populated_bytes(),
             fully_initialised: sections.all_initialised(),
+            given_back: self.counters.given_back.load(Relaxed),
         }
     }
 
@@ -423,7 +445,14 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         // Acquire (in `all_initialised`) pairs with the Release of the last
         // section's finish, which comes after every section's splice.
         if self.memmap.sections().all_initialised() {
-            return Ok(zone.take(&self.memmap, order).map(|pfn| (pfn, false)));
+            if let Some(pfn) = zone.take(&self.memmap, order) {
+                return Ok(Some((pfn, false)));
+            }
+            // A chunk given back may have turned the switch off again, just before
+            // its blocks left the lists: seen here, after the take's lock.
+            if self.memmap.sections().all_initialised() {
+                return Ok(None);
+            }
         }
         self.grow_and_take(zone, order)
     }
@@ -446,7 +475,10 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             if let Some(pfn) = zone.take(&self.memmap, order) {
                 break Ok(Some(pfn));
             }
-            if left == 0 {
+            // A give-back counts its chunk uninitialised under the zone lock
+            // before its blocks leave the lists; a take that missed them took
+            // that lock after, so this second look sees the count.
+            if left == 0 && zone.uninit.load(Acquire) == 0 {
                 break Ok(None);
             }
             // Whether this pass initialised a chunk or someone else is finishing

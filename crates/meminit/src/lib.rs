@@ -176,6 +176,7 @@ mod allocator;
 mod buddy;
 #[cfg(feature = "x86_64")]
 pub mod frames;
+mod giveback;
 pub mod init;
 pub mod layout;
 pub mod memmap;
@@ -187,7 +188,13 @@ mod sync;
 mod zone;
 
 pub use allocator::{AllocError, AllocPath, Allocator, Constraint, FreeError};
-pub use init::{Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE};
+pub use giveback::{
+    FreeReporter, NoReporter, ReportError, ReportStats, REPORT_BATCH, REPORT_ORDER,
+};
+pub use init::{
+    Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE,
+    DEFAULT_GIVE_BACK_RESERVE,
+};
 pub use layout::{
     Layout, LayoutBuilder, LayoutError, MemoryRange, Pfn, RangeKind, ZoneType, MAX_NODES,
     MAX_ORDER, PAGEBLOCK_ORDER, PAGE_SIZE,

@@ -21,11 +21,16 @@
 
 use core::ops::Range;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use crate::layout::{Layout, Pfn};
 use crate::page::{Page, PageState};
-use crate::section::{ChunkState, Claim, MemmapState, Published, Sections, MAX_TAKEN_OFFSET};
+use crate::section::{
+    ChunkState, Claim, MemmapState, Published, Retiring, Sections, MAX_TAKEN_OFFSET,
+};
 
 /// The pages whose memmap a backing is asked to populate, or whose memory it is
 /// asked to accept: a section, or a chunk of one.
@@ -114,12 +119,20 @@ impl core::fmt::Display for BackingError {
 ///   backing lives;
 /// - [`Populated::taken`] lies inside the piece, the backing asks for it only
 ///   pages that the layout says are usable, and it is empty under
-///   [`Granularity::Chunk`].
+///   [`Granularity::Chunk`];
+/// - after [`depopulate`](Self::depopulate) returns `true` for a piece, its
+///   descriptors stay valid for reads and writes (their contents may change to
+///   anything, zeroes for instance), until a later `populate` of the piece makes
+///   them hold what the allocator writes again: the memory behind them may be
+///   released (a host's `MADV_DONTNEED`, a guest reporting the pages to its
+///   hypervisor) but the range must not be unmapped, because a caller may still
+///   hold a reference to a descriptor of a page it freed.
 ///
 /// The allocator calls `populate` for a piece only while it holds the claim of a
 /// chunk in it (so from one thread at a time), never for a piece without present
-/// pages, and never again once a call has succeeded. A call that fails gives the
-/// piece back; a later claimant may ask again.
+/// pages, and never for a piece that is populated: not again once a call has
+/// succeeded, unless `depopulate` released the piece since. A call that fails
+/// gives the piece back; a later claimant may ask again.
 pub unsafe trait MemmapBacking {
     /// The address of pfn 0's descriptor.
     fn descriptors(&self) -> NonNull<Page>;
@@ -142,9 +155,35 @@ pub unsafe trait MemmapBacking {
     /// holes, reserved pages and the pages `populate` took: only the usable runs of
     /// `layout.present_runs(chunk.start, chunk.end)` outside them are handed out.
     /// By default, nothing to do.
+    ///
+    /// A chunk given back ([`crate::Config::give_back`]) and initialised again is
+    /// accepted again: its memory may have been reported to the host meanwhile.
     fn accept(&self, chunk: MemmapPiece, layout: &Layout) -> Result<(), BackingError> {
         let _ = (chunk, layout);
         Ok(())
+    }
+
+    /// Releases the memory under the memmap of `piece` (a section, or a chunk,
+    /// as [`granularity`](Self::granularity) says), none of whose chunks is
+    /// initialised any more: every one was given back. Returns whether it did;
+    /// `false` (the default) keeps the memmap populated, and the allocator will
+    /// not populate it again. See the trait's safety rules: the range stays
+    /// mapped. Called without any lock held, by the one thread that retired the
+    /// piece; never for a section whose memmap holds pages of the section itself.
+    fn depopulate(&self, piece: MemmapPiece) -> bool {
+        let _ = piece;
+        false
+    }
+
+    /// Memory reported to the host by free page reporting
+    /// ([`crate::Allocator::report_free`]) is about to be used again: `pages` were
+    /// taken off the free lists for an allocation, or merged into a block that is
+    /// no longer counted as reported. A virtio-balloon guest has nothing to do
+    /// (the host gives zeroed memory back on the next touch); a confidential guest
+    /// would accept the pages again. Called under a zone lock: it must not call
+    /// into the allocator, and should be short. By default, nothing.
+    fn reuse_reported(&self, pages: Range<Pfn>) {
+        let _ = pages;
     }
 }
 
@@ -195,6 +234,9 @@ pub(crate) struct Memmap<'a, B> {
     chunk_shift: u32,
     section_shift: u32,
     populated_bytes: AtomicU64,
+    /// Set once a chunk was given back: from then on descriptors are written with
+    /// atomic stores, since a stale reference to one may still be in use.
+    gave_back: AtomicBool,
 }
 
 // SAFETY: the raw `base` pointer is only dereferenced under the module invariant
@@ -220,6 +262,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             chunk_shift,
             section_shift: layout.section_shift(),
             populated_bytes: AtomicU64::new(0),
+            gave_back: AtomicBool::new(false),
         }
     }
 
@@ -302,7 +345,92 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             next: start,
             end,
             taken,
+            // Acquire: pairs with the Release in `depopulate`, which comes before
+            // the retired chunk becomes claimable.
+            atomic: self.gave_back.load(Acquire),
         })
+    }
+
+    /// The pfns of chunk `chunk` that hold its section's memmap (empty if none,
+    /// or if the section's memmap is not populated).
+    pub fn taken_in(&self, chunk: usize) -> Range<u64> {
+        let (start, end) = self.chunk_pfns(chunk);
+        if self.backing.granularity() == Granularity::Chunk {
+            return start..start;
+        }
+        let section = (start >> self.section_shift) as usize;
+        match self.sections.memmap_state(section) {
+            MemmapState::Populated(taken) if !taken.is_empty() => {
+                let first = (section as u64) << self.section_shift;
+                let t0 = (first + taken.start).clamp(start, end);
+                t0..(first + taken.end).clamp(t0, end)
+            }
+            _ => start..start,
+        }
+    }
+
+    /// The memmap piece (section or chunk, as the backing populates) holding
+    /// chunk `chunk`'s descriptors.
+    fn piece_of(&self, chunk: usize) -> MemmapPiece {
+        let (start, end) = self.chunk_pfns(chunk);
+        let section = (start >> self.section_shift) as usize;
+        match self.backing.granularity() {
+            Granularity::Chunk => MemmapPiece {
+                section,
+                start: Pfn(start),
+                end: Pfn(end),
+            },
+            Granularity::Section => MemmapPiece {
+                section,
+                start: Pfn((section as u64) << self.section_shift),
+                end: Pfn(((section as u64) + 1) << self.section_shift),
+            },
+        }
+    }
+
+    /// Finishes giving back the chunk of `retiring`, whose blocks have left the
+    /// free lists: asks the backing to release its memmap where no initialised
+    /// chunk needs it any more (the chunk's own part, or its whole section once
+    /// every chunk of it is given back), then makes the chunk `Uninit`. Returns
+    /// the bytes of memmap released.
+    pub fn depopulate(&self, retiring: Retiring<'_, 'a>) -> u64 {
+        // Release: pairs with the Acquire in `populate`; set before the chunk can
+        // be claimed again (the Release of dropping `retiring`).
+        self.gave_back.store(true, Release);
+        let chunk = retiring.chunk();
+        let piece = self.piece_of(chunk);
+        let released = match self.backing.granularity() {
+            Granularity::Chunk => {
+                let released =
+                    self.sections.chunk_memmap_populated(chunk) && self.backing.depopulate(piece);
+                if released {
+                    self.sections.clear_chunk_memmap_populated(chunk);
+                }
+                drop(retiring);
+                released
+            }
+            Granularity::Section => {
+                // The section's memmap may go only once this chunk is `Uninit`.
+                drop(retiring);
+                match self.sections.retire_memmap(piece.section) {
+                    Some(memmap) => {
+                        let released = self.backing.depopulate(piece);
+                        if released {
+                            memmap.finish();
+                        }
+                        released
+                    }
+                    None => false,
+                }
+            }
+        };
+        if !released {
+            return 0;
+        }
+        // Relaxed: a statistic.
+        self.populated_bytes
+            .fetch_sub(piece.memmap_bytes(), Relaxed);
+        piece.memmap_bytes()
     }
 
     /// Populates section `section`'s memmap unless someone has; returns the pfns
@@ -413,6 +541,9 @@ pub(crate) struct ChunkWriter<'m, 'a, B> {
     end: u64,
     /// The pages of this chunk that hold memmap.
     taken: Range<u64>,
+    /// Write with atomic stores: descriptors of this range were readable before
+    /// (a chunk was given back), so a stale reference may still touch them.
+    atomic: bool,
 }
 
 impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
@@ -431,11 +562,22 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
         );
         let base = self.memmap.base.as_ptr();
         for pfn in self.next..until {
-            // SAFETY: `pfn` lies in the claimed chunk (checked above), whose memmap
-            // is populated (a writer exists only after `populate` succeeded); the
-            // claim makes this thread its only writer and no one reads it before
-            // `publish`. `write` does not read the old bytes.
-            unsafe { base.add(pfn as usize).write(Page::new(state, zone_index)) };
+            if self.atomic {
+                // SAFETY: `pfn` lies in the claimed chunk, whose memmap is
+                // populated, so the memory is valid for reads and writes; every
+                // field of `Page` is an atomic valid for any bit pattern, so a
+                // shared reference to whatever the memory holds is sound, and the
+                // atomic stores of `reset` race with no non-atomic access.
+                unsafe { (*base.add(pfn as usize)).reset(state, zone_index) };
+            } else {
+                // SAFETY: `pfn` lies in the claimed chunk (checked above), whose
+                // memmap is populated (a writer exists only after `populate`
+                // succeeded); the claim makes this thread its only writer, no one
+                // reads it before `publish`, and no reference to it exists: no
+                // chunk was ever given back, so this chunk was never readable.
+                // `write` does not read the old bytes.
+                unsafe { base.add(pfn as usize).write(Page::new(state, zone_index)) };
+            }
         }
         self.next = until;
     }

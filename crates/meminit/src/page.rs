@@ -89,9 +89,16 @@ const fn encode(state: PageState) -> u32 {
     }
 }
 
+/// Flag in the state word of a free block's head: the block's memory was handed
+/// to the host by free page reporting and not used since.
+const FLAG_REPORTED: u32 = 1 << 16;
+/// Flag in the state word of a free block's head: a give-back pass saw the block
+/// free; if the next pass still finds the flag, the block stayed free in between.
+const FLAG_AGED: u32 = 1 << 17;
+
 #[inline]
 fn decode(word: u32) -> PageState {
-    let order = word >> 8;
+    let order = (word >> 8) & 0xff;
     match word & 0xff {
         KIND_TAIL => PageState::Tail,
         KIND_FREE => PageState::Free { order },
@@ -126,9 +133,56 @@ impl Page {
         decode(self.state.load(Relaxed))
     }
 
+    /// Sets the state, clearing the flags: any change of a block's state means it
+    /// was used or merged, so it is neither reported nor aged any more.
     #[inline]
     pub(crate) fn set_state(&self, state: PageState) {
         self.state.store(encode(state), Relaxed);
+    }
+
+    /// Sets the state of a free block's head and whether its memory is reported.
+    #[inline]
+    pub(crate) fn set_free(&self, order: u32, reported: bool) {
+        let flag = if reported { FLAG_REPORTED } else { 0 };
+        self.state
+            .store(encode(PageState::Free { order }) | flag, Relaxed);
+    }
+
+    /// Whether the free block this page heads was reported to the host.
+    #[inline]
+    pub(crate) fn is_reported(&self) -> bool {
+        self.state.load(Relaxed) & FLAG_REPORTED != 0
+    }
+
+    /// Whether a give-back pass marked the free block this page heads, and it
+    /// has not changed state since.
+    #[inline]
+    pub(crate) fn is_aged(&self) -> bool {
+        self.state.load(Relaxed) & FLAG_AGED != 0
+    }
+
+    /// Marks the free block this page heads as seen free by a give-back pass,
+    /// keeping its state and other flags. Under the zone lock.
+    #[inline]
+    pub(crate) fn mark_aged(&self) {
+        // Relaxed: the zone lock orders every change of a listed block's state.
+        self.state.fetch_or(FLAG_AGED, Relaxed);
+    }
+
+    /// Rewrites every field as a fresh descriptor would have it, with atomic
+    /// stores: for a chunk initialised again after it was given back, whose
+    /// descriptors a stale reference may still touch.
+    #[inline]
+    pub(crate) fn reset(&self, state: PageState, zone_index: u32) {
+        // Relaxed throughout: the chunk is not readable (not `Ready`) while this
+        // runs; its publication orders these stores for readers.
+        self.state.store(encode(state), Relaxed);
+        self.zone.store(zone_index, Relaxed);
+        self.next.store(NO_PFN, Relaxed);
+        self.prev.store(NO_PFN, Relaxed);
+        for word in &self.user {
+            word.store(0, Relaxed);
+        }
     }
 
     /// Moves the state from `from` to `to` if it is `from`, atomically; otherwise
@@ -196,5 +250,19 @@ mod tests {
             assert_eq!(p.zone(), Some((2, ZoneType::Dma32)));
         }
         assert_eq!(Page::new(PageState::Reserved, NO_ZONE).zone(), None);
+    }
+
+    #[test]
+    fn flags_do_not_change_the_state_and_a_new_state_clears_them() {
+        let p = Page::new(PageState::Tail, zone_index(0, ZoneType::Normal));
+        p.set_free(10, true);
+        p.mark_aged();
+        assert_eq!(p.state(), PageState::Free { order: 10 });
+        assert!(p.is_reported() && p.is_aged());
+        p.set_state(PageState::Allocated { order: 10 });
+        assert!(!p.is_reported() && !p.is_aged());
+        p.set_free(3, false);
+        assert!(!p.is_reported());
+        assert_eq!(p.state(), PageState::Free { order: 3 });
     }
 }

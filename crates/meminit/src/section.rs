@@ -24,12 +24,23 @@
 //!   that populate chunk by chunk it is instead a bitmap of the chunks whose
 //!   memmap is populated, each bit set once by that chunk's claimant.
 //!
+//! - **Give-back** runs the chunk's cycle backwards: the holder of a [`Retiring`]
+//!   (taken `Ready → Initialising` under the zone lock, once every page of the
+//!   chunk is free) returns the chunk to `Uninit`, and the off switch turns off
+//!   again until the chunk is initialised anew. A section's memmap may be retired
+//!   (`Populated → Populating → Unpopulated`) once none of its chunks is
+//!   `Initialising` or `Ready`: [`Sections::retire_memmap`] and a chunk claimant's
+//!   look at the memmap word form a store-buffer pair (each writes its own word,
+//!   then reads the other's, all `SeqCst`), so of a retirement and an
+//!   initialisation racing in one section, at least one sees the other and backs
+//!   off.
+//!
 //! This module owns the states and their memory orderings. It knows nothing of
 //! descriptors, zones or the layout, and it takes no lock.
 
-use crate::sync::{spin_hint, AtomicBool, AtomicU64, AtomicUsize};
+use crate::sync::{spin_hint, AtomicU64, AtomicUsize};
 use core::ops::Range;
-use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 
 /// The most chunks a section may be divided into (two bits each in a 64-bit word).
 pub const MAX_CHUNKS_PER_SECTION: u32 = 32;
@@ -156,10 +167,9 @@ pub struct Sections<'a> {
     chunks_shift: u32,
     /// Chunks with present pages: fixed at start-up.
     present: usize,
-    /// Chunks with present pages that are not yet finished.
+    /// Chunks with present pages that are not yet finished (or were given back).
+    /// Zero is the off switch: growth is off until a chunk is given back.
     unfinished: AtomicUsize,
-    /// Set once `unfinished` reaches zero: growth is off for good.
-    all_initialised: AtomicBool,
 }
 
 /// The bits of chunk `i` of its section's word.
@@ -217,7 +227,6 @@ impl<'a> Sections<'a> {
             chunks_shift,
             present: unfinished,
             unfinished: AtomicUsize::new(unfinished),
-            all_initialised: AtomicBool::new(unfinished == 0),
         })
     }
 
@@ -254,9 +263,12 @@ impl<'a> Sections<'a> {
     pub fn claim(&self, chunk: usize) -> Result<Claim<'_, 'a>, ChunkState> {
         let (slot, shift) = self.locate(chunk).ok_or(ChunkState::Absent)?;
         // Acquire on success pairs with the Release in `Claim::drop`, when an earlier
-        // claimant gave the chunk back after a failure; on failure it pairs with
-        // `publish`, so a caller told `Ready` may read the descriptors. Other
-        // chunks of the section changing under us only make the exchange retry.
+        // claimant gave the chunk back after a failure, and in `Retiring::drop`; on
+        // failure it pairs with `publish`, so a caller told `Ready` may read the
+        // descriptors. SeqCst on success: the first half of the store-buffer pair
+        // with `retire_memmap` (this claim, then the claimant's look at the memmap
+        // word). Other chunks of the section changing under us only make the
+        // exchange retry.
         let mut word = slot.chunks.load(Acquire);
         loop {
             let state = ChunkState::from_bits(word >> shift);
@@ -267,7 +279,7 @@ impl<'a> Sections<'a> {
             let claimed = word ^ (3 << shift);
             match slot
                 .chunks
-                .compare_exchange_weak(word, claimed, Acquire, Acquire)
+                .compare_exchange_weak(word, claimed, SeqCst, Acquire)
             {
                 Ok(_) => {
                     return Ok(Claim {
@@ -308,10 +320,11 @@ impl<'a> Sections<'a> {
     pub fn claim_memmap(&self, section: usize) -> Result<MemmapClaim<'_, 'a>, MemmapState> {
         let slot = self.slots.get(section).ok_or(MemmapState::Unpopulated)?;
         // Acquire on success pairs with the Release of a failed claimant giving it
-        // back; on failure with `publish`.
+        // back, or of a retirement; on failure with `publish`. SeqCst: the second
+        // half of a chunk claimant's store-buffer pair with `retire_memmap`.
         match slot
             .memmap
-            .compare_exchange(MEMMAP_UNPOPULATED, MEMMAP_POPULATING, Acquire, Acquire)
+            .compare_exchange(MEMMAP_UNPOPULATED, MEMMAP_POPULATING, SeqCst, SeqCst)
         {
             Ok(_) => Ok(MemmapClaim {
                 sections: self,
@@ -358,13 +371,89 @@ impl<'a> Sections<'a> {
         self.unfinished.load(Relaxed)
     }
 
-    /// The off switch: true once every chunk is initialised and its pages are on
-    /// the free lists. Never goes back to false.
+    /// The off switch: true while every chunk is initialised and its pages are on
+    /// the free lists. Goes back to false only when a chunk is given back.
     ///
     /// Acquire: pairs with the Release in [`Published::finish`] of the last chunk.
     #[inline]
     pub fn all_initialised(&self) -> bool {
-        self.all_initialised.load(Acquire)
+        self.unfinished.load(Acquire) == 0
+    }
+
+    /// Takes chunk `chunk` out of `Ready` to give it back: the caller holds the
+    /// lock of the one zone whose pages the chunk holds and has checked that all
+    /// of them are free on its lists. Look-ups see `Initialising` from now on, and
+    /// the off switch is off until the chunk is initialised again.
+    pub(crate) fn retire(&self, chunk: usize) -> Option<Retiring<'_, 'a>> {
+        let (slot, shift) = self.locate(chunk)?;
+        let word = slot.chunks.load(Relaxed);
+        if ChunkState::from_bits(word >> shift) != ChunkState::Ready {
+            return None;
+        }
+        // Ready (11) to Initialising (10). AcqRel: the Acquire half pairs with the
+        // Release of this chunk's `publish`; the Release half has no reader that
+        // needs more than the state. Only give-back leaves `Ready`, and it runs
+        // under the zone lock, so the exchange fails only when a neighbour's bits
+        // changed: retry on those.
+        let mut word = word;
+        loop {
+            match slot
+                .chunks
+                .compare_exchange_weak(word, word ^ (1 << shift), AcqRel, Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) if ChunkState::from_bits(now >> shift) == ChunkState::Ready => word = now,
+                Err(_) => return None,
+            }
+        }
+        // Relaxed: the caller's zone lock orders this before the blocks leave the
+        // lists, and an allocation that finds them gone reads the count after
+        // taking that lock.
+        self.unfinished.fetch_add(1, Relaxed);
+        Some(Retiring {
+            sections: self,
+            chunk,
+        })
+    }
+
+    /// Under [`crate::memmap::Granularity::Section`], takes section `section`'s
+    /// memmap out of `Populated` to depopulate it, if it holds none of the
+    /// section's own pages and no chunk of the section is `Initialising` or
+    /// `Ready`.
+    pub(crate) fn retire_memmap(&self, section: usize) -> Option<MemmapRetiring<'_, 'a>> {
+        let slot = self.slots.get(section)?;
+        // SeqCst, both: the first half of the store-buffer pair with a chunk
+        // claimant (claim, then look at the memmap word); the claimant that looks
+        // after this sees `Populating` and waits.
+        slot.memmap
+            .compare_exchange(MEMMAP_POPULATED, MEMMAP_POPULATING, SeqCst, SeqCst)
+            .ok()?;
+        // SeqCst: the second half of the pair. A claim this does not see comes
+        // after the exchange above in the single order, so its look at the memmap
+        // word sees `Populating`.
+        let chunks = slot.chunks.load(SeqCst);
+        // Any chunk in Initialising (10) or Ready (11): the high bit of its pair.
+        if chunks & 0xaaaa_aaaa_aaaa_aaaa != 0 {
+            // Release: pairs with the Acquire of a claimant that saw `Populating`
+            // and waited.
+            slot.memmap.store(MEMMAP_POPULATED, Release);
+            return None;
+        }
+        Some(MemmapRetiring {
+            sections: self,
+            section,
+            done: false,
+        })
+    }
+
+    /// Under [`crate::memmap::Granularity::Chunk`], records that chunk `chunk`'s
+    /// memmap is depopulated; the holder of its [`Retiring`] only.
+    pub(crate) fn clear_chunk_memmap_populated(&self, chunk: usize) {
+        if let Some((slot, shift)) = self.locate(chunk) {
+            // Release: pairs with the Acquire in `chunk_memmap_populated` of the
+            // chunk's next claimant.
+            slot.memmap.fetch_and(!(1 << (shift / 2)), Release);
+        }
     }
 
     /// Whether `claim` was taken from this table.
@@ -445,14 +534,65 @@ impl Published<'_, '_> {
     /// the off switch is now set.
     pub fn finish(self) -> bool {
         // AcqRel: the Release half orders this chunk's splices before the count
-        // drops; the Acquire half lets the last finisher see every earlier one.
-        if self.sections.unfinished.fetch_sub(1, AcqRel) == 1 {
-            // Release: pairs with the Acquire in `all_initialised`.
-            self.sections.all_initialised.store(true, Release);
-            true
-        } else {
-            false
+        // drops (pairs with the Acquire in `all_initialised`); the Acquire half
+        // lets the last finisher see every earlier one.
+        self.sections.unfinished.fetch_sub(1, AcqRel) == 1
+    }
+}
+
+/// A chunk being given back: `Initialising`, its blocks off the free lists, its
+/// memmap about to be depopulated. Dropping it makes the chunk `Uninit`, to be
+/// initialised again by whoever claims it next.
+pub(crate) struct Retiring<'s, 'a> {
+    sections: &'s Sections<'a>,
+    chunk: usize,
+}
+
+impl Retiring<'_, '_> {
+    /// The chunk.
+    pub(crate) fn chunk(&self) -> usize {
+        self.chunk
+    }
+}
+
+impl Drop for Retiring<'_, '_> {
+    fn drop(&mut self) {
+        if let Some((slot, shift)) = self.sections.locate(self.chunk) {
+            // Initialising (10) to Uninit (01). Release: pairs with the Acquire of
+            // the next `claim`, which then sees the memmap's state as this left it.
+            slot.chunks.fetch_xor(3 << shift, Release);
         }
+    }
+}
+
+/// A section's memmap being depopulated. [`MemmapRetiring::finish`] makes it
+/// `Unpopulated`; dropping it without (the backing kept the memory) leaves it
+/// `Populated`.
+pub(crate) struct MemmapRetiring<'s, 'a> {
+    sections: &'s Sections<'a>,
+    section: usize,
+    done: bool,
+}
+
+impl MemmapRetiring<'_, '_> {
+    /// The memmap is gone: the next claimant populates it again.
+    pub(crate) fn finish(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for MemmapRetiring<'_, '_> {
+    fn drop(&mut self) {
+        let word = if self.done {
+            MEMMAP_UNPOPULATED
+        } else {
+            MEMMAP_POPULATED
+        };
+        // Release: pairs with the Acquire of claimants that waited while it was
+        // `Populating`.
+        self.sections.slots[self.section]
+            .memmap
+            .store(word, Release);
     }
 }
 

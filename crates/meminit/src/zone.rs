@@ -21,6 +21,11 @@ pub(crate) struct Zone<R: RawMutex> {
     free: Mutex<R, FreeArea>,
     /// Mirror of the free-list page count, written under the lock, read without it.
     free_pages: AtomicU64,
+    /// Mirror of the reported pages on the free lists, likewise.
+    reported_pages: AtomicU64,
+    /// Free pages taken off the lists while free page reporting hands them to the
+    /// host; they count as free. Changed under the lock.
+    pub(crate) isolated: AtomicU64,
     /// Usable pages whose chunks have not put them on the free lists yet.
     pub(crate) uninit: AtomicU64,
     /// Usable pages that a self-hosting backing took for the memmap.
@@ -51,6 +56,9 @@ pub struct ZoneStats {
     pub free: u64,
     /// Of `free`, pages in CPU caches.
     pub cached: u64,
+    /// Of `free`, pages whose memory was reported to the host and not used since
+    /// (see [`crate::Allocator::report_free`]), or is being reported now.
+    pub reported: u64,
     /// Managed pages not initialised yet. They count as available.
     pub uninitialised: u64,
 }
@@ -77,6 +85,8 @@ impl<R: RawMutex> Zone<R> {
             span,
             free: Mutex::new(FreeArea::new()),
             free_pages: AtomicU64::new(0),
+            reported_pages: AtomicU64::new(0),
+            isolated: AtomicU64::new(0),
             uninit: AtomicU64::new(span.present - span.reserved),
             memmap_pages: AtomicU64::new(0),
             grow_cursor: AtomicUsize::new((span.start_pfn >> chunk_shift) as usize),
@@ -111,8 +121,9 @@ impl<R: RawMutex> Zone<R> {
     pub(crate) fn with_free<T>(&self, f: impl FnOnce(&mut FreeArea) -> T) -> T {
         let mut area = self.free.lock();
         let out = f(&mut area);
-        // Relaxed: a mirror for readers that do not take the lock.
+        // Relaxed: mirrors for readers that do not take the lock.
         self.free_pages.store(area.pages(), Relaxed);
+        self.reported_pages.store(area.reported_pages(), Relaxed);
         out
     }
 
@@ -133,6 +144,7 @@ impl<R: RawMutex> Zone<R> {
         // Relaxed throughout: counters are a snapshot, exact only when quiescent.
         let memmap = self.memmap_pages.load(Relaxed);
         let reserved = self.span.reserved + memmap;
+        let isolated = self.isolated.load(Relaxed);
         ZoneStats {
             node: self.node,
             zone: self.kind,
@@ -141,8 +153,9 @@ impl<R: RawMutex> Zone<R> {
             present: self.span.present,
             managed: self.span.present - reserved,
             reserved,
-            free: self.free_pages.load(Relaxed) + cached,
+            free: self.free_pages.load(Relaxed) + cached + isolated,
             cached,
+            reported: self.reported_pages.load(Relaxed) + isolated,
             uninitialised: self.uninit.load(Relaxed),
         }
     }

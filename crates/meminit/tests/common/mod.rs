@@ -6,8 +6,8 @@ use std::mem::MaybeUninit;
 
 use meminit::layout::PresentRun;
 use meminit::{
-    Allocator, Config, CpuCache, Granularity, Layout, LayoutBuilder, Page, Pfn, RangeKind,
-    SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
+    Allocator, Config, CpuCache, Granularity, Layout, LayoutBuilder, MemmapBacking, Page, Pfn,
+    RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
 };
 
 /// CPU caches lent to every test allocator.
@@ -100,7 +100,12 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn record(&mut self, a: &Alloc<'_>, pfn: Pfn, order: u32) {
+    pub fn record<B: MemmapBacking, R: lock_api::RawMutex>(
+        &mut self,
+        a: &Allocator<'_, B, R>,
+        pfn: Pfn,
+        order: u32,
+    ) {
         let (node, zone) = a.page(pfn).unwrap().zone().unwrap();
         let end = pfn.0 + (1 << order);
         // No block may overlap one still held.
@@ -115,7 +120,11 @@ impl Ledger {
         *self.per_zone.entry((node, zone)).or_default() += 1 << order;
     }
 
-    pub fn release(&mut self, a: &Alloc<'_>, pfn: u64) -> u32 {
+    pub fn release<B: MemmapBacking, R: lock_api::RawMutex>(
+        &mut self,
+        a: &Allocator<'_, B, R>,
+        pfn: u64,
+    ) -> u32 {
         let order = self.blocks.remove(&pfn).unwrap();
         let (node, zone) = a.page(Pfn(pfn)).unwrap().zone().unwrap();
         *self.per_zone.get_mut(&(node, zone)).unwrap() -= 1 << order;
@@ -125,7 +134,10 @@ impl Ledger {
 
 /// free + allocated + uninitialised + reserved == present, per zone, with
 /// `allocated` from the test's own ledger.
-pub fn check_counts(a: &Alloc<'_>, allocated: &HashMap<(u8, ZoneType), u64>) {
+pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
+    a: &Allocator<'_, B, R>,
+    allocated: &HashMap<(u8, ZoneType), u64>,
+) {
     for z in a.zone_stats() {
         let held = allocated.get(&(z.node, z.zone)).copied().unwrap_or(0);
         assert_eq!(
