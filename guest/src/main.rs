@@ -254,6 +254,10 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
                     allocator.drain_all_cpus();
                 },
                 tick: &mut |done, of| progress.tick(done, of),
+                report: &|reporter| match reporter {
+                    Some(r) => allocator.report_free(r),
+                    None => Ok(allocator.give_back()),
+                },
             },
         );
         spike = Some(figures);

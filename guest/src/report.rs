@@ -290,8 +290,15 @@ impl Report<'_> {
     fn print_spike_json(&self) {
         let s = self.spike.unwrap_or_default();
         print!(
-            "\"spike_bytes\":{},\"spike_pages\":{},\"reported_bytes\":{},\"reported_blocks\":{},\"report_calls\":{},\"unreported_pages\":{},",
-            s.bytes, s.pages, s.reported_bytes, s.reported_blocks, s.report_calls, s.unreported_pages
+            "\"spike_bytes\":{},\"spike_pages\":{},\"reported_bytes\":{},\"reported_blocks\":{},\"report_calls\":{},\"report_passes\":{},\"chunks_given_back\":{},\"memmap_bytes_released\":{},",
+            s.bytes,
+            s.pages,
+            s.reported_bytes,
+            s.reported_blocks,
+            s.report_calls,
+            s.passes,
+            s.chunks_given_back,
+            s.memmap_bytes_released
         );
         match s.balloon {
             Some(f) => print!("\"balloon\":\"{f}\","),

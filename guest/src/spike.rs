@@ -8,15 +8,15 @@
 //!
 //! It owns the spike's pages while they are held (they are chained through their
 //! own first words, so holding any number costs no memory beside them) and the
-//! figures it reports. It allocates and frees only through the callers' paths and
-//! reports only what it has just freed and nothing allocates meanwhile.
+//! figures it reports. It allocates, frees and reports only through the callers'
+//! paths: what is free and may be reported is the allocator's to say.
 
 use core::fmt;
 
-use meminit::{Constraint, Pfn};
+use meminit::{Constraint, Pfn, ReportError, ReportStats};
 
 use crate::balloon::{self, Balloon};
-use crate::free_report::{BalloonReporter, SpikeRuns};
+use crate::free_report::BalloonReporter;
 use crate::port::Serial;
 use crate::println;
 
@@ -31,12 +31,17 @@ pub struct SpikeFigures {
     pub reported_bytes: u64,
     pub reported_blocks: u64,
     pub report_calls: u64,
-    /// Pages freed beyond what the reporting stand-in covers, left unreported.
-    pub unreported_pages: u64,
+    /// Chunks the allocator gave back to uninitialised, and memmap released.
+    pub chunks_given_back: u64,
+    pub memmap_bytes_released: u64,
+    /// Idle-time passes of the allocator's reporting made.
+    pub passes: u32,
     /// The balloon, where one was found.
     pub balloon: Option<crate::pci::Function>,
     /// Why reporting failed or could not start.
     pub error: Option<balloon::Error>,
+    /// Whether a pass of the allocator's reporting failed.
+    pub report_failed: bool,
     /// Whether the first page reported reads as zeros afterwards (the host
     /// discarded it); `None` when nothing was reported.
     pub reported_zeroed: Option<bool>,
@@ -48,6 +53,7 @@ impl SpikeFigures {
     pub fn ok(&self) -> bool {
         let pages = self.bytes.div_ceil(4096);
         let reporting_ok = match (self.balloon, self.error) {
+            _ if self.report_failed => false,
             (_, Some(balloon::Error::NoDevice)) => true,
             (_, Some(_)) => false,
             (Some(_), None) => self.reported_zeroed != Some(false),
@@ -76,7 +82,15 @@ pub struct Paths<'a> {
     pub drain: &'a dyn Fn(),
     /// Shows progress: steps done, of all.
     pub tick: &'a mut dyn FnMut(u64, u64),
+    /// One idle-time pass of the allocator (`Allocator::report_free`): reports
+    /// free memory to the balloon where there is one, and gives chunks back.
+    pub report: &'a dyn Fn(Option<&mut BalloonReporter<'_>>) -> Result<ReportStats, ReportError>,
 }
+
+/// Idle-time passes after the release: the allocator gives a chunk back once it
+/// has stayed free across two of them, as Linux reports a couple of seconds after
+/// memory is freed.
+const PASSES: u32 = 2;
 
 /// Runs a spike of `bytes` spread over `nodes`.
 pub fn run(bytes: u64, nodes: usize, hold: bool, tsc_hz: u64, paths: Paths<'_>) -> SpikeFigures {
@@ -85,6 +99,7 @@ pub fn run(bytes: u64, nodes: usize, hold: bool, tsc_hz: u64, paths: Paths<'_>) 
         free,
         drain,
         tick,
+        report,
     } = paths;
     let mut figures = SpikeFigures {
         bytes,
@@ -117,31 +132,40 @@ pub fn run(bytes: u64, nodes: usize, hold: bool, tsc_hz: u64, paths: Paths<'_>) 
     }
     mark("peak", hold, tsc_hz);
 
-    // The bitmap is taken once per boot, and there is one spike per boot.
-    let mut runs = SpikeRuns::new();
     while let Some(pfn) = head {
         head = link(pfn);
         free(pfn);
-        if let Some(r) = runs.as_mut() {
-            r.freed(pfn);
-        }
     }
+    // Pages in the page caches are not merged: return them to their zones.
     drain();
-    if let (Some(b), Some(runs)) = (balloon.as_mut(), runs.as_mut()) {
-        let mut reporter = BalloonReporter::new(b);
-        let first = runs.report(&mut reporter);
-        figures.reported_bytes = reporter.bytes;
-        figures.reported_blocks = reporter.blocks;
-        figures.report_calls = reporter.calls;
-        match first {
-            Ok(first) => figures.reported_zeroed = first.map(is_zero),
+    let mut reporter = balloon.as_mut().map(BalloonReporter::new);
+    for _ in 0..PASSES {
+        match report(reporter.as_mut()) {
+            Ok(stats) => {
+                figures.passes += 1;
+                figures.chunks_given_back += stats.chunks_given_back;
+                figures.memmap_bytes_released += stats.memmap_bytes_released;
+            }
             Err(e) => {
-                println!("meminit guest: reporting free memory failed: {e}");
-                figures.error = Some(e.0);
+                let why = reporter.as_ref().and_then(|r| r.error);
+                match why {
+                    Some(b) => println!("meminit guest: reporting free memory failed: {b}"),
+                    None => println!("meminit guest: reporting free memory failed: {e}"),
+                }
+                figures.error = why;
+                figures.report_failed = true;
+                break;
             }
         }
     }
-    figures.unreported_pages = runs.as_ref().map_or(0, |r| r.dropped);
+    if let Some(r) = reporter {
+        figures.reported_bytes = r.bytes;
+        figures.reported_blocks = r.blocks;
+        figures.report_calls = r.calls;
+        if !figures.report_failed {
+            figures.reported_zeroed = r.first.map(is_zero);
+        }
+    }
     println!("meminit guest: spike: {figures}");
     mark("released", hold, tsc_hz);
     figures
@@ -151,8 +175,13 @@ impl fmt::Display for SpikeFigures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} pages written and freed; {} bytes reported in {} ranges",
-            self.pages, self.reported_bytes, self.reported_blocks
+            "{} pages written and freed; {} bytes reported in {} ranges; {} chunks given back, {} bytes of memmap released, in {} passes",
+            self.pages,
+            self.reported_bytes,
+            self.reported_blocks,
+            self.chunks_given_back,
+            self.memmap_bytes_released,
+            self.passes
         )?;
         match self.reported_zeroed {
             Some(true) => write!(f, "; the host discarded them (they read as zeros)"),
