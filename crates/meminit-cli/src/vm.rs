@@ -79,9 +79,10 @@ pub struct VmArgs {
     /// line, for meminit and Linux alike.
     #[arg(long)]
     no_balloon: bool,
-    /// The initramfs for `--peer linux`, whose /init runs a spike [default: the
-    /// one scripts/setup --vm builds in target/linux/, where it did; without one,
-    /// Linux stops at its root-mount panic].
+    /// The initramfs for `--peer linux` with `--workload spike:SIZE`, whose /init
+    /// runs the spike [default: the one scripts/setup --vm builds in
+    /// target/linux/, where it did; without one, Linux stops at its root-mount
+    /// panic]. Other workloads boot Linux without one.
     #[arg(long)]
     initramfs: Option<PathBuf>,
     /// Boot each guest this many times; tables and JSON give the minimum, median
@@ -355,8 +356,14 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
             );
         }
     }
+    let spike = matches!(args.workload, VmWorkload::Spike(_));
     let (initramfs, initramfs_note) = match (&linux_kernel, &args.initramfs) {
         (None, _) => (None, None),
+        (Some(_), Some(i)) if !spike => bail!(
+            "--initramfs {}: only a spike (--workload spike:SIZE) boots Linux with an initramfs",
+            i.display()
+        ),
+        (Some(_), None) if !spike => (None, None),
         (Some(_), Some(i)) if !i.is_file() => bail!("--initramfs {}: no such file", i.display()),
         (Some(_), Some(i)) => (Some(i.clone()), None),
         (Some(_), None) => {
@@ -495,7 +502,6 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
         if let Some(i) = &initramfs {
             qemu_args.extend(["-initrd".into(), i.display().to_string()]);
         }
-        let spike = matches!(args.workload, VmWorkload::Spike(_));
         let mut samples = Vec::new();
         for i in 0..args.runs {
             if !args.json {
