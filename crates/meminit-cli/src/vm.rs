@@ -450,6 +450,7 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
                     ram_kib: &ram_kib,
                     finish: Finish::Release,
                     limit,
+                    release_settle: Duration::ZERO,
                 },
                 &progress(s),
             )?;
@@ -525,6 +526,9 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
                         Finish::StopAtPanic
                     },
                     limit,
+                    // Linux reports in passes 2 s apart: wait until three in a
+                    // row hand nothing more back.
+                    release_settle: Duration::from_secs(6),
                 },
                 &progress("linux"),
             )

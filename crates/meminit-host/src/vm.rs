@@ -339,6 +339,37 @@ pub struct Run<'a> {
     pub finish: Finish,
     /// Give up after this long.
     pub limit: Duration,
+    /// At the `released` marker, how long QEMU's memory must stay flat (within
+    /// 1 MiB) before it is measured, at most [`RELEASE_SETTLE_LIMIT`]: Linux
+    /// reports free memory in passes two seconds apart, each a sixteenth of a free
+    /// list or so, so what it hands back keeps falling for a while. Zero: the
+    /// usual brief settling (the meminit guest reports before it prints the
+    /// marker).
+    pub release_settle: Duration,
+}
+
+/// The longest the host waits at the `released` marker for QEMU's memory to stop
+/// falling.
+pub const RELEASE_SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Resident KiB of QEMU and of its guest RAM once QEMU's resident memory stayed
+/// within 1 MiB for `window` (sampled every 250 ms), or after `limit`.
+fn settle_for(pid: u32, ram_kib: &[u64], window: Duration, limit: Duration) -> (u64, u64) {
+    let started = Instant::now();
+    let mut flat_since = Instant::now();
+    let mut low = status_kib(pid, "VmRSS:").unwrap_or(0);
+    let mut high = low;
+    while flat_since.elapsed() < window && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = status_kib(pid, "VmRSS:").unwrap_or(low);
+        low = low.min(now);
+        high = high.max(now);
+        if high - low > 1024 {
+            flat_since = Instant::now();
+            (low, high) = (now, now);
+        }
+    }
+    settle(pid, ram_kib)
 }
 
 /// Resident KiB of QEMU and of its guest RAM, sampled until two samples 100 ms
@@ -439,7 +470,11 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
         for (name, at) in pending {
             // The guest waits at its marker for a byte: measure it at rest there,
             // then let it go on.
-            let (rss, guest) = settle(pid, run.ram_kib);
+            let (rss, guest) = if name == marks::RELEASED && !run.release_settle.is_zero() {
+                settle_for(pid, run.ram_kib, run.release_settle, RELEASE_SETTLE_LIMIT)
+            } else {
+                settle(pid, run.ram_kib)
+            };
             marks.push(Mark {
                 name,
                 qemu_rss_bytes: rss * 1024,
@@ -589,6 +624,7 @@ pub fn choose_accel(kernel: &Path) -> (Accel, String) {
         ram_kib: &guest_ram_kib(&shape),
         finish: Finish::Release,
         limit: Duration::from_secs(20),
+        release_settle: Duration::ZERO,
     };
     match run_qemu(&run, &|_, _| {}) {
         Ok(run) if run.exit_status == Some(GUEST_SUCCESS) && guest_json(&run.console).is_some() => {
