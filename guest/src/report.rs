@@ -290,7 +290,7 @@ impl Report<'_> {
     fn print_spike_json(&self) {
         let s = self.spike.unwrap_or_default();
         print!(
-            "\"spike_bytes\":{},\"spike_pages\":{},\"reported_bytes\":{},\"reported_blocks\":{},\"report_calls\":{},\"report_passes\":{},\"chunks_given_back\":{},\"memmap_bytes_released\":{},",
+            "\"spike_bytes\":{},\"spike_pages\":{},\"reported_bytes\":{},\"reported_blocks\":{},\"report_calls\":{},\"report_passes\":{},\"chunks_given_back\":{},\"memmap_bytes_released\":{},\"memmap_reported_bytes\":{},",
             s.bytes,
             s.pages,
             s.reported_bytes,
@@ -298,7 +298,8 @@ impl Report<'_> {
             s.report_calls,
             s.passes,
             s.chunks_given_back,
-            s.memmap_bytes_released
+            s.memmap_bytes_released,
+            s.memmap_reported_bytes
         );
         match s.balloon {
             Some(f) => print!("\"balloon\":\"{f}\","),

@@ -34,6 +34,8 @@ pub struct SpikeFigures {
     /// Chunks the allocator gave back to uninitialised, and memmap released.
     pub chunks_given_back: u64,
     pub memmap_bytes_released: u64,
+    /// Bytes of that memmap handed to the host (`memmap=chunk`).
+    pub memmap_reported_bytes: u64,
     /// Idle-time passes of the allocator's reporting made.
     pub passes: u32,
     /// The balloon, where one was found.
@@ -166,6 +168,17 @@ pub fn run(bytes: u64, nodes: usize, hold: bool, tsc_hz: u64, paths: Paths<'_>) 
             figures.reported_zeroed = r.first.map(is_zero);
         }
     }
+    // The memmap of the chunks given back (`memmap=chunk`) goes to the host too.
+    if let (Some(b), false) = (balloon.as_mut(), figures.report_failed) {
+        match crate::paging::report_released_memmap(&mut |ranges| b.report(ranges)) {
+            Ok(bytes) => figures.memmap_reported_bytes = bytes,
+            Err(e) => {
+                println!("meminit guest: reporting the memmap given back failed: {e}");
+                figures.error = Some(e);
+                figures.report_failed = true;
+            }
+        }
+    }
     println!("meminit guest: spike: {figures}");
     mark("released", hold, tsc_hz);
     figures
@@ -175,12 +188,13 @@ impl fmt::Display for SpikeFigures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} pages written and freed; {} bytes reported in {} ranges; {} chunks given back, {} bytes of memmap released, in {} passes",
+            "{} pages written and freed; {} bytes reported in {} ranges; {} chunks given back, {} bytes of memmap released ({} reported), in {} passes",
             self.pages,
             self.reported_bytes,
             self.reported_blocks,
             self.chunks_given_back,
             self.memmap_bytes_released,
+            self.memmap_reported_bytes,
             self.passes
         )?;
         match self.reported_zeroed {
