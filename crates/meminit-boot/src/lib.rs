@@ -82,6 +82,13 @@ pub enum Workload {
         /// Operations per CPU.
         ops: u64,
     },
+    /// A load spike: `bytes` allocated page by page and written, all freed again,
+    /// then idle while free memory is reported and given back; memory is measured
+    /// after boot, at the peak and after the release.
+    Spike {
+        /// Size of the spike.
+        bytes: u64,
+    },
 }
 
 impl Workload {
@@ -91,16 +98,18 @@ impl Workload {
     pub const DEFAULT_RANDOM: u64 = 100_000;
     /// The SMP workload's default operation count per CPU.
     pub const DEFAULT_SMP: u64 = 50_000;
+    /// The spike workload's default size.
+    pub const DEFAULT_SPIKE: u64 = 1 << 30;
 }
 
-/// A workload that is not `idle`, `container[:SIZE]`, `random[:OPS]` or
-/// `smp[:OPS]`.
+/// A workload that is not `idle`, `container[:SIZE]`, `random[:OPS]`,
+/// `smp[:OPS]` or `spike[:SIZE]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadWorkload;
 
 impl fmt::Display for BadWorkload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unknown workload: expected idle, container[:SIZE], random[:OPS] or smp[:OPS]")
+        f.write_str("unknown workload: expected idle, container[:SIZE], random[:OPS], smp[:OPS] or spike[:SIZE]")
     }
 }
 
@@ -134,6 +143,12 @@ impl FromStr for Workload {
                 .parse()
                 .map(|ops| Workload::Smp { ops })
                 .map_err(|_| BadWorkload),
+            ("spike", None) => Ok(Workload::Spike {
+                bytes: Workload::DEFAULT_SPIKE,
+            }),
+            ("spike", Some(size)) => parse_size(size)
+                .map(|bytes| Workload::Spike { bytes })
+                .map_err(|_| BadWorkload),
             _ => Err(BadWorkload),
         }
     }
@@ -146,6 +161,7 @@ impl fmt::Display for Workload {
             Workload::Container { bytes } => write!(f, "container:{}", Size(*bytes)),
             Workload::Random { ops } => write!(f, "random:{ops}"),
             Workload::Smp { ops } => write!(f, "smp:{ops}"),
+            Workload::Spike { bytes } => write!(f, "spike:{}", Size(*bytes)),
         }
     }
 }
@@ -441,7 +457,9 @@ pub fn check_bounds(
     }
     match workload {
         Workload::Idle => Ok(()),
-        Workload::Container { bytes } => too_large("workload", bytes, present_bytes, false),
+        Workload::Container { bytes } | Workload::Spike { bytes } => {
+            too_large("workload", bytes, present_bytes, false)
+        }
         Workload::Random { ops } | Workload::Smp { ops } => {
             too_large("workload", ops, present_bytes / PAGE_SIZE, true)
         }
@@ -529,6 +547,11 @@ mod tests {
             Ok(Workload::Container { bytes: 1 << 30 })
         );
         assert_eq!("random:10".parse(), Ok(Workload::Random { ops: 10 }));
+        assert_eq!("spike:64M".parse(), Ok(Workload::Spike { bytes: 64 << 20 }));
+        assert_eq!(
+            Workload::Spike { bytes: 1 << 30 }.to_string().parse(),
+            Ok(Workload::Spike { bytes: 1 << 30 })
+        );
         assert!("busy".parse::<Workload>().is_err());
         assert_eq!(Size(3 << 29).to_string(), "1.5G");
     }

@@ -510,6 +510,8 @@ fn measure(
     let mut smp_samples = None;
     match opts.workload {
         Workload::Idle => {}
+        // Being built (issue 9): until then it runs as idle, and says so.
+        Workload::Spike { .. } => eprintln!("spike workload not in the simulator yet: idle"),
         Workload::Smp { ops } => {
             smp_samples = Some(smp_workload(&allocator, machine.cpus, ops, &nodes));
         }

@@ -44,6 +44,44 @@ impl Constraint {
     }
 }
 
+/// What an allocation may do, beyond taking a free block (Linux's GFP flags, the
+/// few that a page allocator itself decides).
+///
+/// Combine with `|`: `AllocFlags::NO_GROW | AllocFlags::THIS_NODE`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllocFlags(u8);
+
+impl AllocFlags {
+    /// Nothing special: may initialise memory (grow), fall back to other nodes,
+    /// and hands out memory as it is.
+    pub const NONE: AllocFlags = AllocFlags(0);
+    /// May not grow: never initialises a chunk, never calls the backing, never
+    /// waits for a chunk someone else initialises nor for blocks away being
+    /// reported. What an allocation in interrupt context needs (Linux's
+    /// `GFP_ATOMIC`): it takes only free blocks (draining CPU caches if it must)
+    /// and fails with [`AllocError::WouldGrow`] where only growing would serve.
+    pub const NO_GROW: AllocFlags = AllocFlags(1);
+    /// Only the preferred node's zones (Linux's `__GFP_THISNODE`): no fall-back
+    /// to other nodes.
+    pub const THIS_NODE: AllocFlags = AllocFlags(2);
+    /// The block's memory is zeroed before it is returned, by
+    /// [`MemmapBacking::zero`] (the crate has no mapping of the memory itself).
+    pub const ZEROED: AllocFlags = AllocFlags(4);
+
+    /// Whether every flag of `other` is set in `self`.
+    pub const fn contains(self, other: AllocFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl core::ops::BitOr for AllocFlags {
+    type Output = AllocFlags;
+
+    fn bitor(self, other: AllocFlags) -> AllocFlags {
+        AllocFlags(self.0 | other.0)
+    }
+}
+
 /// How an allocation was served (see [`Allocator::alloc_traced`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AllocPath {
@@ -82,8 +120,16 @@ pub enum AllocError {
         /// The constraint.
         constraint: Constraint,
     },
-    /// Memory remained, but the backing could not populate the memmap for it.
+    /// Memory remained, but the backing could not populate the memmap for it (or,
+    /// with [`AllocFlags::ZEROED`], could not zero the block).
     Backing(BackingError),
+    /// With [`AllocFlags::NO_GROW`]: no eligible zone has a free block of the
+    /// order, though memory remains uninitialised; an allocation that may grow
+    /// would be served.
+    WouldGrow {
+        /// The order asked for.
+        order: u32,
+    },
 }
 
 impl core::error::Error for AllocError {}
@@ -103,6 +149,10 @@ impl fmt::Display for AllocError {
                 "out of memory: no free block of order {order} in any zone allowed by {constraint:?}"
             ),
             AllocError::Backing(e) => e.fmt(f),
+            AllocError::WouldGrow { order } => write!(
+                f,
+                "no free block of order {order} without initialising memory, which this allocation may not do (NO_GROW)"
+            ),
         }
     }
 }
@@ -284,7 +334,42 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         constraint: Constraint,
         node: usize,
     ) -> Result<(Pfn, AllocPath), AllocError> {
-        self.alloc_in(order, constraint, node, None)
+        self.alloc_in(order, constraint, node, None, AllocFlags::NONE)
+    }
+
+    /// [`alloc_traced`](Self::alloc_traced) with `flags`, through `cpu`'s cache
+    /// when one is named (see [`Allocator::alloc_on`]).
+    pub fn alloc_with(
+        &self,
+        cpu: Option<CpuId>,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+        flags: AllocFlags,
+    ) -> Result<(Pfn, AllocPath), AllocError> {
+        let cache = match cpu {
+            Some(cpu) => Some(
+                self.cpus
+                    .get(cpu.0 as usize)
+                    .ok_or(AllocError::UnknownCpu {
+                        cpu,
+                        cpus: self.cpus.len(),
+                    })?,
+            ),
+            None => None,
+        };
+        let (pfn, path) = self.alloc_in(order, constraint, node, cache, flags)?;
+        if flags.contains(AllocFlags::ZEROED) {
+            if let Err(e) = self.memmap.backing().zero(pfn..Pfn(pfn.0 + (1 << order))) {
+                // The block goes back as it came: nothing else saw it.
+                let _ = self.free_in(pfn, order, cache);
+                return Err(AllocError::Backing(BackingError {
+                    section: self.layout.section_of(pfn.0),
+                    ..e
+                }));
+            }
+        }
+        Ok((pfn, path))
     }
 
     /// The allocation path, through `cache` for the cached orders when given.
@@ -295,6 +380,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         constraint: Constraint,
         node: usize,
         cache: Option<&CpuCache<R>>,
+        flags: AllocFlags,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         if order > MAX_ORDER {
             return Err(AllocError::OrderTooLarge { order });
@@ -302,11 +388,23 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         if node >= self.layout.node_count() {
             return Err(AllocError::UnknownNode { node });
         }
+        let this_node = flags.contains(AllocFlags::THIS_NODE);
+        let no_grow = flags.contains(AllocFlags::NO_GROW);
         let mut path = AllocPath::Fast;
         let mut backing_error = None;
+        let mut would_grow = false;
         for zone in self.zonelist(constraint, node) {
+            if this_node && zone.node as usize != node {
+                continue;
+            }
             if let Some(pfn) = self.take(zone, order, cache) {
                 return Ok((Pfn(pfn), path));
+            }
+            if no_grow {
+                // Relaxed: only chooses which error to report.
+                would_grow |= zone.uninit.load(core::sync::atomic::Ordering::Relaxed) > 0;
+                path = AllocPath::Fallback;
+                continue;
             }
             match self.take_slow(zone, order) {
                 Ok(Some((pfn, grew))) => {
@@ -321,9 +419,10 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             }
             path = AllocPath::Fallback;
         }
-        self.alloc_after_drain(order, constraint, node)
+        self.alloc_after_drain(order, constraint, node, flags)
             .ok_or(match backing_error {
                 Some(e) => AllocError::Backing(e),
+                None if would_grow => AllocError::WouldGrow { order },
                 None => AllocError::OutOfMemory { order, constraint },
             })
             .map(|pfn| (Pfn(pfn), AllocPath::Fallback))
@@ -337,13 +436,26 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Blocks away for free page reporting are waited for the same way: they
     /// come back as soon as the host has them.
     #[cold]
-    fn alloc_after_drain(&self, order: u32, constraint: Constraint, node: usize) -> Option<u64> {
+    fn alloc_after_drain(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        let this_node = flags.contains(AllocFlags::THIS_NODE);
         for _ in 0..DRAIN_ROUNDS {
             let drained = self.drain_all_cpus();
-            if drained == 0 && !self.wait_for_reporting(constraint, node) {
+            if drained == 0
+                && (flags.contains(AllocFlags::NO_GROW)
+                    || !self.wait_for_reporting(constraint, node))
+            {
                 return None;
             }
             for zone in self.zonelist(constraint, node) {
+                if this_node && zone.node as usize != node {
+                    continue;
+                }
                 if let Some(pfn) = zone.take(&self.memmap, order) {
                     return Some(pfn);
                 }

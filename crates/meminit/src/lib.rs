@@ -133,12 +133,21 @@
 //!   and looks again before it reports [`AllocError::OutOfMemory`].
 //! - **Interrupt context**: an allocation or free from an interrupt handler takes
 //!   zone locks (to refill, drain, or when its cache is busy) and, on the slow path,
-//!   may initialise memory and call the backing. If interrupt handlers allocate,
-//!   `R` must be a lock that keeps interrupts off while held (an irq-saving spin
-//!   lock, Linux's `spin_lock_irqsave`): otherwise a handler that interrupts a zone
-//!   lock's holder on the same CPU spins forever. With such a lock an interrupt can
-//!   never find its own CPU's cache held. No lock of `R` is ever held while another
-//!   CPU's cache lock is awaited, nor while descriptors are written for a chunk.
+//!   may initialise memory and call the backing. Two rules make that safe:
+//!   1. if interrupt handlers allocate or free, `R` must be a lock that keeps
+//!      interrupts off while held (an irq-saving spin lock, Linux's
+//!      `spin_lock_irqsave`): otherwise a handler that interrupts a zone lock's
+//!      holder on the same CPU spins forever. With such a lock an interrupt can
+//!      never find its own CPU's cache held. No lock of `R` is ever held while
+//!      another CPU's cache lock is awaited, nor while descriptors are written;
+//!   2. an allocation in interrupt context passes [`AllocFlags::NO_GROW`] to
+//!      [`Allocator::alloc_with`] (Linux's `GFP_ATOMIC`): it then never
+//!      initialises memory, never calls the backing (whose `populate` may sleep
+//!      or take locks of its own), and never waits for another CPU's
+//!      initialisation or for free page reporting; it takes a free block or fails
+//!      with [`AllocError::WouldGrow`]. [`AllocFlags::THIS_NODE`] keeps an
+//!      allocation on its node, [`AllocFlags::ZEROED`] has the backing zero the
+//!      block ([`MemmapBacking::zero`]).
 //!
 //! With the feature `x86_64`, `frames::Frames` offers the `x86_64` crate's
 //! `FrameAllocator` and `FrameDeallocator` (4 KiB and 2 MiB frames) over one CPU's
@@ -187,7 +196,7 @@ pub mod section;
 mod sync;
 mod zone;
 
-pub use allocator::{AllocError, AllocPath, Allocator, Constraint, FreeError};
+pub use allocator::{AllocError, AllocFlags, AllocPath, Allocator, Constraint, FreeError};
 pub use giveback::{
     FreeReporter, NoReporter, ReportError, ReportStats, REPORT_BATCH, REPORT_ORDER,
 };
@@ -202,7 +211,7 @@ pub use layout::{
 pub use memmap::{
     BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, Populated, SliceBacking,
 };
-pub use page::{Page, PageState};
+pub use page::{Page, PageMeta, PageState, USER_BYTES};
 pub use pcp::{CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
 pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
 pub use zone::ZoneStats;

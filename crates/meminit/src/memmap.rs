@@ -185,6 +185,19 @@ pub unsafe trait MemmapBacking {
     fn reuse_reported(&self, pages: Range<Pfn>) {
         let _ = pages;
     }
+
+    /// Zeroes the memory of `pages`, a block just allocated with
+    /// [`crate::AllocFlags::ZEROED`]: the allocator has no mapping of the memory it
+    /// manages, the embedder's direct map does. Called without any allocator
+    /// lock held. By default it cannot, and the allocation fails with this error
+    /// (whose section the allocator fills in).
+    fn zero(&self, pages: Range<Pfn>) -> Result<(), BackingError> {
+        let _ = pages;
+        Err(BackingError {
+            section: 0,
+            reason: "this backing cannot zero memory: it has no mapping of it",
+        })
+    }
 }
 
 /// Why a descriptor could not be read.

@@ -27,6 +27,64 @@ pub const DESCRIPTOR_SIZE: u64 = 64;
 /// Number of words in a descriptor that belong to the embedder.
 pub const USER_WORDS: usize = 5;
 
+/// Bytes of a descriptor that belong to the embedder: the room a [`PageMeta`]
+/// type has.
+pub const USER_BYTES: usize = USER_WORDS * 8;
+
+/// The embedder's own per-page data, kept in the part of each descriptor that the
+/// allocator does not use (Linux's `struct page` fields for the page cache, slab,
+/// refcount and mapping; Asterinas's frame metadata): a refcount, a mapping, LRU
+/// links, a slab pointer, as the kernel decides. Read it with [`Page::meta`].
+///
+/// The allocator zeroes it whenever it initialises the page's chunk (at first
+/// use, and again after the chunk was given back) and never touches it
+/// otherwise. It is the embedder's while the page is allocated: once freed, the
+/// page may be given back and zeroed on its next initialisation.
+///
+/// ```
+/// use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+/// use meminit::PageMeta;
+///
+/// /// What a small kernel keeps per page.
+/// #[derive(Debug)]
+/// #[repr(C)]
+/// struct KernelPage {
+///     refcount: AtomicU32,
+///     flags: AtomicU32,
+///     mapping: AtomicU64,
+///     lru: [AtomicU64; 2],
+/// }
+///
+/// // SAFETY: only atomic integers: all zeroes is a valid value, as is any bit
+/// // pattern, and every access is atomic; 32 bytes, 8-byte aligned.
+/// unsafe impl PageMeta for KernelPage {}
+/// ```
+///
+/// A type larger than [`USER_BYTES`] or aligned to more than 8 bytes is refused
+/// when `Page::meta` is compiled:
+///
+/// ```compile_fail
+/// # use core::sync::atomic::AtomicU64;
+/// # use meminit::{Page, PageMeta};
+/// struct TooBig([AtomicU64; 6]);
+/// unsafe impl PageMeta for TooBig {}
+/// fn look(page: &Page) -> &TooBig { page.meta::<TooBig>() }
+/// let look: fn(&Page) -> &TooBig = look;
+/// std::hint::black_box(look);
+/// ```
+///
+/// # Safety
+///
+/// Every byte of the type is part of an atomic integer (`AtomicU8` to
+/// `AtomicU64`, or arrays and `#[repr(C)]` structs of them with no padding
+/// requirement beyond theirs): so any bit pattern, all zeroes in particular, is a
+/// valid value, and every access, through this type or through
+/// [`Page::user_word`], is atomic. Views of one page through two such types are
+/// then merely confusing, never undefined behaviour, provided accesses of
+/// different sizes to the same bytes do not race (Rust's rule for mixed-size
+/// atomics; the allocator's zeroing happens before the page is handed out).
+pub unsafe trait PageMeta: Sync + Sized {}
+
 /// The page descriptor. One per page frame, 64 bytes, cache-line aligned.
 #[repr(C, align(64))]
 pub struct Page {
@@ -215,10 +273,35 @@ impl Page {
         self.zone.load(Relaxed)
     }
 
-    /// Word `i` (below [`USER_WORDS`]) reserved for the embedder. The allocator
-    /// zeroes it when the section is initialised and never touches it again.
-    pub fn user_word(&self, i: usize) -> &AtomicU64 {
-        &self.user[i]
+    /// Word `i` reserved for the embedder, or `None` for `i` from [`USER_WORDS`]
+    /// on. The allocator zeroes it when the chunk is initialised and never
+    /// touches it otherwise.
+    pub fn user_word(&self, i: usize) -> Option<&AtomicU64> {
+        self.user.get(i)
+    }
+
+    /// The embedder's per-page data, typed (see [`PageMeta`]): zeroes until the
+    /// embedder writes it.
+    #[inline]
+    pub fn meta<M: PageMeta>(&self) -> &M {
+        const {
+            assert!(
+                core::mem::size_of::<M>() <= USER_BYTES,
+                "a PageMeta type must fit in USER_BYTES"
+            );
+            assert!(
+                core::mem::align_of::<M>() <= core::mem::align_of::<AtomicU64>(),
+                "a PageMeta type may be aligned to 8 bytes at most"
+            );
+        };
+        // SAFETY: `user` is USER_BYTES of atomics, 8-byte aligned, inside this
+        // descriptor, which lives as long as `&self`; `M` fits and is no more
+        // aligned (checked above at compile time). `PageMeta` promises every byte
+        // of `M` is an atomic integer valid for any bit pattern, so the bytes there
+        // (zeroes, or what atomic stores through `user_word` or another view
+        // left) make a valid `M`, and sharing it is sound since all access is
+        // atomic.
+        unsafe { &*self.user.as_ptr().cast::<M>() }
     }
 }
 

@@ -19,7 +19,9 @@
 
 use lock_api::RawMutex;
 
-use crate::allocator::{free_error, AllocError, AllocPath, Allocator, Constraint, FreeError};
+use crate::allocator::{
+    free_error, AllocError, AllocFlags, AllocPath, Allocator, Constraint, FreeError,
+};
 use crate::layout::{Pfn, ZONE_TYPES};
 use crate::memmap::MemmapBacking;
 use crate::page::{Page, PageState};
@@ -60,7 +62,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             cpu,
             cpus: self.cpus.len(),
         })?;
-        self.alloc_in(order, constraint, node, Some(cache))
+        self.alloc_in(order, constraint, node, Some(cache), AllocFlags::NONE)
     }
 
     /// [`free`](Self::free) on `cpu`: a block of a cached order goes into that

@@ -24,21 +24,21 @@
 //!   that populate chunk by chunk it is instead a bitmap of the chunks whose
 //!   memmap is populated, each bit set once by that chunk's claimant.
 //!
-//! - **Give-back** runs the chunk's cycle backwards: the holder of a [`Retiring`]
+//! - **Give-back** runs the chunk's cycle backwards: the holder of a `Retiring`
 //!   (taken `Ready → Initialising` under the zone lock, once every page of the
 //!   chunk is free) returns the chunk to `Uninit`, and the off switch turns off
 //!   again until the chunk is initialised anew. A section's memmap may be retired
 //!   (`Populated → Populating → Unpopulated`) once none of its chunks is
-//!   `Initialising` or `Ready`: [`Sections::retire_memmap`] and a chunk claimant's
+//!   `Initialising` or `Ready`: `Sections::retire_memmap` and a chunk claimant's
 //!   look at the memmap word form a store-buffer pair (each writes its own word,
-//!   then reads the other's, all `SeqCst`), so of a retirement and an
+//!   then a `SeqCst` fence, then reads the other's), so of a retirement and an
 //!   initialisation racing in one section, at least one sees the other and backs
 //!   off.
 //!
 //! This module owns the states and their memory orderings. It knows nothing of
 //! descriptors, zones or the layout, and it takes no lock.
 
-use crate::sync::{spin_hint, AtomicU64, AtomicUsize};
+use crate::sync::{fence, spin_hint, AtomicU64, AtomicUsize};
 use core::ops::Range;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 
@@ -265,9 +265,7 @@ impl<'a> Sections<'a> {
         // Acquire on success pairs with the Release in `Claim::drop`, when an earlier
         // claimant gave the chunk back after a failure, and in `Retiring::drop`; on
         // failure it pairs with `publish`, so a caller told `Ready` may read the
-        // descriptors. SeqCst on success: the first half of the store-buffer pair
-        // with `retire_memmap` (this claim, then the claimant's look at the memmap
-        // word). Other chunks of the section changing under us only make the
+        // descriptors. Other chunks of the section changing under us only make the
         // exchange retry.
         let mut word = slot.chunks.load(Acquire);
         loop {
@@ -279,14 +277,20 @@ impl<'a> Sections<'a> {
             let claimed = word ^ (3 << shift);
             match slot
                 .chunks
-                .compare_exchange_weak(word, claimed, SeqCst, Acquire)
+                .compare_exchange_weak(word, claimed, Acquire, Acquire)
             {
                 Ok(_) => {
+                    // The fence of the claimant's side of the store-buffer pair
+                    // with `retire_memmap`: this claim, the fence, then (in
+                    // populating) the look at the memmap word. Either that look
+                    // sees a retirement's `Populating`, or the retirement's look
+                    // at this word after its own fence sees this claim.
+                    fence(SeqCst);
                     return Ok(Claim {
                         sections: self,
                         chunk,
                         published: false,
-                    })
+                    });
                 }
                 Err(now) => word = now,
             }
@@ -320,11 +324,11 @@ impl<'a> Sections<'a> {
     pub fn claim_memmap(&self, section: usize) -> Result<MemmapClaim<'_, 'a>, MemmapState> {
         let slot = self.slots.get(section).ok_or(MemmapState::Unpopulated)?;
         // Acquire on success pairs with the Release of a failed claimant giving it
-        // back, or of a retirement; on failure with `publish`. SeqCst: the second
-        // half of a chunk claimant's store-buffer pair with `retire_memmap`.
+        // back, or of a retirement; on failure with `publish`. (After the fence
+        // in `claim`: see `retire_memmap`.)
         match slot
             .memmap
-            .compare_exchange(MEMMAP_UNPOPULATED, MEMMAP_POPULATING, SeqCst, SeqCst)
+            .compare_exchange(MEMMAP_UNPOPULATED, MEMMAP_POPULATING, Acquire, Acquire)
         {
             Ok(_) => Ok(MemmapClaim {
                 sections: self,
@@ -422,16 +426,18 @@ impl<'a> Sections<'a> {
     /// `Ready`.
     pub(crate) fn retire_memmap(&self, section: usize) -> Option<MemmapRetiring<'_, 'a>> {
         let slot = self.slots.get(section)?;
-        // SeqCst, both: the first half of the store-buffer pair with a chunk
-        // claimant (claim, then look at the memmap word); the claimant that looks
-        // after this sees `Populating` and waits.
+        // The retirement's side of the store-buffer pair with a chunk claimant
+        // (claim, fence, look at the memmap word): this exchange, the fence, then
+        // the look at the chunk word. The two fences are ordered; if the
+        // claimant's comes first, the load below sees its claim; if this one
+        // does, the claimant's look sees `Populating` and waits. Acquire pairs
+        // with the Release of the memmap's `publish`.
         slot.memmap
-            .compare_exchange(MEMMAP_POPULATED, MEMMAP_POPULATING, SeqCst, SeqCst)
+            .compare_exchange(MEMMAP_POPULATED, MEMMAP_POPULATING, Acquire, Relaxed)
             .ok()?;
-        // SeqCst: the second half of the pair. A claim this does not see comes
-        // after the exchange above in the single order, so its look at the memmap
-        // word sees `Populating`.
-        let chunks = slot.chunks.load(SeqCst);
+        fence(SeqCst);
+        // Relaxed: ordered by the fence above (see there).
+        let chunks = slot.chunks.load(Relaxed);
         // Any chunk in Initialising (10) or Ready (11): the high bit of its pair.
         if chunks & 0xaaaa_aaaa_aaaa_aaaa != 0 {
             // Release: pairs with the Acquire of a claimant that saw `Populating`

@@ -4,10 +4,10 @@
 //! Everything else uses `core::sync::atomic` directly.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize};
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, AtomicUsize};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU64, AtomicUsize};
+pub(crate) use core::sync::atomic::{fence, AtomicU64, AtomicUsize};
 
 /// One step of a busy wait: a pause instruction, or a yield to loom's scheduler.
 #[inline]

@@ -286,6 +286,8 @@ mod real {
     fn model(f: fn()) {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(2);
+        // Give-back walks more states than the default allows on one path.
+        builder.max_branches = 20_000;
         builder.check(move || spawn(f).join().unwrap());
     }
 
@@ -355,6 +357,98 @@ mod real {
                 let got = alloc.join().unwrap();
                 assert!(got.is_ok(), "{got:?}");
             });
+        });
+    }
+
+    /// A backing over a slice that really releases a section's memmap (as far as
+    /// the model can tell): it records whether the section is populated, and
+    /// fails the model if it is populated twice or released while not populated.
+    pub struct Releasing<'m> {
+        inner: SliceBacking<'m>,
+        populated: loom::sync::atomic::AtomicBool,
+    }
+
+    // SAFETY: every promise is `SliceBacking`'s: the memory stays mapped after
+    // `depopulate`, which only flips the model's flag.
+    unsafe impl meminit::MemmapBacking for Releasing<'_> {
+        fn descriptors(&self) -> std::ptr::NonNull<Page> {
+            self.inner.descriptors()
+        }
+
+        fn populate(
+            &self,
+            piece: meminit::MemmapPiece,
+            layout: &meminit::Layout,
+        ) -> Result<meminit::Populated, meminit::BackingError> {
+            assert!(
+                !self.populated.swap(true, Ordering::SeqCst),
+                "populated twice"
+            );
+            self.inner.populate(piece, layout)
+        }
+
+        fn depopulate(&self, _: meminit::MemmapPiece) -> bool {
+            assert!(
+                self.populated.swap(false, Ordering::SeqCst),
+                "released while not populated"
+            );
+            true
+        }
+    }
+
+    /// A chunk that stayed free is given back (its section's memmap released)
+    /// while an allocation grows the same zone: the allocation succeeds, the
+    /// memmap is never populated twice nor released under a chunk in use, and
+    /// the counts hold.
+    #[test]
+    fn give_back_races_a_grow_of_the_same_chunk() {
+        model(|| {
+            let mut b = LayoutBuilder::new();
+            b.section_size(4 << 20)
+                .add(16 << 20, (16 << 20) + 0x4000, RangeKind::Usable, 0);
+            let layout = b.build().unwrap();
+            let mut memmap: Box<[MaybeUninit<Page>]> =
+                Box::new_uninit_slice(layout.memmap_descriptors() as usize);
+            let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+                .map(|_| SectionSlot::new())
+                .collect();
+            let cpus: Vec<CpuCache<LoomLock>> = Vec::new();
+            let mut config = Config::new(Strategy::OnDemand);
+            config.give_back_reserve = 0;
+            let backing = Releasing {
+                inner: SliceBacking::new(&mut memmap),
+                populated: loom::sync::atomic::AtomicBool::new(false),
+            };
+            let a = Allocator::new(layout, backing, &mut slots, &cpus, config).unwrap();
+            for zone in ZoneType::ALL {
+                a.free_blocks(0, zone);
+            }
+            // Initialise the chunk, free it, and mark it: the next pass gives it
+            // back.
+            let p = a.alloc(0, Constraint::Any, 0).unwrap();
+            a.free(p, 0).unwrap();
+            assert_eq!(a.give_back().chunks_marked, 1);
+            // SAFETY: both threads are joined before `a` goes out of scope.
+            let a: &'static Allocator<'static, Releasing<'static>, LoomLock> =
+                unsafe { &*(&a as *const Allocator<'_, _, _>).cast() };
+            let trim = spawn(move || a.give_back().chunks_given_back);
+            let alloc = spawn(move || a.alloc(0, Constraint::Any, 0));
+            let given = trim.join().unwrap();
+            let got = alloc.join().unwrap().expect("the allocation succeeds");
+            assert!(given <= 1);
+            // The block's chunk is Ready, so its memmap must be there.
+            assert_eq!(
+                a.page(got).unwrap().state(),
+                meminit::PageState::Allocated { order: 0 }
+            );
+            assert!(a.backing().populated.load(Ordering::SeqCst));
+            let z = a.zone_stats_of(0, ZoneType::Dma32).unwrap();
+            assert_eq!(
+                z.free + 1 + z.uninitialised + z.reserved,
+                z.present,
+                "{z:?}"
+            );
+            a.free(got, 0).unwrap();
         });
     }
 }

@@ -15,7 +15,8 @@ use std::sync::Mutex;
 
 use common::*;
 use meminit::{
-    Constraint, CpuId, LayoutBuilder, Pfn, RangeKind, Strategy, MAX_ORDER, PAGEBLOCK_ORDER,
+    Config, Constraint, CpuId, FreeReporter, Granularity, LayoutBuilder, Pfn, RangeKind,
+    ReportError, Strategy, MAX_ORDER, PAGEBLOCK_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -89,38 +90,71 @@ fn machine() -> meminit::Layout {
 }
 
 fn stress(strategy: Strategy, allocators: usize, workers_per_node: usize, rounds: usize) {
-    stress_on(
+    let _ = stress_on(
         machine(),
         ROOMY,
-        strategy,
+        Config::new(strategy),
+        false,
         allocators,
         workers_per_node,
         rounds,
-    )
+    );
+}
+
+/// Checks that no page of a reported range is held by anyone.
+struct Unowned<'o>(&'o [AtomicU8]);
+
+impl FreeReporter for Unowned<'_> {
+    fn report(&mut self, ranges: &[std::ops::Range<Pfn>]) -> Result<(), ReportError> {
+        for r in ranges {
+            for p in r.start.0..r.end.0 {
+                assert_eq!(
+                    self.0[p as usize].load(Ordering::Relaxed),
+                    0,
+                    "pfn {p:#x} reported while allocated"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 fn stress_on(
     layout: meminit::Layout,
     limits: Limits,
-    strategy: Strategy,
+    config: Config,
+    trim: bool,
     allocators: usize,
     workers_per_node: usize,
     rounds: usize,
-) {
+) -> meminit::InitStats {
+    let strategy = config.strategy;
+    let running = std::sync::atomic::AtomicUsize::new(allocators);
     let nodes = layout.node_count();
     let owned: Vec<AtomicU8> = (0..layout.end_pfn()).map(|_| AtomicU8::new(0)).collect();
     // Blocks allocated on one thread and freed on another.
     let handoff: Mutex<Vec<(Pfn, u32)>> = Mutex::new(Vec::new());
 
-    with_allocator(&layout, strategy, |a| {
+    with_allocator_chunked(&layout, config, Granularity::Section, |a| {
         std::thread::scope(|s| {
+            if trim {
+                let (owned, running) = (&owned, &running);
+                // Free page reporting and give-back, over and over, while the
+                // allocators run: nothing held is ever reported or given back.
+                s.spawn(move || {
+                    while running.load(Ordering::Relaxed) > 0 {
+                        a.report_free(&mut Unowned(owned)).unwrap();
+                        a.give_back();
+                    }
+                });
+            }
             for node in 0..nodes {
                 for _ in 0..workers_per_node {
                     s.spawn(move || a.run_deferred_worker(node).unwrap());
                 }
             }
             for t in 0..allocators {
-                let (owned, handoff) = (&owned, &handoff);
+                let (owned, handoff, running) = (&owned, &handoff, &running);
                 s.spawn(move || {
                     let mut rng = Rng(0x9e3779b97f4a7c15 ^ ((t as u64 + 1) * 0x1234567));
                     let mut held: Vec<(Pfn, u32)> = Vec::new();
@@ -193,6 +227,7 @@ fn stress_on(
                         release(pfn, order);
                         a.free_on(own, pfn, order).unwrap();
                     }
+                    running.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
@@ -203,16 +238,41 @@ fn stress_on(
         check_counts(a, &Default::default());
         a.drain_all_cpus();
         check_counts(a, &Default::default());
-        if strategy == Strategy::OnDemand {
+        // On demand, or given back after the workers were done: initialise the
+        // rest through look-ups.
+        if strategy == Strategy::OnDemand || trim {
             init_all(a);
         }
         check_fully_coalesced(a);
         let s = a.init_stats();
+        // A chunk given back is counted again when it is initialised anew.
         assert_eq!(
             s.by_boot + s.by_workers + s.by_growth + s.by_lookup,
-            s.chunks_present
+            s.chunks_present + s.given_back
         );
-    });
+        s
+    })
+}
+
+/// Reporting and give-back (with no reserve, so chunks go back as soon as they
+/// stayed free for two passes) racing allocations that grow the same zones.
+#[test]
+fn give_back_and_reporting_race_allocations() {
+    for strategy in [Strategy::OnDemand, Strategy::Deferred] {
+        let mut config = Config::new(strategy);
+        config.give_back = true;
+        config.give_back_reserve = 0;
+        for _ in 0..3 {
+            let s = stress_on(machine(), ROOMY, config, true, 4, 1, 20_000);
+            assert!(s.given_back > 0, "the race was run: {s:?}");
+        }
+    }
+    // Tight memory: allocations must wait for blocks away being reported.
+    let mut config = Config::new(Strategy::OnDemand);
+    config.give_back_reserve = 0;
+    for _ in 0..3 {
+        let _ = stress_on(small_machine(), TIGHT, config, true, 4, 0, 20_000);
+    }
 }
 
 #[test]
@@ -238,7 +298,15 @@ fn eager_many_threads() {
 fn tight_memory_needs_other_cpus_caches_drained() {
     for strategy in Strategy::ALL {
         for _ in 0..3 {
-            stress_on(small_machine(), TIGHT, strategy, 4, 1, 20_000);
+            stress_on(
+                small_machine(),
+                TIGHT,
+                Config::new(strategy),
+                false,
+                4,
+                1,
+                20_000,
+            );
         }
     }
 }

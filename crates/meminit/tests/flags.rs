@@ -1,0 +1,216 @@
+//! Allocation flags: may not grow (interrupt context), this node only, zeroed.
+
+#![cfg(not(miri))]
+
+mod common;
+
+use std::ops::Range;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+use common::{check_counts, with_allocator, Lent};
+use meminit::{
+    AllocError, AllocFlags, AllocPath, Allocator, BackingError, Config, Constraint, CpuId, Layout,
+    LayoutBuilder, MemmapBacking, MemmapPiece, Page, Pfn, Populated, RangeKind, SliceBacking,
+    Strategy,
+};
+
+const MIB: u64 = 1 << 20;
+
+/// Two nodes of 16 MiB each, above 16 MiB (one zone each).
+fn two_nodes() -> Layout {
+    let mut b = LayoutBuilder::new();
+    b.section_size(16 * MIB)
+        .add(16 * MIB, 32 * MIB, RangeKind::Usable, 0)
+        .add(32 * MIB, 48 * MIB, RangeKind::Usable, 1);
+    b.build().unwrap()
+}
+
+/// Counts every call into it, and zeroes by recording what it was asked.
+struct Counting<'m> {
+    inner: SliceBacking<'m>,
+    calls: AtomicU64,
+    zeroed: Mutex<Vec<Range<Pfn>>>,
+}
+
+// SAFETY: every promise is `SliceBacking`'s, to which this delegates.
+unsafe impl MemmapBacking for Counting<'_> {
+    fn descriptors(&self) -> NonNull<Page> {
+        self.inner.descriptors()
+    }
+
+    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+        self.calls.fetch_add(1, Relaxed);
+        self.inner.populate(piece, layout)
+    }
+
+    fn accept(&self, _: MemmapPiece, _: &Layout) -> Result<(), BackingError> {
+        self.calls.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn zero(&self, pages: Range<Pfn>) -> Result<(), BackingError> {
+        self.zeroed.lock().unwrap().push(pages);
+        Ok(())
+    }
+}
+
+fn with_counting(
+    layout: &Layout,
+    strategy: Strategy,
+    f: impl FnOnce(&Allocator<'_, Counting<'_>, parking_lot::RawMutex>),
+) {
+    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(layout);
+    let backing = Counting {
+        inner: SliceBacking::new(&mut lent.memmap),
+        calls: AtomicU64::new(0),
+        zeroed: Mutex::new(Vec::new()),
+    };
+    let a = Allocator::new(
+        layout.clone(),
+        backing,
+        &mut lent.slots,
+        &lent.cpus,
+        Config::new(strategy),
+    )
+    .unwrap();
+    f(&a)
+}
+
+#[test]
+fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
+    with_counting(&two_nodes(), Strategy::OnDemand, |a| {
+        let calls = || a.backing().calls.load(Relaxed);
+        // Nothing is initialised: an allocation that may not grow fails, saying
+        // why, and touches nothing.
+        for cpu in [None, Some(CpuId(0))] {
+            let e = a
+                .alloc_with(cpu, 0, Constraint::Any, 0, AllocFlags::NO_GROW)
+                .unwrap_err();
+            assert_eq!(e, AllocError::WouldGrow { order: 0 });
+            assert!(e.to_string().contains("NO_GROW"), "{e}");
+        }
+        assert_eq!(calls(), 0);
+        assert_eq!(a.memmap_populated_bytes(), 0);
+        // Once a chunk is there, it serves from it.
+        let p = a.alloc(0, Constraint::Any, 0).unwrap();
+        let before = calls();
+        let (q, path) = a
+            .alloc_with(Some(CpuId(1)), 0, Constraint::Any, 0, AllocFlags::NO_GROW)
+            .unwrap();
+        assert_eq!(path, AllocPath::Fast);
+        assert_ne!(p, q);
+        assert_eq!(calls(), before);
+        // Empty the initialised memory: NO_GROW fails again while memory remains
+        // uninitialised, and the growing allocation then succeeds.
+        let mut held = vec![p, q];
+        while let Ok((r, _)) = a.alloc_with(None, 0, Constraint::Any, 0, AllocFlags::NO_GROW) {
+            held.push(r);
+        }
+        assert_eq!(calls(), before, "never grew");
+        assert!(a.alloc(0, Constraint::Any, 0).is_ok());
+        for p in held {
+            a.free(p, 0).unwrap();
+        }
+    });
+}
+
+#[test]
+fn no_grow_reports_out_of_memory_once_nothing_is_left_to_grow() {
+    with_allocator(&two_nodes(), Strategy::Eager, |a| {
+        let mut held = Vec::new();
+        while let Ok(p) = a.alloc(10, Constraint::Any, 0) {
+            held.push(p);
+        }
+        let e = a
+            .alloc_with(None, 10, Constraint::Any, 0, AllocFlags::NO_GROW)
+            .unwrap_err();
+        assert!(
+            matches!(e, AllocError::OutOfMemory { order: 10, .. }),
+            "{e:?}"
+        );
+        for p in held {
+            a.free(p, 10).unwrap();
+        }
+    });
+}
+
+#[test]
+fn this_node_does_not_fall_back() {
+    with_allocator(&two_nodes(), Strategy::OnDemand, |a| {
+        let mut held = Vec::new();
+        // Node 0 until it is full, without falling back.
+        loop {
+            match a.alloc_with(
+                Some(CpuId(0)),
+                10,
+                Constraint::Any,
+                0,
+                AllocFlags::THIS_NODE,
+            ) {
+                Ok((p, _)) => {
+                    assert_eq!(a.layout().node_of(p.0), Some(0));
+                    held.push(p);
+                }
+                Err(e) => {
+                    assert!(matches!(e, AllocError::OutOfMemory { .. }), "{e:?}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(held.len(), 4, "node 0's 16 MiB in 4 MiB blocks");
+        // Without the flag, node 1 serves.
+        let p = a.alloc(10, Constraint::Any, 0).unwrap();
+        assert_eq!(a.layout().node_of(p.0), Some(1));
+        held.push(p);
+        let mut ledger = std::collections::HashMap::new();
+        for z in a.zone_stats() {
+            ledger.insert((z.node, z.zone), z.allocated());
+        }
+        check_counts(a, &ledger);
+        for p in held {
+            a.free(p, 10).unwrap();
+        }
+    });
+}
+
+#[test]
+fn zeroed_asks_the_backing_and_a_backing_that_cannot_gives_the_block_back() {
+    with_counting(&two_nodes(), Strategy::OnDemand, |a| {
+        let flags = AllocFlags::ZEROED | AllocFlags::THIS_NODE;
+        assert!(flags.contains(AllocFlags::ZEROED) && !flags.contains(AllocFlags::NO_GROW));
+        let (p, _) = a
+            .alloc_with(Some(CpuId(0)), 2, Constraint::Any, 1, flags)
+            .unwrap();
+        assert_eq!(*a.backing().zeroed.lock().unwrap(), vec![p..Pfn(p.0 + 4)]);
+        a.free(p, 2).unwrap();
+    });
+    with_allocator(&two_nodes(), Strategy::OnDemand, |a| {
+        let e = a
+            .alloc_with(Some(CpuId(0)), 2, Constraint::Any, 0, AllocFlags::ZEROED)
+            .unwrap_err();
+        let AllocError::Backing(b) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(b.section, 1, "16 MiB sections: the block is in section 1");
+        assert!(e.to_string().contains("cannot zero"), "{e}");
+        // Nothing leaked: every initialised page is free again.
+        a.drain_all_cpus();
+        check_counts(a, &Default::default());
+    });
+}
+
+#[test]
+fn flags_with_a_cpu_that_has_no_cache_are_refused() {
+    with_allocator(&two_nodes(), Strategy::OnDemand, |a| {
+        let e = a
+            .alloc_with(Some(CpuId(999)), 0, Constraint::Any, 0, AllocFlags::NONE)
+            .unwrap_err();
+        assert!(matches!(e, AllocError::UnknownCpu { .. }), "{e:?}");
+        assert!(matches!(
+            a.alloc_with(None, 11, Constraint::Any, 0, AllocFlags::NONE),
+            Err(AllocError::OrderTooLarge { order: 11 })
+        ));
+    });
+}
