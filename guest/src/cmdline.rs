@@ -1,5 +1,5 @@
 //! The kernel command line: `meminit=`, `trace_buf_size=`, `crashkernel=`,
-//! `workload=` (with `spike:SIZE`), `hold=`, `memmap=` and `accept=`. Options a monitor or a Linux-minded user passes by
+//! `workload=`, `hold=`, `memmap=` and `accept=`. Options a monitor or a Linux-minded user passes by
 //! habit (`console=ttyS0`, `quiet`, `loglevel=7`, ...) are ignored and noted;
 //! anything else is an error that names the option.
 
@@ -20,12 +20,8 @@ pub struct Options<'a> {
     pub trace_buf_size: Option<u64>,
     /// `crashkernel=SIZE` (or Linux's `SIZE@OFFSET`, whose offset is ignored).
     pub crashkernel: Option<u64>,
-    /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]` (`Idle` for a
-    /// spike).
+    /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]|spike[:SIZE]`.
     pub workload: Workload,
-    /// `workload=spike:SIZE`: SIZE allocated page by page and written, freed,
-    /// and reported to the host.
-    pub spike: Option<u64>,
     /// `hold=serial`: once the report is printed, wait (at most a minute) for a
     /// byte on the serial line before powering off, so that whoever runs the guest
     /// can measure it at rest.
@@ -94,7 +90,6 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
         trace_buf_size: None,
         crashkernel: None,
         workload: Workload::Idle,
-        spike: None,
         hold: false,
         ignored: [""; MAX_IGNORED],
         ignored_count: 0,
@@ -128,15 +123,9 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
                 o.crashkernel = Some(parse_size(size).map_err(|_| bad("not a size"))?)
             }
             "workload" => {
-                let expected =
-                    "expected idle, container[:SIZE], random[:OPS], smp[:OPS] or spike:SIZE";
-                if let Some(size) = value.strip_prefix("spike:") {
-                    o.spike = Some(parse_size(size).map_err(|_| bad(expected))?);
-                    o.workload = Workload::Idle;
-                } else {
-                    o.workload = value.parse().map_err(|_| bad(expected))?;
-                    o.spike = None;
-                }
+                o.workload = value.parse().map_err(|_| {
+                    bad("expected idle, container[:SIZE], random[:OPS], smp[:OPS] or spike[:SIZE]")
+                })?
             }
             "memmap" => {
                 o.memmap = match value {

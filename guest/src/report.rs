@@ -182,18 +182,11 @@ impl Report<'_> {
             }
         );
 
-        match self.spike {
-            Some(s) => print!(
-                "MEMINIT-JSON {{\"strategy\":\"{}\",\"workload\":\"spike:{}\",",
-                self.strategy.name(),
-                Size(s.bytes)
-            ),
-            None => print!(
-                "MEMINIT-JSON {{\"strategy\":\"{}\",\"workload\":\"{}\",",
-                self.strategy.name(),
-                self.workload
-            ),
-        }
+        print!(
+            "MEMINIT-JSON {{\"strategy\":\"{}\",\"workload\":\"{}\",",
+            self.strategy.name(),
+            self.workload
+        );
         self.print_spike_json();
         print!(
             "\"present_bytes\":{present},\"nodes\":{},\"cpus\":{},\"section_bytes\":{},",

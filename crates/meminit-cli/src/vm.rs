@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use meminit_boot::{check_bounds, BootParams};
+use meminit_host::sim::Workload;
 use meminit_host::size;
 use meminit_host::vm::{self, Accel, Finish, PeerOptions, VmRun, VmShape, GUEST_SUCCESS};
 use serde::Serialize;
@@ -70,11 +71,11 @@ pub struct VmArgs {
     #[arg(long, value_parser = crate::parse_size)]
     crashkernel: Option<u64>,
     /// The guest's `workload=`: `idle`, `container[:SIZE]`, `random[:OPS]`, or
-    /// `spike:SIZE` (SIZE written, freed and reported to the host; QEMU's memory
+    /// `spike[:SIZE]` (SIZE written, freed and reported to the host; QEMU's memory
     /// is measured after boot, at the peak and after the release; Linux runs it
     /// too, from the initramfs scripts/setup --vm builds).
-    #[arg(long, default_value = "idle", value_parser = parse_vm_workload)]
-    workload: VmWorkload,
+    #[arg(long, default_value = "idle", value_parser = crate::parse_workload)]
+    workload: Workload,
     /// Leave the virtio-balloon device (free page reporting) off the QEMU command
     /// line, for meminit and Linux alike.
     #[arg(long)]
@@ -106,35 +107,6 @@ pub struct VmArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// What the guests run after boot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmWorkload {
-    /// One of the simulator's workloads.
-    Sim(meminit_host::sim::Workload),
-    /// `spike:SIZE`: bytes.
-    Spike(u64),
-}
-
-impl std::fmt::Display for VmWorkload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VmWorkload::Sim(w) => write!(f, "{w}"),
-            VmWorkload::Spike(bytes) => write!(f, "spike:{bytes}"),
-        }
-    }
-}
-
-fn parse_vm_workload(s: &str) -> Result<VmWorkload, String> {
-    match s.strip_prefix("spike:") {
-        Some(size) => crate::parse_size(size)
-            .map(VmWorkload::Spike)
-            .map_err(|e| format!("spike:SIZE: {e}")),
-        None => crate::parse_workload(s)
-            .map(VmWorkload::Sim)
-            .map_err(|e| format!("{e}, or spike:SIZE")),
-    }
 }
 
 /// One boot of one guest.
@@ -298,12 +270,7 @@ fn check_sizes(args: &VmArgs) -> Result<()> {
         trace_buf_size: args.trace_buf_size,
         crashkernel: args.crashkernel,
     };
-    // A spike is bounded as a container's working set is: by the memory present.
-    let workload = match args.workload {
-        VmWorkload::Sim(w) => w,
-        VmWorkload::Spike(bytes) => meminit_host::sim::Workload::Container { bytes },
-    };
-    check_bounds(args.memory, below_4g, &params, workload).map_err(|e| {
+    check_bounds(args.memory, below_4g, &params, args.workload).map_err(|e| {
         let option = match e.option {
             "trace_buf_size" => "--trace-buf-size",
             "crashkernel" => "--crashkernel",
@@ -356,7 +323,7 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
             );
         }
     }
-    let spike = matches!(args.workload, VmWorkload::Spike(_));
+    let spike = matches!(args.workload, Workload::Spike { .. });
     let (initramfs, initramfs_note) = match (&linux_kernel, &args.initramfs) {
         (None, _) => (None, None),
         (Some(_), Some(i)) if !spike => bail!(
@@ -479,10 +446,10 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
     let (linux_append, mut linux_notes) = vm::linux_append(&PeerOptions {
         trace_buf_size: args.trace_buf_size,
         crashkernel: args.crashkernel,
-        workload: args.workload != VmWorkload::Sim(meminit_host::sim::Workload::Idle),
+        workload: args.workload != Workload::Idle,
         spike: match args.workload {
-            VmWorkload::Spike(bytes) => Some(bytes),
-            VmWorkload::Sim(_) => None,
+            Workload::Spike { bytes } => Some(bytes),
+            _ => None,
         },
         initramfs: initramfs.is_some(),
         tsc_khz: columns

@@ -828,7 +828,7 @@ fn on_demand_with_a_chunk_memmap_follows_the_spike_down() {
     let g = &run["guest"];
     assert!(g["chunks_given_back"].as_u64().unwrap() >= 8, "{g:#}");
     let released = g["memmap_bytes_released"].as_u64().unwrap();
-    assert!(released >= 8 * 64 << 10, "{released}");
+    assert!(released >= 8 * (64 << 10), "{released}");
     assert_eq!(g["memmap_reported_bytes"].as_u64().unwrap(), released);
     assert_eq!(g["counts_hold"], true);
     let (boot, after) = (rss_at(run, "boot"), rss_at(run, "released"));
