@@ -71,7 +71,7 @@ impl fmt::Display for Error {
             }
             Error::BadRange { addr, bytes } => write!(
                 f,
-                "cannot report {bytes} bytes at {addr:#x}: ranges must be whole, non-empty 4 KiB pages"
+                "cannot report {bytes} bytes at {addr:#x}: ranges must be whole, non-empty 4 KiB pages below 2^64"
             ),
         }
     }
@@ -145,13 +145,15 @@ impl Balloon {
         let room = (self.queue.size() as usize).min(chain.len());
         let mut n = 0;
         for &(addr, bytes) in ranges {
-            if bytes == 0 || addr % 4096 != 0 || bytes % 4096 != 0 {
+            let end = addr.checked_add(bytes);
+            if bytes == 0 || addr % 4096 != 0 || bytes % 4096 != 0 || end.is_none() {
                 return Err(Error::BadRange { addr, bytes });
             }
+            let end = end.unwrap_or(addr);
             // A descriptor's length is 32 bits: longer ranges go in pieces.
             let mut at = addr;
-            while at < addr + bytes {
-                let piece = (addr + bytes - at).min(MAX_PIECE);
+            while at < end {
+                let piece = (end - at).min(MAX_PIECE);
                 chain[n] = (at, piece as u32);
                 n += 1;
                 at += piece;
