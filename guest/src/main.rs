@@ -31,7 +31,7 @@ mod virtio;
 use core::cell::Cell;
 
 use meminit::{
-    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Pfn, SectionSlot, Strategy,
+    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, NodeId, Pfn, SectionSlot, Strategy,
 };
 use meminit_boot::{check_bounds_for, early_requests, BootParams, EarlyKind, Workload, XorShift};
 use port::{exit, ExitCode, Serial};
@@ -44,8 +44,8 @@ pub type GuestAllocator = Allocator<'static, paging::GuestBacking, ZoneLock>;
 
 /// Section states for up to `paging::MAX_MEMORY` of RAM.
 const MAX_SECTIONS: usize = (paging::MAX_MEMORY >> 27) as usize;
-static SECTION_SLOTS: spin::Mutex<[SectionSlot; MAX_SECTIONS]> =
-    spin::Mutex::new([const { SectionSlot::new() }; MAX_SECTIONS]);
+/// A plain static: the slots are atomics, lent by shared reference.
+static SECTION_SLOTS: [SectionSlot; MAX_SECTIONS] = [const { SectionSlot::new() }; MAX_SECTIONS];
 static ALLOCATOR: spin::Once<GuestAllocator> = spin::Once::new();
 /// One page cache per vCPU, indexed as `smp` numbers them (the boot CPU is 0).
 static CPU_CACHES: [CpuCache<ZoneLock>; acpi::MAX_CPUS] =
@@ -104,10 +104,10 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             exit(ExitCode::Failure)
         }
     };
-    if layout.end_pfn() * 4096 > paging::MAX_MEMORY {
+    if layout.end_pfn().addr() > paging::MAX_MEMORY {
         println!(
             "meminit guest: memory ends at {:#x}, above the {} GiB this guest maps",
-            layout.end_pfn() * 4096,
+            layout.end_pfn().addr(),
             paging::MAX_MEMORY >> 30
         );
         exit(ExitCode::Failure);
@@ -132,12 +132,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         exit(ExitCode::BadCommandLine)
     }
     let t0 = tsc::now();
+    let memmap_start = layout.memmap_start();
     let allocator = ALLOCATOR.call_once(|| {
         match Allocator::new(
             layout,
-            paging::GuestBacking::new(options.memmap, options.accept_zero),
-            // The allocator keeps the slots for good: leak the guard.
-            &mut spin::MutexGuard::leak(SECTION_SLOTS.lock())[..],
+            paging::GuestBacking::new(options.memmap, options.accept_zero, memmap_start),
+            &SECTION_SLOTS,
             &CPU_CACHES,
             Config {
                 clock: Some(tsc::now),
@@ -160,7 +160,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let allocated_pages = Cell::new(0u64);
     let mut alloc = |order: u32, constraint: Constraint, node: usize| {
         let t = tsc::now();
-        let r = allocator.alloc_on_traced(CpuId(0), order, constraint, node);
+        // `node` is below MAX_NODES (16): it fits in u32.
+        let r = allocator.alloc_on_traced(CpuId(0), order, constraint, NodeId(node as u32));
         let ticks = tsc::now() - t;
         match r {
             Ok((pfn, path)) => {
@@ -203,7 +204,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         if topology.memory_ranges > 0 {
             topology.node_of_domain(topology.cpu_domain[cpu]) as usize
         } else {
-            meminit_boot::node_of_cpu(layout, cpu as u32, cpus)
+            meminit_boot::node_of_cpu(layout, cpu as u32, cpus).index()
         }
     };
     let running = smp::start_aps(&topology, tsc_hz, |cpu| {
@@ -305,7 +306,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
                     let (pfn, order) = held[i];
                     held[i] = held[count - 1];
                     count -= 1;
-                    if allocator.free_on(CpuId(0), pfn, order).is_err() {
+                    if allocator.free_order_on(CpuId(0), pfn, order).is_err() {
                         failures.set(failures.get() + 1);
                     }
                     allocated_pages.set(allocated_pages.get() - (1 << order));

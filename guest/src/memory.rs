@@ -1,6 +1,6 @@
 //! The guest's layout: the PVH memory map, less what the guest itself occupies.
 
-use meminit::{Granularity, Layout, LayoutBuilder, LayoutError, RangeKind};
+use meminit::{Granularity, Layout, LayoutBuilder, LayoutError, NodeId, Pfn, RangeKind};
 
 use crate::paging::{memmap_pool_bytes, own_memmap_block, set_memmap_homes, set_memmap_pool};
 use crate::pvh::MemmapEntry;
@@ -39,7 +39,7 @@ pub fn layout(
             set_memmap_pool(0, 0);
             return Ok(first);
         };
-        set_memmap_pool(pool.0, first.memmap_bytes());
+        set_memmap_pool(pool.0, memmap_end_bytes(&first));
         // Reserving the pool changes no section or end: the memmap stays the same.
         return build(memmap, splits, &[pool]);
     }
@@ -47,10 +47,12 @@ pub fn layout(
     // 2 MiB block of usable memory for its memmap.
     let mut orphans = 0;
     let mut last = usize::MAX;
-    for run in first.present_runs(0, u64::MAX) {
-        for s in [first.section_of(run.start), first.section_of(run.end - 1)] {
-            let (start, end) = first.section_pfns(s);
-            if s != last && own_memmap_block(&first, start, end).is_none() {
+    for run in first.present_runs(Pfn(0)..Pfn(u64::MAX)) {
+        for s in [
+            first.section_of(run.start),
+            first.section_of(Pfn(run.end.0 - 1)),
+        ] {
+            if s != last && own_memmap_block(&first, first.section_pfns(s)).is_none() {
                 orphans += 1;
             }
             last = s;
@@ -64,20 +66,19 @@ pub fn layout(
     // a block of their own below it.
     let mut homes = [0u64; 16];
     let mut found = 0;
-    for s in (0..first.section_count()).rev() {
+    for s in first.memmap_sections().rev() {
         if found == orphans.min(homes.len()) {
             break;
         }
-        let (start, end) = first.section_pfns(s);
-        let Some(own) = own_memmap_block(&first, start, end) else {
+        let Some(own) = own_memmap_block(&first, first.section_pfns(s)) else {
             continue;
         };
         let top = first
-            .present_runs(start, end)
+            .present_runs(first.section_pfns(s))
             .filter(|r| !r.reserved)
             .filter_map(|r| {
-                let block = (r.end / 512) * 512;
-                (block >= r.start + 512 && block - 512 > own).then_some(block - 512)
+                let block = (r.end.0 / 512) * 512;
+                (block >= r.start.0 + 512 && block - 512 > own).then_some(block - 512)
             })
             .last();
         if let Some(block) = top {
@@ -93,13 +94,23 @@ pub fn layout(
     build(memmap, splits, &carved[..found])
 }
 
+/// The guest maps descriptors at `VMEMMAP_BASE + pfn * 64` from pfn 0 whatever
+/// pfn the memmap starts at (QEMU's RAM starts at 0): bytes of that range up to
+/// the memmap's end.
+fn memmap_end_bytes(layout: &Layout) -> u64 {
+    layout.memmap_start().0 * 64 + layout.memmap_bytes()
+}
+
 /// Where the chunk-granular memmap's pool goes: `[start, end)` at the top of the
 /// highest usable run that holds it, 2 MiB-aligned.
 fn memmap_pool(layout: &Layout) -> Option<(u64, u64)> {
-    let bytes = memmap_pool_bytes(layout.memmap_bytes());
+    let bytes = memmap_pool_bytes(memmap_end_bytes(layout));
     let mut best = None;
-    for run in layout.present_runs(0, u64::MAX).filter(|r| !r.reserved) {
-        let (start, end) = (run.start * 4096, run.end * 4096);
+    for run in layout
+        .present_runs(Pfn(0)..Pfn(u64::MAX))
+        .filter(|r| !r.reserved)
+    {
+        let (start, end) = (run.start.addr(), run.end.addr());
         let Some(base) = end.checked_sub(bytes).map(|b| b & !((2 << 20) - 1)) else {
             continue;
         };
@@ -131,7 +142,7 @@ fn build(
             continue;
         }
         if e.kind != 1 {
-            b.add(start, end, RangeKind::Other, 0);
+            b.add(start, end, RangeKind::Other, NodeId(0));
             continue;
         }
         // Cut the RAM range at the reserved spans and at node boundaries.
@@ -158,7 +169,7 @@ fn build(
             } else {
                 RangeKind::Usable
             };
-            b.add(at, stop, kind, node);
+            b.add(at, stop, kind, NodeId(node));
             at = stop;
         }
     }

@@ -28,11 +28,12 @@
 //! before the first is handed out, as a confidential guest accepts its memory, and
 //! counts the bytes. This module owns the page-table writes.
 
+use core::ops::Range;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use meminit::memmap::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
-use meminit::{Layout, Page};
+use meminit::{Layout, Page, Pfn};
 
 use crate::boot::{PageTable, BOOT_PML4};
 
@@ -127,16 +128,16 @@ pub fn set_memmap_homes(blocks: &[u64]) {
     HOMES_SET.store(blocks.len().min(MAX_HOMES), Ordering::Relaxed);
 }
 
-/// The first 2 MiB-aligned block of usable memory in section `[start, end)`, as a
-/// pfn: where the section's memmap lives if it can hold it itself.
-pub fn own_memmap_block(layout: &Layout, start: u64, end: u64) -> Option<u64> {
+/// The first 2 MiB-aligned block of usable memory in the section of pfns `section`,
+/// as a pfn: where the section's memmap lives if it can hold it itself.
+pub fn own_memmap_block(layout: &Layout, section: Range<Pfn>) -> Option<u64> {
     let pages = HUGE / 4096;
     layout
-        .present_runs(start, end)
+        .present_runs(section)
         .filter(|r| !r.reserved)
         .find_map(|r| {
-            let block = r.start.next_multiple_of(pages);
-            (block + pages <= r.end).then_some(block)
+            let block = r.start.0.next_multiple_of(pages);
+            (block + pages <= r.end.0).then_some(block)
         })
 }
 
@@ -249,13 +250,17 @@ pub struct GuestBacking {
     granularity: Granularity,
     zero_on_accept: bool,
     accepted: AtomicU64,
+    /// The layout's first memmap pfn: `descriptors` is its descriptor's address.
+    memmap_start: Pfn,
 }
 
 impl GuestBacking {
     /// A backing of `granularity` (a chunk-granular one needs the pool set by
-    /// [`set_memmap_pool`]) that zeroes each chunk on acceptance if `zero_on_accept`.
-    pub const fn new(granularity: Granularity, zero_on_accept: bool) -> Self {
+    /// [`set_memmap_pool`]) that zeroes each chunk on acceptance if `zero_on_accept`,
+    /// for a layout whose memmap starts at `memmap_start`.
+    pub const fn new(granularity: Granularity, zero_on_accept: bool, memmap_start: Pfn) -> Self {
         GuestBacking {
+            memmap_start,
             granularity,
             zero_on_accept,
             accepted: AtomicU64::new(0),
@@ -308,11 +313,9 @@ impl GuestBacking {
             ));
         }
         let pages = HUGE / 4096;
-        if let Some(block) = own_memmap_block(layout, section.start.0, section.end.0) {
+        if let Some(block) = own_memmap_block(layout, section.start..section.end) {
             map_huge(VMEMMAP_BASE + section.start.0 * 64, block * 4096).map_err(fail)?;
-            return Ok(Populated {
-                taken: block..block + pages,
-            });
+            return Ok(Populated::in_section(Pfn(block)..Pfn(block + pages)));
         }
         // A section whose memory has no whole 2 MiB block: one of the homes set
         // aside for it. The claim protocol calls this once per section, so each
@@ -332,8 +335,10 @@ impl GuestBacking {
     }
 }
 
-// SAFETY: `descriptors` is the base of a range reserved for the memmap alone (PML4
-// slot 16, mapped by nothing else) large enough for MAX_MEMORY; the granularity is
+// SAFETY: `descriptors` is the descriptor of the layout's memmap start in a range
+// reserved for the memmap alone (PML4 slot 16, mapped by nothing else) that holds
+// the descriptors of every pfn below MAX_MEMORY at `VMEMMAP_BASE + pfn * 64` (main
+// refuses memory above it); the granularity is
 // fixed at creation. Under `Section`, `populate` maps the section's descriptors to
 // a 2 MiB page that the layout says is usable memory of that very section, which
 // the allocator then marks reserved (`taken`), or to a home block the layout
@@ -349,7 +354,9 @@ impl GuestBacking {
 // discarded.)
 unsafe impl MemmapBacking for GuestBacking {
     fn descriptors(&self) -> NonNull<Page> {
-        NonNull::new(VMEMMAP_BASE as *mut Page).expect("non-null base")
+        // Descriptors sit at `VMEMMAP_BASE + pfn * 64` from pfn 0; the allocator
+        // wants the first memmap pfn's.
+        NonNull::new((VMEMMAP_BASE + self.memmap_start.0 * 64) as *mut Page).expect("non-null base")
     }
 
     fn granularity(&self) -> Granularity {
@@ -419,24 +426,23 @@ unsafe impl MemmapBacking for GuestBacking {
         // descriptors of chunks already in use): never zero it. `populate_section`
         // takes exactly this block whenever it exists.
         let taken = match self.granularity {
-            Granularity::Section => {
-                let (start, end) = layout.section_pfns(chunk.section);
-                own_memmap_block(layout, start, end).map_or(0..0, |b| b..b + HUGE / SMALL)
-            }
+            Granularity::Section => own_memmap_block(layout, layout.section_pfns(chunk.section))
+                .map_or(0..0, |b| b..b + HUGE / SMALL),
             Granularity::Chunk => 0..0,
         };
         for run in layout
-            .present_runs(chunk.start.0, chunk.end.0)
+            .present_runs(chunk.start..chunk.end)
             .filter(|r| !r.reserved)
         {
+            let (start, end) = (run.start.0, run.end.0);
             // SAFETY: the allocator calls `accept` once per chunk, by the holder of
             // its claim, before any of its pages reaches a free list; these runs
             // are the chunk's usable pages (not reserved: no kernel, home or pool
             // page) less `taken`, so no one holds them. Guest RAM lies below the
             // 4 TiB the boot tables identity-map (`MAX_MEMORY`).
             unsafe {
-                self.zero(run.start, run.end.min(taken.start.max(run.start)));
-                self.zero(run.start.max(taken.end), run.end);
+                self.zero(start, end.min(taken.start.max(start)));
+                self.zero(start.max(taken.end), end);
             }
         }
         Ok(())

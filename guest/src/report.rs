@@ -120,7 +120,8 @@ impl Report<'_> {
         let layout = a.layout();
         let stats = a.init_stats();
         let present = layout.present_pages() * 4096;
-        let sections = (0..layout.section_count())
+        let sections = layout
+            .memmap_sections()
             .filter(|&i| layout.section_has_present(i))
             .count() as u64;
         let full = sections * layout.section_pages() * 64;
@@ -263,7 +264,7 @@ impl Report<'_> {
             first = false;
             print!(
                 "{{\"node\":{},\"zone\":\"{}\",\"spanned\":{},\"present\":{},\"managed\":{},\"free\":{},\"uninitialised\":{}}}",
-                z.node,
+                z.node.0,
                 z.zone.name(),
                 z.spanned,
                 z.present,

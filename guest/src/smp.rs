@@ -10,6 +10,8 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use meminit::NodeId;
+
 use crate::acpi::{Topology, MAX_CPUS};
 use crate::{println, tsc, ALLOCATOR};
 
@@ -236,7 +238,7 @@ impl Job {
         let Some(a) = ALLOCATOR.get() else { return };
         match self {
             Job::Deferred => {
-                if let Err(e) = a.run_deferred_worker(node) {
+                if let Err(e) = a.run_deferred_worker(NodeId(node as u32)) {
                     println!("meminit guest: deferred worker on CPU {cpu}: {e}");
                 }
             }

@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use llfree::{Alloc, Class, Classing, FrameId, Init, LLFree, MetaData, Request};
 use lock_api::RawMutex;
 use meminit::{
-    Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page, RangeKind, SectionSlot,
-    SliceBacking, Strategy,
+    Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page, RangeKind,
+    SectionSlot, SliceBacking, Strategy,
 };
 
 /// Frames each thread allocates before it frees them (or passes them on).
@@ -64,12 +64,12 @@ struct Meminit<R: RawMutex + 'static, const CACHED: bool> {
 impl<R: RawMutex + 'static, const CACHED: bool> Meminit<R, CACHED> {
     fn new(frames: u64, cpus: usize) -> Self {
         let mut map = LayoutBuilder::new();
-        map.add(0, frames * 4096, RangeKind::Usable, 0);
+        map.add(0, frames * 4096, RangeKind::Usable, NodeId(0));
         let layout = map.build().expect("layout");
         // Leaked: they live as long as the benchmark.
         let memmap: &'static mut [MaybeUninit<Page>] =
             Box::leak(Box::new_uninit_slice(layout.memmap_descriptors() as usize));
-        let slots: &'static mut [SectionSlot] = Box::leak(
+        let slots: &'static [SectionSlot] = Box::leak(
             (0..layout.section_count())
                 .map(|_| SectionSlot::new())
                 .collect(),
@@ -99,9 +99,10 @@ where
     #[inline]
     fn alloc(&self, cpu: usize) -> u64 {
         let r = if CACHED {
-            self.a.alloc_on(CpuId(cpu as u32), 0, Constraint::Any, 0)
+            self.a
+                .alloc_on(CpuId(cpu as u32), 0, Constraint::Any, NodeId(0))
         } else {
-            self.a.alloc(0, Constraint::Any, 0)
+            self.a.alloc(0, Constraint::Any, NodeId(0))
         };
         r.expect("meminit alloc").0
     }
@@ -109,9 +110,10 @@ where
     #[inline]
     fn free(&self, cpu: usize, frame: u64) {
         let r = if CACHED {
-            self.a.free_on(CpuId(cpu as u32), meminit::Pfn(frame), 0)
+            self.a
+                .free_order_on(CpuId(cpu as u32), meminit::Pfn(frame), 0)
         } else {
-            self.a.free(meminit::Pfn(frame), 0)
+            self.a.free_order(meminit::Pfn(frame), 0)
         };
         r.expect("meminit free");
     }

@@ -12,7 +12,7 @@
 use core::fmt;
 use core::str::FromStr;
 
-use meminit::{Constraint, Layout, MAX_NODES, MAX_ORDER, PAGE_SIZE};
+use meminit::{Constraint, Layout, NodeId, Pfn, MAX_NODES, MAX_ORDER, PAGE_SIZE};
 
 const MIB: u64 = 1 << 20;
 const DESCRIPTOR: u64 = 64;
@@ -283,8 +283,8 @@ impl EarlyRequest {
 
 /// The node CPU `cpu` of `cpus` sits on: CPUs are spread over the nodes with memory
 /// in contiguous blocks (a `cpu` at or past `cpus` counts as the last).
-pub fn node_of_cpu(layout: &Layout, cpu: u32, cpus: u32) -> usize {
-    let mut nodes = [0usize; MAX_NODES];
+pub fn node_of_cpu(layout: &Layout, cpu: u32, cpus: u32) -> NodeId {
+    let mut nodes = [NodeId(0); MAX_NODES];
     let mut count = 0;
     for (n, _) in layout.nodes() {
         nodes[count] = n;
@@ -302,7 +302,7 @@ pub fn early_requests(layout: &Layout, params: &BootParams) -> [Option<EarlyRequ
     let nodes: [usize; MAX_NODES] = {
         let mut v = [0; MAX_NODES];
         for (i, (n, _)) in layout.nodes().enumerate() {
-            v[i] = n;
+            v[i] = n.index();
         }
         v
     };
@@ -335,7 +335,7 @@ pub fn early_requests(layout: &Layout, params: &BootParams) -> [Option<EarlyRequ
     let per_cpu = |blocks: u64| {
         let mut v = [0u64; MAX_NODES];
         for cpu in 0..params.cpus {
-            let node = &mut v[node_of_cpu(layout, cpu, params.cpus)];
+            let node = &mut v[node_of_cpu(layout, cpu, params.cpus).index()];
             *node = node.saturating_add(blocks);
         }
         v
@@ -476,9 +476,9 @@ pub fn check_bounds_for(
     let present = layout.present_pages() * PAGE_SIZE;
     let below_4g: u64 = layout
         .node_ranges()
-        .map(|(start, end, _)| {
-            let end = end.min((4u64 << 30) / PAGE_SIZE);
-            end.saturating_sub(start) * PAGE_SIZE
+        .map(|(pfns, _)| {
+            let end = pfns.end.min(Pfn::containing(4 << 30));
+            pfns.start.pages_to(end) * PAGE_SIZE
         })
         .sum();
     check_bounds(present, below_4g, params, workload)
@@ -566,15 +566,11 @@ mod tests {
             }
         }
         let mut b = meminit::LayoutBuilder::new();
-        b.add(0x1000, 2 << 30, meminit::RangeKind::Usable, 0).add(
-            2 << 30,
-            4 << 30,
-            meminit::RangeKind::Usable,
-            1,
-        );
+        b.add(0x1000, 2 << 30, meminit::RangeKind::Usable, NodeId(0))
+            .add(2 << 30, 4 << 30, meminit::RangeKind::Usable, NodeId(1));
         let layout = b.build().unwrap();
-        assert_eq!(node_of_cpu(&layout, u32::MAX, 2), 1);
-        assert_eq!(node_of_cpu(&layout, 0, 0), 0);
+        assert_eq!(node_of_cpu(&layout, u32::MAX, 2), NodeId(1));
+        assert_eq!(node_of_cpu(&layout, 0, 0), NodeId(0));
         for (cpus, trace) in [(8192, Some(u64::MAX)), (u32::MAX / 1024, Some(1 << 52))] {
             let requests = early_requests(
                 &layout,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use meminit::{Layout, Strategy, ZoneType, PAGE_SIZE};
+use meminit::{Layout, Pfn, Strategy, ZoneType, PAGE_SIZE};
 use meminit_host::machine::{Machine, BUILT_IN};
 use meminit_host::sim::{self, Options, Report, StrategyReport, Workload};
 use meminit_host::size;
@@ -745,14 +745,17 @@ fn layout(path: &Path) -> Result<ExitCode> {
 fn linux_style_layout(layout: &Layout) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let mem = |start: u64, end: u64| {
+    let mem = |start: Pfn, end: Pfn| {
         format!(
             "[mem {:#018x}-{:#018x}]",
-            start * PAGE_SIZE,
-            end * PAGE_SIZE - 1
+            start.0 * PAGE_SIZE,
+            end.0 * PAGE_SIZE - 1
         )
     };
-    let first = layout.node_ranges().next().map_or(0, |r| r.0);
+    let first = layout
+        .node_ranges()
+        .next()
+        .map_or(Pfn(0), |(pfns, _)| pfns.start);
     let last = layout.end_pfn();
     writeln!(out, "Zone ranges:").unwrap();
     for z in ZoneType::ALL {
@@ -765,19 +768,20 @@ fn linux_style_layout(layout: &Layout) -> String {
         }
     }
     writeln!(out, "Early memory node ranges").unwrap();
-    for (start, end, node) in layout.node_ranges() {
-        writeln!(out, "  node {node:>3}: {}", mem(start, end)).unwrap();
+    for (pfns, node) in layout.node_ranges() {
+        writeln!(out, "  node {:>3}: {}", node.0, mem(pfns.start, pfns.end)).unwrap();
     }
     for (n, node) in layout.nodes() {
         writeln!(
             out,
-            "Initmem setup node {n} {}",
+            "Initmem setup node {} {}",
+            n.0,
             mem(node.start_pfn, node.end_pfn)
         )
         .unwrap();
     }
     for (n, node) in layout.nodes() {
-        writeln!(out, "On node {n} totalpages: {}", node.present).unwrap();
+        writeln!(out, "On node {} totalpages: {}", n.0, node.present).unwrap();
         for z in ZoneType::ALL {
             let span = node.zones[z as usize];
             if span.spanned() > 0 {

@@ -100,10 +100,10 @@ unsafe impl MemmapBacking for HostBacking {
             return Ok(());
         };
         for run in layout
-            .present_runs(chunk.start.0, chunk.end.0)
+            .present_runs(chunk.start..chunk.end)
             .filter(|r| !r.reserved)
         {
-            let (offset, len) = (run.start * PAGE_SIZE, (run.end - run.start) * PAGE_SIZE);
+            let (offset, len) = (run.start.addr(), run.pages() * PAGE_SIZE);
             if offset + len > physical.len() as u64 {
                 return Err(BackingError {
                     section: chunk.section,
@@ -119,8 +119,10 @@ unsafe impl MemmapBacking for HostBacking {
         Ok(())
     }
 
-    fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
-        let offset = piece.start.0 as usize * size_of::<Page>();
+    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+        // The region holds the descriptors from the layout's memmap start on.
+        let first = layout.memmap_start().0;
+        let offset = piece.start.0.saturating_sub(first) as usize * size_of::<Page>();
         self.region
             .populate(offset, piece.memmap_bytes() as usize)
             .map_err(|e| BackingError {

@@ -11,7 +11,7 @@
 //! (`... kernel: `). A line this parser recognises but cannot read is an error that
 //! quotes it with its number; text it does not recognise is ignored.
 
-use meminit::{Layout, MemoryRange, RangeKind, ZoneType};
+use meminit::{Layout, MemoryRange, NodeId, RangeKind, ZoneType};
 use serde::Serialize;
 
 /// What a kernel printed about its memory.
@@ -191,7 +191,7 @@ pub fn parse(text: &str) -> Result<BootLog, LogError> {
                     .ok_or_else(|| bad("a node range"))?;
                 let node = small("a node range", "node", node.trim())?;
                 let (a, b, _) = mem_range(rest).ok_or_else(|| bad("a node range"))?;
-                node_ranges.push(MemoryRange::new(a, b, RangeKind::Usable, node));
+                node_ranges.push(MemoryRange::new(a, b, RangeKind::Usable, NodeId(node)));
                 continue;
             }
             in_node_ranges = false;
@@ -284,7 +284,7 @@ fn from_e820(e820: &[(u64, u64, bool)], srat: &[(u64, u64, u32)]) -> Vec<MemoryR
     let mut out = Vec::new();
     for &(a, b, usable) in e820 {
         if !usable {
-            out.push(MemoryRange::new(a, b, RangeKind::Other, 0));
+            out.push(MemoryRange::new(a, b, RangeKind::Other, NodeId(0)));
             continue;
         }
         // trim_bios_range(): page 0 is reserved, the legacy hole removed.
@@ -318,7 +318,7 @@ fn split_by_nodes(start: u64, end: u64, srat: &[(u64, u64, u32)], out: &mut Vec<
                 (0, next.min(end))
             }
         };
-        out.push(MemoryRange::new(at, stop, RangeKind::Usable, node));
+        out.push(MemoryRange::new(at, stop, RangeKind::Usable, NodeId(node)));
         at = stop;
     }
 }
@@ -351,12 +351,12 @@ impl LinuxFigures {
             }
         };
         for &(node, pages) in &self.node_present {
-            let ours = layout.node(node as usize).map_or(0, |n| n.present);
+            let ours = layout.node(NodeId(node)).map_or(0, |n| n.present);
             check(format!("On node {node} totalpages"), pages, ours);
         }
         for &(node, zone, pages) in &self.zone_present {
             let ours = layout
-                .node(node as usize)
+                .node(NodeId(node))
                 .map_or(0, |n| n.zones[zone as usize].present);
             check(
                 format!("node {node} {} zone pages", zone.name()),
@@ -413,7 +413,7 @@ ACPI: SRAT: Node 1 PXM 1 [mem 0x440000000-0x83fffffff]
             .ranges
             .iter()
             .filter(|r| r.kind == RangeKind::Usable)
-            .map(|r| (r.start, r.end, r.node))
+            .map(|r| (r.start, r.end, r.node.0))
             .collect();
         assert_eq!(
             usable,

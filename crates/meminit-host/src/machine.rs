@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use meminit::{Layout, LayoutBuilder, LayoutError, MemoryRange, RangeKind};
+use meminit::{Layout, LayoutBuilder, LayoutError, MemoryRange, NodeId, RangeKind};
 use serde::{Deserialize, Serialize};
 
 use crate::dmesg::{self, LinuxFigures};
@@ -168,7 +168,7 @@ impl Machine {
                     addr + at,
                     addr + at + piece,
                     RangeKind::Usable,
-                    node,
+                    NodeId(node),
                 ));
                 at += piece;
             }
@@ -176,11 +176,31 @@ impl Machine {
         // Linux reserves page 0 and drops 0xa0000..0x100000; the e820 table keeps
         // 0x9fc00..0xa0000 for the EBDA.
         push_ram(0x1000, 0x1000, 0x9fc00 - 0x1000, &mut ranges);
-        ranges.push(MemoryRange::new(0x9fc00, 0xa0000, RangeKind::Other, 0));
-        ranges.push(MemoryRange::new(0xf0000, 0x100000, RangeKind::Other, 0));
+        ranges.push(MemoryRange::new(
+            0x9fc00,
+            0xa0000,
+            RangeKind::Other,
+            NodeId(0),
+        ));
+        ranges.push(MemoryRange::new(
+            0xf0000,
+            0x100000,
+            RangeKind::Other,
+            NodeId(0),
+        ));
         push_ram(0x100000, 0x100000, low - 0x20000 - 0x100000, &mut ranges);
-        ranges.push(MemoryRange::new(low - 0x20000, low, RangeKind::Other, 0));
-        ranges.push(MemoryRange::new(0xfffc_0000, 4 * GIB, RangeKind::Other, 0));
+        ranges.push(MemoryRange::new(
+            low - 0x20000,
+            low,
+            RangeKind::Other,
+            NodeId(0),
+        ));
+        ranges.push(MemoryRange::new(
+            0xfffc_0000,
+            4 * GIB,
+            RangeKind::Other,
+            NodeId(0),
+        ));
         if high > 0 {
             push_ram(4 * GIB, low, high, &mut ranges);
         }
@@ -501,7 +521,7 @@ impl MapFile {
                     Kind::Reserved => RangeKind::Reserved,
                     Kind::Other => RangeKind::Other,
                 };
-                MemoryRange::new(r.start.0, r.end.0, kind, r.node)
+                MemoryRange::new(r.start.0, r.end.0, kind, NodeId(r.node))
             })
             .collect();
         Ok(Machine {
@@ -526,7 +546,7 @@ mod tests {
     fn container_matches_what_linux_counts_for_a_2g_qemu_guest() {
         let m = Machine::built_in("container").unwrap();
         let l = m.layout().unwrap();
-        let n = l.node(0).unwrap();
+        let n = l.node(NodeId(0)).unwrap();
         assert_eq!(n.present, 524158);
         assert_eq!(n.zones[ZoneType::Dma as usize].present, 3998);
     }
@@ -545,8 +565,8 @@ mod tests {
         let m = Machine::built_in("server").unwrap();
         let l = m.layout().unwrap();
         assert_eq!(l.node_count(), 2);
-        let n1 = l.node(1).unwrap();
-        assert_eq!(n1.start_pfn, (4 * GIB + 29 * GIB) / 4096);
+        let n1 = l.node(NodeId(1)).unwrap();
+        assert_eq!(n1.start_pfn, meminit::Pfn::containing(4 * GIB + 29 * GIB));
         assert_eq!(n1.present, 32 * GIB / 4096);
     }
 

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use meminit::{
-    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Granularity, Layout, Pfn,
+    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Granularity, Layout, NodeId, Pfn,
     SectionSlot, Strategy,
 };
 use meminit_boot::{early_requests, BootParams, EarlyKind, Size, XorShift};
@@ -297,7 +297,8 @@ fn memmap_need(layout: &Layout, strategy: Strategy) -> u64 {
     let per_section = layout.section_pages() * DESCRIPTOR;
     match strategy {
         Strategy::Eager | Strategy::Deferred => {
-            (0..layout.section_count())
+            layout
+                .memmap_sections()
                 .filter(|&i| layout.section_has_present(i))
                 .count() as u64
                 * per_section
@@ -380,7 +381,7 @@ fn measure(
     let name = strategy.name();
     // The physical limit is the best of a fill before and one after the run.
     let limit_before = limit_fill(memmap_need(layout, strategy).min(opts.memory_budget))?;
-    let physical = Arc::new(Region::reserve(layout.end_pfn() * PAGE)?);
+    let physical = Arc::new(Region::reserve(layout.end_pfn().0 * PAGE)?);
     let backing = if opts.premapped {
         HostBacking::premapped(layout)?
     } else {
@@ -391,7 +392,7 @@ fn measure(
     } else {
         backing
     };
-    let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+    let slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
     progress.step(&format!("{}: {name}: start-up", machine.name));
@@ -404,7 +405,7 @@ fn measure(
     let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
         layout.clone(),
         backing,
-        &mut slots,
+        &slots,
         &cpus,
         Config {
             clock: Some(now_ns),
@@ -419,7 +420,7 @@ fn measure(
     let mut fast = Vec::new();
     let mut slow = Vec::new();
     let mut failures = 0;
-    let mut timed_alloc = |order: u32, constraint: Constraint, node: usize| {
+    let mut timed_alloc = |order: u32, constraint: Constraint, node: NodeId| {
         let t = Instant::now();
         let r = allocator.alloc_on_traced(CpuId(0), order, constraint, node);
         let ns = t.elapsed().as_nanos() as u64;
@@ -449,6 +450,8 @@ fn measure(
     for request in early_requests(layout, &params).into_iter().flatten() {
         let mut failed = 0;
         for (node, &blocks) in request.blocks_per_node.iter().enumerate() {
+            // Below MAX_NODES (16): fits in u32.
+            let node = NodeId(node as u32);
             for _ in 0..blocks {
                 if timed_alloc(request.order, request.constraint, node).is_none() {
                     failed += 1;
@@ -470,7 +473,7 @@ fn measure(
         });
     }
 
-    let nodes: Vec<usize> = layout.nodes().map(|(n, _)| n).collect();
+    let nodes: Vec<NodeId> = layout.nodes().map(|(n, _)| n).collect();
     let mut worker_threads = 0;
     let mut workers_ns = 0;
     if strategy == Strategy::Deferred {
@@ -539,7 +542,7 @@ fn measure(
                 } else {
                     let (pfn, order) = held.swap_remove((x >> 24) as usize % held.len());
                     allocator
-                        .free_on(CpuId(0), pfn, order)
+                        .free_order_on(CpuId(0), pfn, order)
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                 }
             }
@@ -557,7 +560,8 @@ fn measure(
     let zones = allocator
         .zone_stats()
         .map(|z| ZoneRow {
-            node: z.node,
+            // Below MAX_NODES (16): fits in u8.
+            node: z.node.0 as u8,
             zone: z.zone.name(),
             spanned: z.spanned,
             present: z.present,

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use meminit::{AllocPath, Allocator, Constraint, CpuId, Pfn};
+use meminit::{AllocPath, Allocator, Constraint, CpuId, NodeId, Pfn};
 use meminit_boot::XorShift;
 
 use crate::backing::HostBacking;
@@ -27,7 +27,7 @@ pub(crate) fn smp_workload(
     allocator: &Allocator<'_, HostBacking, parking_lot::RawMutex>,
     cpus: u32,
     ops: u64,
-    nodes: &[usize],
+    nodes: &[NodeId],
 ) -> std::io::Result<SmpSamples> {
     let threads = cpus.clamp(1, 64);
     let handoff: parking_lot::Mutex<Vec<(Pfn, u32)>> = parking_lot::Mutex::new(Vec::new());
@@ -47,7 +47,7 @@ pub(crate) fn smp_workload(
                     let mut rng = XorShift::stream(cpu as u64);
                     let free = |pfn: Pfn, order: u32| {
                         allocator
-                            .free_on(me, pfn, order)
+                            .free_order_on(me, pfn, order)
                             .map_err(|e| std::io::Error::other(e.to_string()))
                     };
                     for _ in 0..ops {
@@ -108,7 +108,7 @@ pub(crate) fn smp_workload(
     });
     for (pfn, order) in handoff.into_inner() {
         allocator
-            .free(pfn, order)
+            .free_order(pfn, order)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
     }
     allocator.drain_all_cpus();

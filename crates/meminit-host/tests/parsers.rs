@@ -171,14 +171,14 @@ fn json_files_that_are_empty_or_not_json_are_json_errors() {
 /// Usable bytes of two huge ranges: saturated, not an overflow.
 #[test]
 fn usable_bytes_never_overflows() {
-    use meminit::{MemoryRange, RangeKind};
+    use meminit::{MemoryRange, NodeId, RangeKind};
     let machine = meminit_host::Machine {
         name: "huge".into(),
         cpus: 1,
         ranges: vec![
-            MemoryRange::new(0, u64::MAX, RangeKind::Usable, 0),
-            MemoryRange::new(0, u64::MAX, RangeKind::Usable, 1),
-            MemoryRange::new(9, 3, RangeKind::Usable, 0),
+            MemoryRange::new(0, u64::MAX, RangeKind::Usable, NodeId(0)),
+            MemoryRange::new(0, u64::MAX, RangeKind::Usable, NodeId(1)),
+            MemoryRange::new(9, 3, RangeKind::Usable, NodeId(0)),
         ],
         section_size: 128 << 20,
         linux: None,

@@ -15,7 +15,7 @@ use core::sync::atomic::AtomicUsize;
 use lock_api::RawMutex;
 
 use crate::init::{Config, InitCounters, Strategy};
-use crate::layout::{Layout, Pfn, ZoneType, MAX_NODES, MAX_ORDER, ZONE_TYPES};
+use crate::layout::{Layout, NodeId, Pfn, ZoneType, MAX_NODES, MAX_ORDER, ZONE_TYPES};
 use crate::memmap::{BackingError, LookupError, Memmap, MemmapBacking};
 use crate::page::{Page, PageState, NO_ZONE};
 use crate::pcp::{CpuCache, CpuId};
@@ -104,7 +104,7 @@ pub enum AllocError {
     /// The preferred node is not in the layout.
     UnknownNode {
         /// The node asked for.
-        node: usize,
+        node: NodeId,
     },
     /// The CPU has no cache: its id is not below the number of caches lent.
     UnknownCpu {
@@ -140,7 +140,7 @@ impl fmt::Display for AllocError {
             AllocError::OrderTooLarge { order } => {
                 write!(f, "order {order} is above the maximum order {MAX_ORDER}")
             }
-            AllocError::UnknownNode { node } => write!(f, "node {node} is not in the layout"),
+            AllocError::UnknownNode { node } => write!(f, "{node} is not in the layout"),
             AllocError::UnknownCpu { cpu, cpus } => {
                 write!(f, "{cpu} has no page cache: {cpus} were lent at start-up")
             }
@@ -193,7 +193,8 @@ pub enum FreeError {
         /// The pfn given.
         pfn: Pfn,
     },
-    /// The block was allocated with another order.
+    /// The block was allocated with another order (only from the order-checked
+    /// frees, [`Allocator::free_order`] and [`Allocator::free_order_on`]).
     WrongOrder {
         /// The pfn given.
         pfn: Pfn,
@@ -320,7 +321,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         &self,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
     ) -> Result<Pfn, AllocError> {
         self.alloc_traced(order, constraint, node)
             .map(|(pfn, _)| pfn)
@@ -332,7 +333,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         &self,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         self.alloc_in(order, constraint, node, None, AllocFlags::NONE)
     }
@@ -344,7 +345,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         cpu: Option<CpuId>,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
         flags: AllocFlags,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         let cache = match cpu {
@@ -362,9 +363,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         if flags.contains(AllocFlags::ZEROED) {
             if let Err(e) = self.memmap.backing().zero(pfn..Pfn(pfn.0 + (1 << order))) {
                 // The block goes back as it came: nothing else saw it.
-                let _ = self.free_in(pfn, order, cache);
+                let _ = self.free_in(pfn, Some(order), cache);
                 return Err(AllocError::Backing(BackingError {
-                    section: self.layout.section_of(pfn.0),
+                    section: self.layout.section_of(pfn),
                     ..e
                 }));
             }
@@ -378,16 +379,19 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         &self,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
         cache: Option<&CpuCache<R>>,
         flags: AllocFlags,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         if order > MAX_ORDER {
             return Err(AllocError::OrderTooLarge { order });
         }
-        if node >= self.layout.node_count() {
+        // Checked here once: below `node_count()` (at most MAX_NODES), the index
+        // of a zonelist.
+        if node.index() >= self.layout.node_count() {
             return Err(AllocError::UnknownNode { node });
         }
+        let node = node.index();
         let this_node = flags.contains(AllocFlags::THIS_NODE);
         let no_grow = flags.contains(AllocFlags::NO_GROW);
         let mut path = AllocPath::Fast;
@@ -488,23 +492,33 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             .map(|&i| &self.zones[i as usize])
     }
 
-    /// Returns a block that [`alloc`](Self::alloc) handed out. The descriptor is
-    /// checked first: a double free, a wrong order, a reserved or never-initialised
-    /// page is refused with nothing changed.
+    /// Returns a block that [`alloc`](Self::alloc) handed out, and says its order,
+    /// which the block's head descriptor records. The descriptor is checked first:
+    /// a double free, a reserved or never-initialised page, or a pfn inside a
+    /// block is refused with nothing changed. Of two frees of one block racing,
+    /// exactly one succeeds (a compare-and-swap on the head decides).
     #[inline]
-    pub fn free(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
-        self.free_in(pfn, order, None)
+    pub fn free(&self, pfn: Pfn) -> Result<u32, FreeError> {
+        self.free_in(pfn, None, None)
     }
 
-    /// The free path, through `cache` for the cached orders when given.
+    /// [`free`](Self::free) for a caller that knows the order, checked against the
+    /// descriptor: a different order is [`FreeError::WrongOrder`].
+    #[inline]
+    pub fn free_order(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
+        self.free_in(pfn, Some(order), None).map(drop)
+    }
+
+    /// The free path, through `cache` for the cached orders when given; checks
+    /// `given` against the descriptor when given. Returns the block's order.
     #[inline]
     pub(crate) fn free_in(
         &self,
         pfn: Pfn,
-        order: u32,
+        given: Option<u32>,
         cache: Option<&CpuCache<R>>,
-    ) -> Result<(), FreeError> {
-        if order > MAX_ORDER {
+    ) -> Result<u32, FreeError> {
+        if let Some(order) = given.filter(|&o| o > MAX_ORDER) {
             return Err(FreeError::OrderTooLarge { order });
         }
         let page = self.memmap.page(pfn.0).map_err(FreeError::Lookup)?;
@@ -512,19 +526,29 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         if zone_index == NO_ZONE {
             return Err(FreeError::Reserved { pfn });
         }
+        // The order the block was allocated with; a head in any other state is
+        // refused here. This read decides nothing: the compare-and-swap below,
+        // from exactly this state, does.
+        let order = match (page.state(), given) {
+            (PageState::Allocated { order }, None) => order,
+            (_, Some(order)) => order,
+            (found, None) => return Err(free_error(pfn, None, found)),
+        };
         let zone = &self.zones[zone_index as usize];
         if let Some(cache) = cache {
             if let Some(done) = self.free_cached(cache, zone, page, pfn, order) {
-                return done;
+                return done
+                    .map(|()| order)
+                    .map_err(|found| free_error(pfn, given, found));
             }
         }
         zone.with_free(|area| {
             // The compare-and-swap, not the zone lock, decides between two frees of
             // one block: the other may be going into a CPU cache under its lock.
             page.transition(PageState::Allocated { order }, PageState::Tail)
-                .map_err(|found| free_error(pfn, order, found))?;
+                .map_err(|found| free_error(pfn, given, found))?;
             area.give(&self.memmap, pfn.0, order, zone_index);
-            Ok(())
+            Ok(order)
         })
     }
 
@@ -587,15 +611,15 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The zone of `node` and type `zone`, if the node is in the layout.
-    fn zone(&self, node: usize, zone: ZoneType) -> Option<&Zone<R>> {
-        if node >= self.layout.node_count() {
+    fn zone(&self, node: NodeId, zone: ZoneType) -> Option<&Zone<R>> {
+        if node.index() >= self.layout.node_count() {
             return None;
         }
-        self.zones.get(node * ZONE_TYPES + zone as usize)
+        self.zones.get(node.index() * ZONE_TYPES + zone as usize)
     }
 
     /// The counters of `node`'s zone `zone`, if it has present pages.
-    pub fn zone_stats_of(&self, node: usize, zone: ZoneType) -> Option<ZoneStats> {
+    pub fn zone_stats_of(&self, node: NodeId, zone: ZoneType) -> Option<ZoneStats> {
         self.zone(node, zone)
             .filter(|z| z.is_populated())
             .map(|z| z.stats(self.cached_pages(z)))
@@ -604,7 +628,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Free blocks of each order on the free lists of `node`'s zone `zone` (takes
     /// the zone lock); blocks in CPU caches are not on them. All zeroes for a node
     /// not in the layout.
-    pub fn free_blocks(&self, node: usize, zone: ZoneType) -> [u64; MAX_ORDER as usize + 1] {
+    pub fn free_blocks(&self, node: NodeId, zone: ZoneType) -> [u64; MAX_ORDER as usize + 1] {
         self.zone(node, zone)
             .map(|z| z.free_blocks())
             .unwrap_or_default()
@@ -631,17 +655,20 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 }
 
-/// Why a free of `pfn` with `order` is refused, given the state its head was found
-/// in instead of `Allocated { order }`.
-pub(crate) fn free_error(pfn: Pfn, order: u32, found: PageState) -> FreeError {
-    match found {
-        PageState::Allocated { order: allocated } => FreeError::WrongOrder {
+/// Why a free of `pfn` (with order `given`, if the caller gave one) is refused,
+/// given the state its head was found in instead of `Allocated`.
+pub(crate) fn free_error(pfn: Pfn, given: Option<u32>, found: PageState) -> FreeError {
+    match (found, given) {
+        (PageState::Allocated { order: allocated }, Some(given)) => FreeError::WrongOrder {
             pfn,
             allocated,
-            given: order,
+            given,
         },
-        PageState::Free { .. } | PageState::Cached { .. } => FreeError::DoubleFree { pfn },
-        PageState::Tail => FreeError::NotBlockHead { pfn },
-        PageState::Reserved => FreeError::Reserved { pfn },
+        // Seen free-able a moment ago, now allocated again: another free of the
+        // block won, and the block was handed out anew.
+        (PageState::Allocated { .. }, None) => FreeError::DoubleFree { pfn },
+        (PageState::Free { .. } | PageState::Cached { .. }, _) => FreeError::DoubleFree { pfn },
+        (PageState::Tail, _) => FreeError::NotBlockHead { pfn },
+        (PageState::Reserved, _) => FreeError::Reserved { pfn },
     }
 }

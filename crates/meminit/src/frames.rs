@@ -16,7 +16,7 @@ use x86_64::structures::paging::{
 use x86_64::PhysAddr;
 
 use crate::allocator::{Allocator, Constraint};
-use crate::layout::{Pfn, PAGEBLOCK_ORDER};
+use crate::layout::{NodeId, Pfn, PAGEBLOCK_ORDER};
 use crate::memmap::MemmapBacking;
 use crate::pcp::CpuId;
 
@@ -24,7 +24,7 @@ use crate::pcp::CpuId;
 pub struct Frames<'r, 'a, B, R: RawMutex> {
     allocator: &'r Allocator<'a, B, R>,
     cpu: CpuId,
-    node: usize,
+    node: NodeId,
     constraint: Constraint,
 }
 
@@ -33,7 +33,7 @@ impl<'r, 'a, B: MemmapBacking, R: RawMutex> Frames<'r, 'a, B, R> {
     pub fn new(
         allocator: &'r Allocator<'a, B, R>,
         cpu: CpuId,
-        node: usize,
+        node: NodeId,
         constraint: Constraint,
     ) -> Self {
         Frames {
@@ -53,10 +53,12 @@ impl<'r, 'a, B: MemmapBacking, R: RawMutex> Frames<'r, 'a, B, R> {
     }
 
     fn deallocate<S: PageSize>(&self, frame: PhysFrame<S>, order: u32) {
-        let pfn = Pfn(frame.start_address().as_u64() / crate::layout::PAGE_SIZE);
+        let Some(pfn) = Pfn::from_addr(frame.start_address().as_u64()) else {
+            return;
+        };
         // A frame that is not a block of ours allocated with this order is refused
         // with nothing changed; the trait gives no way to report it.
-        let _ = self.allocator.free_on(self.cpu, pfn, order);
+        let _ = self.allocator.free_order_on(self.cpu, pfn, order);
     }
 }
 

@@ -37,7 +37,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use lock_api::RawMutex;
 
 use crate::allocator::Allocator;
-use crate::layout::{Pfn, PAGEBLOCK_ORDER, PAGE_SHIFT};
+use crate::layout::{NodeId, Pfn, PAGEBLOCK_ORDER, PAGE_SHIFT};
 use crate::memmap::MemmapBacking;
 use crate::page::zone_index;
 use crate::section::{ChunkState, Retiring};
@@ -217,7 +217,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         reporter: &mut impl FreeReporter,
         stats: &mut ReportStats,
     ) -> Result<(), ReportError> {
-        let index = zone_index(zone.node, zone.kind);
+        let index = zone_index(NodeId(zone.node as u32), zone.kind);
         loop {
             let mut blocks = [(0u64, 0u32, false); REPORT_BATCH];
             let n = zone.with_free(|area| {
@@ -308,16 +308,20 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Under `zone`'s lock: whether chunk `chunk`'s usable pages are all free
     /// on `zone`'s lists, and if so, mark it or take it off them and retire it.
     fn retire_if_free(&self, zone: &Zone<R>, chunk: usize, reserve: u64) -> Verdict<'_, '_> {
-        let index = zone_index(zone.node, zone.kind);
+        let index = zone_index(NodeId(zone.node as u32), zone.kind);
         let (start, end) = self.memmap.chunk_pfns(chunk);
         let sections = self.memmap.sections();
         // Usable pages of the chunk, all of which must be this zone's.
         let mut usable = 0;
-        for run in self.layout.present_runs(start, end).filter(|r| !r.reserved) {
-            if run.node != zone.node || run.zone != zone.kind {
+        for run in self
+            .layout
+            .present_runs(Pfn(start)..Pfn(end))
+            .filter(|r| !r.reserved)
+        {
+            if run.node != NodeId(zone.node as u32) || run.zone != zone.kind {
                 return Verdict::Keep;
             }
-            usable += run.end - run.start;
+            usable += run.pages();
         }
         let taken = self.memmap.taken_in(chunk);
         let taken_pages = taken.end - taken.start;
@@ -367,10 +371,15 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let taken = self.memmap.taken_in(chunk);
         let mut batch = Batch::new();
         let mut pages = 0;
-        for run in self.layout.present_runs(start, end).filter(|r| !r.reserved) {
-            let t0 = taken.start.clamp(run.start, run.end);
-            let t1 = taken.end.clamp(t0, run.end);
-            for part in [run.start..t0, t1..run.end] {
+        for run in self
+            .layout
+            .present_runs(Pfn(start)..Pfn(end))
+            .filter(|r| !r.reserved)
+        {
+            let (run_start, run_end) = (run.start.0, run.end.0);
+            let t0 = taken.start.clamp(run_start, run_end);
+            let t1 = taken.end.clamp(t0, run_end);
+            for part in [run_start..t0, t1..run_end] {
                 if !part.is_empty() {
                     pages += part.end - part.start;
                     batch.add(part, reporter)?;

@@ -25,11 +25,11 @@ use core::sync::atomic::{
 use lock_api::RawMutex;
 
 use crate::allocator::{Allocator, Constraint, ZoneList, CONSTRAINTS};
-use crate::layout::{Layout, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYPES};
+use crate::layout::{Layout, NodeId, Pfn, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYPES};
 use crate::memmap::{BackingError, Memmap, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
 use crate::pcp::CpuCache;
-use crate::section::{ChunkState, SectionSlot, Sections, MAX_CHUNKS_PER_SECTION};
+use crate::section::{ChunkState, SectionSlot, Sections, SlotsError, MAX_CHUNKS_PER_SECTION};
 use crate::zone::Zone;
 
 /// When descriptors are initialised.
@@ -193,6 +193,8 @@ pub struct InitStats {
 /// What one call of [`Allocator::run_deferred_worker`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerReport {
+    /// The node the worker ran for.
+    pub node: NodeId,
     /// Chunks this worker initialised.
     pub chunks: u64,
     /// Pages it put on free lists.
@@ -217,6 +219,15 @@ pub enum InitError {
         /// The layout's section size, in bytes.
         section: u64,
     },
+    /// A section slot is owned by another live allocator: slots must be fresh
+    /// ([`SectionSlot::new`]) or given back by dropping the allocator that had them.
+    SlotsInUse {
+        /// The first slot found in use.
+        index: usize,
+    },
+    /// [`MemmapBacking::descriptors`] is not 64-byte aligned, as its contract
+    /// requires.
+    MisalignedMemmap,
     /// Eager start-up could not populate the memmap.
     Backing(BackingError),
 }
@@ -230,6 +241,13 @@ impl core::fmt::Display for InitError {
                 f,
                 "the layout has {needed} sections but only {given} section slots were given"
             ),
+            InitError::SlotsInUse { index } => write!(
+                f,
+                "section slot {index} is in use by another allocator: lend fresh slots, or drop that allocator first"
+            ),
+            InitError::MisalignedMemmap => f.write_str(
+                "the backing's descriptor array (MemmapBacking::descriptors) is not 64-byte aligned",
+            ),
             InitError::BadChunkSize { chunk, section } => write!(
                 f,
                 "chunk size {chunk:#x} must be a power of two from {DEFAULT_CHUNK_SIZE:#x} (one max-order block) up to the section size {section:#x}, and at least 1/{MAX_CHUNKS_PER_SECTION} of it"
@@ -241,8 +259,10 @@ impl core::fmt::Display for InitError {
 
 impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Starts an allocator over `layout`, with descriptors in `backing`, section
-    /// states in `slots` (at least [`Layout::section_count`] of them, in any state:
-    /// they are reset) and one page cache per CPU in `cpus` (emptied; may be empty,
+    /// states in `slots` (at least [`Layout::section_count`] of them, fresh: each is
+    /// marked owned with a compare-and-swap, refused with
+    /// [`InitError::SlotsInUse`] if another live allocator owns it, and fresh again
+    /// when this allocator is dropped) and one page cache per CPU in `cpus` (emptied; may be empty,
     /// and then every allocation goes to the zones).
     ///
     /// With [`Strategy::Eager`] every chunk is initialised before this returns;
@@ -251,32 +271,44 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     pub fn new(
         layout: Layout,
         backing: B,
-        slots: &'a mut [SectionSlot],
+        slots: &'a [SectionSlot],
         cpus: &'a [CpuCache<R>],
         config: Config,
     ) -> Result<Self, InitError> {
         let chunk_shift = config.chunk_shift(&layout)?;
         let chunks_shift = layout.section_shift() - chunk_shift;
-        let count = layout.section_count();
+        let memmap_sections = layout.memmap_sections();
+        let count = memmap_sections.len();
         let given = slots.len();
-        let present_chunks = layout.present_runs(0, u64::MAX).map(|r| {
+        let present_chunks = layout.present_runs(Pfn(0)..Pfn(u64::MAX)).map(|r| {
             (
-                (r.start >> chunk_shift) as usize,
-                ((r.end - 1) >> chunk_shift) as usize + 1,
+                (r.start.0 >> chunk_shift) as usize,
+                ((r.end.0 - 1) >> chunk_shift) as usize + 1,
             )
         });
-        let sections = Sections::new(slots, count, chunks_shift, present_chunks).ok_or(
-            InitError::TooFewSlots {
+        let sections = Sections::new(
+            slots,
+            memmap_sections.start,
+            count,
+            chunks_shift,
+            present_chunks,
+        )
+        .map_err(|e| match e {
+            SlotsError::InUse { index } => InitError::SlotsInUse { index },
+            // `chunk_shift` checked the chunks per section already.
+            SlotsError::TooFew | SlotsError::TooManyChunks => InitError::TooFewSlots {
                 needed: count,
                 given,
             },
-        )?;
-        let memmap = Memmap::new(backing, sections, &layout, chunk_shift);
+        })?;
+        let memmap = Memmap::new(backing, sections, &layout, chunk_shift)
+            .ok_or(InitError::MisalignedMemmap)?;
         let zones = array::from_fn(|i| {
             let node = i / ZONE_TYPES;
             let kind = ZoneType::from_index(i % ZONE_TYPES);
             let span = layout
-                .node(node)
+                // Below MAX_NODES (16): fits in u32.
+                .node(NodeId(node as u32))
                 .map(|n| n.zones[kind as usize])
                 .unwrap_or_default();
             Zone::new(node as u8, kind, span, chunk_shift)
@@ -305,8 +337,8 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             },
         };
         if config.strategy == Strategy::Eager {
-            let chunks = count << chunks_shift;
-            for index in 0..chunks {
+            let chunks = memmap_sections.start << chunks_shift..memmap_sections.end << chunks_shift;
+            for index in chunks {
                 allocator
                     .init_chunk(index, InitCause::Boot)
                     .map_err(InitError::Backing)?;
@@ -320,22 +352,26 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// a section's chunks at a time from the node's cursor, without a lock, and
     /// skips those the grow path or a look-up already took. Returns at once under
     /// any strategy but [`Strategy::Deferred`].
-    pub fn run_deferred_worker(&self, node: usize) -> Result<WorkerReport, BackingError> {
-        let mut report = WorkerReport::default();
+    pub fn run_deferred_worker(&self, node: NodeId) -> Result<WorkerReport, BackingError> {
+        let mut report = WorkerReport {
+            node,
+            ..WorkerReport::default()
+        };
         if self.config.strategy != Strategy::Deferred {
             return Ok(report);
         }
+        // `node` answers a span only below `node_count()`, so it indexes `work`.
         let Some(span) = self.layout.node(node) else {
             return Ok(report);
         };
         let first = self.layout.section_of(span.start_pfn);
-        let end = self.layout.section_of(span.end_pfn - 1) + 1;
+        let end = self.layout.section_of(Pfn(span.end_pfn.0 - 1)) + 1;
         let chunks_shift = self.memmap.sections().chunks_shift();
         loop {
             // Relaxed: the fetch_add alone hands each section (a batch of chunks) to
             // exactly one worker of this node; the chunk claims order everything the
             // chunks hold.
-            let section = first + self.work[node].fetch_add(1, Relaxed);
+            let section = first + self.work[node.index()].fetch_add(1, Relaxed);
             if section >= end {
                 return Ok(report);
             }
@@ -346,8 +382,8 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 let (s, e) = self.memmap.chunk_pfns(index);
                 if !self
                     .layout
-                    .present_runs(s, e)
-                    .any(|r| r.node as usize == node)
+                    .present_runs(Pfn(s)..Pfn(e))
+                    .any(|r| r.node == node)
                 {
                     continue;
                 }
@@ -395,34 +431,40 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         let mut writer = self.memmap.populate(claim, &self.layout)?;
         let taken = writer.taken();
         let (start, end) = self.memmap.chunk_pfns(index);
-        for run in self.layout.present_runs(start, end) {
-            writer.write_run(run.start, PageState::Reserved, NO_ZONE);
+        for run in self.layout.present_runs(Pfn(start)..Pfn(end)) {
+            let (rs, re) = (run.start.0, run.end.0);
+            writer.write_run(rs, PageState::Reserved, NO_ZONE);
             let zone = zone_index(run.node, run.zone);
             if run.reserved {
-                writer.write_run(run.end, PageState::Reserved, zone);
+                writer.write_run(re, PageState::Reserved, zone);
                 continue;
             }
-            let (t0, t1) = clamp(&taken, run.start, run.end);
+            let (t0, t1) = clamp(&taken, rs, re);
             writer.write_run(t0, PageState::Tail, zone);
             writer.write_run(t1, PageState::Reserved, zone);
-            writer.write_run(run.end, PageState::Tail, zone);
+            writer.write_run(re, PageState::Tail, zone);
         }
         writer.write_run(end, PageState::Reserved, NO_ZONE);
         let published = writer.publish();
 
         let mut freed = 0;
-        for run in self.layout.present_runs(start, end).filter(|r| !r.reserved) {
+        for run in self
+            .layout
+            .present_runs(Pfn(start)..Pfn(end))
+            .filter(|r| !r.reserved)
+        {
+            let (rs, re) = (run.start.0, run.end.0);
             let zone = &self.zones[zone_index(run.node, run.zone) as usize];
-            let (t0, t1) = clamp(&taken, run.start, run.end);
+            let (t0, t1) = clamp(&taken, rs, re);
             let added = zone.with_free(|area| {
-                area.add_run(&self.memmap, run.start, t0) + area.add_run(&self.memmap, t1, run.end)
+                area.add_run(&self.memmap, rs, t0) + area.add_run(&self.memmap, t1, re)
             });
             freed += added;
             // Relaxed: a counter; its sum with `uninit` is exact when quiescent.
             zone.memmap_pages.fetch_add(t1 - t0, Relaxed);
             // Release: pairs with the Acquire in `grow_and_take`, so a grower that
             // sees the count drop finds these blocks when it takes the zone lock.
-            zone.uninit.fetch_sub(run.end - run.start, Release);
+            zone.uninit.fetch_sub(run.pages(), Release);
         }
         self.counters.chunks_by[cause as usize].fetch_add(1, Relaxed);
         published.finish();
@@ -550,13 +592,13 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Whether chunk `index` holds usable pages of `zone`.
     fn chunk_has_usable(&self, index: usize, zone: &Zone<R>) -> bool {
         let (s, e) = self.memmap.chunk_pfns(index);
-        let s = s.max(zone.span.start_pfn);
-        let e = e.min(zone.span.end_pfn);
+        let s = Pfn(s).max(zone.span.start_pfn);
+        let e = Pfn(e).min(zone.span.end_pfn);
         s < e
             && self
                 .layout
-                .present_runs(s, e)
-                .any(|r| !r.reserved && r.node == zone.node && r.zone == zone.kind)
+                .present_runs(s..e)
+                .any(|r| !r.reserved && r.node.index() == zone.node as usize && r.zone == zone.kind)
     }
 }
 

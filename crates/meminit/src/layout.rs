@@ -11,6 +11,7 @@
 //! descriptor, and allocates nothing: a [`Layout`] is a plain value of fixed size.
 
 use core::fmt;
+use core::ops::Range;
 
 /// log2 of the page size.
 pub const PAGE_SHIFT: u32 = 12;
@@ -48,6 +49,35 @@ impl Pfn {
         Pfn(addr >> PAGE_SHIFT)
     }
 
+    /// The frame that starts at physical address `addr`, or `None` if `addr` is not
+    /// page-aligned.
+    pub const fn from_addr(addr: u64) -> Option<Pfn> {
+        if addr % PAGE_SIZE == 0 {
+            Some(Pfn(addr >> PAGE_SHIFT))
+        } else {
+            None
+        }
+    }
+
+    /// The frame `pages` frames further on, or `None` if that overflows.
+    pub const fn checked_add(self, pages: u64) -> Option<Pfn> {
+        match self.0.checked_add(pages) {
+            Some(pfn) => Some(Pfn(pfn)),
+            None => None,
+        }
+    }
+
+    /// The frame `pages` frames further on, or [`Pfn`]`(u64::MAX)` if that
+    /// overflows.
+    pub const fn saturating_add(self, pages: u64) -> Pfn {
+        Pfn(self.0.saturating_add(pages))
+    }
+
+    /// Frames from `self` up to `end` (zero if `end` is not above it).
+    pub const fn pages_to(self, end: Pfn) -> u64 {
+        end.0.saturating_sub(self.0)
+    }
+
     /// The physical address of the frame's first byte; `u64::MAX`, which no frame
     /// has, for a pfn whose address does not fit in 64 bits.
     pub const fn addr(self) -> u64 {
@@ -71,6 +101,26 @@ impl Pfn {
 impl fmt::Display for Pfn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "pfn {:#x}", self.0)
+    }
+}
+
+/// A NUMA node id. A layout accepts ids below [`MAX_NODES`]; the type is wider
+/// (32 bits, as ACPI's proximity domains) so that a memory map naming a larger id
+/// can be carried to [`LayoutBuilder::build`] and refused there by name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    /// The id as an index (into per-node arrays of [`MAX_NODES`] entries, once
+    /// checked against it).
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {}", self.0)
     }
 }
 
@@ -112,12 +162,12 @@ pub struct MemoryRange {
     /// What the range holds.
     pub kind: RangeKind,
     /// The NUMA node it belongs to.
-    pub node: u32,
+    pub node: NodeId,
 }
 
 impl MemoryRange {
     /// A range of `kind` on `node` covering bytes `[start, end)`.
-    pub const fn new(start: u64, end: u64, kind: RangeKind, node: u32) -> Self {
+    pub const fn new(start: u64, end: u64, kind: RangeKind, node: NodeId) -> Self {
         MemoryRange {
             start,
             end,
@@ -131,7 +181,7 @@ impl fmt::Display for MemoryRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "[{:#x}, {:#x}) {} on node {}",
+            "[{:#x}, {:#x}) {} on {}",
             self.start,
             self.end,
             self.kind.name(),
@@ -168,25 +218,26 @@ impl ZoneType {
     }
 
     /// First pfn the zone may hold.
-    pub const fn lowest_pfn(self) -> u64 {
-        match self {
+    pub const fn lowest_pfn(self) -> Pfn {
+        Pfn(match self {
             ZoneType::Dma => 0,
             ZoneType::Dma32 => DMA_END_PFN,
             ZoneType::Normal => DMA32_END_PFN,
-        }
+        })
     }
 
     /// One past the last pfn the zone may hold.
-    pub const fn highest_pfn(self) -> u64 {
-        match self {
+    pub const fn highest_pfn(self) -> Pfn {
+        Pfn(match self {
             ZoneType::Dma => DMA_END_PFN,
             ZoneType::Dma32 => DMA32_END_PFN,
-            ZoneType::Normal => 1 << (PHYS_ADDR_BITS - PAGE_SHIFT),
-        }
+            ZoneType::Normal => MAX_PFN,
+        })
     }
 
     /// The zone that holds `pfn`.
-    pub const fn of_pfn(pfn: u64) -> ZoneType {
+    pub const fn of_pfn(pfn: Pfn) -> ZoneType {
+        let pfn = pfn.0;
         if pfn < DMA_END_PFN {
             ZoneType::Dma
         } else if pfn < DMA32_END_PFN {
@@ -299,7 +350,7 @@ impl fmt::Display for LayoutError {
             ),
             LayoutError::TooManyNodes { index, range } => write!(
                 f,
-                "range #{index} {range} names node {}, but at most {MAX_NODES} nodes (0..{}) are supported",
+                "range #{index} {range} names {}, but at most {MAX_NODES} nodes (0..{}) are supported",
                 range.node,
                 MAX_NODES - 1
             ),
@@ -335,10 +386,10 @@ impl fmt::Display for LayoutError {
 /// Collects a memory map, then validates it into a [`Layout`].
 ///
 /// ```
-/// use meminit::layout::{LayoutBuilder, RangeKind};
+/// use meminit::layout::{LayoutBuilder, NodeId, RangeKind};
 /// let mut map = LayoutBuilder::new();
-/// map.add(0x1000, 0x9f000, RangeKind::Usable, 0)
-///    .add(0x100000, 0x8000_0000, RangeKind::Usable, 0);
+/// map.add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+///    .add(0x100000, 0x8000_0000, RangeKind::Usable, NodeId(0));
 /// let layout = map.build().unwrap();
 /// assert_eq!(layout.present_pages(), 0x9e + 0x7ff00);
 /// ```
@@ -360,7 +411,7 @@ impl LayoutBuilder {
     /// An empty map with the default section size.
     pub const fn new() -> Self {
         LayoutBuilder {
-            ranges: [MemoryRange::new(0, 0, RangeKind::Other, 0); MAX_RANGES],
+            ranges: [MemoryRange::new(0, 0, RangeKind::Other, NodeId(0)); MAX_RANGES],
             len: 0,
             overflowed: false,
             section_size: DEFAULT_SECTION_SIZE,
@@ -375,7 +426,7 @@ impl LayoutBuilder {
 
     /// Adds the byte range `[start, end)`. Ranges may come in any order; all checks
     /// happen in [`build`](Self::build).
-    pub fn add(&mut self, start: u64, end: u64, kind: RangeKind, node: u32) -> &mut Self {
+    pub fn add(&mut self, start: u64, end: u64, kind: RangeKind, node: NodeId) -> &mut Self {
         self.push(MemoryRange::new(start, end, kind, node))
     }
 
@@ -424,7 +475,7 @@ impl LayoutBuilder {
             if range.end > 1 << PHYS_ADDR_BITS {
                 return Err(LayoutError::BeyondArchLimit { index, range });
             }
-            if range.node as usize >= MAX_NODES {
+            if range.node.index() >= MAX_NODES {
                 return Err(LayoutError::TooManyNodes { index, range });
             }
         }
@@ -507,9 +558,10 @@ impl LayoutBuilder {
                     .find(|r| pages(r).is_some_and(|(s, e)| s <= at && at < e))
             };
             if let Some(r) = covering(RangeKind::Reserved) {
-                layout.push_present(at, next, r.node as u8, true);
+                // `r.node` was checked below MAX_NODES (16) above: it fits in u8.
+                layout.push_present(at, next, r.node.0 as u8, true);
             } else if let Some(r) = covering(RangeKind::Usable) {
-                layout.push_present(at, next, r.node as u8, false);
+                layout.push_present(at, next, r.node.0 as u8, false);
             }
             cursor = Some(next);
         }
@@ -576,9 +628,9 @@ impl fmt::Debug for PresentRange {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ZoneSpan {
     /// First pfn of the zone's span (Linux's `zone_start_pfn`).
-    pub start_pfn: u64,
+    pub start_pfn: Pfn,
     /// One past the last pfn of the span.
-    pub end_pfn: u64,
+    pub end_pfn: Pfn,
     /// Present pages: usable and reserved RAM in the span.
     pub present: u64,
     /// Present pages that the memory map marks reserved.
@@ -588,7 +640,7 @@ pub struct ZoneSpan {
 impl ZoneSpan {
     /// Pages spanned, holes included (Linux's `spanned_pages`).
     pub const fn spanned(&self) -> u64 {
-        self.end_pfn.saturating_sub(self.start_pfn)
+        self.start_pfn.pages_to(self.end_pfn)
     }
 }
 
@@ -596,9 +648,9 @@ impl ZoneSpan {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeSpan {
     /// First present pfn of the node.
-    pub start_pfn: u64,
+    pub start_pfn: Pfn,
     /// One past its last present pfn.
-    pub end_pfn: u64,
+    pub end_pfn: Pfn,
     /// Present pages on the node.
     pub present: u64,
     /// Its zones, indexed by [`ZoneType`].
@@ -610,11 +662,11 @@ pub struct NodeSpan {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PresentRun {
     /// First pfn.
-    pub start: u64,
+    pub start: Pfn,
     /// One past the last pfn.
-    pub end: u64,
+    pub end: Pfn,
     /// Node of the run.
-    pub node: u8,
+    pub node: NodeId,
     /// Zone of the run.
     pub zone: ZoneType,
     /// Whether the memory map marks these pages reserved.
@@ -647,12 +699,12 @@ impl Layout {
             present: [PresentRange::new(0, 0, 0, false); MAX_PRESENT],
             len: 0,
             nodes: [NodeSpan {
-                start_pfn: 0,
-                end_pfn: 0,
+                start_pfn: Pfn(0),
+                end_pfn: Pfn(0),
                 present: 0,
                 zones: [ZoneSpan {
-                    start_pfn: 0,
-                    end_pfn: 0,
+                    start_pfn: Pfn(0),
+                    end_pfn: Pfn(0),
                     present: 0,
                     reserved: 0,
                 }; ZONE_TYPES],
@@ -681,10 +733,10 @@ impl Layout {
         for r in &self.present[..self.len] {
             let n = &mut self.nodes[r.node() as usize];
             if n.present == 0 {
-                n.start_pfn = r.start;
+                n.start_pfn = Pfn(r.start);
             }
-            n.start_pfn = n.start_pfn.min(r.start);
-            n.end_pfn = n.end_pfn.max(r.end());
+            n.start_pfn = n.start_pfn.min(Pfn(r.start));
+            n.end_pfn = n.end_pfn.max(Pfn(r.end()));
             n.present += r.pages();
             self.node_count = self.node_count.max(r.node() as usize + 1);
         }
@@ -699,11 +751,11 @@ impl Layout {
             }
         }
         let mut counts = [[(0u64, 0u64); ZONE_TYPES]; MAX_NODES];
-        for run in self.present_runs(0, u64::MAX) {
-            let (present, reserved) = &mut counts[run.node as usize][run.zone as usize];
-            *present += run.end - run.start;
+        for run in self.present_runs(Pfn(0)..Pfn(u64::MAX)) {
+            let (present, reserved) = &mut counts[run.node.index()][run.zone as usize];
+            *present += run.pages();
             if run.reserved {
-                *reserved += run.end - run.start;
+                *reserved += run.pages();
             }
         }
         for (node, counts) in self.nodes.iter_mut().zip(counts) {
@@ -724,13 +776,38 @@ impl Layout {
         1 << self.section_shift
     }
 
-    /// The number of sections from pfn 0 to the end of the highest present page: the
-    /// length of the section table and of the memmap, in sections.
-    pub fn section_count(&self) -> usize {
-        (self.end_pfn().div_ceil(self.section_pages())) as usize
+    /// The sections the memmap covers, as absolute section numbers (section `i`
+    /// holds pfns `i * section_pages()..`): from the first section with present
+    /// memory to the last. Section numbers in the crate's API ([`Layout::section_pfns`],
+    /// [`crate::MemmapPiece::section`], [`crate::BackingError::section`]) are
+    /// absolute; the section slots lent to the allocator are indexed from the
+    /// first of these (slot `i` holds section `memmap_sections().start + i`).
+    pub fn memmap_sections(&self) -> Range<usize> {
+        let Some(first) = self.present[..self.len].first() else {
+            return 0..0;
+        };
+        let end = self.end_pfn().0.div_ceil(self.section_pages());
+        // Below MAX_PFN (2^40) >> section_shift: fits in usize on 64-bit targets, and
+        // saturates (never wraps) elsewhere.
+        let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        to_usize(first.start >> self.section_shift)..to_usize(end)
     }
 
-    /// Descriptors in the memmap: one per pfn from 0 to the end of the last section.
+    /// The first pfn the memmap describes: the first pfn of the first section with
+    /// present memory. [`crate::MemmapBacking::descriptors`] points at its
+    /// descriptor.
+    pub fn memmap_start(&self) -> Pfn {
+        Pfn((self.memmap_sections().start as u64) << self.section_shift)
+    }
+
+    /// The number of sections the memmap covers ([`Layout::memmap_sections`]): the
+    /// length of the section-slot table, and of the memmap, in sections.
+    pub fn section_count(&self) -> usize {
+        self.memmap_sections().len()
+    }
+
+    /// Descriptors in the memmap: one per pfn of the sections it covers, from
+    /// [`Layout::memmap_start`].
     pub fn memmap_descriptors(&self) -> u64 {
         self.section_count() as u64 * self.section_pages()
     }
@@ -741,21 +818,21 @@ impl Layout {
         self.memmap_descriptors() * crate::page::DESCRIPTOR_SIZE
     }
 
-    /// The pfns `[start, end)` of section `index`; for a section beyond the physical
-    /// address space (`index` at or above `MAX_PFN / section_pages()`), the empty
-    /// range `(MAX_PFN, MAX_PFN)`.
-    pub const fn section_pfns(&self, index: usize) -> (u64, u64) {
+    /// The pfns of section `index`; for a section beyond the physical address
+    /// space (`index` at or above `MAX_PFN / section_pages()`), the empty range
+    /// `MAX_PFN..MAX_PFN`.
+    pub const fn section_pfns(&self, index: usize) -> Range<Pfn> {
         if index as u64 >= MAX_PFN >> self.section_shift {
-            return (MAX_PFN, MAX_PFN);
+            return Pfn(MAX_PFN)..Pfn(MAX_PFN);
         }
         let start = (index as u64) << self.section_shift;
-        (start, start + self.section_pages())
+        Pfn(start)..Pfn(start + self.section_pages())
     }
 
     /// The section that holds `pfn` (`usize::MAX` if that index does not fit in a
     /// `usize`, which happens only on targets narrower than 64 bits).
-    pub const fn section_of(&self, pfn: u64) -> usize {
-        let index = pfn >> self.section_shift;
+    pub const fn section_of(&self, pfn: Pfn) -> usize {
+        let index = pfn.0 >> self.section_shift;
         if index > usize::MAX as u64 {
             usize::MAX
         } else {
@@ -764,8 +841,8 @@ impl Layout {
     }
 
     /// One past the highest present pfn.
-    pub fn end_pfn(&self) -> u64 {
-        self.present[..self.len].last().map_or(0, PresentRange::end)
+    pub fn end_pfn(&self) -> Pfn {
+        Pfn(self.present[..self.len].last().map_or(0, PresentRange::end))
     }
 
     /// Present pages on all nodes.
@@ -791,23 +868,26 @@ impl Layout {
     }
 
     /// Node `node`'s span, or `None` if it has no present pages.
-    pub fn node(&self, node: usize) -> Option<&NodeSpan> {
+    pub fn node(&self, node: NodeId) -> Option<&NodeSpan> {
         self.nodes[..self.node_count]
-            .get(node)
+            .get(node.index())
             .filter(|n| n.present > 0)
     }
 
     /// The nodes that have present pages, lowest id first.
-    pub fn nodes(&self) -> impl Iterator<Item = (usize, &NodeSpan)> + '_ {
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &NodeSpan)> + '_ {
         self.nodes[..self.node_count]
             .iter()
             .enumerate()
             .filter(|(_, n)| n.present > 0)
+            // Below MAX_NODES (16): fits in u32.
+            .map(|(i, n)| (NodeId(i as u32), n))
     }
 
-    /// The runs of present pages inside `[start, end)`, in address order, each within
-    /// one node and one zone.
-    pub fn present_runs(&self, start: u64, end: u64) -> PresentRuns<'_> {
+    /// The runs of present pages inside `pfns`, in address order, each within one
+    /// node and one zone. Empty for an empty or inverted range.
+    pub fn present_runs(&self, pfns: Range<Pfn>) -> PresentRuns<'_> {
+        let (start, end) = (pfns.start.0, pfns.end.0);
         let first = self.present[..self.len].partition_point(|r| r.end() <= start);
         PresentRuns {
             ranges: &self.present[first..self.len],
@@ -816,10 +896,9 @@ impl Layout {
         }
     }
 
-    /// The present ranges as `(start pfn, end pfn, node)`, adjacent ranges of one
-    /// node merged whether reserved or not: what Linux prints as its early memory
-    /// node ranges.
-    pub fn node_ranges(&self) -> impl Iterator<Item = (u64, u64, u8)> + '_ {
+    /// The present ranges with their nodes, adjacent ranges of one node merged
+    /// whether reserved or not: what Linux prints as its early memory node ranges.
+    pub fn node_ranges(&self) -> impl Iterator<Item = (Range<Pfn>, NodeId)> + '_ {
         let mut i = 0;
         core::iter::from_fn(move || {
             let first = self.present[..self.len].get(i)?;
@@ -832,48 +911,59 @@ impl Layout {
                 end = next.end();
                 i += 1;
             }
-            Some((start, end, node))
+            Some((Pfn(start)..Pfn(end), NodeId(node as u32)))
         })
     }
 
-    /// For each run of present pages, the sections it spans, as `[first, end)`
+    /// For each run of present pages, the sections it spans, as a range of
     /// section indices (adjacent runs may share a section).
-    pub fn present_sections(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.present[..self.len]
-            .iter()
-            .map(|r| (self.section_of(r.start), self.section_of(r.end() - 1) + 1))
+    pub fn present_sections(&self) -> impl Iterator<Item = Range<usize>> + '_ {
+        self.present[..self.len].iter().map(|r| {
+            self.section_of(Pfn(r.start))..self.section_of(Pfn(r.end() - 1)).saturating_add(1)
+        })
     }
 
     /// The node `pfn` is present on, if it is present.
-    pub fn node_of(&self, pfn: u64) -> Option<u8> {
-        let i = self.present[..self.len].partition_point(|r| r.end() <= pfn);
+    pub fn node_of(&self, pfn: Pfn) -> Option<NodeId> {
+        let i = self.present[..self.len].partition_point(|r| r.end() <= pfn.0);
         self.present[..self.len]
             .get(i)
-            .filter(|r| r.start <= pfn)
-            .map(PresentRange::node)
+            .filter(|r| r.start <= pfn.0)
+            .map(|r| NodeId(r.node() as u32))
     }
 
     /// Whether section `index` holds any present page.
     pub fn section_has_present(&self, index: usize) -> bool {
-        let (s, e) = self.section_pfns(index);
-        self.present_runs(s, e).next().is_some()
+        self.present_runs(self.section_pfns(index)).next().is_some()
     }
 
     /// Present pages, and of those how many are reserved, of `node`'s zone `zone`
     /// inside section `index`.
-    pub fn section_zone_pages(&self, index: usize, node: u8, zone: ZoneType) -> (u64, u64) {
-        let (s, e) = self.section_pfns(index);
-        let s = s.max(zone.lowest_pfn());
-        let e = e.min(zone.highest_pfn());
+    pub fn section_zone_pages(&self, index: usize, node: NodeId, zone: ZoneType) -> (u64, u64) {
+        let pfns = self.section_pfns(index);
+        let s = pfns.start.max(zone.lowest_pfn());
+        let e = pfns.end.min(zone.highest_pfn());
         let mut present = 0;
         let mut reserved = 0;
-        for run in self.present_runs(s, e).filter(|r| r.node == node) {
-            present += run.end - run.start;
+        for run in self.present_runs(s..e).filter(|r| r.node == node) {
+            present += run.pages();
             if run.reserved {
-                reserved += run.end - run.start;
+                reserved += run.pages();
             }
         }
         (present, reserved)
+    }
+}
+
+impl PresentRun {
+    /// The run's pfns.
+    pub const fn pfns(&self) -> Range<Pfn> {
+        self.start..self.end
+    }
+
+    /// Pages in the run.
+    pub const fn pages(&self) -> u64 {
+        self.start.pages_to(self.end)
     }
 }
 
@@ -899,13 +989,13 @@ impl Iterator for PresentRuns<'_> {
                 self.ranges = rest;
                 continue;
             }
-            let zone = ZoneType::of_pfn(start);
-            let end = r.end().min(self.end).min(zone.highest_pfn());
+            let zone = ZoneType::of_pfn(Pfn(start));
+            let end = r.end().min(self.end).min(zone.highest_pfn().0);
             self.cursor = end;
             return Some(PresentRun {
-                start,
-                end,
-                node: r.node(),
+                start: Pfn(start),
+                end: Pfn(end),
+                node: NodeId(r.node() as u32),
                 zone,
                 reserved: r.reserved(),
             });
@@ -920,11 +1010,11 @@ mod tests {
     fn qemu_2g() -> LayoutBuilder {
         // Early memory node ranges of Linux 6.1 under QEMU pc with 2 GiB.
         let mut b = LayoutBuilder::new();
-        b.add(0x1000, 0x9f000, RangeKind::Usable, 0).add(
+        b.add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0)).add(
             0x100000,
             0x7ffe0000,
             RangeKind::Usable,
-            0,
+            NodeId(0),
         );
         b
     }
@@ -932,7 +1022,7 @@ mod tests {
     #[test]
     fn counts_like_linux_for_qemu_2g() {
         let l = qemu_2g().build().unwrap();
-        let n = l.node(0).unwrap();
+        let n = l.node(NodeId(0)).unwrap();
         assert_eq!(n.present, 524158);
         assert_eq!(n.zones[0].present, 3998);
         assert_eq!(n.zones[0].spanned(), 4095);
@@ -945,28 +1035,27 @@ mod tests {
     #[test]
     fn usable_shrinks_inward_and_reserved_grows_outward() {
         let mut b = LayoutBuilder::new();
-        b.add(0x800, 0x5800, RangeKind::Usable, 0)
-            .add(0x5800, 0x6001, RangeKind::Reserved, 0)
-            .add(0x6001, 0x9000, RangeKind::Usable, 0);
+        b.add(0x800, 0x5800, RangeKind::Usable, NodeId(0))
+            .add(0x5800, 0x6001, RangeKind::Reserved, NodeId(0))
+            .add(0x6001, 0x9000, RangeKind::Usable, NodeId(0));
         let l = b.build().unwrap();
-        let runs: Vec<_> = l.present_runs(0, u64::MAX).collect();
+        let runs: Vec<_> = l.present_runs(Pfn(0)..Pfn(u64::MAX)).collect();
         assert_eq!(runs.len(), 3);
-        assert_eq!(
-            (runs[0].start, runs[0].end, runs[0].reserved),
-            (1, 5, false)
-        );
-        assert_eq!((runs[1].start, runs[1].end, runs[1].reserved), (5, 7, true));
-        assert_eq!(
-            (runs[2].start, runs[2].end, runs[2].reserved),
-            (7, 9, false)
-        );
+        let raw = |r: &PresentRun| (r.start.0, r.end.0, r.reserved);
+        assert_eq!(raw(&runs[0]), (1, 5, false));
+        assert_eq!(raw(&runs[1]), (5, 7, true));
+        assert_eq!(raw(&runs[2]), (7, 9, false));
     }
 
     #[test]
     fn rejects_bad_ranges_naming_them() {
         let mut b = LayoutBuilder::new();
-        b.add(0, 0x100000, RangeKind::Usable, 0)
-            .add(0x80000, 0x200000, RangeKind::Usable, 0);
+        b.add(0, 0x100000, RangeKind::Usable, NodeId(0)).add(
+            0x80000,
+            0x200000,
+            RangeKind::Usable,
+            NodeId(0),
+        );
         match b.build() {
             Err(LayoutError::Overlap {
                 first_index: 0,
@@ -976,22 +1065,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let mut b = LayoutBuilder::new();
-        b.add(0x2000, 0x1000, RangeKind::Usable, 0);
+        b.add(0x2000, 0x1000, RangeKind::Usable, NodeId(0));
         assert!(matches!(
             b.build(),
             Err(LayoutError::Inverted { index: 0, .. })
         ));
         let mut b = LayoutBuilder::new();
-        b.add(0, 1 << 53, RangeKind::Usable, 0);
+        b.add(0, 1 << 53, RangeKind::Usable, NodeId(0));
         assert!(matches!(
             b.build(),
             Err(LayoutError::BeyondArchLimit { .. })
         ));
         let mut b = LayoutBuilder::new();
-        b.add(0, 1 << 20, RangeKind::Usable, 16);
+        b.add(0, 1 << 20, RangeKind::Usable, NodeId(16));
         assert!(matches!(b.build(), Err(LayoutError::TooManyNodes { .. })));
         let mut b = LayoutBuilder::new();
-        b.add(0x10, 0xff0, RangeKind::Usable, 0);
+        b.add(0x10, 0xff0, RangeKind::Usable, NodeId(0));
         assert_eq!(b.build().unwrap_err(), LayoutError::NoUsableMemory);
         let mut b = qemu_2g();
         b.section_size(3 << 20);
@@ -1000,7 +1089,7 @@ mod tests {
             "{}",
             LayoutError::Empty {
                 index: 4,
-                range: MemoryRange::new(0x1000, 0x1000, RangeKind::Usable, 0)
+                range: MemoryRange::new(0x1000, 0x1000, RangeKind::Usable, NodeId(0))
             }
         );
         assert_eq!(msg, "range #4 [0x1000, 0x1000) usable on node 0 is empty");
@@ -1010,7 +1099,7 @@ mod tests {
     fn too_many_ranges_is_an_error() {
         let mut b = LayoutBuilder::new();
         for i in 0..=MAX_RANGES as u64 {
-            b.add(i << 20, (i << 20) + 4096, RangeKind::Usable, 0);
+            b.add(i << 20, (i << 20) + 4096, RangeKind::Usable, NodeId(0));
         }
         assert!(matches!(b.build(), Err(LayoutError::TooManyRanges { .. })));
     }
@@ -1018,12 +1107,16 @@ mod tests {
     #[test]
     fn runs_split_at_zone_boundaries_and_nodes() {
         let mut b = LayoutBuilder::new();
-        b.add(0, 6 << 30, RangeKind::Usable, 0)
-            .add(6 << 30, 8 << 30, RangeKind::Usable, 1);
+        b.add(0, 6 << 30, RangeKind::Usable, NodeId(0)).add(
+            6 << 30,
+            8 << 30,
+            RangeKind::Usable,
+            NodeId(1),
+        );
         let l = b.build().unwrap();
         let zones: Vec<_> = l
-            .present_runs(0, u64::MAX)
-            .map(|r| (r.node, r.zone))
+            .present_runs(Pfn(0)..Pfn(u64::MAX))
+            .map(|r| (r.node.0, r.zone))
             .collect();
         assert_eq!(
             zones,
@@ -1034,10 +1127,13 @@ mod tests {
                 (1, ZoneType::Normal)
             ]
         );
-        assert_eq!(l.node(1).unwrap().zones[2].present, (2 << 30) / PAGE_SIZE);
-        assert_eq!(l.node(1).unwrap().zones[1].spanned(), 0);
-        assert_eq!(l.node_of((6 << 30) / PAGE_SIZE), Some(1));
-        assert_eq!(l.node_of((8 << 30) / PAGE_SIZE), None);
+        assert_eq!(
+            l.node(NodeId(1)).unwrap().zones[2].present,
+            (2 << 30) / PAGE_SIZE
+        );
+        assert_eq!(l.node(NodeId(1)).unwrap().zones[1].spanned(), 0);
+        assert_eq!(l.node_of(Pfn::containing(6 << 30)), Some(NodeId(1)));
+        assert_eq!(l.node_of(Pfn::containing(8 << 30)), None);
     }
 
     /// The README's example: a reservation inside usable memory, as Linux's
@@ -1045,14 +1141,14 @@ mod tests {
     #[test]
     fn reserved_ranges_may_sit_inside_usable_ones() {
         let mut b = LayoutBuilder::new();
-        b.add(0x1000, 0x9fc00, RangeKind::Usable, 0)
-            .add(0x100000, 0xbffe0000, RangeKind::Usable, 0)
-            .add(0x1000000, 0x3000000, RangeKind::Reserved, 0)
-            .add(0xfec00000, 0x1_0000_0000, RangeKind::Other, 0);
+        b.add(0x1000, 0x9fc00, RangeKind::Usable, NodeId(0))
+            .add(0x100000, 0xbffe0000, RangeKind::Usable, NodeId(0))
+            .add(0x1000000, 0x3000000, RangeKind::Reserved, NodeId(0))
+            .add(0xfec00000, 0x1_0000_0000, RangeKind::Other, NodeId(0));
         let l = b.build().unwrap();
         let runs: Vec<_> = l
-            .present_runs(0, u64::MAX)
-            .map(|r| (r.start, r.end, r.zone, r.reserved))
+            .present_runs(Pfn(0)..Pfn(u64::MAX))
+            .map(|r| (r.start.0, r.end.0, r.zone, r.reserved))
             .collect();
         assert_eq!(
             runs,
@@ -1063,28 +1159,34 @@ mod tests {
                 (0x3000, 0xbffe0, ZoneType::Dma32, false),
             ]
         );
-        let n = l.node(0).unwrap();
+        let n = l.node(NodeId(0)).unwrap();
         assert_eq!(n.present, 0x9e + 0xbffe0 - 0x100);
         assert_eq!(n.zones[ZoneType::Dma32 as usize].reserved, 0x2000);
         assert_eq!(n.zones[ZoneType::Dma32 as usize].present, 0xbffe0 - 0x1000);
         assert_eq!(l.usable_pages(), n.present - 0x2000);
         // Linux prints the node ranges of memory, reservations included.
         let ranges: Vec<_> = l.node_ranges().collect();
-        assert_eq!(ranges, [(0x1, 0x9f, 0), (0x100, 0xbffe0, 0)]);
+        assert_eq!(
+            ranges,
+            [
+                (Pfn(0x1)..Pfn(0x9f), NodeId(0)),
+                (Pfn(0x100)..Pfn(0xbffe0), NodeId(0))
+            ]
+        );
 
         // Unaligned, at the edge, overlapping each other, and across two usable
         // ranges: every page a reservation touches is reserved.
         let mut b = LayoutBuilder::new();
-        b.add(0x0, 0x10000, RangeKind::Usable, 1)
-            .add(0x10000, 0x20000, RangeKind::Usable, 1)
-            .add(0x0, 0x1800, RangeKind::Reserved, 1)
-            .add(0x1000, 0x2001, RangeKind::Reserved, 1)
-            .add(0xf800, 0x10800, RangeKind::Reserved, 1)
-            .add(0x1f000, 0x20000, RangeKind::Reserved, 1);
+        b.add(0x0, 0x10000, RangeKind::Usable, NodeId(1))
+            .add(0x10000, 0x20000, RangeKind::Usable, NodeId(1))
+            .add(0x0, 0x1800, RangeKind::Reserved, NodeId(1))
+            .add(0x1000, 0x2001, RangeKind::Reserved, NodeId(1))
+            .add(0xf800, 0x10800, RangeKind::Reserved, NodeId(1))
+            .add(0x1f000, 0x20000, RangeKind::Reserved, NodeId(1));
         let l = b.build().unwrap();
         let runs: Vec<_> = l
-            .present_runs(0, u64::MAX)
-            .map(|r| (r.start, r.end, r.node, r.reserved))
+            .present_runs(Pfn(0)..Pfn(u64::MAX))
+            .map(|r| (r.start.0, r.end.0, r.node.0, r.reserved))
             .collect();
         assert_eq!(
             runs,
@@ -1103,7 +1205,7 @@ mod tests {
         let overlap = |ranges: &[(u64, u64, RangeKind, u32)]| {
             let mut b = LayoutBuilder::new();
             for &(s, e, k, n) in ranges {
-                b.add(s, e, k, n);
+                b.add(s, e, k, NodeId(n));
             }
             b.build().unwrap_err()
         };
@@ -1173,32 +1275,35 @@ mod tests {
             beyond as usize,
             beyond as usize - 1,
         ] {
-            let (s, e) = l.section_pfns(index);
-            assert!(s <= e && e <= MAX_PFN, "{index}: {s} {e}");
+            let pfns = l.section_pfns(index);
+            assert!(
+                pfns.start <= pfns.end && pfns.end <= Pfn(MAX_PFN),
+                "{index}: {pfns:?}"
+            );
             assert!(!l.section_has_present(index));
             for zone in ZoneType::ALL {
-                for node in [0, 1, u8::MAX] {
+                for node in [NodeId(0), NodeId(1), NodeId(u32::MAX)] {
                     assert_eq!(l.section_zone_pages(index, node, zone), (0, 0));
                 }
             }
         }
-        assert_eq!(l.section_pfns(beyond as usize), (MAX_PFN, MAX_PFN));
-        assert_eq!(l.section_pfns(1), (1 << 15, 2 << 15));
-        assert_eq!(l.section_of(u64::MAX), (u64::MAX >> 15) as usize);
-        assert_eq!(l.node_of(u64::MAX), None);
-        assert!(l.node(usize::MAX).is_none() && l.node(MAX_NODES).is_none());
-        assert_eq!(l.present_runs(u64::MAX, 0).count(), 0);
-        assert_eq!(l.present_runs(u64::MAX, u64::MAX).count(), 0);
-        assert_eq!(l.present_runs(5, 3).count(), 0);
+        assert_eq!(l.section_pfns(beyond as usize), Pfn(MAX_PFN)..Pfn(MAX_PFN));
+        assert_eq!(l.section_pfns(1), Pfn(1 << 15)..Pfn(2 << 15));
+        assert_eq!(l.section_of(Pfn(u64::MAX)), (u64::MAX >> 15) as usize);
+        assert_eq!(l.node_of(Pfn(u64::MAX)), None);
+        assert!(l.node(NodeId(u32::MAX)).is_none() && l.node(NodeId(MAX_NODES as u32)).is_none());
+        assert_eq!(l.present_runs(Pfn(u64::MAX)..Pfn(0)).count(), 0);
+        assert_eq!(l.present_runs(Pfn(u64::MAX)..Pfn(u64::MAX)).count(), 0);
+        assert_eq!(l.present_runs(Pfn(5)..Pfn(3)).count(), 0);
         assert_eq!(Pfn(u64::MAX).addr(), u64::MAX);
         assert_eq!(Pfn(u64::MAX).checked_addr(), None);
         assert_eq!(Pfn(u64::MAX >> 12).checked_addr(), Some(!0xfff));
         let inverted = ZoneSpan {
-            start_pfn: 10,
-            end_pfn: 5,
+            start_pfn: Pfn(10),
+            end_pfn: Pfn(5),
             ..ZoneSpan::default()
         };
         assert_eq!(inverted.spanned(), 0);
-        assert_eq!(ZoneType::of_pfn(u64::MAX), ZoneType::Normal);
+        assert_eq!(ZoneType::of_pfn(Pfn(u64::MAX)), ZoneType::Normal);
     }
 }

@@ -18,7 +18,8 @@
 //! Under every strategy an allocation that finds its zone empty while uninitialised
 //! memory remains there initialises another chunk of that zone and retries (the
 //! *grow path*), so no allocation fails for lack of initialised memory. Once every
-//! chunk is done, one flag switches growth off; the fast path never had a check.
+//! chunk is done, one flag switches growth off (a chunk given back switches it on
+//! again); the fast path never had a check.
 //!
 //! ## Sections and chunks
 //!
@@ -44,30 +45,38 @@
 //! You provide three things:
 //! 1. the memory map, as a [`LayoutBuilder`] of byte ranges (usable, reserved or
 //!    other, each on a NUMA node), validated into a [`Layout`];
-//! 2. a [`MemmapBacking`]: the virtual range of the descriptor array, indexed by pfn,
-//!    and a `populate` that makes one section's (or chunk's) part of it accessible
+//! 2. a [`MemmapBacking`]: the virtual range of the descriptor array, indexed by pfn
+//!    from the first section with memory ([`Layout::memmap_start`]; RAM that starts
+//!    at 512 GiB costs no memmap span below it), and a `populate` that makes one
+//!    section's (or chunk's) part of it accessible
 //!    when first needed (a kernel maps a 2 MiB page there; [`SliceBacking`] covers
 //!    memory that is already mapped), and optionally an `accept` for each chunk's
 //!    memory;
-//! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]), a
-//!    slice of [`CpuCache`]s, one per CPU, and a lock type for the zones and the
-//!    caches (any [`lock_api::RawMutex`]: a spin lock in a kernel).
+//! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]),
+//!    lent by shared reference (they are atomics: a kernel keeps them in a plain
+//!    `static`; one live allocator owns a slot array at a time), a slice of
+//!    [`CpuCache`]s, one per CPU, and a lock type for the zones and the caches (any
+//!    [`lock_api::RawMutex`]: a spin lock in a kernel).
+//!
+//! Pages are named by [`Pfn`] (ranges of them by `Range<Pfn>`) and NUMA nodes by
+//! [`NodeId`] everywhere in the API. Every public function answers any argument
+//! with a value, `None`, an empty answer or a typed error; none panics.
 //!
 //! ```
-//! use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page,
+//! use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page,
 //!               RangeKind, SectionSlot, SliceBacking, Strategy};
 //!
 //! // 64 MiB of RAM on one node, in 4 MiB sections to keep the example small.
 //! let mut map = LayoutBuilder::new();
 //! map.section_size(4 << 20)
-//!    .add(0x1000, 0x9f000, RangeKind::Usable, 0)
-//!    .add(0x100000, 64 << 20, RangeKind::Usable, 0);
+//!    .add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+//!    .add(0x100000, 64 << 20, RangeKind::Usable, NodeId(0));
 //! let layout = map.build()?;
 //!
 //! // The descriptor array and the section states: in a kernel, a virtual range
 //! // mapped on demand and a static or boot-allocated slice.
 //! let mut memmap = Box::<[Page]>::new_uninit_slice(layout.memmap_descriptors() as usize);
-//! let mut slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
+//! let slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
 //!
 //! // One page cache per CPU (a kernel's per-CPU area, or a static array).
 //! let cpus: [CpuCache<parking_lot::RawMutex>; 2] = [CpuCache::new(), CpuCache::new()];
@@ -75,7 +84,7 @@
 //! let allocator: Allocator<'_, _, parking_lot::RawMutex> = Allocator::new(
 //!     layout,
 //!     SliceBacking::new(&mut memmap),
-//!     &mut slots,
+//!     &slots,
 //!     &cpus,
 //!     Config::new(Strategy::OnDemand),
 //! )?;
@@ -83,11 +92,12 @@
 //!
 //! // The first allocation initialises one chunk (here, 4 MiB sections hold one
 //! // chunk each) of its zone, and no more.
-//! let block = allocator.alloc_on(CpuId(0), 3, Constraint::Any, 0)?;
+//! let block = allocator.alloc_on(CpuId(0), 3, Constraint::Any, NodeId(0))?;
 //! assert_eq!(allocator.memmap_populated_bytes(), 1024 * 64);
-//! // Freed on another CPU, into that CPU's cache.
-//! allocator.free_on(CpuId(1), block, 3)?;
-//! assert!(allocator.free(block, 3).is_err()); // a double free is refused
+//! // Freed on another CPU, into that CPU's cache. The block's descriptor knows
+//! // its order, and the free says it.
+//! assert_eq!(allocator.free_on(CpuId(1), block)?, 3);
+//! assert!(allocator.free(block).is_err()); // a double free is refused
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -153,6 +163,35 @@
 //! `FrameAllocator` and `FrameDeallocator` (4 KiB and 2 MiB frames) over one CPU's
 //! cache, for kernels that already ask for page-table frames that way.
 //!
+//! ## Memory follows use down: give-back and free page reporting
+//!
+//! On-demand initialisation keeps memmap only where memory was used; once a
+//! workload's memory grew and shrank again, give-back lets it follow use down.
+//! Call [`Allocator::report_free`] from an idle loop or a timer (every second or
+//! two, as Linux's page reporting runs two seconds after free memory
+//! accumulates), with a [`FreeReporter`] that hands memory to the host (a
+//! virtio-balloon reporting queue; see the guest kernel in this repository):
+//!
+//! - free blocks of a pageblock (2 MiB) or more that were not reported yet are
+//!   taken off the free lists, reported, and put back marked as reported, behind
+//!   the others; an allocation that finds only them waits until they are back,
+//!   and the backing hears ([`MemmapBacking::reuse_reported`]) when reported
+//!   memory is taken again;
+//! - with [`Config::give_back`] (on by default for [`Strategy::OnDemand`]), every
+//!   chunk whose usable pages all stayed free on the free lists since the
+//!   previous call goes back to uninitialised, beyond [`Config::give_back_reserve`]
+//!   of initialised free memory per zone: its blocks leave the lists, its pages
+//!   count as uninitialised (still available), its memory is reported if it was
+//!   not, and the backing may release its memmap ([`MemmapBacking::depopulate`]:
+//!   the chunk's own part, or the section's once every chunk of it is given
+//!   back). The next allocation that needs it initialises it again.
+//!
+//! [`Allocator::give_back`] does the second part alone, for a kernel with no host.
+//! Chunks holding an allocated page, pages in CPU caches, or pages of two zones
+//! are never given back. A descriptor reference taken before give-back stays
+//! valid memory (the backing keeps the range mapped), but says nothing useful
+//! about a page one does not own.
+//!
 //! ## Guarantees
 //!
 //! - A chunk is initialised exactly once, by whoever claims it first (start-up, a
@@ -164,6 +203,8 @@
 //! - Per zone, free + allocated + uninitialised + reserved = present whenever no
 //!   operation is in flight, and [`ZoneStats::available`] counts uninitialised pages
 //!   as available.
+//! - [`Allocator::free`] reads a block's order from its head descriptor;
+//!   [`Allocator::free_order`] checks the order a caller gives against it.
 //! - A double free, a free with the wrong order, of a reserved or never-initialised
 //!   page, or outside the map is a [`FreeError`], with nothing changed; of two frees
 //!   of one block racing on two CPUs, exactly one succeeds.
@@ -175,7 +216,8 @@
 //! ## Modules
 //!
 //! The unsafe code lives in [`memmap`] (the descriptor array and its backing) and
-//! relies on the claim protocol of [`section`]; zones, the buddy lists, the per-CPU
+//! relies on the claim protocol of the crate-private `section` module (whose only
+//! public parts are [`SectionSlot`], [`ChunkState`] and [`MAX_CHUNKS_PER_SECTION`]); zones, the buddy lists, the per-CPU
 //! caches and the strategies are safe code over them.
 
 #![cfg_attr(not(test), no_std)]
@@ -192,7 +234,12 @@ pub mod memmap;
 pub mod page;
 mod pcp;
 mod percpu;
+// The claim machinery is crate-private: an embedder only lends the slots. loom
+// builds expose it so that `tests/loom.rs` can model the protocol on its own.
+#[cfg(loom)]
 pub mod section;
+#[cfg(not(loom))]
+mod section;
 mod sync;
 mod zone;
 
@@ -205,7 +252,7 @@ pub use init::{
     DEFAULT_GIVE_BACK_RESERVE,
 };
 pub use layout::{
-    Layout, LayoutBuilder, LayoutError, MemoryRange, Pfn, RangeKind, ZoneType, MAX_NODES,
+    Layout, LayoutBuilder, LayoutError, MemoryRange, NodeId, Pfn, RangeKind, ZoneType, MAX_NODES,
     MAX_ORDER, PAGEBLOCK_ORDER, PAGE_SIZE,
 };
 pub use memmap::{

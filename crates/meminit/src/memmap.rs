@@ -1,12 +1,14 @@
 //! The descriptor array (memmap) and the backing that provides its memory.
 //!
 //! This is the unsafe core of the crate. The memmap is one virtual range indexed by
-//! pfn (vmemmap style): the descriptor of pfn `p` lives at `base + p`. Memory under
+//! pfn (vmemmap style), starting at the first section with present memory
+//! ([`Layout::memmap_start`]): the descriptor of pfn `p` lives at
+//! `base + (p - memmap_start)`. Memory under
 //! the memmap is asked of the [`MemmapBacking`] the first time it is needed, in the
 //! backing's own [`Granularity`]: a whole section's part at once (a huge page), or
 //! each chunk's part as that chunk is initialised. It is asked exactly once per
-//! piece, by the one holder of the chunk's [`Claim`] (and, for sections, of the
-//! section's [`crate::section::MemmapClaim`]). The module keeps one invariant, on which every
+//! piece, by the one holder of the chunk's claim (and, for sections, of the
+//! section's memmap claim; both are crate-private, in `section`). The module keeps one invariant, on which every
 //! `unsafe` block in it relies:
 //!
 //! > **A descriptor is read only in a chunk whose state is `Ready`, and a chunk
@@ -36,7 +38,8 @@ use crate::section::{
 /// asked to accept: a section, or a chunk of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemmapPiece {
-    /// The section the pages are in.
+    /// The section the pages are in: its absolute number (section `i` holds pfns
+    /// from `i << Layout::section_shift()`), not its place in the memmap.
     pub section: usize,
     /// The first pfn.
     pub start: Pfn,
@@ -45,9 +48,12 @@ pub struct MemmapPiece {
 }
 
 impl MemmapPiece {
-    /// Bytes of memmap that hold these pages' descriptors.
+    /// Bytes of memmap that hold these pages' descriptors (zero for an inverted
+    /// piece, which the allocator never makes).
     pub const fn memmap_bytes(&self) -> u64 {
-        (self.end.0 - self.start.0) * core::mem::size_of::<Page>() as u64
+        self.start
+            .pages_to(self.end)
+            .saturating_mul(core::mem::size_of::<Page>() as u64)
     }
 }
 
@@ -70,18 +76,26 @@ pub struct Populated {
     /// Usable pages of the section itself that now hold its memmap (Linux's
     /// "memmap on memory"). They get reserved descriptors and are never handed out.
     /// Empty when the memory came from elsewhere.
-    pub taken: Range<u64>,
+    pub taken: Range<Pfn>,
 }
 
 impl Populated {
     /// The memmap's memory came from outside the section.
-    pub const ELSEWHERE: Populated = Populated { taken: 0..0 };
+    pub const ELSEWHERE: Populated = Populated {
+        taken: Pfn(0)..Pfn(0),
+    };
+
+    /// The memmap's memory is the section's own pages `taken`.
+    pub const fn in_section(taken: Range<Pfn>) -> Populated {
+        Populated { taken }
+    }
 }
 
 /// Why a backing could not populate a section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackingError {
-    /// The section that could not be populated.
+    /// The section that could not be populated, by absolute number (as in
+    /// [`MemmapPiece::section`]).
     pub section: usize,
     /// What went wrong, in the backing's words.
     pub reason: &'static str,
@@ -110,11 +124,14 @@ impl core::fmt::Display for BackingError {
 ///
 /// An implementation promises that:
 /// - [`descriptors`](Self::descriptors) returns the same pointer every time, aligned
-///   to 64 bytes, at the start of one address range (one allocated object, in Rust's
-///   terms) large enough for [`Layout::memmap_bytes`] bytes;
+///   to 64 bytes: the address of the descriptor of [`Layout::memmap_start`], at the
+///   start of one address range (one allocated object, in Rust's terms) large
+///   enough for [`Layout::memmap_bytes`] bytes (the descriptors of pfns
+///   `memmap_start..memmap_start + memmap_descriptors`);
 /// - [`granularity`](Self::granularity) returns the same value every time;
 /// - once [`populate`](Self::populate) has returned `Ok` for a piece, the
-///   descriptors `base + start .. base + end` of that piece are valid for reads and
+///   descriptors of its pfns, `base + (start - memmap_start) .. base + (end -
+///   memmap_start)`, are valid for reads and
 ///   writes, and stay so, untouched by anyone but the allocator, for as long as the
 ///   backing lives;
 /// - [`Populated::taken`] lies inside the piece, the backing asks for it only
@@ -134,7 +151,8 @@ impl core::fmt::Display for BackingError {
 /// succeeded, unless `depopulate` released the piece since. A call that fails
 /// gives the piece back; a later claimant may ask again.
 pub unsafe trait MemmapBacking {
-    /// The address of pfn 0's descriptor.
+    /// The address of the descriptor of [`Layout::memmap_start`], the first pfn the
+    /// memmap describes (the first pfn of the first section with present memory).
     fn descriptors(&self) -> NonNull<Page>;
 
     /// Whether [`populate`](Self::populate) is asked for whole sections or for
@@ -242,7 +260,11 @@ impl core::fmt::Display for LookupError {
 /// The descriptor array and the state of its sections and chunks.
 pub(crate) struct Memmap<'a, B> {
     backing: B,
+    /// The descriptor of `start`.
     base: NonNull<Page>,
+    /// The first pfn the memmap describes: every pfn of a chunk in `sections` is
+    /// at or above it.
+    start: u64,
     sections: Sections<'a>,
     chunk_shift: u32,
     section_shift: u32,
@@ -259,24 +281,40 @@ unsafe impl<B: Sync> Sync for Memmap<'_, B> {}
 // SAFETY: as above; moving the memmap moves the ownership of the backing with it.
 unsafe impl<B: Send> Send for Memmap<'_, B> {}
 
+impl<B> Memmap<'_, B> {
+    /// The place of `pfn`'s descriptor in the memmap. Only for a pfn of a chunk
+    /// with a slot, which is at or above `start`.
+    #[inline]
+    fn index_of(&self, pfn: u64) -> usize {
+        (pfn - self.start) as usize
+    }
+}
+
 impl<'a, B: MemmapBacking> Memmap<'a, B> {
     /// A memmap over `backing` for `layout`, with chunks of `2^chunk_shift` pages
-    /// whose states are in `sections`.
-    pub fn new(backing: B, sections: Sections<'a>, layout: &Layout, chunk_shift: u32) -> Self {
+    /// whose states are in `sections` (whose slots start at the layout's first
+    /// memmap section). `None` if the backing's descriptors are not 64-byte
+    /// aligned, against its contract.
+    pub fn new(
+        backing: B,
+        sections: Sections<'a>,
+        layout: &Layout,
+        chunk_shift: u32,
+    ) -> Option<Self> {
         let base = backing.descriptors();
-        assert!(
-            base.as_ptr().is_aligned(),
-            "MemmapBacking::descriptors must be 64-byte aligned"
-        );
-        Memmap {
+        if !base.as_ptr().is_aligned() {
+            return None;
+        }
+        Some(Memmap {
             backing,
             base,
+            start: layout.memmap_start().0,
             sections,
             chunk_shift,
             section_shift: layout.section_shift(),
             populated_bytes: AtomicU64::new(0),
             gave_back: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The section and chunk states.
@@ -319,9 +357,10 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             ChunkState::Ready => {
                 // SAFETY: the chunk is Ready (seen with Acquire), so by the module
                 // invariant the memmap under it is populated and this descriptor
-                // written; the backing keeps that memory valid for as long as
+                // written (a Ready chunk has a slot, so `pfn` is at or above
+                // `start`); the backing keeps that memory valid for as long as
                 // `self` lives.
-                Ok(unsafe { &*self.base.as_ptr().add(pfn as usize) })
+                Ok(unsafe { &*self.base.as_ptr().add(self.index_of(pfn)) })
             }
             ChunkState::Absent => Err(LookupError::NotPresent { pfn: Pfn(pfn) }),
             ChunkState::Uninit => Err(LookupError::Uninitialised { pfn: Pfn(pfn) }),
@@ -474,13 +513,14 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                 start: Pfn(first),
                 end: Pfn(first + (1 << self.section_shift)),
             };
-            let taken = self.backing.populate(piece, layout)?.taken;
+            let Range { start, end } = self.backing.populate(piece, layout)?.taken;
+            let taken = start.0..end.0;
             // Relaxed: a statistic.
             self.populated_bytes
                 .fetch_add(piece.memmap_bytes(), Relaxed);
-            // The section's state word records the taken range as 31-bit offsets;
+            // The section's state word records the taken range as 30-bit offsets;
             // a section so large that they do not fit cannot carry its own memmap.
-            let recordable = taken.is_empty() || taken.end - first <= MAX_TAKEN_OFFSET;
+            let recordable = taken.is_empty() || taken.end - first < MAX_TAKEN_OFFSET;
             let valid = recordable && taken_is_usable(&taken, piece, layout);
             // The memmap is in place either way: it must never be populated again.
             let recorded = if valid && !taken.is_empty() {
@@ -495,7 +535,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                     reason: if recordable {
                         "the backing took pages that are not usable memory of the section"
                     } else {
-                        "the backing took pages more than 2^31 pages into the section"
+                        "the backing took pages 2^30 or more pages into the section"
                     },
                 });
             }
@@ -536,9 +576,9 @@ fn taken_is_usable(taken: &Range<u64>, piece: MemmapPiece, layout: &Layout) -> b
         || (piece.start.0 <= taken.start
             && taken.end <= piece.end.0
             && layout
-                .present_runs(taken.start, taken.end)
+                .present_runs(Pfn(taken.start)..Pfn(taken.end))
                 .filter(|r| !r.reserved)
-                .map(|r| r.end - r.start)
+                .map(|r| r.pages())
                 .sum::<u64>()
                 == taken.end - taken.start)
 }
@@ -575,21 +615,24 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
         );
         let base = self.memmap.base.as_ptr();
         for pfn in self.next..until {
+            let at = self.memmap.index_of(pfn);
             if self.atomic {
-                // SAFETY: `pfn` lies in the claimed chunk, whose memmap is
+                // SAFETY: `pfn` lies in the claimed chunk (checked above; a claimed
+                // chunk has a slot, so it is at or above `start`), whose memmap is
                 // populated, so the memory is valid for reads and writes; every
                 // field of `Page` is an atomic valid for any bit pattern, so a
                 // shared reference to whatever the memory holds is sound, and the
                 // atomic stores of `reset` race with no non-atomic access.
-                unsafe { (*base.add(pfn as usize)).reset(state, zone_index) };
+                unsafe { (*base.add(at)).reset(state, zone_index) };
             } else {
-                // SAFETY: `pfn` lies in the claimed chunk (checked above), whose
-                // memmap is populated (a writer exists only after `populate`
-                // succeeded); the claim makes this thread its only writer, no one
-                // reads it before `publish`, and no reference to it exists: no
-                // chunk was ever given back, so this chunk was never readable.
-                // `write` does not read the old bytes.
-                unsafe { base.add(pfn as usize).write(Page::new(state, zone_index)) };
+                // SAFETY: `pfn` lies in the claimed chunk (checked above; a claimed
+                // chunk has a slot, so it is at or above `start`), whose memmap is
+                // populated (a writer exists only after `populate` succeeded); the
+                // claim makes this thread its only writer, no one reads it before
+                // `publish`, and no reference to it exists: no chunk was ever given
+                // back, so this chunk was never readable. `write` does not read the
+                // old bytes.
+                unsafe { base.add(at).write(Page::new(state, zone_index)) };
             }
         }
         self.next = until;
@@ -606,7 +649,8 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
 }
 
 /// A backing over memory that is already there: a slice of at least
-/// [`Layout::memmap_bytes`] bytes. `populate` only checks the bounds. Fit for tests,
+/// [`Layout::memmap_descriptors`] descriptors, the first for
+/// [`Layout::memmap_start`]. `populate` only checks the bounds. Fit for tests,
 /// for small kernels that reserve the memmap statically, and for Miri.
 pub struct SliceBacking<'m> {
     base: NonNull<Page>,
@@ -617,7 +661,7 @@ pub struct SliceBacking<'m> {
 
 impl<'m> SliceBacking<'m> {
     /// A backing over `memory`, which holds the descriptors of pfns
-    /// `0..memory.len()`.
+    /// `memmap_start..memmap_start + memory.len()` of the layout it serves.
     pub fn new(memory: &'m mut [core::mem::MaybeUninit<Page>]) -> Self {
         SliceBacking {
             base: NonNull::new(memory.as_mut_ptr().cast()).unwrap_or(NonNull::dangling()),
@@ -653,8 +697,15 @@ unsafe impl MemmapBacking for SliceBacking<'_> {
         self.granularity
     }
 
-    fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
-        if piece.end.0 > self.len as u64 {
+    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+        let start = layout.memmap_start().0;
+        let inside = piece.start.0 >= start
+            && piece
+                .end
+                .0
+                .checked_sub(start)
+                .is_some_and(|n| n <= self.len as u64);
+        if !inside {
             return Err(BackingError {
                 section: piece.section,
                 reason: "the memmap slice is shorter than the layout's memmap",

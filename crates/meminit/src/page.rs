@@ -13,7 +13,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::layout::{ZoneType, ZONE_TYPES};
+use crate::layout::{NodeId, ZoneType, ZONE_TYPES};
 
 /// No pfn: the end of a free list.
 pub(crate) const NO_PFN: u64 = u64::MAX;
@@ -168,8 +168,8 @@ fn decode(word: u32) -> PageState {
 }
 
 /// Packs a node and zone type into the index stored in a descriptor.
-pub(crate) const fn zone_index(node: u8, zone: ZoneType) -> u32 {
-    node as u32 * ZONE_TYPES as u32 + zone as u32
+pub(crate) const fn zone_index(node: NodeId, zone: ZoneType) -> u32 {
+    node.0 * ZONE_TYPES as u32 + zone as u32
 }
 
 impl Page {
@@ -258,11 +258,11 @@ impl Page {
 
     /// The node and zone the page belongs to, or `None` for a page in a hole.
     #[inline]
-    pub fn zone(&self) -> Option<(u8, ZoneType)> {
+    pub fn zone(&self) -> Option<(NodeId, ZoneType)> {
         match self.zone.load(Relaxed) {
             NO_ZONE => None,
             z => Some((
-                (z / ZONE_TYPES as u32) as u8,
+                NodeId(z / ZONE_TYPES as u32),
                 ZoneType::from_index((z % ZONE_TYPES as u32) as usize),
             )),
         }
@@ -328,16 +328,16 @@ mod tests {
             PageState::Allocated { order: 3 },
             PageState::Cached { order: 9 },
         ] {
-            let p = Page::new(s, zone_index(2, ZoneType::Dma32));
+            let p = Page::new(s, zone_index(NodeId(2), ZoneType::Dma32));
             assert_eq!(p.state(), s);
-            assert_eq!(p.zone(), Some((2, ZoneType::Dma32)));
+            assert_eq!(p.zone(), Some((NodeId(2), ZoneType::Dma32)));
         }
         assert_eq!(Page::new(PageState::Reserved, NO_ZONE).zone(), None);
     }
 
     #[test]
     fn flags_do_not_change_the_state_and_a_new_state_clears_them() {
-        let p = Page::new(PageState::Tail, zone_index(0, ZoneType::Normal));
+        let p = Page::new(PageState::Tail, zone_index(NodeId(0), ZoneType::Normal));
         p.set_free(10, true);
         p.mark_aged();
         assert_eq!(p.state(), PageState::Free { order: 10 });

@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
-use crate::layout::{ZoneType, PAGEBLOCK_ORDER, ZONE_TYPES};
+use crate::layout::{NodeId, ZoneType, PAGEBLOCK_ORDER, ZONE_TYPES};
 
 /// The orders a CPU caches.
 pub const CACHED_ORDERS: [u32; 5] = [0, 1, 2, 3, PAGEBLOCK_ORDER];
@@ -215,10 +215,10 @@ impl<R: RawMutex> CpuCache<R> {
     }
 
     /// Pages of `node`'s zone `zone` this cache holds (a snapshot).
-    pub fn pages_of(&self, node: u8, zone: ZoneType) -> u64 {
+    pub fn pages_of(&self, node: NodeId, zone: ZoneType) -> u64 {
         // Relaxed: a statistic, exact when no operation is in flight.
         let held = self.held[zone as usize].load(Relaxed);
-        if held >> 56 == node as u64 {
+        if held >> 56 == node.0 as u64 {
             held & ((1 << 56) - 1)
         } else {
             0

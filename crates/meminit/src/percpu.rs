@@ -19,10 +19,8 @@
 
 use lock_api::RawMutex;
 
-use crate::allocator::{
-    free_error, AllocError, AllocFlags, AllocPath, Allocator, Constraint, FreeError,
-};
-use crate::layout::{Pfn, ZONE_TYPES};
+use crate::allocator::{AllocError, AllocFlags, AllocPath, Allocator, Constraint, FreeError};
+use crate::layout::{NodeId, Pfn, ZONE_TYPES};
 use crate::memmap::MemmapBacking;
 use crate::page::{Page, PageState};
 use crate::pcp::{slot_of, CacheGuard, CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH};
@@ -43,7 +41,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         cpu: CpuId,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
     ) -> Result<Pfn, AllocError> {
         self.alloc_on_traced(cpu, order, constraint, node)
             .map(|(pfn, _)| pfn)
@@ -56,7 +54,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         cpu: CpuId,
         order: u32,
         constraint: Constraint,
-        node: usize,
+        node: NodeId,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         let cache = self.cache(cpu).ok_or(AllocError::UnknownCpu {
             cpu,
@@ -67,14 +65,26 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
 
     /// [`free`](Self::free) on `cpu`: a block of a cached order goes into that
     /// CPU's cache if it holds blocks of the same zone (or none); anything else goes
-    /// back to its zone. The block may have been allocated on any CPU.
+    /// back to its zone. The block may have been allocated on any CPU. Returns the
+    /// block's order, read from its head descriptor.
     #[inline]
-    pub fn free_on(&self, cpu: CpuId, pfn: Pfn, order: u32) -> Result<(), FreeError> {
+    pub fn free_on(&self, cpu: CpuId, pfn: Pfn) -> Result<u32, FreeError> {
         let cache = self.cache(cpu).ok_or(FreeError::UnknownCpu {
             cpu,
             cpus: self.cpus.len(),
         })?;
-        self.free_in(pfn, order, Some(cache))
+        self.free_in(pfn, None, Some(cache))
+    }
+
+    /// [`free_on`](Self::free_on) for a caller that knows the order, checked
+    /// against the descriptor: a different order is [`FreeError::WrongOrder`].
+    #[inline]
+    pub fn free_order_on(&self, cpu: CpuId, pfn: Pfn, order: u32) -> Result<(), FreeError> {
+        let cache = self.cache(cpu).ok_or(FreeError::UnknownCpu {
+            cpu,
+            cpus: self.cpus.len(),
+        })?;
+        self.free_in(pfn, Some(order), Some(cache)).map(drop)
     }
 
     /// Returns every block in `cpu`'s cache to its zone, where it merges with its
@@ -103,7 +113,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     pub(crate) fn cached_pages(&self, zone: &Zone<R>) -> u64 {
         self.cpus
             .iter()
-            .map(|c| c.pages_of(zone.node, zone.kind))
+            .map(|c| c.pages_of(NodeId(zone.node as u32), zone.kind))
             .sum()
     }
 
@@ -166,6 +176,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Frees the head `page` of a block of `order` at `pfn` in `zone` into `cache`.
     /// `None` when the cache cannot take it (not a cached order, busy, or holding
     /// another node's blocks of this zone type): the caller frees it to the zone.
+    /// `Some(Err(found))` when the head was not `Allocated { order }` but `found`.
     #[inline]
     pub(crate) fn free_cached(
         &self,
@@ -174,7 +185,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         page: &Page,
         pfn: Pfn,
         order: u32,
-    ) -> Option<Result<(), FreeError>> {
+    ) -> Option<Result<(), PageState>> {
         let slot = slot_of(order)?;
         let mut guard = cache.try_lock()?;
         let stock = guard.stock(zone.kind);
@@ -185,7 +196,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         if let Err(found) =
             page.transition(PageState::Allocated { order }, PageState::Cached { order })
         {
-            return Some(Err(free_error(pfn, order, found)));
+            return Some(Err(found));
         }
         if stock.is_full(slot) {
             let zone_index = page.zone_index();

@@ -84,20 +84,33 @@ pub enum MemmapState {
 }
 
 /// The pages taken from a section for its memmap are recorded as offsets in the
-/// section below this bound (31 bits each in the memmap word).
-pub const MAX_TAKEN_OFFSET: u64 = 1 << 31;
+/// section below this bound (30 bits each in the memmap word): the taken range
+/// must end below it.
+pub const MAX_TAKEN_OFFSET: u64 = 1 << 30;
 
 const MEMMAP_UNPOPULATED: u64 = 0;
 const MEMMAP_POPULATING: u64 = 1;
 const MEMMAP_POPULATED: u64 = 2;
+/// Bits 2–31 of the memmap word: the first taken page.
+const TAKEN_MASK: u64 = MAX_TAKEN_OFFSET - 1;
+/// Bit 63 of the memmap word: the slot belongs to a live allocator. Set with a
+/// compare-and-swap from a fresh (all-zero) word when an allocator starts, cleared
+/// when it is dropped, so that two allocators can never share a slot array.
+const OWNED: u64 = 1 << 63;
 
-/// The state of one section. The embedder provides a slice of these, one per
-/// section ([`crate::Layout::section_count`]); the allocator owns their contents.
+/// The state of one section. The embedder lends a slice of these, one per section
+/// ([`crate::Layout::section_count`]), by shared reference: they are atomics, so a
+/// kernel may keep them in a plain `static`. The allocator owns their contents for
+/// its life; a slot in use by a live allocator is refused to any other
+/// ([`crate::InitError::SlotsInUse`]), and dropping the allocator makes it fresh
+/// again.
 pub struct SectionSlot {
     /// Two bits per chunk, chunk 0 in the lowest.
     chunks: AtomicU64,
-    /// Bits 0–1: memmap state. Bits 2–32: first taken page, as an offset in the
-    /// section. Bits 33–63: taken pages.
+    /// Bits 0–1: memmap state. Bits 2–31: first taken page, as an offset in the
+    /// section. Bits 32–61: taken pages. Bit 63: owned by a live allocator. (For
+    /// backings that populate chunk by chunk, bits 0–31 are instead a bitmap of
+    /// the chunks whose memmap is populated.)
     memmap: AtomicU64,
 }
 
@@ -120,37 +133,33 @@ impl SectionSlot {
         }
     }
 
-    /// Sets both words through exclusive access: no other thread can see the slot.
-    fn set_unshared(&mut self, chunks: u64) {
-        #[cfg(not(loom))]
-        {
-            *self.chunks.get_mut() = chunks;
-            *self.memmap.get_mut() = MEMMAP_UNPOPULATED;
-        }
-        #[cfg(loom)]
-        {
-            self.chunks.with_mut(|v| *v = chunks);
-            self.memmap.with_mut(|v| *v = MEMMAP_UNPOPULATED);
-        }
+    /// Whether a live allocator owns the slot.
+    pub fn is_owned(&self) -> bool {
+        // Relaxed: an observation for the embedder; ownership itself is decided by
+        // the compare-and-swap in `Sections::new`.
+        self.memmap.load(Relaxed) & OWNED != 0
     }
 
-    /// Sets `bits` in the chunk word through exclusive access; returns how many of
-    /// them were not set yet.
-    fn or_unshared(&mut self, bits: u64) -> u32 {
-        #[cfg(not(loom))]
-        let word = self.chunks.get_mut();
-        #[cfg(not(loom))]
-        {
-            let new = (bits & !*word).count_ones();
-            *word |= bits;
-            new
+    /// Takes the slot if it is fresh.
+    fn take(&self) -> bool {
+        // Acquire: pairs with the Release in `release` of the allocator that owned
+        // the slot before, so its last writes are not seen after ours.
+        let taken = self
+            .memmap
+            .compare_exchange(0, OWNED, Acquire, Relaxed)
+            .is_ok();
+        if taken {
+            // Relaxed: ours alone until the allocator is shared (see `Sections::new`).
+            self.chunks.store(0, Relaxed);
         }
-        #[cfg(loom)]
-        self.chunks.with_mut(|word| {
-            let new = (bits & !*word).count_ones();
-            *word |= bits;
-            new
-        })
+        taken
+    }
+
+    /// Makes the slot fresh again.
+    fn release(&self) {
+        self.chunks.store(0, Relaxed);
+        // Release: pairs with the Acquire in `take` of the next owner.
+        self.memmap.store(0, Release);
     }
 }
 
@@ -160,9 +169,26 @@ impl Default for SectionSlot {
     }
 }
 
+/// Why [`Sections::new`] refused its slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotsError {
+    /// Fewer slots than sections, or a present chunk past them.
+    TooFew,
+    /// More than [`MAX_CHUNKS_PER_SECTION`] chunks per section.
+    TooManyChunks,
+    /// Slot `index` is owned by another live allocator.
+    InUse {
+        /// The first slot found owned.
+        index: usize,
+    },
+}
+
 /// The state of every section and chunk, and how many chunks are not finished.
 pub struct Sections<'a> {
     slots: &'a [SectionSlot],
+    /// The section number of `slots[0]`: sections and chunks are numbered from
+    /// pfn 0, the slots from the first section with present memory.
+    first: usize,
     /// log2 of chunks per section.
     chunks_shift: u32,
     /// Chunks with present pages: fixed at start-up.
@@ -179,25 +205,39 @@ const fn shift_of(i: usize) -> u32 {
 }
 
 impl<'a> Sections<'a> {
-    /// Takes `slots` (at least `count` sections of them) for sections of
-    /// `2^chunks_shift` chunks, marks every chunk `Absent`, then the chunks that
-    /// `present` spans (ranges `[first, end)` of chunk indices) `Uninit`. The cost is
-    /// two words per section plus one per section a present range touches: nothing
-    /// is looked up per page or chunk. Returns `None` if `slots` is too short or a
-    /// section would have more than [`MAX_CHUNKS_PER_SECTION`] chunks.
+    /// Takes `slots` (at least `count` sections of them, for sections `first..`;
+    /// each must be fresh, and is marked owned with a compare-and-swap) for
+    /// sections of `2^chunks_shift` chunks, marks every chunk `Absent`, then the
+    /// chunks that `present` spans (ranges `[start, end)` of chunk numbers, counted
+    /// from pfn 0) `Uninit`. The cost is two words per
+    /// section plus one per section a present range touches: nothing is looked up
+    /// per page or chunk. On failure every slot this call took is fresh again; of
+    /// two calls racing for one slot array at most one succeeds.
     pub fn new(
-        slots: &'a mut [SectionSlot],
+        slots: &'a [SectionSlot],
+        first: usize,
         count: usize,
         chunks_shift: u32,
         present: impl Iterator<Item = (usize, usize)>,
-    ) -> Option<Self> {
+    ) -> Result<Self, SlotsError> {
         if 1u64 << chunks_shift.min(63) > MAX_CHUNKS_PER_SECTION as u64 {
-            return None;
+            return Err(SlotsError::TooManyChunks);
         }
-        let slots = slots.get_mut(..count)?;
-        for slot in slots.iter_mut() {
-            slot.set_unshared(0);
+        let slots = slots.get(..count).ok_or(SlotsError::TooFew)?;
+        for (index, slot) in slots.iter().enumerate() {
+            if !slot.take() {
+                slots[..index].iter().for_each(SectionSlot::release);
+                return Err(SlotsError::InUse { index });
+            }
         }
+        // From here on the slots are ours: `Sections` releases them when dropped.
+        let mut sections = Sections {
+            slots,
+            first,
+            chunks_shift,
+            present: 0,
+            unfinished: AtomicUsize::new(0),
+        };
         let per = 1usize << chunks_shift;
         // Chunks [from, to) of one section, all `Uninit` (01): one mask, no loop, so
         // that start-up costs a word per section however many chunks it holds.
@@ -209,25 +249,28 @@ impl<'a> Sections<'a> {
             0x5555_5555_5555_5555 & below(to) & !below(from)
         };
         // Present ranges that share a chunk set it twice: count only new bits.
+        // Relaxed throughout: no other thread can reach these slots before the
+        // allocator that holds them is shared, which orders these writes itself.
         let mut unfinished = 0;
-        for (first, end) in present {
-            let mut chunk = first;
+        for (start, end) in present {
+            let mut chunk = start;
             while chunk < end {
                 let section = chunk >> chunks_shift;
                 let upto = end.min((section + 1) * per);
-                unfinished += slots
-                    .get_mut(section)?
-                    .or_unshared(uninit_bits(chunk % per, (upto - 1) % per + 1))
-                    as usize;
+                let bits = uninit_bits(chunk % per, (upto - 1) % per + 1);
+                // Dropping `sections` releases every slot on this early return.
+                let slot = section
+                    .checked_sub(first)
+                    .and_then(|i| slots.get(i))
+                    .ok_or(SlotsError::TooFew)?;
+                let old = slot.chunks.fetch_or(bits, Relaxed);
+                unfinished += (bits & !old).count_ones() as usize;
                 chunk = upto;
             }
         }
-        Some(Sections {
-            slots,
-            chunks_shift,
-            present: unfinished,
-            unfinished: AtomicUsize::new(unfinished),
-        })
+        sections.present = unfinished;
+        sections.unfinished = AtomicUsize::new(unfinished);
+        Ok(sections)
     }
 
     /// Chunks with present pages (not `Absent`).
@@ -242,8 +285,14 @@ impl<'a> Sections<'a> {
 
     #[inline]
     fn locate(&self, chunk: usize) -> Option<(&SectionSlot, u32)> {
-        let slot = self.slots.get(chunk >> self.chunks_shift)?;
+        let slot = self.slot(chunk >> self.chunks_shift)?;
         Some((slot, shift_of(chunk & ((1 << self.chunks_shift) - 1))))
+    }
+
+    /// The slot of section `section`, if the memmap covers it.
+    #[inline]
+    fn slot(&self, section: usize) -> Option<&SectionSlot> {
+        self.slots.get(section.checked_sub(self.first)?)
     }
 
     /// The state of chunk `chunk` (`Absent` past the end).
@@ -313,7 +362,7 @@ impl<'a> Sections<'a> {
     /// Acquire: pairs with the Release in [`MemmapClaim::publish`], so a caller
     /// that sees `Populated` may use the memmap the backing mapped.
     pub fn memmap_state(&self, section: usize) -> MemmapState {
-        let Some(slot) = self.slots.get(section) else {
+        let Some(slot) = self.slot(section) else {
             return MemmapState::Unpopulated;
         };
         decode_memmap(slot.memmap.load(Acquire))
@@ -321,18 +370,19 @@ impl<'a> Sections<'a> {
 
     /// Tries to take section `section`'s memmap out of `Unpopulated`, to populate
     /// it. On failure returns the state found.
-    pub fn claim_memmap(&self, section: usize) -> Result<MemmapClaim<'_, 'a>, MemmapState> {
-        let slot = self.slots.get(section).ok_or(MemmapState::Unpopulated)?;
+    pub fn claim_memmap(&self, section: usize) -> Result<MemmapClaim<'_>, MemmapState> {
+        let slot = self.slot(section).ok_or(MemmapState::Unpopulated)?;
         // Acquire on success pairs with the Release of a failed claimant giving it
         // back, or of a retirement; on failure with `publish`. (After the fence
         // in `claim`: see `retire_memmap`.)
-        match slot
-            .memmap
-            .compare_exchange(MEMMAP_UNPOPULATED, MEMMAP_POPULATING, Acquire, Acquire)
-        {
+        match slot.memmap.compare_exchange(
+            OWNED | MEMMAP_UNPOPULATED,
+            OWNED | MEMMAP_POPULATING,
+            Acquire,
+            Acquire,
+        ) {
             Ok(_) => Ok(MemmapClaim {
-                sections: self,
-                section,
+                slot,
                 published: false,
             }),
             Err(found) => Err(decode_memmap(found)),
@@ -424,8 +474,8 @@ impl<'a> Sections<'a> {
     /// memmap out of `Populated` to depopulate it, if it holds none of the
     /// section's own pages and no chunk of the section is `Initialising` or
     /// `Ready`.
-    pub(crate) fn retire_memmap(&self, section: usize) -> Option<MemmapRetiring<'_, 'a>> {
-        let slot = self.slots.get(section)?;
+    pub(crate) fn retire_memmap(&self, section: usize) -> Option<MemmapRetiring<'_>> {
+        let slot = self.slot(section)?;
         // The retirement's side of the store-buffer pair with a chunk claimant
         // (claim, fence, look at the memmap word): this exchange, the fence, then
         // the look at the chunk word. The two fences are ordered; if the
@@ -433,7 +483,12 @@ impl<'a> Sections<'a> {
         // does, the claimant's look sees `Populating` and waits. Acquire pairs
         // with the Release of the memmap's `publish`.
         slot.memmap
-            .compare_exchange(MEMMAP_POPULATED, MEMMAP_POPULATING, Acquire, Relaxed)
+            .compare_exchange(
+                OWNED | MEMMAP_POPULATED,
+                OWNED | MEMMAP_POPULATING,
+                Acquire,
+                Relaxed,
+            )
             .ok()?;
         fence(SeqCst);
         // Relaxed: ordered by the fence above (see there).
@@ -442,14 +497,10 @@ impl<'a> Sections<'a> {
         if chunks & 0xaaaa_aaaa_aaaa_aaaa != 0 {
             // Release: pairs with the Acquire of a claimant that saw `Populating`
             // and waited.
-            slot.memmap.store(MEMMAP_POPULATED, Release);
+            slot.memmap.store(OWNED | MEMMAP_POPULATED, Release);
             return None;
         }
-        Some(MemmapRetiring {
-            sections: self,
-            section,
-            done: false,
-        })
+        Some(MemmapRetiring { slot, done: false })
     }
 
     /// Under [`crate::memmap::Granularity::Chunk`], records that chunk `chunk`'s
@@ -471,12 +522,19 @@ impl<'a> Sections<'a> {
     }
 }
 
+impl Drop for Sections<'_> {
+    /// Gives the slots back, fresh, for another allocator.
+    fn drop(&mut self) {
+        self.slots.iter().for_each(SectionSlot::release);
+    }
+}
+
 fn decode_memmap(word: u64) -> MemmapState {
     match word & 3 {
         MEMMAP_POPULATING => MemmapState::Populating,
         MEMMAP_POPULATED => {
-            let offset = (word >> 2) & ((1 << 31) - 1);
-            let len = word >> 33;
+            let offset = (word >> 2) & TAKEN_MASK;
+            let len = (word >> 32) & TAKEN_MASK;
             MemmapState::Populated(offset..offset + len)
         }
         _ => MemmapState::Unpopulated,
@@ -574,20 +632,19 @@ impl Drop for Retiring<'_, '_> {
 /// A section's memmap being depopulated. [`MemmapRetiring::finish`] makes it
 /// `Unpopulated`; dropping it without (the backing kept the memory) leaves it
 /// `Populated`.
-pub(crate) struct MemmapRetiring<'s, 'a> {
-    sections: &'s Sections<'a>,
-    section: usize,
+pub(crate) struct MemmapRetiring<'s> {
+    slot: &'s SectionSlot,
     done: bool,
 }
 
-impl MemmapRetiring<'_, '_> {
+impl MemmapRetiring<'_> {
     /// The memmap is gone: the next claimant populates it again.
     pub(crate) fn finish(mut self) {
         self.done = true;
     }
 }
 
-impl Drop for MemmapRetiring<'_, '_> {
+impl Drop for MemmapRetiring<'_> {
     fn drop(&mut self) {
         let word = if self.done {
             MEMMAP_UNPOPULATED
@@ -596,26 +653,18 @@ impl Drop for MemmapRetiring<'_, '_> {
         };
         // Release: pairs with the Acquire of claimants that waited while it was
         // `Populating`.
-        self.sections.slots[self.section]
-            .memmap
-            .store(word, Release);
+        self.slot.memmap.store(OWNED | word, Release);
     }
 }
 
 /// Exclusive right to populate one section's memmap. Dropping it without
 /// [`publish`](MemmapClaim::publish) gives it back (`Unpopulated`).
-pub struct MemmapClaim<'s, 'a> {
-    sections: &'s Sections<'a>,
-    section: usize,
+pub struct MemmapClaim<'s> {
+    slot: &'s SectionSlot,
     published: bool,
 }
 
-impl MemmapClaim<'_, '_> {
-    /// The section.
-    pub fn section(&self) -> usize {
-        self.section
-    }
-
+impl MemmapClaim<'_> {
     /// Marks the memmap populated, with `taken` (offsets in the section, below
     /// [`MAX_TAKEN_OFFSET`]; the caller checks) the pages the backing took from the
     /// section for it.
@@ -626,20 +675,16 @@ impl MemmapClaim<'_, '_> {
         self.published = true;
         let len = taken.end.saturating_sub(taken.start);
         let start = if len == 0 { 0 } else { taken.start };
-        let word = MEMMAP_POPULATED | (start & ((1 << 31) - 1)) << 2 | len << 33;
-        self.sections.slots[self.section]
-            .memmap
-            .store(word, Release);
+        let word = OWNED | MEMMAP_POPULATED | (start & TAKEN_MASK) << 2 | (len & TAKEN_MASK) << 32;
+        self.slot.memmap.store(word, Release);
     }
 }
 
-impl Drop for MemmapClaim<'_, '_> {
+impl Drop for MemmapClaim<'_> {
     fn drop(&mut self) {
         if !self.published {
             // Release: pairs with the Acquire of the next successful claim.
-            self.sections.slots[self.section]
-                .memmap
-                .store(MEMMAP_UNPOPULATED, Release);
+            self.slot.memmap.store(OWNED | MEMMAP_UNPOPULATED, Release);
         }
     }
 }
@@ -650,9 +695,9 @@ mod tests {
 
     #[test]
     fn claim_is_exclusive_and_publish_is_final() {
-        let mut slots: [SectionSlot; 2] = Default::default();
+        let slots: [SectionSlot; 2] = Default::default();
         // Two sections of four chunks; chunks 0..2 and 5 present.
-        let s = Sections::new(&mut slots, 2, 2, [(0, 2), (5, 6)].into_iter()).unwrap();
+        let s = Sections::new(&slots, 0, 2, 2, [(0, 2), (5, 6)].into_iter()).unwrap();
         assert_eq!(s.present(), 3);
         assert_eq!(s.state(2), ChunkState::Absent);
         assert_eq!(s.state(4), ChunkState::Absent);
@@ -677,8 +722,8 @@ mod tests {
 
     #[test]
     fn a_memmap_is_populated_once_and_keeps_what_was_taken() {
-        let mut slots: [SectionSlot; 1] = Default::default();
-        let s = Sections::new(&mut slots, 1, 0, [(0, 1)].into_iter()).unwrap();
+        let slots: [SectionSlot; 1] = Default::default();
+        let s = Sections::new(&slots, 0, 1, 0, [(0, 1)].into_iter()).unwrap();
         assert_eq!(s.memmap_state(0), MemmapState::Unpopulated);
         let m = s.claim_memmap(0).unwrap();
         assert_eq!(s.claim_memmap(0).err(), Some(MemmapState::Populating));
@@ -695,9 +740,74 @@ mod tests {
 
     #[test]
     fn too_few_slots_or_too_many_chunks() {
-        let mut slots: [SectionSlot; 1] = Default::default();
-        assert!(Sections::new(&mut slots, 2, 0, [(0, 2)].into_iter()).is_none());
-        assert!(Sections::new(&mut slots, 1, 6, [(0, 1)].into_iter()).is_none());
-        assert!(Sections::new(&mut slots, 1, 5, [(0, 32)].into_iter()).is_some());
+        let slots: [SectionSlot; 1] = Default::default();
+        assert_eq!(
+            Sections::new(&slots, 0, 2, 0, [(0, 2)].into_iter()).err(),
+            Some(SlotsError::TooFew)
+        );
+        assert_eq!(
+            Sections::new(&slots, 0, 1, 6, [(0, 1)].into_iter()).err(),
+            Some(SlotsError::TooManyChunks)
+        );
+        // A present chunk past the slots: refused, and the slot is fresh again.
+        assert_eq!(
+            Sections::new(&slots, 0, 1, 0, [(0, 2)].into_iter()).err(),
+            Some(SlotsError::TooFew)
+        );
+        assert!(!slots[0].is_owned());
+        assert!(Sections::new(&slots, 0, 1, 5, [(0, 32)].into_iter()).is_ok());
+        assert!(!slots[0].is_owned());
+    }
+
+    /// Slots start at the first section with memory: section and chunk numbers
+    /// stay absolute, and those before the first slot are absent.
+    #[test]
+    fn slots_start_at_the_first_present_section() {
+        let slots: [SectionSlot; 2] = Default::default();
+        // Sections 5 and 6 of two chunks each; chunks 11..13 present.
+        let s = Sections::new(&slots, 5, 2, 1, [(11, 13)].into_iter()).unwrap();
+        assert_eq!(s.present(), 2);
+        assert_eq!(s.state(0), ChunkState::Absent);
+        assert_eq!(s.state(9), ChunkState::Absent);
+        assert_eq!(s.state(10), ChunkState::Absent);
+        assert_eq!(s.state(11), ChunkState::Uninit);
+        assert_eq!(s.state(12), ChunkState::Uninit);
+        assert_eq!(s.state(14), ChunkState::Absent);
+        assert_eq!(s.claim(3).err(), Some(ChunkState::Absent));
+        assert_eq!(s.claim_memmap(4).err(), Some(MemmapState::Unpopulated));
+        s.claim_memmap(6).unwrap().publish(0..0);
+        assert_eq!(s.memmap_state(6), MemmapState::Populated(0..0));
+        assert_eq!(s.memmap_state(5), MemmapState::Unpopulated);
+        // A present chunk before the first slot is refused.
+        drop(s);
+        assert_eq!(
+            Sections::new(&slots, 5, 2, 1, [(9, 12)].into_iter()).err(),
+            Some(SlotsError::TooFew)
+        );
+        assert!(slots.iter().all(|s| !s.is_owned()));
+    }
+
+    #[test]
+    fn slots_in_use_are_refused_and_released_on_drop() {
+        let slots: [SectionSlot; 3] = Default::default();
+        let first = Sections::new(&slots[1..], 0, 2, 0, [(0, 2)].into_iter()).unwrap();
+        assert!(slots[1].is_owned() && slots[2].is_owned() && !slots[0].is_owned());
+        // Overlapping the owned ones: refused, naming the first owned slot, and
+        // slot 0, taken on the way, is fresh again.
+        assert_eq!(
+            Sections::new(&slots, 0, 3, 0, [(0, 3)].into_iter()).err(),
+            Some(SlotsError::InUse { index: 1 })
+        );
+        assert!(!slots[0].is_owned());
+        // A populated memmap keeps the slot owned.
+        first.claim_memmap(0).unwrap().publish(1..3);
+        assert!(slots[1].is_owned());
+        assert_eq!(first.memmap_state(0), MemmapState::Populated(1..3));
+        drop(first);
+        assert!(slots.iter().all(|s| !s.is_owned()));
+        let again = Sections::new(&slots, 0, 3, 0, [(2, 3)].into_iter()).unwrap();
+        assert_eq!(again.state(0), ChunkState::Absent);
+        assert_eq!(again.state(2), ChunkState::Uninit);
+        assert_eq!(again.memmap_state(1), MemmapState::Unpopulated);
     }
 }

@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use lock_api::{Mutex, RawMutex};
 
 use crate::buddy::FreeArea;
-use crate::layout::{ZoneSpan, ZoneType, MAX_ORDER};
+use crate::layout::{NodeId, Pfn, ZoneSpan, ZoneType, MAX_ORDER};
 use crate::memmap::{Memmap, MemmapBacking};
 
 /// A zone of one node.
@@ -38,11 +38,11 @@ pub(crate) struct Zone<R: RawMutex> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ZoneStats {
     /// The node.
-    pub node: u8,
+    pub node: NodeId,
     /// The zone.
     pub zone: ZoneType,
     /// First pfn of the zone's span.
-    pub start_pfn: u64,
+    pub start_pfn: Pfn,
     /// Pages spanned, holes included.
     pub spanned: u64,
     /// Present pages.
@@ -66,7 +66,7 @@ pub struct ZoneStats {
 impl ZoneStats {
     /// Pages a caller could still get: free now, or free once initialised.
     pub const fn available(&self) -> u64 {
-        self.free + self.uninitialised
+        self.free.saturating_add(self.uninitialised)
     }
 
     /// Managed pages that are handed out.
@@ -89,7 +89,7 @@ impl<R: RawMutex> Zone<R> {
             isolated: AtomicU64::new(0),
             uninit: AtomicU64::new(span.present - span.reserved),
             memmap_pages: AtomicU64::new(0),
-            grow_cursor: AtomicUsize::new((span.start_pfn >> chunk_shift) as usize),
+            grow_cursor: AtomicUsize::new((span.start_pfn.0 >> chunk_shift) as usize),
         }
     }
 
@@ -105,8 +105,8 @@ impl<R: RawMutex> Zone<R> {
             return (0, 0);
         }
         (
-            (self.span.start_pfn >> chunk_shift) as usize,
-            ((self.span.end_pfn - 1) >> chunk_shift) as usize + 1,
+            (self.span.start_pfn.0 >> chunk_shift) as usize,
+            ((self.span.end_pfn.0 - 1) >> chunk_shift) as usize + 1,
         )
     }
 
@@ -130,7 +130,7 @@ impl<R: RawMutex> Zone<R> {
     /// Free blocks on the lists that should have merged with their buddy (takes the
     /// lock): zero unless the lists are corrupt.
     pub(crate) fn unmerged<B: MemmapBacking>(&self, mm: &Memmap<'_, B>) -> u64 {
-        let zone_index = crate::page::zone_index(self.node, self.kind);
+        let zone_index = crate::page::zone_index(NodeId(self.node as u32), self.kind);
         self.free.lock().unmerged(mm, zone_index)
     }
 
@@ -146,7 +146,7 @@ impl<R: RawMutex> Zone<R> {
         let reserved = self.span.reserved + memmap;
         let isolated = self.isolated.load(Relaxed);
         ZoneStats {
-            node: self.node,
+            node: NodeId(self.node as u32),
             zone: self.kind,
             start_pfn: self.span.start_pfn,
             spanned: self.span.spanned(),

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use meminit::NodeId;
 use meminit::{
     AllocError, AllocPath, Constraint, FreeError, LayoutBuilder, LookupError, PageState, Pfn,
     RangeKind, Strategy, ZoneType, MAX_ORDER, PAGE_SIZE,
@@ -29,14 +30,14 @@ fn ondemand_starts_with_nothing_and_grows_one_section() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
         assert_eq!(a.memmap_populated_bytes(), 0);
-        let (pfn, path) = a.alloc_traced(0, Constraint::Any, 0).unwrap();
+        let (pfn, path) = a.alloc_traced(0, Constraint::Any, NodeId(0)).unwrap();
         assert_eq!(path, AllocPath::Grew);
         assert_eq!(a.memmap_populated_bytes(), 1024 * 64);
-        let (_, path) = a.alloc_traced(0, Constraint::Any, 0).unwrap();
+        let (_, path) = a.alloc_traced(0, Constraint::Any, NodeId(0)).unwrap();
         assert_eq!(path, AllocPath::Fast);
-        a.free(pfn, 0).unwrap();
+        a.free_order(pfn, 0).unwrap();
         // On-demand never initialises in the background.
-        assert_eq!(a.run_deferred_worker(0).unwrap().chunks, 0);
+        assert_eq!(a.run_deferred_worker(NodeId(0)).unwrap().chunks, 0);
         assert_eq!(a.init_stats().by_growth, 1);
     });
 }
@@ -65,18 +66,18 @@ fn most_of_memory_right_after_start_up() {
             let blocks = (511 * MIB / PAGE_SIZE) >> MAX_ORDER;
             let mut held = Vec::new();
             for _ in 0..blocks - 1 {
-                held.push(a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap());
+                held.push(a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap());
             }
             // The rest goes page by page until truly exhausted.
             let mut pages = 0;
-            while let Ok(p) = a.alloc(0, Constraint::Any, 0) {
+            while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
                 held.push(p);
                 pages += 1;
             }
             assert_eq!(pages, 511 * MIB / PAGE_SIZE - ((blocks - 1) << MAX_ORDER));
             assert!(a.is_fully_initialised());
             assert!(matches!(
-                a.alloc(0, Constraint::Any, 0),
+                a.alloc(0, Constraint::Any, NodeId(0)),
                 Err(AllocError::OutOfMemory { .. })
             ));
         });
@@ -88,18 +89,18 @@ fn most_of_memory_right_after_start_up() {
 #[test]
 fn dma32_allocation_while_normal_is_uninitialised() {
     let mut b = LayoutBuilder::new();
-    b.add(MIB, 6 * GIB, RangeKind::Usable, 0);
+    b.add(MIB, 6 * GIB, RangeKind::Usable, NodeId(0));
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let pfn = a.alloc(4, Constraint::Dma32, 0).unwrap();
+        let pfn = a.alloc(4, Constraint::Dma32, NodeId(0)).unwrap();
         assert!(pfn.addr() < 4 * GIB);
-        let normal = a.zone_stats_of(0, ZoneType::Normal).unwrap();
+        let normal = a.zone_stats_of(NodeId(0), ZoneType::Normal).unwrap();
         assert_eq!(normal.free, 0);
         assert_eq!(normal.uninitialised, normal.present);
-        let dma = a.alloc(0, Constraint::Dma, 0).unwrap();
+        let dma = a.alloc(0, Constraint::Dma, NodeId(0)).unwrap();
         assert!(dma.addr() < 16 * MIB);
         // An unconstrained allocation grows Normal rather than eat into DMA32.
-        let any = a.alloc(0, Constraint::Any, 0).unwrap();
+        let any = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
         assert!(any.addr() >= 4 * GIB);
     });
 }
@@ -110,12 +111,12 @@ fn dma32_allocation_while_normal_is_uninitialised() {
 fn holes_and_reserved_pages_inside_a_section() {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(0x1000, 0x9fc00, RangeKind::Usable, 0)
-        .add(0x9fc00, 0xa0000, RangeKind::Other, 0)
-        .add(0x100000, 0x180000, RangeKind::Usable, 0)
-        .add(0x180000, 0x200000, RangeKind::Reserved, 0)
-        .add(0x200000, 0x3ff800, RangeKind::Usable, 0)
-        .add(0x400000, 0x800000, RangeKind::Usable, 0);
+        .add(0x1000, 0x9fc00, RangeKind::Usable, NodeId(0))
+        .add(0x9fc00, 0xa0000, RangeKind::Other, NodeId(0))
+        .add(0x100000, 0x180000, RangeKind::Usable, NodeId(0))
+        .add(0x180000, 0x200000, RangeKind::Reserved, NodeId(0))
+        .add(0x200000, 0x3ff800, RangeKind::Usable, NodeId(0))
+        .add(0x400000, 0x800000, RangeKind::Usable, NodeId(0));
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::OnDemand, |a| {
         let hole = a.page_or_init(Pfn(0xb0)).unwrap();
@@ -123,14 +124,14 @@ fn holes_and_reserved_pages_inside_a_section() {
         assert_eq!(hole.zone(), None);
         let reserved = a.page(Pfn(0x190)).unwrap();
         assert_eq!(reserved.state(), PageState::Reserved);
-        assert_eq!(reserved.zone(), Some((0, ZoneType::Dma)));
+        assert_eq!(reserved.zone(), Some((NodeId(0), ZoneType::Dma)));
         // pfn 0 is not in the map at all, and the last page of the third range is
         // partial, so shrinks away.
         assert_eq!(a.page(Pfn(0)).unwrap().state(), PageState::Reserved);
         assert_eq!(a.page(Pfn(0x3ff)).unwrap().state(), PageState::Reserved);
         // Everything handed out is usable.
         let mut got = Vec::new();
-        while let Ok(p) = a.alloc(0, Constraint::Any, 0) {
+        while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
             let usable = (1..0x9f).contains(&p.0)
                 || (0x100..0x180).contains(&p.0)
                 || (0x200..0x3ff).contains(&p.0)
@@ -140,7 +141,7 @@ fn holes_and_reserved_pages_inside_a_section() {
         }
         assert_eq!(got.len() as u64, l.usable_pages());
         for p in got {
-            a.free(p, 0).unwrap();
+            a.free_order(p, 0).unwrap();
         }
         check_fully_coalesced(a);
     });
@@ -155,7 +156,7 @@ fn look_up_of_a_never_initialised_page() {
         let pfn = Pfn(40 * MIB / PAGE_SIZE);
         assert_eq!(a.page(pfn).unwrap_err(), LookupError::Uninitialised { pfn });
         assert!(matches!(
-            a.free(pfn, 0),
+            a.free_order(pfn, 0),
             Err(FreeError::Lookup(LookupError::Uninitialised { .. }))
         ));
         let page = a.page_or_init(pfn).unwrap();
@@ -181,9 +182,9 @@ fn uninitialised_memory_counts_as_available() {
     for strategy in Strategy::ALL {
         with_allocator(&l, strategy, |a| {
             assert_eq!(a.available_pages(), l.usable_pages());
-            let p = a.alloc(2, Constraint::Any, 0).unwrap();
+            let p = a.alloc(2, Constraint::Any, NodeId(0)).unwrap();
             assert_eq!(a.available_pages(), l.usable_pages() - 4);
-            a.free(p, 2).unwrap();
+            a.free_order(p, 2).unwrap();
             assert_eq!(a.available_pages(), l.usable_pages());
         });
     }
@@ -193,10 +194,10 @@ fn uninitialised_memory_counts_as_available() {
 fn misuse_is_refused_and_changes_nothing() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
-        let p = a.alloc(3, Constraint::Any, 0).unwrap();
+        let p = a.alloc(3, Constraint::Any, NodeId(0)).unwrap();
         let before: Vec<_> = a.zone_stats().collect();
         assert_eq!(
-            a.free(p, 2),
+            a.free_order(p, 2),
             Err(FreeError::WrongOrder {
                 pfn: p,
                 allocated: 3,
@@ -204,28 +205,34 @@ fn misuse_is_refused_and_changes_nothing() {
             })
         );
         assert_eq!(
-            a.free(Pfn(p.0 + 1), 0),
+            a.free_order(Pfn(p.0 + 1), 0),
             Err(FreeError::NotBlockHead { pfn: Pfn(p.0 + 1) })
         );
-        assert_eq!(a.free(Pfn(3), 0), Err(FreeError::Reserved { pfn: Pfn(3) }));
-        assert_eq!(a.free(p, 11), Err(FreeError::OrderTooLarge { order: 11 }));
+        assert_eq!(
+            a.free_order(Pfn(3), 0),
+            Err(FreeError::Reserved { pfn: Pfn(3) })
+        );
+        assert_eq!(
+            a.free_order(p, 11),
+            Err(FreeError::OrderTooLarge { order: 11 })
+        );
         assert!(matches!(
-            a.free(Pfn(1 << 40), 0),
+            a.free_order(Pfn(1 << 40), 0),
             Err(FreeError::Lookup(LookupError::NotPresent { .. }))
         ));
         assert_eq!(before, a.zone_stats().collect::<Vec<_>>());
-        a.free(p, 3).unwrap();
+        a.free_order(p, 3).unwrap();
         assert!(matches!(
-            a.free(p, 3),
+            a.free_order(p, 3),
             Err(FreeError::DoubleFree { .. } | FreeError::NotBlockHead { .. })
         ));
         assert_eq!(
-            a.alloc(11, Constraint::Any, 0),
+            a.alloc(11, Constraint::Any, NodeId(0)),
             Err(AllocError::OrderTooLarge { order: 11 })
         );
         assert_eq!(
-            a.alloc(0, Constraint::Any, 3),
-            Err(AllocError::UnknownNode { node: 3 })
+            a.alloc(0, Constraint::Any, NodeId(3)),
+            Err(AllocError::UnknownNode { node: NodeId(3) })
         );
         check_fully_coalesced(a);
     });
@@ -235,17 +242,26 @@ fn misuse_is_refused_and_changes_nothing() {
 fn growth_prefers_the_preferred_node() {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(MIB, 5 * GIB, RangeKind::Usable, 0)
-        .add(5 * GIB, 6 * GIB, RangeKind::Usable, 1);
+        .add(MIB, 5 * GIB, RangeKind::Usable, NodeId(0))
+        .add(5 * GIB, 6 * GIB, RangeKind::Usable, NodeId(1));
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let p = a.alloc(0, Constraint::Any, 1).unwrap();
-        assert_eq!(a.page(p).unwrap().zone(), Some((1, ZoneType::Normal)));
-        let p = a.alloc(0, Constraint::Any, 0).unwrap();
-        assert_eq!(a.page(p).unwrap().zone(), Some((0, ZoneType::Normal)));
+        let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
+        assert_eq!(
+            a.page(p).unwrap().zone(),
+            Some((NodeId(1), ZoneType::Normal))
+        );
+        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
+        assert_eq!(
+            a.page(p).unwrap().zone(),
+            Some((NodeId(0), ZoneType::Normal))
+        );
         // Node 1 has no DMA32: a DMA32 allocation preferring it falls to node 0.
-        let p = a.alloc(0, Constraint::Dma32, 1).unwrap();
-        assert_eq!(a.page(p).unwrap().zone(), Some((0, ZoneType::Dma32)));
+        let p = a.alloc(0, Constraint::Dma32, NodeId(1)).unwrap();
+        assert_eq!(
+            a.page(p).unwrap().zone(),
+            Some((NodeId(0), ZoneType::Dma32))
+        );
     });
 }
 
@@ -257,18 +273,18 @@ fn large_orders_grow_several_sections_around_holes() {
     b.section_size(4 * MIB);
     for s in 0..16u64 {
         let base = s * 4 * MIB;
-        b.add(base + 0x1000, base + 2 * MIB, RangeKind::Usable, 0)
+        b.add(base + 0x1000, base + 2 * MIB, RangeKind::Usable, NodeId(0))
             .add(
                 base + 2 * MIB + 0x1000,
                 base + 4 * MIB,
                 RangeKind::Usable,
-                0,
+                NodeId(0),
             );
     }
-    b.add(64 * MIB, 72 * MIB, RangeKind::Usable, 0);
+    b.add(64 * MIB, 72 * MIB, RangeKind::Usable, NodeId(0));
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let p = a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap();
+        let p = a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap();
         assert!(p.addr() >= 64 * MIB);
         assert!(a.init_stats().by_growth >= 1);
     });
@@ -278,21 +294,21 @@ fn large_orders_grow_several_sections_around_holes() {
 fn a_range_on_a_node_boundary_never_merges_across_nodes() {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(MIB, 10 * MIB + 0x3000, RangeKind::Usable, 0)
-        .add(10 * MIB + 0x3000, 20 * MIB, RangeKind::Usable, 1);
+        .add(MIB, 10 * MIB + 0x3000, RangeKind::Usable, NodeId(0))
+        .add(10 * MIB + 0x3000, 20 * MIB, RangeKind::Usable, NodeId(1));
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::Deferred, |a| {
         run_workers(a);
         let mut all = Vec::new();
-        while let Ok(p) = a.alloc(0, Constraint::Any, 0) {
+        while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
             all.push(p);
         }
         for p in all {
-            a.free(p, 0).unwrap();
+            a.free_order(p, 0).unwrap();
         }
         check_fully_coalesced(a);
-        let n0 = a.free_blocks(0, ZoneType::Dma);
-        let n1 = a.free_blocks(1, ZoneType::Dma);
+        let n0 = a.free_blocks(NodeId(0), ZoneType::Dma);
+        let n1 = a.free_blocks(NodeId(1), ZoneType::Dma);
         assert_eq!(
             n0.iter().zip(0..).map(|(c, o)| c << o).sum::<u64>(),
             9 * 256 + 3
@@ -310,15 +326,18 @@ fn a_range_on_a_node_boundary_never_merges_across_nodes() {
 fn touching_ranges_merge_across_the_seam() {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(0, 2 * MIB, RangeKind::Usable, 0)
-        .add(2 * MIB, 6 * MIB, RangeKind::Usable, 0)
-        .add(6 * MIB, 8 * MIB, RangeKind::Usable, 0);
+        .add(0, 2 * MIB, RangeKind::Usable, NodeId(0))
+        .add(2 * MIB, 6 * MIB, RangeKind::Usable, NodeId(0))
+        .add(6 * MIB, 8 * MIB, RangeKind::Usable, NodeId(0));
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::Eager, |a| {
         assert_eq!(a.unmerged_free_blocks(), 0);
-        assert_eq!(a.free_blocks(0, ZoneType::Dma)[MAX_ORDER as usize], 2);
-        let p = a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap();
-        a.free(p, MAX_ORDER).unwrap();
+        assert_eq!(
+            a.free_blocks(NodeId(0), ZoneType::Dma)[MAX_ORDER as usize],
+            2
+        );
+        let p = a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap();
+        a.free_order(p, MAX_ORDER).unwrap();
         check_fully_coalesced(a);
     });
 }

@@ -11,6 +11,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use common::Lent;
+use meminit::NodeId;
 use meminit::{
     AllocError, Allocator, BackingError, Config, Constraint, CpuId, Layout, LayoutBuilder,
     MemmapBacking, MemmapPiece, Page, Populated, RangeKind, SliceBacking, Strategy, ZoneType,
@@ -54,7 +55,7 @@ fn with_failing(layout: &Layout, failing: &[usize], f: impl FnOnce(&Alloc<'_>)) 
     let a = Allocator::new(
         layout.clone(),
         backing,
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         Config::new(Strategy::OnDemand),
     )
@@ -66,15 +67,15 @@ fn with_failing(layout: &Layout, failing: &[usize], f: impl FnOnce(&Alloc<'_>)) 
 fn a_failing_section_does_not_block_its_zone() {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(16 * MIB, 32 * MIB, RangeKind::Usable, 0);
+        .add(16 * MIB, 32 * MIB, RangeKind::Usable, NodeId(0));
     let l = b.build().unwrap();
     // Section 4 is the zone's first: it never populates.
     with_failing(&l, &[4], |a| {
-        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
         assert!(p.addr() >= 20 * MIB);
         let mut n = 1;
         let err = loop {
-            match a.alloc(0, Constraint::Any, 0) {
+            match a.alloc(0, Constraint::Any, NodeId(0)) {
                 Ok(_) => n += 1,
                 Err(e) => break e,
             }
@@ -88,7 +89,7 @@ fn a_failing_section_does_not_block_its_zone() {
         );
         // Once the backing recovers, the section serves.
         a.backing().failing.lock().unwrap().clear();
-        let p = a.alloc(0, Constraint::Any, 0).unwrap();
+        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
         assert!(p.addr() < 20 * MIB);
     });
 }
@@ -97,14 +98,17 @@ fn a_failing_section_does_not_block_its_zone() {
 fn a_failing_zone_falls_back_to_the_next() {
     let mut b = LayoutBuilder::new();
     b.section_size(128 * MIB)
-        .add(MIB, 256 * MIB, RangeKind::Usable, 0)
-        .add(4 * GIB, 4 * GIB + 256 * MIB, RangeKind::Usable, 0);
+        .add(MIB, 256 * MIB, RangeKind::Usable, NodeId(0))
+        .add(4 * GIB, 4 * GIB + 256 * MIB, RangeKind::Usable, NodeId(0));
     let l = b.build().unwrap();
     // Both sections of the Normal zone fail.
     with_failing(&l, &[32, 33], |a| {
-        let p = a.alloc_on(CpuId(1), 3, Constraint::Any, 0).unwrap();
-        assert_eq!(a.page(p).unwrap().zone(), Some((0, ZoneType::Dma32)));
-        let z = a.zone_stats_of(0, ZoneType::Normal).unwrap();
+        let p = a.alloc_on(CpuId(1), 3, Constraint::Any, NodeId(0)).unwrap();
+        assert_eq!(
+            a.page(p).unwrap().zone(),
+            Some((NodeId(0), ZoneType::Dma32))
+        );
+        let z = a.zone_stats_of(NodeId(0), ZoneType::Normal).unwrap();
         assert_eq!(z.uninitialised, z.managed);
     });
 }

@@ -10,6 +10,7 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use common::*;
+use meminit::NodeId;
 use meminit::{
     AllocError, Allocator, BackingError, Config, Constraint, CpuId, Granularity, InitError, Layout,
     LookupError, MemmapBacking, MemmapPiece, Page, Pfn, Populated, SliceBacking, Strategy,
@@ -28,7 +29,7 @@ fn an_order_0_allocation_writes_exactly_one_chunk() {
         Config::new(Strategy::OnDemand),
         Granularity::Chunk,
         |a| {
-            let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+            let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
             let s = a.init_stats();
             assert_eq!((s.by_growth, s.chunks_done), (1, 1));
             assert_eq!(s.chunk_bytes, DEFAULT_CHUNK_SIZE);
@@ -40,7 +41,7 @@ fn an_order_0_allocation_writes_exactly_one_chunk() {
                 Some(LookupError::Uninitialised { pfn: next })
             );
             // A max-order allocation takes one more chunk, and no more.
-            a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap();
+            a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap();
             assert_eq!(a.init_stats().chunks_done, 2);
             assert_eq!(a.memmap_populated_bytes(), 2 * CHUNK_MEMMAP);
         },
@@ -51,18 +52,18 @@ fn an_order_0_allocation_writes_exactly_one_chunk() {
 fn a_section_granular_backing_populates_the_section_once_for_all_its_chunks() {
     let l = simple(256 * MIB, 128 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let p = a.alloc(0, Constraint::Any, 0).unwrap();
+        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
         assert_eq!(a.init_stats().chunks_done, 1);
         // The whole section's memmap: 2 MiB.
         assert_eq!(a.memmap_populated_bytes(), 2 * MIB);
         let big: Vec<_> = (0..3)
-            .map(|_| a.alloc(MAX_ORDER, Constraint::Any, 0).unwrap())
+            .map(|_| a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap())
             .collect();
         assert_eq!(a.init_stats().chunks_done, 4);
         assert_eq!(a.memmap_populated_bytes(), 2 * MIB);
-        a.free(p, 0).unwrap();
+        a.free_order(p, 0).unwrap();
         for b in big {
-            a.free(b, MAX_ORDER).unwrap();
+            a.free_order(b, MAX_ORDER).unwrap();
         }
         init_all(a);
         assert_eq!(a.memmap_populated_bytes(), 4 * MIB);
@@ -79,9 +80,9 @@ fn chunk_sizes_from_a_max_order_block_to_a_section() {
             ..Config::new(Strategy::OnDemand)
         };
         with_allocator_chunked(&l, config, Granularity::Chunk, |a| {
-            let p = a.alloc(0, Constraint::Any, 0).unwrap();
+            let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
             assert_eq!(a.memmap_populated_bytes(), chunk / 4096 * 64);
-            a.free(p, 0).unwrap();
+            a.free_order(p, 0).unwrap();
             init_all(a);
             check_fully_coalesced(a);
         });
@@ -96,7 +97,7 @@ fn bad_chunk_sizes_are_refused() {
         let r = Allocator::new(
             l.clone(),
             SliceBacking::new(&mut lent.memmap),
-            &mut lent.slots,
+            &lent.slots,
             &lent.cpus,
             Config {
                 chunk_size: chunk,
@@ -163,7 +164,7 @@ fn with_accepting(
     let a = Allocator::new(
         layout.clone(),
         backing,
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         Config::new(strategy),
     )
@@ -180,7 +181,9 @@ fn each_chunk_is_accepted_once_before_its_first_page_is_handed_out() {
         let mut held = Vec::new();
         for i in 0..6000u32 {
             let order = i % 3;
-            let p = a.alloc_on(CpuId(i % 2), order, Constraint::Any, 0).unwrap();
+            let p = a
+                .alloc_on(CpuId(i % 2), order, Constraint::Any, NodeId(0))
+                .unwrap();
             let chunk = p.0 & !1023;
             // Accepted before this returned.
             assert!(
@@ -196,7 +199,7 @@ fn each_chunk_is_accepted_once_before_its_first_page_is_handed_out() {
         // Single-threaded: every chunk accepted had a page handed out.
         assert_eq!(unique, handed_out);
         for (p, o) in held {
-            a.free(p, o).unwrap();
+            a.free_order(p, o).unwrap();
         }
     });
 }
@@ -207,7 +210,7 @@ fn a_chunk_that_cannot_be_accepted_is_given_back_and_tried_again() {
     // The zone's first chunk (DMA32 starts at 16 MiB) refuses once.
     let first = (16 * MIB) >> 12;
     with_accepting(&l, Strategy::OnDemand, &[first], |a| {
-        let p = a.alloc(0, Constraint::Dma32, 0).unwrap();
+        let p = a.alloc(0, Constraint::Dma32, NodeId(0)).unwrap();
         assert_ne!(p.0 & !1023, first);
         // Now it accepts; a look-up initialises it, once.
         a.page_or_init(Pfn(first)).unwrap();
@@ -225,7 +228,7 @@ fn eager_accepts_every_present_chunk_once() {
         let unique: HashSet<u64> = accepted.iter().copied().collect();
         assert_eq!(unique.len(), accepted.len());
         assert!(matches!(
-            a.alloc(MAX_ORDER + 1, Constraint::Any, 0),
+            a.alloc(MAX_ORDER + 1, Constraint::Any, NodeId(0)),
             Err(AllocError::OrderTooLarge { .. })
         ));
     });

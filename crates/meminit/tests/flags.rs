@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use common::{check_counts, with_allocator, Lent};
 use meminit::{
     AllocError, AllocFlags, AllocPath, Allocator, BackingError, Config, Constraint, CpuId, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, Page, Pfn, Populated, RangeKind, SliceBacking,
-    Strategy,
+    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, Pfn, Populated, RangeKind,
+    SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -22,8 +22,8 @@ const MIB: u64 = 1 << 20;
 fn two_nodes() -> Layout {
     let mut b = LayoutBuilder::new();
     b.section_size(16 * MIB)
-        .add(16 * MIB, 32 * MIB, RangeKind::Usable, 0)
-        .add(32 * MIB, 48 * MIB, RangeKind::Usable, 1);
+        .add(16 * MIB, 32 * MIB, RangeKind::Usable, NodeId(0))
+        .add(32 * MIB, 48 * MIB, RangeKind::Usable, NodeId(1));
     b.build().unwrap()
 }
 
@@ -70,7 +70,7 @@ fn with_counting(
     let a = Allocator::new(
         layout.clone(),
         backing,
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         Config::new(strategy),
     )
@@ -86,7 +86,7 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
         // why, and touches nothing.
         for cpu in [None, Some(CpuId(0))] {
             let e = a
-                .alloc_with(cpu, 0, Constraint::Any, 0, AllocFlags::NO_GROW)
+                .alloc_with(cpu, 0, Constraint::Any, NodeId(0), AllocFlags::NO_GROW)
                 .unwrap_err();
             assert_eq!(e, AllocError::WouldGrow { order: 0 });
             assert!(e.to_string().contains("NO_GROW"), "{e}");
@@ -94,10 +94,16 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
         assert_eq!(calls(), 0);
         assert_eq!(a.memmap_populated_bytes(), 0);
         // Once a chunk is there, it serves from it.
-        let p = a.alloc(0, Constraint::Any, 0).unwrap();
+        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
         let before = calls();
         let (q, path) = a
-            .alloc_with(Some(CpuId(1)), 0, Constraint::Any, 0, AllocFlags::NO_GROW)
+            .alloc_with(
+                Some(CpuId(1)),
+                0,
+                Constraint::Any,
+                NodeId(0),
+                AllocFlags::NO_GROW,
+            )
             .unwrap();
         assert_eq!(path, AllocPath::Fast);
         assert_ne!(p, q);
@@ -105,13 +111,15 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
         // Empty the initialised memory: NO_GROW fails again while memory remains
         // uninitialised, and the growing allocation then succeeds.
         let mut held = vec![p, q];
-        while let Ok((r, _)) = a.alloc_with(None, 0, Constraint::Any, 0, AllocFlags::NO_GROW) {
+        while let Ok((r, _)) =
+            a.alloc_with(None, 0, Constraint::Any, NodeId(0), AllocFlags::NO_GROW)
+        {
             held.push(r);
         }
         assert_eq!(calls(), before, "never grew");
-        assert!(a.alloc(0, Constraint::Any, 0).is_ok());
+        assert!(a.alloc(0, Constraint::Any, NodeId(0)).is_ok());
         for p in held {
-            a.free(p, 0).unwrap();
+            a.free_order(p, 0).unwrap();
         }
     });
 }
@@ -120,18 +128,18 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
 fn no_grow_reports_out_of_memory_once_nothing_is_left_to_grow() {
     with_allocator(&two_nodes(), Strategy::Eager, |a| {
         let mut held = Vec::new();
-        while let Ok(p) = a.alloc(10, Constraint::Any, 0) {
+        while let Ok(p) = a.alloc(10, Constraint::Any, NodeId(0)) {
             held.push(p);
         }
         let e = a
-            .alloc_with(None, 10, Constraint::Any, 0, AllocFlags::NO_GROW)
+            .alloc_with(None, 10, Constraint::Any, NodeId(0), AllocFlags::NO_GROW)
             .unwrap_err();
         assert!(
             matches!(e, AllocError::OutOfMemory { order: 10, .. }),
             "{e:?}"
         );
         for p in held {
-            a.free(p, 10).unwrap();
+            a.free_order(p, 10).unwrap();
         }
     });
 }
@@ -146,11 +154,11 @@ fn this_node_does_not_fall_back() {
                 Some(CpuId(0)),
                 10,
                 Constraint::Any,
-                0,
+                NodeId(0),
                 AllocFlags::THIS_NODE,
             ) {
                 Ok((p, _)) => {
-                    assert_eq!(a.layout().node_of(p.0), Some(0));
+                    assert_eq!(a.layout().node_of(p), Some(NodeId(0)));
                     held.push(p);
                 }
                 Err(e) => {
@@ -161,8 +169,8 @@ fn this_node_does_not_fall_back() {
         }
         assert_eq!(held.len(), 4, "node 0's 16 MiB in 4 MiB blocks");
         // Without the flag, node 1 serves.
-        let p = a.alloc(10, Constraint::Any, 0).unwrap();
-        assert_eq!(a.layout().node_of(p.0), Some(1));
+        let p = a.alloc(10, Constraint::Any, NodeId(0)).unwrap();
+        assert_eq!(a.layout().node_of(p), Some(NodeId(1)));
         held.push(p);
         let mut ledger = std::collections::HashMap::new();
         for z in a.zone_stats() {
@@ -170,7 +178,7 @@ fn this_node_does_not_fall_back() {
         }
         check_counts(a, &ledger);
         for p in held {
-            a.free(p, 10).unwrap();
+            a.free_order(p, 10).unwrap();
         }
     });
 }
@@ -181,14 +189,20 @@ fn zeroed_asks_the_backing_and_a_backing_that_cannot_gives_the_block_back() {
         let flags = AllocFlags::ZEROED | AllocFlags::THIS_NODE;
         assert!(flags.contains(AllocFlags::ZEROED) && !flags.contains(AllocFlags::NO_GROW));
         let (p, _) = a
-            .alloc_with(Some(CpuId(0)), 2, Constraint::Any, 1, flags)
+            .alloc_with(Some(CpuId(0)), 2, Constraint::Any, NodeId(1), flags)
             .unwrap();
         assert_eq!(*a.backing().zeroed.lock().unwrap(), vec![p..Pfn(p.0 + 4)]);
-        a.free(p, 2).unwrap();
+        a.free_order(p, 2).unwrap();
     });
     with_allocator(&two_nodes(), Strategy::OnDemand, |a| {
         let e = a
-            .alloc_with(Some(CpuId(0)), 2, Constraint::Any, 0, AllocFlags::ZEROED)
+            .alloc_with(
+                Some(CpuId(0)),
+                2,
+                Constraint::Any,
+                NodeId(0),
+                AllocFlags::ZEROED,
+            )
             .unwrap_err();
         let AllocError::Backing(b) = e else {
             panic!("{e:?}")
@@ -205,11 +219,17 @@ fn zeroed_asks_the_backing_and_a_backing_that_cannot_gives_the_block_back() {
 fn flags_with_a_cpu_that_has_no_cache_are_refused() {
     with_allocator(&two_nodes(), Strategy::OnDemand, |a| {
         let e = a
-            .alloc_with(Some(CpuId(999)), 0, Constraint::Any, 0, AllocFlags::NONE)
+            .alloc_with(
+                Some(CpuId(999)),
+                0,
+                Constraint::Any,
+                NodeId(0),
+                AllocFlags::NONE,
+            )
             .unwrap_err();
         assert!(matches!(e, AllocError::UnknownCpu { .. }), "{e:?}");
         assert!(matches!(
-            a.alloc_with(None, 11, Constraint::Any, 0, AllocFlags::NONE),
+            a.alloc_with(None, 11, Constraint::Any, NodeId(0), AllocFlags::NONE),
             Err(AllocError::OrderTooLarge { order: 11 })
         ));
     });

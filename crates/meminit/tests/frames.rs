@@ -8,6 +8,7 @@ use std::collections::HashSet;
 
 use common::*;
 use meminit::frames::Frames;
+use meminit::NodeId;
 use meminit::{Constraint, CpuId, Strategy};
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size2MiB, Size4KiB};
 
@@ -17,7 +18,7 @@ const MIB: u64 = 1 << 20;
 fn page_table_frames_come_from_a_cpus_cache_and_go_back() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let mut frames = Frames::new(a, CpuId(1), 0, Constraint::Any);
+        let mut frames = Frames::new(a, CpuId(1), NodeId(0), Constraint::Any);
         let small: Vec<PhysFrame<Size4KiB>> = (0..300)
             .map(|_| FrameAllocator::<Size4KiB>::allocate_frame(&mut frames).unwrap())
             .collect();
@@ -41,14 +42,16 @@ fn page_table_frames_come_from_a_cpus_cache_and_go_back() {
 fn an_exhausted_zone_gives_no_frame() {
     let l = simple(8 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
-        let mut frames = Frames::new(a, CpuId(0), 0, Constraint::Dma);
+        let mut frames = Frames::new(a, CpuId(0), NodeId(0), Constraint::Dma);
         let mut n = 0;
         while FrameAllocator::<Size4KiB>::allocate_frame(&mut frames).is_some() {
             n += 1;
         }
         assert_eq!(
             n,
-            a.zone_stats_of(0, meminit::ZoneType::Dma).unwrap().managed
+            a.zone_stats_of(NodeId(0), meminit::ZoneType::Dma)
+                .unwrap()
+                .managed
         );
     });
 }

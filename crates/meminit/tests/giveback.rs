@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use common::{check_counts, Ledger, Lent};
 use meminit::{
     Allocator, BackingError, Config, Constraint, CpuId, FreeReporter, Granularity, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, Page, PageState, Pfn, Populated, RangeKind,
+    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageState, Pfn, Populated, RangeKind,
     ReportError, Strategy, REPORT_ORDER,
 };
 
@@ -27,6 +27,8 @@ const MIB: u64 = 1 << 20;
 /// A memmap in host memory that can be released and repopulated.
 struct Releasing {
     base: NonNull<Page>,
+    /// The pfn of `base`'s descriptor: the layout's memmap start.
+    start: u64,
     len: usize,
     granularity: Granularity,
     populated: Mutex<HashSet<u64>>,
@@ -43,9 +45,10 @@ unsafe impl Sync for Releasing {}
 unsafe impl Send for Releasing {}
 
 impl Releasing {
-    fn new(memory: &mut [MaybeUninit<Page>], granularity: Granularity) -> Self {
+    fn new(memory: &mut [MaybeUninit<Page>], start: Pfn, granularity: Granularity) -> Self {
         Releasing {
             base: NonNull::new(memory.as_mut_ptr().cast()).unwrap(),
+            start: start.0,
             len: memory.len(),
             granularity,
             populated: Mutex::new(HashSet::new()),
@@ -70,7 +73,7 @@ unsafe impl MemmapBacking for Releasing {
     }
 
     fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
-        assert!(piece.end.0 as usize <= self.len);
+        assert!(piece.start.0 >= self.start && (piece.end.0 - self.start) as usize <= self.len);
         assert!(
             self.populated.lock().unwrap().insert(piece.start.0),
             "{piece:?} populated twice"
@@ -91,7 +94,7 @@ unsafe impl MemmapBacking for Releasing {
         unsafe {
             self.base
                 .as_ptr()
-                .add(piece.start.0 as usize)
+                .add((piece.start.0 - self.start) as usize)
                 .cast::<u8>()
                 .write_bytes(0xa5, piece.memmap_bytes() as usize)
         };
@@ -118,8 +121,8 @@ fn with_releasing<T>(
     f: impl FnOnce(&Alloc<'_>) -> T,
 ) -> T {
     let mut lent = Lent::<parking_lot::RawMutex>::for_layout(layout);
-    let backing = Releasing::new(&mut lent.memmap, granularity);
-    let a = Allocator::new(layout.clone(), backing, &mut lent.slots, &lent.cpus, config)
+    let backing = Releasing::new(&mut lent.memmap, layout.memmap_start(), granularity);
+    let a = Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config)
         .expect("allocator starts");
     f(&a)
 }
@@ -154,7 +157,7 @@ fn fill(a: &Alloc<'_>, pages: u64, ledger: &mut Ledger) -> Vec<Pfn> {
     let mut held = Vec::new();
     for i in 0..pages {
         let pfn = a
-            .alloc_on(CpuId(i as u32 % 2), 0, Constraint::Any, 0)
+            .alloc_on(CpuId(i as u32 % 2), 0, Constraint::Any, NodeId(0))
             .unwrap_or_else(|e| panic!("allocation {i} of {pages}: {e}"));
         ledger.record(a, pfn, 0);
         held.push(pfn);
@@ -165,7 +168,7 @@ fn fill(a: &Alloc<'_>, pages: u64, ledger: &mut Ledger) -> Vec<Pfn> {
 fn release(a: &Alloc<'_>, held: Vec<Pfn>, ledger: &mut Ledger) {
     for (i, pfn) in held.into_iter().enumerate() {
         ledger.release(a, pfn.0);
-        a.free_on(CpuId(i as u32 % 2), pfn, 0).unwrap();
+        a.free_order_on(CpuId(i as u32 % 2), pfn, 0).unwrap();
     }
     a.drain_all_cpus();
 }
@@ -261,12 +264,12 @@ fn chunks_with_an_allocated_or_cached_page_are_kept() {
                 continue;
             }
             ledger.release(a, pfn.0);
-            a.free_on(CpuId((i % 2) as u32), pfn, 0).unwrap();
+            a.free_order_on(CpuId((i % 2) as u32), pfn, 0).unwrap();
         }
         // Drain everything, then cache exactly one page again.
         a.drain_all_cpus();
-        let again = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
-        a.free_on(CpuId(0), again, 0).unwrap();
+        let again = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+        a.free_order_on(CpuId(0), again, 0).unwrap();
         let _ = cached;
         a.give_back();
         a.give_back();
@@ -277,7 +280,7 @@ fn chunks_with_an_allocated_or_cached_page_are_kept() {
         assert_eq!(cached_page.state(), PageState::Cached { order: 0 });
         assert_ne!(chunk(kept), 0);
         ledger.release(a, kept.0);
-        a.free(kept, 0).unwrap();
+        a.free_order(kept, 0).unwrap();
         check_counts(a, &ledger.per_zone);
     });
 }
@@ -290,8 +293,8 @@ fn a_chunk_used_between_passes_waits_for_two_more() {
         release(a, held, &mut ledger);
         let marked = a.give_back().chunks_marked;
         // Use one page between the passes: its chunk is no longer aged.
-        let p = a.alloc(0, Constraint::Any, 0).unwrap();
-        a.free(p, 0).unwrap();
+        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
+        a.free_order(p, 0).unwrap();
         let second = a.give_back();
         assert_eq!(second.chunks_given_back, marked - 1);
         assert_eq!(second.chunks_marked, 1);
@@ -345,15 +348,15 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
 
         // Taking reported memory again tells the backing, exactly for what was
         // taken.
-        let p = a.alloc(3, Constraint::Any, 0).unwrap();
+        let p = a.alloc(3, Constraint::Any, NodeId(0)).unwrap();
         let told = a.backing().reused.lock().unwrap().clone();
         assert_eq!(told, vec![p..Pfn(p.0 + 8)]);
         let after: u64 = a.zone_stats().map(|z| z.reported).sum();
         assert_eq!(after, reported - 8, "the split-off halves stay reported");
         // Freed, it merges with reported buddies: those are no longer counted
         // reported, and the backing is told of each.
-        a.free(p, 0).unwrap_err();
-        a.free(p, 3).unwrap();
+        a.free_order(p, 0).unwrap_err();
+        a.free_order(p, 3).unwrap();
         let merged: u64 = a.zone_stats().map(|z| z.reported).sum();
         let told: u64 = a
             .backing()
@@ -427,9 +430,9 @@ fn spikes_of_random_sizes_never_fail_and_keep_the_counts() {
     let mut l = LayoutBuilder::new();
     // Two nodes with a hole and reserved memory inside usable memory.
     l.section_size(16 * MIB)
-        .add(MIB, 40 * MIB, RangeKind::Usable, 0)
-        .add(20 * MIB, 21 * MIB, RangeKind::Reserved, 0)
-        .add(48 * MIB, 96 * MIB, RangeKind::Usable, 1);
+        .add(MIB, 40 * MIB, RangeKind::Usable, NodeId(0))
+        .add(20 * MIB, 21 * MIB, RangeKind::Reserved, NodeId(0))
+        .add(48 * MIB, 96 * MIB, RangeKind::Usable, NodeId(1));
     let layout = l.build().unwrap();
     for granularity in [Granularity::Section, Granularity::Chunk] {
         with_releasing(&layout, config(4 * MIB), granularity, |a| {
@@ -441,7 +444,7 @@ fn spikes_of_random_sizes_never_fail_and_keep_the_counts() {
                 let mut left = pages;
                 while left > 0 {
                     let order = (rng.below(4) as u32).min(63 - left.leading_zeros());
-                    let node = rng.below(2) as usize;
+                    let node = NodeId(rng.below(2) as u32);
                     let pfn = a
                         .alloc_on(CpuId(round % 2), order, Constraint::Any, node)
                         .unwrap_or_else(|e| panic!("round {round}: {e}"));
@@ -452,7 +455,7 @@ fn spikes_of_random_sizes_never_fail_and_keep_the_counts() {
                 check_counts(a, &ledger.per_zone);
                 for (i, (pfn, order)) in held.into_iter().enumerate() {
                     ledger.release(a, pfn.0);
-                    a.free_on(CpuId(i as u32 % 3), pfn, order)
+                    a.free_order_on(CpuId(i as u32 % 3), pfn, order)
                         .unwrap_or_else(|e| panic!("{e}"));
                 }
                 for _ in 0..rng.below(3) {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use common::Lent;
 use lock_api::{GuardSend, RawMutex};
+use meminit::NodeId;
 use meminit::{
     Allocator, Config, Constraint, CpuId, Layout, LayoutBuilder, LookupError, Pfn, RangeKind,
     SliceBacking, Strategy,
@@ -96,7 +97,7 @@ fn with_allocator(layout: &Layout, f: impl FnOnce(&Alloc<'_>)) {
     let a = Allocator::new(
         layout.clone(),
         SliceBacking::new(&mut lent.memmap),
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         Config::new(Strategy::OnDemand),
     )
@@ -163,9 +164,9 @@ fn allocation_succeeds_when_another_thread_finishes_the_zone_meanwhile() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(16 * MIB, 40 * MIB, RangeKind::Usable, 0);
+        .add(16 * MIB, 40 * MIB, RangeKind::Usable, NodeId(0));
     let layout = b.build().unwrap();
-    let whole = (0, layout.end_pfn());
+    let whole = (0, layout.end_pfn().0);
     for with_cache in [false, true] {
         let mut n = 1;
         loop {
@@ -176,9 +177,9 @@ fn allocation_succeeds_when_another_thread_finishes_the_zone_meanwhile() {
                     n,
                     || {
                         if with_cache {
-                            a.alloc_on(CpuId(0), 0, Constraint::Any, 0)
+                            a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0))
                         } else {
-                            a.alloc(0, Constraint::Any, 0)
+                            a.alloc(0, Constraint::Any, NodeId(0))
                         }
                     },
                     whole,
@@ -209,15 +210,15 @@ fn allocation_succeeds_when_its_zone_alone_is_finished_meanwhile() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(MIB, 16 * MIB, RangeKind::Usable, 0)
-        .add(16 * MIB, 32 * MIB, RangeKind::Usable, 0);
+        .add(MIB, 16 * MIB, RangeKind::Usable, NodeId(0))
+        .add(16 * MIB, 32 * MIB, RangeKind::Usable, NodeId(0));
     let layout = b.build().unwrap();
     let dma = (0, (16 * MIB) >> 12);
     let mut n = 1;
     loop {
         let mut done = false;
         with_allocator(&layout, |a| {
-            match interleave(a, n, || a.alloc(0, Constraint::Dma, 0), dma) {
+            match interleave(a, n, || a.alloc(0, Constraint::Dma, NodeId(0)), dma) {
                 Some(r) => {
                     r.unwrap_or_else(|e| panic!("stopped after unlock {n}: {e}"));
                     assert!(!a.is_fully_initialised());

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use meminit::{LayoutBuilder, LayoutError, RangeKind, ZoneType, PAGE_SIZE};
+use meminit::{NodeId, Pfn};
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
@@ -119,7 +120,7 @@ proptest! {
         let mut b = LayoutBuilder::new();
         b.section_size(section);
         for &(s, e, k, n) in &ranges {
-            b.add(s, e, k, n);
+            b.add(s, e, k, NodeId(n));
         }
         let result = b.build();
         match (naive_conflict(&ranges), result) {
@@ -136,23 +137,23 @@ proptest! {
                 let naive = naive_pages(&ranges);
                 let mut ours = BTreeMap::new();
                 let mut zones: BTreeMap<(u8, ZoneType), (u64, u64)> = BTreeMap::new();
-                for run in layout.present_runs(0, u64::MAX) {
+                for run in layout.present_runs(Pfn(0)..Pfn(u64::MAX)) {
                     prop_assert_eq!(run.zone, ZoneType::of_pfn(run.start));
-                    for p in run.start..run.end {
-                        ours.insert(p, (run.node, run.reserved));
+                    for p in run.start.0..run.end.0 {
+                        ours.insert(p, (run.node.0 as u8, run.reserved));
                     }
                 }
                 prop_assert_eq!(&ours, &naive);
                 for (&p, &(node, reserved)) in &naive {
-                    let z = zones.entry((node, ZoneType::of_pfn(p))).or_default();
+                    let z = zones.entry((node, ZoneType::of_pfn(Pfn(p)))).or_default();
                     z.0 += 1;
                     z.1 += reserved as u64;
-                    prop_assert_eq!(layout.node_of(p), Some(node));
+                    prop_assert_eq!(layout.node_of(Pfn(p)), Some(NodeId(node.into())));
                 }
                 for (n, node) in layout.nodes() {
                     for zt in ZoneType::ALL {
                         let z = node.zones[zt as usize];
-                        let want = zones.get(&(n as u8, zt)).copied().unwrap_or_default();
+                        let want = zones.get(&(n.0 as u8, zt)).copied().unwrap_or_default();
                         prop_assert_eq!((z.present, z.reserved), want, "node {} {:?}", n, zt);
                         prop_assert!(z.present <= z.spanned());
                     }
@@ -163,15 +164,15 @@ proptest! {
                     naive.values().filter(|&&(_, r)| !r).count() as u64
                 );
                 // Section by section, the same pages again.
-                for index in 0..layout.section_count() {
-                    let (s, e) = layout.section_pfns(index);
+                for index in layout.memmap_sections() {
+                    let pfns = layout.section_pfns(index);
                     let mut present = 0;
                     for zone in ZoneType::ALL {
-                        for n in 0..2u8 {
-                            present += layout.section_zone_pages(index, n, zone).0;
+                        for n in 0..2 {
+                            present += layout.section_zone_pages(index, NodeId(n), zone).0;
                         }
                     }
-                    prop_assert_eq!(present, naive.range(s..e).count() as u64);
+                    prop_assert_eq!(present, naive.range(pfns.start.0..pfns.end.0).count() as u64);
                     prop_assert_eq!(layout.section_has_present(index), present > 0);
                 }
             }
@@ -184,27 +185,26 @@ proptest! {
         index in prop_oneof![any::<usize>(), 0..4096usize, Just(usize::MAX)],
         pfn in prop_oneof![any::<u64>(), 0..1u64 << 22, Just(u64::MAX)],
         end in any::<u64>(),
-        node in any::<usize>(),
-        node8 in any::<u8>(),
+        node in any::<u32>(),
     ) {
         let mut b = LayoutBuilder::new();
-        b.add(0x1000, 0x9f000, RangeKind::Usable, 0)
-            .add(0x100000, 3 << 30, RangeKind::Usable, 0)
-            .add(0x200000, 0x300000, RangeKind::Reserved, 0)
-            .add(4 << 30, 6 << 30, RangeKind::Usable, 1);
+        b.add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+            .add(0x100000, 3 << 30, RangeKind::Usable, NodeId(0))
+            .add(0x200000, 0x300000, RangeKind::Reserved, NodeId(0))
+            .add(4 << 30, 6 << 30, RangeKind::Usable, NodeId(1));
         let layout = b.build().unwrap();
-        let (s, e) = layout.section_pfns(index);
-        prop_assert!(s <= e);
+        let pfns = layout.section_pfns(index);
+        prop_assert!(pfns.start <= pfns.end);
         let _ = layout.section_has_present(index);
         for zone in ZoneType::ALL {
-            let (present, reserved) = layout.section_zone_pages(index, node8, zone);
+            let (present, reserved) = layout.section_zone_pages(index, NodeId(node), zone);
             prop_assert!(reserved <= present && present <= layout.section_pages());
         }
-        let _ = layout.section_of(pfn);
-        let _ = layout.node_of(pfn);
-        let _ = layout.node(node);
+        let _ = layout.section_of(Pfn(pfn));
+        let _ = layout.node_of(Pfn(pfn));
+        let _ = layout.node(NodeId(node));
         let _ = meminit::Pfn(pfn).addr();
         let _ = meminit::Pfn(pfn).checked_addr();
-        prop_assert!(layout.present_runs(pfn, end).all(|r| r.start < r.end && r.end <= end));
+        prop_assert!(layout.present_runs(Pfn(pfn)..Pfn(end)).all(|r| r.start < r.end && r.end <= Pfn(end)));
     }
 }

@@ -56,9 +56,8 @@ fn init(sections: &Sections<'_>, memmap: &Memmap, free: &Mutex<Vec<usize>>, i: u
 #[test]
 fn a_chunk_is_claimed_once_and_read_only_when_ready() {
     loom::model(|| {
-        let slots: &'static mut [SectionSlot] =
-            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 1, 0, [(0, 1)].into_iter()).unwrap());
+        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let sections = Arc::new(Sections::new(slots, 0, 1, 0, [(0, 1)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(1));
         let free = Arc::new(Mutex::new(Vec::new()));
         let handles: Vec<_> = (0..2)
@@ -87,9 +86,8 @@ fn a_chunk_is_claimed_once_and_read_only_when_ready() {
 fn a_sections_memmap_is_populated_once_for_two_chunks() {
     use meminit::section::MemmapState;
     loom::model(|| {
-        let slots: &'static mut [SectionSlot] =
-            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 1, 1, [(0, 2)].into_iter()).unwrap());
+        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let sections = Arc::new(Sections::new(slots, 0, 1, 1, [(0, 2)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(1));
         let handles: Vec<_> = (0..2)
             .map(|chunk| {
@@ -129,9 +127,8 @@ fn growth_races_a_deferred_worker() {
     loom::model(|| {
         // Two chunks of one section: their claims share one word.
         const N: usize = 2;
-        let slots: &'static mut [SectionSlot] =
-            Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 1, 1, [(0, N)].into_iter()).unwrap());
+        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+        let sections = Arc::new(Sections::new(slots, 0, 1, 1, [(0, N)].into_iter()).unwrap());
         let memmap = Arc::new(Memmap::new(N));
         let free = Arc::new(Mutex::new(Vec::new()));
         let cursor = Arc::new(AtomicUsize::new(0));
@@ -203,8 +200,8 @@ mod real {
     use loom::sync::atomic::{AtomicBool, Ordering};
     use loom::thread;
     use meminit::{
-        Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, Page, Pfn, RangeKind,
-        SectionSlot, SliceBacking, Strategy, ZoneType,
+        Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page, Pfn,
+        RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType,
     };
 
     /// A test-and-set lock on a loom atomic, created on first use (loom's atomics
@@ -248,18 +245,18 @@ mod real {
     fn with_allocator(start: u64, end: u64, strategy: Strategy, f: impl FnOnce(&'static Alloc)) {
         let mut b = LayoutBuilder::new();
         b.section_size(4 << 20)
-            .add(start, end, RangeKind::Usable, 0);
+            .add(start, end, RangeKind::Usable, NodeId(0));
         let layout = b.build().unwrap();
         let mut memmap: Box<[MaybeUninit<Page>]> =
             Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-        let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+        let slots: Vec<SectionSlot> = (0..layout.section_count())
             .map(|_| SectionSlot::new())
             .collect();
         let cpus: Vec<CpuCache<LoomLock>> = (0..2).map(|_| CpuCache::new()).collect();
         let a = Allocator::new(
             layout,
             SliceBacking::new(&mut memmap),
-            &mut slots,
+            &slots,
             &cpus,
             Config::new(strategy),
         )
@@ -269,7 +266,7 @@ mod real {
         // to loom, a creation racing a use.
         a.drain_all_cpus();
         for zone in ZoneType::ALL {
-            a.free_blocks(0, zone);
+            a.free_blocks(NodeId(0), zone);
         }
         // SAFETY: every thread `f` spawns is joined before `f` returns, and `a`
         // (with what it borrows) outlives `f`.
@@ -300,23 +297,23 @@ mod real {
             // 15 pages: blocks of order 0, 1, 2 and 3.
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
                 let owner = spawn(move || {
-                    let p = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
-                    let q = a.alloc_on(CpuId(0), 0, Constraint::Any, 0).unwrap();
+                    let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+                    let q = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
                     assert_ne!(p, q);
-                    a.free_on(CpuId(0), p, 0).unwrap();
-                    a.free_on(CpuId(0), q, 0).unwrap();
+                    a.free_order_on(CpuId(0), p, 0).unwrap();
+                    a.free_order_on(CpuId(0), q, 0).unwrap();
                 });
                 let remote = spawn(move || {
                     a.drain_cpu(CpuId(0)).unwrap();
                 });
                 owner.join().unwrap();
                 remote.join().unwrap();
-                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!(z.free, 15, "{z:?}");
                 a.drain_all_cpus();
-                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.free, z.cached), (15, 0));
-                assert_eq!(a.free_blocks(0, ZoneType::Dma)[..4], [1, 1, 1, 1]);
+                assert_eq!(a.free_blocks(NodeId(0), ZoneType::Dma)[..4], [1, 1, 1, 1]);
             });
         });
     }
@@ -327,16 +324,16 @@ mod real {
     fn a_block_freed_on_another_cpu_goes_where_it_belongs() {
         model(|| {
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
-                let p = a.alloc_on(CpuId(0), 1, Constraint::Any, 0).unwrap();
-                let other = spawn(move || a.free_on(CpuId(1), p, 1).unwrap());
+                let p = a.alloc_on(CpuId(0), 1, Constraint::Any, NodeId(0)).unwrap();
+                let other = spawn(move || a.free_order_on(CpuId(1), p, 1).unwrap());
                 let owner = spawn(move || {
-                    let q = a.alloc_on(CpuId(0), 1, Constraint::Any, 0).unwrap();
-                    a.free_on(CpuId(0), q, 1).unwrap();
+                    let q = a.alloc_on(CpuId(0), 1, Constraint::Any, NodeId(0)).unwrap();
+                    a.free_order_on(CpuId(0), q, 1).unwrap();
                 });
                 other.join().unwrap();
                 owner.join().unwrap();
                 a.drain_all_cpus();
-                let z = a.zone_stats_of(0, ZoneType::Dma).unwrap();
+                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.free, z.cached), (15, 0));
             });
         });
@@ -352,7 +349,7 @@ mod real {
                 let lookup = spawn(move || {
                     a.page_or_init(Pfn(4096)).unwrap();
                 });
-                let alloc = spawn(move || a.alloc(0, Constraint::Any, 0));
+                let alloc = spawn(move || a.alloc(0, Constraint::Any, NodeId(0)));
                 lookup.join().unwrap();
                 let got = alloc.join().unwrap();
                 assert!(got.is_ok(), "{got:?}");
@@ -404,12 +401,16 @@ mod real {
     fn give_back_races_a_grow_of_the_same_chunk() {
         model(|| {
             let mut b = LayoutBuilder::new();
-            b.section_size(4 << 20)
-                .add(16 << 20, (16 << 20) + 0x4000, RangeKind::Usable, 0);
+            b.section_size(4 << 20).add(
+                16 << 20,
+                (16 << 20) + 0x4000,
+                RangeKind::Usable,
+                NodeId(0),
+            );
             let layout = b.build().unwrap();
             let mut memmap: Box<[MaybeUninit<Page>]> =
                 Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-            let mut slots: Vec<SectionSlot> = (0..layout.section_count())
+            let slots: Vec<SectionSlot> = (0..layout.section_count())
                 .map(|_| SectionSlot::new())
                 .collect();
             let cpus: Vec<CpuCache<LoomLock>> = Vec::new();
@@ -419,20 +420,20 @@ mod real {
                 inner: SliceBacking::new(&mut memmap),
                 populated: loom::sync::atomic::AtomicBool::new(false),
             };
-            let a = Allocator::new(layout, backing, &mut slots, &cpus, config).unwrap();
+            let a = Allocator::new(layout, backing, &slots, &cpus, config).unwrap();
             for zone in ZoneType::ALL {
-                a.free_blocks(0, zone);
+                a.free_blocks(NodeId(0), zone);
             }
             // Initialise the chunk, free it, and mark it: the next pass gives it
             // back.
-            let p = a.alloc(0, Constraint::Any, 0).unwrap();
-            a.free(p, 0).unwrap();
+            let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
+            a.free_order(p, 0).unwrap();
             assert_eq!(a.give_back().chunks_marked, 1);
             // SAFETY: both threads are joined before `a` goes out of scope.
             let a: &'static Allocator<'static, Releasing<'static>, LoomLock> =
                 unsafe { &*(&a as *const Allocator<'_, _, _>).cast() };
             let trim = spawn(move || a.give_back().chunks_given_back);
-            let alloc = spawn(move || a.alloc(0, Constraint::Any, 0));
+            let alloc = spawn(move || a.alloc(0, Constraint::Any, NodeId(0)));
             let given = trim.join().unwrap();
             let got = alloc.join().unwrap().expect("the allocation succeeds");
             assert!(given <= 1);
@@ -442,13 +443,13 @@ mod real {
                 meminit::PageState::Allocated { order: 0 }
             );
             assert!(a.backing().populated.load(Ordering::SeqCst));
-            let z = a.zone_stats_of(0, ZoneType::Dma32).unwrap();
+            let z = a.zone_stats_of(NodeId(0), ZoneType::Dma32).unwrap();
             assert_eq!(
                 z.free + 1 + z.uninitialised + z.reserved,
                 z.present,
                 "{z:?}"
             );
-            a.free(got, 0).unwrap();
+            a.free_order(got, 0).unwrap();
         });
     }
 }

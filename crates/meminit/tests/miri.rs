@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use meminit::NodeId;
 use meminit::{Constraint, CpuId, LayoutBuilder, PageState, Pfn, RangeKind, Strategy, MAX_ORDER};
 
 const MIB: u64 = 1 << 20;
@@ -13,11 +14,11 @@ const MIB: u64 = 1 << 20;
 fn small() -> meminit::Layout {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(0x1000, 0x9f000, RangeKind::Usable, 0)
-        .add(0x100000, 0x300000, RangeKind::Usable, 0)
-        .add(0x300000, 0x301000, RangeKind::Reserved, 0)
-        .add(0x301000, 8 * MIB, RangeKind::Usable, 0)
-        .add(8 * MIB, 12 * MIB, RangeKind::Usable, 1);
+        .add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+        .add(0x100000, 0x300000, RangeKind::Usable, NodeId(0))
+        .add(0x300000, 0x301000, RangeKind::Reserved, NodeId(0))
+        .add(0x301000, 8 * MIB, RangeKind::Usable, NodeId(0))
+        .add(8 * MIB, 12 * MIB, RangeKind::Usable, NodeId(1));
     b.build().unwrap()
 }
 
@@ -28,12 +29,12 @@ fn every_strategy_allocates_frees_and_coalesces() {
         with_allocator(&l, strategy, |a| {
             let mut held = Vec::new();
             for order in [0, 1, 3, MAX_ORDER, 2, 0] {
-                held.push((a.alloc(order, Constraint::Any, 0).unwrap(), order));
+                held.push((a.alloc(order, Constraint::Any, NodeId(0)).unwrap(), order));
             }
             assert_eq!(a.page(Pfn(0x300)).unwrap().state(), PageState::Reserved);
             for (p, o) in held {
-                a.free(p, o).unwrap();
-                assert!(a.free(p, o).is_err());
+                a.free_order(p, o).unwrap();
+                assert!(a.free_order(p, o).is_err());
             }
             run_workers(a);
             init_all(a);
@@ -47,11 +48,11 @@ fn threads_race_to_initialise_the_same_sections() {
     let l = small();
     with_allocator(&l, Strategy::Deferred, |a| {
         std::thread::scope(|s| {
-            s.spawn(|| a.run_deferred_worker(0).unwrap());
-            s.spawn(|| a.run_deferred_worker(1).unwrap());
+            s.spawn(|| a.run_deferred_worker(NodeId(0)).unwrap());
+            s.spawn(|| a.run_deferred_worker(NodeId(1)).unwrap());
             s.spawn(|| {
-                let p = a.alloc(0, Constraint::Any, 1).unwrap();
-                a.free(p, 0).unwrap();
+                let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
+                a.free_order(p, 0).unwrap();
             });
             s.spawn(|| a.page_or_init(Pfn(0x400)).map(|p| p.state()).unwrap());
         });
@@ -72,13 +73,17 @@ fn cpus_allocate_and_free_through_their_caches() {
                 let handed = &handed;
                 s.spawn(move || {
                     for order in [0, 1, 0, 3, 0, 9] {
-                        let p = a.alloc_on(CpuId(cpu), order, Constraint::Any, 0).unwrap();
-                        let mine = a.alloc_on(CpuId(cpu), 0, Constraint::Any, 1).unwrap();
-                        a.free_on(CpuId(cpu), mine, 0).unwrap();
+                        let p = a
+                            .alloc_on(CpuId(cpu), order, Constraint::Any, NodeId(0))
+                            .unwrap();
+                        let mine = a
+                            .alloc_on(CpuId(cpu), 0, Constraint::Any, NodeId(1))
+                            .unwrap();
+                        a.free_order_on(CpuId(cpu), mine, 0).unwrap();
                         handed.lock().unwrap().push((p, order));
                         let theirs = handed.lock().unwrap().pop();
                         if let Some((q, o)) = theirs {
-                            a.free_on(CpuId(cpu), q, o).unwrap();
+                            a.free_order_on(CpuId(cpu), q, o).unwrap();
                         }
                     }
                 });
@@ -86,7 +91,7 @@ fn cpus_allocate_and_free_through_their_caches() {
             s.spawn(|| a.drain_cpu(CpuId(0)).unwrap());
         });
         for (p, o) in handed.into_inner().unwrap() {
-            a.free(p, o).unwrap();
+            a.free_order(p, o).unwrap();
         }
         check_counts(a, &Default::default());
         init_all(a);
@@ -103,19 +108,19 @@ fn chunks_given_back_are_written_again() {
     let mut config = meminit::Config::new(Strategy::OnDemand);
     config.give_back_reserve = 0;
     with_allocator_chunked(&l, config, meminit::Granularity::Section, |a| {
-        let p = a.alloc(MAX_ORDER, Constraint::Any, 1).unwrap();
+        let p = a.alloc(MAX_ORDER, Constraint::Any, NodeId(1)).unwrap();
         let stale = a.page(p).unwrap();
-        a.free(p, MAX_ORDER).unwrap();
+        a.free_order(p, MAX_ORDER).unwrap();
         assert_eq!(a.give_back().chunks_marked, 1);
         let stats = a.report_free(&mut meminit::NoReporter).unwrap();
         assert_eq!(stats.chunks_given_back, 1);
         assert_eq!(stats.pages, 1 << MAX_ORDER, "reported first");
         assert!(a.page(p).is_err(), "uninitialised again");
-        let q = a.alloc(MAX_ORDER, Constraint::Any, 1).unwrap();
+        let q = a.alloc(MAX_ORDER, Constraint::Any, NodeId(1)).unwrap();
         assert_eq!(q, p);
         // The reference taken before give-back reads the new descriptor.
         assert_eq!(stale.state(), PageState::Allocated { order: MAX_ORDER });
-        a.free(q, MAX_ORDER).unwrap();
+        a.free_order(q, MAX_ORDER).unwrap();
         check_counts(a, &Default::default());
     });
 }
@@ -143,7 +148,7 @@ fn per_page_data_is_the_embedders() {
     let mut config = meminit::Config::new(Strategy::OnDemand);
     config.give_back_reserve = 0;
     with_allocator_chunked(&l, config, meminit::Granularity::Section, |a| {
-        let p = a.alloc(0, Constraint::Any, 1).unwrap();
+        let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
         let meta: &KernelPage = a.page(p).unwrap().meta();
         assert_eq!(meta.refcount.load(Relaxed), 0);
         meta.refcount.store(1, Relaxed);
@@ -159,14 +164,14 @@ fn per_page_data_is_the_embedders() {
         assert_eq!(page.user_word(4).unwrap().load(Relaxed), 7);
         assert!(page.user_word(meminit::page::USER_WORDS).is_none());
         // Allocating and freeing other pages leaves it alone.
-        let q = a.alloc(3, Constraint::Any, 1).unwrap();
-        a.free(q, 3).unwrap();
+        let q = a.alloc(3, Constraint::Any, NodeId(1)).unwrap();
+        a.free_order(q, 3).unwrap();
         assert_eq!(meta.flags.load(Relaxed), 0);
         assert_eq!(meta.refcount.load(Relaxed), 1);
-        a.free(p, 0).unwrap();
+        a.free_order(p, 0).unwrap();
         a.give_back();
         assert_eq!(a.give_back().chunks_given_back, 1);
-        let p = a.alloc(0, Constraint::Any, 1).unwrap();
+        let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
         let meta: &KernelPage = a.page(p).unwrap().meta();
         assert_eq!(
             meta.refcount.load(Relaxed),
@@ -174,6 +179,6 @@ fn per_page_data_is_the_embedders() {
             "zeroed when initialised anew"
         );
         assert_eq!(meta.mapping.load(Relaxed), 0);
-        a.free(p, 0).unwrap();
+        a.free_order(p, 0).unwrap();
     });
 }

@@ -8,6 +8,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
+use meminit::NodeId;
 use meminit::Strategy as InitStrategy;
 use meminit::{
     AllocError, Config, Constraint, CpuId, Granularity, LayoutBuilder, LayoutError, PageState, Pfn,
@@ -49,7 +50,7 @@ fn build(
     let mut placed = Vec::new();
     for &(gap, len, kind, node) in ranges {
         let start = at + gap;
-        b.add(start, start + len, kind, node);
+        b.add(start, start + len, kind, NodeId(node));
         placed.push((start, start + len, kind, node));
         at = start + len;
     }
@@ -76,7 +77,9 @@ fn naive_counts(placed: &[(u64, u64, RangeKind, u32)]) -> HashMap<(u8, ZoneType)
     }
     let mut out: HashMap<(u8, ZoneType), (u64, u64)> = HashMap::new();
     for (p, (node, reserved)) in pages {
-        let e = out.entry((node as u8, ZoneType::of_pfn(p))).or_default();
+        let e = out
+            .entry((node as u8, ZoneType::of_pfn(Pfn(p))))
+            .or_default();
         e.0 += 1;
         e.1 += reserved as u64;
     }
@@ -143,7 +146,7 @@ proptest! {
                 for (n, node) in layout.nodes() {
                     for zt in ZoneType::ALL {
                         let z = node.zones[zt as usize];
-                        let (present, reserved) = naive.get(&(n as u8, zt)).copied().unwrap_or((0, 0));
+                        let (present, reserved) = naive.get(&(n.0 as u8, zt)).copied().unwrap_or((0, 0));
                         prop_assert_eq!((z.present, z.reserved), (present, reserved), "node {} {:?}", n, zt);
                         prop_assert!(z.present <= z.spanned());
                         seen += z.present;
@@ -170,7 +173,7 @@ proptest! {
         b.section_size(1 << section_shift);
         for (s, e, k, n) in ranges {
             let kind = [RangeKind::Usable, RangeKind::Reserved, RangeKind::Other][k as usize];
-            b.add(s, e, kind, n);
+            b.add(s, e, kind, NodeId(n));
         }
         if let Err(e) = b.build() {
             prop_assert!(!e.to_string().is_empty());
@@ -200,8 +203,8 @@ proptest! {
                 match op {
                     Op::Alloc { order, constraint, node, cpu } => {
                         let got = match cpu {
-                            Some(cpu) => a.alloc_on(CpuId(cpu), order, constraint, node % nodes),
-                            None => a.alloc(order, constraint, node % nodes),
+                            Some(cpu) => a.alloc_on(CpuId(cpu), order, constraint, NodeId((node % nodes) as u32)),
+                            None => a.alloc(order, constraint, NodeId((node % nodes) as u32)),
                         };
                         match got {
                             Ok(pfn) => {
@@ -217,7 +220,7 @@ proptest! {
                                 for z in a.zone_stats().filter(|z| z.zone <= constraint.highest_zone()) {
                                     prop_assert_eq!(z.uninitialised, 0, "{:?}", z);
                                     prop_assert_eq!(z.cached, 0, "{:?}", z);
-                                    let blocks = a.free_blocks(z.node as usize, z.zone);
+                                    let blocks = a.free_blocks(z.node, z.zone);
                                     prop_assert!(
                                         blocks[order as usize..].iter().all(|&b| b == 0),
                                         "{:?}: {:?}", z, blocks
@@ -238,26 +241,26 @@ proptest! {
                             let pfn = keys[pick % keys.len()];
                             let order = ledger.release(a, pfn);
                             match cpu {
-                                Some(cpu) => a.free_on(CpuId(cpu), Pfn(pfn), order).unwrap(),
-                                None => a.free(Pfn(pfn), order).unwrap(),
+                                Some(cpu) => a.free_order_on(CpuId(cpu), Pfn(pfn), order).unwrap(),
+                                None => a.free_order(Pfn(pfn), order).unwrap(),
                             }
                             // A double free is refused wherever the block went.
-                            prop_assert!(a.free(Pfn(pfn), order).is_err());
-                            prop_assert!(a.free_on(CpuId(0), Pfn(pfn), order).is_err());
+                            prop_assert!(a.free_order(Pfn(pfn), order).is_err());
+                            prop_assert!(a.free_order_on(CpuId(0), Pfn(pfn), order).is_err());
                         }
                     }
                     Op::Worker { node } => {
-                        a.run_deferred_worker(node % nodes).unwrap();
+                        a.run_deferred_worker(NodeId((node % nodes) as u32)).unwrap();
                     }
                     Op::Lookup { offset } => {
-                        let pfn = Pfn(offset % layout.end_pfn());
+                        let pfn = Pfn(offset % layout.end_pfn().0);
                         match a.page_or_init(pfn) {
                             Ok(page) => {
-                                if layout.node_of(pfn.0).is_none() {
+                                if layout.node_of(pfn).is_none() {
                                     prop_assert_eq!(page.state(), PageState::Reserved);
                                 }
                             }
-                            Err(e) => prop_assert!(layout.node_of(pfn.0).is_none(), "{e}"),
+                            Err(e) => prop_assert!(layout.node_of(pfn).is_none(), "{e}"),
                         }
                     }
                 }
@@ -266,7 +269,7 @@ proptest! {
             let held: Vec<(u64, u32)> = ledger.blocks.iter().map(|(&p, &o)| (p, o)).collect();
             for (pfn, order) in held {
                 ledger.release(a, pfn);
-                a.free(Pfn(pfn), order).unwrap();
+                a.free_order(Pfn(pfn), order).unwrap();
             }
             init_all(a);
             check_counts(a, &ledger.per_zone);

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use common::*;
+use meminit::NodeId;
 use meminit::{
     Config, Constraint, CpuId, FreeReporter, Granularity, LayoutBuilder, Pfn, RangeKind,
     ReportError, Strategy, MAX_ORDER, PAGEBLOCK_ORDER,
@@ -69,9 +70,9 @@ const TIGHT: Limits = Limits {
 fn small_machine() -> meminit::Layout {
     let mut b = LayoutBuilder::new();
     b.section_size(32 * MIB)
-        .add(MIB, 33 * MIB, RangeKind::Usable, 0)
-        .add(33 * MIB, 33 * MIB + 0x3000, RangeKind::Reserved, 0)
-        .add(33 * MIB + 0x3000, 64 * MIB, RangeKind::Usable, 0);
+        .add(MIB, 33 * MIB, RangeKind::Usable, NodeId(0))
+        .add(33 * MIB, 33 * MIB + 0x3000, RangeKind::Reserved, NodeId(0))
+        .add(33 * MIB + 0x3000, 64 * MIB, RangeKind::Usable, NodeId(0));
     b.build().unwrap()
 }
 
@@ -80,12 +81,12 @@ fn small_machine() -> meminit::Layout {
 fn machine() -> meminit::Layout {
     let mut b = LayoutBuilder::new();
     b.section_size(4 * MIB)
-        .add(0x1000, 0x9f000, RangeKind::Usable, 0)
-        .add(MIB, 300 * MIB, RangeKind::Usable, 0)
-        .add(300 * MIB, 302 * MIB, RangeKind::Reserved, 0)
-        .add(302 * MIB, 510 * MIB + 0x5000, RangeKind::Usable, 0)
-        .add(510 * MIB + 0x5000, GIB, RangeKind::Usable, 1)
-        .add(4 * GIB, 4 * GIB + 256 * MIB, RangeKind::Usable, 1);
+        .add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+        .add(MIB, 300 * MIB, RangeKind::Usable, NodeId(0))
+        .add(300 * MIB, 302 * MIB, RangeKind::Reserved, NodeId(0))
+        .add(302 * MIB, 510 * MIB + 0x5000, RangeKind::Usable, NodeId(0))
+        .add(510 * MIB + 0x5000, GIB, RangeKind::Usable, NodeId(1))
+        .add(4 * GIB, 4 * GIB + 256 * MIB, RangeKind::Usable, NodeId(1));
     b.build().unwrap()
 }
 
@@ -131,7 +132,7 @@ fn stress_on(
     let strategy = config.strategy;
     let running = std::sync::atomic::AtomicUsize::new(allocators);
     let nodes = layout.node_count();
-    let owned: Vec<AtomicU8> = (0..layout.end_pfn()).map(|_| AtomicU8::new(0)).collect();
+    let owned: Vec<AtomicU8> = (0..layout.end_pfn().0).map(|_| AtomicU8::new(0)).collect();
     // Blocks allocated on one thread and freed on another.
     let handoff: Mutex<Vec<(Pfn, u32)>> = Mutex::new(Vec::new());
 
@@ -150,7 +151,7 @@ fn stress_on(
             }
             for node in 0..nodes {
                 for _ in 0..workers_per_node {
-                    s.spawn(move || a.run_deferred_worker(node).unwrap());
+                    s.spawn(move || a.run_deferred_worker(NodeId(node as u32)).unwrap());
                 }
             }
             for t in 0..allocators {
@@ -191,11 +192,11 @@ fn stress_on(
                                 _ => (r >> 24) as u32 % 4,
                             };
                             let node = (r >> 20) as usize % nodes;
-                            let pfn =
-                                a.alloc_on(cpu, order, constraint, node)
-                                    .unwrap_or_else(|e| {
-                                        panic!("order {order} {constraint:?} on node {node}: {e}")
-                                    });
+                            let pfn = a
+                                .alloc_on(cpu, order, constraint, NodeId(node as u32))
+                                .unwrap_or_else(|e| {
+                                    panic!("order {order} {constraint:?} on node {node}: {e}")
+                                });
                             for p in pfn.0..pfn.0 + (1 << order) {
                                 let was = owned[p as usize].swap(1, Ordering::Relaxed);
                                 assert_eq!(was, 0, "pfn {p:#x} handed out twice");
@@ -215,24 +216,24 @@ fn stress_on(
                             let taken = handoff.lock().unwrap().pop();
                             if let Some((pfn, order)) = taken {
                                 release(pfn, order);
-                                a.free_on(cpu, pfn, order).unwrap();
+                                a.free_order_on(cpu, pfn, order).unwrap();
                             }
                         } else if !held.is_empty() {
                             let (pfn, order) = held.swap_remove(r as usize % held.len());
                             release(pfn, order);
-                            a.free_on(cpu, pfn, order).unwrap();
+                            a.free_order_on(cpu, pfn, order).unwrap();
                         }
                     }
                     for (pfn, order) in held {
                         release(pfn, order);
-                        a.free_on(own, pfn, order).unwrap();
+                        a.free_order_on(own, pfn, order).unwrap();
                     }
                     running.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
         for (pfn, order) in handoff.lock().unwrap().drain(..) {
-            a.free(pfn, order).unwrap();
+            a.free_order(pfn, order).unwrap();
         }
         // Quiescent: everything freed; the caches' pages count as free.
         check_counts(a, &Default::default());

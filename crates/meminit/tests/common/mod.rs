@@ -6,8 +6,8 @@ use std::mem::MaybeUninit;
 
 use meminit::layout::PresentRun;
 use meminit::{
-    Allocator, Config, CpuCache, Granularity, Layout, LayoutBuilder, MemmapBacking, Page, Pfn,
-    RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
+    Allocator, Config, CpuCache, Granularity, Layout, LayoutBuilder, MemmapBacking, NodeId, Page,
+    Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
 };
 
 /// CPU caches lent to every test allocator.
@@ -59,7 +59,7 @@ pub fn with_allocator_chunked<T>(
     let allocator = Allocator::new(
         layout.clone(),
         SliceBacking::new(&mut lent.memmap).with_granularity(granularity),
-        &mut lent.slots,
+        &lent.slots,
         &lent.cpus,
         config,
     )
@@ -71,13 +71,13 @@ pub fn with_allocator_chunked<T>(
 pub fn simple(bytes: u64, section: u64) -> Layout {
     let mut b = LayoutBuilder::new();
     b.section_size(section)
-        .add(1 << 20, bytes, RangeKind::Usable, 0);
+        .add(1 << 20, bytes, RangeKind::Usable, NodeId(0));
     b.build().unwrap()
 }
 
 /// Runs every node's deferred worker to completion on this thread.
 pub fn run_workers(a: &Alloc<'_>) {
-    let nodes: Vec<usize> = a.layout().nodes().map(|(n, _)| n).collect();
+    let nodes: Vec<NodeId> = a.layout().nodes().map(|(n, _)| n).collect();
     for n in nodes {
         a.run_deferred_worker(n).unwrap();
     }
@@ -86,7 +86,7 @@ pub fn run_workers(a: &Alloc<'_>) {
 /// Initialises every chunk that is not yet, through descriptor look-ups.
 pub fn init_all(a: &Alloc<'_>) {
     let chunk = (a.init_stats().chunk_bytes / meminit::PAGE_SIZE) as usize;
-    for pfn in (0..a.layout().end_pfn()).step_by(chunk) {
+    for pfn in (0..a.layout().end_pfn().0).step_by(chunk) {
         // Chunks without present pages answer NotPresent: nothing to do there.
         let _ = a.page_or_init(Pfn(pfn));
     }
@@ -96,7 +96,7 @@ pub fn init_all(a: &Alloc<'_>) {
 #[derive(Default, Clone)]
 pub struct Ledger {
     pub blocks: HashMap<u64, u32>,
-    pub per_zone: HashMap<(u8, ZoneType), u64>,
+    pub per_zone: HashMap<(NodeId, ZoneType), u64>,
 }
 
 impl Ledger {
@@ -136,7 +136,7 @@ impl Ledger {
 /// `allocated` from the test's own ledger.
 pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
     a: &Allocator<'_, B, R>,
-    allocated: &HashMap<(u8, ZoneType), u64>,
+    allocated: &HashMap<(NodeId, ZoneType), u64>,
 ) {
     for z in a.zone_stats() {
         let held = allocated.get(&(z.node, z.zone)).copied().unwrap_or(0);
@@ -147,7 +147,7 @@ pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
             z.node,
             z.zone
         );
-        let span = a.layout().node(z.node as usize).unwrap().zones[z.zone as usize];
+        let span = a.layout().node(z.node).unwrap().zones[z.zone as usize];
         assert_eq!(z.present, span.present);
     }
 }
@@ -158,22 +158,22 @@ pub fn check_fully_coalesced(a: &Alloc<'_>) {
     assert!(a.is_fully_initialised());
     a.drain_all_cpus();
     assert_eq!(a.unmerged_free_blocks(), 0);
-    let mut expected: HashMap<(u8, ZoneType), (u64, u64)> = HashMap::new();
-    let runs: Vec<PresentRun> = a.layout().present_runs(0, u64::MAX).collect();
+    let mut expected: HashMap<(NodeId, ZoneType), (u64, u64)> = HashMap::new();
+    let runs: Vec<PresentRun> = a.layout().present_runs(Pfn(0)..Pfn(u64::MAX)).collect();
     for r in runs.iter().filter(|r| !r.reserved) {
         let e = expected.entry((r.node, r.zone)).or_default();
         let block = 1u64 << MAX_ORDER;
-        let first = r.start.div_ceil(block) * block;
-        if r.end >= first {
-            e.0 += (r.end - first) / block;
+        let first = r.start.0.div_ceil(block) * block;
+        if r.end.0 >= first {
+            e.0 += (r.end.0 - first) / block;
         }
-        e.1 += r.end - r.start;
+        e.1 += r.pages();
     }
     for z in a.zone_stats() {
         let (blocks, pages) = expected.get(&(z.node, z.zone)).copied().unwrap_or((0, 0));
         assert_eq!(z.free, pages, "zone {z:?} free pages");
         assert_eq!(z.uninitialised, 0);
-        let free = a.free_blocks(z.node as usize, z.zone);
+        let free = a.free_blocks(z.node, z.zone);
         assert_eq!(
             free[MAX_ORDER as usize], blocks,
             "zone {z:?} max-order blocks {free:?}"
