@@ -240,11 +240,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             tsc_hz,
             spike::Paths {
                 alloc: &mut alloc,
-                free: &mut |pfn| {
-                    if allocator.free_on(CpuId(0), pfn, 0).is_err() {
-                        failures.set(failures.get() + 1);
-                    }
-                    allocated_pages.set(allocated_pages.get() - 1);
+                free: &mut |pfn| match allocator.free_on(CpuId(0), pfn) {
+                    Ok(order) => allocated_pages.set(allocated_pages.get() - (1 << order)),
+                    Err(_) => failures.set(failures.get() + 1),
                 },
                 drain: &|| {
                     allocator.drain_all_cpus();
