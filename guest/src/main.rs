@@ -220,8 +220,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         smp::run_deferred_everywhere(running, node_of_cpu);
         // Nodes with no CPU of their own: the boot CPU finishes them.
         for (node, _) in layout.nodes() {
-            if let Err(e) = allocator.run_deferred_worker(node) {
-                println!("meminit guest: deferred worker: {e}");
+            let report = allocator.run_deferred_worker(node);
+            if let Some(e) = report.error {
+                println!(
+                    "meminit guest: deferred worker: {} chunks left uninitialised: {e}",
+                    report.failed
+                );
                 failures.set(failures.get() + 1);
             }
         }

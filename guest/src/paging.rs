@@ -8,12 +8,16 @@
 //!   section, [`GuestBacking::populate`] maps that section's 2 MiB of descriptors
 //!   with one 2 MiB page taken from the section's own memory (Linux's "memmap on
 //!   memory"), so a section never used costs no memory at all, and one in use
-//!   costs exactly one huge page.
+//!   costs exactly one huge page. The page and, when a gigabyte of memmap is
+//!   mapped for the first time, the page directory for it come from meminit's
+//!   [`PageSource`]: pages of the section itself, which meminit then reserves.
+//!   No static pool of tables, and no call back into the allocator.
 //! - **chunk**: each chunk's descriptors (64 KiB for a 4 MiB chunk) are mapped
 //!   with 4 KiB pages when that chunk is initialised, from a pool reserved at the
 //!   top of memory (`memory::layout`) that spans the whole memmap: descriptor page
-//!   `i` is pool page `i` (a linear mapping), and the page tables for them are
-//!   pool pages too, after the descriptor pages. Reserved guest RAM that is never
+//!   `i` is pool page `i` (a linear mapping), and the page tables and page
+//!   directories for them are pool pages too, after the descriptor pages (the
+//!   page source has no pages for a chunk: its chunk must stay whole). Reserved guest RAM that is never
 //!   touched costs QEMU's host nothing, so what the host keeps resident follows
 //!   the chunks initialised, at 4 KiB rather than 2 MiB steps.
 //!
@@ -33,23 +37,23 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use meminit::memmap::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
-use meminit::{Layout, Page, Pfn};
+use meminit::{Layout, Page, PageSource, Pfn};
 
 use crate::boot::{PageTable, BOOT_PML4};
 
 /// The memmap's virtual base: PML4 slot 16 (8 TiB), above the identity map.
 pub const VMEMMAP_BASE: u64 = 16 << 39;
 const PML4_SLOT: usize = 16;
-/// Page directories for the memmap: each maps 1 GiB of descriptors (64 GiB of RAM).
-const PD_POOL: usize = 64;
+/// PDPT entries for the memmap: each page directory maps 1 GiB of descriptors
+/// (64 GiB of RAM).
+const PDPT_ENTRIES: usize = 64;
+const GIB: u64 = 1 << 30;
 const HUGE: u64 = 2 << 20;
 const PRESENT_WRITABLE: u64 = 0x3;
 const HUGE_PAGE: u64 = 0x80;
 const SMALL: u64 = 4096;
 
 static mut VMEMMAP_PDPT: PageTable = PageTable([0; 512]);
-static mut PD_POOL_TABLES: [PageTable; PD_POOL] = [const { PageTable([0; 512]) }; PD_POOL];
-static PD_USED: AtomicUsize = AtomicUsize::new(0);
 static TABLE_LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
 /// Homes for the memmap of sections that cannot hold their own (see
@@ -101,10 +105,11 @@ pub fn report_released_memmap<E>(
 }
 
 /// Bytes of pool that map `memmap_bytes` of memmap with 4 KiB pages: the pages
-/// themselves, then one page table for every 2 MiB of them.
+/// themselves, then one page table for every 2 MiB of them, then one page
+/// directory for every 1 GiB.
 pub const fn memmap_pool_bytes(memmap_bytes: u64) -> u64 {
     let memmap = memmap_bytes.next_multiple_of(SMALL);
-    memmap + memmap.div_ceil(HUGE) * SMALL
+    memmap + memmap.div_ceil(HUGE) * SMALL + memmap.div_ceil(GIB) * SMALL
 }
 
 /// Records the pool that `memmap=chunk` maps the memmap from: `memmap_bytes` of
@@ -142,7 +147,7 @@ pub fn own_memmap_block(layout: &Layout, section: Range<Pfn>) -> Option<u64> {
 }
 
 /// The largest memory the memmap range can describe.
-pub const MAX_MEMORY: u64 = PD_POOL as u64 * (64 << 30);
+pub const MAX_MEMORY: u64 = PDPT_ENTRIES as u64 * (64 << 30);
 
 /// Links the memmap's PDPT into the boot PML4. Call once, before any populate.
 pub fn init() {
@@ -154,40 +159,50 @@ pub fn init() {
     }
 }
 
-/// Maps the 2 MiB at virtual `virt` to physical `phys` (both 2 MiB-aligned).
-fn map_huge(virt: u64, phys: u64) -> Result<(), &'static str> {
+/// Maps the 2 MiB at virtual `virt` to physical `phys` (both 2 MiB-aligned), with
+/// a page directory from `pages` if this gigabyte of memmap has none yet.
+fn map_huge(virt: u64, phys: u64, pages: &mut PageSource<'_>) -> Result<(), &'static str> {
     let offset = virt - VMEMMAP_BASE;
     let pdpt_index = (offset >> 30) as usize;
     let pd_index = ((offset >> 21) & 511) as usize;
     let _guard = TABLE_LOCK.lock();
-    // SAFETY: TABLE_LOCK is held; entries only go from not-present to present, so
+    // SAFETY: TABLE_LOCK is held; a new directory comes from the page source:
+    // usable pages of the section being populated, which meminit records as taken
+    // and never hands out once this populate succeeds (nothing below fails after
+    // the directory is linked). Entries only go from not-present to present, so
     // no TLB entry can be stale and no flush is needed.
     unsafe {
-        let pd = page_directory(pdpt_index)?;
+        let pd = page_directory(pdpt_index, || {
+            pages.take(0).map(|pfn| pfn.addr()).map_err(|e| e.reason())
+        })?;
         (*pd).0[pd_index] = phys | PRESENT_WRITABLE | HUGE_PAGE;
     }
     Ok(())
 }
 
-/// The page directory of the memmap's PDPT entry `pdpt_index`, taken from the
-/// static pool and linked the first time.
+/// The page directory of the memmap's PDPT entry `pdpt_index`; the first time,
+/// the page `new_table` gives (physical, identity-mapped), cleared and linked.
 ///
 /// # Safety
 ///
 /// The caller holds TABLE_LOCK, which serialises every page-table update of the
-/// memmap; the returned table may be written only while it is held.
-unsafe fn page_directory(pdpt_index: usize) -> Result<*mut PageTable, &'static str> {
-    // SAFETY: the PDPT and the pool are statics, written only under TABLE_LOCK,
-    // which the caller holds.
+/// memmap; the returned table may be written only while it is held. A page
+/// `new_table` returns is RAM below 4 TiB that no one else uses, now or later.
+unsafe fn page_directory(
+    pdpt_index: usize,
+    new_table: impl FnOnce() -> Result<u64, &'static str>,
+) -> Result<*mut PageTable, &'static str> {
+    if pdpt_index >= PDPT_ENTRIES {
+        return Err("the memmap reaches past the range this guest maps");
+    }
+    // SAFETY: the PDPT is a static written only under TABLE_LOCK, which the
+    // caller holds; the new table is the caller's promise: identity-mapped RAM no
+    // one else uses, cleared before it is linked.
     unsafe {
         let pdpt = &mut (*core::ptr::addr_of_mut!(VMEMMAP_PDPT)).0;
         if pdpt[pdpt_index] == 0 {
-            // Relaxed: TABLE_LOCK orders every use of the pool.
-            let n = PD_USED.fetch_add(1, Ordering::Relaxed);
-            if n >= PD_POOL {
-                return Err("the memmap's page-directory pool is exhausted");
-            }
-            let pd = core::ptr::addr_of!(PD_POOL_TABLES[n]) as u64;
+            let pd = new_table()?;
+            core::ptr::write_bytes(pd as *mut u8, 0, SMALL as usize);
             pdpt[pdpt_index] = pd | PRESENT_WRITABLE;
         }
         Ok((pdpt[pdpt_index] & !0xfff) as *mut PageTable)
@@ -196,8 +211,9 @@ unsafe fn page_directory(pdpt_index: usize) -> Result<*mut PageTable, &'static s
 
 /// Maps the memmap bytes `[start, end)` (offsets from [`VMEMMAP_BASE`], 4 KiB
 /// aligned) with 4 KiB pages of the pool, linearly: memmap offset `o` on pool byte
-/// `o`, and the page table of the 2 MiB of memmap at offset `j << 21` on the pool
-/// page after the memmap's, number `j`.
+/// `o`, the page table of the 2 MiB of memmap at offset `j << 21` on the pool
+/// page after the memmap's, number `j`, and the page directory of the gigabyte
+/// at `k << 30` on the pool page after the tables, number `k`.
 fn map_small(start: u64, end: u64) -> Result<(), &'static str> {
     // Relaxed: set before the allocator started (see `set_memmap_pool`).
     let base = POOL_BASE.load(Ordering::Relaxed);
@@ -209,22 +225,26 @@ fn map_small(start: u64, end: u64) -> Result<(), &'static str> {
         return Err("the chunk's memmap lies outside the memmap pool");
     }
     let tables = base + bytes.next_multiple_of(SMALL);
+    let directories = tables + bytes.next_multiple_of(SMALL).div_ceil(HUGE) * SMALL;
     let _guard = TABLE_LOCK.lock();
     let mut offset = start;
     while offset < end {
         let pdpt_index = (offset >> 30) as usize;
         let pd_index = ((offset >> 21) & 511) as usize;
         let pt_index = ((offset >> 12) & 511) as usize;
-        // SAFETY: page-table updates are serialised by TABLE_LOCK; the PDPT and PDs
-        // are statics; the page tables and the pages they map are pool pages, which
-        // the layout reserves (the allocator never hands them out) and which only
-        // this function touches, under the lock: page table `j` for the 2 MiB of
+        // SAFETY: page-table updates are serialised by TABLE_LOCK; the PDPT is a
+        // static; the directories, the page tables and the pages they map are pool
+        // pages, which the layout reserves (the allocator never hands them out) and
+        // which only this function touches, under the lock: directory `k` for the
+        // gigabyte of memmap number `k` alone, page table `j` for the 2 MiB of
         // memmap number `j` alone, descriptor pages for their own offset alone.
         // Pool memory is identity-mapped (below the 4 TiB `boot` maps). Entries only
         // go from not-present to present, so no TLB entry can be stale and no flush
         // is needed.
         unsafe {
-            let pd = &mut (*page_directory(pdpt_index)?).0;
+            let pd =
+                &mut (*page_directory(pdpt_index, || Ok(directories + pdpt_index as u64 * SMALL))?)
+                    .0;
             if pd[pd_index] & HUGE_PAGE != 0 {
                 return Err("the memmap is mapped by sections here");
             }
@@ -301,7 +321,7 @@ impl GuestBacking {
     fn populate_section(
         &self,
         section: MemmapPiece,
-        layout: &Layout,
+        pages: &mut PageSource<'_>,
     ) -> Result<Populated, BackingError> {
         let fail = |reason| BackingError {
             section: section.section,
@@ -312,10 +332,14 @@ impl GuestBacking {
                 "the guest maps 128 MiB sections (2 MiB of memmap) only",
             ));
         }
-        let pages = HUGE / 4096;
-        if let Some(block) = own_memmap_block(layout, section.start..section.end) {
-            map_huge(VMEMMAP_BASE + section.start.0 * 64, block * 4096).map_err(fail)?;
-            return Ok(Populated::in_section(Pfn(block)..Pfn(block + pages)));
+        let virt = VMEMMAP_BASE + section.start.0 * 64;
+        // The section's first 2 MiB-aligned block of usable memory (the one
+        // `own_memmap_block` finds, so `memory::layout` knows which sections need
+        // a home), then its page directory if one is needed, right after it.
+        if let Ok(block) = pages.take(9) {
+            map_huge(virt, block.addr(), pages).map_err(fail)?;
+            // The source's pages are recorded as taken: nothing more to say.
+            return Ok(Populated::ELSEWHERE);
         }
         // A section whose memory has no whole 2 MiB block: one of the homes set
         // aside for it. The claim protocol calls this once per section, so each
@@ -326,11 +350,7 @@ impl GuestBacking {
                 "no 2 MiB of usable memory in the section, and no memmap home left",
             ));
         }
-        map_huge(
-            VMEMMAP_BASE + section.start.0 * 64,
-            HOMES[i].load(Ordering::Relaxed),
-        )
-        .map_err(fail)?;
+        map_huge(virt, HOMES[i].load(Ordering::Relaxed), pages).map_err(fail)?;
         Ok(Populated::ELSEWHERE)
     }
 }
@@ -340,18 +360,18 @@ impl GuestBacking {
 // the descriptors of every pfn below MAX_MEMORY at `VMEMMAP_BASE + pfn * 64` (main
 // refuses memory above it); the granularity is
 // fixed at creation. Under `Section`, `populate` maps the section's descriptors to
-// a 2 MiB page that the layout says is usable memory of that very section, which
-// the allocator then marks reserved (`taken`), or to a home block the layout
-// already marks reserved and that no other section gets. Under `Chunk`, it maps
-// the chunk's descriptors to the pool pages at the same offset, which the layout
-// reserves and no other chunk's descriptors use, and takes nothing. Either way no
-// one else ever uses that memory. `depopulate` releases nothing itself and keeps
-// every mapping: it queues a chunk's pool pages, whose contents the host may
-// then discard (reads see zeros, writes work), and `populate` takes a chunk off
-// that queue under the queue's lock, which the report holds, so live
-// descriptors are never discarded. (A populate drops every queued range it
-// overlaps, merged neighbours included: they stay resident, never wrongly
-// discarded.)
+// a 2 MiB page from the page source (usable memory of that very section, which
+// the allocator then marks reserved), or to a home block the layout already
+// marks reserved and that no other section gets; a new page directory comes from
+// the page source too. Under `Chunk`, it maps the chunk's descriptors to the pool
+// pages at the same offset, which the layout reserves and no other chunk's
+// descriptors use, and takes nothing. Either way no one else ever uses that
+// memory. `depopulate` releases nothing itself and keeps every mapping: it
+// queues a chunk's pool pages, whose contents the host may then discard (reads
+// see zeros, writes work), and `populate` takes a chunk off that queue under the
+// queue's lock, which the report holds, so live descriptors are never discarded.
+// (A populate drops every queued range it overlaps, merged neighbours included:
+// they stay resident, never wrongly discarded.)
 unsafe impl MemmapBacking for GuestBacking {
     fn descriptors(&self) -> NonNull<Page> {
         // Descriptors sit at `VMEMMAP_BASE + pfn * 64` from pfn 0; the allocator
@@ -363,9 +383,14 @@ unsafe impl MemmapBacking for GuestBacking {
         self.granularity
     }
 
-    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        _: &Layout,
+        pages: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
         match self.granularity {
-            Granularity::Section => self.populate_section(piece, layout),
+            Granularity::Section => self.populate_section(piece, pages),
             Granularity::Chunk => {
                 // Its memmap may be queued for the host since it was given back:
                 // it is in use again.
@@ -418,18 +443,18 @@ unsafe impl MemmapBacking for GuestBacking {
         true
     }
 
-    fn accept(&self, chunk: MemmapPiece, layout: &Layout) -> Result<(), BackingError> {
+    fn accept(
+        &self,
+        chunk: MemmapPiece,
+        taken: Range<u64>,
+        layout: &Layout,
+    ) -> Result<(), BackingError> {
         if !self.zero_on_accept {
             return Ok(());
         }
-        // Under sections, the section's own 2 MiB block may hold its memmap (the
-        // descriptors of chunks already in use): never zero it. `populate_section`
-        // takes exactly this block whenever it exists.
-        let taken = match self.granularity {
-            Granularity::Section => own_memmap_block(layout, layout.section_pfns(chunk.section))
-                .map_or(0..0, |b| b..b + HUGE / SMALL),
-            Granularity::Chunk => 0..0,
-        };
+        // `taken`: the pages of this chunk that hold the section's memmap and the
+        // page directory from the page source (descriptors and tables in use):
+        // never zero them.
         for run in layout
             .present_runs(chunk.start..chunk.end)
             .filter(|r| !r.reserved)
@@ -438,7 +463,8 @@ unsafe impl MemmapBacking for GuestBacking {
             // SAFETY: the allocator calls `accept` once per chunk, by the holder of
             // its claim, before any of its pages reaches a free list; these runs
             // are the chunk's usable pages (not reserved: no kernel, home or pool
-            // page) less `taken`, so no one holds them. Guest RAM lies below the
+            // page) less `taken` (memmap and page directories), so no one holds
+            // them. Guest RAM lies below the
             // 4 TiB the boot tables identity-map (`MAX_MEMORY`).
             unsafe {
                 self.zero(start, end.min(taken.start.max(start)));

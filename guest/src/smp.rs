@@ -238,8 +238,12 @@ impl Job {
         let Some(a) = ALLOCATOR.get() else { return };
         match self {
             Job::Deferred => {
-                if let Err(e) = a.run_deferred_worker(NodeId(node as u32)) {
-                    println!("meminit guest: deferred worker on CPU {cpu}: {e}");
+                let report = a.run_deferred_worker(NodeId(node as u32));
+                if let Some(e) = report.error {
+                    println!(
+                        "meminit guest: deferred worker on CPU {cpu}: {} chunks left uninitialised: {e}",
+                        report.failed
+                    );
                 }
             }
             Job::Workload => crate::smp_workload::run_on(a, cpu, node),

@@ -15,10 +15,25 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use std::ops::Range;
+
 use meminit::memmap::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
+use meminit::source::PageSource;
 use meminit::{Layout, Page, PAGE_SIZE};
 
 use crate::region::Region;
+
+/// The calling thread, as a [`meminit::Config::context`]: a small number per
+/// thread, so that a call back into the allocator from inside a backing fails
+/// rather than waits for its own caller.
+pub fn thread_context() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        // Relaxed: only uniqueness matters.
+        static ID: u64 = NEXT.fetch_add(1, Relaxed);
+    }
+    ID.with(|id| *id)
+}
 
 /// Memmap memory on a host.
 pub struct HostBacking {
@@ -95,7 +110,12 @@ unsafe impl MemmapBacking for HostBacking {
         self.granularity
     }
 
-    fn accept(&self, chunk: MemmapPiece, layout: &Layout) -> Result<(), BackingError> {
+    fn accept(
+        &self,
+        chunk: MemmapPiece,
+        _: Range<u64>,
+        layout: &Layout,
+    ) -> Result<(), BackingError> {
         let Some(physical) = &self.accept_into else {
             return Ok(());
         };
@@ -119,7 +139,12 @@ unsafe impl MemmapBacking for HostBacking {
         Ok(())
     }
 
-    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        layout: &Layout,
+        _: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
         // The region holds the descriptors from the layout's memmap start on.
         let first = layout.memmap_start().0;
         let offset = piece.start.0.saturating_sub(first) as usize * size_of::<Page>();

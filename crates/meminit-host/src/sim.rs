@@ -410,6 +410,7 @@ fn measure(
         Config {
             clock: Some(now_ns),
             chunk_size: opts.chunk_size,
+            context: Some(crate::backing::thread_context),
             ..Config::new(strategy)
         },
     )

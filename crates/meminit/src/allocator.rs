@@ -14,11 +14,12 @@ use core::sync::atomic::AtomicUsize;
 
 use lock_api::RawMutex;
 
-use crate::init::{Config, InitCounters, Strategy};
+use crate::init::{ChunkError, Config, InitCounters, Strategy};
 use crate::layout::{Layout, NodeId, Pfn, ZoneType, MAX_NODES, MAX_ORDER, ZONE_TYPES};
 use crate::memmap::{BackingError, LookupError, Memmap, MemmapBacking};
 use crate::page::{Page, PageState, NO_ZONE};
 use crate::pcp::{CpuCache, CpuId};
+use crate::reentry::InBacking;
 use crate::zone::{Zone, ZoneStats};
 
 /// Which zones an allocation may use.
@@ -130,6 +131,14 @@ pub enum AllocError {
         /// The order asked for.
         order: u32,
     },
+    /// The allocation was made from inside the backing's `populate` or `accept`
+    /// (on the same [`Config::context`]), and no eligible zone had a free block:
+    /// serving it would have meant initialising a chunk, or waiting for the one
+    /// the caller's own stack is initialising.
+    Reentrant {
+        /// The order asked for.
+        order: u32,
+    },
 }
 
 impl core::error::Error for AllocError {}
@@ -152,6 +161,10 @@ impl fmt::Display for AllocError {
             AllocError::WouldGrow { order } => write!(
                 f,
                 "no free block of order {order} without initialising memory, which this allocation may not do (NO_GROW)"
+            ),
+            AllocError::Reentrant { order } => write!(
+                f,
+                "an allocation of order {order} from inside the memmap backing found no free block, and may not initialise memory there"
             ),
         }
     }
@@ -257,6 +270,8 @@ pub struct Allocator<'a, B, R: RawMutex> {
     pub(crate) zonelists: [ZoneList; MAX_NODES * CONSTRAINTS],
     /// The per-CPU caches the embedder lent, indexed by [`CpuId`].
     pub(crate) cpus: &'a [CpuCache<R>],
+    /// The contexts inside a backing call now.
+    pub(crate) in_backing: InBacking,
 }
 
 /// How many times an allocation that found every zone empty drains the CPU caches
@@ -395,7 +410,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let this_node = flags.contains(AllocFlags::THIS_NODE);
         let no_grow = flags.contains(AllocFlags::NO_GROW);
         let mut path = AllocPath::Fast;
-        let mut backing_error = None;
+        let mut grow_error = None;
         let mut would_grow = false;
         for zone in self.zonelist(constraint, node) {
             if this_node && zone.node as usize != node {
@@ -418,14 +433,19 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 Ok(None) => {}
                 // A zone whose memmap cannot be populated now does not stop the
                 // fall-back to the next zone; the error is reported only if no
-                // zone can serve.
-                Err(e) => backing_error = Some(e),
+                // zone can serve (a re-entrant call's first).
+                Err(e) => {
+                    if !matches!(grow_error, Some(ChunkError::Reentrant { .. })) {
+                        grow_error = Some(e);
+                    }
+                }
             }
             path = AllocPath::Fallback;
         }
         self.alloc_after_drain(order, constraint, node, flags)
-            .ok_or(match backing_error {
-                Some(e) => AllocError::Backing(e),
+            .ok_or(match grow_error {
+                Some(ChunkError::Backing(e)) => AllocError::Backing(e),
+                Some(ChunkError::Reentrant { .. }) => AllocError::Reentrant { order },
                 None if would_grow => AllocError::WouldGrow { order },
                 None => AllocError::OutOfMemory { order, constraint },
             })
@@ -558,16 +578,24 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The descriptor of `pfn`, initialising its chunk first if no one has (or
-    /// waiting for whoever is).
+    /// waiting for whoever is). From inside the backing (on the same
+    /// [`Config::context`]) it neither initialises nor waits:
+    /// [`LookupError::Reentrant`].
     pub fn page_or_init(&self, pfn: Pfn) -> Result<&Page, LookupError> {
         loop {
             match self.memmap.page(pfn.0) {
                 Err(LookupError::Uninitialised { .. }) => {
                     let index = self.memmap.chunk_of(pfn.0);
                     self.init_chunk(index, crate::init::InitCause::Lookup)
-                        .map_err(LookupError::Backing)?;
+                        .map_err(|e| match e {
+                            ChunkError::Backing(e) => LookupError::Backing(e),
+                            ChunkError::Reentrant { .. } => LookupError::Reentrant { pfn },
+                        })?;
                 }
                 Err(LookupError::Initialising { .. }) => {
+                    if self.reentrant() {
+                        return Err(LookupError::Reentrant { pfn });
+                    }
                     let index = self.memmap.chunk_of(pfn.0);
                     self.memmap.sections().wait_while_initialising(index);
                 }

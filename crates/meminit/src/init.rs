@@ -15,21 +15,20 @@
 //! descriptor itself (that is [`crate::memmap`]) and holds a zone lock only to splice
 //! finished blocks.
 
-use core::array;
 use core::str::FromStr;
 use core::sync::atomic::{
-    AtomicU64, AtomicUsize,
+    AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
 };
 
 use lock_api::RawMutex;
 
-use crate::allocator::{Allocator, Constraint, ZoneList, CONSTRAINTS};
-use crate::layout::{Layout, NodeId, Pfn, ZoneType, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE, ZONE_TYPES};
-use crate::memmap::{BackingError, Memmap, MemmapBacking};
+use crate::allocator::Allocator;
+use crate::layout::{Layout, LayoutError, NodeId, Pfn, MAX_ORDER, PAGE_SHIFT, PAGE_SIZE};
+use crate::memmap::{BackingError, MemmapBacking};
 use crate::page::{zone_index, PageState, NO_ZONE};
 use crate::pcp::CpuCache;
-use crate::section::{ChunkState, SectionSlot, Sections, SlotsError, MAX_CHUNKS_PER_SECTION};
+use crate::section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
 use crate::zone::Zone;
 
 /// When descriptors are initialised.
@@ -109,6 +108,17 @@ pub struct Config {
     /// so that a workload that frees and allocates again does not make the
     /// allocator give back and initialise the same chunks over and over.
     pub give_back_reserve: u64,
+    /// Names the calling context: the CPU number (read with preemption off) in a
+    /// kernel, a thread id on a host; any value but `u64::MAX`, the same for the
+    /// whole of a call into the allocator. With it, a call back into the allocator
+    /// from inside the backing's `populate` or `accept` on the same context is
+    /// told apart from a wait on another CPU, and fails
+    /// ([`crate::AllocError::Reentrant`], [`crate::LookupError::Reentrant`],
+    /// [`ChunkError::Reentrant`]) where it would otherwise wait forever for the
+    /// chunk its own caller holds. It is called only on the paths that initialise
+    /// or wait for a chunk, never on the fast path. `None`: no such check (a
+    /// backing that calls back may then hang).
+    pub context: Option<fn() -> u64>,
 }
 
 /// The default [`Config::give_back_reserve`]: four default chunks per zone.
@@ -124,6 +134,7 @@ impl Config {
             chunk_size: DEFAULT_CHUNK_SIZE,
             give_back: matches!(strategy, Strategy::OnDemand),
             give_back_reserve: DEFAULT_GIVE_BACK_RESERVE,
+            context: None,
         }
     }
 
@@ -160,6 +171,17 @@ pub(crate) struct InitCounters {
     grow_time: AtomicU64,
 }
 
+impl InitCounters {
+    pub(crate) const fn new() -> Self {
+        InitCounters {
+            chunks_by: [const { AtomicU64::new(0) }; 4],
+            given_back: AtomicU64::new(0),
+            grows: AtomicU64::new(0),
+            grow_time: AtomicU64::new(0),
+        }
+    }
+}
+
 /// What initialisation has done so far, in chunks (the unit of initialisation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InitStats {
@@ -190,6 +212,38 @@ pub struct InitStats {
     pub given_back: u64,
 }
 
+/// How many times a deferred worker tries again, after its pass over its node,
+/// each chunk whose initialisation failed.
+pub const WORKER_RETRIES: u32 = 3;
+
+/// Why a chunk could not be initialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkError {
+    /// The backing could not populate the memmap under it, or accept its memory.
+    Backing(BackingError),
+    /// Asked from inside the backing's `populate` or `accept`, on the same
+    /// [`Config::context`]: initialising there could wait for the chunk the
+    /// caller's own stack holds.
+    Reentrant {
+        /// The chunk.
+        chunk: usize,
+    },
+}
+
+impl core::error::Error for ChunkError {}
+
+impl core::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ChunkError::Backing(e) => e.fmt(f),
+            ChunkError::Reentrant { chunk } => write!(
+                f,
+                "chunk {chunk} cannot be initialised from inside the memmap backing"
+            ),
+        }
+    }
+}
+
 /// What one call of [`Allocator::run_deferred_worker`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkerReport {
@@ -199,6 +253,12 @@ pub struct WorkerReport {
     pub chunks: u64,
     /// Pages it put on free lists.
     pub pages: u64,
+    /// Chunks it could not initialise, even after [`WORKER_RETRIES`] more tries:
+    /// they stay uninitialised, and the grow path or a later worker tries them
+    /// again when they are needed.
+    pub failed: u64,
+    /// Why the last of those failed.
+    pub error: Option<ChunkError>,
 }
 
 /// Why the allocator could not start.
@@ -230,6 +290,8 @@ pub enum InitError {
     MisalignedMemmap,
     /// Eager start-up could not populate the memmap.
     Backing(BackingError),
+    /// The memory map given to [`Allocator::build_in_place`] is not valid.
+    Layout(LayoutError),
 }
 
 impl core::error::Error for InitError {}
@@ -253,6 +315,7 @@ impl core::fmt::Display for InitError {
                 "chunk size {chunk:#x} must be a power of two from {DEFAULT_CHUNK_SIZE:#x} (one max-order block) up to the section size {section:#x}, and at least 1/{MAX_CHUNKS_PER_SECTION} of it"
             ),
             InitError::Backing(e) => e.fmt(f),
+            InitError::Layout(e) => write!(f, "the memory map is not valid: {e}"),
         }
     }
 }
@@ -268,6 +331,10 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// With [`Strategy::Eager`] every chunk is initialised before this returns;
     /// otherwise nothing is, and the allocator serves at once: start-up costs two
     /// words per section and work per memory-map range, nothing per page.
+    ///
+    /// The allocator (about 26 KB) and `layout` (about 10 KB) are moved by value:
+    /// on a small stack, start up in place instead
+    /// ([`init_in_place`](Self::init_in_place), [`build_in_place`](Self::build_in_place)).
     pub fn new(
         layout: Layout,
         backing: B,
@@ -275,95 +342,37 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         cpus: &'a [CpuCache<R>],
         config: Config,
     ) -> Result<Self, InitError> {
-        let chunk_shift = config.chunk_shift(&layout)?;
-        let chunks_shift = layout.section_shift() - chunk_shift;
-        let memmap_sections = layout.memmap_sections();
-        let count = memmap_sections.len();
-        let given = slots.len();
-        let present_chunks = layout.present_runs(Pfn(0)..Pfn(u64::MAX)).map(|r| {
-            (
-                (r.start.0 >> chunk_shift) as usize,
-                ((r.end.0 - 1) >> chunk_shift) as usize + 1,
-            )
-        });
-        let sections = Sections::new(
-            slots,
-            memmap_sections.start,
-            count,
-            chunks_shift,
-            present_chunks,
-        )
-        .map_err(|e| match e {
-            SlotsError::InUse { index } => InitError::SlotsInUse { index },
-            // `chunk_shift` checked the chunks per section already.
-            SlotsError::TooFew | SlotsError::TooManyChunks => InitError::TooFewSlots {
-                needed: count,
-                given,
-            },
-        })?;
-        let memmap = Memmap::new(backing, sections, &layout, chunk_shift)
-            .ok_or(InitError::MisalignedMemmap)?;
-        let zones = array::from_fn(|i| {
-            let node = i / ZONE_TYPES;
-            let kind = ZoneType::from_index(i % ZONE_TYPES);
-            let span = layout
-                // Below MAX_NODES (16): fits in u32.
-                .node(NodeId(node as u32))
-                .map(|n| n.zones[kind as usize])
-                .unwrap_or_default();
-            Zone::new(node as u8, kind, span, chunk_shift)
-        });
-        let zonelists = array::from_fn(|i| {
-            let constraint = [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
-            ZoneList::build(&zones, layout.node_count(), i / CONSTRAINTS, constraint)
-        });
-        for cache in cpus {
-            // Whatever a reused cache held belongs to a previous allocator.
-            cache.reset();
-        }
-        let allocator = Allocator {
-            cpus,
-            zonelists,
-            layout,
-            memmap,
-            zones,
-            config,
-            work: array::from_fn(|_| AtomicUsize::new(0)),
-            counters: InitCounters {
-                chunks_by: array::from_fn(|_| AtomicU64::new(0)),
-                given_back: AtomicU64::new(0),
-                grows: AtomicU64::new(0),
-                grow_time: AtomicU64::new(0),
-            },
-        };
-        if config.strategy == Strategy::Eager {
-            let chunks = memmap_sections.start << chunks_shift..memmap_sections.end << chunks_shift;
-            for index in chunks {
-                allocator
-                    .init_chunk(index, InitCause::Boot)
-                    .map_err(InitError::Backing)?;
-            }
-        }
-        Ok(allocator)
+        Self::start_by_value(&layout, backing, slots, cpus, config)
     }
 
     /// Runs one deferred worker for `node` until the node has no chunk left to hand
     /// out. Call it from as many threads (or CPUs) per node as you like: each takes
     /// a section's chunks at a time from the node's cursor, without a lock, and
     /// skips those the grow path or a look-up already took. Returns at once under
-    /// any strategy but [`Strategy::Deferred`].
-    pub fn run_deferred_worker(&self, node: NodeId) -> Result<WorkerReport, BackingError> {
+    /// any strategy but [`Strategy::Deferred`], and for a node not in the layout.
+    ///
+    /// A chunk whose memmap cannot be populated (or whose memory cannot be
+    /// accepted) does not stop the worker: it goes on with the node's other
+    /// chunks, then tries each failed one again, up to [`WORKER_RETRIES`] times.
+    /// Those that still fail are counted in [`WorkerReport::failed`], with the last
+    /// error; they stay uninitialised, so the grow path tries them again when their
+    /// zone needs them. (A worker remembers at most 64 failed chunks to retry; the
+    /// rest are counted failed at once.) Called from inside the backing, it stops
+    /// at its first chunk with [`ChunkError::Reentrant`].
+    pub fn run_deferred_worker(&self, node: NodeId) -> WorkerReport {
         let mut report = WorkerReport {
             node,
             ..WorkerReport::default()
         };
         if self.config.strategy != Strategy::Deferred {
-            return Ok(report);
+            return report;
         }
         // `node` answers a span only below `node_count()`, so it indexes `work`.
         let Some(span) = self.layout.node(node) else {
-            return Ok(report);
+            return report;
         };
+        let mut retry = [0usize; 64];
+        let mut retries = 0;
         let first = self.layout.section_of(span.start_pfn);
         let end = self.layout.section_of(Pfn(span.end_pfn.0 - 1)) + 1;
         let chunks_shift = self.memmap.sections().chunks_shift();
@@ -373,7 +382,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             // chunks hold.
             let section = first + self.work[node.index()].fetch_add(1, Relaxed);
             if section >= end {
-                return Ok(report);
+                break;
             }
             for index in section << chunks_shift..(section + 1) << chunks_shift {
                 if self.memmap.sections().state(index) != ChunkState::Uninit {
@@ -387,12 +396,60 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 {
                     continue;
                 }
-                if let Some(pages) = self.init_chunk(index, InitCause::Worker)? {
-                    report.chunks += 1;
-                    report.pages += pages;
+                match self.init_chunk(index, InitCause::Worker) {
+                    Ok(Some(pages)) => {
+                        report.chunks += 1;
+                        report.pages += pages;
+                    }
+                    Ok(None) => {}
+                    Err(e @ ChunkError::Reentrant { .. }) => {
+                        report.failed += 1;
+                        report.error = Some(e);
+                        return report;
+                    }
+                    Err(e) => {
+                        report.error = Some(e);
+                        match retry.get_mut(retries) {
+                            Some(slot) => {
+                                *slot = index;
+                                retries += 1;
+                            }
+                            None => report.failed += 1,
+                        }
+                    }
                 }
             }
         }
+        // The failed chunks, again: a backing may fail for a moment (no memory for
+        // a page table just then). Whoever took one meanwhile has it.
+        let mut left = &mut retry[..retries];
+        for _ in 0..WORKER_RETRIES {
+            let mut still = 0;
+            for i in 0..left.len() {
+                let index = left[i];
+                match self.init_chunk(index, InitCause::Worker) {
+                    Ok(Some(pages)) => {
+                        report.chunks += 1;
+                        report.pages += pages;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        report.error = Some(e);
+                        left[still] = index;
+                        still += 1;
+                    }
+                }
+            }
+            left = &mut left[..still];
+            if left.is_empty() {
+                break;
+            }
+        }
+        report.failed += left.len() as u64;
+        if report.failed == 0 {
+            report.error = None;
+        }
+        report
     }
 
     /// What initialisation has done so far.
@@ -419,16 +476,29 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Initialises chunk `index` if no one has claimed it: has the memmap under it
     /// populated and its memory accepted, writes every descriptor, publishes it,
     /// and puts its usable pages on their zones' free lists. Returns the pages
-    /// freed, or `None` if someone else had it.
+    /// freed, or `None` if someone else had it. From inside the backing (on the
+    /// same [`Config::context`]) it gives the claim back and says so, rather than
+    /// call the backing again or wait for the section's memmap.
     pub(crate) fn init_chunk(
         &self,
         index: usize,
         cause: InitCause,
-    ) -> Result<Option<u64>, BackingError> {
+    ) -> Result<Option<u64>, ChunkError> {
         let Ok(claim) = self.memmap.sections().claim(index) else {
             return Ok(None);
         };
-        let mut writer = self.memmap.populate(claim, &self.layout)?;
+        let populated = match self.config.context {
+            Some(context) => {
+                let context = context();
+                if self.in_backing.contains(context) {
+                    return Err(ChunkError::Reentrant { chunk: index });
+                }
+                let _inside = self.in_backing.enter(context);
+                self.memmap.populate(claim, &self.layout)
+            }
+            None => self.memmap.populate(claim, &self.layout),
+        };
+        let mut writer = populated.map_err(ChunkError::Backing)?;
         let taken = writer.taken();
         let (start, end) = self.memmap.chunk_pfns(index);
         for run in self.layout.present_runs(Pfn(start)..Pfn(end)) {
@@ -482,7 +552,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         &self,
         zone: &Zone<R>,
         order: u32,
-    ) -> Result<Option<(u64, bool)>, BackingError> {
+    ) -> Result<Option<(u64, bool)>, ChunkError> {
         // The off switch: once set, this one flag is all that remains of laziness.
         // Acquire (in `all_initialised`) pairs with the Release of the last
         // section's finish, which comes after every section's splice.
@@ -502,11 +572,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Alternately look at what is left to initialise in `zone`, take a block, and
     /// initialise more of the zone, until a block is found or the zone was seen with
     /// nothing left to initialise before a take that failed.
-    fn grow_and_take(
-        &self,
-        zone: &Zone<R>,
-        order: u32,
-    ) -> Result<Option<(u64, bool)>, BackingError> {
+    fn grow_and_take(&self, zone: &Zone<R>, order: u32) -> Result<Option<(u64, bool)>, ChunkError> {
         let started = self.config.clock.map(|now| now());
         let mut grew = false;
         let result = loop {
@@ -544,8 +610,9 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// Initialises one more chunk holding usable pages of `zone` (returns true), or
     /// waits for whoever is initialising the last ones (false). A chunk whose memmap
     /// cannot be populated (or whose memory cannot be accepted) is passed over for
-    /// the next; its error is returned only if no chunk could be initialised.
-    fn grow_zone(&self, zone: &Zone<R>) -> Result<bool, BackingError> {
+    /// the next; its error is returned only if no chunk could be initialised. From
+    /// inside the backing, neither initialises nor waits: `Reentrant`.
+    fn grow_zone(&self, zone: &Zone<R>) -> Result<bool, ChunkError> {
         let sections = self.memmap.sections();
         let (first, end) = zone.chunks(self.memmap.chunk_shift());
         // Relaxed: the cursor is only a hint of where unclaimed sections start;
@@ -572,10 +639,14 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                     return Ok(true);
                 }
                 Ok(None) => {}
+                Err(e @ ChunkError::Reentrant { .. }) => return Err(e),
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
         if let Some(index) = busy {
+            if self.reentrant() {
+                return Err(ChunkError::Reentrant { chunk: index });
+            }
             sections.wait_while_initialising(index);
             return Ok(false);
         }
@@ -587,6 +658,14 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         // caller's next look at the zone's count tells.
         crate::sync::spin_hint();
         Ok(false)
+    }
+
+    /// Whether the calling context is inside a call of the backing (known only
+    /// with a [`Config::context`]). Only for the paths that would wait.
+    pub(crate) fn reentrant(&self) -> bool {
+        self.config
+            .context
+            .is_some_and(|context| self.in_backing.contains(context()))
     }
 
     /// Whether chunk `index` holds usable pages of `zone`.

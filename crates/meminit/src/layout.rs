@@ -453,6 +453,16 @@ impl LayoutBuilder {
     /// then reserved and the rest of the usable range stays usable. Every refusal is
     /// a [`LayoutError`] naming the ranges by position.
     pub fn build(&self) -> Result<Layout, LayoutError> {
+        let mut layout = Layout::empty(0);
+        self.build_into(&mut layout)?;
+        Ok(layout)
+    }
+
+    /// [`build`](Self::build), into `layout`, whatever it held: no layout-sized
+    /// value is made on the stack, for start-up on a small stack (see
+    /// [`crate::Allocator::build_in_place`]). On error, `layout` holds either what
+    /// it held before or no memory at all.
+    pub fn build_into(&self, layout: &mut Layout) -> Result<(), LayoutError> {
         if self.overflowed {
             return Err(LayoutError::TooManyRanges { max: MAX_RANGES });
         }
@@ -534,7 +544,7 @@ impl LayoutBuilder {
             RangeKind::Reserved => Some((range.start / PAGE_SIZE, range.end.div_ceil(PAGE_SIZE))),
             RangeKind::Other => None,
         };
-        let mut layout = Layout::empty(section_size.trailing_zeros() - PAGE_SHIFT);
+        layout.reset(section_size.trailing_zeros() - PAGE_SHIFT);
         let mut cursor = input
             .iter()
             .filter_map(pages)
@@ -566,10 +576,11 @@ impl LayoutBuilder {
             cursor = Some(next);
         }
         if layout.usable_pages() == 0 {
+            layout.reset(layout.section_shift);
             return Err(LayoutError::NoUsableMemory);
         }
         layout.compute_spans();
-        Ok(layout)
+        Ok(())
     }
 }
 
@@ -693,6 +704,9 @@ impl fmt::Debug for Layout {
     }
 }
 
+/// The empty layout, to copy into place before [`LayoutBuilder::build_into`].
+pub(crate) static EMPTY_LAYOUT: Layout = Layout::empty(0);
+
 impl Layout {
     const fn empty(section_shift: u32) -> Self {
         Layout {
@@ -712,6 +726,17 @@ impl Layout {
             node_count: 0,
             section_shift,
         }
+    }
+
+    /// Makes this the empty layout of sections of `2^section_shift` pages, in
+    /// place.
+    fn reset(&mut self, section_shift: u32) {
+        self.len = 0;
+        self.node_count = 0;
+        for node in &mut self.nodes {
+            *node = NodeSpan::default();
+        }
+        self.section_shift = section_shift;
     }
 
     /// Appends pages `[start, end)`, which begin at or above the end of the last

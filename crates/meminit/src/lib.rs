@@ -49,7 +49,8 @@
 //!    from the first section with memory ([`Layout::memmap_start`]; RAM that starts
 //!    at 512 GiB costs no memmap span below it), and a `populate` that makes one
 //!    section's (or chunk's) part of it accessible
-//!    when first needed (a kernel maps a 2 MiB page there; [`SliceBacking`] covers
+//!    when first needed (a kernel maps a 2 MiB page there, with page tables and
+//!    the page itself from the [`PageSource`] it is lent; [`SliceBacking`] covers
 //!    memory that is already mapped), and optionally an `accept` for each chunk's
 //!    memory;
 //! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]),
@@ -111,6 +112,96 @@
 //!         }
 //!     }
 //! });
+//! ```
+//!
+//! A worker whose chunk cannot be populated goes on with the others, tries the
+//! failed ones again [`WORKER_RETRIES`] times, and reports those it could not do
+//! in its [`WorkerReport`] (`failed`, `error`); they stay uninitialised, and the
+//! grow path takes them when their zone needs them.
+//!
+//! ## The backing: pages for its own mapping, and calls back
+//!
+//! A kernel's `populate` needs pages: for the memmap itself and for the page
+//! tables that map it. It must not ask the allocator for them (under
+//! [`Strategy::Eager`] there is none yet, and otherwise the allocator is the
+//! caller). It takes them from the [`PageSource`] that every `populate` of a
+//! section is lent: naturally aligned blocks of the section's own usable pages,
+//! one after the other in one run of the section, at most [`MAX_SOURCE_PAGES`] per
+//! call. They are recorded with the section (as [`Populated::taken`] is), get
+//! reserved descriptors and are never handed out; `accept` is told which pages of
+//! its chunk they are, so that it does not zero them. Ask for the memmap's block
+//! first, then single pages for tables:
+//!
+//! ```ignore
+//! fn populate(&self, piece: MemmapPiece, _: &Layout, pages: &mut PageSource<'_>)
+//!     -> Result<Populated, BackingError>
+//! {
+//!     let fail = |e: SourceError| BackingError { section: piece.section, reason: e.reason() };
+//!     let memmap = pages.take(9).map_err(fail)?;          // 2 MiB: the section's memmap
+//!     if self.needs_page_directory(piece) {
+//!         let table = pages.take(0).map_err(fail)?;       // right after it
+//!         self.link_page_directory(piece, table);         // cleared first
+//!     }
+//!     self.map_2mib(piece, memmap);
+//!     Ok(Populated::ELSEWHERE)                            // the source's pages are recorded anyway
+//! }
+//! ```
+//!
+//! Under [`Granularity::Chunk`] the source has nothing
+//! ([`SourceError::ChunkGranularity`]): a chunk must stay whole, so such a backing
+//! brings its own pool (the guest reserves one in the memory map).
+//!
+//! If a backing calls the allocator anyway, from `populate` or `accept`, the call
+//! must not wait for the chunk its own caller holds. With [`Config::context`] set
+//! (a function that names the calling CPU or thread), the rule is: **a call from
+//! inside the backing, on the same context, is served only from memory already
+//! initialised; where it would initialise a chunk or wait for one, it fails**
+//! with [`AllocError::Reentrant`], [`LookupError::Reentrant`] or
+//! [`ChunkError::Reentrant`]. The check is made only on those paths, never on the
+//! fast path. Without a context the allocator cannot tell a call back from
+//! another CPU's wait, and a call back that must wait spins forever.
+//!
+//! ## Stack: start-up in place
+//!
+//! An [`Allocator`] is about 26 KB, a [`Layout`] about 10 KB and a
+//! [`LayoutBuilder`] about 6 KB. [`Allocator::new`] takes the layout and returns
+//! the allocator by value: measured on x86-64, start-up and a first allocation
+//! need about 80 KiB of stack that way. A kernel's boot stack is often 16 to
+//! 64 KiB: start in place instead. [`Allocator::build_in_place`] validates the
+//! memory map straight into the allocator's place (a `static`, a per-CPU area,
+//! memory taken from the firmware map) and writes every field there;
+//! [`Allocator::init_in_place`] does the same from a built [`Layout`]. With the
+//! builder itself on the stack, start-up, the first allocations and frees need
+//! about 12 KiB (the workspace's `dev` profile, opt-level 1) to 15 KiB
+//! (`release`) under every strategy: a 16 KiB stack, which a test holds. Without
+//! optimisation (opt-level 0) frames are larger: give it 32 KiB (24 KiB is not
+//! enough), or build the crate with opt-level 1 or more.
+//!
+//! ```
+//! # use meminit::*;
+//! # use std::mem::MaybeUninit;
+//! # let mut b = LayoutBuilder::new();
+//! # b.section_size(4 << 20).add(0x100000, 64 << 20, RangeKind::Usable, NodeId(0));
+//! # let layout = b.build()?;
+//! # let mut memmap = Box::<[Page]>::new_uninit_slice(layout.memmap_descriptors() as usize);
+//! # let slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
+//! # let cpus: [CpuCache<parking_lot::RawMutex>; 1] = [CpuCache::new()];
+//! // In a kernel: a `static` (or per-CPU) slot; here, the heap.
+//! let mut slot: Box<MaybeUninit<Allocator<'_, _, parking_lot::RawMutex>>> = Box::new_uninit();
+//! let mut map = LayoutBuilder::new();
+//! map.section_size(4 << 20)
+//!    .add(0x100000, 64 << 20, RangeKind::Usable, NodeId(0));
+//! let allocator = Allocator::build_in_place(
+//!     &mut slot,
+//!     &map,
+//!     SliceBacking::new(&mut memmap),
+//!     &slots,
+//!     &cpus,
+//!     Config::new(Strategy::Eager),
+//! )?;
+//! let page = allocator.alloc(0, Constraint::Any, NodeId(0))?;
+//! assert_eq!(allocator.free(page)?, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! ## Per-CPU caches, and the rules in interrupt context
@@ -217,8 +308,11 @@
 //!
 //! The unsafe code lives in [`memmap`] (the descriptor array and its backing) and
 //! relies on the claim protocol of the crate-private `section` module (whose only
-//! public parts are [`SectionSlot`], [`ChunkState`] and [`MAX_CHUNKS_PER_SECTION`]); zones, the buddy lists, the per-CPU
-//! caches and the strategies are safe code over them.
+//! public parts are [`SectionSlot`], [`ChunkState`] and [`MAX_CHUNKS_PER_SECTION`]);
+//! the only other unsafe code writes an allocator into place field by field
+//! (start-up in place) and views the embedder's per-page data ([`PageMeta`]).
+//! Zones, the buddy lists, the per-CPU caches, the strategies, give-back and the
+//! [`source`] of pages for the backing are safe code over them.
 
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
@@ -229,17 +323,20 @@ mod buddy;
 pub mod frames;
 mod giveback;
 pub mod init;
+mod inplace;
 pub mod layout;
 pub mod memmap;
 pub mod page;
 mod pcp;
 mod percpu;
+mod reentry;
 // The claim machinery is crate-private: an embedder only lends the slots. loom
 // builds expose it so that `tests/loom.rs` can model the protocol on its own.
 #[cfg(loom)]
 pub mod section;
 #[cfg(not(loom))]
 mod section;
+pub mod source;
 mod sync;
 mod zone;
 
@@ -248,8 +345,8 @@ pub use giveback::{
     FreeReporter, NoReporter, ReportError, ReportStats, REPORT_BATCH, REPORT_ORDER,
 };
 pub use init::{
-    Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE,
-    DEFAULT_GIVE_BACK_RESERVE,
+    ChunkError, Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE,
+    DEFAULT_GIVE_BACK_RESERVE, WORKER_RETRIES,
 };
 pub use layout::{
     Layout, LayoutBuilder, LayoutError, MemoryRange, NodeId, Pfn, RangeKind, ZoneType, MAX_NODES,
@@ -260,5 +357,7 @@ pub use memmap::{
 };
 pub use page::{Page, PageMeta, PageState, USER_BYTES};
 pub use pcp::{CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
+pub use reentry::MAX_BACKING_CONTEXTS;
 pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
+pub use source::{PageSource, SourceError, MAX_SOURCE_PAGES};
 pub use zone::ZoneStats;

@@ -33,6 +33,7 @@ use crate::page::{Page, PageState};
 use crate::section::{
     ChunkState, Claim, MemmapState, Published, Retiring, Sections, MAX_TAKEN_OFFSET,
 };
+use crate::source::{merge, PageSource};
 
 /// The pages whose memmap a backing is asked to populate, or whose memory it is
 /// asked to accept: a section, or a chunk of one.
@@ -62,11 +63,13 @@ impl MemmapPiece {
 pub enum Granularity {
     /// A section's descriptors at once (2 MiB for a 128 MiB section: one huge
     /// page), when the first chunk of the section is initialised. The backing may
-    /// take pages of the section itself for them ([`Populated::taken`]).
+    /// take pages of the section itself for them and for its page tables, from the
+    /// [`PageSource`] it is lent (or as [`Populated::taken`]).
     Section,
     /// Each chunk's descriptors (64 KiB for a 4 MiB chunk) when that chunk is
     /// initialised, so that resident memmap follows initialised chunks. The memory
-    /// must come from elsewhere: `taken` must be empty.
+    /// and the page tables must come from elsewhere: `taken` must be empty, and the
+    /// [`PageSource`] hands out nothing.
     Chunk,
 }
 
@@ -74,8 +77,10 @@ pub enum Granularity {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Populated {
     /// Usable pages of the section itself that now hold its memmap (Linux's
-    /// "memmap on memory"). They get reserved descriptors and are never handed out.
-    /// Empty when the memory came from elsewhere.
+    /// "memmap on memory"), taken without the [`PageSource`]. They get reserved
+    /// descriptors and are never handed out. Empty when the memory came from
+    /// elsewhere or from the source (whose pages are recorded anyway); otherwise
+    /// it must form one contiguous range with the source's pages.
     pub taken: Range<Pfn>,
 }
 
@@ -143,13 +148,32 @@ impl core::fmt::Display for BackingError {
 ///   them hold what the allocator writes again: the memory behind them may be
 ///   released (a host's `MADV_DONTNEED`, a guest reporting the pages to its
 ///   hypervisor) but the range must not be unmapped, because a caller may still
-///   hold a reference to a descriptor of a page it freed.
+///   hold a reference to a descriptor of a page it freed;
+/// - the backing uses pages of the section only if they are in `taken` or were
+///   handed out by the [`PageSource`] of a call that succeeded.
 ///
 /// The allocator calls `populate` for a piece only while it holds the claim of a
 /// chunk in it (so from one thread at a time), never for a piece without present
 /// pages, and never for a piece that is populated: not again once a call has
 /// succeeded, unless `depopulate` released the piece since. A call that fails
 /// gives the piece back; a later claimant may ask again.
+///
+/// # Pages for the backing itself, and calls back into the allocator
+///
+/// A kernel's `populate` needs pages for the page tables that map the memmap. It
+/// takes them from the [`PageSource`] it is lent: usable pages of the section
+/// itself, next to each other, recorded with the section and never handed out
+/// (see there for the rules; under [`Granularity::Chunk`] it has none, and such a
+/// backing brings its own pool). The source works before the allocator exists,
+/// so it serves [`crate::Strategy::Eager`] start-up too. A section whose memmap
+/// holds pages of its own, the source's included, is never depopulated.
+///
+/// `populate` and `accept` should not call the allocator. If they do (on the same
+/// context, as [`crate::Config::context`] names it), the call is served only from
+/// memory already initialised: where it would have to initialise a chunk or wait
+/// for one, it fails with [`crate::AllocError::Reentrant`] (or
+/// [`LookupError::Reentrant`]) rather than wait for the chunk its own caller
+/// holds.
 pub unsafe trait MemmapBacking {
     /// The address of the descriptor of [`Layout::memmap_start`], the first pfn the
     /// memmap describes (the first pfn of the first section with present memory).
@@ -162,22 +186,35 @@ pub unsafe trait MemmapBacking {
     }
 
     /// Makes the memmap of `piece` accessible. Its content may be anything: every
-    /// descriptor is written before it is read.
-    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError>;
+    /// descriptor is written before it is read. Pages for the mapping itself (page
+    /// tables, or the memmap) come from `pages`, the section's own usable pages.
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        layout: &Layout,
+        pages: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError>;
 
     /// Makes the memory of one chunk ready for use, before any of its pages is
     /// handed out for the first time: accept it (TDX `TDG.MEM.PAGE.ACCEPT`, SNP
     /// `PVALIDATE`), zero it, or check it. Called exactly once per chunk, after its
     /// memmap is populated and before its pages reach a free list, by the chunk's
     /// claimant; a failure gives the chunk back, to be tried again. `chunk` may hold
-    /// holes, reserved pages and the pages `populate` took: only the usable runs of
-    /// `layout.present_runs(chunk.start, chunk.end)` outside them are handed out.
-    /// By default, nothing to do.
+    /// holes, reserved pages and the pages `populate` took (`taken`: the part of
+    /// the section's recorded taken pages in this chunk, source pages included; they
+    /// hold the memmap or page tables and must not be touched): only the usable runs
+    /// of `layout.present_runs(chunk.start, chunk.end)` outside `taken` are handed
+    /// out. By default, nothing to do.
     ///
     /// A chunk given back ([`crate::Config::give_back`]) and initialised again is
     /// accepted again: its memory may have been reported to the host meanwhile.
-    fn accept(&self, chunk: MemmapPiece, layout: &Layout) -> Result<(), BackingError> {
-        let _ = (chunk, layout);
+    fn accept(
+        &self,
+        chunk: MemmapPiece,
+        taken: Range<u64>,
+        layout: &Layout,
+    ) -> Result<(), BackingError> {
+        let _ = (chunk, taken, layout);
         Ok(())
     }
 
@@ -238,6 +275,13 @@ pub enum LookupError {
     },
     /// Initialising the section failed in its backing.
     Backing(BackingError),
+    /// The look-up was made from inside the backing's `populate` or `accept` (on
+    /// the same [`crate::Config::context`]) and would have had to initialise or
+    /// wait for the chunk.
+    Reentrant {
+        /// The pfn asked for.
+        pfn: Pfn,
+    },
 }
 
 impl core::error::Error for LookupError {}
@@ -253,6 +297,10 @@ impl core::fmt::Display for LookupError {
                 write!(f, "the descriptor of {pfn} is being initialised")
             }
             LookupError::Backing(e) => e.fmt(f),
+            LookupError::Reentrant { pfn } => write!(
+                f,
+                "the descriptor of {pfn} was asked for from inside the memmap backing, and its chunk is not initialised"
+            ),
         }
     }
 }
@@ -390,7 +438,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             Granularity::Chunk => self.populate_chunk(&claim, chunk, layout)?,
         };
         let taken = taken.start.clamp(start, end)..taken.end.clamp(start, end);
-        self.backing.accept(chunk, layout)?;
+        self.backing.accept(chunk, taken.clone(), layout)?;
         Ok(ChunkWriter {
             memmap: self,
             claim,
@@ -513,15 +561,21 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                 start: Pfn(first),
                 end: Pfn(first + (1 << self.section_shift)),
             };
-            let Range { start, end } = self.backing.populate(piece, layout)?.taken;
-            let taken = start.0..end.0;
+            let mut source = PageSource::new(layout, piece, Granularity::Section);
+            let Range { start, end } = self.backing.populate(piece, layout, &mut source)?.taken;
+            let returned = start.0..end.0;
             // Relaxed: a statistic.
             self.populated_bytes
                 .fetch_add(piece.memmap_bytes(), Relaxed);
+            // What the backing took itself and what the source handed out are
+            // recorded as one range; two apart cannot be.
+            let contiguous = merge(source.taken(), returned);
+            let taken = contiguous.clone().unwrap_or(0..0);
             // The section's state word records the taken range as 30-bit offsets;
             // a section so large that they do not fit cannot carry its own memmap.
             let recordable = taken.is_empty() || taken.end - first < MAX_TAKEN_OFFSET;
-            let valid = recordable && taken_is_usable(&taken, piece, layout);
+            let valid =
+                contiguous.is_some() && recordable && taken_is_usable(&taken, piece, layout);
             // The memmap is in place either way: it must never be populated again.
             let recorded = if valid && !taken.is_empty() {
                 taken.start - first..taken.end - first
@@ -532,7 +586,9 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             if !valid {
                 return Err(BackingError {
                     section,
-                    reason: if recordable {
+                    reason: if contiguous.is_none() {
+                        "the pages the backing took and those of its page source are not one range"
+                    } else if recordable {
                         "the backing took pages that are not usable memory of the section"
                     } else {
                         "the backing took pages 2^30 or more pages into the section"
@@ -555,7 +611,8 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         if self.sections.chunk_memmap_populated(index) {
             return Ok(0..0);
         }
-        let taken = self.backing.populate(chunk, layout)?.taken;
+        let mut source = PageSource::new(layout, chunk, Granularity::Chunk);
+        let taken = self.backing.populate(chunk, layout, &mut source)?.taken;
         self.sections.set_chunk_memmap_populated(index);
         // Relaxed: a statistic.
         self.populated_bytes
@@ -697,7 +754,12 @@ unsafe impl MemmapBacking for SliceBacking<'_> {
         self.granularity
     }
 
-    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        layout: &Layout,
+        _: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
         let start = layout.memmap_start().0;
         let inside = piece.start.0 >= start
             && piece

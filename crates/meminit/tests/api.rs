@@ -307,7 +307,7 @@ fn node_ids_and_pfns_read_well() {
         assert_eq!(node, NodeId(1));
         assert_eq!(a.layout().node_of(pfn), Some(node));
         assert_eq!(a.zone_stats_of(node, zone).unwrap().node, node);
-        assert_eq!(a.run_deferred_worker(node).unwrap().node, node);
+        assert_eq!(a.run_deferred_worker(node).node, node);
         assert_eq!(
             a.alloc(0, Constraint::Any, NodeId(2)),
             Err(meminit::AllocError::UnknownNode { node: NodeId(2) })
@@ -377,9 +377,10 @@ fn memmap_pieces_name_absolute_sections() {
             &self,
             piece: meminit::MemmapPiece,
             layout: &meminit::Layout,
+            pages: &mut meminit::PageSource<'_>,
         ) -> Result<meminit::Populated, meminit::BackingError> {
             self.seen.lock().unwrap().push((piece.section, piece.start));
-            self.inner.populate(piece, layout)
+            self.inner.populate(piece, layout, pages)
         }
     }
     let mut b = meminit::LayoutBuilder::new();
@@ -458,8 +459,9 @@ fn a_misaligned_memmap_is_an_error() {
             &self,
             piece: meminit::MemmapPiece,
             layout: &meminit::Layout,
+            pages: &mut meminit::PageSource<'_>,
         ) -> Result<meminit::Populated, meminit::BackingError> {
-            self.0.populate(piece, layout)
+            self.0.populate(piece, layout, pages)
         }
     }
     let l = simple(16 * MIB, 4 * MIB);

@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
@@ -13,8 +14,8 @@ use common::*;
 use meminit::NodeId;
 use meminit::{
     AllocError, Allocator, BackingError, Config, Constraint, CpuId, Granularity, InitError, Layout,
-    LookupError, MemmapBacking, MemmapPiece, Page, Pfn, Populated, SliceBacking, Strategy,
-    DEFAULT_CHUNK_SIZE, MAX_ORDER,
+    LookupError, MemmapBacking, MemmapPiece, Page, PageSource, Pfn, Populated, SliceBacking,
+    Strategy, DEFAULT_CHUNK_SIZE, MAX_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -133,11 +134,16 @@ unsafe impl MemmapBacking for Accepting<'_> {
         self.inner.granularity()
     }
 
-    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
-        self.inner.populate(piece, layout)
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        layout: &Layout,
+        pages: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
+        self.inner.populate(piece, layout, pages)
     }
 
-    fn accept(&self, chunk: MemmapPiece, _: &Layout) -> Result<(), BackingError> {
+    fn accept(&self, chunk: MemmapPiece, _: Range<u64>, _: &Layout) -> Result<(), BackingError> {
         if self.refuse.lock().unwrap().remove(&chunk.start.0) {
             return Err(BackingError {
                 section: chunk.section,

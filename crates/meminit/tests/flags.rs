@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use common::{check_counts, with_allocator, Lent};
 use meminit::{
     AllocError, AllocFlags, AllocPath, Allocator, BackingError, Config, Constraint, CpuId, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, Pfn, Populated, RangeKind,
+    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageSource, Pfn, Populated, RangeKind,
     SliceBacking, Strategy,
 };
 
@@ -40,12 +40,17 @@ unsafe impl MemmapBacking for Counting<'_> {
         self.inner.descriptors()
     }
 
-    fn populate(&self, piece: MemmapPiece, layout: &Layout) -> Result<Populated, BackingError> {
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        layout: &Layout,
+        pages: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
         self.calls.fetch_add(1, Relaxed);
-        self.inner.populate(piece, layout)
+        self.inner.populate(piece, layout, pages)
     }
 
-    fn accept(&self, _: MemmapPiece, _: &Layout) -> Result<(), BackingError> {
+    fn accept(&self, _: MemmapPiece, _: Range<u64>, _: &Layout) -> Result<(), BackingError> {
         self.calls.fetch_add(1, Relaxed);
         Ok(())
     }

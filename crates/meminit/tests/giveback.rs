@@ -18,8 +18,8 @@ use std::sync::Mutex;
 use common::{check_counts, Ledger, Lent};
 use meminit::{
     Allocator, BackingError, Config, Constraint, CpuId, FreeReporter, Granularity, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageState, Pfn, Populated, RangeKind,
-    ReportError, Strategy, REPORT_ORDER,
+    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageSource, PageState, Pfn, Populated,
+    RangeKind, ReportError, Strategy, REPORT_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -72,7 +72,12 @@ unsafe impl MemmapBacking for Releasing {
         self.granularity
     }
 
-    fn populate(&self, piece: MemmapPiece, _: &Layout) -> Result<Populated, BackingError> {
+    fn populate(
+        &self,
+        piece: MemmapPiece,
+        _: &Layout,
+        _: &mut PageSource<'_>,
+    ) -> Result<Populated, BackingError> {
         assert!(piece.start.0 >= self.start && (piece.end.0 - self.start) as usize <= self.len);
         assert!(
             self.populated.lock().unwrap().insert(piece.start.0),

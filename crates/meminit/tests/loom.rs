@@ -376,12 +376,13 @@ mod real {
             &self,
             piece: meminit::MemmapPiece,
             layout: &meminit::Layout,
+            pages: &mut meminit::PageSource<'_>,
         ) -> Result<meminit::Populated, meminit::BackingError> {
             assert!(
                 !self.populated.swap(true, Ordering::SeqCst),
                 "populated twice"
             );
-            self.inner.populate(piece, layout)
+            self.inner.populate(piece, layout, pages)
         }
 
         fn depopulate(&self, _: meminit::MemmapPiece) -> bool {

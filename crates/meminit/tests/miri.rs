@@ -48,8 +48,8 @@ fn threads_race_to_initialise_the_same_sections() {
     let l = small();
     with_allocator(&l, Strategy::Deferred, |a| {
         std::thread::scope(|s| {
-            s.spawn(|| a.run_deferred_worker(NodeId(0)).unwrap());
-            s.spawn(|| a.run_deferred_worker(NodeId(1)).unwrap());
+            s.spawn(|| a.run_deferred_worker(NodeId(0)));
+            s.spawn(|| a.run_deferred_worker(NodeId(1)));
             s.spawn(|| {
                 let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
                 a.free_order(p, 0).unwrap();
@@ -181,4 +181,48 @@ fn per_page_data_is_the_embedders() {
         assert_eq!(meta.mapping.load(Relaxed), 0);
         a.free_order(p, 0).unwrap();
     });
+}
+
+#[test]
+fn start_up_in_place_builds_the_layout_there_and_drops_on_failure() {
+    use meminit::{Allocator, Config, InitError, Page, SliceBacking};
+    use std::mem::MaybeUninit;
+    let l = small();
+    let mut b = LayoutBuilder::new();
+    b.section_size(4 * MIB)
+        .add(0x100000, 12 * MIB, RangeKind::Usable, NodeId(0));
+    for strategy in Strategy::ALL {
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&l);
+        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+        let a = Allocator::build_in_place(
+            &mut slot,
+            &b,
+            SliceBacking::new(&mut lent.memmap),
+            &lent.slots,
+            &lent.cpus,
+            Config::new(strategy),
+        )
+        .unwrap();
+        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+        a.free_order_on(CpuId(1), p, 0).unwrap();
+        assert_eq!(a.layout().usable_pages(), (12 * MIB - MIB) / 4096);
+        // SAFETY: started above; `a` is not used after this.
+        unsafe { slot.assume_init_drop() };
+    }
+    // Eager start-up over a memmap too short: the backing fails, the allocator
+    // written into the slot is dropped there.
+    let lent = Lent::<parking_lot::RawMutex>::for_layout(&l);
+    let mut short = Box::<[Page]>::new_uninit_slice(16);
+    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+    let err = Allocator::init_in_place(
+        &mut slot,
+        &l,
+        SliceBacking::new(&mut short),
+        &lent.slots,
+        &lent.cpus,
+        Config::new(Strategy::Eager),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, InitError::Backing(_)), "{err}");
 }

@@ -250,7 +250,7 @@ proptest! {
                         }
                     }
                     Op::Worker { node } => {
-                        a.run_deferred_worker(NodeId((node % nodes) as u32)).unwrap();
+                        a.run_deferred_worker(NodeId((node % nodes) as u32));
                     }
                     Op::Lookup { offset } => {
                         let pfn = Pfn(offset % layout.end_pfn().0);

@@ -151,7 +151,7 @@ fn stress_on(
             }
             for node in 0..nodes {
                 for _ in 0..workers_per_node {
-                    s.spawn(move || a.run_deferred_worker(NodeId(node as u32)).unwrap());
+                    s.spawn(move || a.run_deferred_worker(NodeId(node as u32)));
                 }
             }
             for t in 0..allocators {

@@ -162,7 +162,9 @@ proptest! {
                             Err(AllocError::UnknownCpu { cpu: c, .. }) => {
                                 prop_assert!(kind == 1 && c.0 as usize >= CPUS);
                             }
-                            Err(AllocError::WouldGrow { .. }) => prop_assert!(false, "no flags, no WouldGrow"),
+                            Err(AllocError::WouldGrow { .. } | AllocError::Reentrant { .. }) => {
+                                prop_assert!(false, "no flags, no backing calling back: {r:?}")
+                            }
                             Err(AllocError::OutOfMemory { .. } | AllocError::Backing(_)) => {}
                         }
                     }
@@ -213,7 +215,7 @@ proptest! {
                         }
                     }
                     6 => {
-                        let r = a.run_deferred_worker(node).unwrap();
+                        let r = a.run_deferred_worker(node);
                         prop_assert_eq!(r.node, node);
                     }
                     7 => {
@@ -261,14 +263,16 @@ fn value_helpers_are_total() {
     let backing = SliceBacking::new(&mut memory);
     // Pieces outside the slice, inverted or below the memmap: refused, not wrapped.
     for piece in [inverted, huge] {
-        assert!(backing.populate(piece, l).is_err());
+        let mut source = meminit::PageSource::new(l, piece, meminit::Granularity::Section);
+        assert!(backing.populate(piece, l, &mut source).is_err());
     }
     let below = MemmapPiece {
         section: 0,
         start: Pfn(0),
         end: Pfn(1 << 11),
     };
-    assert!(backing.populate(below, l).is_err());
+    let mut source = meminit::PageSource::new(l, below, meminit::Granularity::Section);
+    assert!(backing.populate(below, l, &mut source).is_err());
     let z = meminit::ZoneStats {
         node: NodeId(0),
         zone: ZoneType::Dma,

@@ -79,7 +79,8 @@ pub fn simple(bytes: u64, section: u64) -> Layout {
 pub fn run_workers(a: &Alloc<'_>) {
     let nodes: Vec<NodeId> = a.layout().nodes().map(|(n, _)| n).collect();
     for n in nodes {
-        a.run_deferred_worker(n).unwrap();
+        let report = a.run_deferred_worker(n);
+        assert_eq!(report.failed, 0, "{report:?}");
     }
 }
 

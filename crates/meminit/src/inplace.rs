@@ -1,0 +1,219 @@
+//! Start-up in place: an [`Allocator`] built field by field in memory the caller
+//! provides (a `static`, a per-CPU area, a boot-time allocation), so that bring-up
+//! needs a small stack.
+//!
+//! An `Allocator` is about 26 KB and a `Layout` about 10 KB (see the crate docs,
+//! "Stack"). Returned by value, each is built on the stack and then copied, more
+//! than once in a debug build. Here no value larger than one zone (a few hundred
+//! bytes) is made on the stack: the layout is validated straight into its place in
+//! the allocator ([`LayoutBuilder::build_into`]) or copied there byte for byte, and
+//! each zone, zone list and counter is written into its own place.
+//! [`Allocator::new`] is this, into a local that it then returns.
+//!
+//! This module owns the one piece of unsafe code outside [`crate::memmap`]:
+//! writing a partly initialised `Allocator` through a raw pointer. It decides
+//! nothing about what the fields hold (the same helpers as ever compute them) and
+//! initialises no memory.
+
+use core::array;
+use core::mem::MaybeUninit;
+use core::ptr::addr_of_mut;
+use core::sync::atomic::AtomicUsize;
+
+use lock_api::RawMutex;
+
+use crate::allocator::{Allocator, Constraint, ZoneList, CONSTRAINTS};
+use crate::init::{ChunkError, Config, InitCause, InitCounters, InitError, Strategy};
+use crate::layout::{Layout, LayoutBuilder, NodeId, Pfn, ZoneType, EMPTY_LAYOUT, ZONE_TYPES};
+use crate::memmap::{BackingError, Memmap, MemmapBacking};
+use crate::pcp::CpuCache;
+use crate::reentry::InBacking;
+use crate::section::{SectionSlot, Sections, SlotsError};
+use crate::zone::Zone;
+
+// A layout is copied into place byte for byte: that is its clone only while it
+// owns nothing and has nothing to drop (it holds integers and arrays of them).
+const _: () = assert!(!core::mem::needs_drop::<Layout>());
+
+/// Where a layout comes from for [`Allocator::start_in_place`].
+enum Map<'m> {
+    Built(&'m Layout),
+    Builder(&'m LayoutBuilder),
+}
+
+impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
+    /// [`Allocator::new`], built in `slot` instead of on the stack; returns the
+    /// allocator there. `layout` is copied into it. Bring-up this way needs a few
+    /// KiB of stack (see the crate docs, "Stack"), not the size of the allocator.
+    ///
+    /// The slot owns the allocator from then on, and never drops it (a kernel's
+    /// never is): to drop it, `slot.assume_init_drop()`. On error nothing is left
+    /// in the slot to drop, and `backing` has been dropped.
+    pub fn init_in_place<'s>(
+        slot: &'s mut MaybeUninit<Self>,
+        layout: &Layout,
+        backing: B,
+        slots: &'a [SectionSlot],
+        cpus: &'a [CpuCache<R>],
+        config: Config,
+    ) -> Result<&'s mut Self, InitError> {
+        Self::start_in_place(slot, Map::Built(layout), backing, slots, cpus, config)
+    }
+
+    /// [`init_in_place`](Self::init_in_place), validating `map` straight into
+    /// the allocator's own layout, so that no [`Layout`] is ever on the stack
+    /// either: the whole of bring-up, from memory map to first allocation, in
+    /// 16 KiB of stack. A map that does not validate is [`InitError::Layout`].
+    pub fn build_in_place<'s>(
+        slot: &'s mut MaybeUninit<Self>,
+        map: &LayoutBuilder,
+        backing: B,
+        slots: &'a [SectionSlot],
+        cpus: &'a [CpuCache<R>],
+        config: Config,
+    ) -> Result<&'s mut Self, InitError> {
+        Self::start_in_place(slot, Map::Builder(map), backing, slots, cpus, config)
+    }
+
+    /// Start-up, written into `slot` field by field.
+    fn start_in_place<'s>(
+        slot: &'s mut MaybeUninit<Self>,
+        map: Map<'_>,
+        backing: B,
+        slots: &'a [SectionSlot],
+        cpus: &'a [CpuCache<R>],
+        config: Config,
+    ) -> Result<&'s mut Self, InitError> {
+        let this = slot.as_mut_ptr();
+        // SAFETY: `this` points to memory valid for an `Allocator`, exclusively
+        // ours through `slot`; each field is written through `addr_of_mut!`, which
+        // makes no reference to the uninitialised whole. The layout is written
+        // first (an empty one copied from a static, or the caller's, byte for
+        // byte: a layout owns nothing, asserted above), so the reference to it is
+        // to initialised memory; it is the only reference to that field until the
+        // allocator is whole.
+        let layout: &Layout = unsafe {
+            let place = addr_of_mut!((*this).layout);
+            match map {
+                Map::Built(layout) => core::ptr::copy_nonoverlapping(layout, place, 1),
+                Map::Builder(map) => {
+                    core::ptr::copy_nonoverlapping(&EMPTY_LAYOUT, place, 1);
+                    map.build_into(&mut *place).map_err(InitError::Layout)?;
+                }
+            }
+            &*place
+        };
+        let chunk_shift = config.chunk_shift(layout)?;
+        let chunks_shift = layout.section_shift() - chunk_shift;
+        let memmap_sections = layout.memmap_sections();
+        let count = memmap_sections.len();
+        let given = slots.len();
+        let present_chunks = layout.present_runs(Pfn(0)..Pfn(u64::MAX)).map(|r| {
+            (
+                (r.start.0 >> chunk_shift) as usize,
+                ((r.end.0 - 1) >> chunk_shift) as usize + 1,
+            )
+        });
+        let sections = Sections::new(
+            slots,
+            memmap_sections.start,
+            count,
+            chunks_shift,
+            present_chunks,
+        )
+        .map_err(|e| match e {
+            SlotsError::InUse { index } => InitError::SlotsInUse { index },
+            // `chunk_shift` checked the chunks per section already.
+            SlotsError::TooFew | SlotsError::TooManyChunks => InitError::TooFewSlots {
+                needed: count,
+                given,
+            },
+        })?;
+        // On failure the sections are dropped with it, which frees the slots.
+        let memmap = Memmap::new(backing, sections, layout, chunk_shift)
+            .ok_or(InitError::MisalignedMemmap)?;
+        for cache in cpus {
+            // Whatever a reused cache held belongs to a previous allocator.
+            cache.reset();
+        }
+        // SAFETY: as above: each field of `*this` is written once, in place,
+        // through a raw pointer; zones and zone lists element by element, so that
+        // no array of them is ever on the stack. The zones are read (to build the
+        // zone lists) only once every one of them is written. After the last
+        // field, every field is initialised, so the whole is.
+        let allocator = unsafe {
+            addr_of_mut!((*this).memmap).write(memmap);
+            let zones = addr_of_mut!((*this).zones).cast::<Zone<R>>();
+            for i in 0..crate::layout::MAX_NODES * ZONE_TYPES {
+                let node = i / ZONE_TYPES;
+                let kind = ZoneType::from_index(i % ZONE_TYPES);
+                let span = layout
+                    // Below MAX_NODES (16): fits in u32.
+                    .node(NodeId(node as u32))
+                    .map(|n| n.zones[kind as usize])
+                    .unwrap_or_default();
+                zones
+                    .add(i)
+                    .write(Zone::new(node as u8, kind, span, chunk_shift));
+            }
+            let zones = &*addr_of_mut!((*this).zones);
+            let lists = addr_of_mut!((*this).zonelists).cast::<ZoneList>();
+            for i in 0..crate::layout::MAX_NODES * CONSTRAINTS {
+                let constraint =
+                    [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
+                let list = ZoneList::build(zones, layout.node_count(), i / CONSTRAINTS, constraint);
+                lists.add(i).write(list);
+            }
+            addr_of_mut!((*this).cpus).write(cpus);
+            addr_of_mut!((*this).config).write(config);
+            addr_of_mut!((*this).work).write(array::from_fn(|_| AtomicUsize::new(0)));
+            addr_of_mut!((*this).counters).write(InitCounters::new());
+            addr_of_mut!((*this).in_backing).write(InBacking::new());
+            slot.assume_init_mut()
+        };
+        if let Err(e) = allocator.boot() {
+            // SAFETY: the allocator is whole (above) and no reference to it
+            // outlives this call: drop it, leaving the slot as the caller gave it.
+            unsafe { slot.assume_init_drop() };
+            return Err(e);
+        }
+        // SAFETY: whole, and not dropped (the branch above returned).
+        Ok(unsafe { slot.assume_init_mut() })
+    }
+
+    /// Under [`Strategy::Eager`], initialises every chunk.
+    fn boot(&self) -> Result<(), InitError> {
+        if self.config.strategy != Strategy::Eager {
+            return Ok(());
+        }
+        let chunks_shift = self.memmap.sections().chunks_shift();
+        let sections = self.layout.memmap_sections();
+        for index in sections.start << chunks_shift..sections.end << chunks_shift {
+            self.init_chunk(index, InitCause::Boot)
+                .map_err(|e| match e {
+                    ChunkError::Backing(e) => InitError::Backing(e),
+                    // No one can call an allocator that is not returned yet.
+                    ChunkError::Reentrant { chunk } => InitError::Backing(BackingError {
+                        section: chunk >> chunks_shift,
+                        reason: "start-up was re-entered from the backing",
+                    }),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// [`Allocator::new`]: start-up in a local, returned by value.
+    pub(crate) fn start_by_value(
+        layout: &Layout,
+        backing: B,
+        slots: &'a [SectionSlot],
+        cpus: &'a [CpuCache<R>],
+        config: Config,
+    ) -> Result<Self, InitError> {
+        let mut slot = MaybeUninit::uninit();
+        Self::init_in_place(&mut slot, layout, backing, slots, cpus, config)?;
+        // SAFETY: `init_in_place` returned Ok, so the slot holds a whole
+        // allocator, which moves out of it here (the slot never drops it).
+        Ok(unsafe { slot.assume_init() })
+    }
+}

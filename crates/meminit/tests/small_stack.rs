@@ -1,0 +1,225 @@
+//! Bring-up on a kernel's boot stack: the memory map built, the allocator started
+//! in place, and the first allocations and frees made, on a 16 KiB thread stack
+//! under each strategy (the test profile is the workspace's `dev`, opt-level 1,
+//! and `release`; both fit). Without optimisation at all (opt-level 0) it needs
+//! between 24 and 32 KiB, as the crate docs say: this test is for the profiles
+//! the workspace builds.
+
+#![cfg(not(miri))]
+
+mod common;
+
+use std::mem::MaybeUninit;
+
+use common::Lent;
+use meminit::{
+    AllocError, Allocator, Config, Constraint, CpuId, InitError, Layout, LayoutBuilder,
+    LayoutError, NodeId, Pfn, RangeKind, SliceBacking, Strategy,
+};
+
+const MIB: u64 = 1 << 20;
+const STACK: usize = 16 << 10;
+
+type Alloc<'a> = Allocator<'a, SliceBacking<'a>, parking_lot::RawMutex>;
+
+/// The memory map: two nodes, a hole, a reserved range, 8 MiB sections.
+fn map(b: &mut LayoutBuilder) -> &mut LayoutBuilder {
+    b.section_size(8 * MIB)
+        .add(MIB, 40 * MIB, RangeKind::Usable, NodeId(0))
+        .add(12 * MIB, 13 * MIB, RangeKind::Reserved, NodeId(0))
+        .add(48 * MIB, 96 * MIB, RangeKind::Usable, NodeId(1))
+}
+
+/// Runs `f` on a thread with a 16 KiB stack; a stack overflow aborts the test
+/// binary, which fails it.
+fn on_small_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(STACK)
+            .spawn_scoped(s, f)
+            .unwrap()
+            .join()
+            .unwrap()
+    })
+}
+
+/// What a boot CPU does first: allocations of a few orders (growing the zones
+/// under the lazy strategies), through its cache and not, then frees.
+fn first_steps(a: &Alloc<'_>) {
+    if a.strategy() == Strategy::Deferred {
+        for node in [NodeId(0), NodeId(1)] {
+            assert_eq!(a.run_deferred_worker(node).failed, 0);
+        }
+    }
+    let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+    let q = a.alloc(10, Constraint::Dma, NodeId(0)).unwrap();
+    let r = a.alloc_on(CpuId(1), 3, Constraint::Any, NodeId(1)).unwrap();
+    assert_eq!(a.page(r).unwrap().zone().map(|z| z.0), Some(NodeId(1)));
+    a.free_order_on(CpuId(1), p, 0).unwrap();
+    a.free_order(q, 10).unwrap();
+    a.free_order_on(CpuId(0), r, 3).unwrap();
+    assert!(a.page_or_init(Pfn(90 * MIB / 4096)).is_ok());
+}
+
+#[test]
+fn bring_up_in_place_and_first_allocations_fit_a_16_kib_stack() {
+    // What the memmap, the slots and the caches need comes from the heap here (a
+    // kernel's statics); the allocator's own memory too.
+    let layout = {
+        let mut b = LayoutBuilder::new();
+        map(&mut b).build().unwrap()
+    };
+    for strategy in Strategy::ALL {
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
+        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+        let Lent {
+            memmap,
+            slots,
+            cpus,
+        } = &mut lent;
+        on_small_stack(|| {
+            // The memory map is built on this stack too.
+            let mut b = LayoutBuilder::new();
+            let a = Allocator::build_in_place(
+                &mut slot,
+                map(&mut b),
+                SliceBacking::new(memmap),
+                slots,
+                cpus,
+                Config::new(strategy),
+            )
+            .unwrap();
+            assert_eq!(a.strategy(), strategy);
+            first_steps(a);
+        });
+        // SAFETY: build_in_place succeeded; nothing borrows the allocator now.
+        unsafe { slot.assume_init_drop() };
+    }
+}
+
+#[test]
+fn init_in_place_from_a_built_layout_fits_a_16_kib_stack() {
+    let layout = {
+        let mut b = LayoutBuilder::new();
+        map(&mut b).build().unwrap()
+    };
+    for strategy in Strategy::ALL {
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
+        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+        let Lent {
+            memmap,
+            slots,
+            cpus,
+        } = &mut lent;
+        let layout = &layout;
+        on_small_stack(|| {
+            let a = Allocator::init_in_place(
+                &mut slot,
+                layout,
+                SliceBacking::new(memmap),
+                slots,
+                cpus,
+                Config::new(strategy),
+            )
+            .unwrap();
+            first_steps(a);
+        });
+        // SAFETY: init_in_place succeeded; nothing borrows the allocator now.
+        unsafe { slot.assume_init_drop() };
+    }
+}
+
+#[test]
+fn in_place_start_up_reports_every_error() {
+    let layout = {
+        let mut b = LayoutBuilder::new();
+        map(&mut b).build().unwrap()
+    };
+    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
+    // A map that does not validate.
+    let mut bad = LayoutBuilder::new();
+    bad.add(8 * MIB, 4 * MIB, RangeKind::Usable, NodeId(0));
+    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+    let err = Allocator::build_in_place(
+        &mut slot,
+        &bad,
+        SliceBacking::new(&mut lent.memmap),
+        &lent.slots,
+        &lent.cpus,
+        Config::new(Strategy::OnDemand),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, InitError::Layout(LayoutError::Inverted { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("memory map"), "{err}");
+    // Too few slots.
+    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+    let err = Allocator::init_in_place(
+        &mut slot,
+        &layout,
+        SliceBacking::new(&mut lent.memmap),
+        &lent.slots[..1],
+        &lent.cpus,
+        Config::new(Strategy::OnDemand),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, InitError::TooFewSlots { .. }), "{err}");
+    // A memmap too short for eager start-up: the backing fails, and the slot is
+    // left with nothing in it to drop.
+    let mut short = Box::<[meminit::Page]>::new_uninit_slice(1024);
+    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+    let err = Allocator::init_in_place(
+        &mut slot,
+        &layout,
+        SliceBacking::new(&mut short),
+        &lent.slots,
+        &lent.cpus,
+        Config::new(Strategy::Eager),
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, InitError::Backing(_)), "{err}");
+    // The slots and caches then serve an allocator that works.
+    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+    let a = Allocator::init_in_place(
+        &mut slot,
+        &layout,
+        SliceBacking::new(&mut lent.memmap),
+        &lent.slots,
+        &lent.cpus,
+        Config::new(Strategy::OnDemand),
+    )
+    .unwrap();
+    assert!(matches!(
+        a.alloc(11, Constraint::Any, NodeId(0)),
+        Err(AllocError::OrderTooLarge { order: 11 })
+    ));
+    first_steps(a);
+    // SAFETY: the last start-up succeeded; `a` is not used after this.
+    unsafe { slot.assume_init_drop() };
+}
+
+#[test]
+fn the_layout_built_in_place_is_the_layout_built_by_value() {
+    let mut b = LayoutBuilder::new();
+    map(&mut b);
+    let by_value = b.build().unwrap();
+    let mut other = LayoutBuilder::new();
+    other.add(0, 4 << 30, RangeKind::Usable, NodeId(3));
+    let mut in_place: Layout = other.build().unwrap();
+    b.build_into(&mut in_place).unwrap();
+    assert_eq!(format!("{by_value:?}"), format!("{in_place:?}"));
+    assert_eq!(in_place.node_count(), 2);
+    // An error leaves a layout with no memory, or the old one.
+    let mut none = LayoutBuilder::new();
+    none.add(0, 1 << 20, RangeKind::Reserved, NodeId(0));
+    assert_eq!(
+        none.build_into(&mut in_place),
+        Err(LayoutError::NoUsableMemory)
+    );
+    assert_eq!(in_place.usable_pages(), 0);
+}
