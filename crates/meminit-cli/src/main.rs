@@ -1,8 +1,9 @@
 //! `meminit`: boot any machine's memory map on this host and compare eager, deferred
 //! and on-demand memmap initialisation side by side.
 //!
-//! This file owns the command line and the output (tables for people, JSON for
-//! programs); the simulation is `meminit_host::sim`.
+//! This file owns the command line and the JSON for programs; the tables for
+//! people are `table`'s (the spike's rows `spike`'s), the simulation is
+//! `meminit_host::sim`.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -19,7 +20,12 @@ use meminit_host::sim::{self, Options, Report, StrategyReport, Workload};
 use meminit_host::size;
 
 mod plot;
+mod spike;
+mod table;
 mod vm;
+
+use table::print_report;
+pub(crate) use table::{format_ns, print_columns};
 
 #[derive(Parser)]
 #[command(
@@ -97,10 +103,21 @@ struct ReportArgs {
     /// Crash-kernel reservation below 4 GiB, like `crashkernel=`.
     #[arg(long, value_parser = parse_size)]
     crashkernel: Option<u64>,
-    /// After boot: `idle`, `container[:SIZE]` (default 100M, touched page by page)
-    /// or `random[:OPS]`.
+    /// After boot: `idle`, `container[:SIZE]` (default 100M, touched page by page),
+    /// `random[:OPS]`, `smp[:OPS]`, or `spike[:SIZE]` (SIZE allocated page by page
+    /// and written, all freed, then idle passes that report free memory to the host
+    /// and give chunks back).
     #[arg(long, default_value = "idle", value_parser = parse_workload)]
     workload: Workload,
+    /// Give chunks that stayed free back to uninitialised, releasing their memmap,
+    /// in the idle passes of the `spike` workload: `on` or `off` for every
+    /// strategy, or `default` (on for on-demand only).
+    #[arg(long, value_enum, default_value = "default")]
+    give_back: GiveBackArg,
+    /// Initialised free memory each zone keeps when giving back, in whole pages,
+    /// e.g. 16M [default: 16M, four chunks].
+    #[arg(long, value_parser = parse_size)]
+    give_back_reserve: Option<u64>,
     /// Host memory a strategy may commit before it is skipped [default: half of
     /// MemAvailable].
     #[arg(long, value_parser = parse_size)]
@@ -128,6 +145,13 @@ struct ReportArgs {
     /// Run each strategy this many times; times are given as median [min–max].
     #[arg(long, default_value_t = 3)]
     runs: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GiveBackArg {
+    On,
+    Off,
+    Default,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -276,7 +300,7 @@ struct Repeated {
 type ReadFigure = fn(&StrategyReport) -> Option<f64>;
 
 /// The figures of a strategy whose spread is reported.
-const REPORT_METRICS: [(&str, ReadFigure); 8] = [
+const REPORT_METRICS: [(&str, ReadFigure); 14] = [
     ("ready_ns", |s| Some(s.ready_ns as f64)),
     ("full_init_ns", |s| s.full_init_ns.map(|t| t as f64)),
     ("init_ns", |s| Some(s.init_ns as f64)),
@@ -288,6 +312,32 @@ const REPORT_METRICS: [(&str, ReadFigure); 8] = [
     }),
     ("memmap_resident_end_bytes", |s| {
         Some(s.memmap_resident_end_bytes as f64)
+    }),
+    (spike::MEMMAP_BOOT, |s| {
+        s.spike
+            .as_ref()
+            .map(|p| p.memmap_resident_boot_bytes as f64)
+    }),
+    (spike::MEMMAP_PEAK, |s| {
+        s.spike
+            .as_ref()
+            .map(|p| p.memmap_resident_peak_bytes as f64)
+    }),
+    (spike::MEMMAP_RELEASE, |s| {
+        s.spike
+            .as_ref()
+            .map(|p| p.memmap_resident_release_bytes as f64)
+    }),
+    (spike::GUEST_BOOT, |s| {
+        s.spike.as_ref().map(|p| p.guest_resident_boot_bytes as f64)
+    }),
+    (spike::GUEST_PEAK, |s| {
+        s.spike.as_ref().map(|p| p.guest_resident_peak_bytes as f64)
+    }),
+    (spike::GUEST_RELEASE, |s| {
+        s.spike
+            .as_ref()
+            .map(|p| p.guest_resident_release_bytes as f64)
     }),
 ];
 
@@ -358,6 +408,33 @@ fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Repeated, ExitCod
     };
     opts.premapped = matches!(args.memmap_granularity, GranularityArg::Premapped);
     opts.accept = args.accept_memory;
+    opts.give_back = match args.give_back {
+        GiveBackArg::On => Some(true),
+        GiveBackArg::Off => Some(false),
+        GiveBackArg::Default => None,
+    };
+    if let Some(reserve) = args.give_back_reserve {
+        if args.give_back == GiveBackArg::Off {
+            bail!("--give-back-reserve: give-back is off (--give-back off); drop one of them");
+        }
+        if reserve % PAGE_SIZE != 0 {
+            bail!(
+                "--give-back-reserve {}: not a whole number of {} pages",
+                size::format(reserve),
+                size::format(PAGE_SIZE)
+            );
+        }
+        let present = layout.present_pages() * PAGE_SIZE;
+        if reserve > present {
+            bail!(
+                "--give-back-reserve {}: more than the {} of machine {}; nothing would ever be given back",
+                size::format(reserve),
+                size::format(present),
+                machine.name
+            );
+        }
+        opts.give_back_reserve = Some(reserve);
+    }
     let progress = Spinner::new();
     let mut all = Vec::new();
     for _ in 0..args.runs {
@@ -396,7 +473,20 @@ fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Repeated, ExitCod
             eprintln!("wrote {}", f.display());
         }
     }
-    let failed = report.first.strategies.iter().any(|s| s.alloc_failures > 0);
+    let failed = report.first.strategies.iter().any(|s| {
+        s.alloc_failures > 0
+            || s.spike
+                .as_ref()
+                .is_some_and(|p| p.reuse_not_zeroed_pages > 0)
+    });
+    for s in &report.first.strategies {
+        if let Some(p) = s.spike.as_ref().filter(|p| p.reuse_not_zeroed_pages > 0) {
+            eprintln!(
+                "meminit: {}: {} pages reported to the host and allocated again did not read zeroes",
+                s.strategy, p.reuse_not_zeroed_pages
+            );
+        }
+    }
     let code = if failed {
         ExitCode::FAILURE
     } else {
@@ -437,283 +527,6 @@ impl sim::Progress for Spinner {
             self.bar.enable_steady_tick(Duration::from_millis(120));
         }
         self.bar.set_message(what.to_string());
-    }
-}
-
-pub(crate) fn format_ns(ns: u64) -> String {
-    let f = ns as f64;
-    if ns < 1_000 {
-        format!("{ns} ns")
-    } else if ns < 1_000_000 {
-        format!("{:.1} µs", f / 1e3)
-    } else if ns < 1_000_000_000 {
-        format!("{:.1} ms", f / 1e6)
-    } else {
-        format!("{:.2} s", f / 1e9)
-    }
-}
-
-/// One row of the report table: how to print a strategy's figure.
-type Cell<'a> = Box<dyn Fn(&StrategyReport) -> String + 'a>;
-
-fn print_report(repeated: &Repeated, opts: &Options) {
-    let report = &repeated.first;
-    println!(
-        "machine {}: {} present on {} node{}, {} CPU{}, {} sections, {} chunks; workload {}; {} deferred worker thread{}",
-        report.machine,
-        size::format(report.present_bytes),
-        report.nodes,
-        if report.nodes == 1 { "" } else { "s" },
-        report.cpus,
-        if report.cpus == 1 { "" } else { "s" },
-        size::format(report.section_bytes),
-        size::format(opts.chunk_size),
-        report.workload,
-        opts.threads,
-        if opts.threads == 1 { "" } else { "s" },
-    );
-    println!(
-        "  times: median [min–max] of {} run{}; the rest from the first run",
-        repeated.runs,
-        if repeated.runs == 1 { "" } else { "s" }
-    );
-    let ran: Vec<&StrategyReport> = report
-        .strategies
-        .iter()
-        .filter(|s| s.skipped.is_none())
-        .collect();
-    for s in report.strategies.iter().filter(|s| s.skipped.is_some()) {
-        println!(
-            "  {} skipped: {}",
-            s.strategy,
-            s.skipped.as_deref().unwrap_or("")
-        );
-    }
-    if ran.is_empty() {
-        return;
-    }
-    let spread = |s: &StrategyReport, metric: &str, f: &dyn Fn(f64) -> String| -> Option<String> {
-        let sp = repeated.spread.get(s.strategy)?.get(metric)?;
-        Some(if sp.n <= 1 || sp.min == sp.max {
-            f(sp.median)
-        } else {
-            format!("{} [{}–{}]", f(sp.median), f(sp.min), f(sp.max))
-        })
-    };
-    let ns = |v: f64| format_ns(v.round() as u64);
-    let rows: Vec<(&str, Cell)> = vec![
-        (
-            "time until ready",
-            Box::new(move |s| spread(s, "ready_ns", &ns).unwrap_or_else(|| format_ns(s.ready_ns))),
-        ),
-        (
-            "time until all initialised",
-            Box::new(move |s| match s.full_init_ns {
-                None => "never".into(),
-                Some(t) => spread(s, "full_init_ns", &ns).unwrap_or_else(|| format_ns(t)),
-            }),
-        ),
-        (
-            "time growing (allocations that grew)",
-            Box::new(|s| format!("{} ({})", format_ns(s.grow_ns), s.grows)),
-        ),
-        (
-            "chunks: boot/workers/growth/look-up",
-            Box::new(|s| {
-                format!(
-                    "{}/{}/{}/{} of {}",
-                    s.chunks_by_boot,
-                    s.chunks_by_workers,
-                    s.chunks_by_growth,
-                    s.chunks_by_lookup,
-                    s.chunks_present
-                )
-            }),
-        ),
-        (
-            "memory accepted: ready/boot/workload",
-            Box::new(|s| {
-                if s.accept {
-                    format!(
-                        "{}/{}/{}",
-                        size::format(s.accepted_ready_bytes),
-                        size::format(s.accepted_boot_bytes),
-                        size::format(s.accepted_end_bytes)
-                    )
-                } else {
-                    "-".into()
-                }
-            }),
-        ),
-        (
-            "memmap resident after boot",
-            Box::new(|s| size::format(s.memmap_resident_boot_bytes)),
-        ),
-        (
-            "memmap resident after workload",
-            Box::new(|s| size::format(s.memmap_resident_end_bytes)),
-        ),
-        (
-            "memmap if all initialised",
-            Box::new(|s| size::format(s.memmap_full_bytes)),
-        ),
-        (
-            "alloc fast path p50/p99/max",
-            Box::new(|s| latency(&s.alloc_fast)),
-        ),
-        (
-            "alloc slow path p50/p99/max",
-            Box::new(|s| latency(&s.alloc_slow)),
-        ),
-        (
-            "allocations (fast/slow/failed)",
-            Box::new(|s| {
-                format!(
-                    "{}/{}/{}",
-                    s.alloc_fast.count, s.alloc_slow.count, s.alloc_failures
-                )
-            }),
-        ),
-        (
-            "time initialising memmap",
-            Box::new(move |s| spread(s, "init_ns", &ns).unwrap_or_else(|| format_ns(s.init_ns))),
-        ),
-        (
-            "physical limit: best 1-core fill, same bytes",
-            Box::new(move |s| {
-                format!(
-                    "{} ({})",
-                    spread(s, "limit_fill_ns", &ns).unwrap_or_else(|| format_ns(s.limit_fill_ns)),
-                    s.limit_method
-                )
-            }),
-        ),
-        (
-            "limit / initialising (1.0 = at limit)",
-            Box::new(move |s| {
-                if s.init_ns == 0 {
-                    "-".into()
-                } else {
-                    spread(s, "limit_ratio", &|v| format!("{v:.2}"))
-                        .unwrap_or_else(|| format!("{:.2}", s.limit_ratio))
-                }
-            }),
-        ),
-        (
-            "parallel limit: all workers' cores fill",
-            Box::new(move |s| {
-                format!(
-                    "{} ({} thread{})",
-                    spread(s, "limit_parallel_fill_ns", &ns)
-                        .unwrap_or_else(|| format_ns(s.limit_parallel_fill_ns)),
-                    s.limit_parallel_threads,
-                    if s.limit_parallel_threads == 1 {
-                        ""
-                    } else {
-                        "s"
-                    }
-                )
-            }),
-        ),
-        (
-            "parallel limit / deferred init",
-            Box::new(|s| {
-                if s.strategy == "deferred" && s.init_ns > 0 {
-                    format!("{:.2}", s.limit_parallel_fill_ns as f64 / s.init_ns as f64)
-                } else {
-                    "-".into()
-                }
-            }),
-        ),
-    ];
-    let headers: Vec<&str> = ran.iter().map(|s| s.strategy).collect();
-    let table: Vec<(&str, Vec<String>)> = rows
-        .iter()
-        .map(|(label, cell)| (*label, ran.iter().map(|s| cell(s)).collect()))
-        .collect();
-    print_columns(&headers, &table);
-    println!("  boot allocations (sized as Linux sizes them):");
-    for b in &ran[0].boot {
-        let blocks: u64 = b.blocks_per_node.iter().sum();
-        let failed: Vec<String> = ran
-            .iter()
-            .filter(|s| s.boot.iter().any(|x| x.name == b.name && x.failures > 0))
-            .map(|s| s.strategy.to_string())
-            .collect();
-        println!(
-            "    {:<40} {:>8} in {} block{} of order {}{}",
-            b.name,
-            size::format(b.bytes),
-            blocks,
-            if blocks == 1 { "" } else { "s" },
-            b.order,
-            if failed.is_empty() {
-                String::new()
-            } else {
-                format!("  FAILED under {}", failed.join(", "))
-            }
-        );
-    }
-    println!("  zones after the workload (pages): free / uninitialised per strategy");
-    print!(
-        "    {:>4} {:<6} {:>11} {:>11} {:>11}",
-        "node", "zone", "spanned", "present", "managed"
-    );
-    for s in &ran {
-        print!("  {:>23}", format!("{} free/uninit", s.strategy));
-    }
-    println!();
-    for (i, z) in ran[0].zones.iter().enumerate() {
-        print!(
-            "    {:>4} {:<6} {:>11} {:>11} {:>11}",
-            z.node, z.zone, z.spanned, z.present, z.managed
-        );
-        for s in &ran {
-            let row = &s.zones[i];
-            print!("  {:>23}", format!("{}/{}", row.free, row.uninitialised));
-        }
-        println!();
-    }
-}
-
-/// Prints rows of labelled cells under column headers, right-aligned.
-pub(crate) fn print_columns(headers: &[&str], rows: &[(&str, Vec<String>)]) {
-    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = headers
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            rows.iter()
-                .map(|(_, cells)| cells[i].chars().count())
-                .chain([h.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    print!("  {:label_width$}", "");
-    for (h, w) in headers.iter().zip(&widths) {
-        print!("  {h:>w$}");
-    }
-    println!();
-    for (label, cells) in rows {
-        print!("  {label:label_width$}");
-        for (cell, w) in cells.iter().zip(&widths) {
-            print!("  {cell:>w$}");
-        }
-        println!();
-    }
-}
-
-fn latency(l: &sim::Latency) -> String {
-    if l.count == 0 {
-        "-".into()
-    } else {
-        format!(
-            "{}/{}/{}",
-            format_ns(l.median_ns),
-            format_ns(l.p99_ns),
-            format_ns(l.max_ns)
-        )
     }
 }
 

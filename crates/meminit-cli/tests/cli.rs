@@ -167,6 +167,9 @@ fn json_report_has_the_documented_shape() {
             "limit_method",
             "limit_parallel_fill_ns",
             "limit_parallel_threads",
+            "give_back",
+            "give_back_reserve_bytes",
+            "spike",
             "boot",
             "zones",
         ] {
@@ -350,6 +353,157 @@ fn chunk_size_granularity_and_acceptance() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("chunk size"), "{err}");
+    }
+}
+
+/// The spike's figures for one strategy, as numbers.
+fn spike_figure(s: &Value, field: &str) -> u64 {
+    s["spike"][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}: spike.{field} is not a number: {s}", s["strategy"]))
+}
+
+/// `spike`: memory follows use down. On-demand gives its memmap back to within
+/// 4 MiB of what it had after boot; eager keeps its memmap, unchanged; every
+/// strategy reports the freed memory, which the host discards, so guest memory
+/// resident falls back to near its figure after boot; memory allocated again
+/// reads zeroes where it was reported.
+#[test]
+fn spike_gives_memory_and_memmap_back() {
+    let r = report_json(&["--machine", "container", "--workload", "spike:512M"]);
+    assert_eq!(r["workload"], "spike:512M");
+    let strategies = r["strategies"].as_array().unwrap();
+    assert_eq!(strategies.len(), 3);
+    for s in strategies {
+        let name = s["strategy"].as_str().unwrap();
+        let figure = |field| spike_figure(s, field);
+        assert_eq!(s["alloc_failures"], 0, "{name}");
+        assert_eq!(figure("bytes"), 512 << 20);
+        assert!(figure("passes") >= 2, "{name}: give-back needs two passes");
+        // Every page written, then discarded once reported.
+        assert!(
+            figure("guest_resident_peak_bytes") >= 512 << 20,
+            "{name}: {s}"
+        );
+        assert!(
+            figure("guest_resident_release_bytes")
+                <= figure("guest_resident_boot_bytes") + (8 << 20),
+            "{name}: {s}"
+        );
+        assert!(figure("reported_bytes") >= 512 << 20, "{name}: {s}");
+        assert!(figure("reuse_pages") > 0 && figure("reuse_reported_pages") > 0);
+        assert_eq!(figure("reuse_not_zeroed_pages"), 0, "{name}");
+        // The counts held (the workload checks them and fails otherwise).
+        for z in s["zones"].as_array().unwrap() {
+            let (free, uninit) = (
+                z["free"].as_u64().unwrap(),
+                z["uninitialised"].as_u64().unwrap(),
+            );
+            assert!(
+                free + uninit <= z["managed"].as_u64().unwrap(),
+                "{name}: {z}"
+            );
+        }
+    }
+    let (eager, ondemand) = (&strategies[0], &strategies[2]);
+    assert_eq!(eager["give_back"], false);
+    for field in [
+        "memmap_resident_peak_bytes",
+        "memmap_resident_release_bytes",
+    ] {
+        assert_eq!(
+            spike_figure(eager, field),
+            spike_figure(eager, "memmap_resident_boot_bytes"),
+            "eager's memmap is unchanged: {field}"
+        );
+    }
+    assert_eq!(spike_figure(eager, "chunks_given_back"), 0);
+    assert_eq!(ondemand["give_back"], true);
+    let boot = spike_figure(ondemand, "memmap_resident_boot_bytes");
+    assert!(spike_figure(ondemand, "memmap_resident_peak_bytes") >= boot + (8 << 20));
+    assert!(
+        spike_figure(ondemand, "memmap_resident_release_bytes") <= boot + (4 << 20),
+        "{ondemand}"
+    );
+    assert!(spike_figure(ondemand, "chunks_given_back") > 0);
+    assert!(spike_figure(ondemand, "memmap_released_bytes") > 0);
+}
+
+/// `--give-back on` gives back under eager as well (and keeps the reserve
+/// asked for); `off` keeps on-demand's memmap.
+#[test]
+fn give_back_can_be_turned_on_and_off_for_every_strategy() {
+    let run = |strategy, give_back, reserve: &[&str]| {
+        let mut args = vec![
+            "--memory",
+            "2G",
+            "--nodes",
+            "2",
+            "--cpus",
+            "2",
+            "--workload",
+            "spike:256M",
+            "--strategy",
+            strategy,
+            "--give-back",
+            give_back,
+        ];
+        args.extend_from_slice(reserve);
+        report_json(&args)["strategies"][0].clone()
+    };
+    let eager = run("eager", "on", &["--give-back-reserve", "8M"]);
+    assert_eq!(eager["give_back"], true);
+    assert_eq!(eager["give_back_reserve_bytes"], 8u64 << 20);
+    assert_eq!(eager["alloc_failures"], 0);
+    assert!(spike_figure(&eager, "chunks_given_back") > 0, "{eager}");
+    assert!(
+        spike_figure(&eager, "memmap_resident_release_bytes")
+            < spike_figure(&eager, "memmap_resident_boot_bytes"),
+        "{eager}"
+    );
+    let ondemand = run("ondemand", "off", &[]);
+    assert_eq!(ondemand["give_back"], false);
+    assert_eq!(spike_figure(&ondemand, "chunks_given_back"), 0);
+    assert_eq!(
+        spike_figure(&ondemand, "memmap_resident_release_bytes"),
+        spike_figure(&ondemand, "memmap_resident_peak_bytes")
+    );
+    assert!(spike_figure(&ondemand, "reported_bytes") >= 256 << 20);
+}
+
+/// Bad give-back options are errors that say which option and why.
+#[test]
+fn bad_give_back_options_are_refused() {
+    for (args, says) in [
+        (
+            &["--give-back", "maybe"][..],
+            "possible values: on, off, default",
+        ),
+        (&["--give-back-reserve", "lots"][..], "'lots' is not a size"),
+        (
+            &["--give-back", "off", "--give-back-reserve", "8M"][..],
+            "--give-back-reserve: give-back is off",
+        ),
+        (
+            &["--give-back-reserve", "1000"][..],
+            "not a whole number of 4K pages",
+        ),
+        (&["--give-back-reserve", "1T"][..], "more than the"),
+    ] {
+        let out = meminit()
+            .args([
+                "report",
+                "--machine",
+                "container",
+                "--workload",
+                "spike:64M",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
     }
 }
 

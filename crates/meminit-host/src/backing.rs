@@ -9,6 +9,14 @@
 //! `mincore`, not computed. Optionally, each chunk of simulated physical memory is
 //! *accepted* (zeroed, as a confidential guest's memory is accepted) before its
 //! first use, and the bytes accepted are counted.
+//!
+//! When the allocator gives chunks back, the backing releases the memmap under
+//! the piece they emptied with `MADV_DONTNEED` and keeps the mapping (the trait's
+//! safety rules: the range stays valid for reads and writes, and reads zeroes
+//! until it is populated again); the bytes released are counted. A premapped
+//! backing keeps its memmap: it stands for a kernel whose memmap is mapped once,
+//! for good. This module owns the memmap's memory and its figures; it never
+//! touches descriptors, and it releases nothing the allocator did not give back.
 
 use std::io;
 use std::ptr::NonNull;
@@ -19,7 +27,7 @@ use std::ops::Range;
 
 use meminit::memmap::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
 use meminit::source::PageSource;
-use meminit::{Layout, Page, PAGE_SIZE};
+use meminit::{Layout, Page, Pfn, PAGE_SIZE};
 
 use crate::region::Region;
 
@@ -38,10 +46,18 @@ pub fn thread_context() -> u64 {
 /// Memmap memory on a host.
 pub struct HostBacking {
     region: Region,
+    /// The pfn whose descriptor starts the region: the layout's memmap start.
+    first: u64,
     granularity: Granularity,
     /// Simulated physical memory to zero on acceptance, if acceptance is on.
     accept_into: Option<Arc<Region>>,
     accepted: AtomicU64,
+    /// Committed whole at creation, and kept so: `depopulate` releases nothing.
+    premapped: bool,
+    /// Bytes of memmap released by `depopulate`.
+    released: AtomicU64,
+    /// Bytes of reported memory the allocator took again.
+    reused_reported: AtomicU64,
 }
 
 impl HostBacking {
@@ -58,23 +74,33 @@ impl HostBacking {
                 layout.memmap_bytes(),
                 granularity == Granularity::Section,
             )?,
+            first: layout.memmap_start().0,
             granularity,
             accept_into: None,
             accepted: AtomicU64::new(0),
+            premapped: false,
+            released: AtomicU64::new(0),
+            reused_reported: AtomicU64::new(0),
         })
     }
 
     /// Reserves and commits the whole memmap of `layout` now, as a kernel whose
     /// memmap is mapped from the start: residency is the eager strategy's
     /// whatever the strategy, and the grow path pays for initialisation alone.
+    /// Give-back releases none of it: such a kernel has no way to unmap part of a
+    /// static memmap, and residency stays the eager strategy's by design.
     pub fn premapped(layout: &Layout) -> io::Result<Self> {
-        let backing = Self::new(layout)?;
+        let mut backing = Self::new(layout)?;
         backing.region.populate(0, backing.region.len())?;
+        backing.premapped = true;
         Ok(backing)
     }
 
     /// Accepts each chunk before its first use by zeroing its usable pages in
     /// `physical`, the simulated physical memory (pfn `p` at offset `p * 4096`).
+    /// A chunk given back is accepted again when it is initialised again, and its
+    /// memory, discarded if it was reported, is committed again by the zeroing (as
+    /// a confidential guest's accept makes its host back the page again).
     pub fn accepting(mut self, physical: Arc<Region>) -> Self {
         self.accept_into = Some(physical);
         self
@@ -84,6 +110,19 @@ impl HostBacking {
     pub fn accepted_bytes(&self) -> u64 {
         // Relaxed: a statistic.
         self.accepted.load(Relaxed)
+    }
+
+    /// Bytes of memmap released by give-back so far ([`MemmapBacking::depopulate`]).
+    pub fn released_bytes(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.released.load(Relaxed)
+    }
+
+    /// Bytes of memory reported to the host that the allocator used again
+    /// ([`MemmapBacking::reuse_reported`]).
+    pub fn reused_reported_bytes(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.reused_reported.load(Relaxed)
     }
 
     /// Bytes of memmap resident on the host now.
@@ -100,7 +139,9 @@ impl HostBacking {
 // SAFETY: `descriptors` is the 2 MiB-aligned base of one mapping of at least
 // `layout.memmap_bytes()` bytes that lives as long as the backing; `populate` commits
 // exactly the piece's descriptors and never hands the memory to anyone else; no
-// pages are taken; the granularity is fixed at creation.
+// pages are taken; the granularity is fixed at creation; `depopulate` drops the
+// piece's pages with `MADV_DONTNEED` but never unmaps them, so the range stays
+// valid for reads (zeroes) and writes until the next `populate`.
 unsafe impl MemmapBacking for HostBacking {
     fn descriptors(&self) -> NonNull<Page> {
         self.region.base().cast()
@@ -146,8 +187,8 @@ unsafe impl MemmapBacking for HostBacking {
         _: &mut PageSource<'_>,
     ) -> Result<Populated, BackingError> {
         // The region holds the descriptors from the layout's memmap start on.
-        let first = layout.memmap_start().0;
-        let offset = piece.start.0.saturating_sub(first) as usize * size_of::<Page>();
+        let _ = layout;
+        let offset = piece.start.0.saturating_sub(self.first) as usize * size_of::<Page>();
         self.region
             .populate(offset, piece.memmap_bytes() as usize)
             .map_err(|e| BackingError {
@@ -159,5 +200,123 @@ unsafe impl MemmapBacking for HostBacking {
                 },
             })?;
         Ok(Populated::ELSEWHERE)
+    }
+
+    fn depopulate(&self, piece: MemmapPiece) -> bool {
+        if self.premapped {
+            return false;
+        }
+        let offset = piece.start.0.saturating_sub(self.first) as usize * size_of::<Page>();
+        let len = piece.memmap_bytes();
+        // A refusal keeps the memmap populated, which the trait allows: the
+        // allocator then never asks to populate it again.
+        if self.region.discard(offset, len as usize).is_err() {
+            return false;
+        }
+        // Relaxed: a statistic.
+        self.released.fetch_add(len, Relaxed);
+        true
+    }
+
+    fn reuse_reported(&self, pages: Range<Pfn>) {
+        // Nothing to do for the memory itself: the host's `MADV_DONTNEED` left
+        // zeroes that the next write commits again. Relaxed: a statistic.
+        self.reused_reported
+            .fetch_add((pages.end.0 - pages.start.0) * PAGE_SIZE, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meminit::{LayoutBuilder, RangeKind};
+
+    /// 256 MiB on one node: two 128 MiB sections, 2 MiB of memmap each.
+    fn layout() -> Layout {
+        let mut b = LayoutBuilder::new();
+        b.add(1 << 20, 256 << 20, RangeKind::Usable, meminit::NodeId(0));
+        b.build().unwrap()
+    }
+
+    fn populate(backing: &HostBacking, piece: MemmapPiece, layout: &Layout) {
+        let mut source = PageSource::new(layout, piece, backing.granularity());
+        backing.populate(piece, layout, &mut source).unwrap();
+    }
+
+    fn section(layout: &Layout, section: usize) -> MemmapPiece {
+        let pages = layout.section_pages();
+        MemmapPiece {
+            section,
+            start: Pfn(section as u64 * pages),
+            end: Pfn((section as u64 + 1) * pages),
+        }
+    }
+
+    #[test]
+    fn depopulate_releases_the_piece_and_keeps_it_mapped() {
+        let layout = layout();
+        let backing = HostBacking::new(&layout).unwrap();
+        let piece = section(&layout, 1);
+        populate(&backing, piece, &layout);
+        assert_eq!(backing.resident_bytes().unwrap(), 2 << 20);
+        // SAFETY: no allocator uses this backing; the piece is populated.
+        unsafe {
+            backing
+                .descriptors()
+                .as_ptr()
+                .add(piece.start.0 as usize + 7)
+                .write_bytes(0xa5, 1)
+        };
+        assert!(backing.depopulate(piece));
+        assert_eq!(backing.resident_bytes().unwrap(), 0);
+        assert_eq!(backing.released_bytes(), 2 << 20);
+        // Still mapped: it reads zeroes, and can be populated and written again.
+        // SAFETY: as above; depopulate keeps the range valid for reads and writes.
+        let byte = unsafe {
+            backing
+                .descriptors()
+                .as_ptr()
+                .add(piece.start.0 as usize + 7)
+                .cast::<u8>()
+                .read()
+        };
+        assert_eq!(byte, 0);
+        populate(&backing, piece, &layout);
+        assert_eq!(backing.resident_bytes().unwrap(), 2 << 20);
+    }
+
+    #[test]
+    fn chunk_pieces_release_their_small_pages_only() {
+        let layout = layout();
+        let backing = HostBacking::with_granularity(&layout, Granularity::Chunk).unwrap();
+        let chunk = |i: u64| MemmapPiece {
+            section: 0,
+            start: Pfn(i * 1024),
+            end: Pfn((i + 1) * 1024),
+        };
+        populate(&backing, chunk(1), &layout);
+        populate(&backing, chunk(2), &layout);
+        assert_eq!(backing.resident_bytes().unwrap(), 128 << 10);
+        assert!(backing.depopulate(chunk(1)));
+        assert_eq!(backing.resident_bytes().unwrap(), 64 << 10);
+        assert_eq!(backing.released_bytes(), 64 << 10);
+    }
+
+    #[test]
+    fn a_premapped_memmap_is_kept() {
+        let layout = layout();
+        let backing = HostBacking::premapped(&layout).unwrap();
+        let resident = backing.resident_bytes().unwrap();
+        assert!(resident >= 4 << 20);
+        assert!(!backing.depopulate(section(&layout, 0)));
+        assert_eq!(backing.resident_bytes().unwrap(), resident);
+        assert_eq!(backing.released_bytes(), 0);
+    }
+
+    #[test]
+    fn reuse_of_reported_memory_is_counted() {
+        let backing = HostBacking::new(&layout()).unwrap();
+        backing.reuse_reported(Pfn(512)..Pfn(1024));
+        assert_eq!(backing.reused_reported_bytes(), 2 << 20);
     }
 }

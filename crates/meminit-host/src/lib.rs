@@ -6,7 +6,8 @@
 //! is committed a section at a time by [`backing::HostBacking`], and its residency is
 //! read back from the OS. [`machine`] makes machines (built-in shapes, any size, a
 //! JSON map or a Linux boot log via [`dmesg`]); [`sim`] boots them under each
-//! strategy and measures, beside the physical limit of [`limit`].
+//! strategy and measures, beside the physical limit of [`limit`]; [`spike`] is the
+//! load spike after which memory (and memmap) should go back to the host.
 //!
 //! Unsafe code lives in [`region`] (system calls) and in the backing's `unsafe impl`.
 
@@ -18,6 +19,7 @@ pub mod region;
 pub mod sim;
 pub mod size;
 mod smp;
+pub mod spike;
 pub mod vm;
 
 pub use backing::HostBacking;

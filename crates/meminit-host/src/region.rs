@@ -180,6 +180,22 @@ impl Region {
         // SAFETY: in bounds (asserted); exclusivity is the caller's promise.
         unsafe { std::ptr::write_bytes(self.base.as_ptr().add(offset), byte, len) };
     }
+
+    /// Whether every byte of `[offset, offset + len)` reads zero. Reading a page
+    /// the OS does not hold maps its shared zero page: no memory is committed,
+    /// but `mincore` counts the page as resident from then on.
+    ///
+    /// # Safety
+    ///
+    /// No one may write that range meanwhile (in the simulator, the pages belong
+    /// to a block the caller allocated).
+    pub unsafe fn is_zeroed(&self, offset: usize, len: usize) -> bool {
+        assert!(self.check(offset, len).is_ok());
+        // SAFETY: in bounds (asserted) and mapped readable for the region's life;
+        // no writer meanwhile is the caller's promise; bytes have no invalid values.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset), len) };
+        bytes.iter().all(|&b| b == 0)
+    }
 }
 
 impl Drop for Region {
@@ -200,8 +216,14 @@ mod tests {
         r.populate(0, HUGE_PAGE).unwrap();
         let resident = r.resident_bytes().unwrap();
         assert_eq!(resident, HUGE_PAGE as u64);
+        // SAFETY: no one else uses the region.
+        unsafe { r.fill(4096, 4096, 0x5a) };
+        // SAFETY: as above.
+        assert!(!unsafe { r.is_zeroed(0, 2 * 4096) });
         r.discard(0, HUGE_PAGE).unwrap();
         assert_eq!(r.resident_bytes().unwrap(), 0);
+        // SAFETY: as above.
+        assert!(unsafe { r.is_zeroed(0, HUGE_PAGE) });
         assert!(r.populate(r.len(), 1).is_err());
     }
 }

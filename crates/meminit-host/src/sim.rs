@@ -23,6 +23,7 @@ use crate::size;
 
 pub use crate::limit::{chunked_fill_time, fill_time, limit_fill, parallel_fill_time};
 use crate::smp::smp_workload;
+use crate::spike::{spike_workload, SpikeReport};
 
 const PAGE: u64 = 4096;
 const DESCRIPTOR: u64 = 64;
@@ -56,6 +57,13 @@ pub struct Options {
     /// Whether each chunk of simulated memory is accepted (zeroed) before its
     /// first use, as a confidential guest's memory must be.
     pub accept: bool,
+    /// Whether chunks that stay free are given back ([`Config::give_back`]);
+    /// `None`: the strategy's default (on for on-demand only). Only the idle
+    /// passes of the `spike` workload give anything back.
+    pub give_back: Option<bool>,
+    /// Initialised free memory each zone keeps when giving back
+    /// ([`Config::give_back_reserve`]); `None`: the crate's default.
+    pub give_back_reserve: Option<u64>,
 }
 
 impl Options {
@@ -73,6 +81,8 @@ impl Options {
             granularity: Granularity::Section,
             premapped: false,
             accept: false,
+            give_back: None,
+            give_back_reserve: None,
         }
     }
 }
@@ -217,6 +227,13 @@ pub struct StrategyReport {
     pub accepted_boot_bytes: u64,
     /// Bytes accepted after the workload.
     pub accepted_end_bytes: u64,
+    /// Whether chunks that stayed free were given back (by the idle passes of
+    /// the `spike` workload).
+    pub give_back: bool,
+    /// Initialised free memory each zone kept when giving back (bytes).
+    pub give_back_reserve_bytes: u64,
+    /// The `spike` workload's figures, when it ran.
+    pub spike: Option<SpikeReport>,
     /// Fast-path allocations (free lists of the first or a fallback zone).
     pub alloc_fast: Latency,
     /// Slow-path allocations (the ones that grew a zone).
@@ -352,6 +369,8 @@ pub fn run_strategy(
 ) -> StrategyReport {
     let workload_bytes = match opts.workload {
         Workload::Container { bytes } => bytes,
+        // Written, with its memmap, before any of it is freed.
+        Workload::Spike { bytes } => bytes + bytes / (PAGE / DESCRIPTOR),
         _ => 0,
     };
     let need = memmap_need(layout, strategy) + workload_bytes;
@@ -402,19 +421,18 @@ fn measure(
     // kernel would lend them.
     let cpus: Vec<CpuCache<parking_lot::RawMutex>> =
         (0..machine.cpus.max(1)).map(|_| CpuCache::new()).collect();
-    let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
-        layout.clone(),
-        backing,
-        &slots,
-        &cpus,
-        Config {
-            clock: Some(now_ns),
-            chunk_size: opts.chunk_size,
-            context: Some(crate::backing::thread_context),
-            ..Config::new(strategy)
-        },
-    )
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let defaults = Config::new(strategy);
+    let config = Config {
+        clock: Some(now_ns),
+        chunk_size: opts.chunk_size,
+        context: Some(crate::backing::thread_context),
+        give_back: opts.give_back.unwrap_or(defaults.give_back),
+        give_back_reserve: opts.give_back_reserve.unwrap_or(defaults.give_back_reserve),
+        ..defaults
+    };
+    let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> =
+        Allocator::new(layout.clone(), backing, &slots, &cpus, config)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
     let ready_ns = t0.elapsed().as_nanos() as u64;
     let accepted_ready_bytes = allocator.backing().accepted_bytes();
 
@@ -512,10 +530,18 @@ fn measure(
         machine.name, opts.workload
     ));
     let mut smp_samples = None;
+    let mut spike = None;
     match opts.workload {
         Workload::Idle => {}
-        // Being built (issue 9): until then it runs as idle, and says so.
-        Workload::Spike { .. } => eprintln!("spike workload not in the simulator yet: idle"),
+        Workload::Spike { bytes } => {
+            spike = Some(spike_workload(
+                &allocator,
+                &physical,
+                &nodes,
+                bytes,
+                &mut timed_alloc,
+            )?);
+        }
         Workload::Smp { ops } => {
             smp_samples = Some(smp_workload(&allocator, machine.cpus, ops, &nodes));
         }
@@ -611,6 +637,9 @@ fn measure(
         accepted_ready_bytes,
         accepted_boot_bytes,
         accepted_end_bytes,
+        give_back: config.give_back,
+        give_back_reserve_bytes: config.give_back_reserve,
+        spike,
         alloc_fast: Latency::of(&mut fast),
         alloc_slow: Latency::of(&mut slow),
         alloc_failures: failures,

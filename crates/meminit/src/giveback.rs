@@ -262,7 +262,11 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let sections = self.memmap.sections();
         let (first, end) = zone.chunks(self.memmap.chunk_shift());
         let reserve = self.config.give_back_reserve >> PAGE_SHIFT;
-        for chunk in first..end {
+        // From the top down: growth starts at the bottom of a zone, where boot
+        // allocations sit, so the reserve that stays initialised is kept in the
+        // sections whose memmap boot needs anyway, not in a section the spike alone
+        // populated.
+        for chunk in (first..end).rev() {
             if sections.state(chunk) != ChunkState::Ready || !self.may_be_free(chunk) {
                 continue;
             }
