@@ -11,17 +11,22 @@
 #![no_main]
 
 mod acpi;
+mod balloon;
 mod boot;
 mod cmdline;
+mod free_report;
 mod memory;
 mod paging;
+mod pci;
 mod port;
 mod pvh;
 mod report;
 mod smp;
 mod smp_workload;
+mod spike;
 mod traps;
 mod tsc;
+mod virtio;
 
 use core::cell::Cell;
 
@@ -230,10 +235,35 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
 
     let nodes = layout.node_count();
     let mut progress = Progress::new(tsc_hz, options.workload);
+    let mut spike = None;
+    if let Workload::Spike { bytes } = options.workload {
+        let figures = spike::run(
+            bytes,
+            nodes,
+            options.hold,
+            tsc_hz,
+            spike::Paths {
+                alloc: &mut alloc,
+                free: &mut |pfn| match allocator.free_on(CpuId(0), pfn) {
+                    Ok(order) => allocated_pages.set(allocated_pages.get() - (1 << order)),
+                    Err(_) => failures.set(failures.get() + 1),
+                },
+                drain: &|| {
+                    allocator.drain_all_cpus();
+                },
+                tick: &mut |done, of| progress.tick(done, of),
+                report: &|reporter| match reporter {
+                    Some(r) => allocator.report_free(r),
+                    None => Ok(allocator.give_back()),
+                },
+            },
+        );
+        spike = Some(figures);
+    }
     match options.workload {
         Workload::Idle => {}
-        // Being built (issue 9): until then it runs as idle, and says so.
-        Workload::Spike { .. } => println!("meminit guest: spike workload not built yet: idle"),
+        // Run above, before the other workloads' match.
+        Workload::Spike { .. } => {}
         Workload::Smp { ops } => {
             use core::sync::atomic::Ordering::Relaxed;
             // Relaxed: published to the APs by the job's Release generation.
@@ -328,6 +358,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         failures: failures.get(),
         boot: &boot_results,
         counts_hold,
+        spike,
     };
     report.print();
     if !boot::stack_canary_intact() {
@@ -341,7 +372,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             println!("meminit guest: no byte came in 60 s; powering off");
         }
     }
-    exit(if failures.get() == 0 && counts_hold {
+    // A spike whose report failed, or that the host did not discard, fails too.
+    let spike_ok = spike.is_none_or(|s| s.ok());
+    exit(if failures.get() == 0 && counts_hold && spike_ok {
         ExitCode::Success
     } else {
         ExitCode::Failure

@@ -21,6 +21,13 @@
 //!   touched costs QEMU's host nothing, so what the host keeps resident follows
 //!   the chunks initialised, at 4 KiB rather than 2 MiB steps.
 //!
+//! Under `memmap=chunk`, a chunk the allocator gives back has its descriptors'
+//! pool pages released ([`GuestBacking::depopulate`]): they stay mapped, and are
+//! queued for the host, to which [`report_released_memmap`] hands them (through
+//! the balloon, which discards them) unless the chunk is populated again first.
+//! A section's memmap lives on the section's own memory (or a home), which the
+//! allocator never asks to release.
+//!
 //! With `accept=zero`, [`GuestBacking::accept`] zeroes each chunk's usable pages
 //! before the first is handed out, as a confidential guest accepts its memory, and
 //! counts the bytes. This module owns the page-table writes.
@@ -60,6 +67,42 @@ static HOMES_USED: AtomicUsize = AtomicUsize::new(0);
 /// of memmap it maps; its page tables follow those bytes. Zero when not set.
 static POOL_BASE: AtomicU64 = AtomicU64::new(0);
 static POOL_MEMMAP_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Memmap given back under `memmap=chunk` and not yet handed to the host: byte
+/// ranges of the memmap (offsets from [`VMEMMAP_BASE`], so pool offsets too).
+const MAX_RELEASED: usize = 512;
+struct Released {
+    ranges: [(u64, u64); MAX_RELEASED],
+    len: usize,
+}
+static RELEASED: spin::Mutex<Released> = spin::Mutex::new(Released {
+    ranges: [(0, 0); MAX_RELEASED],
+    len: 0,
+});
+
+/// Hands the memory under the memmap given back since the last call to
+/// `report` (guest-physical `(address, bytes)` ranges of the pool), and forgets
+/// it; returns the bytes handed over. The queue's lock is held throughout, so a
+/// chunk cannot be populated again (which takes it off the queue) while its
+/// memmap is being discarded. On an error the queue is kept for the next call.
+pub fn report_released_memmap<E>(
+    report: &mut impl FnMut(&[(u64, u64)]) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut released = RELEASED.lock();
+    // Relaxed: set before the allocator started (see `set_memmap_pool`).
+    let base = POOL_BASE.load(Ordering::Relaxed);
+    let mut physical = [(0u64, 0u64); 32];
+    let mut bytes = 0;
+    for group in released.ranges[..released.len].chunks(physical.len()) {
+        for (p, &(start, end)) in physical.iter_mut().zip(group) {
+            *p = (base + start, end - start);
+        }
+        report(&physical[..group.len()])?;
+        bytes += group.iter().map(|&(s, e)| e - s).sum::<u64>();
+    }
+    released.len = 0;
+    Ok(bytes)
+}
 
 /// Bytes of pool that map `memmap_bytes` of memmap with 4 KiB pages: the pages
 /// themselves, then one page table for every 2 MiB of them, then one page
@@ -323,7 +366,12 @@ impl GuestBacking {
 // the page source too. Under `Chunk`, it maps the chunk's descriptors to the pool
 // pages at the same offset, which the layout reserves and no other chunk's
 // descriptors use, and takes nothing. Either way no one else ever uses that
-// memory.
+// memory. `depopulate` releases nothing itself and keeps every mapping: it
+// queues a chunk's pool pages, whose contents the host may then discard (reads
+// see zeros, writes work), and `populate` takes a chunk off that queue under the
+// queue's lock, which the report holds, so live descriptors are never discarded.
+// (A populate drops every queued range it overlaps, merged neighbours included:
+// they stay resident, never wrongly discarded.)
 unsafe impl MemmapBacking for GuestBacking {
     fn descriptors(&self) -> NonNull<Page> {
         // Descriptors sit at `VMEMMAP_BASE + pfn * 64` from pfn 0; the allocator
@@ -344,13 +392,55 @@ unsafe impl MemmapBacking for GuestBacking {
         match self.granularity {
             Granularity::Section => self.populate_section(piece, pages),
             Granularity::Chunk => {
-                map_small(piece.start.0 * 64, piece.end.0 * 64).map_err(|reason| BackingError {
+                // Its memmap may be queued for the host since it was given back:
+                // it is in use again.
+                let (start, end) = (piece.start.0 * 64, piece.end.0 * 64);
+                let mut released = RELEASED.lock();
+                let len = released.len;
+                let mut kept = 0;
+                for i in 0..len {
+                    let r = released.ranges[i];
+                    if r.1 <= start || r.0 >= end {
+                        released.ranges[kept] = r;
+                        kept += 1;
+                    }
+                }
+                released.len = kept;
+                drop(released);
+                map_small(start, end).map_err(|reason| BackingError {
                     section: piece.section,
                     reason,
                 })?;
                 Ok(Populated::ELSEWHERE)
             }
         }
+    }
+
+    /// Under `memmap=chunk`, queues the chunk's descriptor pages for the host
+    /// ([`report_released_memmap`]); they stay mapped. Under sections, keeps the
+    /// memmap (the allocator never asks: it lives on the section's own memory, or
+    /// a home). Also keeps it when the queue is full.
+    fn depopulate(&self, piece: MemmapPiece) -> bool {
+        if self.granularity != Granularity::Chunk {
+            return false;
+        }
+        let (start, end) = (piece.start.0 * 64, piece.end.0 * 64);
+        // Only whole pool pages can be handed to the host.
+        if !start.is_multiple_of(SMALL) || !end.is_multiple_of(SMALL) || end <= start {
+            return false;
+        }
+        let mut released = RELEASED.lock();
+        let len = released.len;
+        if len > 0 && released.ranges[len - 1].1 == start {
+            released.ranges[len - 1].1 = end;
+            return true;
+        }
+        if len == MAX_RELEASED {
+            return false;
+        }
+        released.ranges[len] = (start, end);
+        released.len += 1;
+        true
     }
 
     fn accept(

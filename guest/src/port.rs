@@ -1,4 +1,6 @@
 //! Port I/O, the serial console (COM1) and QEMU's `isa-debug-exit` device.
+//!
+//! It owns the raw `in`/`out` instructions; what a port means is its caller's.
 
 use core::arch::asm;
 use core::fmt;
@@ -52,6 +54,34 @@ pub unsafe fn outw(port: u16, value: u16) {
     unsafe {
         asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
     };
+}
+
+/// Reads a 32-bit value from an I/O port.
+///
+/// # Safety
+///
+/// The port must be one whose side effects the caller intends.
+pub unsafe fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: the caller vouches for the port; `in` touches no memory.
+    unsafe {
+        asm!("in eax, dx", in("dx") port, out("eax") value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
+/// Reads a 16-bit value from an I/O port.
+///
+/// # Safety
+///
+/// The port must be one whose side effects the caller intends.
+pub unsafe fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: the caller vouches for the port; `in` touches no memory.
+    unsafe {
+        asm!("in ax, dx", in("dx") port, out("ax") value, options(nomem, nostack, preserves_flags))
+    };
+    value
 }
 
 const COM1: u16 = 0x3f8;

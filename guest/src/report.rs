@@ -102,6 +102,8 @@ pub struct Report<'a> {
     pub failures: u64,
     pub boot: &'a [(Option<EarlyRequest>, u64)],
     pub counts_hold: bool,
+    /// What `workload=spike:SIZE` did and reported.
+    pub spike: Option<crate::spike::SpikeFigures>,
 }
 
 fn constraint(c: meminit::Constraint) -> &'static str {
@@ -186,6 +188,7 @@ impl Report<'_> {
             self.strategy.name(),
             self.workload
         );
+        self.print_spike_json();
         print!(
             "\"present_bytes\":{present},\"nodes\":{},\"cpus\":{},\"section_bytes\":{},",
             layout.nodes().count(),
@@ -271,6 +274,40 @@ impl Report<'_> {
             );
         }
         println!("]}}");
+    }
+}
+
+impl Report<'_> {
+    /// The spike's fields of the JSON line (zeros and nulls without a spike):
+    /// what was reported to the host, through which device, and whether the host
+    /// discarded it.
+    fn print_spike_json(&self) {
+        let s = self.spike.unwrap_or_default();
+        print!(
+            "\"spike_bytes\":{},\"spike_pages\":{},\"reported_bytes\":{},\"reported_blocks\":{},\"report_calls\":{},\"report_passes\":{},\"chunks_given_back\":{},\"memmap_bytes_released\":{},\"memmap_reported_bytes\":{},",
+            s.bytes,
+            s.pages,
+            s.reported_bytes,
+            s.reported_blocks,
+            s.report_calls,
+            s.passes,
+            s.chunks_given_back,
+            s.memmap_bytes_released,
+            s.memmap_reported_bytes
+        );
+        match s.balloon {
+            Some(f) => print!("\"balloon\":\"{f}\","),
+            None => print!("\"balloon\":null,"),
+        }
+        // Error messages hold no double quotes or backslashes.
+        match s.error {
+            Some(e) => print!("\"report_error\":\"{e}\","),
+            None => print!("\"report_error\":null,"),
+        }
+        match s.reported_zeroed {
+            Some(z) => print!("\"reported_zeroed\":{z},"),
+            None => print!("\"reported_zeroed\":null,"),
+        }
     }
 }
 

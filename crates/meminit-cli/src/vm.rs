@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use meminit_boot::{check_bounds, BootParams};
+use meminit_host::sim::Workload;
 use meminit_host::size;
 use meminit_host::vm::{self, Accel, Finish, PeerOptions, VmRun, VmShape, GUEST_SUCCESS};
 use serde::Serialize;
@@ -69,10 +70,22 @@ pub struct VmArgs {
     /// The guest's `crashkernel=` (given to Linux too).
     #[arg(long, value_parser = crate::parse_size)]
     crashkernel: Option<u64>,
-    /// The guest's `workload=`: `idle`, `container[:SIZE]` or `random[:OPS]`
-    /// (Linux has none: it stops before user space).
+    /// The guest's `workload=`: `idle`, `container[:SIZE]`, `random[:OPS]`, or
+    /// `spike[:SIZE]` (SIZE written, freed and reported to the host; QEMU's memory
+    /// is measured after boot, at the peak and after the release; Linux runs it
+    /// too, from the initramfs scripts/setup --vm builds).
     #[arg(long, default_value = "idle", value_parser = crate::parse_workload)]
-    workload: meminit_host::sim::Workload,
+    workload: Workload,
+    /// Leave the virtio-balloon device (free page reporting) off the QEMU command
+    /// line, for meminit and Linux alike.
+    #[arg(long)]
+    no_balloon: bool,
+    /// The initramfs for `--peer linux` with `--workload spike:SIZE`, whose /init
+    /// runs the spike [default: the one scripts/setup --vm builds in
+    /// target/linux/, where it did; without one, Linux stops at its root-mount
+    /// panic]. Other workloads boot Linux without one.
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
     /// Boot each guest this many times; tables and JSON give the minimum, median
     /// and maximum.
     #[arg(long, default_value_t = 3)]
@@ -161,6 +174,10 @@ struct VmReport {
     accel: Accel,
     accel_reason: String,
     runs_each: u32,
+    /// The guests' workload (`spike:BYTES` for a spike).
+    workload: String,
+    /// Whether the balloon device (free page reporting) was on QEMU's command line.
+    balloon: bool,
     /// Which figure the memory comparison is about.
     memory_compared: &'static str,
     /// What Linux was and was not given of the meminit guests' options.
@@ -171,7 +188,17 @@ struct VmReport {
 /// The figures whose spread is reported: name, and how to read it from a sample.
 type Metric = (&'static str, fn(&Sample) -> Option<f64>);
 
-const METRICS: [Metric; 15] = [
+const METRICS: [Metric; 19] = [
+    ("qemu_rss_boot_bytes", |s| {
+        s.host.qemu_rss_boot_bytes.map(|b| b as f64)
+    }),
+    ("qemu_rss_peak_bytes", |s| {
+        s.host.qemu_rss_peak_bytes.map(|b| b as f64)
+    }),
+    ("qemu_rss_after_release_bytes", |s| {
+        s.host.qemu_rss_after_release_bytes.map(|b| b as f64)
+    }),
+    ("reported_bytes", |s| s.guest["reported_bytes"].as_f64()),
     ("guest_ram_rss_bytes", |s| {
         Some(s.host.guest_ram_rss_bytes as f64)
     }),
@@ -296,6 +323,35 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
             );
         }
     }
+    let spike = matches!(args.workload, Workload::Spike { .. });
+    let (initramfs, initramfs_note) = match (&linux_kernel, &args.initramfs) {
+        (None, _) => (None, None),
+        (Some(_), Some(i)) if !spike => bail!(
+            "--initramfs {}: only a spike (--workload spike:SIZE) boots Linux with an initramfs",
+            i.display()
+        ),
+        (Some(_), None) if !spike => (None, None),
+        (Some(_), Some(i)) if !i.is_file() => bail!("--initramfs {}: no such file", i.display()),
+        (Some(_), Some(i)) => (Some(i.clone()), None),
+        (Some(_), None) => {
+            let default = repo_dir().join("target/linux/initramfs.cpio");
+            if default.is_file() {
+                (Some(default), None)
+            } else {
+                let why =
+                    std::fs::read_to_string(repo_dir().join("target/linux/initramfs.missing"))
+                        .unwrap_or_else(|_| "scripts/setup --vm has not built it".into());
+                (
+                    None,
+                    Some(format!(
+                        "initramfs: none at {} ({}): Linux runs without it and stops at its root-mount panic",
+                        default.display(),
+                        why.trim()
+                    )),
+                )
+            }
+        }
+    };
     let guest = vm::build_guest(&repo_dir().join("guest"))?;
     let (accel, reason) = match args.accel {
         AccelArg::Auto => vm::choose_accel(&guest),
@@ -340,7 +396,10 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
             append.push(' ');
             append.push_str(extra);
         }
-        let qemu_args = vm::qemu_args(&shape, accel, &guest, &append);
+        let mut qemu_args = vm::qemu_args(&shape, accel, &guest, &append);
+        if !args.no_balloon {
+            qemu_args.extend(vm::balloon_args());
+        }
         let mut samples = Vec::new();
         for i in 0..args.runs {
             if !args.json {
@@ -358,6 +417,7 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
                     ram_kib: &ram_kib,
                     finish: Finish::Release,
                     limit,
+                    release_settle: Duration::ZERO,
                 },
                 &progress(s),
             )?;
@@ -383,17 +443,33 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
         }
         columns.push(column(s.to_string(), samples)?);
     }
-    let (linux_append, linux_notes) = vm::linux_append(&PeerOptions {
+    let (linux_append, mut linux_notes) = vm::linux_append(&PeerOptions {
         trace_buf_size: args.trace_buf_size,
         crashkernel: args.crashkernel,
-        workload: args.workload != meminit_host::sim::Workload::Idle,
+        workload: args.workload != Workload::Idle,
+        spike: match args.workload {
+            Workload::Spike { bytes } => Some(bytes),
+            _ => None,
+        },
+        initramfs: initramfs.is_some(),
         tsc_khz: columns
             .iter()
             .find_map(|c| c.spread.get("tsc_hz"))
             .map(|s| (s.median / 1000.0).round() as u64),
     });
+    linux_notes.extend(initramfs_note);
+    if args.no_balloon && linux_kernel.is_some() {
+        linux_notes
+            .push("balloon: left off (--no-balloon): Linux reports nothing to the host".into());
+    }
     if let Some(kernel) = linux_kernel {
-        let qemu_args = vm::qemu_args(&shape, accel, &kernel, &linux_append);
+        let mut qemu_args = vm::qemu_args(&shape, accel, &kernel, &linux_append);
+        if !args.no_balloon {
+            qemu_args.extend(vm::balloon_args());
+        }
+        if let Some(i) = &initramfs {
+            qemu_args.extend(["-initrd".into(), i.display().to_string()]);
+        }
         let mut samples = Vec::new();
         for i in 0..args.runs {
             if !args.json {
@@ -409,14 +485,34 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
                     args: &qemu_args,
                     accel,
                     ram_kib: &ram_kib,
-                    finish: Finish::StopAtPanic,
+                    // With the initramfs, /init waits at its end to be measured;
+                    // without, Linux waits at its root-mount panic.
+                    finish: if initramfs.is_some() {
+                        Finish::Release
+                    } else {
+                        Finish::StopAtPanic
+                    },
                     limit,
+                    // Linux reports in passes 2 s apart: wait until three in a
+                    // row hand nothing more back.
+                    release_settle: Duration::from_secs(6),
                 },
                 &progress("linux"),
             )
             .context("running Linux")?;
             let linux = vm::parse_linux_console(&run.console);
-            let ok = linux.reached_rootfs && run.at_rest;
+            let ok = run.at_rest
+                && if initramfs.is_some() {
+                    // /init ran to its end and, with a spike, was measured at
+                    // each of its markers.
+                    linux.reached_init
+                        && (!spike
+                            || (run.qemu_rss_boot_bytes.is_some()
+                                && run.qemu_rss_peak_bytes.is_some()
+                                && run.qemu_rss_after_release_bytes.is_some()))
+                } else {
+                    linux.reached_rootfs
+                };
             samples.push(Sample {
                 guest: serde_json::to_value(&linux)?,
                 failure: (!ok).then(|| vm::failure_reason(&run.console)),
@@ -436,6 +532,8 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
         accel,
         accel_reason: reason,
         runs_each: args.runs,
+        workload: args.workload.to_string(),
+        balloon: !args.no_balloon,
         memory_compared: "guest_ram_rss_bytes: the guest's RAM resident on the host, at rest (smaps of QEMU's guest-RAM mapping); QEMU's own memory beside it differs between guests for reasons of QEMU's (under emulation: its translation cache)",
         linux_notes,
         runs: columns,
@@ -479,12 +577,14 @@ fn guest_time(c: &Column, metric: &str, for_linux: &str) -> String {
 
 fn print_table(r: &VmReport) {
     println!(
-        "guest {}, {} vCPU{}, {} node{}, under {} ({}); median [min–max] of {} run{} each",
+        "guest {}, {} vCPU{}, {} node{}, workload {}, balloon {}, under {} ({}); median [min–max] of {} run{} each",
         size::format(r.memory_bytes),
         r.cpus,
         if r.cpus == 1 { "" } else { "s" },
         r.nodes,
         if r.nodes == 1 { "" } else { "s" },
+        r.workload,
+        if r.balloon { "on" } else { "off" },
         r.accel.name(),
         r.accel_reason,
         r.runs_each,
@@ -493,7 +593,7 @@ fn print_table(r: &VmReport) {
     let bytes = |b: u64| size::format(b);
     let mhz = |hz: u64| format!("{:.0} MHz", hz as f64 / 1e6);
     type Row = (&'static str, Box<dyn Fn(&Column) -> String>);
-    let rows: Vec<Row> = vec![
+    let mut rows: Vec<Row> = vec![
         (
             "guest RAM resident, at rest (compared)",
             Box::new(move |c| spread_cell(c, "guest_ram_rss_bytes", &bytes).unwrap_or("-".into())),
@@ -633,6 +733,43 @@ fn print_table(r: &VmReport) {
             }),
         ),
     ];
+    if r.runs
+        .iter()
+        .any(|c| c.spread.contains_key("qemu_rss_boot_bytes"))
+    {
+        // A spike: QEMU's resident memory at its three points comes first.
+        let spike_rows: Vec<Row> = vec![
+            (
+                "QEMU resident after boot (spike)",
+                Box::new(move |c| {
+                    spread_cell(c, "qemu_rss_boot_bytes", &bytes).unwrap_or("-".into())
+                }),
+            ),
+            (
+                "QEMU resident at the spike's peak",
+                Box::new(move |c| {
+                    spread_cell(c, "qemu_rss_peak_bytes", &bytes).unwrap_or("-".into())
+                }),
+            ),
+            (
+                "QEMU resident after release",
+                Box::new(move |c| {
+                    spread_cell(c, "qemu_rss_after_release_bytes", &bytes).unwrap_or("-".into())
+                }),
+            ),
+            (
+                "reported free to the host (guest)",
+                Box::new(move |c| {
+                    if is_linux(c) {
+                        "(not counted)".into()
+                    } else {
+                        spread_cell(c, "reported_bytes", &bytes).unwrap_or("-".into())
+                    }
+                }),
+            ),
+        ];
+        rows.splice(0..0, spike_rows);
+    }
     let headers: Vec<&str> = r.runs.iter().map(|c| c.name.as_str()).collect();
     let table: Vec<(&str, Vec<String>)> = rows
         .iter()
@@ -640,7 +777,7 @@ fn print_table(r: &VmReport) {
         .collect();
     crate::print_columns(&headers, &table);
     println!(
-        "  the memory comparison is the first row: the guest's RAM on the host, at rest; QEMU's"
+        "  the memory comparison is \"guest RAM resident, at rest\": the guest's RAM on the host; QEMU's"
     );
     println!(
         "  own memory (under emulation mostly its translation cache) is QEMU's, not the guest's."

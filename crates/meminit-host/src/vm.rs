@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub mod marks;
+
+pub use marks::Mark;
+
 /// How QEMU executes the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +93,15 @@ pub struct VmRun {
     pub wall_ns: u64,
     /// Whether the run was stopped at the time limit.
     pub timed_out: bool,
+    /// What the host measured at each marker the guest printed
+    /// (`MEMINIT-MARK NAME`: a spike's `boot`, `peak`, `released`), in order.
+    pub marks: Vec<Mark>,
+    /// QEMU's resident memory at the `boot` marker, bytes.
+    pub qemu_rss_boot_bytes: Option<u64>,
+    /// At the `peak` marker, with the spike written.
+    pub qemu_rss_peak_bytes: Option<u64>,
+    /// At the `released` marker, with the spike freed and reported.
+    pub qemu_rss_after_release_bytes: Option<u64>,
     /// The serial console.
     #[serde(skip)]
     pub console: String,
@@ -199,6 +212,16 @@ pub fn qemu_args(shape: &VmShape, accel: Accel, kernel: &Path, append: &str) -> 
         append.into(),
     ]);
     args
+}
+
+/// The virtio-balloon device with free page reporting, on its legacy PCI
+/// interface (which the meminit guest drives; Linux drives either), to add to
+/// [`qemu_args`].
+pub fn balloon_args() -> [String; 2] {
+    [
+        "-device".into(),
+        "virtio-balloon-pci,disable-modern=on,free-page-reporting=on".into(),
+    ]
 }
 
 /// `-cpu host` under KVM, `-cpu max` under emulation; guests whose RAM (plus the
@@ -316,6 +339,37 @@ pub struct Run<'a> {
     pub finish: Finish,
     /// Give up after this long.
     pub limit: Duration,
+    /// At the `released` marker, how long QEMU's memory must stay flat (within
+    /// 1 MiB) before it is measured, at most [`RELEASE_SETTLE_LIMIT`]: Linux
+    /// reports free memory in passes two seconds apart, each a sixteenth of a free
+    /// list or so, so what it hands back keeps falling for a while. Zero: the
+    /// usual brief settling (the meminit guest reports before it prints the
+    /// marker).
+    pub release_settle: Duration,
+}
+
+/// The longest the host waits at the `released` marker for QEMU's memory to stop
+/// falling.
+pub const RELEASE_SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Resident KiB of QEMU and of its guest RAM once QEMU's resident memory stayed
+/// within 1 MiB for `window` (sampled every 250 ms), or after `limit`.
+fn settle_for(pid: u32, ram_kib: &[u64], window: Duration, limit: Duration) -> (u64, u64) {
+    let started = Instant::now();
+    let mut flat_since = Instant::now();
+    let mut low = status_kib(pid, "VmRSS:").unwrap_or(0);
+    let mut high = low;
+    while flat_since.elapsed() < window && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = status_kib(pid, "VmRSS:").unwrap_or(low);
+        low = low.min(now);
+        high = high.max(now);
+        if high - low > 1024 {
+            flat_since = Instant::now();
+            (low, high) = (now, now);
+        }
+    }
+    settle(pid, ram_kib)
 }
 
 /// Resident KiB of QEMU and of its guest RAM, sampled until two samples 100 ms
@@ -363,9 +417,15 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
         .stdout
         .take()
         .ok_or_else(|| std::io::Error::other("QEMU's standard output was not piped"))?;
-    // The console so far, whether the guest has said it is done, and whether it
-    // has printed all it will that is worth waiting for.
-    let console = Arc::new(Mutex::new((String::new(), false, false)));
+    // The console so far, whether the guest has said it is done, whether it
+    // has printed all it will that is worth waiting for, and the markers it
+    // printed that the host has yet to measure (with when).
+    let console = Arc::new(Mutex::new((
+        String::new(),
+        false,
+        false,
+        Vec::<(String, Duration)>::new(),
+    )));
     let reader = {
         let console = Arc::clone(&console);
         let finish = run.finish;
@@ -376,10 +436,14 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
                 let text = String::from_utf8_lossy(&line);
                 let done = finish.is_done(text.trim_end());
                 let last = finish.is_final(text.trim_end());
+                let mark = marks::mark_in(text.trim_end()).map(str::to_string);
                 if let Ok(mut c) = console.lock() {
                     c.0.push_str(&text);
                     c.1 |= done;
                     c.2 |= last;
+                    if let Some(m) = mark {
+                        c.3.push((m, started.elapsed()));
+                    }
                 }
                 line.clear();
             }
@@ -394,9 +458,33 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
     // When the guest said it was done: its wall time, not counting the wait to
     // measure it at rest.
     let mut done_wall = None;
+    let mut marks = Vec::new();
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
+        }
+        let pending = console
+            .lock()
+            .map(|mut c| std::mem::take(&mut c.3))
+            .unwrap_or_default();
+        for (name, at) in pending {
+            // The guest waits at its marker for a byte: measure it at rest there,
+            // then let it go on.
+            let (rss, guest) = if name == marks::RELEASED && !run.release_settle.is_zero() {
+                settle_for(pid, run.ram_kib, run.release_settle, RELEASE_SETTLE_LIMIT)
+            } else {
+                settle(pid, run.ram_kib)
+            };
+            marks.push(Mark {
+                name,
+                qemu_rss_bytes: rss * 1024,
+                guest_ram_rss_bytes: guest * 1024,
+                at_ns: at.as_nanos() as u64,
+            });
+            if let Some(input) = stdin.as_mut() {
+                let _ = input.write_all(b"\n");
+                let _ = input.flush();
+            }
         }
         if let Some(kib) = status_kib(pid, "VmRSS:") {
             last = kib;
@@ -470,6 +558,10 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
         wall_ns,
         timed_out,
         console,
+        qemu_rss_boot_bytes: marks::rss_at(&marks, marks::BOOT),
+        qemu_rss_peak_bytes: marks::rss_at(&marks, marks::PEAK),
+        qemu_rss_after_release_bytes: marks::rss_at(&marks, marks::RELEASED),
+        marks,
     })
 }
 
@@ -532,6 +624,7 @@ pub fn choose_accel(kernel: &Path) -> (Accel, String) {
         ram_kib: &guest_ram_kib(&shape),
         finish: Finish::Release,
         limit: Duration::from_secs(20),
+        release_settle: Duration::ZERO,
     };
     match run_qemu(&run, &|_, _| {}) {
         Ok(run) if run.exit_status == Some(GUEST_SUCCESS) && guest_json(&run.console).is_some() => {
@@ -567,8 +660,13 @@ pub struct LinuxBoot {
     pub memory_total_kib: Option<u64>,
     /// A, KiB free when it printed.
     pub memory_available_kib: Option<u64>,
-    /// Whether the kernel reached the root-mount panic (the end of our run).
+    /// Whether the kernel reached the root-mount panic (the end of a run without
+    /// an initramfs).
     pub reached_rootfs: bool,
+    /// Whether the initramfs's `/init` ran to its end (`MEMINIT-INIT done`).
+    pub reached_init: bool,
+    /// What `/init` said went wrong (`MEMINIT-INIT error: ...`), if anything.
+    pub init_error: Option<String>,
     /// The TSC frequency Linux settled on, kHz: its refined calibration where it
     /// printed one, else the frequency it detected at boot.
     pub tsc_khz: Option<u64>,
@@ -628,6 +726,12 @@ pub fn parse_linux_console(console: &str) -> LinuxBoot {
         {
             out.crashkernel_mib = Some(mib);
         }
+        if line.contains("MEMINIT-INIT done") {
+            out.reached_init = true;
+        }
+        if let Some((_, why)) = line.split_once("MEMINIT-INIT error: ") {
+            out.init_error = Some(why.trim_end().to_string());
+        }
         if line.contains("Starting tracer '") {
             out.tracer_started_at_boot = true;
         }
@@ -663,6 +767,11 @@ pub struct PeerOptions {
     pub workload: bool,
     /// The TSC frequency the meminit guest measured on this host, kHz.
     pub tsc_khz: Option<u64>,
+    /// The meminit guests' `workload=spike:SIZE`: bytes.
+    pub spike: Option<u64>,
+    /// Whether Linux boots with the project's initramfs, whose `/init` runs the
+    /// spike (`scripts/setup --vm` builds it).
+    pub initramfs: bool,
 }
 
 /// Linux's command line for `opts`, and what it says about each option Linux is
@@ -696,11 +805,25 @@ pub fn linux_append(opts: &PeerOptions) -> (String, Vec<String>) {
         append.push_str(&format!(" crashkernel={c}"));
         notes.push("crashkernel: given to Linux, which reserves it and leaves it unwritten, as the meminit guest does".into());
     }
+    if opts.initramfs {
+        // Its /init powers off at its end; if it dies, Linux panics and reboots
+        // at once, which -no-reboot turns into QEMU's exit.
+        append = append.replace(" panic=0", " panic=-1");
+        append.push_str(" rdinit=/init");
+        if let Some(bytes) = opts.spike {
+            // An unknown `name=value` option is handed to /init as its environment.
+            append.push_str(&format!(" meminit_spike={bytes}"));
+            notes.push(format!(
+                "spike: Linux's initramfs /init loads virtio_balloon (free page reporting on), writes a tmpfs file of {bytes} bytes, removes it, and waits for Linux to report the freed pages (order >= pageblock, about 2 s after they are freed)"
+            ));
+        }
+    }
     if opts.workload {
-        notes.push(
-            "workload: not given to Linux, which has no such option and stops at its root-mount panic, before any user space"
-                .into(),
-        );
+        notes.push(if opts.initramfs {
+            "workload: only a spike is run by Linux's /init; other workloads are not given to Linux, which has no such option".into()
+        } else {
+            "workload: not given to Linux, which has no such option and, without an initramfs, stops at its root-mount panic, before any user space".into()
+        });
     }
     (append, notes)
 }
@@ -760,6 +883,7 @@ mod tests {
             crashkernel: Some(128 << 20),
             workload: true,
             tsc_khz: Some(2_449_123),
+            ..PeerOptions::default()
         });
         assert!(append.contains(" tsc_early_khz=2449123"), "{append}");
         assert!(
@@ -772,6 +896,36 @@ mod tests {
         let (append, notes) = linux_append(&PeerOptions::default());
         assert_eq!(append, LINUX_APPEND);
         assert_eq!(notes.len(), 1);
+    }
+
+    #[test]
+    fn linux_with_the_initramfs_runs_the_spike_and_reboots_rather_than_hang() {
+        let (append, notes) = linux_append(&PeerOptions {
+            spike: Some(64 << 20),
+            initramfs: true,
+            workload: true,
+            ..PeerOptions::default()
+        });
+        assert!(append.contains(" panic=-1"), "{append}");
+        assert!(!append.contains(" panic=0"), "{append}");
+        assert!(
+            append.ends_with(" rdinit=/init meminit_spike=67108864"),
+            "{append}"
+        );
+        assert!(notes.iter().any(|n| n.starts_with("spike: ")), "{notes:?}");
+        // Without the initramfs, Linux is told nothing of the spike.
+        let (append, notes) = linux_append(&PeerOptions {
+            spike: Some(64 << 20),
+            workload: true,
+            ..PeerOptions::default()
+        });
+        assert!(!append.contains("meminit_spike"), "{append}");
+        assert!(notes.last().unwrap().contains("without an initramfs"));
+        let l = parse_linux_console(
+            "MEMINIT-INIT error: no virtio_balloon.ko\n[ 2.0] x MEMINIT-INIT done\n",
+        );
+        assert!(l.reached_init);
+        assert_eq!(l.init_error.as_deref(), Some("no virtio_balloon.ko"));
     }
 
     #[test]
