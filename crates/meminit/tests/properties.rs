@@ -108,6 +108,10 @@ enum Op {
     Lookup {
         offset: u64,
     },
+    /// An idle-time pass: give-back alone, or with free page reporting.
+    Idle {
+        report: bool,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -125,6 +129,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0..4u32).prop_map(|cpu| Op::Drain { cpu }),
         1 => (0..3usize).prop_map(|node| Op::Worker { node }),
         1 => any::<u64>().prop_map(|offset| Op::Lookup { offset }),
+        2 => any::<bool>().prop_map(|report| Op::Idle { report }),
     ]
 }
 
@@ -192,10 +197,17 @@ proptest! {
         ops in prop::collection::vec(op_strategy(), 1..120),
         chunk in prop_oneof![Just(4 * MIB), Just(8 * MIB)],
         granularity in prop_oneof![Just(Granularity::Section), Just(Granularity::Chunk)],
+        give_back in any::<bool>(),
+        reserve in prop_oneof![Just(0u64), Just(4 * MIB)],
     ) {
         let (b, _) = build(&ranges, section);
         let Ok(layout) = b.build() else { return Ok(()) };
-        let config = Config { chunk_size: chunk.min(section), ..Config::new(strategy) };
+        let config = Config {
+            chunk_size: chunk.min(section),
+            give_back,
+            give_back_reserve: reserve,
+            ..Config::new(strategy)
+        };
         with_allocator_chunked(&layout, config, granularity, |a| -> Result<(), TestCaseError> {
             let mut ledger = Ledger::default();
             let nodes = layout.node_count();
@@ -251,6 +263,26 @@ proptest! {
                     }
                     Op::Worker { node } => {
                         a.run_deferred_worker(NodeId((node % nodes) as u32));
+                    }
+                    Op::Idle { report } => {
+                        let cached: Vec<u64> = a.zone_stats().map(|z| z.cached).collect();
+                        let stats = if report {
+                            a.report_free(&mut meminit::NoReporter).unwrap()
+                        } else {
+                            a.give_back()
+                        };
+                        if !give_back {
+                            prop_assert_eq!(stats.chunks_given_back, 0);
+                        }
+                        // Nothing held, nothing in a CPU's cache, goes back.
+                        for (&pfn, &order) in &ledger.blocks {
+                            let page = a.page(Pfn(pfn));
+                            prop_assert!(page.is_ok(), "held {:#x} given back", pfn);
+                            prop_assert_eq!(page.unwrap().state(), PageState::Allocated { order });
+                        }
+                        let after: Vec<u64> = a.zone_stats().map(|z| z.cached).collect();
+                        prop_assert_eq!(cached, after);
+                        prop_assert_eq!(a.unmerged_free_blocks(), 0);
                     }
                     Op::Lookup { offset } => {
                         let pfn = Pfn(offset % layout.end_pfn().0);
