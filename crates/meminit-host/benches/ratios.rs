@@ -275,7 +275,7 @@ fn main() {
     let (first, again) = (median(first), median(again));
     println!(
         "6. growing all of container's memory in order-10 blocks: into chunks given back {:.1} ms, the first time {:.1} ms: ratio {:.2} \
-         (both fault in the memmap the host backing released, if it did)",
+         (the first time faults the memmap in; after give-back only what the host backing released)",
         again / 1e6,
         first / 1e6,
         again / first

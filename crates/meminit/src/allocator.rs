@@ -355,6 +355,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
 
     /// [`alloc_traced`](Self::alloc_traced) with `flags`, through `cpu`'s cache
     /// when one is named (see [`Allocator::alloc_on`]).
+    #[inline]
     pub fn alloc_with(
         &self,
         cpu: Option<CpuId>,
@@ -364,14 +365,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         flags: AllocFlags,
     ) -> Result<(Pfn, AllocPath), AllocError> {
         let cache = match cpu {
-            Some(cpu) => Some(
-                self.cpus
-                    .get(cpu.0 as usize)
-                    .ok_or(AllocError::UnknownCpu {
-                        cpu,
-                        cpus: self.cpus.len(),
-                    })?,
-            ),
+            Some(cpu) => Some(self.cache(cpu)?),
             None => None,
         };
         let (pfn, path) = self.alloc_in(order, constraint, node, cache, flags)?;
@@ -419,13 +413,14 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             if let Some(pfn) = self.take(zone, order, cache) {
                 return Ok((Pfn(pfn), path));
             }
-            if no_grow {
+            let slow = if no_grow {
                 // Relaxed: only chooses which error to report.
                 would_grow |= zone.uninit.load(core::sync::atomic::Ordering::Relaxed) > 0;
-                path = AllocPath::Fallback;
-                continue;
-            }
-            match self.take_slow(zone, order) {
+                Ok(None)
+            } else {
+                self.take_slow(zone, order)
+            };
+            match slow {
                 Ok(Some((pfn, grew))) => {
                     let path = if grew { AllocPath::Grew } else { path };
                     return Ok((Pfn(pfn), path));

@@ -120,13 +120,6 @@ impl Batch {
         }
     }
 
-    fn pages(&self) -> u64 {
-        self.ranges[..self.len]
-            .iter()
-            .map(|r| r.end.0 - r.start.0)
-            .sum()
-    }
-
     /// Adds `range`, reporting the batch first if it is full.
     fn add(
         &mut self,
@@ -220,12 +213,12 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let index = zone_index(NodeId(zone.node as u32), zone.kind);
         loop {
             let mut blocks = [(0u64, 0u32, false); REPORT_BATCH];
-            let n = zone.with_free(|area| {
+            let (n, pages) = zone.with_free(|area| {
                 let n = area.isolate_unreported(&self.memmap, REPORT_ORDER, &mut blocks);
                 let pages: u64 = blocks[..n].iter().map(|&(_, o, _)| 1u64 << o).sum();
                 // Relaxed: changed under the zone lock; read as a snapshot.
                 zone.isolated.fetch_add(pages, Relaxed);
-                n
+                (n, pages)
             });
             if n == 0 {
                 return Ok(());
@@ -236,7 +229,6 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 batch.len += 1;
             }
             let result = reporter.report(&batch.ranges[..n]);
-            let pages = batch.pages();
             zone.with_free(|area| {
                 for &(pfn, order, aged) in &blocks[..n] {
                     let reported = result.is_ok();

@@ -56,11 +56,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         constraint: Constraint,
         node: NodeId,
     ) -> Result<(Pfn, AllocPath), AllocError> {
-        let cache = self.cache(cpu).ok_or(AllocError::UnknownCpu {
-            cpu,
-            cpus: self.cpus.len(),
-        })?;
-        self.alloc_in(order, constraint, node, Some(cache), AllocFlags::NONE)
+        self.alloc_with(Some(cpu), order, constraint, node, AllocFlags::NONE)
     }
 
     /// [`free`](Self::free) on `cpu`: a block of a cached order goes into that
@@ -69,7 +65,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// block's order, read from its head descriptor.
     #[inline]
     pub fn free_on(&self, cpu: CpuId, pfn: Pfn) -> Result<u32, FreeError> {
-        let cache = self.cache(cpu).ok_or(FreeError::UnknownCpu {
+        let cache = self.cache(cpu).map_err(|_| FreeError::UnknownCpu {
             cpu,
             cpus: self.cpus.len(),
         })?;
@@ -80,7 +76,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// against the descriptor: a different order is [`FreeError::WrongOrder`].
     #[inline]
     pub fn free_order_on(&self, cpu: CpuId, pfn: Pfn, order: u32) -> Result<(), FreeError> {
-        let cache = self.cache(cpu).ok_or(FreeError::UnknownCpu {
+        let cache = self.cache(cpu).map_err(|_| FreeError::UnknownCpu {
             cpu,
             cpus: self.cpus.len(),
         })?;
@@ -92,11 +88,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// the CPU to finish an operation on its cache, if it is in one. Returns the pages
     /// returned.
     pub fn drain_cpu(&self, cpu: CpuId) -> Result<u64, AllocError> {
-        let cache = self.cache(cpu).ok_or(AllocError::UnknownCpu {
-            cpu,
-            cpus: self.cpus.len(),
-        })?;
-        Ok(self.drain(&mut cache.lock()))
+        Ok(self.drain(&mut self.cache(cpu)?.lock()))
     }
 
     /// [`drain_cpu`](Self::drain_cpu) for every CPU. Returns the pages returned.
@@ -105,8 +97,11 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     #[inline]
-    fn cache(&self, cpu: CpuId) -> Option<&CpuCache<R>> {
-        self.cpus.get(cpu.0 as usize)
+    pub(crate) fn cache(&self, cpu: CpuId) -> Result<&CpuCache<R>, AllocError> {
+        self.cpus.get(cpu.0 as usize).ok_or(AllocError::UnknownCpu {
+            cpu,
+            cpus: self.cpus.len(),
+        })
     }
 
     /// Pages of `zone` held in CPU caches (a snapshot).
