@@ -36,7 +36,7 @@ use core::ops::Range;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use meminit::memmap::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
+use meminit::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
 use meminit::{Layout, Page, PageSource, Pfn};
 
 use crate::boot::{PageTable, BOOT_PML4};

@@ -194,10 +194,10 @@ impl fmt::Display for Size {
 
 /// Linux's `alloc_large_system_hash` entry count for `nr_kernel_pages` and `scale`
 /// (13 for the dentry cache, 14 for the inode cache), without `*hash_entries=`.
-/// Page counts above the physical address space ([`meminit::layout::MAX_PFN`])
+/// Page counts above the physical address space ([`meminit::MAX_PFN`])
 /// count as that many.
 pub fn large_system_hash_entries(nr_kernel_pages: u64, mut scale: u32) -> u64 {
-    let nr_kernel_pages = nr_kernel_pages.min(meminit::layout::MAX_PFN);
+    let nr_kernel_pages = nr_kernel_pages.min(meminit::MAX_PFN);
     // Rounded up to a whole MiB of pages.
     let mut n = nr_kernel_pages.next_multiple_of(MIB / PAGE_SIZE);
     // Past 64 GiB, a quarter as many entries per doubling of memory.

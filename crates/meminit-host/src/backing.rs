@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use std::ops::Range;
 
-use meminit::memmap::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
-use meminit::source::PageSource;
+use meminit::PageSource;
+use meminit::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
 use meminit::{Layout, Page, Pfn, PAGE_SIZE};
 
 use crate::region::Region;

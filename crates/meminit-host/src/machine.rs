@@ -123,7 +123,7 @@ impl Machine {
             )));
         }
         // RAM past the first 3 GiB starts at 4 GiB, so it ends at memory + 1 GiB.
-        let limit = (1 << meminit::layout::PHYS_ADDR_BITS) - GIB;
+        let limit = (1 << meminit::PHYS_ADDR_BITS) - GIB;
         if memory > limit {
             return Err(MachineError::BadShape(format!(
                 "memory {} is above the {}G (4P - 1G) a QEMU pc guest can have below the 52-bit physical address limit (RAM past 3G starts at 4G)",
@@ -208,7 +208,7 @@ impl Machine {
             name: format!("{}-{}n-{}c", crate::size::format(memory), nodes, cpus),
             cpus,
             ranges,
-            section_size: meminit::layout::DEFAULT_SECTION_SIZE,
+            section_size: meminit::DEFAULT_SECTION_SIZE,
             linux: None,
         })
     }
@@ -240,7 +240,7 @@ impl Machine {
                 name,
                 cpus: check_cpus(log.cpus.unwrap_or(1), &format!("{shown}: nr_cpu_ids"))?,
                 ranges: log.ranges,
-                section_size: meminit::layout::DEFAULT_SECTION_SIZE,
+                section_size: meminit::DEFAULT_SECTION_SIZE,
                 linux: Some(log.figures),
             })
         }
@@ -531,7 +531,7 @@ impl MapFile {
             section_size: self
                 .section_size
                 .map(|n| n.0)
-                .unwrap_or(meminit::layout::DEFAULT_SECTION_SIZE),
+                .unwrap_or(meminit::DEFAULT_SECTION_SIZE),
             linux: None,
         })
     }

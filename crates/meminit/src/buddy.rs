@@ -14,9 +14,9 @@
 //! Because sections are aligned, at least one max-order block in size, a block and
 //! its buddy always share a section: merging never looks outside a `Ready` section.
 
-use crate::layout::{Pfn, MAX_ORDER};
 use crate::memmap::{Memmap, MemmapBacking};
 use crate::page::{Page, PageState, NO_PFN};
+use crate::types::{Pfn, MAX_ORDER};
 use core::sync::atomic::Ordering::Relaxed;
 
 const ORDERS: usize = MAX_ORDER as usize + 1;
@@ -178,14 +178,14 @@ impl FreeArea {
     /// Returns the block at `pfn` of `order`, whose head the caller checked says
     /// `Allocated{order}`, merging it with free buddies of the same zone.
     #[inline]
-    pub(crate) fn give<B: MemmapBacking>(
+    pub(crate) fn free<B: MemmapBacking>(
         &mut self,
         mm: &Memmap<'_, B>,
         pfn: u64,
         order: u32,
         zone_index: u32,
     ) {
-        self.give_back_block(mm, pfn, order, zone_index, false, false);
+        self.put_back(mm, pfn, order, zone_index, false, false);
     }
 
     /// Returns a free block to the lists, merging it with free buddies of the
@@ -193,7 +193,7 @@ impl FreeArea {
     /// reported part merged into an unreported block is in use again as far as
     /// the host is concerned (it may be handed out without a report), so the
     /// backing is told. A block that was `aged` and merges with nothing stays so.
-    pub(crate) fn give_back_block<B: MemmapBacking>(
+    pub(crate) fn put_back<B: MemmapBacking>(
         &mut self,
         mm: &Memmap<'_, B>,
         mut pfn: u64,
@@ -230,7 +230,7 @@ impl FreeArea {
     /// heads say `Cached` while they are away (free, on no list, never merged:
     /// a free of one is a double free). Returns how many were taken, each with
     /// whether it was aged; the caller gives each back with
-    /// [`FreeArea::give_back_block`].
+    /// [`FreeArea::put_back`].
     pub(crate) fn isolate_unreported<B: MemmapBacking>(
         &mut self,
         mm: &Memmap<'_, B>,

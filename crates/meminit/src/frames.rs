@@ -15,10 +15,11 @@ use x86_64::structures::paging::{
 };
 use x86_64::PhysAddr;
 
-use crate::allocator::{Allocator, Constraint};
-use crate::layout::{NodeId, Pfn, PAGEBLOCK_ORDER};
+use crate::allocator::Allocator;
 use crate::memmap::MemmapBacking;
-use crate::pcp::CpuId;
+use crate::types::Constraint;
+use crate::types::CpuId;
+use crate::types::{NodeId, Pfn, PAGEBLOCK_ORDER};
 
 /// Frames for the `x86_64` crate, from `cpu`'s cache, preferring `node`.
 pub struct Frames<'r, 'a, B, R: RawMutex> {

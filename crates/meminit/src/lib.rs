@@ -79,7 +79,7 @@
 //! let mut memmap = Box::<[Page]>::new_uninit_slice(layout.memmap_descriptors() as usize);
 //! let slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
 //!
-//! // One page cache per CPU (a kernel's per-CPU area, or a static array).
+//! // One cache of free blocks per CPU (a kernel's per-CPU area, or a static array).
 //! let cpus: [CpuCache<parking_lot::RawMutex>; 2] = [CpuCache::new(), CpuCache::new()];
 //!
 //! let allocator: Allocator<'_, _, parking_lot::RawMutex> = Allocator::new(
@@ -313,60 +313,73 @@
 //!   its order, memory left to initialise, or pages in a CPU's cache that could make
 //!   one: it looks again after every step that could have added memory.
 //!
-//! ## Modules
+//! ## Layers
 //!
-//! The unsafe code lives in [`memmap`] (the descriptor array and its backing) and
-//! relies on the claim protocol of the crate-private `section` module (whose only
-//! public parts are [`SectionSlot`], [`ChunkState`] and [`MAX_CHUNKS_PER_SECTION`]);
-//! the only other unsafe code writes an allocator into place field by field
-//! (start-up in place) and views the embedder's per-page data ([`PageMeta`]).
-//! Zones, the buddy lists, the per-CPU caches, the strategies, give-back and the
-//! [`source`] of pages for the backing are safe code over them.
+//! Dependencies run one way, from the bottom up:
+//!
+//! | layer | module | owns |
+//! |---|---|---|
+//! | vocabulary | `types` | [`Pfn`], [`NodeId`], [`ZoneType`], [`CpuId`], [`Constraint`], constants |
+//! | memory map | `layout` | [`LayoutBuilder`] and its validation, the [`Layout`] of nodes, zones, sections |
+//! | descriptor | `page` | the 64-byte [`Page`], its state word, the embedder's [`PageMeta`] |
+//! | claims | `section` | per-section words: chunk states and the memmap's, claimed by compare-and-swap |
+//! | memmap | `memmap` | the descriptor array over a [`MemmapBacking`]: populate, write, publish, depopulate; the [`PageSource`] |
+//! | free lists | `buddy`, `zone` | split and merge under one lock per zone; the zone's counters |
+//! | CPU caches | `cpu_cache` | the storage of each CPU's stock of small free blocks |
+//! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back |
+//! | errors, choices | `error`, `config` | the entry points' errors; [`Config`] and [`Strategy`] |
+//!
+//! The `unsafe` code lives in `memmap` (the descriptor array and the backing
+//! contract), relying on the claim protocol of `section`; besides it, `page` views
+//! the embedder's per-page data ([`PageMeta`]) and `allocator::start` writes an
+//! allocator into place field by field (start-up in place). Zones, the buddy
+//! lists, the per-CPU caches, the strategies and give-back are safe code over
+//! them.
 
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
 mod allocator;
 mod buddy;
+mod config;
+mod cpu_cache;
+mod error;
 #[cfg(feature = "x86_64")]
 pub mod frames;
-mod giveback;
-pub mod init;
-mod inplace;
-pub mod layout;
-pub mod memmap;
-pub mod page;
-mod pcp;
-mod percpu;
-mod reentry;
+mod layout;
+mod memmap;
+mod page;
 // The claim machinery is crate-private: an embedder only lends the slots. loom
 // builds expose it so that `tests/loom.rs` can model the protocol on its own.
 #[cfg(loom)]
 pub mod section;
 #[cfg(not(loom))]
 mod section;
-pub mod source;
 mod sync;
+mod types;
 mod zone;
 
-pub use allocator::{AllocError, AllocFlags, AllocPath, Allocator, Constraint, FreeError};
-pub use giveback::{
-    FreeReporter, NoReporter, ReportError, ReportStats, REPORT_BATCH, REPORT_ORDER,
+pub use allocator::{
+    AllocFlags, AllocPath, Allocator, FreeReporter, InitStats, NoReporter, ReportError,
+    ReportStats, WorkerReport, REPORT_BATCH, REPORT_ORDER, WORKER_RETRIES,
 };
-pub use init::{
-    ChunkError, Config, InitError, InitStats, Strategy, WorkerReport, DEFAULT_CHUNK_SIZE,
-    DEFAULT_GIVE_BACK_RESERVE, WORKER_RETRIES,
+pub use config::{
+    Config, Strategy, UnknownStrategy, DEFAULT_CHUNK_SIZE, DEFAULT_GIVE_BACK_RESERVE,
 };
+pub use cpu_cache::{CpuCache, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
+pub use error::{AllocError, ChunkError, FreeError, InitError};
 pub use layout::{
-    Layout, LayoutBuilder, LayoutError, MemoryRange, NodeId, Pfn, RangeKind, ZoneType, MAX_NODES,
-    MAX_ORDER, PAGEBLOCK_ORDER, PAGE_SIZE,
+    Layout, LayoutBuilder, LayoutError, MemoryRange, NodeSpan, PresentRun, PresentRuns, RangeKind,
+    ZoneSpan, DEFAULT_SECTION_SIZE, MAX_RANGES, MIN_SECTION_SIZE,
 };
 pub use memmap::{
-    BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, Populated, SliceBacking,
+    BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, PageSource, Populated,
+    SliceBacking, SourceError, MAX_BACKING_CONTEXTS, MAX_SOURCE_PAGES,
 };
-pub use page::{Page, PageMeta, PageState, USER_BYTES};
-pub use pcp::{CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
-pub use reentry::MAX_BACKING_CONTEXTS;
+pub use page::{Page, PageMeta, PageState, USER_BYTES, USER_WORDS};
 pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
-pub use source::{PageSource, SourceError, MAX_SOURCE_PAGES};
+pub use types::{
+    Constraint, CpuId, NodeId, Pfn, ZoneType, DESCRIPTOR_SIZE, MAX_NODES, MAX_ORDER, MAX_PFN,
+    PAGEBLOCK_ORDER, PAGE_SHIFT, PAGE_SIZE, PHYS_ADDR_BITS, ZONE_TYPES,
+};
 pub use zone::ZoneStats;

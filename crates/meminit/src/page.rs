@@ -13,16 +13,14 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::layout::{NodeId, ZoneType, ZONE_TYPES};
+use crate::types::DESCRIPTOR_SIZE;
+use crate::types::{NodeId, ZoneType, ZONE_TYPES};
 
 /// No pfn: the end of a free list.
 pub(crate) const NO_PFN: u64 = u64::MAX;
 
 /// The zone index stored in descriptors of pages that belong to no zone (holes).
 pub(crate) const NO_ZONE: u32 = u32::MAX;
-
-/// Bytes per descriptor.
-pub const DESCRIPTOR_SIZE: u64 = 64;
 
 /// Number of words in a descriptor that belong to the embedder.
 pub const USER_WORDS: usize = 5;
@@ -121,9 +119,10 @@ pub enum PageState {
         /// The block's order.
         order: u32,
     },
-    /// First page of a free block of this order held in a CPU's page cache: free,
-    /// but on no zone's free list, so never merged with its buddy until the cache
-    /// gives it back.
+    /// First page of a free block of this order held off the free lists: in a
+    /// CPU's cache, or away while free page reporting hands its memory to the
+    /// host. Free (it counts as free), but on no zone's free list, so never merged
+    /// with its buddy, and a free of it is a double free, until it goes back.
     Cached {
         /// The block's order.
         order: u32,

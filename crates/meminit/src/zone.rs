@@ -10,8 +10,9 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use lock_api::{Mutex, RawMutex};
 
 use crate::buddy::FreeArea;
-use crate::layout::{NodeId, Pfn, ZoneSpan, ZoneType, MAX_ORDER};
+use crate::layout::ZoneSpan;
 use crate::memmap::{Memmap, MemmapBacking};
+use crate::types::{NodeId, Pfn, ZoneType, MAX_ORDER};
 
 /// A zone of one node.
 pub(crate) struct Zone<R: RawMutex> {

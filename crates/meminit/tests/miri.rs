@@ -162,7 +162,7 @@ fn per_page_data_is_the_embedders() {
             0xffff_8000_dead_b000
         );
         assert_eq!(page.user_word(4).unwrap().load(Relaxed), 7);
-        assert!(page.user_word(meminit::page::USER_WORDS).is_none());
+        assert!(page.user_word(meminit::USER_WORDS).is_none());
         // Allocating and freeing other pages leaves it alone.
         let q = a.alloc(3, Constraint::Any, NodeId(1)).unwrap();
         a.free_order(q, 3).unwrap();

@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
-use meminit::layout::MAX_PFN;
 use meminit::Strategy as InitStrategy;
+use meminit::MAX_PFN;
 use meminit::{
     AllocError, Constraint, CpuId, FreeError, Layout, LayoutBuilder, NodeId, Pfn, RangeKind,
     ZoneType, MAX_ORDER,

@@ -9,9 +9,10 @@
 use core::ops::Range;
 use core::ptr::NonNull;
 
-use crate::layout::{Layout, Pfn};
+use crate::layout::Layout;
+use crate::memmap::PageSource;
 use crate::page::Page;
-use crate::source::PageSource;
+use crate::types::Pfn;
 
 /// The pages whose memmap a backing is asked to populate, or whose memory it is
 /// asked to accept: a section, or a chunk of one.

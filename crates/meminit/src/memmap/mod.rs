@@ -23,10 +23,14 @@
 //! Policy (what each descriptor should say, which list a page goes on) is not here.
 
 mod contract;
+pub(crate) mod reentry;
 mod slice;
+mod source;
 
 pub use contract::{BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, Populated};
+pub use reentry::MAX_BACKING_CONTEXTS;
 pub use slice::SliceBacking;
+pub use source::{PageSource, SourceError, MAX_SOURCE_PAGES};
 
 use core::ops::Range;
 use core::ptr::NonNull;
@@ -35,12 +39,13 @@ use core::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 
-use crate::layout::{Layout, Pfn};
+use crate::layout::Layout;
 use crate::page::{Page, PageState};
 use crate::section::{
     ChunkState, Claim, MemmapState, Published, Retiring, Sections, MAX_TAKEN_OFFSET,
 };
-use crate::source::{merge, PageSource};
+use crate::types::Pfn;
+use source::merge;
 
 /// The descriptor array and the state of its sections and chunks.
 pub(crate) struct Memmap<'a, B> {

@@ -8,8 +8,8 @@ use core::ptr::NonNull;
 
 use super::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
 use crate::layout::Layout;
+use crate::memmap::PageSource;
 use crate::page::Page;
-use crate::source::PageSource;
 
 /// A backing over memory that is already there: a slice of at least
 /// [`Layout::memmap_descriptors`] descriptors, the first for

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
-use meminit::layout::PresentRun;
+use meminit::PresentRun;
 use meminit::{
     Allocator, Config, CpuCache, Granularity, Layout, LayoutBuilder, MemmapBacking, NodeId, Page,
     Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,

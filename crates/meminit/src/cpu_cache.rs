@@ -1,4 +1,4 @@
-//! Per-CPU page caches: storage the embedder lends, one [`CpuCache`] per CPU.
+//! Per-CPU caches: storage the embedder lends, one [`CpuCache`] per CPU.
 //!
 //! Each CPU keeps, for each zone type, a small stock of free blocks of the cached
 //! orders (0 to 3 and the pageblock order, as Linux's per-CPU lists do) taken from
@@ -10,7 +10,7 @@
 //! This module owns the stocks: fixed rings of pfns (no heap, no pointers), their
 //! tags and the counters that statistics read without the lock. It never touches a
 //! descriptor or a zone: which blocks move between a stock and a zone, and when, is
-//! decided in [`crate::percpu`].
+//! decided in [`crate::allocator::cached`].
 //!
 //! A stock is a ring per order: blocks are pushed and popped at its hot end (the
 //! block freed last is the one allocated next, still in the CPU's cache) and drained
@@ -20,7 +20,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
-use crate::layout::{NodeId, ZoneType, PAGEBLOCK_ORDER, ZONE_TYPES};
+use crate::types::{NodeId, ZoneType, PAGEBLOCK_ORDER, ZONE_TYPES};
 
 /// The orders a CPU caches.
 pub const CACHED_ORDERS: [u32; 5] = [0, 1, 2, 3, PAGEBLOCK_ORDER];
@@ -189,9 +189,9 @@ impl Stock {
 /// The stocks of one CPU, one per zone type.
 pub(crate) type Stocks = [Stock; ZONE_TYPES];
 
-/// One CPU's page cache. The embedder lends a slice of these to
+/// One CPU's cache of free blocks. The embedder lends a slice of these to
 /// [`crate::Allocator::new`], one per CPU, and says which CPU is calling with a
-/// [`CpuId`] (see the crate documentation for the rules).
+/// [`crate::CpuId`] (see the crate documentation for the rules).
 ///
 /// `R` is the allocator's lock type: the cache is behind one lock of it, which its
 /// CPU takes with `try_lock` (never waiting) and a remote CPU draining it takes
@@ -291,17 +291,6 @@ impl<R: RawMutex> CacheGuard<'_, R> {
         let node = stock.node().unwrap_or(UNTAGGED) as u64;
         // Relaxed: read only by statistics, exact once operations are quiescent.
         self.held[zone as usize].store(node << 56 | stock.pages(), Relaxed);
-    }
-}
-
-/// Which CPU is calling: an index into the caches lent to
-/// [`crate::Allocator::new`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CpuId(pub u32);
-
-impl core::fmt::Display for CpuId {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "CPU {}", self.0)
     }
 }
 

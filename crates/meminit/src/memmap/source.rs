@@ -16,9 +16,10 @@
 
 use core::ops::Range;
 
-use crate::layout::{Layout, Pfn, MAX_ORDER};
+use crate::layout::Layout;
 use crate::memmap::{Granularity, MemmapPiece};
 use crate::section::MAX_TAKEN_OFFSET;
+use crate::types::{Pfn, MAX_ORDER};
 
 /// The most pages one `populate` may take from its [`PageSource`], alignment
 /// padding included: one max-order block (4 MiB), enough for a section's 2 MiB of

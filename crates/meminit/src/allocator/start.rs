@@ -10,8 +10,9 @@
 //! each zone, zone list and counter is written into its own place.
 //! [`Allocator::new`] is this, into a local that it then returns.
 //!
-//! This module owns the one piece of unsafe code outside [`crate::memmap`]:
-//! writing a partly initialised `Allocator` through a raw pointer. It decides
+//! This module owns the allocator's only `unsafe` code (the descriptor array's is in
+//! [`crate::memmap`], the per-page data view in `page`): writing a partly
+//! initialised `Allocator` through a raw pointer. It decides
 //! nothing about what the fields hold (the same helpers as ever compute them) and
 //! initialises no memory.
 
@@ -22,13 +23,17 @@ use core::sync::atomic::AtomicUsize;
 
 use lock_api::RawMutex;
 
-use crate::allocator::{Allocator, Constraint, ZoneList, CONSTRAINTS};
-use crate::init::{ChunkError, Config, InitCause, InitCounters, InitError, Strategy};
-use crate::layout::{Layout, LayoutBuilder, NodeId, Pfn, ZoneType, EMPTY_LAYOUT, ZONE_TYPES};
+use super::stats::{InitCause, InitCounters};
+use super::{Allocator, ZoneList, CONSTRAINTS};
+use crate::config::{Config, Strategy};
+use crate::cpu_cache::CpuCache;
+use crate::error::{ChunkError, InitError};
+use crate::layout::{Layout, LayoutBuilder, EMPTY_LAYOUT};
+use crate::memmap::reentry::InBacking;
 use crate::memmap::{BackingError, Memmap, MemmapBacking};
-use crate::pcp::CpuCache;
-use crate::reentry::InBacking;
 use crate::section::{SectionSlot, Sections, SlotsError};
+use crate::types::Constraint;
+use crate::types::{NodeId, Pfn, ZoneType, ZONE_TYPES};
 use crate::zone::Zone;
 
 // A layout is copied into place byte for byte: that is its clone only while it
@@ -144,7 +149,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         let allocator = unsafe {
             addr_of_mut!((*this).memmap).write(memmap);
             let zones = addr_of_mut!((*this).zones).cast::<Zone<R>>();
-            for i in 0..crate::layout::MAX_NODES * ZONE_TYPES {
+            for i in 0..crate::types::MAX_NODES * ZONE_TYPES {
                 let node = i / ZONE_TYPES;
                 let kind = ZoneType::from_index(i % ZONE_TYPES);
                 let span = layout
@@ -158,7 +163,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             }
             let zones = &*addr_of_mut!((*this).zones);
             let lists = addr_of_mut!((*this).zonelists).cast::<ZoneList>();
-            for i in 0..crate::layout::MAX_NODES * CONSTRAINTS {
+            for i in 0..crate::types::MAX_NODES * CONSTRAINTS {
                 let constraint =
                     [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
                 let list = ZoneList::build(zones, layout.node_count(), i / CONSTRAINTS, constraint);
@@ -200,6 +205,30 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                 })?;
         }
         Ok(())
+    }
+
+    /// Starts an allocator over `layout`, with descriptors in `backing`, section
+    /// states in `slots` (at least [`Layout::section_count`] of them, fresh: each is
+    /// marked owned with a compare-and-swap, refused with
+    /// [`InitError::SlotsInUse`] if another live allocator owns it, and fresh again
+    /// when this allocator is dropped) and one cache per CPU in `cpus` (emptied; may be empty,
+    /// and then every allocation goes to the zones).
+    ///
+    /// With [`Strategy::Eager`] every chunk is initialised before this returns;
+    /// otherwise nothing is, and the allocator serves at once: start-up costs two
+    /// words per section and work per memory-map range, nothing per page.
+    ///
+    /// The allocator (about 26 KB) and `layout` (about 10 KB) are moved by value:
+    /// on a small stack, start up in place instead
+    /// ([`init_in_place`](Self::init_in_place), [`build_in_place`](Self::build_in_place)).
+    pub fn new(
+        layout: Layout,
+        backing: B,
+        slots: &'a [SectionSlot],
+        cpus: &'a [CpuCache<R>],
+        config: Config,
+    ) -> Result<Self, InitError> {
+        Self::start_by_value(&layout, backing, slots, cpus, config)
     }
 
     /// [`Allocator::new`]: start-up in a local, returned by value.

@@ -37,10 +37,10 @@ use core::sync::atomic::Ordering::Relaxed;
 use lock_api::RawMutex;
 
 use crate::allocator::Allocator;
-use crate::layout::{NodeId, Pfn, PAGEBLOCK_ORDER, PAGE_SHIFT};
 use crate::memmap::MemmapBacking;
 use crate::page::zone_index;
 use crate::section::{ChunkState, Retiring};
+use crate::types::{NodeId, Pfn, PAGEBLOCK_ORDER, PAGE_SHIFT};
 use crate::zone::Zone;
 
 /// The smallest block free page reporting hands to the host: a pageblock (2 MiB),
@@ -232,7 +232,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             zone.with_free(|area| {
                 for &(pfn, order, aged) in &blocks[..n] {
                     let reported = result.is_ok();
-                    area.give_back_block(&self.memmap, pfn, order, index, reported, aged);
+                    area.put_back(&self.memmap, pfn, order, index, reported, aged);
                 }
                 // Relaxed: as above.
                 zone.isolated.fetch_sub(pages, Relaxed);

@@ -1,6 +1,6 @@
 //! Allocation and free through a CPU's own cache; drains.
 //!
-//! The policy of the per-CPU caches ([`crate::pcp`] owns their storage): which
+//! The policy of the per-CPU caches ([`crate::cpu_cache`] owns their storage): which
 //! blocks go in, when a stock is refilled from its zone or drained back to it, and
 //! the entry points that name the calling CPU. A block of a cached order that is
 //! freed on a CPU goes into that CPU's stock for the block's zone type when the stock
@@ -19,11 +19,14 @@
 
 use lock_api::RawMutex;
 
-use crate::allocator::{AllocError, AllocFlags, AllocPath, Allocator, Constraint, FreeError};
-use crate::layout::{NodeId, Pfn, ZONE_TYPES};
+use crate::allocator::{AllocFlags, AllocPath, Allocator};
+use crate::cpu_cache::{slot_of, CacheGuard, CpuCache, CACHED_ORDERS, CACHE_BATCH};
+use crate::error::{AllocError, FreeError};
 use crate::memmap::MemmapBacking;
 use crate::page::{Page, PageState};
-use crate::pcp::{slot_of, CacheGuard, CpuCache, CpuId, CACHED_ORDERS, CACHE_BATCH};
+use crate::types::Constraint;
+use crate::types::CpuId;
+use crate::types::{NodeId, Pfn, ZONE_TYPES};
 use crate::zone::Zone;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
@@ -198,7 +201,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             zone.with_free(|area| {
                 for _ in 0..CACHE_BATCH[slot] {
                     if let Some(cold) = stock.pop_cold(slot) {
-                        area.give(&self.memmap, cold, order, zone_index);
+                        area.free(&self.memmap, cold, order, zone_index);
                     }
                 }
             });
@@ -213,7 +216,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Returns every block of the locked cache to its zone. Returns the pages moved.
     fn drain(&self, guard: &mut CacheGuard<'_, R>) -> u64 {
         let mut pages = 0;
-        for kind in crate::layout::ZoneType::ALL {
+        for kind in crate::types::ZoneType::ALL {
             let stock = guard.stock(kind);
             let Some(node) = stock.node() else {
                 continue;
@@ -224,7 +227,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             zone.with_free(|area| {
                 for (slot, &order) in CACHED_ORDERS.iter().enumerate() {
                     while let Some(pfn) = stock.pop_cold(slot) {
-                        area.give(&self.memmap, pfn, order, zone_index as u32);
+                        area.free(&self.memmap, pfn, order, zone_index as u32);
                     }
                 }
             });

@@ -1,0 +1,207 @@
+//! The allocation path: walk the zone list, take a block from the first zone that
+//! has one (through the calling CPU's cache for the cached orders,
+//! [`super::cached`]); only when a zone has none, grow it ([`super::grow`]).
+//! Before it reports [`AllocError::OutOfMemory`] it drains every CPU's cache back
+//! to the zones and looks again.
+
+use lock_api::RawMutex;
+
+use super::request::{AllocFlags, AllocPath};
+use super::{Allocator, CONSTRAINTS};
+use crate::cpu_cache::CpuCache;
+use crate::error::{AllocError, ChunkError};
+use crate::memmap::{BackingError, MemmapBacking};
+use crate::types::CpuId;
+use crate::types::{Constraint, NodeId, Pfn, MAX_ORDER};
+use crate::zone::Zone;
+
+/// How many times an allocation that found every zone empty drains the CPU caches
+/// and looks again before it reports `OutOfMemory`. Each round runs only if the
+/// previous drain found pages, so it ends early on a truly full machine; the bound
+/// keeps CPUs that refill as fast as others drain from starving it forever.
+const DRAIN_ROUNDS: usize = 8;
+
+impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
+    /// Allocates a block of 2^`order` pages within `constraint`, preferring
+    /// `node`. Returns the first pfn of the block.
+    ///
+    /// Zones are tried preferred node first, highest allowed zone first. A zone with
+    /// no free block but with uninitialised memory is grown (a chunk initialised)
+    /// before the next zone is tried, so an allocation fails only when every
+    /// eligible zone is fully initialised and has no block of that order.
+    #[inline]
+    pub fn alloc(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: NodeId,
+    ) -> Result<Pfn, AllocError> {
+        self.alloc_traced(order, constraint, node)
+            .map(|(pfn, _)| pfn)
+    }
+
+    /// [`alloc`](Self::alloc), saying which path served it.
+    #[inline]
+    pub fn alloc_traced(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: NodeId,
+    ) -> Result<(Pfn, AllocPath), AllocError> {
+        self.alloc_in(order, constraint, node, None, AllocFlags::NONE)
+    }
+
+    /// [`alloc_traced`](Self::alloc_traced) with `flags`, through `cpu`'s cache
+    /// when one is named (see [`Allocator::alloc_on`]).
+    #[inline]
+    pub fn alloc_with(
+        &self,
+        cpu: Option<CpuId>,
+        order: u32,
+        constraint: Constraint,
+        node: NodeId,
+        flags: AllocFlags,
+    ) -> Result<(Pfn, AllocPath), AllocError> {
+        let cache = match cpu {
+            Some(cpu) => Some(self.cache(cpu)?),
+            None => None,
+        };
+        let (pfn, path) = self.alloc_in(order, constraint, node, cache, flags)?;
+        if flags.contains(AllocFlags::ZEROED) {
+            if let Err(e) = self.memmap.backing().zero(pfn..Pfn(pfn.0 + (1 << order))) {
+                // The block goes back as it came: nothing else saw it.
+                let _ = self.free_in(pfn, Some(order), cache);
+                return Err(AllocError::Backing(BackingError {
+                    section: self.layout.section_of(pfn),
+                    ..e
+                }));
+            }
+        }
+        Ok((pfn, path))
+    }
+
+    /// The allocation path, through `cache` for the cached orders when given.
+    #[inline]
+    pub(crate) fn alloc_in(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: NodeId,
+        cache: Option<&CpuCache<R>>,
+        flags: AllocFlags,
+    ) -> Result<(Pfn, AllocPath), AllocError> {
+        if order > MAX_ORDER {
+            return Err(AllocError::OrderTooLarge { order });
+        }
+        // Checked here once: below `node_count()` (at most MAX_NODES), the index
+        // of a zonelist.
+        if node.index() >= self.layout.node_count() {
+            return Err(AllocError::UnknownNode { node });
+        }
+        let node = node.index();
+        let this_node = flags.contains(AllocFlags::THIS_NODE);
+        let no_grow = flags.contains(AllocFlags::NO_GROW);
+        let mut path = AllocPath::Fast;
+        let mut grow_error = None;
+        let mut would_grow = false;
+        for zone in self.zonelist(constraint, node) {
+            if this_node && zone.node as usize != node {
+                continue;
+            }
+            if let Some(pfn) = self.take(zone, order, cache) {
+                return Ok((Pfn(pfn), path));
+            }
+            let slow = if no_grow {
+                // Relaxed: only chooses which error to report.
+                would_grow |= zone.uninit.load(core::sync::atomic::Ordering::Relaxed) > 0;
+                Ok(None)
+            } else {
+                self.take_slow(zone, order)
+            };
+            match slow {
+                Ok(Some((pfn, grew))) => {
+                    let path = if grew { AllocPath::Grew } else { path };
+                    return Ok((Pfn(pfn), path));
+                }
+                Ok(None) => {}
+                // A zone whose memmap cannot be populated now does not stop the
+                // fall-back to the next zone; the error is reported only if no
+                // zone can serve (a re-entrant call's first).
+                Err(e) => {
+                    if !matches!(grow_error, Some(ChunkError::Reentrant { .. })) {
+                        grow_error = Some(e);
+                    }
+                }
+            }
+            path = AllocPath::Fallback;
+        }
+        self.alloc_after_drain(order, constraint, node, flags)
+            .ok_or(match grow_error {
+                Some(ChunkError::Backing(e)) => AllocError::Backing(e),
+                Some(ChunkError::Reentrant { .. }) => AllocError::Reentrant { order },
+                None if would_grow => AllocError::WouldGrow { order },
+                None => AllocError::OutOfMemory { order, constraint },
+            })
+            .map(|pfn| (Pfn(pfn), AllocPath::Fallback))
+    }
+
+    /// The last resort of an allocation that found every eligible zone empty, each
+    /// after it saw the zone's last source of new memory run dry: blocks may still
+    /// sit in CPU caches, or be split between them so that no block of `order`
+    /// exists until they merge. Drains every cache back to its zone and looks again,
+    /// for as long as draining finds pages.
+    /// Blocks away for free page reporting are waited for the same way: they
+    /// come back as soon as the host has them.
+    #[cold]
+    fn alloc_after_drain(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        let this_node = flags.contains(AllocFlags::THIS_NODE);
+        for _ in 0..DRAIN_ROUNDS {
+            let drained = self.drain_all_cpus();
+            if drained == 0
+                && (flags.contains(AllocFlags::NO_GROW)
+                    || !self.wait_for_reporting(constraint, node))
+            {
+                return None;
+            }
+            for zone in self.zonelist(constraint, node) {
+                if this_node && zone.node as usize != node {
+                    continue;
+                }
+                if let Some(pfn) = zone.take(&self.memmap, order) {
+                    return Some(pfn);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until no zone an allocation may use has blocks away for free page
+    /// reporting; returns whether there were any.
+    fn wait_for_reporting(&self, constraint: Constraint, node: usize) -> bool {
+        let mut waited = false;
+        for zone in self.zonelist(constraint, node) {
+            // Relaxed: the count drops under the zone lock as the blocks go back;
+            // the take that follows takes that lock after, and finds them.
+            while zone.isolated.load(core::sync::atomic::Ordering::Relaxed) > 0 {
+                crate::sync::spin_hint();
+                waited = true;
+            }
+        }
+        waited
+    }
+
+    /// The populated zones an allocation may use, in the order it tries them.
+    #[inline]
+    fn zonelist(&self, constraint: Constraint, node: usize) -> impl Iterator<Item = &Zone<R>> {
+        self.zonelists[node * CONSTRAINTS + constraint as usize]
+            .zones()
+            .iter()
+            .map(|&i| &self.zones[i as usize])
+    }
+}

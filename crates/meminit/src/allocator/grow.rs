@@ -1,0 +1,271 @@
+//! Initialising a chunk, and the grow path: an allocation that found its zone
+//! empty initialises more of it, one chunk at a time, until it is served.
+//!
+//! One mechanism serves every strategy: `init_chunk` claims a chunk (the unit of
+//! initialisation, one max-order block by default), has the memmap under it
+//! populated (its section's, or its own, as the backing asks) and its memory
+//! accepted, writes its descriptors, publishes it, then puts its usable pages on
+//! their zones' free lists. Eager start-up runs it for every chunk, deferred
+//! workers ([`super::deferred`]) for their node's, the grow path for what an
+//! allocation needs, and a descriptor look-up ([`Allocator::page_or_init`]) for the
+//! page it wants. On-demand is the grow path and look-ups alone.
+//!
+//! This module decides *which* chunk to initialise and *when*; it never writes a
+//! descriptor itself (that is [`crate::memmap`]) and holds a zone lock only to
+//! splice finished blocks.
+
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+
+use lock_api::RawMutex;
+
+use super::stats::InitCause;
+use super::Allocator;
+use crate::error::ChunkError;
+use crate::memmap::{LookupError, MemmapBacking};
+use crate::page::{zone_index, Page, PageState, NO_ZONE};
+use crate::section::ChunkState;
+use crate::types::Pfn;
+use crate::zone::Zone;
+
+impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
+    /// The descriptor of `pfn`, initialising its chunk first if no one has (or
+    /// waiting for whoever is). From inside the backing (on the same
+    /// [`Config::context`](crate::Config::context)) it neither initialises nor waits:
+    /// [`LookupError::Reentrant`].
+    pub fn page_or_init(&self, pfn: Pfn) -> Result<&Page, LookupError> {
+        loop {
+            match self.memmap.page(pfn.0) {
+                Err(LookupError::Uninitialised { .. }) => {
+                    let index = self.memmap.chunk_of(pfn.0);
+                    self.init_chunk(index, InitCause::Lookup)
+                        .map_err(|e| match e {
+                            ChunkError::Backing(e) => LookupError::Backing(e),
+                            ChunkError::Reentrant { .. } => LookupError::Reentrant { pfn },
+                        })?;
+                }
+                Err(LookupError::Initialising { .. }) => {
+                    if self.reentrant() {
+                        return Err(LookupError::Reentrant { pfn });
+                    }
+                    let index = self.memmap.chunk_of(pfn.0);
+                    self.memmap.sections().wait_while_initialising(index);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Initialises chunk `index` if no one has claimed it: has the memmap under it
+    /// populated and its memory accepted, writes every descriptor, publishes it,
+    /// and puts its usable pages on their zones' free lists. Returns the pages
+    /// freed, or `None` if someone else had it. From inside the backing (on the
+    /// same [`Config::context`]) it gives the claim back and says so, rather than
+    /// call the backing again or wait for the section's memmap.
+    pub(crate) fn init_chunk(
+        &self,
+        index: usize,
+        cause: InitCause,
+    ) -> Result<Option<u64>, ChunkError> {
+        let Ok(claim) = self.memmap.sections().claim(index) else {
+            return Ok(None);
+        };
+        let populated = match self.config.context {
+            Some(context) => {
+                let context = context();
+                if self.in_backing.contains(context) {
+                    return Err(ChunkError::Reentrant { chunk: index });
+                }
+                let _inside = self.in_backing.enter(context);
+                self.memmap.populate(claim, &self.layout)
+            }
+            None => self.memmap.populate(claim, &self.layout),
+        };
+        let mut writer = populated.map_err(ChunkError::Backing)?;
+        let taken = writer.taken();
+        let (start, end) = self.memmap.chunk_pfns(index);
+        for run in self.layout.present_runs(Pfn(start)..Pfn(end)) {
+            let (rs, re) = (run.start.0, run.end.0);
+            writer.write_run(rs, PageState::Reserved, NO_ZONE);
+            let zone = zone_index(run.node, run.zone);
+            if run.reserved {
+                writer.write_run(re, PageState::Reserved, zone);
+                continue;
+            }
+            let (t0, t1) = clamp(&taken, rs, re);
+            writer.write_run(t0, PageState::Tail, zone);
+            writer.write_run(t1, PageState::Reserved, zone);
+            writer.write_run(re, PageState::Tail, zone);
+        }
+        writer.write_run(end, PageState::Reserved, NO_ZONE);
+        let published = writer.publish();
+
+        let mut freed = 0;
+        for run in self
+            .layout
+            .present_runs(Pfn(start)..Pfn(end))
+            .filter(|r| !r.reserved)
+        {
+            let (rs, re) = (run.start.0, run.end.0);
+            let zone = &self.zones[zone_index(run.node, run.zone) as usize];
+            let (t0, t1) = clamp(&taken, rs, re);
+            let added = zone.with_free(|area| {
+                area.add_run(&self.memmap, rs, t0) + area.add_run(&self.memmap, t1, re)
+            });
+            freed += added;
+            // Relaxed: a counter; its sum with `uninit` is exact when quiescent.
+            zone.memmap_pages.fetch_add(t1 - t0, Relaxed);
+            // Release: pairs with the Acquire in `grow_and_take`, so a grower that
+            // sees the count drop finds these blocks when it takes the zone lock.
+            zone.uninit.fetch_sub(run.pages(), Release);
+        }
+        self.counters.chunks_by[cause as usize].fetch_add(1, Relaxed);
+        published.finish();
+        Ok(Some(freed))
+    }
+
+    /// The slow path of one zone, after a take found it empty: returns a block and
+    /// whether this call initialised memory for it, or `None` when the zone has
+    /// nothing left at all.
+    ///
+    /// The take that failed may have run just before another thread spliced the
+    /// zone's last pages, so "nothing left to initialise" is never enough to give
+    /// up: every path here observes that first and takes once more after it.
+    pub(crate) fn take_slow(
+        &self,
+        zone: &Zone<R>,
+        order: u32,
+    ) -> Result<Option<(u64, bool)>, ChunkError> {
+        // The off switch: once set, this one flag is all that remains of laziness.
+        // Acquire (in `all_initialised`) pairs with the Release of the last
+        // section's finish, which comes after every section's splice.
+        if self.memmap.sections().all_initialised() {
+            if let Some(pfn) = zone.take(&self.memmap, order) {
+                return Ok(Some((pfn, false)));
+            }
+            // A chunk given back may have turned the switch off again, just before
+            // its blocks left the lists: seen here, after the take's lock.
+            if self.memmap.sections().all_initialised() {
+                return Ok(None);
+            }
+        }
+        self.grow_and_take(zone, order)
+    }
+
+    /// Alternately look at what is left to initialise in `zone`, take a block, and
+    /// initialise more of the zone, until a block is found or the zone was seen with
+    /// nothing left to initialise before a take that failed.
+    fn grow_and_take(&self, zone: &Zone<R>, order: u32) -> Result<Option<(u64, bool)>, ChunkError> {
+        let started = self.config.clock.map(|now| now());
+        let mut grew = false;
+        let result = loop {
+            // Observe first, then take. Acquire: pairs with the Release decrement in
+            // `init_chunk`, which follows that chunk's splice; so when this sees
+            // zero, the take below sees every page that was ever spliced here.
+            let left = zone.uninit.load(Acquire);
+            if let Some(pfn) = zone.take(&self.memmap, order) {
+                break Ok(Some(pfn));
+            }
+            // A give-back counts its chunk uninitialised under the zone lock
+            // before its blocks leave the lists; a take that missed them took
+            // that lock after, so this second look sees the count.
+            if left == 0 && zone.uninit.load(Acquire) == 0 {
+                break Ok(None);
+            }
+            // Whether this pass initialised a chunk or someone else is finishing
+            // the zone's last ones, the next pass looks again.
+            match self.grow_zone(zone) {
+                Ok(initialised) => grew |= initialised,
+                Err(e) => break Err(e),
+            }
+        };
+        if grew {
+            self.counters.grows.fetch_add(1, Relaxed);
+            if let (Some(now), Some(t0)) = (self.config.clock, started) {
+                self.counters
+                    .grow_time
+                    .fetch_add(now().saturating_sub(t0), Relaxed);
+            }
+        }
+        result.map(|found| found.map(|pfn| (pfn, grew)))
+    }
+
+    /// Initialises one more chunk holding usable pages of `zone` (returns true), or
+    /// waits for whoever is initialising the last ones (false). A chunk whose memmap
+    /// cannot be populated (or whose memory cannot be accepted) is passed over for
+    /// the next; its error is returned only if no chunk could be initialised. From
+    /// inside the backing, neither initialises nor waits: `Reentrant`.
+    fn grow_zone(&self, zone: &Zone<R>) -> Result<bool, ChunkError> {
+        let sections = self.memmap.sections();
+        let (first, end) = zone.chunks(self.memmap.chunk_shift());
+        // Relaxed: the cursor is only a hint of where unclaimed sections start;
+        // the claim decides who initialises what.
+        let cursor = zone.grow_cursor.load(Relaxed).clamp(first, end);
+        let mut busy = None;
+        let mut failed = None;
+        // From the cursor on, then from the start, in case a claimant gave a
+        // chunk back after its backing failed.
+        for index in (cursor..end).chain(first..cursor) {
+            let state = sections.state(index);
+            if !matches!(state, ChunkState::Uninit | ChunkState::Initialising)
+                || !self.chunk_has_usable(index, zone)
+            {
+                continue;
+            }
+            if state == ChunkState::Initialising {
+                busy = Some(index);
+                continue;
+            }
+            match self.init_chunk(index, InitCause::Grow) {
+                Ok(Some(_)) => {
+                    zone.grow_cursor.store(index + 1, Relaxed);
+                    return Ok(true);
+                }
+                Ok(None) => {}
+                Err(e @ ChunkError::Reentrant { .. }) => return Err(e),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(index) = busy {
+            if self.reentrant() {
+                return Err(ChunkError::Reentrant { chunk: index });
+            }
+            sections.wait_while_initialising(index);
+            return Ok(false);
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        zone.grow_cursor.store(end, Relaxed);
+        // Every chunk is Ready, but one may still be splicing its pages: the
+        // caller's next look at the zone's count tells.
+        crate::sync::spin_hint();
+        Ok(false)
+    }
+
+    /// Whether the calling context is inside a call of the backing (known only
+    /// with a [`Config::context`]). Only for the paths that would wait.
+    pub(crate) fn reentrant(&self) -> bool {
+        self.config
+            .context
+            .is_some_and(|context| self.in_backing.contains(context()))
+    }
+
+    /// Whether chunk `index` holds usable pages of `zone`.
+    fn chunk_has_usable(&self, index: usize, zone: &Zone<R>) -> bool {
+        let (s, e) = self.memmap.chunk_pfns(index);
+        let s = Pfn(s).max(zone.span.start_pfn);
+        let e = Pfn(e).min(zone.span.end_pfn);
+        s < e
+            && self
+                .layout
+                .present_runs(s..e)
+                .any(|r| !r.reserved && r.node.index() == zone.node as usize && r.zone == zone.kind)
+    }
+}
+
+/// `taken` clipped to `[start, end)`: an empty range at `start` or `end` when
+/// they do not meet.
+fn clamp(taken: &core::ops::Range<u64>, start: u64, end: u64) -> (u64, u64) {
+    let t0 = taken.start.clamp(start, end);
+    (t0, taken.end.clamp(t0, end))
+}

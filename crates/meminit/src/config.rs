@@ -1,0 +1,134 @@
+//! Start-up choices: the strategy, the chunk size, give-back and its reserve, and
+//! the embedder's clock and context functions.
+//!
+//! Plain values, checked against a layout once at start-up; nothing here runs
+//! after that.
+
+use core::str::FromStr;
+
+use crate::error::InitError;
+use crate::layout::Layout;
+use crate::section::MAX_CHUNKS_PER_SECTION;
+use crate::types::{MAX_ORDER, PAGE_SHIFT, PAGE_SIZE};
+
+/// When descriptors are initialised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    /// Every chunk at start-up, on the calling thread.
+    Eager,
+    /// Nothing at start-up; the rest by [`Allocator::run_deferred_worker`](crate::Allocator::run_deferred_worker) in
+    /// parallel, and by the grow path for whatever is needed before they finish.
+    Deferred,
+    /// Nothing at start-up and nothing in the background: only what allocations and
+    /// look-ups need.
+    OnDemand,
+}
+
+impl Strategy {
+    /// All strategies.
+    pub const ALL: [Strategy; 3] = [Strategy::Eager, Strategy::Deferred, Strategy::OnDemand];
+
+    /// The strategy's name on a command line (`meminit=` in the guest).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Strategy::Eager => "eager",
+            Strategy::Deferred => "deferred",
+            Strategy::OnDemand => "ondemand",
+        }
+    }
+}
+
+/// A strategy name that is not one of `eager`, `deferred`, `ondemand`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownStrategy;
+
+impl core::error::Error for UnknownStrategy {}
+
+impl core::fmt::Display for UnknownStrategy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("unknown strategy: expected eager, deferred or ondemand")
+    }
+}
+
+impl FromStr for Strategy {
+    type Err = UnknownStrategy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "eager" => Ok(Strategy::Eager),
+            "deferred" => Ok(Strategy::Deferred),
+            "ondemand" | "on-demand" => Ok(Strategy::OnDemand),
+            _ => Err(UnknownStrategy),
+        }
+    }
+}
+
+/// The default unit of initialisation: one max-order block (4 MiB of memory, 1024
+/// descriptors, 64 KiB of memmap).
+pub const DEFAULT_CHUNK_SIZE: u64 = PAGE_SIZE << MAX_ORDER;
+
+/// Start-up choices.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// When descriptors are initialised.
+    pub strategy: Strategy,
+    /// A monotonic clock in the embedder's unit (nanoseconds on a host, TSC ticks in
+    /// a kernel), used only to report time spent growing. `None`: not measured.
+    pub clock: Option<fn() -> u64>,
+    /// Bytes of memory per chunk, the unit of initialisation: a power of two from
+    /// one max-order block ([`DEFAULT_CHUNK_SIZE`]) up to a section, with at most
+    /// [`MAX_CHUNKS_PER_SECTION`] chunks per section.
+    pub chunk_size: u64,
+    /// Whether [`Allocator::give_back`](crate::Allocator::give_back) and [`Allocator::report_free`](crate::Allocator::report_free) return
+    /// chunks whose pages all stayed free to uninitialised, releasing their
+    /// memmap. On by default for [`Strategy::OnDemand`], whose point is that
+    /// memmap follows use.
+    pub give_back: bool,
+    /// Bytes of initialised free memory each zone keeps when giving chunks back,
+    /// so that a workload that frees and allocates again does not make the
+    /// allocator give back and initialise the same chunks over and over.
+    pub give_back_reserve: u64,
+    /// Names the calling context: the CPU number (read with preemption off) in a
+    /// kernel, a thread id on a host; any value but `u64::MAX`, the same for the
+    /// whole of a call into the allocator. With it, a call back into the allocator
+    /// from inside the backing's `populate` or `accept` on the same context is
+    /// told apart from a wait on another CPU, and fails
+    /// ([`crate::AllocError::Reentrant`], [`crate::LookupError::Reentrant`],
+    /// [`ChunkError::Reentrant`](crate::ChunkError::Reentrant)) where it would otherwise wait forever for the
+    /// chunk its own caller holds. It is called only on the paths that initialise
+    /// or wait for a chunk, never on the fast path. `None`: no such check (a
+    /// backing that calls back may then hang).
+    pub context: Option<fn() -> u64>,
+}
+
+/// The default [`Config::give_back_reserve`]: four default chunks per zone.
+pub const DEFAULT_GIVE_BACK_RESERVE: u64 = 4 * DEFAULT_CHUNK_SIZE;
+
+impl Config {
+    /// `strategy`, with no clock, the default chunk size, and give-back on for
+    /// [`Strategy::OnDemand`] only, keeping [`DEFAULT_GIVE_BACK_RESERVE`].
+    pub const fn new(strategy: Strategy) -> Self {
+        Config {
+            strategy,
+            clock: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            give_back: matches!(strategy, Strategy::OnDemand),
+            give_back_reserve: DEFAULT_GIVE_BACK_RESERVE,
+            context: None,
+        }
+    }
+
+    /// Checks the configuration against `layout`; returns log2 of the pages in a
+    /// chunk.
+    pub fn chunk_shift(&self, layout: &Layout) -> Result<u32, InitError> {
+        let section = layout.section_pages() * PAGE_SIZE;
+        let chunk = self.chunk_size;
+        if !chunk.is_power_of_two()
+            || !(DEFAULT_CHUNK_SIZE..=section).contains(&chunk)
+            || section / chunk > MAX_CHUNKS_PER_SECTION as u64
+        {
+            return Err(InitError::BadChunkSize { chunk, section });
+        }
+        Ok(chunk.trailing_zeros() - PAGE_SHIFT)
+    }
+}
