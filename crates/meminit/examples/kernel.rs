@@ -12,10 +12,12 @@
 //! `mmap(MAP_FIXED)` of the same file pages. Everything else is what a kernel
 //! writes:
 //!
-//! - the section slots and the per-CPU caches are plain `static`s, the lock an
-//!   irq-saving-style spin lock (`spin`);
-//! - start-up is in place (`Allocator::build_in_place`), on a 16 KiB stack, the
-//!   memory map validated straight into the allocator;
+//! - the allocator itself, the section slots and the per-CPU caches are plain
+//!   `static`s (an `AllocatorCell`), the lock a spin lock (`spin`) made
+//!   interrupt-safe by `IrqSafe` over the kernel's interrupt control;
+//! - start-up is in place (`AllocatorCell::build`), on a 16 KiB stack, the
+//!   memory map validated straight into the allocator, the vmemmap sized from
+//!   the layout once it is known;
 //! - deferred workers run per node, on threads standing for that node's CPUs;
 //! - an "interrupt handler" allocates with `AllocFlags::NO_GROW`, a NUMA-bound
 //!   task with `THIS_NODE`, a page-table allocation with `ZEROED` (the backing
@@ -24,19 +26,33 @@
 //! - free page reporting hands free memory back to the "host" by punching holes
 //!   in the memfd, as a hypervisor discards reported guest memory.
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use meminit::{
-    AllocFlags, Allocator, BackingError, Config, Constraint, CpuCache, CpuId, FreeReporter, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageMeta, PageSource, Pfn, Populated,
-    RangeKind, ReportError, SectionSlot, Strategy, PAGE_SIZE,
+    AllocFlags, AllocRequest, Allocator, AllocatorCell, BackingError, Config, CpuCache, CpuId,
+    FreeReporter, FreeRequest, Interrupts, IrqSafe, Layout, LayoutBuilder, MemmapBacking,
+    MemmapPiece, NodeId, Page, PageMeta, PageSource, Pfn, Populated, RangeKind, ReportError,
+    SectionSlot, Strategy, PAGE_SIZE,
 };
 
-type Lock = spin::mutex::SpinMutex<()>;
+/// The kernel's interrupt control. A host thread has none to turn off; a kernel
+/// reads and clears the interrupt flag here, and sets it again in `restore`.
+struct Cpu;
+
+impl Interrupts for Cpu {
+    fn disable() -> bool {
+        false
+    }
+    fn restore(_was_on: bool) {}
+}
+
+type Lock = IrqSafe<spin::mutex::SpinMutex<()>, Cpu>;
 type KernelAllocator = Allocator<'static, Vmemmap, Lock>;
+
+/// The page allocator, in the kernel's image.
+static PAGES: AllocatorCell<Vmemmap, Lock> = AllocatorCell::new();
 
 const MIB: u64 = 1 << 20;
 /// 16 MiB sections, so that the example's machine has several (a kernel keeps
@@ -258,18 +274,22 @@ impl FreeReporter for Host {
 }
 
 /// The boot CPU's job: bring the allocator up in place and return it.
-fn boot(slot: &'static mut MaybeUninit<KernelAllocator>) -> &'static KernelAllocator {
+fn boot() -> &'static KernelAllocator {
     let map = memory_map();
-    // The vmemmap spans the sections from the first with memory (pfn 0 here) to
-    // the end of the map: what `Layout::memmap_start` and `memmap_bytes` say, known
-    // from the firmware map before the allocator exists.
-    let span = SECTIONS as u64 * (SECTION / PAGE_SIZE) * size_of::<Page>() as u64;
-    let backing = Vmemmap::new(Pfn(0), span).expect("host memory for the machine");
     let config = Config {
         context: Some(context),
         ..Config::new(Strategy::Deferred)
     };
-    Allocator::build_in_place(slot, &map, backing, &SLOTS, &CACHES, config).expect("start-up")
+    // The vmemmap spans the sections from the first with memory to the end of
+    // the map: what the layout says once it is validated, before any descriptor
+    // is needed.
+    let vmemmap = |layout: &Layout| {
+        let bytes = layout.memmap_descriptors() * size_of::<Page>() as u64;
+        Vmemmap::new(layout.memmap_start(), bytes).map_err(|_| "no host memory for the machine")
+    };
+    PAGES
+        .build(&map, vmemmap, &SLOTS, &CACHES, config)
+        .expect("start-up")
 }
 
 /// The calling "CPU", for the re-entrancy check: the host thread.
@@ -279,7 +299,6 @@ fn context() -> u64 {
 }
 
 fn main() {
-    let slot: &'static mut MaybeUninit<KernelAllocator> = Box::leak(Box::new_uninit());
     // What the backing assumed of the map is what the allocator will find.
     let layout = memory_map().build().expect("a valid memory map");
     assert_eq!(layout.memmap_start(), Pfn(0));
@@ -287,18 +306,18 @@ fn main() {
     // A kernel's boot stack: 16 KiB is enough for start-up in place.
     let a: &'static KernelAllocator = std::thread::Builder::new()
         .stack_size(16 << 10)
-        .spawn(move || boot(slot))
+        .spawn(boot)
         .unwrap()
         .join()
         .unwrap();
     println!(
         "up: {} of memmap mapped so far, nothing initialised: {}",
-        a.memmap_populated_bytes(),
-        a.init_stats().chunks_done == 0
+        a.stats().memmap_bytes,
+        a.stats().chunks_done == 0
     );
 
     // The early allocation of a boot CPU, before workers run: it grows its zone.
-    let early = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+    let early = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
 
     // Deferred workers, two "CPUs" per node, while CPU 3 takes interrupts that
     // allocate and free without ever growing.
@@ -311,38 +330,34 @@ fn main() {
         }
         s.spawn(|| {
             for _ in 0..1000 {
-                if let Ok((p, _)) = a.alloc_with(
-                    Some(CpuId(3)),
-                    0,
-                    Constraint::Any,
-                    NodeId(0),
-                    AllocFlags::NO_GROW,
+                if let Ok((p, _)) = a.alloc_traced(
+                    AllocRequest::order(0)
+                        .on(CpuId(3))
+                        .flags(AllocFlags::NO_GROW),
                 ) {
-                    a.free_on(CpuId(3), p).unwrap();
+                    a.free(FreeRequest::pfn(p).on(CpuId(3))).unwrap();
                 }
             }
         });
     });
-    assert!(a.is_fully_initialised());
+    assert!(a.stats().fully_initialised);
 
     // A NUMA-bound task on node 1, and a page table that must start zeroed.
     let (local, _) = a
-        .alloc_with(
-            Some(CpuId(2)),
-            3,
-            Constraint::Any,
-            NodeId(1),
-            AllocFlags::THIS_NODE,
+        .alloc_traced(
+            AllocRequest::order(3)
+                .on(CpuId(2))
+                .node(NodeId(1))
+                .flags(AllocFlags::THIS_NODE),
         )
         .unwrap();
     assert_eq!(a.layout().node_of(local), Some(NodeId(1)));
     let (table, _) = a
-        .alloc_with(
-            Some(CpuId(2)),
-            0,
-            Constraint::Any,
-            NodeId(1),
-            AllocFlags::ZEROED | AllocFlags::THIS_NODE,
+        .alloc_traced(
+            AllocRequest::order(0)
+                .on(CpuId(2))
+                .node(NodeId(1))
+                .flags(AllocFlags::ZEROED | AllocFlags::THIS_NODE),
         )
         .unwrap();
 
@@ -356,14 +371,19 @@ fn main() {
     // Memory in use, then released: the idle loop reports free memory to the host.
     let mut held: Vec<Pfn> = (0..4096)
         .map(|i| {
-            a.alloc_on(CpuId(i % CPUS as u32), 0, Constraint::Any, NodeId(i % 2))
-                .unwrap()
+            a.alloc(
+                AllocRequest::order(0)
+                    .on(CpuId(i % CPUS as u32))
+                    .node(NodeId(i % 2)),
+            )
+            .unwrap()
         })
         .collect();
     for (i, p) in held.drain(..).enumerate() {
-        a.free_on(CpuId(i as u32 % CPUS as u32), p).unwrap();
+        a.free(FreeRequest::pfn(p).on(CpuId(i as u32 % CPUS as u32)))
+            .unwrap();
     }
-    a.drain_all_cpus();
+    a.drain(None).unwrap_or(0);
     let mut host = Host {
         phys: a.backing().phys,
         reported: 0,
@@ -372,7 +392,7 @@ fn main() {
 
     println!(
         "memmap: {} bytes in {} sections, mapped from their own pages with {} page-table pages",
-        a.memmap_populated_bytes(),
+        a.stats().memmap_bytes,
         a.backing().tables.load(Relaxed),
         a.backing().tables.load(Relaxed)
     );
@@ -381,7 +401,7 @@ fn main() {
         host.reported / MIB,
         stats.blocks
     );
-    for z in a.zone_stats() {
+    for z in a.zones() {
         // Every page accounted for: the example's held pages are `early`,
         // `local` (8) and `table`.
         println!(
@@ -395,7 +415,7 @@ fn main() {
             z.allocated()
         );
     }
-    let allocated: u64 = a.zone_stats().map(|z| z.allocated()).sum();
+    let allocated: u64 = a.zones().map(|z| z.allocated()).sum();
     assert_eq!(allocated, 1 + 8 + 1);
     assert_eq!(
         meta.refcount.load(Relaxed),

@@ -125,8 +125,8 @@ pub enum FreeError {
         /// The pfn given.
         pfn: Pfn,
     },
-    /// The block was allocated with another order (only from the order-checked
-    /// frees, [`Allocator::free_order`](crate::Allocator::free_order) and [`Allocator::free_order_on`](crate::Allocator::free_order_on)).
+    /// The block was allocated with another order than the one a
+    /// [`FreeRequest`](crate::FreeRequest) gave.
     WrongOrder {
         /// The pfn given.
         pfn: Pfn,
@@ -229,6 +229,15 @@ pub enum InitError {
     Backing(BackingError),
     /// The memory map given to [`Allocator::build_in_place`](crate::Allocator::build_in_place) is not valid.
     Layout(LayoutError),
+    /// The function that makes the backing once the layout is known
+    /// ([`Allocator::build_in_place`](crate::Allocator::build_in_place)) could not.
+    BackingUnavailable {
+        /// Why, in the backing's words.
+        reason: &'static str,
+    },
+    /// The [`AllocatorCell`](crate::AllocatorCell) holds an allocator already,
+    /// or another caller is starting one in it.
+    AlreadyStarted,
 }
 
 impl core::error::Error for InitError {}
@@ -253,6 +262,12 @@ impl core::fmt::Display for InitError {
             ),
             InitError::Backing(e) => e.fmt(f),
             InitError::Layout(e) => write!(f, "the memory map is not valid: {e}"),
+            InitError::BackingUnavailable { reason } => {
+                write!(f, "the memmap backing could not be made: {reason}")
+            }
+            InitError::AlreadyStarted => {
+                f.write_str("the allocator cell holds an allocator already, or one is starting in it")
+            }
         }
     }
 }

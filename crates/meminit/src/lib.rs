@@ -40,78 +40,85 @@
 //! returns [`Granularity::Chunk`] from [`MemmapBacking::granularity`] and is then
 //! asked to populate each chunk's 64 KiB (small pages) instead.
 //!
-//! ## Embedding
+//! ## Embedding: a page allocator in a `static`, with no heap
 //!
-//! You provide three things:
-//! 1. the memory map, as a [`LayoutBuilder`] of byte ranges (usable, reserved or
-//!    other, each on a NUMA node), validated into a [`Layout`];
-//! 2. a [`MemmapBacking`]: the virtual range of the descriptor array, indexed by pfn
-//!    from the first section with memory ([`Layout::memmap_start`]; RAM that starts
-//!    at 512 GiB costs no memmap span below it), and a `populate` that makes one
-//!    section's (or chunk's) part of it accessible
-//!    when first needed (a kernel maps a 2 MiB page there, with page tables and
-//!    the page itself from the [`PageSource`] it is lent; [`SliceBacking`] covers
-//!    memory that is already mapped), and optionally an `accept` for each chunk's
-//!    memory;
-//! 3. a slice of [`SectionSlot`]s, one per section ([`Layout::section_count`]),
-//!    lent by shared reference (they are atomics: a kernel keeps them in a plain
-//!    `static`; one live allocator owns a slot array at a time), a slice of
-//!    [`CpuCache`]s, one per CPU, and a lock type for the zones and the caches (any
-//!    [`lock_api::RawMutex`]: a spin lock in a kernel).
-//!
-//! Pages are named by [`Pfn`] (ranges of them by `Range<Pfn>`) and NUMA nodes by
-//! [`NodeId`] everywhere in the API. Every public function answers any argument
-//! with a value, `None`, an empty answer or a typed error; none panics.
+//! You provide the memory map (a [`LayoutBuilder`] of byte ranges, each usable,
+//! reserved or other, on a NUMA node), a [`MemmapBacking`] (the virtual range of
+//! the descriptor array, indexed by pfn from [`Layout::memmap_start`], and a
+//! `populate` that maps a section's (or chunk's) part of it when first needed),
+//! one [`SectionSlot`] per section and one [`CpuCache`] per CPU in `static`s,
+//! and a lock type (any [`lock_api::RawMutex`]; [`IrqSafe`] makes a spin lock
+//! interrupt-safe over your "interrupts off / restore" pair). An
+//! [`AllocatorCell`] holds the allocator itself in a `static`: it is started
+//! there, in place, and shared as `&'static` after. This is a whole embedding,
+//! with no `unsafe` and no heap (a small kernel whose memmap sits in its image;
+//! a larger one writes its own backing that maps the memmap on demand, as the
+//! repository's `examples/kernel.rs` and guest kernel do):
 //!
 //! ```
-//! use meminit::{Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page,
-//!               RangeKind, SectionSlot, SliceBacking, Strategy};
+//! use meminit::{AllocRequest, Allocator, AllocatorCell, Config, CpuCache, CpuId, FreeRequest,
+//!               InitError, Interrupts, IrqSafe, LayoutBuilder, NodeId, RangeKind, SectionSlot,
+//!               SliceBacking, StaticMemmap, Strategy};
 //!
-//! // 64 MiB of RAM on one node, in 4 MiB sections to keep the example small.
-//! let mut map = LayoutBuilder::new();
-//! map.section_size(4 << 20)
-//!    .add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
-//!    .add(0x100000, 64 << 20, RangeKind::Usable, NodeId(0));
-//! let layout = map.build()?;
+//! /// The kernel's interrupt control (here a host, where there is none).
+//! struct Cpu;
+//! impl Interrupts for Cpu {
+//!     fn disable() -> bool { false } // x86-64: read IF, then `cli`
+//!     fn restore(_on: bool) {}       // x86-64: `sti` if IF was set
+//! }
+//! type Lock = IrqSafe<spin::mutex::SpinMutex<()>, Cpu>;
 //!
-//! // The descriptor array and the section states: in a kernel, a virtual range
-//! // mapped on demand and a static or boot-allocated slice.
-//! let mut memmap = Box::<[Page]>::new_uninit_slice(layout.memmap_descriptors() as usize);
-//! let slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
+//! const MEMORY: u64 = 64 << 20; // 64 MiB of RAM: 16 Ki pages, 1 MiB of descriptors
+//! static MEMMAP: StaticMemmap<{ (MEMORY >> 12) as usize }> = StaticMemmap::new();
+//! static SLOTS: [SectionSlot; 16] = [const { SectionSlot::new() }; 16];
+//! static CPUS: [CpuCache<Lock>; 4] = [const { CpuCache::new() }; 4];
+//! static PAGES: AllocatorCell<SliceBacking<'static>, Lock> = AllocatorCell::new();
 //!
-//! // One cache of free blocks per CPU (a kernel's per-CPU area, or a static array).
-//! let cpus: [CpuCache<parking_lot::RawMutex>; 2] = [CpuCache::new(), CpuCache::new()];
+//! /// Called once, early, on the boot CPU, from the firmware's memory map.
+//! fn boot() -> Result<&'static Allocator<'static, SliceBacking<'static>, Lock>, InitError> {
+//!     let mut map = LayoutBuilder::new();
+//!     map.section_size(4 << 20) // 16 sections of 4 MiB, one slot each
+//!         .add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+//!         .add(0x100000, MEMORY, RangeKind::Usable, NodeId(0))
+//!         .add(0x100000, 0x400000, RangeKind::Reserved, NodeId(0)); // the kernel image
+//!     let Some(backing) = MEMMAP.take() else {
+//!         return Err(InitError::AlreadyStarted);
+//!     };
+//!     // Validated straight into the cell: no layout or allocator on the stack.
+//!     PAGES.build(&map, |_layout| Ok(backing), &SLOTS, &CPUS, Config::new(Strategy::OnDemand))
+//! }
 //!
-//! let allocator: Allocator<'_, _, parking_lot::RawMutex> = Allocator::new(
-//!     layout,
-//!     SliceBacking::new(&mut memmap),
-//!     &slots,
-//!     &cpus,
-//!     Config::new(Strategy::OnDemand),
-//! )?;
-//! assert_eq!(allocator.memmap_populated_bytes(), 0);
+//! let pages = boot()?;
+//! assert_eq!(pages.stats().memmap_bytes, 0); // nothing written at start-up
 //!
-//! // The first allocation initialises one chunk (here, 4 MiB sections hold one
-//! // chunk each) of its zone, and no more.
-//! let block = allocator.alloc_on(CpuId(0), 3, Constraint::Any, NodeId(0))?;
-//! assert_eq!(allocator.memmap_populated_bytes(), 1024 * 64);
-//! // Freed on another CPU, into that CPU's cache. The block's descriptor knows
-//! // its order, and the free says it.
-//! assert_eq!(allocator.free_on(CpuId(1), block)?, 3);
-//! assert!(allocator.free(block).is_err()); // a double free is refused
+//! // On CPU 0: a page. The first allocation initialises one chunk (4 MiB, 64 KiB
+//! // of descriptors) of its zone, and no more.
+//! let page = pages.alloc(AllocRequest::order(0).on(CpuId(0)))?;
+//! assert_eq!(pages.stats().memmap_bytes, 1024 * 64);
+//! // Freed on another CPU, into that CPU's cache; the descriptor knows the order.
+//! assert_eq!(pages.free(FreeRequest::pfn(page).on(CpuId(1)))?, 0);
+//! assert!(pages.free(page).is_err()); // a double free is refused
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Every allocation is an [`AllocRequest`]: the order, then the calling CPU
+//! (whose cache serves orders 0 to 3 and the pageblock order), the zones
+//! ([`Constraint`]), the preferred node and the [`AllocFlags`]. Every free is a
+//! [`FreeRequest`] (or a bare [`Pfn`]: through the zones, the order read from the
+//! descriptor). Pages are named by [`Pfn`] (ranges by `Range<Pfn>`) and nodes by
+//! [`NodeId`] everywhere. Every public function answers any argument with a
+//! value, `None`, an empty answer or a typed error; none panics.
 //!
 //! A whole kernel-style embedding is in the crate's `examples/kernel.rs` (run by
 //! `cargo test`; `cargo run -p meminit --example kernel` on Linux): two NUMA nodes
 //! with a hole and a reservation inside usable memory, a vmemmap mapped section by
 //! section with the section's own pages and a page-table page from the
-//! [`PageSource`], the section slots and per-CPU caches in `static`s, start-up in
-//! place on a 16 KiB stack, deferred workers per node, `NO_GROW`, `THIS_NODE` and
-//! `ZEROED` allocations, the kernel's per-page data ([`PageMeta`]) and free page
-//! reporting.
+//! [`PageSource`], start-up in place on a 16 KiB stack, deferred workers per node,
+//! `NO_GROW`, `THIS_NODE` and `ZEROED` allocations, the kernel's per-page data
+//! ([`PageMeta`]) and free page reporting. `examples/bare` builds the embedding
+//! above for `x86_64-unknown-none`.
 //!
-//! With [`Strategy::Deferred`], start workers after `new` returns:
+//! With [`Strategy::Deferred`], start workers after start-up:
 //!
 //! ```ignore
 //! std::thread::scope(|s| {
@@ -174,58 +181,35 @@
 //!
 //! An [`Allocator`] is about 26 KB, a [`Layout`] about 10 KB and a
 //! [`LayoutBuilder`] about 6 KB. [`Allocator::new`] takes the layout and returns
-//! the allocator by value: measured on x86-64, start-up and a first allocation
-//! need about 80 KiB of stack that way. A kernel's boot stack is often 16 to
-//! 64 KiB: start in place instead. [`Allocator::build_in_place`] validates the
-//! memory map straight into the allocator's place (a `static`, a per-CPU area,
-//! memory taken from the firmware map) and writes every field there;
-//! [`Allocator::init_in_place`] does the same from a built [`Layout`]. With the
-//! builder itself on the stack, start-up, the first allocations and frees need
-//! about 12 KiB (the workspace's `dev` profile, opt-level 1) to 15 KiB
-//! (`release`) under every strategy: a 16 KiB stack, which a test holds. Without
-//! optimisation (opt-level 0) frames are larger: give it 32 KiB (24 KiB is not
-//! enough), or build the crate with opt-level 1 or more.
-//!
-//! ```
-//! # use meminit::*;
-//! # use std::mem::MaybeUninit;
-//! # let mut b = LayoutBuilder::new();
-//! # b.section_size(4 << 20).add(0x100000, 64 << 20, RangeKind::Usable, NodeId(0));
-//! # let layout = b.build()?;
-//! # let mut memmap = Box::<[Page]>::new_uninit_slice(layout.memmap_descriptors() as usize);
-//! # let slots: Vec<SectionSlot> = (0..layout.section_count()).map(|_| SectionSlot::new()).collect();
-//! # let cpus: [CpuCache<parking_lot::RawMutex>; 1] = [CpuCache::new()];
-//! // In a kernel: a `static` (or per-CPU) slot; here, the heap.
-//! let mut slot: Box<MaybeUninit<Allocator<'_, _, parking_lot::RawMutex>>> = Box::new_uninit();
-//! let mut map = LayoutBuilder::new();
-//! map.section_size(4 << 20)
-//!    .add(0x100000, 64 << 20, RangeKind::Usable, NodeId(0));
-//! let allocator = Allocator::build_in_place(
-//!     &mut slot,
-//!     &map,
-//!     SliceBacking::new(&mut memmap),
-//!     &slots,
-//!     &cpus,
-//!     Config::new(Strategy::Eager),
-//! )?;
-//! let page = allocator.alloc(0, Constraint::Any, NodeId(0))?;
-//! assert_eq!(allocator.free(page)?, 0);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! the allocator by value: start-up and a first allocation then need about
+//! 80 KiB of stack on x86-64. A kernel's boot stack is often 16 to 64 KiB: start
+//! in place instead. [`AllocatorCell::build`] (and [`Allocator::build_in_place`],
+//! for a place of your own) validates the memory map straight into the
+//! allocator's place and writes every field there, making the backing only once
+//! the layout is known (so it can learn [`Layout::memmap_start`] first): with
+//! the builder itself on the stack, start-up, the first allocations and frees
+//! fit a 16 KiB stack in the workspace's `dev` (opt-level 1) and `release`
+//! profiles under every strategy, which a test holds. Without optimisation
+//! (opt-level 0) frames are larger: give it 32 KiB, or build the crate with
+//! opt-level 1 or more. [`AllocatorCell::init`] and [`Allocator::init_in_place`]
+//! start from a [`Layout`] built beforehand; building that layout on the stack
+//! costs its size again and more: prefer `build` on a small stack.
 //!
 //! ## Per-CPU caches, and the rules in interrupt context
 //!
-//! [`Allocator::alloc_on`] and [`Allocator::free_on`] name the calling CPU with a
-//! [`CpuId`], an index into the [`CpuCache`]s lent to [`Allocator::new`]. In a
-//! kernel that is the CPU's number, read with preemption disabled (or from a
-//! per-CPU variable); the caches live in a static array or in the per-CPU areas.
-//! Each CPU keeps, per zone type, up to [`CACHE_HIGH`] blocks of each of the orders
-//! in [`CACHED_ORDERS`] (0 to 3 and the pageblock order, as Linux's per-CPU lists);
+//! An [`AllocRequest::on`] or [`FreeRequest::on`] names the calling CPU with a
+//! [`CpuId`], an index into the [`CpuCache`]s lent at start-up. In a kernel that
+//! is the CPU's number, read with preemption disabled (or from a per-CPU
+//! variable); the caches live in a static array or in the per-CPU areas. A
+//! request naming a CPU with no cache is refused ([`AllocError::UnknownCpu`],
+//! [`FreeError::UnknownCpu`]); one naming no CPU goes to the zones directly (for
+//! early boot, before per-CPU data exists, or when no caches were lent). Each CPU
+//! keeps, per zone type, up to [`CACHE_HIGH`] blocks of each of the orders in
+//! [`CACHED_ORDERS`] (0 to 3 and the pageblock order, as Linux's per-CPU lists);
 //! an empty stock is refilled and a full one drained [`CACHE_BATCH`] blocks at a
-//! time, under the zone lock. Larger orders, and [`Allocator::alloc`] and
-//! [`Allocator::free`] (which name no CPU: for early boot, before per-CPU data
-//! exists), go to the zones directly. A block may be freed on any CPU; a block of a
-//! zone other than the one that CPU's stock holds goes back to its own zone.
+//! time, under the zone lock. Larger orders go to the zones directly. A block may
+//! be freed on any CPU; a block of a zone other than the one that CPU's stock
+//! holds goes back to its own zone.
 //!
 //! What the embedder must guarantee, and what it need not:
 //!
@@ -236,32 +220,34 @@
 //!   operation goes to the zone under the zone lock instead. A wrong or shared id
 //!   costs speed, never a page. So the caller need not disable preemption around an
 //!   allocation for safety; it should for speed.
-//! - **A remote CPU** may only drain a cache ([`Allocator::drain_cpu`],
-//!   [`Allocator::drain_all_cpus`]): it waits for the owner's operation to finish,
-//!   then returns every cached block to its zone. Do it for a CPU going offline.
-//!   An allocation that finds every eligible zone empty drains all caches itself
-//!   and looks again before it reports [`AllocError::OutOfMemory`].
+//! - **A remote CPU** may only drain a cache ([`Allocator::drain`]): it waits for
+//!   the owner's operation to finish, then returns every cached block to its
+//!   zone. Do it for a CPU going offline. An allocation that finds every eligible
+//!   zone empty drains all caches itself and looks again before it reports
+//!   [`AllocError::OutOfMemory`].
 //! - **Interrupt context**: an allocation or free from an interrupt handler takes
 //!   zone locks (to refill, drain, or when its cache is busy) and, on the slow path,
 //!   may initialise memory and call the backing. Two rules make that safe:
 //!   1. if interrupt handlers allocate or free, `R` must be a lock that keeps
-//!      interrupts off while held (an irq-saving spin lock, Linux's
-//!      `spin_lock_irqsave`): otherwise a handler that interrupts a zone lock's
-//!      holder on the same CPU spins forever. With such a lock an interrupt can
-//!      never find its own CPU's cache held. No lock of `R` is ever held while
-//!      another CPU's cache lock is awaited, nor while descriptors are written;
-//!   2. an allocation in interrupt context passes [`AllocFlags::NO_GROW`] to
-//!      [`Allocator::alloc_with`] (Linux's `GFP_ATOMIC`): it then never
-//!      initialises memory, never calls the backing (whose `populate` may sleep
-//!      or take locks of its own), and never waits for another CPU's
-//!      initialisation or for free page reporting; it takes a free block or fails
-//!      with [`AllocError::WouldGrow`]. [`AllocFlags::THIS_NODE`] keeps an
-//!      allocation on its node, [`AllocFlags::ZEROED`] has the backing zero the
-//!      block ([`MemmapBacking::zero`]).
+//!      interrupts off while held (Linux's `spin_lock_irqsave`): otherwise a
+//!      handler that interrupts a zone lock's holder on the same CPU spins
+//!      forever. [`IrqSafe`] makes one of any raw spin lock over your
+//!      [`Interrupts`] pair. With such a lock an interrupt can never find its
+//!      own CPU's cache held. No lock of `R` is ever held while another CPU's
+//!      cache lock is awaited, nor while descriptors are written;
+//!   2. an allocation in interrupt context sets [`AllocFlags::NO_GROW`] (Linux's
+//!      `GFP_ATOMIC`): it then never initialises memory, never calls the backing
+//!      (whose `populate` may sleep or take locks of its own), and never waits
+//!      for another CPU's initialisation or for free page reporting; it takes a
+//!      free block or fails with [`AllocError::WouldGrow`].
+//!      [`AllocFlags::THIS_NODE`] keeps an allocation on its node,
+//!      [`AllocFlags::ZEROED`] has the backing zero the block
+//!      ([`MemmapBacking::zero`]).
 //!
 //! With the feature `x86_64`, `frames::Frames` offers the `x86_64` crate's
 //! `FrameAllocator` and `FrameDeallocator` (4 KiB and 2 MiB frames) over one CPU's
-//! cache, for kernels that already ask for page-table frames that way.
+//! cache, for kernels that already ask for page-table frames that way; its
+//! `last_error` keeps why a request was refused, which the traits cannot say.
 //!
 //! ## Memory follows use down: give-back and free page reporting
 //!
@@ -303,8 +289,8 @@
 //! - Per zone, free + allocated + uninitialised + reserved = present whenever no
 //!   operation is in flight, and [`ZoneStats::available`] counts uninitialised pages
 //!   as available.
-//! - [`Allocator::free`] reads a block's order from its head descriptor;
-//!   [`Allocator::free_order`] checks the order a caller gives against it.
+//! - [`Allocator::free`] reads a block's order from its head descriptor, or
+//!   checks the order a [`FreeRequest`] gives against it.
 //! - A double free, a free with the wrong order, of a reserved or never-initialised
 //!   page, or outside the map is a [`FreeError`], with nothing changed; of two frees
 //!   of one block racing on two CPUs, exactly one succeeds.
@@ -341,11 +327,13 @@
 
 mod allocator;
 mod buddy;
+mod cell;
 mod config;
 mod cpu_cache;
 mod error;
 #[cfg(feature = "x86_64")]
 pub mod frames;
+mod irq;
 mod layout;
 mod memmap;
 mod page;
@@ -360,21 +348,24 @@ mod types;
 mod zone;
 
 pub use allocator::{
-    AllocFlags, AllocPath, Allocator, FreeReporter, InitStats, NoReporter, ReportError,
-    ReportStats, WorkerReport, REPORT_BATCH, REPORT_ORDER, WORKER_RETRIES,
+    AllocFlags, AllocPath, AllocRequest, Allocator, FreeReporter, FreeRequest, NoReporter,
+    ReportError, ReportStats, Stats, WorkerReport, REPORT_BATCH, REPORT_ORDER, WORKER_RETRIES,
 };
+pub use cell::AllocatorCell;
 pub use config::{
     Config, Strategy, UnknownStrategy, DEFAULT_CHUNK_SIZE, DEFAULT_GIVE_BACK_RESERVE,
 };
 pub use cpu_cache::{CpuCache, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
 pub use error::{AllocError, ChunkError, FreeError, InitError};
+pub use irq::{Interrupts, IrqSafe};
 pub use layout::{
     Layout, LayoutBuilder, LayoutError, MemoryRange, NodeSpan, PresentRun, PresentRuns, RangeKind,
     ZoneSpan, DEFAULT_SECTION_SIZE, MAX_RANGES, MIN_SECTION_SIZE,
 };
+pub use lock_api;
 pub use memmap::{
     BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, PageSource, Populated,
-    SliceBacking, SourceError, MAX_BACKING_CONTEXTS, MAX_SOURCE_PAGES,
+    SliceBacking, SourceError, StaticMemmap, MAX_BACKING_CONTEXTS, MAX_SOURCE_PAGES,
 };
 pub use page::{Page, PageMeta, PageState, USER_BYTES, USER_WORDS};
 pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};

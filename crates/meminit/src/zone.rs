@@ -62,6 +62,9 @@ pub struct ZoneStats {
     pub reported: u64,
     /// Managed pages not initialised yet. They count as available.
     pub uninitialised: u64,
+    /// Free blocks of each order on the zone's free lists (blocks in CPU caches
+    /// are not on them: drain first to see every block merged).
+    pub free_blocks: [u64; MAX_ORDER as usize + 1],
 }
 
 impl ZoneStats {
@@ -135,13 +138,10 @@ impl<R: RawMutex> Zone<R> {
         self.free.lock().unmerged(mm, zone_index)
     }
 
-    /// Free blocks of each order (takes the lock).
-    pub(crate) fn free_blocks(&self) -> [u64; MAX_ORDER as usize + 1] {
-        self.free.lock().blocks()
-    }
-
-    /// The zone's counters, with `cached` pages of it in CPU caches.
+    /// The zone's counters, with `cached` pages of it in CPU caches. Takes the
+    /// lock for the block counts.
     pub(crate) fn stats(&self, cached: u64) -> ZoneStats {
+        let free_blocks = self.free.lock().blocks();
         // Relaxed throughout: counters are a snapshot, exact only when quiescent.
         let memmap = self.memmap_pages.load(Relaxed);
         let reserved = self.span.reserved + memmap;
@@ -158,6 +158,7 @@ impl<R: RawMutex> Zone<R> {
             cached,
             reported: self.reported_pages.load(Relaxed) + isolated,
             uninitialised: self.uninit.load(Relaxed),
+            free_blocks,
         }
     }
 }

@@ -6,12 +6,11 @@
 
 use lock_api::RawMutex;
 
-use super::request::{AllocFlags, AllocPath};
+use super::request::{AllocFlags, AllocPath, AllocRequest};
 use super::{Allocator, CONSTRAINTS};
 use crate::cpu_cache::CpuCache;
 use crate::error::{AllocError, ChunkError};
 use crate::memmap::{BackingError, MemmapBacking};
-use crate::types::CpuId;
 use crate::types::{Constraint, NodeId, Pfn, MAX_ORDER};
 use crate::zone::Zone;
 
@@ -22,46 +21,32 @@ use crate::zone::Zone;
 const DRAIN_ROUNDS: usize = 8;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
-    /// Allocates a block of 2^`order` pages within `constraint`, preferring
-    /// `node`. Returns the first pfn of the block.
+    /// Allocates what `request` asks for: a block of 2^order pages within its
+    /// constraint, preferring its node, through its CPU's cache for the cached
+    /// orders. Returns the block's first pfn.
     ///
-    /// Zones are tried preferred node first, highest allowed zone first. A zone with
-    /// no free block but with uninitialised memory is grown (a chunk initialised)
-    /// before the next zone is tried, so an allocation fails only when every
-    /// eligible zone is fully initialised and has no block of that order.
+    /// Zones are tried preferred node first, highest allowed zone first. A zone
+    /// with no free block but with uninitialised memory is grown (a chunk
+    /// initialised) before the next zone is tried, so an allocation fails only
+    /// when every eligible zone is fully initialised and has no block of that
+    /// order (after draining every CPU's cache and looking again), or when its
+    /// flags forbid what would serve it.
     #[inline]
-    pub fn alloc(
-        &self,
-        order: u32,
-        constraint: Constraint,
-        node: NodeId,
-    ) -> Result<Pfn, AllocError> {
-        self.alloc_traced(order, constraint, node)
-            .map(|(pfn, _)| pfn)
+    pub fn alloc(&self, request: AllocRequest) -> Result<Pfn, AllocError> {
+        self.alloc_traced(request).map(|(pfn, _)| pfn)
     }
 
-    /// [`alloc`](Self::alloc), saying which path served it.
+    /// [`alloc`](Self::alloc), saying which path served it: what a simulator or
+    /// a tracing kernel counts.
     #[inline]
-    pub fn alloc_traced(
-        &self,
-        order: u32,
-        constraint: Constraint,
-        node: NodeId,
-    ) -> Result<(Pfn, AllocPath), AllocError> {
-        self.alloc_in(order, constraint, node, None, AllocFlags::NONE)
-    }
-
-    /// [`alloc_traced`](Self::alloc_traced) with `flags`, through `cpu`'s cache
-    /// when one is named (see [`Allocator::alloc_on`]).
-    #[inline]
-    pub fn alloc_with(
-        &self,
-        cpu: Option<CpuId>,
-        order: u32,
-        constraint: Constraint,
-        node: NodeId,
-        flags: AllocFlags,
-    ) -> Result<(Pfn, AllocPath), AllocError> {
+    pub fn alloc_traced(&self, request: AllocRequest) -> Result<(Pfn, AllocPath), AllocError> {
+        let AllocRequest {
+            order,
+            cpu,
+            constraint,
+            node,
+            flags,
+        } = request;
         let cache = match cpu {
             Some(cpu) => Some(self.cache(cpu)?),
             None => None,

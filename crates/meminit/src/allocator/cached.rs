@@ -19,84 +19,32 @@
 
 use lock_api::RawMutex;
 
-use crate::allocator::{AllocFlags, AllocPath, Allocator};
+use super::Allocator;
 use crate::cpu_cache::{slot_of, CacheGuard, CpuCache, CACHED_ORDERS, CACHE_BATCH};
-use crate::error::{AllocError, FreeError};
+use crate::error::AllocError;
 use crate::memmap::MemmapBacking;
 use crate::page::{Page, PageState};
-use crate::types::Constraint;
-use crate::types::CpuId;
-use crate::types::{NodeId, Pfn, ZONE_TYPES};
+use crate::types::{CpuId, NodeId, Pfn, ZONE_TYPES};
 use crate::zone::Zone;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
-    /// The number of CPU caches lent at start-up: valid [`CpuId`]s are below it.
-    pub fn cpu_count(&self) -> usize {
-        self.cpus.len()
+    /// Returns every block in `cpu`'s cache (every CPU's, for `None`) to its
+    /// zone, where it merges with its buddies: for a CPU going offline, or before
+    /// measuring fragmentation. Waits for each CPU to finish an operation on its
+    /// cache, if it is in one. Returns the pages returned.
+    pub fn drain(&self, cpu: Option<CpuId>) -> Result<u64, AllocError> {
+        match cpu {
+            Some(cpu) => Ok(self.drain_cache(&mut self.cache(cpu)?.lock())),
+            None => Ok(self.drain_all_cpus()),
+        }
     }
 
-    /// [`alloc`](Self::alloc) on `cpu`: blocks of the cached orders (0 to 3 and the
-    /// pageblock order) come from that CPU's cache, refilled from the zone in
-    /// batches. See the crate documentation for what `cpu` must be.
-    #[inline]
-    pub fn alloc_on(
-        &self,
-        cpu: CpuId,
-        order: u32,
-        constraint: Constraint,
-        node: NodeId,
-    ) -> Result<Pfn, AllocError> {
-        self.alloc_on_traced(cpu, order, constraint, node)
-            .map(|(pfn, _)| pfn)
-    }
-
-    /// [`alloc_on`](Self::alloc_on), saying which path served it.
-    #[inline]
-    pub fn alloc_on_traced(
-        &self,
-        cpu: CpuId,
-        order: u32,
-        constraint: Constraint,
-        node: NodeId,
-    ) -> Result<(Pfn, AllocPath), AllocError> {
-        self.alloc_with(Some(cpu), order, constraint, node, AllocFlags::NONE)
-    }
-
-    /// [`free`](Self::free) on `cpu`: a block of a cached order goes into that
-    /// CPU's cache if it holds blocks of the same zone (or none); anything else goes
-    /// back to its zone. The block may have been allocated on any CPU. Returns the
-    /// block's order, read from its head descriptor.
-    #[inline]
-    pub fn free_on(&self, cpu: CpuId, pfn: Pfn) -> Result<u32, FreeError> {
-        let cache = self.cache(cpu).map_err(|_| FreeError::UnknownCpu {
-            cpu,
-            cpus: self.cpus.len(),
-        })?;
-        self.free_in(pfn, None, Some(cache))
-    }
-
-    /// [`free_on`](Self::free_on) for a caller that knows the order, checked
-    /// against the descriptor: a different order is [`FreeError::WrongOrder`].
-    #[inline]
-    pub fn free_order_on(&self, cpu: CpuId, pfn: Pfn, order: u32) -> Result<(), FreeError> {
-        let cache = self.cache(cpu).map_err(|_| FreeError::UnknownCpu {
-            cpu,
-            cpus: self.cpus.len(),
-        })?;
-        self.free_in(pfn, Some(order), Some(cache)).map(drop)
-    }
-
-    /// Returns every block in `cpu`'s cache to its zone, where it merges with its
-    /// buddies; for a CPU going offline, or before measuring fragmentation. Waits for
-    /// the CPU to finish an operation on its cache, if it is in one. Returns the pages
-    /// returned.
-    pub fn drain_cpu(&self, cpu: CpuId) -> Result<u64, AllocError> {
-        Ok(self.drain(&mut self.cache(cpu)?.lock()))
-    }
-
-    /// [`drain_cpu`](Self::drain_cpu) for every CPU. Returns the pages returned.
-    pub fn drain_all_cpus(&self) -> u64 {
-        self.cpus.iter().map(|c| self.drain(&mut c.lock())).sum()
+    /// Drains every CPU's cache. Returns the pages returned.
+    pub(crate) fn drain_all_cpus(&self) -> u64 {
+        self.cpus
+            .iter()
+            .map(|c| self.drain_cache(&mut c.lock()))
+            .sum()
     }
 
     #[inline]
@@ -214,7 +162,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// Returns every block of the locked cache to its zone. Returns the pages moved.
-    fn drain(&self, guard: &mut CacheGuard<'_, R>) -> u64 {
+    fn drain_cache(&self, guard: &mut CacheGuard<'_, R>) -> u64 {
         let mut pages = 0;
         for kind in crate::types::ZoneType::ALL {
             let stock = guard.stock(kind);

@@ -3,6 +3,7 @@
 
 use lock_api::RawMutex;
 
+use super::request::FreeRequest;
 use super::Allocator;
 use crate::cpu_cache::CpuCache;
 use crate::error::FreeError;
@@ -11,21 +12,27 @@ use crate::page::{PageState, NO_ZONE};
 use crate::types::{Pfn, MAX_ORDER};
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
-    /// Returns a block that [`alloc`](Self::alloc) handed out, and says its order,
-    /// which the block's head descriptor records. The descriptor is checked first:
-    /// a double free, a reserved or never-initialised page, or a pfn inside a
-    /// block is refused with nothing changed. Of two frees of one block racing,
-    /// exactly one succeeds (a compare-and-swap on the head decides).
+    /// Returns a block that [`alloc`](Self::alloc) handed out, and says its
+    /// order, which the block's head descriptor records: `free(pfn)` through the
+    /// zones, or a [`FreeRequest`] naming the calling CPU (into its cache) and the
+    /// order the caller expects (checked first: [`FreeError::WrongOrder`]).
+    ///
+    /// The descriptor is checked before the caller is trusted: a double free, a
+    /// reserved or never-initialised page, or a pfn inside a block is refused
+    /// with nothing changed. Of two frees of one block racing, exactly one
+    /// succeeds (a compare-and-swap on the head decides). A block may be freed on
+    /// any CPU, whichever allocated it.
     #[inline]
-    pub fn free(&self, pfn: Pfn) -> Result<u32, FreeError> {
-        self.free_in(pfn, None, None)
-    }
-
-    /// [`free`](Self::free) for a caller that knows the order, checked against the
-    /// descriptor: a different order is [`FreeError::WrongOrder`].
-    #[inline]
-    pub fn free_order(&self, pfn: Pfn, order: u32) -> Result<(), FreeError> {
-        self.free_in(pfn, Some(order), None).map(drop)
+    pub fn free(&self, request: impl Into<FreeRequest>) -> Result<u32, FreeError> {
+        let FreeRequest { pfn, cpu, order } = request.into();
+        let cache = match cpu {
+            Some(cpu) => Some(self.cache(cpu).map_err(|_| FreeError::UnknownCpu {
+                cpu,
+                cpus: self.cpus.len(),
+            })?),
+            None => None,
+        };
+        self.free_in(pfn, order, cache)
     }
 
     /// The free path, through `cache` for the cached orders when given; checks

@@ -22,20 +22,20 @@ pub use deferred::{WorkerReport, WORKER_RETRIES};
 pub use giveback::{
     FreeReporter, NoReporter, ReportError, ReportStats, REPORT_BATCH, REPORT_ORDER,
 };
-pub use request::{AllocFlags, AllocPath};
-pub use stats::InitStats;
+pub use request::{AllocFlags, AllocPath, AllocRequest, FreeRequest};
+pub use stats::Stats;
 
 use core::sync::atomic::AtomicUsize;
 
 use lock_api::RawMutex;
 
-use crate::config::{Config, Strategy};
+use crate::config::Config;
 use crate::cpu_cache::CpuCache;
 use crate::layout::Layout;
 use crate::memmap::reentry::InBacking;
 use crate::memmap::{LookupError, Memmap, MemmapBacking};
 use crate::page::Page;
-use crate::types::{Constraint, NodeId, Pfn, ZoneType, MAX_NODES, MAX_ORDER, ZONE_TYPES};
+use crate::types::{Constraint, NodeId, Pfn, ZoneType, MAX_NODES, ZONE_TYPES};
 use crate::zone::{Zone, ZoneStats};
 use stats::InitCounters;
 
@@ -121,24 +121,14 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         self.memmap.backing()
     }
 
-    /// The strategy chosen at start-up.
-    pub fn strategy(&self) -> Strategy {
-        self.config.strategy
-    }
-
-    /// Whether every chunk is initialised (the off switch is set).
-    pub fn is_fully_initialised(&self) -> bool {
-        self.memmap.sections().all_initialised()
-    }
-
-    /// Bytes of memmap populated so far.
-    pub fn memmap_populated_bytes(&self) -> u64 {
-        self.memmap.populated_bytes()
+    /// The configuration the allocator started with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// The counters of every zone with present pages, node by node, lowest zone
     /// first. Pages in CPU caches count as free.
-    pub fn zone_stats(&self) -> impl Iterator<Item = ZoneStats> + '_ {
+    pub fn zones(&self) -> impl Iterator<Item = ZoneStats> + '_ {
         self.zones
             .iter()
             .filter(|z| z.is_populated())
@@ -146,7 +136,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The zone of `node` and type `zone`, if the node is in the layout.
-    fn zone(&self, node: NodeId, zone: ZoneType) -> Option<&Zone<R>> {
+    fn zone_of(&self, node: NodeId, zone: ZoneType) -> Option<&Zone<R>> {
         if node.index() >= self.layout.node_count() {
             return None;
         }
@@ -154,19 +144,10 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The counters of `node`'s zone `zone`, if it has present pages.
-    pub fn zone_stats_of(&self, node: NodeId, zone: ZoneType) -> Option<ZoneStats> {
-        self.zone(node, zone)
+    pub fn zone(&self, node: NodeId, zone: ZoneType) -> Option<ZoneStats> {
+        self.zone_of(node, zone)
             .filter(|z| z.is_populated())
             .map(|z| z.stats(self.cached_pages(z)))
-    }
-
-    /// Free blocks of each order on the free lists of `node`'s zone `zone` (takes
-    /// the zone lock); blocks in CPU caches are not on them. All zeroes for a node
-    /// not in the layout.
-    pub fn free_blocks(&self, node: NodeId, zone: ZoneType) -> [u64; MAX_ORDER as usize + 1] {
-        self.zone(node, zone)
-            .map(|z| z.free_blocks())
-            .unwrap_or_default()
     }
 
     /// A consistency check of the free lists, zone by zone under each zone's lock:
@@ -181,11 +162,5 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             .filter(|z| z.is_populated())
             .map(|z| z.unmerged(&self.memmap))
             .sum()
-    }
-
-    /// Pages free or uninitialised across all zones: what a caller watching memory
-    /// should count as available.
-    pub fn available_pages(&self) -> u64 {
-        self.zone_stats().map(|z| z.available()).sum()
     }
 }

@@ -62,17 +62,30 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         cpus: &'a [CpuCache<R>],
         config: Config,
     ) -> Result<&'s mut Self, InitError> {
-        Self::start_in_place(slot, Map::Built(layout), backing, slots, cpus, config)
+        Self::start_in_place(
+            slot,
+            Map::Built(layout),
+            |_| Ok(backing),
+            slots,
+            cpus,
+            config,
+        )
     }
 
     /// [`init_in_place`](Self::init_in_place), validating `map` straight into
     /// the allocator's own layout, so that no [`Layout`] is ever on the stack
     /// either: the whole of bring-up, from memory map to first allocation, in
     /// 16 KiB of stack. A map that does not validate is [`InitError::Layout`].
+    ///
+    /// `backing` makes the backing once the layout is known, so that it can
+    /// learn where the memmap starts ([`Layout::memmap_start`]) and how many
+    /// descriptors it spans ([`Layout::memmap_descriptors`]) before any is
+    /// needed; if it cannot, it says why, and start-up fails with
+    /// [`InitError::BackingUnavailable`].
     pub fn build_in_place<'s>(
         slot: &'s mut MaybeUninit<Self>,
         map: &LayoutBuilder,
-        backing: B,
+        backing: impl FnOnce(&Layout) -> Result<B, &'static str>,
         slots: &'a [SectionSlot],
         cpus: &'a [CpuCache<R>],
         config: Config,
@@ -84,7 +97,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     fn start_in_place<'s>(
         slot: &'s mut MaybeUninit<Self>,
         map: Map<'_>,
-        backing: B,
+        backing: impl FnOnce(&Layout) -> Result<B, &'static str>,
         slots: &'a [SectionSlot],
         cpus: &'a [CpuCache<R>],
         config: Config,
@@ -135,6 +148,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             },
         })?;
         // On failure the sections are dropped with it, which frees the slots.
+        let backing = backing(layout).map_err(|reason| InitError::BackingUnavailable { reason })?;
         let memmap = Memmap::new(backing, sections, layout, chunk_shift)
             .ok_or(InitError::MisalignedMemmap)?;
         for cache in cpus {
@@ -211,8 +225,8 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// states in `slots` (at least [`Layout::section_count`] of them, fresh: each is
     /// marked owned with a compare-and-swap, refused with
     /// [`InitError::SlotsInUse`] if another live allocator owns it, and fresh again
-    /// when this allocator is dropped) and one cache per CPU in `cpus` (emptied; may be empty,
-    /// and then every allocation goes to the zones).
+    /// when this allocator is dropped) and one cache per CPU in `cpus` (emptied;
+    /// may be empty, and then requests name no CPU and go to the zones).
     ///
     /// With [`Strategy::Eager`] every chunk is initialised before this returns;
     /// otherwise nothing is, and the allocator serves at once: start-up costs two

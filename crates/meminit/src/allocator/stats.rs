@@ -1,4 +1,5 @@
-//! Counters of initialisation work, and the snapshot [`InitStats`] read from them.
+//! Counters of initialisation work, and the snapshot [`Stats`] read from them and
+//! from the zones.
 //!
 //! Statistics only: nothing here orders or decides anything.
 
@@ -39,9 +40,11 @@ impl InitCounters {
     }
 }
 
-/// What initialisation has done so far, in chunks (the unit of initialisation).
+/// The allocator as a whole: what initialisation has done so far, in chunks (the
+/// unit of initialisation), the memmap, and the memory still to be had. Per-zone
+/// counters are [`ZoneStats`](crate::ZoneStats).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InitStats {
+pub struct Stats {
     /// Bytes of memory per chunk.
     pub chunk_bytes: u64,
     /// Chunks with present pages.
@@ -67,15 +70,20 @@ pub struct InitStats {
     /// Chunks given back to uninitialised so far ([`Config::give_back`](crate::Config::give_back)); each is
     /// counted again in the `by_*` figures when it is initialised anew.
     pub given_back: u64,
+    /// Pages free or uninitialised across all zones: what a caller watching
+    /// memory should count as available (pages in CPU caches, depots and out for
+    /// reporting are free).
+    pub available_pages: u64,
 }
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
-    /// What initialisation has done so far.
-    pub fn init_stats(&self) -> InitStats {
+    /// A snapshot of the allocator's counters (exact when no operation is in
+    /// flight). Reads every zone's counters without their locks.
+    pub fn stats(&self) -> Stats {
         let by = |c: InitCause| self.counters.chunks_by[c as usize].load(Relaxed);
         let sections = self.memmap.sections();
         let present = sections.present() as u64;
-        InitStats {
+        Stats {
             chunk_bytes: PAGE_SIZE << self.memmap.chunk_shift(),
             chunks_present: present,
             chunks_done: present - sections.unfinished() as u64,
@@ -88,6 +96,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             memmap_bytes: self.memmap.populated_bytes(),
             fully_initialised: sections.all_initialised(),
             given_back: self.counters.given_back.load(Relaxed),
+            available_pages: self.zones().map(|z| z.available()).sum(),
         }
     }
 }

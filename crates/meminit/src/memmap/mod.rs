@@ -29,7 +29,7 @@ mod source;
 
 pub use contract::{BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, Populated};
 pub use reentry::MAX_BACKING_CONTEXTS;
-pub use slice::SliceBacking;
+pub use slice::{SliceBacking, StaticMemmap};
 pub use source::{PageSource, SourceError, MAX_SOURCE_PAGES};
 
 use core::ops::Range;

@@ -2,9 +2,13 @@
 //! and small kernels that reserve their memmap statically.
 //!
 //! It owns an exclusive borrow of the memory and never touches it; its unsafe
-//! impls rest on that borrow.
+//! impls rest on that borrow. [`StaticMemmap`] is such memory in a `static`,
+//! lent out once.
 
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::{BackingError, Granularity, MemmapBacking, MemmapPiece, Populated};
 use crate::layout::Layout;
@@ -80,5 +84,54 @@ unsafe impl MemmapBacking for SliceBacking<'_> {
             });
         }
         Ok(Populated::ELSEWHERE)
+    }
+}
+
+/// `N` descriptors in a `static`, for a small kernel that reserves its memmap in
+/// its image (64 bytes per page: 1 MiB of descriptors for 64 MiB of memory) and
+/// has no heap: [`StaticMemmap::take`] lends them, once, as a [`SliceBacking`].
+///
+/// ```
+/// use meminit::StaticMemmap;
+/// static MEMMAP: StaticMemmap<1024> = StaticMemmap::new();
+/// assert!(MEMMAP.take().is_some());
+/// assert!(MEMMAP.take().is_none()); // lent once
+/// ```
+pub struct StaticMemmap<const N: usize> {
+    taken: AtomicBool,
+    memory: UnsafeCell<[MaybeUninit<Page>; N]>,
+}
+
+// SAFETY: the memory is reached only through `take`, which hands out the one
+// exclusive borrow of it to the single caller that flips `taken`.
+unsafe impl<const N: usize> Sync for StaticMemmap<N> {}
+
+impl<const N: usize> StaticMemmap<N> {
+    /// `N` descriptors, not yet written.
+    pub const fn new() -> Self {
+        StaticMemmap {
+            taken: AtomicBool::new(false),
+            memory: UnsafeCell::new([const { MaybeUninit::uninit() }; N]),
+        }
+    }
+
+    /// The descriptors as a backing, the first time; `None` after.
+    pub fn take(&'static self) -> Option<SliceBacking<'static>> {
+        // Relaxed: the swap alone decides who gets the borrow; the memory holds
+        // nothing to publish (it is uninitialised until the allocator writes it).
+        if self.taken.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        // SAFETY: only the caller that flipped `taken` reaches here, once, so
+        // this is the only reference to the memory, for as long as the static
+        // lives.
+        let memory = unsafe { &mut *self.memory.get() };
+        Some(SliceBacking::new(memory))
+    }
+}
+
+impl<const N: usize> Default for StaticMemmap<N> {
+    fn default() -> Self {
+        Self::new()
     }
 }
