@@ -360,6 +360,12 @@ mod real {
     /// A backing over a slice that really releases a section's memmap (as far as
     /// the model can tell): it records whether the section is populated, and
     /// fails the model if it is populated twice or released while not populated.
+    ///
+    /// Not the shared test double (`tests/common`): that one keeps its records
+    /// behind std mutexes, which loom neither sees nor can switch threads at, so
+    /// the model would explore none of the interleavings around the flag. Here
+    /// the flag is a loom atomic: each populate and release is a point where the
+    /// model may switch threads, and its ordering is checked.
     pub struct Releasing<'m> {
         inner: SliceBacking<'m>,
         populated: loom::sync::atomic::AtomicBool,

@@ -1,13 +1,20 @@
-//! Test machines: a layout, a memmap in host memory, and invariant checks.
+//! Test machines: a layout, a memmap in host memory, a configurable memmap backing
+//! ([`Double`], [`TestBacking`]), and invariant checks.
 #![allow(dead_code)]
+
+mod double;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use double::{Call, Double, Hook, Phase, TestBacking};
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
 use meminit::layout::PresentRun;
 use meminit::{
-    Allocator, Config, CpuCache, Granularity, Layout, LayoutBuilder, MemmapBacking, NodeId, Page,
-    Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
+    Allocator, Config, CpuCache, Granularity, InitError, Layout, LayoutBuilder, MemmapBacking,
+    NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
 };
 
 /// CPU caches lent to every test allocator.
@@ -65,6 +72,61 @@ pub fn with_allocator_chunked<T>(
     )
     .expect("allocator starts");
     f(&allocator)
+}
+
+/// An allocator over a [`TestBacking`].
+pub type Doubled<'a> = Allocator<'a, TestBacking<'a>, parking_lot::RawMutex>;
+
+/// Builds an allocator of `config` over `layout` whose memmap backing behaves as
+/// `double` says, and runs `f` on it (or on why it did not start).
+pub fn try_with_double<T>(
+    layout: &Layout,
+    config: Config,
+    double: Double,
+    f: impl FnOnce(Result<&Doubled<'_>, InitError>) -> T,
+) -> T {
+    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(layout);
+    let backing = double.over(&mut lent.memmap, layout);
+    let started = Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config);
+    // Bound to a local so that the allocator is dropped before what it borrows.
+    let result = match started {
+        Ok(a) => f(Ok(&a)),
+        Err(e) => f(Err(e)),
+    };
+    #[allow(clippy::let_and_return)]
+    result
+}
+
+/// [`try_with_double`] for an allocator that must start.
+pub fn with_double<T>(
+    layout: &Layout,
+    config: Config,
+    double: Double,
+    f: impl FnOnce(&Doubled<'_>) -> T,
+) -> T {
+    try_with_double(layout, config, double, |a| f(a.expect("allocator starts")))
+}
+
+/// An allocator over a [`TestBacking`] that lives for the rest of the test binary
+/// (what it borrows is leaked too), for hooks that call it back from inside its
+/// backing and so must hold a `'static` reference to it.
+pub fn leaked_double(layout: &Layout, config: Config, double: Double) -> &'static Doubled<'static> {
+    let lent: &'static mut Lent<parking_lot::RawMutex> =
+        Box::leak(Box::new(Lent::for_layout(layout)));
+    let backing = double.over(&mut lent.memmap, layout);
+    let a = Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config)
+        .expect("allocator starts");
+    Box::leak(Box::new(a))
+}
+
+/// A layout of `section`-byte sections over `ranges`: (start, end, kind, node).
+pub fn layout(section: u64, ranges: &[(u64, u64, RangeKind, NodeId)]) -> Layout {
+    let mut b = LayoutBuilder::new();
+    b.section_size(section);
+    for &(start, end, kind, node) in ranges {
+        b.add(start, end, kind, node);
+    }
+    b.build().unwrap()
 }
 
 /// One node of `bytes` usable from 1 MiB, with small sections.
