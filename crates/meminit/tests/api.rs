@@ -1,6 +1,6 @@
-//! The public surface as an embedder meets it (issue 8, items 5 and 7): slots lent
-//! by shared reference and owned by one allocator at a time, free without the
-//! order, node and pfn types, and a memmap that starts at the first present section.
+//! The public surface as an embedder meets it: slots lent by shared reference and
+//! owned by one allocator at a time, free without the order, node and pfn types,
+//! and a memmap that starts at the first present section.
 
 #![cfg(not(loom))]
 
