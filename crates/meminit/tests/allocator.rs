@@ -140,9 +140,7 @@ fn holes_and_reserved_pages_inside_a_section() {
             got.push(p);
         }
         assert_eq!(got.len() as u64, l.usable_pages());
-        for p in got {
-            a.free_order(p, 0).unwrap();
-        }
+        free_all(a, got, 0);
         check_fully_coalesced(a);
     });
 }
@@ -247,21 +245,12 @@ fn growth_prefers_the_preferred_node() {
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::OnDemand, |a| {
         let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(1), ZoneType::Normal))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Normal)));
         let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(0), ZoneType::Normal))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Normal)));
         // Node 1 has no DMA32: a DMA32 allocation preferring it falls to node 0.
         let p = a.alloc(0, Constraint::Dma32, NodeId(1)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(0), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Dma32)));
     });
 }
 
@@ -303,9 +292,7 @@ fn a_range_on_a_node_boundary_never_merges_across_nodes() {
         while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
             all.push(p);
         }
-        for p in all {
-            a.free_order(p, 0).unwrap();
-        }
+        free_all(a, all, 0);
         check_fully_coalesced(a);
         let n0 = a.free_blocks(NodeId(0), ZoneType::Dma);
         let n1 = a.free_blocks(NodeId(1), ZoneType::Dma);

@@ -357,14 +357,10 @@ fn memmap_pieces_name_absolute_sections() {
         Config::new(Strategy::Eager),
     )
     .unwrap();
-    let calls = a.backing().calls();
-    let mut seen: Vec<(usize, Pfn)> = calls
-        .into_iter()
-        .filter_map(|c| match c {
-            Call::Populate { piece, .. } => Some((piece.section, piece.start)),
-            _ => None,
-        })
-        .collect();
+    let mut seen = a.backing().pick(|c| match c {
+        Call::Populate { piece, .. } => Some((piece.section, piece.start)),
+        _ => None,
+    });
     seen.sort();
     assert_eq!(
         seen,

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::{layout, leaked_double, try_with_double, Double, Doubled, Phase};
+use common::{layout, leaked_double, one_node, try_with_double, Double, Doubled, Phase};
 use meminit::{
     AllocError, BackingError, ChunkError, Config, Constraint, CpuId, Granularity, Layout,
     LookupError, MemmapPiece, NodeId, PageSource, PageState, Pfn, RangeKind, SourceError, Strategy,
@@ -24,22 +24,19 @@ use meminit::{
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
-/// An allocator over a kernel-style backing: the memmap of each section (or
-/// chunk) "mapped" on a block of the section's own pages and two page-table pages
-/// right after it, all from the page source (and, if asked, the pages `returned`
-/// names too).
-fn with_carving<T>(
-    layout: &Layout,
-    config: Config,
-    granularity: Granularity,
-    returned: Option<fn(Range<u64>) -> Range<u64>>,
-    f: impl FnOnce(Result<&Doubled<'_>, meminit::InitError>) -> T,
-) -> T {
-    let mut double = Double::new().granularity(granularity).carving();
-    if let Some(returned) = returned {
-        double = double.returning_taken(returned);
-    }
-    try_with_double(layout, config, double, f)
+/// A kernel-style backing: the memmap of each section (or chunk) "mapped" on a
+/// block of the section's own pages and two page-table pages right after it, all
+/// from the page source.
+fn carving() -> Double {
+    Double::new().carving()
+}
+
+/// The usable pages of `l`: present and not reserved.
+fn usable_pages(l: &Layout) -> u64 {
+    l.present_runs(Pfn(0)..Pfn(u64::MAX))
+        .filter(|r| !r.reserved)
+        .map(|r| r.pages())
+        .sum()
 }
 
 /// 1 MiB to 64 MiB in 4 MiB sections (16 pages of memmap each), with a reserved
@@ -74,13 +71,9 @@ fn drain_and_check(a: &Doubled<'_>) -> HashSet<u64> {
 #[test]
 fn populate_takes_its_pages_from_the_source_under_every_strategy() {
     let l = kernelish();
-    let usable: u64 = l
-        .present_runs(Pfn(0)..Pfn(u64::MAX))
-        .filter(|r| !r.reserved)
-        .map(|r| r.pages())
-        .sum();
+    let usable = usable_pages(&l);
     for strategy in Strategy::ALL {
-        with_carving(&l, Config::new(strategy), Granularity::Section, None, |a| {
+        try_with_double(&l, Config::new(strategy), carving(), |a| {
             let a = a.unwrap();
             if strategy == Strategy::Deferred {
                 for node in [NodeId(0), NodeId(1)] {
@@ -121,19 +114,14 @@ fn a_backing_may_return_what_the_source_gave_or_an_adjacent_range() {
     let same: fn(Range<u64>) -> Range<u64> = |t| t;
     let next: fn(Range<u64>) -> Range<u64> = |t| t.end..t.end + 1;
     for (returned, pages) in [(same, 18), (next, 19)] {
-        with_carving(
+        try_with_double(
             &l,
             Config::new(Strategy::Eager),
-            Granularity::Section,
-            Some(returned),
+            carving().returning_taken(returned),
             |a| {
                 let a = a.unwrap();
                 let got = drain_and_check(a);
-                let usable: u64 = l
-                    .present_runs(Pfn(0)..Pfn(u64::MAX))
-                    .filter(|r| !r.reserved)
-                    .map(|r| r.pages())
-                    .sum();
+                let usable = usable_pages(&l);
                 assert_eq!(got.len() as u64, usable - pages * l.section_count() as u64);
             },
         );
@@ -144,11 +132,10 @@ fn a_backing_may_return_what_the_source_gave_or_an_adjacent_range() {
 fn a_taken_range_apart_from_the_source_pages_is_refused_and_never_populated_again() {
     let l = kernelish();
     let apart: fn(Range<u64>) -> Range<u64> = |t| t.end + 1..t.end + 2;
-    with_carving(
+    try_with_double(
         &l,
         Config::new(Strategy::OnDemand),
-        Granularity::Section,
-        Some(apart),
+        carving().returning_taken(apart),
         |a| {
             let a = a.unwrap();
             let err = a.alloc(0, Constraint::Any, NodeId(0)).unwrap_err();
@@ -172,7 +159,7 @@ fn a_chunk_holding_source_pages_given_back_keeps_them_reserved() {
         give_back_reserve: 0,
         ..Config::new(Strategy::OnDemand)
     };
-    with_carving(&l, config, Granularity::Section, None, |a| {
+    try_with_double(&l, config, carving(), |a| {
         let a = a.unwrap();
         // Section 0 (one chunk) holds its memmap and tables at 256..274.
         let p = a.alloc(0, Constraint::Dma, NodeId(0)).unwrap();
@@ -203,44 +190,43 @@ fn a_chunk_holding_source_pages_given_back_keeps_them_reserved() {
 #[test]
 fn eager_start_up_takes_pages_before_any_allocator_exists() {
     let l = kernelish();
-    with_carving(
-        &l,
-        Config::new(Strategy::Eager),
-        Granularity::Section,
-        None,
-        |a| {
-            let a = a.unwrap();
-            assert!(a.is_fully_initialised());
-            assert_eq!(a.backing().carved().len(), l.section_count());
-            assert_eq!(a.init_stats().by_boot, a.init_stats().chunks_present);
-        },
-    );
+    try_with_double(&l, Config::new(Strategy::Eager), carving(), |a| {
+        let a = a.unwrap();
+        assert!(a.is_fully_initialised());
+        assert_eq!(a.backing().carved().len(), l.section_count());
+        assert_eq!(a.init_stats().by_boot, a.init_stats().chunks_present);
+    });
 }
 
 #[test]
 fn the_source_has_nothing_for_a_chunk_granular_backing() {
     let l = kernelish();
     for strategy in Strategy::ALL {
-        with_carving(&l, Config::new(strategy), Granularity::Chunk, None, |a| {
-            let errors = match a {
-                // Eager start-up fails with the source's reason.
-                Err(meminit::InitError::Backing(e)) => {
-                    assert_eq!(strategy, Strategy::Eager);
-                    assert!(e.reason.contains("chunk by chunk"), "{e}");
-                    return;
-                }
-                Err(e) => panic!("{e}"),
-                Ok(a) => {
-                    let err = a.alloc(0, Constraint::Any, NodeId(0)).unwrap_err();
-                    assert!(matches!(err, AllocError::Backing(_)), "{err}");
-                    a.backing().source_errors()
-                }
-            };
-            assert!(!errors.is_empty());
-            assert!(errors
-                .iter()
-                .all(|e| matches!(e, SourceError::ChunkGranularity { .. })));
-        });
+        try_with_double(
+            &l,
+            Config::new(strategy),
+            carving().granularity(Granularity::Chunk),
+            |a| {
+                let errors = match a {
+                    // Eager start-up fails with the source's reason.
+                    Err(meminit::InitError::Backing(e)) => {
+                        assert_eq!(strategy, Strategy::Eager);
+                        assert!(e.reason.contains("chunk by chunk"), "{e}");
+                        return;
+                    }
+                    Err(e) => panic!("{e}"),
+                    Ok(a) => {
+                        let err = a.alloc(0, Constraint::Any, NodeId(0)).unwrap_err();
+                        assert!(matches!(err, AllocError::Backing(_)), "{err}");
+                        a.backing().source_errors()
+                    }
+                };
+                assert!(!errors.is_empty());
+                assert!(errors
+                    .iter()
+                    .all(|e| matches!(e, SourceError::ChunkGranularity { .. })));
+            },
+        );
     }
 }
 
@@ -283,10 +269,7 @@ fn the_source_aligns_pads_stays_in_one_run_and_stops_at_its_limit() {
     assert!(none.to_string().contains("section 0"), "{none}");
 
     // 8 MiB sections: room for more than the limit.
-    let l = layout(
-        8 * MIB,
-        &[(8 * MIB, 16 * MIB, RangeKind::Usable, NodeId(0))],
-    );
+    let l = one_node(8 * MIB, 16 * MIB, 8 * MIB);
     let mut src = PageSource::new(&l, piece(&l, 1), Granularity::Section);
     assert_eq!(src.take(0), Ok(Pfn(2048)));
     let limit = SourceError::LimitReached {
@@ -368,10 +351,7 @@ fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
 }
 
 fn small() -> Layout {
-    layout(
-        4 * MIB,
-        &[(4 * MIB, 20 * MIB, RangeKind::Usable, NodeId(0))],
-    )
+    one_node(4 * MIB, 20 * MIB, 4 * MIB)
 }
 
 #[test]

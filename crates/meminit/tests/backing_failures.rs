@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{layout, with_double, Double};
+use common::{layout, one_node, with_double, zone_of, Double};
 use meminit::{
     AllocError, BackingError, ChunkError, Config, Constraint, CpuId, Layout, NodeId, RangeKind,
     Strategy, ZoneType, WORKER_RETRIES,
@@ -18,10 +18,7 @@ const GIB: u64 = 1 << 30;
 
 /// 16..48 MiB in 4 MiB sections (one chunk each): sections 4 to 11.
 fn eight_sections() -> Layout {
-    layout(
-        4 * MIB,
-        &[(16 * MIB, 48 * MIB, RangeKind::Usable, NodeId(0))],
-    )
+    one_node(16 * MIB, 48 * MIB, 4 * MIB)
 }
 
 #[test]
@@ -106,10 +103,7 @@ fn workers_on_threads_with_failures_finish_everything_else() {
 
 #[test]
 fn a_failing_section_does_not_block_its_zone() {
-    let l = layout(
-        4 * MIB,
-        &[(16 * MIB, 32 * MIB, RangeKind::Usable, NodeId(0))],
-    );
+    let l = one_node(16 * MIB, 32 * MIB, 4 * MIB);
     // Section 4 is the zone's first: it never populates.
     let double = Double::new().failing_populate([4]);
     with_double(&l, Config::new(Strategy::OnDemand), double, |a| {
@@ -149,10 +143,7 @@ fn a_failing_zone_falls_back_to_the_next() {
     let double = Double::new().failing_populate([32, 33]);
     with_double(&l, Config::new(Strategy::OnDemand), double, |a| {
         let p = a.alloc_on(CpuId(1), 3, Constraint::Any, NodeId(0)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(0), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Dma32)));
         let z = a.zone_stats_of(NodeId(0), ZoneType::Normal).unwrap();
         assert_eq!(z.uninitialised, z.managed);
     });

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_counts, layout, with_allocator, with_double, Call, Double};
+use common::{check_counts, free_all, layout, with_allocator, with_double, Call, Double};
 use meminit::{
     AllocError, AllocFlags, AllocPath, Config, Constraint, CpuId, Layout, NodeId, Pfn, RangeKind,
     Strategy,
@@ -68,9 +68,7 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
         }
         assert_eq!(calls(), before, "never grew");
         assert!(a.alloc(0, Constraint::Any, NodeId(0)).is_ok());
-        for p in held {
-            a.free_order(p, 0).unwrap();
-        }
+        free_all(a, held, 0);
     });
 }
 
@@ -88,9 +86,7 @@ fn no_grow_reports_out_of_memory_once_nothing_is_left_to_grow() {
             matches!(e, AllocError::OutOfMemory { order: 10, .. }),
             "{e:?}"
         );
-        for p in held {
-            a.free_order(p, 10).unwrap();
-        }
+        free_all(a, held, 10);
     });
 }
 
@@ -127,9 +123,7 @@ fn this_node_does_not_fall_back() {
             ledger.insert((z.node, z.zone), z.allocated());
         }
         check_counts(a, &ledger);
-        for p in held {
-            a.free_order(p, 10).unwrap();
-        }
+        free_all(a, held, 10);
     });
 }
 

@@ -87,6 +87,15 @@ fn release(a: &Alloc<'_>, held: Vec<Pfn>, ledger: &mut Ledger) {
     a.drain_all_cpus();
 }
 
+/// Every usable page allocated through the CPU caches, then freed and the
+/// caches drained: every chunk initialised and free. The ledger, empty again.
+fn fill_and_release(a: &Alloc<'_>) -> Ledger {
+    let mut ledger = Ledger::default();
+    let held = fill(a, usable_pages(a), &mut ledger);
+    release(a, held, &mut ledger);
+    ledger
+}
+
 fn usable_pages(a: &Alloc<'_>) -> u64 {
     a.zone_stats().map(|z| z.managed).sum()
 }
@@ -149,9 +158,7 @@ fn common_coalesced(a: &Alloc<'_>) {
 #[test]
 fn the_reserve_stays_initialised() {
     with_releasing(&machine(), config(8 * MIB), Granularity::Chunk, |a| {
-        let mut ledger = Ledger::default();
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        let ledger = fill_and_release(a);
         a.give_back();
         let stats = a.give_back();
         assert!(stats.chunks_given_back > 0);
@@ -199,9 +206,7 @@ fn chunks_with_an_allocated_or_cached_page_are_kept() {
 #[test]
 fn a_chunk_used_between_passes_waits_for_two_more() {
     with_releasing(&machine(), config(0), Granularity::Chunk, |a| {
-        let mut ledger = Ledger::default();
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        fill_and_release(a);
         let marked = a.give_back().chunks_marked;
         // Use one page between the passes: its chunk is no longer aged.
         let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
@@ -219,10 +224,8 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
     let mut c = config(0);
     c.give_back = false;
     with_releasing(&machine(), c, Granularity::Chunk, |a| {
-        let mut ledger = Ledger::default();
         let all = usable_pages(a);
-        let held = fill(a, all, &mut ledger);
-        release(a, held, &mut ledger);
+        let ledger = fill_and_release(a);
 
         struct Checking<'r, 'a> {
             a: &'r Alloc<'a>,
@@ -288,9 +291,7 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
 #[test]
 fn a_failed_report_puts_everything_back_unreported() {
     with_releasing(&machine(), config(0), Granularity::Chunk, |a| {
-        let mut ledger = Ledger::default();
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        let ledger = fill_and_release(a);
         let mut failing = Recorder {
             fail: true,
             ..Recorder::default()
@@ -311,9 +312,7 @@ fn a_failed_report_puts_everything_back_unreported() {
 #[test]
 fn given_back_chunks_are_reported_unless_they_were_already() {
     with_releasing(&machine(), config(0), Granularity::Section, |a| {
-        let mut ledger = Ledger::default();
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        let ledger = fill_and_release(a);
         // Give-back without reporting marks the chunks; the next pass reports
         // the free blocks of a pageblock or more, then gives the chunks back.
         a.give_back();
@@ -327,8 +326,7 @@ fn given_back_chunks_are_reported_unless_they_were_already() {
         assert!(chunk0.contains(&&(Pfn(256)..Pfn(1024))), "{chunk0:?}");
         check_counts(a, &ledger.per_zone);
         // Re-initialised, the chunk is accepted and whole again.
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        fill_and_release(a);
         common_coalesced(a);
     });
 }

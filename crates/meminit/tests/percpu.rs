@@ -37,8 +37,7 @@ fn cached_pages_count_as_free_and_drain_back_whole() {
         );
         a.free_order_on(CpuId(1), p, 0).unwrap();
         assert_eq!(a.drain_cpu(CpuId(1)).unwrap(), CACHE_BATCH[0] as u64);
-        check_counts(a, &Default::default());
-        check_fully_coalesced(a);
+        check_all_free(a);
     });
 }
 
@@ -120,16 +119,10 @@ fn a_block_of_another_node_goes_back_to_its_own_zone() {
     with_allocator(&l, Strategy::Eager, |a| {
         // CPU 0 caches node 0's DMA32 blocks.
         let mine = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
-        assert_eq!(
-            a.page(mine).unwrap().zone(),
-            Some((NodeId(0), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, mine), Some((NodeId(0), ZoneType::Dma32)));
         // A block of node 1 freed on CPU 0 does not join node 0's blocks there.
         let theirs = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
-        assert_eq!(
-            a.page(theirs).unwrap().zone(),
-            Some((NodeId(1), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, theirs), Some((NodeId(1), ZoneType::Dma32)));
         a.free_order_on(CpuId(0), theirs, 0).unwrap();
         assert_eq!(
             a.zone_stats_of(NodeId(1), ZoneType::Dma32).unwrap().cached,
@@ -143,10 +136,7 @@ fn a_block_of_another_node_goes_back_to_its_own_zone() {
         a.free_order_on(CpuId(0), mine, 0).unwrap();
         a.drain_cpu(CpuId(0)).unwrap();
         let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(1)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(1), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Dma32)));
         assert!(a.zone_stats_of(NodeId(1), ZoneType::Dma32).unwrap().cached > 0);
         a.free_order_on(CpuId(0), p, 0).unwrap();
         check_fully_coalesced(a);

@@ -281,47 +281,44 @@ impl TestBacking<'_> {
         self.populated.lock().unwrap().len()
     }
 
+    /// What `pick` takes from each call so far, in order.
+    pub fn pick<T>(&self, pick: impl Fn(&Call) -> Option<T>) -> Vec<T> {
+        self.calls.lock().unwrap().iter().filter_map(pick).collect()
+    }
+
     /// The first pfns of the chunks accepted so far (the calls that succeeded),
     /// in order.
     pub fn accepted(&self) -> Vec<u64> {
-        let calls = self.calls.lock().unwrap();
-        let accepted = calls.iter().filter_map(|c| match c {
+        self.pick(|c| match c {
             Call::Accept {
                 chunk, ok: true, ..
             } => Some(chunk.start.0),
             _ => None,
-        });
-        accepted.collect()
+        })
     }
 
     /// What `accept` was told was taken, where that was anything, in order.
     pub fn accept_taken(&self) -> Vec<Range<u64>> {
-        let calls = self.calls.lock().unwrap();
-        let taken = calls.iter().filter_map(|c| match c {
+        self.pick(|c| match c {
             Call::Accept { taken, .. } if !taken.is_empty() => Some(taken.clone()),
             _ => None,
-        });
-        taken.collect()
+        })
     }
 
     /// The blocks `zero` was asked to zero, in order.
     pub fn zeroed(&self) -> Vec<Range<Pfn>> {
-        let calls = self.calls.lock().unwrap();
-        let zeroed = calls.iter().filter_map(|c| match c {
+        self.pick(|c| match c {
             Call::Zero(pages) => Some(pages.clone()),
             _ => None,
-        });
-        zeroed.collect()
+        })
     }
 
     /// What `reuse_reported` was told, in order.
     pub fn reused(&self) -> Vec<Range<Pfn>> {
-        let calls = self.calls.lock().unwrap();
-        let reused = calls.iter().filter_map(|c| match c {
+        self.pick(|c| match c {
             Call::ReuseReported(pages) => Some(pages.clone()),
             _ => None,
-        });
-        reused.collect()
+        })
     }
 
     /// Per carving `populate` that got its pages: the pages the source gave.

@@ -129,6 +129,11 @@ pub fn layout(section: u64, ranges: &[(u64, u64, RangeKind, NodeId)]) -> Layout 
     b.build().unwrap()
 }
 
+/// One node of usable memory from `start` to `end`, in `section`-byte sections.
+pub fn one_node(start: u64, end: u64, section: u64) -> Layout {
+    layout(section, &[(start, end, RangeKind::Usable, NodeId(0))])
+}
+
 /// One node of `bytes` usable from 1 MiB, with small sections.
 pub fn simple(bytes: u64, section: u64) -> Layout {
     let mut b = LayoutBuilder::new();
@@ -144,6 +149,46 @@ pub fn run_workers(a: &Alloc<'_>) {
         let report = a.run_deferred_worker(n);
         assert_eq!(report.failed, 0, "{report:?}");
     }
+}
+
+/// The node and zone of the allocated or free page `pfn`.
+pub fn zone_of<B: MemmapBacking, R: lock_api::RawMutex>(
+    a: &Allocator<'_, B, R>,
+    pfn: Pfn,
+) -> Option<(NodeId, ZoneType)> {
+    a.page(pfn).unwrap().zone()
+}
+
+/// Frees each of `blocks`, of `order`, to its zone.
+pub fn free_all<B: MemmapBacking, R: lock_api::RawMutex>(
+    a: &Allocator<'_, B, R>,
+    blocks: impl IntoIterator<Item = Pfn>,
+    order: u32,
+) {
+    for pfn in blocks {
+        a.free_order(pfn, order).unwrap();
+    }
+}
+
+/// Eager start-up in place over a memmap of only `descriptors` descriptors, too
+/// few for `layout`: the error it ends with. The slot is dropped as it is.
+pub fn start_in_place_over_a_short_memmap(
+    layout: &Layout,
+    lent: &Lent<parking_lot::RawMutex>,
+    descriptors: usize,
+) -> InitError {
+    let mut short = Box::<[Page]>::new_uninit_slice(descriptors);
+    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+    Allocator::init_in_place(
+        &mut slot,
+        layout,
+        SliceBacking::new(&mut short),
+        &lent.slots,
+        &lent.cpus,
+        Config::new(Strategy::Eager),
+    )
+    .err()
+    .unwrap()
 }
 
 /// Initialises every chunk that is not yet, through descriptor look-ups.
@@ -213,6 +258,13 @@ pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
         let span = a.layout().node(z.node).unwrap().zones[z.zone as usize];
         assert_eq!(z.present, span.present);
     }
+}
+
+/// With nothing allocated: the counts add up, and every block is whole (see
+/// [`check_fully_coalesced`]).
+pub fn check_all_free(a: &Alloc<'_>) {
+    check_counts(a, &Default::default());
+    check_fully_coalesced(a);
 }
 
 /// After everything is freed and initialised: every max-order-aligned block of
