@@ -238,11 +238,7 @@ fn misuse_is_refused_and_changes_nothing() {
 
 #[test]
 fn growth_prefers_the_preferred_node() {
-    let mut b = LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(MIB, 5 * GIB, RangeKind::Usable, NodeId(0))
-        .add(5 * GIB, 6 * GIB, RangeKind::Usable, NodeId(1));
-    let l = b.build().unwrap();
+    let l = two_nodes(MIB, 5 * GIB, 6 * GIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
         let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
         assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Normal)));
@@ -281,11 +277,7 @@ fn large_orders_grow_several_sections_around_holes() {
 
 #[test]
 fn a_range_on_a_node_boundary_never_merges_across_nodes() {
-    let mut b = LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(MIB, 10 * MIB + 0x3000, RangeKind::Usable, NodeId(0))
-        .add(10 * MIB + 0x3000, 20 * MIB, RangeKind::Usable, NodeId(1));
-    let l = b.build().unwrap();
+    let l = two_nodes(MIB, 10 * MIB + 0x3000, 20 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Deferred, |a| {
         run_workers(a);
         let mut all = Vec::new();

@@ -270,11 +270,7 @@ fn node_ids_and_pfns_read_well() {
     let e = b.build().unwrap_err();
     assert!(e.to_string().contains("names node 70000"), "{e}");
     // Every node in the public API is a NodeId: the same value everywhere.
-    let mut b = meminit::LayoutBuilder::new();
-    b.add(1 << 20, 64 * MIB, meminit::RangeKind::Usable, NodeId(0))
-        .add(64 * MIB, 128 * MIB, meminit::RangeKind::Usable, NodeId(1))
-        .section_size(4 * MIB);
-    let l = b.build().unwrap();
+    let l = two_nodes(MIB, 64 * MIB, 128 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Deferred, |a| {
         let pfn = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
         let (node, zone) = a.page(pfn).unwrap().zone().unwrap();

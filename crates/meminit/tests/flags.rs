@@ -4,23 +4,16 @@
 
 mod common;
 
-use common::{check_counts, free_all, layout, with_allocator, with_double, Call, Double};
+use common::{check_counts, free_all, with_allocator, with_double, Call, Double};
 use meminit::{
-    AllocError, AllocFlags, AllocPath, Config, Constraint, CpuId, Layout, NodeId, Pfn, RangeKind,
-    Strategy,
+    AllocError, AllocFlags, AllocPath, Config, Constraint, CpuId, Layout, NodeId, Pfn, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
 
 /// Two nodes of 16 MiB each, above 16 MiB (one zone each).
 fn two_nodes() -> Layout {
-    layout(
-        16 * MIB,
-        &[
-            (16 * MIB, 32 * MIB, RangeKind::Usable, NodeId(0)),
-            (32 * MIB, 48 * MIB, RangeKind::Usable, NodeId(1)),
-        ],
-    )
+    common::two_nodes(16 * MIB, 32 * MIB, 48 * MIB, 16 * MIB)
 }
 
 #[test]

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    AllocError, Constraint, CpuId, FreeError, LayoutBuilder, PageState, RangeKind, Strategy,
-    ZoneType, CACHE_BATCH, CACHE_HIGH, MAX_ORDER, PAGEBLOCK_ORDER,
+    AllocError, Constraint, CpuId, FreeError, PageState, Strategy, ZoneType, CACHE_BATCH,
+    CACHE_HIGH, MAX_ORDER, PAGEBLOCK_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -111,11 +111,7 @@ fn misuse_of_a_cached_block_is_refused() {
 
 #[test]
 fn a_block_of_another_node_goes_back_to_its_own_zone() {
-    let mut b = LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(MIB, 32 * MIB, RangeKind::Usable, NodeId(0))
-        .add(32 * MIB, 64 * MIB, RangeKind::Usable, NodeId(1));
-    let l = b.build().unwrap();
+    let l = two_nodes(MIB, 32 * MIB, 64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
         // CPU 0 caches node 0's DMA32 blocks.
         let mine = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();

@@ -134,6 +134,18 @@ pub fn one_node(start: u64, end: u64, section: u64) -> Layout {
     layout(section, &[(start, end, RangeKind::Usable, NodeId(0))])
 }
 
+/// Two nodes of usable memory, node 0 from `start` to `split` and node 1 from
+/// there to `end`, in `section`-byte sections.
+pub fn two_nodes(start: u64, split: u64, end: u64, section: u64) -> Layout {
+    layout(
+        section,
+        &[
+            (start, split, RangeKind::Usable, NodeId(0)),
+            (split, end, RangeKind::Usable, NodeId(1)),
+        ],
+    )
+}
+
 /// One node of `bytes` usable from 1 MiB, with small sections.
 pub fn simple(bytes: u64, section: u64) -> Layout {
     let mut b = LayoutBuilder::new();
