@@ -140,9 +140,7 @@ fn holes_and_reserved_pages_inside_a_section() {
             got.push(p);
         }
         assert_eq!(got.len() as u64, l.usable_pages());
-        for p in got {
-            a.free_order(p, 0).unwrap();
-        }
+        free_all(a, got, 0);
         check_fully_coalesced(a);
     });
 }
@@ -240,28 +238,15 @@ fn misuse_is_refused_and_changes_nothing() {
 
 #[test]
 fn growth_prefers_the_preferred_node() {
-    let mut b = LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(MIB, 5 * GIB, RangeKind::Usable, NodeId(0))
-        .add(5 * GIB, 6 * GIB, RangeKind::Usable, NodeId(1));
-    let l = b.build().unwrap();
+    let l = two_nodes(MIB, 5 * GIB, 6 * GIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
         let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(1), ZoneType::Normal))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Normal)));
         let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(0), ZoneType::Normal))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Normal)));
         // Node 1 has no DMA32: a DMA32 allocation preferring it falls to node 0.
         let p = a.alloc(0, Constraint::Dma32, NodeId(1)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(0), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Dma32)));
     });
 }
 
@@ -292,20 +277,14 @@ fn large_orders_grow_several_sections_around_holes() {
 
 #[test]
 fn a_range_on_a_node_boundary_never_merges_across_nodes() {
-    let mut b = LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(MIB, 10 * MIB + 0x3000, RangeKind::Usable, NodeId(0))
-        .add(10 * MIB + 0x3000, 20 * MIB, RangeKind::Usable, NodeId(1));
-    let l = b.build().unwrap();
+    let l = two_nodes(MIB, 10 * MIB + 0x3000, 20 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Deferred, |a| {
         run_workers(a);
         let mut all = Vec::new();
         while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
             all.push(p);
         }
-        for p in all {
-            a.free_order(p, 0).unwrap();
-        }
+        free_all(a, all, 0);
         check_fully_coalesced(a);
         let n0 = a.free_blocks(NodeId(0), ZoneType::Dma);
         let n1 = a.free_blocks(NodeId(1), ZoneType::Dma);

@@ -1,6 +1,6 @@
-//! The public surface as an embedder meets it (issue 8, items 5 and 7): slots lent
-//! by shared reference and owned by one allocator at a time, free without the
-//! order, node and pfn types, and a memmap that starts at the first present section.
+//! The public surface as an embedder meets it: slots lent by shared reference and
+//! owned by one allocator at a time, free without the order, node and pfn types,
+//! and a memmap that starts at the first present section.
 
 #![cfg(not(loom))]
 
@@ -21,6 +21,29 @@ fn memmap_for(layout: &meminit::Layout) -> Box<[MaybeUninit<Page>]> {
     Box::new_uninit_slice(layout.memmap_descriptors() as usize)
 }
 
+/// An allocator of `strategy` over `layout`, a [`SliceBacking`] over `memmap`, and
+/// the slots and caches given.
+fn start<'a>(
+    layout: &meminit::Layout,
+    memmap: &'a mut [MaybeUninit<Page>],
+    slots: &'a [SectionSlot],
+    cpus: &'a [CpuCache<parking_lot::RawMutex>],
+    strategy: Strategy,
+) -> Result<Alloc<'a>, InitError> {
+    Allocator::new(
+        layout.clone(),
+        SliceBacking::new(memmap),
+        slots,
+        cpus,
+        Config::new(strategy),
+    )
+}
+
+/// `n` fresh section slots.
+fn slots(n: usize) -> Vec<SectionSlot> {
+    (0..n).map(|_| SectionSlot::new()).collect()
+}
+
 /// A kernel keeps its slots in a plain `static`: no `static mut`, no lock.
 static STATIC_SLOTS: [SectionSlot; 16] = [const { SectionSlot::new() }; 16];
 
@@ -29,14 +52,7 @@ fn slots_are_lent_by_shared_reference_from_a_plain_static() {
     let l = simple(64 * MIB, 4 * MIB);
     let mut memmap = memmap_for(&l);
     let cpus: [CpuCache<parking_lot::RawMutex>; 1] = [CpuCache::new()];
-    let a: Alloc<'_> = Allocator::new(
-        l.clone(),
-        SliceBacking::new(&mut memmap),
-        &STATIC_SLOTS,
-        &cpus,
-        Config::new(Strategy::OnDemand),
-    )
-    .unwrap();
+    let a = start(&l, &mut memmap, &STATIC_SLOTS, &cpus, Strategy::OnDemand).unwrap();
     assert!(STATIC_SLOTS.iter().all(SectionSlot::is_owned));
     a.alloc(0, meminit::Constraint::Any, NodeId(0)).unwrap();
     drop(a);
@@ -46,24 +62,11 @@ fn slots_are_lent_by_shared_reference_from_a_plain_static() {
 #[test]
 fn two_allocators_never_share_one_slot_array() {
     let l = simple(64 * MIB, 4 * MIB);
-    let slots: Vec<SectionSlot> = (0..l.section_count()).map(|_| SectionSlot::new()).collect();
+    let slots = slots(l.section_count());
     let (mut m1, mut m2) = (memmap_for(&l), memmap_for(&l));
     let cpus: [CpuCache<parking_lot::RawMutex>; 0] = [];
-    let first: Alloc<'_> = Allocator::new(
-        l.clone(),
-        SliceBacking::new(&mut m1),
-        &slots,
-        &cpus,
-        Config::new(Strategy::OnDemand),
-    )
-    .unwrap();
-    let second: Result<Alloc<'_>, _> = Allocator::new(
-        l.clone(),
-        SliceBacking::new(&mut m2),
-        &slots,
-        &cpus,
-        Config::new(Strategy::Eager),
-    );
+    let first = start(&l, &mut m1, &slots, &cpus, Strategy::OnDemand).unwrap();
+    let second = start(&l, &mut m2, &slots, &cpus, Strategy::Eager);
     let e = second.err().unwrap();
     assert_eq!(e, InitError::SlotsInUse { index: 0 });
     assert!(e.to_string().contains("section slot 0 is in use"), "{e}");
@@ -72,14 +75,7 @@ fn two_allocators_never_share_one_slot_array() {
     // Dropped, it gives the slots back fresh: a new allocator may take them and
     // starts from nothing it left behind.
     drop(first);
-    let again: Alloc<'_> = Allocator::new(
-        l.clone(),
-        SliceBacking::new(&mut m2),
-        &slots,
-        &cpus,
-        Config::new(Strategy::OnDemand),
-    )
-    .unwrap();
+    let again = start(&l, &mut m2, &slots, &cpus, Strategy::OnDemand).unwrap();
     assert_eq!(again.init_stats().chunks_done, 0);
     assert_eq!(again.memmap_populated_bytes(), 0);
 }
@@ -91,30 +87,15 @@ fn two_allocators_never_share_one_slot_array() {
 fn a_partly_owned_slot_array_is_refused_and_left_as_found() {
     let small = simple(8 * MIB, 4 * MIB);
     let big = simple(64 * MIB, 4 * MIB);
-    let slots: Vec<SectionSlot> = (0..big.section_count())
-        .map(|_| SectionSlot::new())
-        .collect();
+    let slots = slots(big.section_count());
     let (mut m1, mut m2) = (memmap_for(&small), memmap_for(&big));
     let cpus: [CpuCache<parking_lot::RawMutex>; 0] = [];
     let tail = &slots[4..];
-    let first: Alloc<'_> = Allocator::new(
-        small.clone(),
-        SliceBacking::new(&mut m1),
-        tail,
-        &cpus,
-        Config::new(Strategy::OnDemand),
-    )
-    .unwrap();
+    let first = start(&small, &mut m1, tail, &cpus, Strategy::OnDemand).unwrap();
     let owned: Vec<bool> = slots.iter().map(SectionSlot::is_owned).collect();
-    let e = Allocator::<_, parking_lot::RawMutex>::new(
-        big,
-        SliceBacking::new(&mut m2),
-        &slots,
-        &cpus,
-        Config::new(Strategy::OnDemand),
-    )
-    .err()
-    .unwrap();
+    let e = start(&big, &mut m2, &slots, &cpus, Strategy::OnDemand)
+        .err()
+        .unwrap();
     assert!(matches!(e, InitError::SlotsInUse { .. }), "{e}");
     let after: Vec<bool> = slots.iter().map(SectionSlot::is_owned).collect();
     assert_eq!(owned, after);
@@ -127,7 +108,7 @@ fn a_partly_owned_slot_array_is_refused_and_left_as_found() {
 fn racing_starts_over_one_slot_array_have_at_most_one_winner() {
     let l = simple(64 * MIB, 4 * MIB);
     for _ in 0..50 {
-        let slots: Vec<SectionSlot> = (0..l.section_count()).map(|_| SectionSlot::new()).collect();
+        let slots = slots(l.section_count());
         let mut memmaps: Vec<_> = (0..3).map(|_| memmap_for(&l)).collect();
         let cpus: [CpuCache<parking_lot::RawMutex>; 0] = [];
         let barrier = std::sync::Barrier::new(3);
@@ -138,14 +119,7 @@ fn racing_starts_over_one_slot_array_have_at_most_one_winner() {
                     let (l, slots, cpus, barrier) = (&l, &slots, &cpus, &barrier);
                     s.spawn(move || {
                         barrier.wait();
-                        let a: Result<Alloc<'_>, _> = Allocator::new(
-                            l.clone(),
-                            SliceBacking::new(m),
-                            slots,
-                            cpus,
-                            Config::new(Strategy::OnDemand),
-                        );
-                        match a {
+                        match start(l, m, slots, cpus, Strategy::OnDemand) {
                             Ok(a) => {
                                 // Hold it until every start has been decided.
                                 barrier.wait();
@@ -296,11 +270,7 @@ fn node_ids_and_pfns_read_well() {
     let e = b.build().unwrap_err();
     assert!(e.to_string().contains("names node 70000"), "{e}");
     // Every node in the public API is a NodeId: the same value everywhere.
-    let mut b = meminit::LayoutBuilder::new();
-    b.add(1 << 20, 64 * MIB, meminit::RangeKind::Usable, NodeId(0))
-        .add(64 * MIB, 128 * MIB, meminit::RangeKind::Usable, NodeId(1))
-        .section_size(4 * MIB);
-    let l = b.build().unwrap();
+    let l = two_nodes(MIB, 64 * MIB, 128 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Deferred, |a| {
         let pfn = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
         let (node, zone) = a.page(pfn).unwrap().zone().unwrap();
@@ -362,58 +332,31 @@ fn the_memmap_spans_only_the_sections_with_memory() {
 /// what the backing is asked, and the slots cover first to last.
 #[test]
 fn memmap_pieces_name_absolute_sections() {
-    use std::sync::Mutex;
     const GIB: u64 = 1 << 30;
-    struct Recording<'m> {
-        inner: SliceBacking<'m>,
-        seen: Mutex<Vec<(usize, Pfn)>>,
-    }
-    // SAFETY: every promise is `SliceBacking`'s, to which this delegates.
-    unsafe impl meminit::MemmapBacking for Recording<'_> {
-        fn descriptors(&self) -> std::ptr::NonNull<Page> {
-            self.inner.descriptors()
-        }
-        fn populate(
-            &self,
-            piece: meminit::MemmapPiece,
-            layout: &meminit::Layout,
-            pages: &mut meminit::PageSource<'_>,
-        ) -> Result<meminit::Populated, meminit::BackingError> {
-            self.seen.lock().unwrap().push((piece.section, piece.start));
-            self.inner.populate(piece, layout, pages)
-        }
-    }
-    let mut b = meminit::LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(
-            2 * GIB,
-            2 * GIB + 8 * MIB,
-            meminit::RangeKind::Usable,
-            NodeId(0),
-        )
-        .add(
-            3 * GIB,
-            3 * GIB + 4 * MIB,
-            meminit::RangeKind::Usable,
-            NodeId(1),
-        );
-    let l = b.build().unwrap();
+    let usable = meminit::RangeKind::Usable;
+    let l = layout(
+        4 * MIB,
+        &[
+            (2 * GIB, 2 * GIB + 8 * MIB, usable, NodeId(0)),
+            (3 * GIB, 3 * GIB + 4 * MIB, usable, NodeId(1)),
+        ],
+    );
     assert_eq!(l.memmap_sections(), 512..769);
     let mut memmap = memmap_for(&l);
-    let slots: Vec<SectionSlot> = (0..l.section_count()).map(|_| SectionSlot::new()).collect();
+    let slots = slots(l.section_count());
     let cpus: [CpuCache<parking_lot::RawMutex>; 0] = [];
     let a = Allocator::<_, parking_lot::RawMutex>::new(
         l.clone(),
-        Recording {
-            inner: SliceBacking::new(&mut memmap),
-            seen: Mutex::new(Vec::new()),
-        },
+        Double::new().over(&mut memmap, &l),
         &slots,
         &cpus,
         Config::new(Strategy::Eager),
     )
     .unwrap();
-    let mut seen = a.backing().seen.lock().unwrap().clone();
+    let mut seen = a.backing().pick(|c| match c {
+        Call::Populate { piece, .. } => Some((piece.section, piece.start)),
+        _ => None,
+    });
     seen.sort();
     assert_eq!(
         seen,
@@ -425,15 +368,9 @@ fn memmap_pieces_name_absolute_sections() {
     );
     // Too few slots for first..last: refused by count.
     drop(a);
-    let e = Allocator::<_, parking_lot::RawMutex>::new(
-        l.clone(),
-        SliceBacking::new(&mut memmap),
-        &slots[..256],
-        &cpus,
-        Config::new(Strategy::OnDemand),
-    )
-    .err()
-    .unwrap();
+    let e = start(&l, &mut memmap, &slots[..256], &cpus, Strategy::OnDemand)
+        .err()
+        .unwrap();
     assert_eq!(
         e,
         InitError::TooFewSlots {
@@ -447,30 +384,16 @@ fn memmap_pieces_name_absolute_sections() {
 /// start-up with an error, not a panic.
 #[test]
 fn a_misaligned_memmap_is_an_error() {
-    struct Misaligned<'m>(SliceBacking<'m>);
-    // SAFETY: deliberately breaks the alignment promise; the allocator must refuse
-    // it before touching any descriptor.
-    unsafe impl meminit::MemmapBacking for Misaligned<'_> {
-        fn descriptors(&self) -> std::ptr::NonNull<Page> {
-            let p = self.0.descriptors().as_ptr() as *mut u8;
-            std::ptr::NonNull::new(p.wrapping_add(8).cast()).unwrap()
-        }
-        fn populate(
-            &self,
-            piece: meminit::MemmapPiece,
-            layout: &meminit::Layout,
-            pages: &mut meminit::PageSource<'_>,
-        ) -> Result<meminit::Populated, meminit::BackingError> {
-            self.0.populate(piece, layout, pages)
-        }
-    }
     let l = simple(16 * MIB, 4 * MIB);
     let mut memmap = memmap_for(&l);
-    let slots: Vec<SectionSlot> = (0..l.section_count()).map(|_| SectionSlot::new()).collect();
+    let slots = slots(l.section_count());
     let cpus: [CpuCache<parking_lot::RawMutex>; 0] = [];
+    // SAFETY: the allocator must refuse this backing before touching a
+    // descriptor; that refusal is what is tested.
+    let misaligned = unsafe { Double::new().misaligned() };
     let e = Allocator::<_, parking_lot::RawMutex>::new(
-        l,
-        Misaligned(SliceBacking::new(&mut memmap)),
+        l.clone(),
+        misaligned.over(&mut memmap, &l),
         &slots,
         &cpus,
         Config::new(Strategy::Eager),

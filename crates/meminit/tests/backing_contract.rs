@@ -10,145 +10,52 @@ mod common;
 
 use std::collections::HashSet;
 use std::ops::Range;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::Lent;
+use common::{layout, leaked_double, one_node, try_with_double, Double, Doubled, Phase};
 use meminit::{
-    AllocError, Allocator, BackingError, ChunkError, Config, Constraint, CpuId, Granularity,
-    Layout, LayoutBuilder, LookupError, MemmapBacking, MemmapPiece, NodeId, Page, PageSource,
-    PageState, Pfn, Populated, RangeKind, SliceBacking, SourceError, Strategy, MAX_SOURCE_PAGES,
+    AllocError, BackingError, ChunkError, Config, Constraint, CpuId, Granularity, Layout,
+    LookupError, MemmapPiece, NodeId, PageSource, PageState, Pfn, RangeKind, SourceError, Strategy,
+    MAX_SOURCE_PAGES,
 };
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
-/// A kernel-style backing over a slice: the memmap of each section "mapped" on a
+/// A kernel-style backing: the memmap of each section (or chunk) "mapped" on a
 /// block of the section's own pages and two page-table pages right after it, all
-/// from the page source (and, if asked, the pages named in `returned` too).
-struct Carving<'m> {
-    inner: SliceBacking<'m>,
-    granularity: Granularity,
-    /// Per populate: the pages the source gave.
-    taken: Mutex<Vec<Range<u64>>>,
-    source_errors: Mutex<Vec<SourceError>>,
-    /// What to return as `Populated::taken`, relative to the source's block:
-    /// `None` for nothing.
-    returned: Option<fn(Range<u64>) -> Range<u64>>,
-    populates: AtomicUsize,
-    /// Pages `accept` was told were taken.
-    accept_taken: Mutex<Vec<Range<u64>>>,
+/// from the page source.
+fn carving() -> Double {
+    Double::new().carving()
 }
 
-// SAFETY: the memmap is the slice's (SliceBacking's promises); the pages it takes
-// come from the page source, or are what `returned` names, which the tests make
-// adjacent to them; nothing is written to them.
-unsafe impl MemmapBacking for Carving<'_> {
-    fn descriptors(&self) -> NonNull<Page> {
-        self.inner.descriptors()
-    }
-
-    fn granularity(&self) -> Granularity {
-        self.granularity
-    }
-
-    fn populate(
-        &self,
-        piece: MemmapPiece,
-        layout: &Layout,
-        pages: &mut PageSource<'_>,
-    ) -> Result<Populated, BackingError> {
-        self.populates.fetch_add(1, SeqCst);
-        let fail = |e: SourceError| {
-            self.source_errors.lock().unwrap().push(e);
-            BackingError {
-                section: piece.section,
-                reason: e.reason(),
-            }
-        };
-        // The memmap: 64 bytes a page, in a naturally aligned block.
-        let order = (piece.memmap_bytes() / 4096).trailing_zeros();
-        let block = pages.take(order).map_err(fail)?;
-        // Two page tables: a page directory and a page table.
-        let pd = pages.take(0).map_err(fail)?;
-        let pt = pages.take(0).map_err(fail)?;
-        assert_eq!(pd.0, block.0 + (1 << order));
-        assert_eq!(pt.0, pd.0 + 1);
-        assert_eq!(pages.taken(), block.0..pt.0 + 1);
-        self.taken.lock().unwrap().push(pages.taken());
-        self.inner.populate(piece, layout, pages)?;
-        Ok(Populated {
-            taken: self.returned.map_or(Pfn(0)..Pfn(0), |f| {
-                let r = f(pages.taken());
-                Pfn(r.start)..Pfn(r.end)
-            }),
-        })
-    }
-
-    fn accept(&self, _: MemmapPiece, taken: Range<u64>, _: &Layout) -> Result<(), BackingError> {
-        if !taken.is_empty() {
-            self.accept_taken.lock().unwrap().push(taken);
-        }
-        Ok(())
-    }
-}
-
-type Carved<'a> = Allocator<'a, Carving<'a>, parking_lot::RawMutex>;
-
-fn with_carving<T>(
-    layout: &Layout,
-    strategy: Strategy,
-    granularity: Granularity,
-    returned: Option<fn(Range<u64>) -> Range<u64>>,
-    f: impl FnOnce(Result<&Carved<'_>, meminit::InitError>) -> T,
-) -> T {
-    with_carving_config(layout, Config::new(strategy), granularity, returned, f)
-}
-
-fn with_carving_config<T>(
-    layout: &Layout,
-    config: Config,
-    granularity: Granularity,
-    returned: Option<fn(Range<u64>) -> Range<u64>>,
-    f: impl FnOnce(Result<&Carved<'_>, meminit::InitError>) -> T,
-) -> T {
-    let mut lent = Lent::for_layout(layout);
-    let backing = Carving {
-        inner: SliceBacking::new(&mut lent.memmap).with_granularity(granularity),
-        granularity,
-        taken: Mutex::new(Vec::new()),
-        source_errors: Mutex::new(Vec::new()),
-        returned,
-        populates: AtomicUsize::new(0),
-        accept_taken: Mutex::new(Vec::new()),
-    };
-    let started = Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config);
-    // Bound to a local so that the allocator is dropped before what it borrows.
-    let result = match started {
-        Ok(a) => f(Ok(&a)),
-        Err(e) => f(Err(e)),
-    };
-    #[allow(clippy::let_and_return)]
-    result
+/// The usable pages of `l`: present and not reserved.
+fn usable_pages(l: &Layout) -> u64 {
+    l.present_runs(Pfn(0)..Pfn(u64::MAX))
+        .filter(|r| !r.reserved)
+        .map(|r| r.pages())
+        .sum()
 }
 
 /// 1 MiB to 64 MiB in 4 MiB sections (16 pages of memmap each), with a reserved
 /// range at the start of section 2 and a hole in section 5, over two nodes.
 fn kernelish() -> Layout {
-    let mut b = LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(MIB, 8 * MIB, RangeKind::Usable, NodeId(0))
-        .add(8 * MIB, 8 * MIB + 8 * KIB, RangeKind::Reserved, NodeId(0))
-        .add(8 * MIB + 8 * KIB, 20 * MIB, RangeKind::Usable, NodeId(0))
-        .add(20 * MIB + 12 * KIB, 32 * MIB, RangeKind::Usable, NodeId(0))
-        .add(32 * MIB, 64 * MIB, RangeKind::Usable, NodeId(1));
-    b.build().unwrap()
+    layout(
+        4 * MIB,
+        &[
+            (MIB, 8 * MIB, RangeKind::Usable, NodeId(0)),
+            (8 * MIB, 8 * MIB + 8 * KIB, RangeKind::Reserved, NodeId(0)),
+            (8 * MIB + 8 * KIB, 20 * MIB, RangeKind::Usable, NodeId(0)),
+            (20 * MIB + 12 * KIB, 32 * MIB, RangeKind::Usable, NodeId(0)),
+            (32 * MIB, 64 * MIB, RangeKind::Usable, NodeId(1)),
+        ],
+    )
 }
 
 /// Allocates every page it can, order 0, on both nodes; frees them all.
-fn drain_and_check(a: &Carved<'_>) -> HashSet<u64> {
+fn drain_and_check(a: &Doubled<'_>) -> HashSet<u64> {
     let mut got = HashSet::new();
     for node in [NodeId(0), NodeId(1)] {
         while let Ok(p) = a.alloc_on(CpuId(0), 0, Constraint::Any, node) {
@@ -164,13 +71,9 @@ fn drain_and_check(a: &Carved<'_>) -> HashSet<u64> {
 #[test]
 fn populate_takes_its_pages_from_the_source_under_every_strategy() {
     let l = kernelish();
-    let usable: u64 = l
-        .present_runs(Pfn(0)..Pfn(u64::MAX))
-        .filter(|r| !r.reserved)
-        .map(|r| r.pages())
-        .sum();
+    let usable = usable_pages(&l);
     for strategy in Strategy::ALL {
-        with_carving(&l, strategy, Granularity::Section, None, |a| {
+        try_with_double(&l, Config::new(strategy), carving(), |a| {
             let a = a.unwrap();
             if strategy == Strategy::Deferred {
                 for node in [NodeId(0), NodeId(1)] {
@@ -178,7 +81,7 @@ fn populate_takes_its_pages_from_the_source_under_every_strategy() {
                 }
             }
             let got = drain_and_check(a);
-            let taken = a.backing().taken.lock().unwrap().clone();
+            let taken = a.backing().carved();
             assert_eq!(taken.len(), l.section_count(), "{strategy:?}");
             for t in &taken {
                 assert_eq!(t.end - t.start, 18, "{t:?}");
@@ -193,20 +96,13 @@ fn populate_takes_its_pages_from_the_source_under_every_strategy() {
             assert!(taken.contains(&(2064..2082)), "{taken:?}");
             assert_eq!(got.len() as u64, usable - 18 * l.section_count() as u64);
             // Each chunk's accept was told the pages it must not touch.
-            let told: HashSet<_> = a
-                .backing()
-                .accept_taken
-                .lock()
-                .unwrap()
-                .clone()
-                .into_iter()
-                .collect();
+            let told: HashSet<_> = a.backing().accept_taken().into_iter().collect();
             assert_eq!(told, taken.iter().cloned().collect());
             for z in a.zone_stats() {
                 assert_eq!(z.free + z.uninitialised + z.reserved, z.present, "{z:?}");
                 assert_eq!(z.uninitialised, 0);
             }
-            assert_eq!(a.backing().populates.load(SeqCst), l.section_count());
+            assert_eq!(a.backing().populates(), l.section_count());
         });
     }
 }
@@ -218,19 +114,14 @@ fn a_backing_may_return_what_the_source_gave_or_an_adjacent_range() {
     let same: fn(Range<u64>) -> Range<u64> = |t| t;
     let next: fn(Range<u64>) -> Range<u64> = |t| t.end..t.end + 1;
     for (returned, pages) in [(same, 18), (next, 19)] {
-        with_carving(
+        try_with_double(
             &l,
-            Strategy::Eager,
-            Granularity::Section,
-            Some(returned),
+            Config::new(Strategy::Eager),
+            carving().returning_taken(returned),
             |a| {
                 let a = a.unwrap();
                 let got = drain_and_check(a);
-                let usable: u64 = l
-                    .present_runs(Pfn(0)..Pfn(u64::MAX))
-                    .filter(|r| !r.reserved)
-                    .map(|r| r.pages())
-                    .sum();
+                let usable = usable_pages(&l);
                 assert_eq!(got.len() as u64, usable - pages * l.section_count() as u64);
             },
         );
@@ -241,11 +132,10 @@ fn a_backing_may_return_what_the_source_gave_or_an_adjacent_range() {
 fn a_taken_range_apart_from_the_source_pages_is_refused_and_never_populated_again() {
     let l = kernelish();
     let apart: fn(Range<u64>) -> Range<u64> = |t| t.end + 1..t.end + 2;
-    with_carving(
+    try_with_double(
         &l,
-        Strategy::OnDemand,
-        Granularity::Section,
-        Some(apart),
+        Config::new(Strategy::OnDemand),
+        carving().returning_taken(apart),
         |a| {
             let a = a.unwrap();
             let err = a.alloc(0, Constraint::Any, NodeId(0)).unwrap_err();
@@ -254,9 +144,9 @@ fn a_taken_range_apart_from_the_source_pages_is_refused_and_never_populated_agai
                 "{err}"
             );
             // Each section's memmap was populated once, whatever came after.
-            let n = a.backing().populates.load(SeqCst);
+            let n = a.backing().populates();
             let _ = a.alloc(0, Constraint::Any, NodeId(0));
-            assert_eq!(a.backing().populates.load(SeqCst), n);
+            assert_eq!(a.backing().populates(), n);
         },
     );
 }
@@ -269,7 +159,7 @@ fn a_chunk_holding_source_pages_given_back_keeps_them_reserved() {
         give_back_reserve: 0,
         ..Config::new(Strategy::OnDemand)
     };
-    with_carving_config(&l, config, Granularity::Section, None, |a| {
+    try_with_double(&l, config, carving(), |a| {
         let a = a.unwrap();
         // Section 0 (one chunk) holds its memmap and tables at 256..274.
         let p = a.alloc(0, Constraint::Dma, NodeId(0)).unwrap();
@@ -281,26 +171,18 @@ fn a_chunk_holding_source_pages_given_back_keeps_them_reserved() {
         assert!(a.page(Pfn(300)).is_err(), "given back");
         // The section's memmap (and so its tables) stays: it holds pages of its
         // own, and is never populated again.
-        let populates = a.backing().populates.load(SeqCst);
+        let populates = a.backing().populates();
         assert_eq!(stats.memmap_bytes_released, 0);
         let got = drain_and_check(a);
         for pfn in 256..274 {
             assert!(!got.contains(&pfn), "{pfn:#x} handed out");
             assert_eq!(a.page(Pfn(pfn)).unwrap().state(), PageState::Reserved);
         }
-        assert!(a.backing().populates.load(SeqCst) > populates);
-        assert_eq!(
-            a.backing()
-                .taken
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|t| t.start == 256)
-                .count(),
-            1
-        );
+        assert!(a.backing().populates() > populates);
+        let carved = a.backing().carved();
+        assert_eq!(carved.iter().filter(|t| t.start == 256).count(), 1);
         // Accepted again, told the same pages.
-        let told = a.backing().accept_taken.lock().unwrap().clone();
+        let told = a.backing().accept_taken();
         assert_eq!(told.iter().filter(|t| **t == (256..274)).count(), 2);
     });
 }
@@ -308,10 +190,10 @@ fn a_chunk_holding_source_pages_given_back_keeps_them_reserved() {
 #[test]
 fn eager_start_up_takes_pages_before_any_allocator_exists() {
     let l = kernelish();
-    with_carving(&l, Strategy::Eager, Granularity::Section, None, |a| {
+    try_with_double(&l, Config::new(Strategy::Eager), carving(), |a| {
         let a = a.unwrap();
         assert!(a.is_fully_initialised());
-        assert_eq!(a.backing().taken.lock().unwrap().len(), l.section_count());
+        assert_eq!(a.backing().carved().len(), l.section_count());
         assert_eq!(a.init_stats().by_boot, a.init_stats().chunks_present);
     });
 }
@@ -320,26 +202,31 @@ fn eager_start_up_takes_pages_before_any_allocator_exists() {
 fn the_source_has_nothing_for_a_chunk_granular_backing() {
     let l = kernelish();
     for strategy in Strategy::ALL {
-        with_carving(&l, strategy, Granularity::Chunk, None, |a| {
-            let errors = match a {
-                // Eager start-up fails with the source's reason.
-                Err(meminit::InitError::Backing(e)) => {
-                    assert_eq!(strategy, Strategy::Eager);
-                    assert!(e.reason.contains("chunk by chunk"), "{e}");
-                    return;
-                }
-                Err(e) => panic!("{e}"),
-                Ok(a) => {
-                    let err = a.alloc(0, Constraint::Any, NodeId(0)).unwrap_err();
-                    assert!(matches!(err, AllocError::Backing(_)), "{err}");
-                    a.backing().source_errors.lock().unwrap().clone()
-                }
-            };
-            assert!(!errors.is_empty());
-            assert!(errors
-                .iter()
-                .all(|e| matches!(e, SourceError::ChunkGranularity { .. })));
-        });
+        try_with_double(
+            &l,
+            Config::new(strategy),
+            carving().granularity(Granularity::Chunk),
+            |a| {
+                let errors = match a {
+                    // Eager start-up fails with the source's reason.
+                    Err(meminit::InitError::Backing(e)) => {
+                        assert_eq!(strategy, Strategy::Eager);
+                        assert!(e.reason.contains("chunk by chunk"), "{e}");
+                        return;
+                    }
+                    Err(e) => panic!("{e}"),
+                    Ok(a) => {
+                        let err = a.alloc(0, Constraint::Any, NodeId(0)).unwrap_err();
+                        assert!(matches!(err, AllocError::Backing(_)), "{err}");
+                        a.backing().source_errors()
+                    }
+                };
+                assert!(!errors.is_empty());
+                assert!(errors
+                    .iter()
+                    .all(|e| matches!(e, SourceError::ChunkGranularity { .. })));
+            },
+        );
     }
 }
 
@@ -382,10 +269,7 @@ fn the_source_aligns_pads_stays_in_one_run_and_stops_at_its_limit() {
     assert!(none.to_string().contains("section 0"), "{none}");
 
     // 8 MiB sections: room for more than the limit.
-    let mut b = LayoutBuilder::new();
-    b.section_size(8 * MIB)
-        .add(8 * MIB, 16 * MIB, RangeKind::Usable, NodeId(0));
-    let l = b.build().unwrap();
+    let l = one_node(8 * MIB, 16 * MIB, 8 * MIB);
     let mut src = PageSource::new(&l, piece(&l, 1), Granularity::Section);
     assert_eq!(src.take(0), Ok(Pfn(2048)));
     let limit = SourceError::LimitReached {
@@ -422,82 +306,37 @@ enum Outcome {
     Worker(Option<ChunkError>),
 }
 
-type Hook = Box<dyn Fn(MemmapPiece) -> Outcome + Send + Sync>;
-
-/// A backing that calls `hook` (which calls the allocator) from `populate` or
-/// `accept`, and records what it got.
-struct Reentering {
-    inner: SliceBacking<'static>,
-    in_accept: bool,
-    hook: OnceLock<Hook>,
-    outcomes: Mutex<Vec<Outcome>>,
-    /// While set, `populate` waits (to hold a chunk while another thread asks).
-    hold: AtomicBool,
-    inside: AtomicBool,
-}
-
-impl Reentering {
-    fn call_back(&self, piece: MemmapPiece) {
-        if let Some(hook) = self.hook.get() {
-            let outcome = hook(piece);
-            self.outcomes.lock().unwrap().push(outcome);
-        }
-    }
-}
-
-// SAFETY: every promise is `SliceBacking`'s, to which this delegates; calling the
-// allocator back is allowed by the trait (it fails rather than waits).
-unsafe impl MemmapBacking for Reentering {
-    fn descriptors(&self) -> NonNull<Page> {
-        self.inner.descriptors()
-    }
-
-    fn populate(
-        &self,
-        piece: MemmapPiece,
-        layout: &Layout,
-        pages: &mut PageSource<'_>,
-    ) -> Result<Populated, BackingError> {
-        self.inside.store(true, SeqCst);
-        while self.hold.load(SeqCst) {
-            std::thread::yield_now();
-        }
-        if !self.in_accept {
-            self.call_back(piece);
-        }
-        self.inner.populate(piece, layout, pages)
-    }
-
-    fn accept(&self, chunk: MemmapPiece, _: Range<u64>, _: &Layout) -> Result<(), BackingError> {
-        if self.in_accept {
-            self.call_back(chunk);
-        }
-        Ok(())
-    }
-}
-
-type Re = Allocator<'static, Reentering, parking_lot::RawMutex>;
-
 /// A leaked allocator (the hook needs `'static`) over `layout`, with thread ids
 /// as contexts.
-fn reentering(layout: &Layout, strategy: Strategy, in_accept: bool) -> &'static Re {
-    let lent: &'static mut Lent<parking_lot::RawMutex> =
-        Box::leak(Box::new(Lent::for_layout(layout)));
-    let backing = Reentering {
-        inner: SliceBacking::new(&mut lent.memmap),
-        in_accept,
-        hook: OnceLock::new(),
-        outcomes: Mutex::new(Vec::new()),
-        hold: AtomicBool::new(false),
-        inside: AtomicBool::new(false),
-    };
+fn reentering(layout: &Layout, strategy: Strategy) -> &'static Doubled<'static> {
     let config = Config {
         context: Some(thread_context),
         ..Config::new(strategy)
     };
-    let a = Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config)
-        .expect("allocator starts");
-    Box::leak(Box::new(a))
+    leaked_double(layout, config, Double::new())
+}
+
+/// Makes `a`'s backing call `call_back` (which calls the allocator) from `populate`,
+/// or from `accept` if `in_accept`; returns what the calls back got, as they come.
+fn call_back(
+    a: &'static Doubled<'static>,
+    in_accept: bool,
+    call_back: impl Fn(MemmapPiece) -> Outcome + Send + Sync + 'static,
+) -> Arc<Mutex<Vec<Outcome>>> {
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let seen = outcomes.clone();
+    let from = if in_accept {
+        Phase::Accept
+    } else {
+        Phase::Populate
+    };
+    a.backing().set_hook(move |phase, piece| {
+        if phase == from {
+            let outcome = call_back(piece);
+            seen.lock().unwrap().push(outcome);
+        }
+    });
+    outcomes
 }
 
 /// Runs `f` on a thread and fails the test if it has not returned in a minute:
@@ -512,10 +351,7 @@ fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
 }
 
 fn small() -> Layout {
-    let mut b = LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(4 * MIB, 20 * MIB, RangeKind::Usable, NodeId(0));
-    b.build().unwrap()
+    one_node(4 * MIB, 20 * MIB, 4 * MIB)
 }
 
 #[test]
@@ -523,10 +359,10 @@ fn an_allocation_from_populate_that_would_grow_fails_under_every_strategy() {
     for in_accept in [false, true] {
         for strategy in Strategy::ALL {
             let outcomes = within_a_minute(move || {
-                let a = reentering(&small(), strategy, in_accept);
-                let _ = a.backing().hook.set(Box::new(|_| {
+                let a = reentering(&small(), strategy);
+                let outcomes = call_back(a, in_accept, |_| {
                     Outcome::Alloc(a.alloc(0, Constraint::Any, NodeId(0)))
-                }));
+                });
                 // Eager start-up populated everything before the hook existed:
                 // nothing calls back, and allocations are served.
                 if strategy == Strategy::Deferred {
@@ -535,7 +371,8 @@ fn an_allocation_from_populate_that_would_grow_fails_under_every_strategy() {
                 }
                 let first = a.alloc(0, Constraint::Any, NodeId(0));
                 assert!(first.is_ok(), "{strategy:?}: {first:?}");
-                a.backing().outcomes.lock().unwrap().clone()
+                let outcomes = outcomes.lock().unwrap().clone();
+                outcomes
             });
             match strategy {
                 Strategy::Eager => assert!(outcomes.is_empty()),
@@ -557,16 +394,17 @@ fn an_allocation_from_populate_that_would_grow_fails_under_every_strategy() {
 #[test]
 fn an_allocation_from_populate_is_served_from_memory_already_initialised() {
     let outcomes = within_a_minute(|| {
-        let a = reentering(&small(), Strategy::OnDemand, false);
+        let a = reentering(&small(), Strategy::OnDemand);
         // The first section, before the hook: it serves the call back later.
         let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
-        let _ = a.backing().hook.set(Box::new(|_| {
+        let outcomes = call_back(a, false, |_| {
             Outcome::Alloc(a.alloc(0, Constraint::Any, NodeId(0)))
-        }));
+        });
         // A max-order block the first chunk cannot give: growth, then a call back.
         a.alloc(10, Constraint::Any, NodeId(0)).unwrap();
         a.free_order(p, 0).unwrap();
-        a.backing().outcomes.lock().unwrap().clone()
+        let outcomes = outcomes.lock().unwrap().clone();
+        outcomes
     });
     assert!(
         matches!(outcomes[..], [Outcome::Alloc(Ok(_))]),
@@ -578,26 +416,26 @@ fn an_allocation_from_populate_is_served_from_memory_already_initialised() {
 fn a_look_up_or_a_worker_from_populate_fails_instead_of_waiting() {
     for strategy in [Strategy::Deferred, Strategy::OnDemand] {
         let outcomes = within_a_minute(move || {
-            let a = reentering(&small(), strategy, false);
+            let a = reentering(&small(), strategy);
             // The look-up asks for the chunk being populated: its own caller's.
-            let _ = a.backing().hook.set(Box::new(|piece| {
+            let first = call_back(a, false, |piece| {
                 Outcome::Lookup(a.page_or_init(piece.start).map(|_| ()))
-            }));
+            });
             a.page_or_init(Pfn(2 * 1024)).unwrap();
             // Another section's chunk, from inside: not initialised either.
-            let a2 = reentering(&small(), strategy, false);
-            let _ = a2.backing().hook.set(Box::new(|_| {
+            let a2 = reentering(&small(), strategy);
+            let second = call_back(a2, false, |_| {
                 Outcome::Lookup(a2.page_or_init(Pfn(1024)).map(|_| ()))
-            }));
+            });
             a2.page_or_init(Pfn(3 * 1024)).unwrap();
-            let a3 = reentering(&small(), strategy, false);
-            let _ = a3.backing().hook.set(Box::new(|_| {
+            let a3 = reentering(&small(), strategy);
+            let third = call_back(a3, false, |_| {
                 Outcome::Worker(a3.run_deferred_worker(NodeId(0)).error)
-            }));
+            });
             a3.page_or_init(Pfn(3 * 1024)).unwrap();
-            let mut all = a.backing().outcomes.lock().unwrap().clone();
-            all.extend(a2.backing().outcomes.lock().unwrap().iter().cloned());
-            all.extend(a3.backing().outcomes.lock().unwrap().iter().cloned());
+            let mut all = first.lock().unwrap().clone();
+            all.extend(second.lock().unwrap().iter().cloned());
+            all.extend(third.lock().unwrap().iter().cloned());
             all
         });
         assert_eq!(
@@ -628,16 +466,27 @@ fn another_thread_waits_for_a_chunk_being_populated_and_is_served() {
     // The context is per thread: a second thread asking for the chunk the first
     // one's populate holds is not re-entrant; it waits and gets its page.
     let got = within_a_minute(|| {
-        let a = reentering(&small(), Strategy::OnDemand, false);
-        a.backing().hold.store(true, SeqCst);
+        let a = reentering(&small(), Strategy::OnDemand);
+        // While `hold` is set, `populate` waits, holding the chunk.
+        let hold = Arc::new(AtomicBool::new(true));
+        let inside = Arc::new(AtomicBool::new(false));
+        let (held, entered) = (hold.clone(), inside.clone());
+        a.backing().set_hook(move |phase, _| {
+            if phase == Phase::Populate {
+                entered.store(true, SeqCst);
+                while held.load(SeqCst) {
+                    std::thread::yield_now();
+                }
+            }
+        });
         std::thread::scope(|s| {
             let first = s.spawn(|| a.page_or_init(Pfn(4 * 1024)).map(|_| ()));
-            while !a.backing().inside.load(SeqCst) {
+            while !inside.load(SeqCst) {
                 std::thread::yield_now();
             }
             let second = s.spawn(|| a.page_or_init(Pfn(4 * 1024 + 1)).map(|_| ()));
             std::thread::sleep(Duration::from_millis(20));
-            a.backing().hold.store(false, SeqCst);
+            hold.store(false, SeqCst);
             (first.join().unwrap(), second.join().unwrap())
         })
     });

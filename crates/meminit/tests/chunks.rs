@@ -6,16 +6,12 @@
 mod common;
 
 use std::collections::HashSet;
-use std::ops::Range;
-use std::ptr::NonNull;
-use std::sync::Mutex;
 
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    AllocError, Allocator, BackingError, Config, Constraint, CpuId, Granularity, InitError, Layout,
-    LookupError, MemmapBacking, MemmapPiece, Page, PageSource, Pfn, Populated, SliceBacking,
-    Strategy, DEFAULT_CHUNK_SIZE, MAX_ORDER,
+    AllocError, Allocator, Config, Constraint, CpuId, Granularity, InitError, Layout, LookupError,
+    Pfn, SliceBacking, Strategy, DEFAULT_CHUNK_SIZE, MAX_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -116,73 +112,26 @@ fn bad_chunk_sizes_are_refused() {
     }
 }
 
-/// A backing that records every acceptance, and can refuse some.
-struct Accepting<'m> {
-    inner: SliceBacking<'m>,
-    accepted: Mutex<Vec<u64>>,
-    refuse: Mutex<HashSet<u64>>,
-}
-
-// SAFETY: every promise is `SliceBacking`'s, to which this delegates; `accept`
-// only records, or refuses, which the trait allows.
-unsafe impl MemmapBacking for Accepting<'_> {
-    fn descriptors(&self) -> NonNull<Page> {
-        self.inner.descriptors()
-    }
-
-    fn granularity(&self) -> Granularity {
-        self.inner.granularity()
-    }
-
-    fn populate(
-        &self,
-        piece: MemmapPiece,
-        layout: &Layout,
-        pages: &mut PageSource<'_>,
-    ) -> Result<Populated, BackingError> {
-        self.inner.populate(piece, layout, pages)
-    }
-
-    fn accept(&self, chunk: MemmapPiece, _: Range<u64>, _: &Layout) -> Result<(), BackingError> {
-        if self.refuse.lock().unwrap().remove(&chunk.start.0) {
-            return Err(BackingError {
-                section: chunk.section,
-                reason: "injected: the chunk could not be accepted",
-            });
-        }
-        self.accepted.lock().unwrap().push(chunk.start.0);
-        Ok(())
-    }
-}
-
+/// An allocator of `strategy` over a chunk-granular backing that records every
+/// acceptance, and refuses the chunks starting at `refuse` once each.
 fn with_accepting(
     layout: &Layout,
     strategy: Strategy,
     refuse: &[u64],
-    f: impl FnOnce(&Allocator<'_, Accepting<'_>, parking_lot::RawMutex>),
+    f: impl FnOnce(&Doubled<'_>),
 ) {
-    let mut lent = Lent::for_layout(layout);
-    let backing = Accepting {
-        inner: SliceBacking::new(&mut lent.memmap).with_granularity(Granularity::Chunk),
-        accepted: Mutex::new(Vec::new()),
-        refuse: Mutex::new(refuse.iter().copied().collect()),
-    };
-    let a = Allocator::new(
-        layout.clone(),
-        backing,
-        &lent.slots,
-        &lent.cpus,
-        Config::new(strategy),
-    )
-    .unwrap();
-    f(&a);
+    let mut double = Double::new().granularity(Granularity::Chunk);
+    for &chunk in refuse {
+        double = double.failing_accept_times(Pfn(chunk), 1);
+    }
+    with_double(layout, Config::new(strategy), double, f)
 }
 
 #[test]
 fn each_chunk_is_accepted_once_before_its_first_page_is_handed_out() {
     let l = simple(64 * MIB, 32 * MIB);
     with_accepting(&l, Strategy::OnDemand, &[], |a| {
-        assert!(a.backing().accepted.lock().unwrap().is_empty());
+        assert!(a.backing().accepted().is_empty());
         let mut handed_out = HashSet::new();
         let mut held = Vec::new();
         for i in 0..6000u32 {
@@ -193,13 +142,13 @@ fn each_chunk_is_accepted_once_before_its_first_page_is_handed_out() {
             let chunk = p.0 & !1023;
             // Accepted before this returned.
             assert!(
-                a.backing().accepted.lock().unwrap().contains(&chunk),
+                a.backing().accepted().contains(&chunk),
                 "{p} handed out from a chunk never accepted"
             );
             handed_out.insert(chunk);
             held.push((p, order));
         }
-        let accepted = a.backing().accepted.lock().unwrap().clone();
+        let accepted = a.backing().accepted();
         let unique: HashSet<u64> = accepted.iter().copied().collect();
         assert_eq!(unique.len(), accepted.len(), "a chunk accepted twice");
         // Single-threaded: every chunk accepted had a page handed out.
@@ -220,7 +169,7 @@ fn a_chunk_that_cannot_be_accepted_is_given_back_and_tried_again() {
         assert_ne!(p.0 & !1023, first);
         // Now it accepts; a look-up initialises it, once.
         a.page_or_init(Pfn(first)).unwrap();
-        let accepted = a.backing().accepted.lock().unwrap().clone();
+        let accepted = a.backing().accepted();
         assert_eq!(accepted.iter().filter(|&&c| c == first).count(), 1);
     });
 }
@@ -229,7 +178,7 @@ fn a_chunk_that_cannot_be_accepted_is_given_back_and_tried_again() {
 fn eager_accepts_every_present_chunk_once() {
     let l = simple(64 * MIB, 32 * MIB);
     with_accepting(&l, Strategy::Eager, &[], |a| {
-        let accepted = a.backing().accepted.lock().unwrap().clone();
+        let accepted = a.backing().accepted();
         assert_eq!(accepted.len() as u64, a.init_stats().chunks_present);
         let unique: HashSet<u64> = accepted.iter().copied().collect();
         assert_eq!(unique.len(), accepted.len());

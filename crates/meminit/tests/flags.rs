@@ -4,89 +4,27 @@
 
 mod common;
 
-use std::ops::Range;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
-
-use common::{check_counts, with_allocator, Lent};
+use common::{check_counts, free_all, with_allocator, with_double, Call, Double};
 use meminit::{
-    AllocError, AllocFlags, AllocPath, Allocator, BackingError, Config, Constraint, CpuId, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageSource, Pfn, Populated, RangeKind,
-    SliceBacking, Strategy,
+    AllocError, AllocFlags, AllocPath, Config, Constraint, CpuId, Layout, NodeId, Pfn, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
 
 /// Two nodes of 16 MiB each, above 16 MiB (one zone each).
 fn two_nodes() -> Layout {
-    let mut b = LayoutBuilder::new();
-    b.section_size(16 * MIB)
-        .add(16 * MIB, 32 * MIB, RangeKind::Usable, NodeId(0))
-        .add(32 * MIB, 48 * MIB, RangeKind::Usable, NodeId(1));
-    b.build().unwrap()
-}
-
-/// Counts every call into it, and zeroes by recording what it was asked.
-struct Counting<'m> {
-    inner: SliceBacking<'m>,
-    calls: AtomicU64,
-    zeroed: Mutex<Vec<Range<Pfn>>>,
-}
-
-// SAFETY: every promise is `SliceBacking`'s, to which this delegates.
-unsafe impl MemmapBacking for Counting<'_> {
-    fn descriptors(&self) -> NonNull<Page> {
-        self.inner.descriptors()
-    }
-
-    fn populate(
-        &self,
-        piece: MemmapPiece,
-        layout: &Layout,
-        pages: &mut PageSource<'_>,
-    ) -> Result<Populated, BackingError> {
-        self.calls.fetch_add(1, Relaxed);
-        self.inner.populate(piece, layout, pages)
-    }
-
-    fn accept(&self, _: MemmapPiece, _: Range<u64>, _: &Layout) -> Result<(), BackingError> {
-        self.calls.fetch_add(1, Relaxed);
-        Ok(())
-    }
-
-    fn zero(&self, pages: Range<Pfn>) -> Result<(), BackingError> {
-        self.zeroed.lock().unwrap().push(pages);
-        Ok(())
-    }
-}
-
-fn with_counting(
-    layout: &Layout,
-    strategy: Strategy,
-    f: impl FnOnce(&Allocator<'_, Counting<'_>, parking_lot::RawMutex>),
-) {
-    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(layout);
-    let backing = Counting {
-        inner: SliceBacking::new(&mut lent.memmap),
-        calls: AtomicU64::new(0),
-        zeroed: Mutex::new(Vec::new()),
-    };
-    let a = Allocator::new(
-        layout.clone(),
-        backing,
-        &lent.slots,
-        &lent.cpus,
-        Config::new(strategy),
-    )
-    .unwrap();
-    f(&a)
+    common::two_nodes(16 * MIB, 32 * MIB, 48 * MIB, 16 * MIB)
 }
 
 #[test]
 fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
-    with_counting(&two_nodes(), Strategy::OnDemand, |a| {
-        let calls = || a.backing().calls.load(Relaxed);
+    let config = Config::new(Strategy::OnDemand);
+    with_double(&two_nodes(), config, Double::new(), |a| {
+        // Calls that populate or accept (that initialise).
+        let calls = || {
+            a.backing()
+                .count(|c| matches!(c, Call::Populate { .. } | Call::Accept { .. }))
+        };
         // Nothing is initialised: an allocation that may not grow fails, saying
         // why, and touches nothing.
         for cpu in [None, Some(CpuId(0))] {
@@ -123,9 +61,7 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
         }
         assert_eq!(calls(), before, "never grew");
         assert!(a.alloc(0, Constraint::Any, NodeId(0)).is_ok());
-        for p in held {
-            a.free_order(p, 0).unwrap();
-        }
+        free_all(a, held, 0);
     });
 }
 
@@ -143,9 +79,7 @@ fn no_grow_reports_out_of_memory_once_nothing_is_left_to_grow() {
             matches!(e, AllocError::OutOfMemory { order: 10, .. }),
             "{e:?}"
         );
-        for p in held {
-            a.free_order(p, 10).unwrap();
-        }
+        free_all(a, held, 10);
     });
 }
 
@@ -182,21 +116,20 @@ fn this_node_does_not_fall_back() {
             ledger.insert((z.node, z.zone), z.allocated());
         }
         check_counts(a, &ledger);
-        for p in held {
-            a.free_order(p, 10).unwrap();
-        }
+        free_all(a, held, 10);
     });
 }
 
 #[test]
 fn zeroed_asks_the_backing_and_a_backing_that_cannot_gives_the_block_back() {
-    with_counting(&two_nodes(), Strategy::OnDemand, |a| {
+    let config = Config::new(Strategy::OnDemand);
+    with_double(&two_nodes(), config, Double::new().zeroing(), |a| {
         let flags = AllocFlags::ZEROED | AllocFlags::THIS_NODE;
         assert!(flags.contains(AllocFlags::ZEROED) && !flags.contains(AllocFlags::NO_GROW));
         let (p, _) = a
             .alloc_with(Some(CpuId(0)), 2, Constraint::Any, NodeId(1), flags)
             .unwrap();
-        assert_eq!(*a.backing().zeroed.lock().unwrap(), vec![p..Pfn(p.0 + 4)]);
+        assert_eq!(a.backing().zeroed(), vec![p..Pfn(p.0 + 4)]);
         a.free_order(p, 2).unwrap();
     });
     with_allocator(&two_nodes(), Strategy::OnDemand, |a| {

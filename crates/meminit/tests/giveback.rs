@@ -9,109 +9,18 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
-use std::mem::MaybeUninit;
+use std::collections::HashMap;
 use std::ops::Range;
-use std::ptr::NonNull;
-use std::sync::Mutex;
 
-use common::{check_counts, Ledger, Lent};
+use common::{check_counts, with_double, Double, Doubled, Ledger};
 use meminit::{
-    Allocator, BackingError, Config, Constraint, CpuId, FreeReporter, Granularity, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageSource, PageState, Pfn, Populated,
-    RangeKind, ReportError, Strategy, REPORT_ORDER,
+    Config, Constraint, CpuId, FreeReporter, Granularity, Layout, LayoutBuilder, NodeId, PageState,
+    Pfn, RangeKind, ReportError, Strategy, REPORT_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
 
-/// A memmap in host memory that can be released and repopulated.
-struct Releasing {
-    base: NonNull<Page>,
-    /// The pfn of `base`'s descriptor: the layout's memmap start.
-    start: u64,
-    len: usize,
-    granularity: Granularity,
-    populated: Mutex<HashSet<u64>>,
-    populates: Mutex<u64>,
-    depopulates: Mutex<u64>,
-    reused: Mutex<Vec<Range<Pfn>>>,
-}
-
-// SAFETY: the memory is a heap slice that outlives the allocator (the test keeps
-// it); this backing writes to it only in `depopulate`, which the allocator calls
-// for a piece none of whose chunks is readable, and it keeps it mapped.
-unsafe impl Sync for Releasing {}
-// SAFETY: as above.
-unsafe impl Send for Releasing {}
-
-impl Releasing {
-    fn new(memory: &mut [MaybeUninit<Page>], start: Pfn, granularity: Granularity) -> Self {
-        Releasing {
-            base: NonNull::new(memory.as_mut_ptr().cast()).unwrap(),
-            start: start.0,
-            len: memory.len(),
-            granularity,
-            populated: Mutex::new(HashSet::new()),
-            populates: Mutex::new(0),
-            depopulates: Mutex::new(0),
-            reused: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-// SAFETY: `base` is the start of one aligned slice large enough for the layout's
-// memmap, which stays allocated and mapped for the backing's life; `populate`
-// succeeds only inside it and takes nothing; `depopulate` overwrites the piece's
-// bytes (garbage, as released memory may read) but keeps it valid memory.
-unsafe impl MemmapBacking for Releasing {
-    fn descriptors(&self) -> NonNull<Page> {
-        self.base
-    }
-
-    fn granularity(&self) -> Granularity {
-        self.granularity
-    }
-
-    fn populate(
-        &self,
-        piece: MemmapPiece,
-        _: &Layout,
-        _: &mut PageSource<'_>,
-    ) -> Result<Populated, BackingError> {
-        assert!(piece.start.0 >= self.start && (piece.end.0 - self.start) as usize <= self.len);
-        assert!(
-            self.populated.lock().unwrap().insert(piece.start.0),
-            "{piece:?} populated twice"
-        );
-        *self.populates.lock().unwrap() += 1;
-        Ok(Populated::ELSEWHERE)
-    }
-
-    fn depopulate(&self, piece: MemmapPiece) -> bool {
-        assert!(
-            self.populated.lock().unwrap().remove(&piece.start.0),
-            "{piece:?} depopulated but not populated"
-        );
-        *self.depopulates.lock().unwrap() += 1;
-        // SAFETY: the piece lies in the slice (it was populated), and no chunk of
-        // it is readable: the allocator asks only then. No reference to these
-        // descriptors is in use in this test.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add((piece.start.0 - self.start) as usize)
-                .cast::<u8>()
-                .write_bytes(0xa5, piece.memmap_bytes() as usize)
-        };
-        true
-    }
-
-    fn reuse_reported(&self, pages: Range<Pfn>) {
-        self.reused.lock().unwrap().push(pages);
-    }
-}
-
-type Alloc<'a> = Allocator<'a, Releasing, parking_lot::RawMutex>;
+type Alloc<'a> = Doubled<'a>;
 
 fn config(reserve: u64) -> Config {
     let mut c = Config::new(Strategy::OnDemand);
@@ -119,17 +28,17 @@ fn config(reserve: u64) -> Config {
     c
 }
 
+/// An allocator over a backing that records every call, checks that no piece is
+/// populated twice nor depopulated unless populated, and releases what it is
+/// asked to (scribbling over it).
 fn with_releasing<T>(
     layout: &Layout,
     config: Config,
     granularity: Granularity,
     f: impl FnOnce(&Alloc<'_>) -> T,
 ) -> T {
-    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(layout);
-    let backing = Releasing::new(&mut lent.memmap, layout.memmap_start(), granularity);
-    let a = Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config)
-        .expect("allocator starts");
-    f(&a)
+    let double = Double::new().granularity(granularity).releasing();
+    with_double(layout, config, double, f)
 }
 
 /// Records what it is given; fails on command.
@@ -178,6 +87,15 @@ fn release(a: &Alloc<'_>, held: Vec<Pfn>, ledger: &mut Ledger) {
     a.drain_all_cpus();
 }
 
+/// Every usable page allocated through the CPU caches, then freed and the
+/// caches drained: every chunk initialised and free. The ledger, empty again.
+fn fill_and_release(a: &Alloc<'_>) -> Ledger {
+    let mut ledger = Ledger::default();
+    let held = fill(a, usable_pages(a), &mut ledger);
+    release(a, held, &mut ledger);
+    ledger
+}
+
 fn usable_pages(a: &Alloc<'_>) -> u64 {
     a.zone_stats().map(|z| z.managed).sum()
 }
@@ -208,7 +126,7 @@ fn chunks_that_stay_free_for_two_passes_are_given_back_with_their_memmap() {
             assert_eq!(second.memmap_bytes_released, full, "{granularity:?}");
             assert_eq!(a.memmap_populated_bytes(), 0);
             assert!(!a.is_fully_initialised(), "the off switch is off again");
-            assert_eq!(a.backing().populated.lock().unwrap().len(), 0);
+            assert_eq!(a.backing().populated_now(), 0);
             for z in a.zone_stats() {
                 assert_eq!(z.free, 0, "{z:?}");
                 assert_eq!(z.uninitialised, z.managed, "{z:?}");
@@ -240,9 +158,7 @@ fn common_coalesced(a: &Alloc<'_>) {
 #[test]
 fn the_reserve_stays_initialised() {
     with_releasing(&machine(), config(8 * MIB), Granularity::Chunk, |a| {
-        let mut ledger = Ledger::default();
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        let ledger = fill_and_release(a);
         a.give_back();
         let stats = a.give_back();
         assert!(stats.chunks_given_back > 0);
@@ -290,9 +206,7 @@ fn chunks_with_an_allocated_or_cached_page_are_kept() {
 #[test]
 fn a_chunk_used_between_passes_waits_for_two_more() {
     with_releasing(&machine(), config(0), Granularity::Chunk, |a| {
-        let mut ledger = Ledger::default();
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        fill_and_release(a);
         let marked = a.give_back().chunks_marked;
         // Use one page between the passes: its chunk is no longer aged.
         let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
@@ -310,10 +224,8 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
     let mut c = config(0);
     c.give_back = false;
     with_releasing(&machine(), c, Granularity::Chunk, |a| {
-        let mut ledger = Ledger::default();
         let all = usable_pages(a);
-        let held = fill(a, all, &mut ledger);
-        release(a, held, &mut ledger);
+        let ledger = fill_and_release(a);
 
         struct Checking<'r, 'a> {
             a: &'r Alloc<'a>,
@@ -351,7 +263,7 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
         // Taking reported memory again tells the backing, exactly for what was
         // taken.
         let p = a.alloc(3, Constraint::Any, NodeId(0)).unwrap();
-        let told = a.backing().reused.lock().unwrap().clone();
+        let told = a.backing().reused();
         assert_eq!(told, vec![p..Pfn(p.0 + 8)]);
         let after: u64 = a.zone_stats().map(|z| z.reported).sum();
         assert_eq!(after, reported - 8, "the split-off halves stay reported");
@@ -362,9 +274,7 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
         let merged: u64 = a.zone_stats().map(|z| z.reported).sum();
         let told: u64 = a
             .backing()
-            .reused
-            .lock()
-            .unwrap()
+            .reused()
             .iter()
             .map(|r| r.end.0 - r.start.0)
             .sum();
@@ -381,9 +291,7 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
 #[test]
 fn a_failed_report_puts_everything_back_unreported() {
     with_releasing(&machine(), config(0), Granularity::Chunk, |a| {
-        let mut ledger = Ledger::default();
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        let ledger = fill_and_release(a);
         let mut failing = Recorder {
             fail: true,
             ..Recorder::default()
@@ -404,9 +312,7 @@ fn a_failed_report_puts_everything_back_unreported() {
 #[test]
 fn given_back_chunks_are_reported_unless_they_were_already() {
     with_releasing(&machine(), config(0), Granularity::Section, |a| {
-        let mut ledger = Ledger::default();
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        let ledger = fill_and_release(a);
         // Give-back without reporting marks the chunks; the next pass reports
         // the free blocks of a pageblock or more, then gives the chunks back.
         a.give_back();
@@ -420,8 +326,7 @@ fn given_back_chunks_are_reported_unless_they_were_already() {
         assert!(chunk0.contains(&&(Pfn(256)..Pfn(1024))), "{chunk0:?}");
         check_counts(a, &ledger.per_zone);
         // Re-initialised, the chunk is accepted and whole again.
-        let held = fill(a, usable_pages(a), &mut ledger);
-        release(a, held, &mut ledger);
+        fill_and_release(a);
         common_coalesced(a);
     });
 }

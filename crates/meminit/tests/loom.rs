@@ -53,28 +53,46 @@ fn init(sections: &Sections<'_>, memmap: &Memmap, free: &Mutex<Vec<usize>>, i: u
     }
 }
 
+/// One section (slot leaked, for loom's threads) of `2^chunks_shift` chunks, all
+/// present, and a model memmap of `cells` cells.
+fn one_section(chunks_shift: u32, cells: usize) -> (Arc<Sections<'static>>, Arc<Memmap>) {
+    let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
+    let present = [(0, 1 << chunks_shift)].into_iter();
+    let sections = Sections::new(slots, 0, 1, chunks_shift, present).unwrap();
+    (Arc::new(sections), Arc::new(Memmap::new(cells)))
+}
+
+/// Runs `f(0)` and `f(1)` on two loom threads, and waits for both. (Loom runs its
+/// threads on one OS thread and asks no `Send`; the closure is shared through an
+/// `Rc`, because sharing it is no part of what is modelled.)
+fn on_two_threads(f: impl Fn(usize) + 'static) {
+    let f = std::rc::Rc::new(f);
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            let f = f.clone();
+            thread::spawn(move || f(i))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
 #[test]
 fn a_chunk_is_claimed_once_and_read_only_when_ready() {
     loom::model(|| {
-        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 0, 1, 0, [(0, 1)].into_iter()).unwrap());
-        let memmap = Arc::new(Memmap::new(1));
+        let (sections, memmap) = one_section(0, 1);
         let free = Arc::new(Mutex::new(Vec::new()));
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                let (sections, memmap, free) = (sections.clone(), memmap.clone(), free.clone());
-                thread::spawn(move || {
-                    if !init(&sections, &memmap, &free, 0) {
-                        // The loser waits, then may read what the winner wrote.
-                        assert_eq!(sections.wait_while_initialising(0), ChunkState::Ready);
-                        assert_eq!(memmap.read(0), 0xd00d);
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
+        on_two_threads({
+            let (sections, memmap) = (sections.clone(), memmap.clone());
+            move |_| {
+                if !init(&sections, &memmap, &free, 0) {
+                    // The loser waits, then may read what the winner wrote.
+                    assert_eq!(sections.wait_while_initialising(0), ChunkState::Ready);
+                    assert_eq!(memmap.read(0), 0xd00d);
+                }
+            }
+        });
         assert_eq!(memmap.writes[0].load(Ordering::Relaxed), 1);
         assert!(sections.all_initialised());
     });
@@ -86,37 +104,31 @@ fn a_chunk_is_claimed_once_and_read_only_when_ready() {
 fn a_sections_memmap_is_populated_once_for_two_chunks() {
     use meminit::section::MemmapState;
     loom::model(|| {
-        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 0, 1, 1, [(0, 2)].into_iter()).unwrap());
-        let memmap = Arc::new(Memmap::new(1));
-        let handles: Vec<_> = (0..2)
-            .map(|chunk| {
-                let (sections, memmap) = (sections.clone(), memmap.clone());
-                thread::spawn(move || {
-                    let claim = sections.claim(chunk).unwrap();
-                    loop {
-                        match sections.claim_memmap(0) {
-                            Ok(m) => {
-                                memmap.write(0);
-                                m.publish(0..0);
-                                break;
-                            }
-                            Err(MemmapState::Populating) => {
-                                sections.wait_while_populating(0);
-                            }
-                            Err(MemmapState::Populated(_)) => break,
-                            Err(MemmapState::Unpopulated) => {}
+        // Two chunks, one memmap cell: the section's.
+        let (sections, memmap) = one_section(1, 1);
+        on_two_threads({
+            let (sections, memmap) = (sections.clone(), memmap.clone());
+            move |chunk| {
+                let claim = sections.claim(chunk).unwrap();
+                loop {
+                    match sections.claim_memmap(0) {
+                        Ok(m) => {
+                            memmap.write(0);
+                            m.publish(0..0);
+                            break;
                         }
+                        Err(MemmapState::Populating) => {
+                            sections.wait_while_populating(0);
+                        }
+                        Err(MemmapState::Populated(_)) => break,
+                        Err(MemmapState::Unpopulated) => {}
                     }
-                    // Whoever populated it, the mapping is there to use.
-                    assert_eq!(memmap.read(0), 0xd00d);
-                    claim.publish().finish();
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
+                }
+                // Whoever populated it, the mapping is there to use.
+                assert_eq!(memmap.read(0), 0xd00d);
+                claim.publish().finish();
+            }
+        });
         assert_eq!(memmap.writes[0].load(Ordering::Relaxed), 1);
         assert!(sections.all_initialised());
     });
@@ -127,9 +139,7 @@ fn growth_races_a_deferred_worker() {
     loom::model(|| {
         // Two chunks of one section: their claims share one word.
         const N: usize = 2;
-        let slots: &'static [SectionSlot] = Box::leak(vec![SectionSlot::new()].into_boxed_slice());
-        let sections = Arc::new(Sections::new(slots, 0, 1, 1, [(0, N)].into_iter()).unwrap());
-        let memmap = Arc::new(Memmap::new(N));
+        let (sections, memmap) = one_section(1, N);
         let free = Arc::new(Mutex::new(Vec::new()));
         let cursor = Arc::new(AtomicUsize::new(0));
 
@@ -200,7 +210,7 @@ mod real {
     use loom::sync::atomic::{AtomicBool, Ordering};
     use loom::thread;
     use meminit::{
-        Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page, Pfn,
+        Allocator, Config, Constraint, CpuCache, CpuId, Layout, LayoutBuilder, NodeId, Page, Pfn,
         RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType,
     };
 
@@ -240,18 +250,24 @@ mod real {
 
     type Alloc = Allocator<'static, SliceBacking<'static>, LoomLock>;
 
-    /// Builds an allocator over `[start, end)` (one 4 MiB section), runs `f` on it
-    /// with a `'static` reference for loom's threads, and drops it after.
-    fn with_allocator(start: u64, end: u64, strategy: Strategy, f: impl FnOnce(&'static Alloc)) {
+    /// A layout of `[start, end)` usable on node 0, in 4 MiB sections, with a
+    /// memmap (uninitialised) and section slots for it.
+    fn machine(start: u64, end: u64) -> (Layout, Box<[MaybeUninit<Page>]>, Vec<SectionSlot>) {
         let mut b = LayoutBuilder::new();
         b.section_size(4 << 20)
             .add(start, end, RangeKind::Usable, NodeId(0));
         let layout = b.build().unwrap();
-        let mut memmap: Box<[MaybeUninit<Page>]> =
-            Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-        let slots: Vec<SectionSlot> = (0..layout.section_count())
+        let memmap = Box::new_uninit_slice(layout.memmap_descriptors() as usize);
+        let slots = (0..layout.section_count())
             .map(|_| SectionSlot::new())
             .collect();
+        (layout, memmap, slots)
+    }
+
+    /// Builds an allocator over `[start, end)` (one 4 MiB section), runs `f` on it
+    /// with a `'static` reference for loom's threads, and drops it after.
+    fn with_allocator(start: u64, end: u64, strategy: Strategy, f: impl FnOnce(&'static Alloc)) {
+        let (layout, mut memmap, slots) = machine(start, end);
         let cpus: Vec<CpuCache<LoomLock>> = (0..2).map(|_| CpuCache::new()).collect();
         let a = Allocator::new(
             layout,
@@ -360,6 +376,12 @@ mod real {
     /// A backing over a slice that really releases a section's memmap (as far as
     /// the model can tell): it records whether the section is populated, and
     /// fails the model if it is populated twice or released while not populated.
+    ///
+    /// Not the shared test double (`tests/common`): that one keeps its records
+    /// behind std mutexes, which loom neither sees nor can switch threads at, so
+    /// the model would explore none of the interleavings around the flag. Here
+    /// the flag is a loom atomic: each populate and release is a point where the
+    /// model may switch threads, and its ordering is checked.
     pub struct Releasing<'m> {
         inner: SliceBacking<'m>,
         populated: loom::sync::atomic::AtomicBool,
@@ -401,19 +423,7 @@ mod real {
     #[test]
     fn give_back_races_a_grow_of_the_same_chunk() {
         model(|| {
-            let mut b = LayoutBuilder::new();
-            b.section_size(4 << 20).add(
-                16 << 20,
-                (16 << 20) + 0x4000,
-                RangeKind::Usable,
-                NodeId(0),
-            );
-            let layout = b.build().unwrap();
-            let mut memmap: Box<[MaybeUninit<Page>]> =
-                Box::new_uninit_slice(layout.memmap_descriptors() as usize);
-            let slots: Vec<SectionSlot> = (0..layout.section_count())
-                .map(|_| SectionSlot::new())
-                .collect();
+            let (layout, mut memmap, slots) = machine(16 << 20, (16 << 20) + 0x4000);
             let cpus: Vec<CpuCache<LoomLock>> = Vec::new();
             let mut config = Config::new(Strategy::OnDemand);
             config.give_back_reserve = 0;

@@ -56,8 +56,7 @@ fn threads_race_to_initialise_the_same_sections() {
             });
             s.spawn(|| a.page_or_init(Pfn(0x400)).map(|p| p.state()).unwrap());
         });
-        check_counts(a, &Default::default());
-        check_fully_coalesced(a);
+        check_all_free(a);
     });
 }
 
@@ -185,7 +184,7 @@ fn per_page_data_is_the_embedders() {
 
 #[test]
 fn start_up_in_place_builds_the_layout_there_and_drops_on_failure() {
-    use meminit::{Allocator, Config, InitError, Page, SliceBacking};
+    use meminit::{Allocator, Config, InitError, SliceBacking};
     use std::mem::MaybeUninit;
     let l = small();
     let mut b = LayoutBuilder::new();
@@ -212,17 +211,6 @@ fn start_up_in_place_builds_the_layout_there_and_drops_on_failure() {
     // Eager start-up over a memmap too short: the backing fails, the allocator
     // written into the slot is dropped there.
     let lent = Lent::<parking_lot::RawMutex>::for_layout(&l);
-    let mut short = Box::<[Page]>::new_uninit_slice(16);
-    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
-    let err = Allocator::init_in_place(
-        &mut slot,
-        &l,
-        SliceBacking::new(&mut short),
-        &lent.slots,
-        &lent.cpus,
-        Config::new(Strategy::Eager),
-    )
-    .err()
-    .unwrap();
+    let err = start_in_place_over_a_short_memmap(&l, &lent, 16);
     assert!(matches!(err, InitError::Backing(_)), "{err}");
 }

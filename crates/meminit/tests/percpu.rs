@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    AllocError, Constraint, CpuId, FreeError, LayoutBuilder, PageState, RangeKind, Strategy,
-    ZoneType, CACHE_BATCH, CACHE_HIGH, MAX_ORDER, PAGEBLOCK_ORDER,
+    AllocError, Constraint, CpuId, FreeError, PageState, Strategy, ZoneType, CACHE_BATCH,
+    CACHE_HIGH, MAX_ORDER, PAGEBLOCK_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -37,8 +37,7 @@ fn cached_pages_count_as_free_and_drain_back_whole() {
         );
         a.free_order_on(CpuId(1), p, 0).unwrap();
         assert_eq!(a.drain_cpu(CpuId(1)).unwrap(), CACHE_BATCH[0] as u64);
-        check_counts(a, &Default::default());
-        check_fully_coalesced(a);
+        check_all_free(a);
     });
 }
 
@@ -112,24 +111,14 @@ fn misuse_of_a_cached_block_is_refused() {
 
 #[test]
 fn a_block_of_another_node_goes_back_to_its_own_zone() {
-    let mut b = LayoutBuilder::new();
-    b.section_size(4 * MIB)
-        .add(MIB, 32 * MIB, RangeKind::Usable, NodeId(0))
-        .add(32 * MIB, 64 * MIB, RangeKind::Usable, NodeId(1));
-    let l = b.build().unwrap();
+    let l = two_nodes(MIB, 32 * MIB, 64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
         // CPU 0 caches node 0's DMA32 blocks.
         let mine = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
-        assert_eq!(
-            a.page(mine).unwrap().zone(),
-            Some((NodeId(0), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, mine), Some((NodeId(0), ZoneType::Dma32)));
         // A block of node 1 freed on CPU 0 does not join node 0's blocks there.
         let theirs = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
-        assert_eq!(
-            a.page(theirs).unwrap().zone(),
-            Some((NodeId(1), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, theirs), Some((NodeId(1), ZoneType::Dma32)));
         a.free_order_on(CpuId(0), theirs, 0).unwrap();
         assert_eq!(
             a.zone_stats_of(NodeId(1), ZoneType::Dma32).unwrap().cached,
@@ -143,10 +132,7 @@ fn a_block_of_another_node_goes_back_to_its_own_zone() {
         a.free_order_on(CpuId(0), mine, 0).unwrap();
         a.drain_cpu(CpuId(0)).unwrap();
         let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(1)).unwrap();
-        assert_eq!(
-            a.page(p).unwrap().zone(),
-            Some((NodeId(1), ZoneType::Dma32))
-        );
+        assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Dma32)));
         assert!(a.zone_stats_of(NodeId(1), ZoneType::Dma32).unwrap().cached > 0);
         a.free_order_on(CpuId(0), p, 0).unwrap();
         check_fully_coalesced(a);

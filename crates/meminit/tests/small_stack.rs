@@ -11,10 +11,10 @@ mod common;
 
 use std::mem::MaybeUninit;
 
-use common::Lent;
+use common::{start_in_place_over_a_short_memmap, Lent};
 use meminit::{
-    AllocError, Allocator, Config, Constraint, CpuId, InitError, Layout, LayoutBuilder,
-    LayoutError, NodeId, Pfn, RangeKind, SliceBacking, Strategy,
+    AllocError, Allocator, Config, Constraint, CpuCache, CpuId, InitError, Layout, LayoutBuilder,
+    LayoutError, NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -61,80 +61,81 @@ fn first_steps(a: &Alloc<'_>) {
     assert!(a.page_or_init(Pfn(90 * MIB / 4096)).is_ok());
 }
 
+/// The memory map, built.
+fn layout() -> Layout {
+    let mut b = LayoutBuilder::new();
+    map(&mut b).build().unwrap()
+}
+
+/// For every strategy: lends an allocator over `layout` what it needs, and runs
+/// `start` on a 16 KiB stack to start one in the slot it is given (and take its
+/// first steps); then drops it. `start` must start the allocator or panic.
+fn in_place_on_small_stack(
+    layout: &Layout,
+    start: impl for<'s, 'a> Fn(
+            &'s mut MaybeUninit<Alloc<'a>>,
+            &'a mut [MaybeUninit<Page>],
+            &'a [SectionSlot],
+            &'a [CpuCache<parking_lot::RawMutex>],
+            Strategy,
+        ) + Sync,
+) {
+    for strategy in Strategy::ALL {
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(layout);
+        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+        let Lent {
+            memmap,
+            slots,
+            cpus,
+        } = &mut lent;
+        on_small_stack(|| start(&mut slot, memmap, slots, cpus, strategy));
+        // SAFETY: `start` returned, so it started the allocator in the slot;
+        // nothing borrows the allocator now.
+        unsafe { slot.assume_init_drop() };
+    }
+}
+
 #[test]
 fn bring_up_in_place_and_first_allocations_fit_a_16_kib_stack() {
     // What the memmap, the slots and the caches need comes from the heap here (a
     // kernel's statics); the allocator's own memory too.
-    let layout = {
+    in_place_on_small_stack(&layout(), |slot, memmap, slots, cpus, strategy| {
+        // The memory map is built on this stack too.
         let mut b = LayoutBuilder::new();
-        map(&mut b).build().unwrap()
-    };
-    for strategy in Strategy::ALL {
-        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
-        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
-        let Lent {
-            memmap,
+        let a = Allocator::build_in_place(
+            slot,
+            map(&mut b),
+            SliceBacking::new(memmap),
             slots,
             cpus,
-        } = &mut lent;
-        on_small_stack(|| {
-            // The memory map is built on this stack too.
-            let mut b = LayoutBuilder::new();
-            let a = Allocator::build_in_place(
-                &mut slot,
-                map(&mut b),
-                SliceBacking::new(memmap),
-                slots,
-                cpus,
-                Config::new(strategy),
-            )
-            .unwrap();
-            assert_eq!(a.strategy(), strategy);
-            first_steps(a);
-        });
-        // SAFETY: build_in_place succeeded; nothing borrows the allocator now.
-        unsafe { slot.assume_init_drop() };
-    }
+            Config::new(strategy),
+        )
+        .unwrap();
+        assert_eq!(a.strategy(), strategy);
+        first_steps(a);
+    });
 }
 
 #[test]
 fn init_in_place_from_a_built_layout_fits_a_16_kib_stack() {
-    let layout = {
-        let mut b = LayoutBuilder::new();
-        map(&mut b).build().unwrap()
-    };
-    for strategy in Strategy::ALL {
-        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
-        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
-        let Lent {
-            memmap,
+    let layout = layout();
+    in_place_on_small_stack(&layout, |slot, memmap, slots, cpus, strategy| {
+        let a = Allocator::init_in_place(
+            slot,
+            &layout,
+            SliceBacking::new(memmap),
             slots,
             cpus,
-        } = &mut lent;
-        let layout = &layout;
-        on_small_stack(|| {
-            let a = Allocator::init_in_place(
-                &mut slot,
-                layout,
-                SliceBacking::new(memmap),
-                slots,
-                cpus,
-                Config::new(strategy),
-            )
-            .unwrap();
-            first_steps(a);
-        });
-        // SAFETY: init_in_place succeeded; nothing borrows the allocator now.
-        unsafe { slot.assume_init_drop() };
-    }
+            Config::new(strategy),
+        )
+        .unwrap();
+        first_steps(a);
+    });
 }
 
 #[test]
 fn in_place_start_up_reports_every_error() {
-    let layout = {
-        let mut b = LayoutBuilder::new();
-        map(&mut b).build().unwrap()
-    };
+    let layout = layout();
     let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
     // A map that does not validate.
     let mut bad = LayoutBuilder::new();
@@ -170,18 +171,7 @@ fn in_place_start_up_reports_every_error() {
     assert!(matches!(err, InitError::TooFewSlots { .. }), "{err}");
     // A memmap too short for eager start-up: the backing fails, and the slot is
     // left with nothing in it to drop.
-    let mut short = Box::<[meminit::Page]>::new_uninit_slice(1024);
-    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
-    let err = Allocator::init_in_place(
-        &mut slot,
-        &layout,
-        SliceBacking::new(&mut short),
-        &lent.slots,
-        &lent.cpus,
-        Config::new(Strategy::Eager),
-    )
-    .err()
-    .unwrap();
+    let err = start_in_place_over_a_short_memmap(&layout, &lent, 1024);
     assert!(matches!(err, InitError::Backing(_)), "{err}");
     // The slots and caches then serve an allocator that works.
     let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();

@@ -1,7 +1,6 @@
 //! Every public query of a layout and an allocator answers any argument (huge
 //! indices, pfns, nodes, orders, CPU ids) with a value, an empty answer or a typed
-//! error, never a panic or an overflow, and its answers agree with each other
-//! (issue 8 item 7).
+//! error, never a panic or an overflow, and its answers agree with each other.
 #![cfg(not(loom))]
 
 mod common;

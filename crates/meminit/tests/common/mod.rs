@@ -1,13 +1,20 @@
-//! Test machines: a layout, a memmap in host memory, and invariant checks.
+//! Test machines: a layout, a memmap in host memory, a configurable memmap backing
+//! ([`Double`], [`TestBacking`]), and invariant checks.
 #![allow(dead_code)]
+
+mod double;
+
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use double::{Call, Double, Hook, Phase, TestBacking};
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 
 use meminit::PresentRun;
 use meminit::{
-    Allocator, Config, CpuCache, Granularity, Layout, LayoutBuilder, MemmapBacking, NodeId, Page,
-    Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
+    Allocator, Config, CpuCache, Granularity, InitError, Layout, LayoutBuilder, MemmapBacking,
+    NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
 };
 
 /// CPU caches lent to every test allocator.
@@ -67,6 +74,78 @@ pub fn with_allocator_chunked<T>(
     f(&allocator)
 }
 
+/// An allocator over a [`TestBacking`].
+pub type Doubled<'a> = Allocator<'a, TestBacking<'a>, parking_lot::RawMutex>;
+
+/// Builds an allocator of `config` over `layout` whose memmap backing behaves as
+/// `double` says, and runs `f` on it (or on why it did not start).
+pub fn try_with_double<T>(
+    layout: &Layout,
+    config: Config,
+    double: Double,
+    f: impl FnOnce(Result<&Doubled<'_>, InitError>) -> T,
+) -> T {
+    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(layout);
+    let backing = double.over(&mut lent.memmap, layout);
+    let started = Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config);
+    // Bound to a local so that the allocator is dropped before what it borrows.
+    let result = match started {
+        Ok(a) => f(Ok(&a)),
+        Err(e) => f(Err(e)),
+    };
+    #[allow(clippy::let_and_return)]
+    result
+}
+
+/// [`try_with_double`] for an allocator that must start.
+pub fn with_double<T>(
+    layout: &Layout,
+    config: Config,
+    double: Double,
+    f: impl FnOnce(&Doubled<'_>) -> T,
+) -> T {
+    try_with_double(layout, config, double, |a| f(a.expect("allocator starts")))
+}
+
+/// An allocator over a [`TestBacking`] that lives for the rest of the test binary
+/// (what it borrows is leaked too), for hooks that call it back from inside its
+/// backing and so must hold a `'static` reference to it.
+pub fn leaked_double(layout: &Layout, config: Config, double: Double) -> &'static Doubled<'static> {
+    let lent: &'static mut Lent<parking_lot::RawMutex> =
+        Box::leak(Box::new(Lent::for_layout(layout)));
+    let backing = double.over(&mut lent.memmap, layout);
+    let a = Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config)
+        .expect("allocator starts");
+    Box::leak(Box::new(a))
+}
+
+/// A layout of `section`-byte sections over `ranges`: (start, end, kind, node).
+pub fn layout(section: u64, ranges: &[(u64, u64, RangeKind, NodeId)]) -> Layout {
+    let mut b = LayoutBuilder::new();
+    b.section_size(section);
+    for &(start, end, kind, node) in ranges {
+        b.add(start, end, kind, node);
+    }
+    b.build().unwrap()
+}
+
+/// One node of usable memory from `start` to `end`, in `section`-byte sections.
+pub fn one_node(start: u64, end: u64, section: u64) -> Layout {
+    layout(section, &[(start, end, RangeKind::Usable, NodeId(0))])
+}
+
+/// Two nodes of usable memory, node 0 from `start` to `split` and node 1 from
+/// there to `end`, in `section`-byte sections.
+pub fn two_nodes(start: u64, split: u64, end: u64, section: u64) -> Layout {
+    layout(
+        section,
+        &[
+            (start, split, RangeKind::Usable, NodeId(0)),
+            (split, end, RangeKind::Usable, NodeId(1)),
+        ],
+    )
+}
+
 /// One node of `bytes` usable from 1 MiB, with small sections.
 pub fn simple(bytes: u64, section: u64) -> Layout {
     let mut b = LayoutBuilder::new();
@@ -82,6 +161,46 @@ pub fn run_workers(a: &Alloc<'_>) {
         let report = a.run_deferred_worker(n);
         assert_eq!(report.failed, 0, "{report:?}");
     }
+}
+
+/// The node and zone of the allocated or free page `pfn`.
+pub fn zone_of<B: MemmapBacking, R: lock_api::RawMutex>(
+    a: &Allocator<'_, B, R>,
+    pfn: Pfn,
+) -> Option<(NodeId, ZoneType)> {
+    a.page(pfn).unwrap().zone()
+}
+
+/// Frees each of `blocks`, of `order`, to its zone.
+pub fn free_all<B: MemmapBacking, R: lock_api::RawMutex>(
+    a: &Allocator<'_, B, R>,
+    blocks: impl IntoIterator<Item = Pfn>,
+    order: u32,
+) {
+    for pfn in blocks {
+        a.free_order(pfn, order).unwrap();
+    }
+}
+
+/// Eager start-up in place over a memmap of only `descriptors` descriptors, too
+/// few for `layout`: the error it ends with. The slot is dropped as it is.
+pub fn start_in_place_over_a_short_memmap(
+    layout: &Layout,
+    lent: &Lent<parking_lot::RawMutex>,
+    descriptors: usize,
+) -> InitError {
+    let mut short = Box::<[Page]>::new_uninit_slice(descriptors);
+    let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+    Allocator::init_in_place(
+        &mut slot,
+        layout,
+        SliceBacking::new(&mut short),
+        &lent.slots,
+        &lent.cpus,
+        Config::new(Strategy::Eager),
+    )
+    .err()
+    .unwrap()
 }
 
 /// Initialises every chunk that is not yet, through descriptor look-ups.
@@ -151,6 +270,13 @@ pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
         let span = a.layout().node(z.node).unwrap().zones[z.zone as usize];
         assert_eq!(z.present, span.present);
     }
+}
+
+/// With nothing allocated: the counts add up, and every block is whole (see
+/// [`check_fully_coalesced`]).
+pub fn check_all_free(a: &Alloc<'_>) {
+    check_counts(a, &Default::default());
+    check_fully_coalesced(a);
 }
 
 /// After everything is freed and initialised: every max-order-aligned block of
