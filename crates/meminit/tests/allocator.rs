@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    AllocError, AllocPath, Constraint, FreeError, LayoutBuilder, LookupError, PageState, Pfn,
-    RangeKind, Strategy, ZoneType, MAX_ORDER, PAGE_SIZE,
+    AllocError, AllocPath, AllocRequest, Constraint, FreeError, FreeRequest, LayoutBuilder,
+    LookupError, PageState, Pfn, RangeKind, Strategy, ZoneType, MAX_ORDER, PAGE_SIZE,
 };
 
 const MIB: u64 = 1 << 20;
@@ -17,8 +17,8 @@ const GIB: u64 = 1 << 30;
 fn eager_initialises_everything_at_start() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
-        assert!(a.is_fully_initialised());
-        let s = a.init_stats();
+        assert!(a.stats().fully_initialised);
+        let s = a.stats();
         assert_eq!(s.by_boot, s.chunks_present);
         assert_eq!(s.memmap_bytes, 16 * 1024 * 64);
         check_fully_coalesced(a);
@@ -29,16 +29,16 @@ fn eager_initialises_everything_at_start() {
 fn ondemand_starts_with_nothing_and_grows_one_section() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
-        assert_eq!(a.memmap_populated_bytes(), 0);
-        let (pfn, path) = a.alloc_traced(0, Constraint::Any, NodeId(0)).unwrap();
+        assert_eq!(a.stats().memmap_bytes, 0);
+        let (pfn, path) = a.alloc_traced(AllocRequest::order(0)).unwrap();
         assert_eq!(path, AllocPath::Grew);
-        assert_eq!(a.memmap_populated_bytes(), 1024 * 64);
-        let (_, path) = a.alloc_traced(0, Constraint::Any, NodeId(0)).unwrap();
+        assert_eq!(a.stats().memmap_bytes, 1024 * 64);
+        let (_, path) = a.alloc_traced(AllocRequest::order(0)).unwrap();
         assert_eq!(path, AllocPath::Fast);
-        a.free_order(pfn, 0).unwrap();
+        a.free(FreeRequest::pfn(pfn).order(0)).unwrap();
         // On-demand never initialises in the background.
         assert_eq!(a.run_deferred_worker(NodeId(0)).chunks, 0);
-        assert_eq!(a.init_stats().by_growth, 1);
+        assert_eq!(a.stats().by_growth, 1);
     });
 }
 
@@ -46,10 +46,10 @@ fn ondemand_starts_with_nothing_and_grows_one_section() {
 fn deferred_workers_finish_and_switch_growth_off() {
     let l = simple(256 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Deferred, |a| {
-        assert!(!a.is_fully_initialised());
+        assert!(!a.stats().fully_initialised);
         run_workers(a);
-        assert!(a.is_fully_initialised());
-        let s = a.init_stats();
+        assert!(a.stats().fully_initialised);
+        let s = a.stats();
         assert_eq!(s.by_workers, s.chunks_present);
         check_fully_coalesced(a);
     });
@@ -66,18 +66,18 @@ fn most_of_memory_right_after_start_up() {
             let blocks = (511 * MIB / PAGE_SIZE) >> MAX_ORDER;
             let mut held = Vec::new();
             for _ in 0..blocks - 1 {
-                held.push(a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap());
+                held.push(a.alloc(AllocRequest::order(MAX_ORDER)).unwrap());
             }
             // The rest goes page by page until truly exhausted.
             let mut pages = 0;
-            while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
+            while let Ok(p) = a.alloc(AllocRequest::order(0)) {
                 held.push(p);
                 pages += 1;
             }
             assert_eq!(pages, 511 * MIB / PAGE_SIZE - ((blocks - 1) << MAX_ORDER));
-            assert!(a.is_fully_initialised());
+            assert!(a.stats().fully_initialised);
             assert!(matches!(
-                a.alloc(0, Constraint::Any, NodeId(0)),
+                a.alloc(AllocRequest::order(0)),
                 Err(AllocError::OutOfMemory { .. })
             ));
         });
@@ -92,15 +92,19 @@ fn dma32_allocation_while_normal_is_uninitialised() {
     b.add(MIB, 6 * GIB, RangeKind::Usable, NodeId(0));
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let pfn = a.alloc(4, Constraint::Dma32, NodeId(0)).unwrap();
+        let pfn = a
+            .alloc(AllocRequest::order(4).within(Constraint::Dma32))
+            .unwrap();
         assert!(pfn.addr() < 4 * GIB);
-        let normal = a.zone_stats_of(NodeId(0), ZoneType::Normal).unwrap();
+        let normal = a.zone(NodeId(0), ZoneType::Normal).unwrap();
         assert_eq!(normal.free, 0);
         assert_eq!(normal.uninitialised, normal.present);
-        let dma = a.alloc(0, Constraint::Dma, NodeId(0)).unwrap();
+        let dma = a
+            .alloc(AllocRequest::order(0).within(Constraint::Dma))
+            .unwrap();
         assert!(dma.addr() < 16 * MIB);
         // An unconstrained allocation grows Normal rather than eat into DMA32.
-        let any = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
+        let any = a.alloc(AllocRequest::order(0)).unwrap();
         assert!(any.addr() >= 4 * GIB);
     });
 }
@@ -131,7 +135,7 @@ fn holes_and_reserved_pages_inside_a_section() {
         assert_eq!(a.page(Pfn(0x3ff)).unwrap().state(), PageState::Reserved);
         // Everything handed out is usable.
         let mut got = Vec::new();
-        while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
+        while let Ok(p) = a.alloc(AllocRequest::order(0)) {
             let usable = (1..0x9f).contains(&p.0)
                 || (0x100..0x180).contains(&p.0)
                 || (0x200..0x3ff).contains(&p.0)
@@ -154,7 +158,7 @@ fn look_up_of_a_never_initialised_page() {
         let pfn = Pfn(40 * MIB / PAGE_SIZE);
         assert_eq!(a.page(pfn).unwrap_err(), LookupError::Uninitialised { pfn });
         assert!(matches!(
-            a.free_order(pfn, 0),
+            a.free(FreeRequest::pfn(pfn).order(0)),
             Err(FreeError::Lookup(LookupError::Uninitialised { .. }))
         ));
         let page = a.page_or_init(pfn).unwrap();
@@ -162,7 +166,7 @@ fn look_up_of_a_never_initialised_page() {
             page.state(),
             PageState::Tail | PageState::Free { .. }
         ));
-        assert_eq!(a.init_stats().by_lookup, 1);
+        assert_eq!(a.stats().by_lookup, 1);
         assert!(a.page(pfn).is_ok());
         let past = Pfn(1 << 30);
         assert_eq!(
@@ -179,11 +183,11 @@ fn uninitialised_memory_counts_as_available() {
     let l = simple(128 * MIB, 4 * MIB);
     for strategy in Strategy::ALL {
         with_allocator(&l, strategy, |a| {
-            assert_eq!(a.available_pages(), l.usable_pages());
-            let p = a.alloc(2, Constraint::Any, NodeId(0)).unwrap();
-            assert_eq!(a.available_pages(), l.usable_pages() - 4);
-            a.free_order(p, 2).unwrap();
-            assert_eq!(a.available_pages(), l.usable_pages());
+            assert_eq!(a.stats().available_pages, l.usable_pages());
+            let p = a.alloc(AllocRequest::order(2)).unwrap();
+            assert_eq!(a.stats().available_pages, l.usable_pages() - 4);
+            a.free(FreeRequest::pfn(p).order(2)).unwrap();
+            assert_eq!(a.stats().available_pages, l.usable_pages());
         });
     }
 }
@@ -192,10 +196,10 @@ fn uninitialised_memory_counts_as_available() {
 fn misuse_is_refused_and_changes_nothing() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
-        let p = a.alloc(3, Constraint::Any, NodeId(0)).unwrap();
-        let before: Vec<_> = a.zone_stats().collect();
+        let p = a.alloc(AllocRequest::order(3)).unwrap();
+        let before: Vec<_> = a.zones().collect();
         assert_eq!(
-            a.free_order(p, 2),
+            a.free(FreeRequest::pfn(p).order(2)),
             Err(FreeError::WrongOrder {
                 pfn: p,
                 allocated: 3,
@@ -203,33 +207,33 @@ fn misuse_is_refused_and_changes_nothing() {
             })
         );
         assert_eq!(
-            a.free_order(Pfn(p.0 + 1), 0),
+            a.free(FreeRequest::pfn(Pfn(p.0 + 1)).order(0)),
             Err(FreeError::NotBlockHead { pfn: Pfn(p.0 + 1) })
         );
         assert_eq!(
-            a.free_order(Pfn(3), 0),
+            a.free(FreeRequest::pfn(Pfn(3)).order(0)),
             Err(FreeError::Reserved { pfn: Pfn(3) })
         );
         assert_eq!(
-            a.free_order(p, 11),
+            a.free(FreeRequest::pfn(p).order(11)),
             Err(FreeError::OrderTooLarge { order: 11 })
         );
         assert!(matches!(
-            a.free_order(Pfn(1 << 40), 0),
+            a.free(FreeRequest::pfn(Pfn(1 << 40)).order(0)),
             Err(FreeError::Lookup(LookupError::NotPresent { .. }))
         ));
-        assert_eq!(before, a.zone_stats().collect::<Vec<_>>());
-        a.free_order(p, 3).unwrap();
+        assert_eq!(before, a.zones().collect::<Vec<_>>());
+        a.free(FreeRequest::pfn(p).order(3)).unwrap();
         assert!(matches!(
-            a.free_order(p, 3),
+            a.free(FreeRequest::pfn(p).order(3)),
             Err(FreeError::DoubleFree { .. } | FreeError::NotBlockHead { .. })
         ));
         assert_eq!(
-            a.alloc(11, Constraint::Any, NodeId(0)),
+            a.alloc(AllocRequest::order(11)),
             Err(AllocError::OrderTooLarge { order: 11 })
         );
         assert_eq!(
-            a.alloc(0, Constraint::Any, NodeId(3)),
+            a.alloc(AllocRequest::order(0).node(NodeId(3))),
             Err(AllocError::UnknownNode { node: NodeId(3) })
         );
         check_fully_coalesced(a);
@@ -240,12 +244,18 @@ fn misuse_is_refused_and_changes_nothing() {
 fn growth_prefers_the_preferred_node() {
     let l = two_nodes(MIB, 5 * GIB, 6 * GIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
+        let p = a.alloc(AllocRequest::order(0).node(NodeId(1))).unwrap();
         assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Normal)));
-        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(0)).unwrap();
         assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Normal)));
         // Node 1 has no DMA32: a DMA32 allocation preferring it falls to node 0.
-        let p = a.alloc(0, Constraint::Dma32, NodeId(1)).unwrap();
+        let p = a
+            .alloc(
+                AllocRequest::order(0)
+                    .within(Constraint::Dma32)
+                    .node(NodeId(1)),
+            )
+            .unwrap();
         assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Dma32)));
     });
 }
@@ -269,9 +279,9 @@ fn large_orders_grow_several_sections_around_holes() {
     b.add(64 * MIB, 72 * MIB, RangeKind::Usable, NodeId(0));
     let l = b.build().unwrap();
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let p = a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(MAX_ORDER)).unwrap();
         assert!(p.addr() >= 64 * MIB);
-        assert!(a.init_stats().by_growth >= 1);
+        assert!(a.stats().by_growth >= 1);
     });
 }
 
@@ -281,13 +291,19 @@ fn a_range_on_a_node_boundary_never_merges_across_nodes() {
     with_allocator(&l, Strategy::Deferred, |a| {
         run_workers(a);
         let mut all = Vec::new();
-        while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
+        while let Ok(p) = a.alloc(AllocRequest::order(0)) {
             all.push(p);
         }
         free_all(a, all, 0);
         check_fully_coalesced(a);
-        let n0 = a.free_blocks(NodeId(0), ZoneType::Dma);
-        let n1 = a.free_blocks(NodeId(1), ZoneType::Dma);
+        let n0 = a
+            .zone(NodeId(0), ZoneType::Dma)
+            .map(|z| z.free_blocks)
+            .unwrap_or_default();
+        let n1 = a
+            .zone(NodeId(1), ZoneType::Dma)
+            .map(|z| z.free_blocks)
+            .unwrap_or_default();
         assert_eq!(
             n0.iter().zip(0..).map(|(c, o)| c << o).sum::<u64>(),
             9 * 256 + 3
@@ -312,11 +328,13 @@ fn touching_ranges_merge_across_the_seam() {
     with_allocator(&l, Strategy::Eager, |a| {
         assert_eq!(a.unmerged_free_blocks(), 0);
         assert_eq!(
-            a.free_blocks(NodeId(0), ZoneType::Dma)[MAX_ORDER as usize],
+            a.zone(NodeId(0), ZoneType::Dma)
+                .map(|z| z.free_blocks)
+                .unwrap_or_default()[MAX_ORDER as usize],
             2
         );
-        let p = a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap();
-        a.free_order(p, MAX_ORDER).unwrap();
+        let p = a.alloc(AllocRequest::order(MAX_ORDER)).unwrap();
+        a.free(FreeRequest::pfn(p).order(MAX_ORDER)).unwrap();
         check_fully_coalesced(a);
     });
 }

@@ -11,8 +11,8 @@ use std::mem::MaybeUninit;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    Allocator, Config, Constraint, CpuCache, CpuId, FreeError, InitError, Page, Pfn, SectionSlot,
-    SliceBacking, Strategy,
+    AllocRequest, Allocator, Config, CpuCache, CpuId, FreeError, FreeRequest, InitError, Page, Pfn,
+    SectionSlot, SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -54,7 +54,7 @@ fn slots_are_lent_by_shared_reference_from_a_plain_static() {
     let cpus: [CpuCache<parking_lot::RawMutex>; 1] = [CpuCache::new()];
     let a = start(&l, &mut memmap, &STATIC_SLOTS, &cpus, Strategy::OnDemand).unwrap();
     assert!(STATIC_SLOTS.iter().all(SectionSlot::is_owned));
-    a.alloc(0, meminit::Constraint::Any, NodeId(0)).unwrap();
+    a.alloc(AllocRequest::order(0)).unwrap();
     drop(a);
     assert!(STATIC_SLOTS.iter().all(|s| !s.is_owned()));
 }
@@ -71,13 +71,13 @@ fn two_allocators_never_share_one_slot_array() {
     assert_eq!(e, InitError::SlotsInUse { index: 0 });
     assert!(e.to_string().contains("section slot 0 is in use"), "{e}");
     // Refused with nothing changed: the first allocator still serves.
-    first.alloc(0, meminit::Constraint::Any, NodeId(0)).unwrap();
+    first.alloc(AllocRequest::order(0)).unwrap();
     // Dropped, it gives the slots back fresh: a new allocator may take them and
     // starts from nothing it left behind.
     drop(first);
     let again = start(&l, &mut m2, &slots, &cpus, Strategy::OnDemand).unwrap();
-    assert_eq!(again.init_stats().chunks_done, 0);
-    assert_eq!(again.memmap_populated_bytes(), 0);
+    assert_eq!(again.stats().chunks_done, 0);
+    assert_eq!(again.stats().memmap_bytes, 0);
 }
 
 /// Part of the slots owned by a live allocator (a shorter layout): a second one
@@ -151,21 +151,22 @@ fn free_reads_the_order_from_the_descriptor() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
         for order in [0, 3, 5, meminit::PAGEBLOCK_ORDER, meminit::MAX_ORDER] {
-            let pfn = a.alloc(order, Constraint::Any, NodeId(0)).unwrap();
+            let pfn = a.alloc(AllocRequest::order(order)).unwrap();
             assert_eq!(a.free(pfn), Ok(order));
             assert_eq!(a.free(pfn), Err(FreeError::DoubleFree { pfn }));
             // Through a CPU's cache (cached orders) or the zone (the rest).
-            let pfn = a
-                .alloc_on(CpuId(1), order, Constraint::Any, NodeId(0))
-                .unwrap();
-            assert_eq!(a.free_on(CpuId(2), pfn), Ok(order));
-            assert_eq!(a.free_on(CpuId(2), pfn), Err(FreeError::DoubleFree { pfn }));
+            let pfn = a.alloc(AllocRequest::order(order).on(CpuId(1))).unwrap();
+            assert_eq!(a.free(FreeRequest::pfn(pfn).on(CpuId(2))), Ok(order));
+            assert_eq!(
+                a.free(FreeRequest::pfn(pfn).on(CpuId(2))),
+                Err(FreeError::DoubleFree { pfn })
+            );
         }
-        let pfn = a.alloc(2, Constraint::Any, NodeId(0)).unwrap();
+        let pfn = a.alloc(AllocRequest::order(2)).unwrap();
         let inside = Pfn(pfn.0 + 1);
         assert_eq!(a.free(inside), Err(FreeError::NotBlockHead { pfn: inside }));
         assert_eq!(
-            a.free_on(CpuId(99), pfn),
+            a.free(FreeRequest::pfn(pfn).on(CpuId(99))),
             Err(FreeError::UnknownCpu {
                 cpu: CpuId(99),
                 cpus: CPUS
@@ -174,7 +175,7 @@ fn free_reads_the_order_from_the_descriptor() {
         // The order-checked frees still say when the caller is wrong, with
         // nothing changed.
         assert_eq!(
-            a.free_order(pfn, 3),
+            a.free(FreeRequest::pfn(pfn).order(3)),
             Err(FreeError::WrongOrder {
                 pfn,
                 allocated: 2,
@@ -182,7 +183,7 @@ fn free_reads_the_order_from_the_descriptor() {
             })
         );
         assert_eq!(
-            a.free_order_on(CpuId(0), pfn, 1),
+            a.free(FreeRequest::pfn(pfn).on(CpuId(0)).order(1)),
             Err(FreeError::WrongOrder {
                 pfn,
                 allocated: 2,
@@ -190,11 +191,14 @@ fn free_reads_the_order_from_the_descriptor() {
             })
         );
         assert_eq!(
-            a.free_order(pfn, 99),
+            a.free(FreeRequest::pfn(pfn).order(99)),
             Err(FreeError::OrderTooLarge { order: 99 })
         );
-        assert_eq!(a.free_order_on(CpuId(0), pfn, 2), Ok(()));
-        assert_eq!(a.free_order(pfn, 2), Err(FreeError::DoubleFree { pfn }));
+        assert_eq!(a.free(FreeRequest::pfn(pfn).on(CpuId(0)).order(2)), Ok(2));
+        assert_eq!(
+            a.free(FreeRequest::pfn(pfn).order(2)),
+            Err(FreeError::DoubleFree { pfn })
+        );
         // Never initialised, reserved, or outside the map.
         assert!(matches!(a.free(Pfn(u64::MAX)), Err(FreeError::Lookup(_))));
         assert!(matches!(a.free(Pfn(0)), Err(FreeError::Lookup(_))));
@@ -217,7 +221,7 @@ fn racing_order_less_frees_of_one_block_have_one_winner() {
     with_allocator(&l, Strategy::Eager, |a| {
         for round in 0..500u32 {
             let order = [0, 1, 3, 4][round as usize % 4];
-            let pfn = a.alloc(order, Constraint::Any, NodeId(0)).unwrap();
+            let pfn = a.alloc(AllocRequest::order(order)).unwrap();
             let barrier = std::sync::Barrier::new(2);
             let results: Vec<_> = std::thread::scope(|s| {
                 let h: Vec<_> = (0..2u32)
@@ -226,7 +230,7 @@ fn racing_order_less_frees_of_one_block_have_one_winner() {
                         s.spawn(move || {
                             barrier.wait();
                             if cpu == 0 {
-                                a.free_on(CpuId(cpu), pfn)
+                                a.free(FreeRequest::pfn(pfn).on(CpuId(cpu)))
                             } else {
                                 a.free(pfn)
                             }
@@ -272,14 +276,14 @@ fn node_ids_and_pfns_read_well() {
     // Every node in the public API is a NodeId: the same value everywhere.
     let l = two_nodes(MIB, 64 * MIB, 128 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Deferred, |a| {
-        let pfn = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
+        let pfn = a.alloc(AllocRequest::order(0).node(NodeId(1))).unwrap();
         let (node, zone) = a.page(pfn).unwrap().zone().unwrap();
         assert_eq!(node, NodeId(1));
         assert_eq!(a.layout().node_of(pfn), Some(node));
-        assert_eq!(a.zone_stats_of(node, zone).unwrap().node, node);
+        assert_eq!(a.zone(node, zone).unwrap().node, node);
         assert_eq!(a.run_deferred_worker(node).node, node);
         assert_eq!(
-            a.alloc(0, Constraint::Any, NodeId(2)),
+            a.alloc(AllocRequest::order(0).node(NodeId(2))),
             Err(meminit::AllocError::UnknownNode { node: NodeId(2) })
         );
         assert_eq!(
@@ -306,13 +310,13 @@ fn the_memmap_spans_only_the_sections_with_memory() {
     for strategy in Strategy::ALL {
         with_allocator(&l, strategy, |a| {
             run_workers(a);
-            let pfn = a.alloc_on(CpuId(0), 3, Constraint::Any, NodeId(0)).unwrap();
+            let pfn = a.alloc(AllocRequest::order(3).on(CpuId(0))).unwrap();
             assert!(pfn >= l.memmap_start() && pfn < l.end_pfn());
             assert_eq!(
                 a.page(pfn).unwrap().state(),
                 meminit::PageState::Allocated { order: 3 }
             );
-            assert_eq!(a.free_on(CpuId(0), pfn), Ok(3));
+            assert_eq!(a.free(FreeRequest::pfn(pfn).on(CpuId(0))), Ok(3));
             // Below the memmap: not present, never an out-of-bounds read.
             assert!(matches!(
                 a.page(Pfn(0)),

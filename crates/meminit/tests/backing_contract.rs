@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use common::{layout, leaked_double, one_node, try_with_double, Double, Doubled, Phase};
 use meminit::{
-    AllocError, BackingError, ChunkError, Config, Constraint, CpuId, Granularity, Layout,
-    LookupError, MemmapPiece, NodeId, PageSource, PageState, Pfn, RangeKind, SourceError, Strategy,
-    MAX_SOURCE_PAGES,
+    AllocError, AllocRequest, BackingError, ChunkError, Config, Constraint, CpuId, FreeRequest,
+    Granularity, Layout, LookupError, MemmapPiece, NodeId, PageSource, PageState, Pfn, RangeKind,
+    SourceError, Strategy, MAX_SOURCE_PAGES,
 };
 
 const KIB: u64 = 1 << 10;
@@ -58,12 +58,12 @@ fn kernelish() -> Layout {
 fn drain_and_check(a: &Doubled<'_>) -> HashSet<u64> {
     let mut got = HashSet::new();
     for node in [NodeId(0), NodeId(1)] {
-        while let Ok(p) = a.alloc_on(CpuId(0), 0, Constraint::Any, node) {
+        while let Ok(p) = a.alloc(AllocRequest::order(0).on(CpuId(0)).node(node)) {
             assert!(got.insert(p.0), "{p} handed out twice");
         }
     }
     for &p in &got {
-        a.free_order(Pfn(p), 0).unwrap();
+        a.free(FreeRequest::pfn(Pfn(p)).order(0)).unwrap();
     }
     got
 }
@@ -98,7 +98,7 @@ fn populate_takes_its_pages_from_the_source_under_every_strategy() {
             // Each chunk's accept was told the pages it must not touch.
             let told: HashSet<_> = a.backing().accept_taken().into_iter().collect();
             assert_eq!(told, taken.iter().cloned().collect());
-            for z in a.zone_stats() {
+            for z in a.zones() {
                 assert_eq!(z.free + z.uninitialised + z.reserved, z.present, "{z:?}");
                 assert_eq!(z.uninitialised, 0);
             }
@@ -138,14 +138,14 @@ fn a_taken_range_apart_from_the_source_pages_is_refused_and_never_populated_agai
         carving().returning_taken(apart),
         |a| {
             let a = a.unwrap();
-            let err = a.alloc(0, Constraint::Any, NodeId(0)).unwrap_err();
+            let err = a.alloc(AllocRequest::order(0)).unwrap_err();
             assert!(
                 matches!(err, AllocError::Backing(BackingError { reason, .. }) if reason.contains("one range")),
                 "{err}"
             );
             // Each section's memmap was populated once, whatever came after.
             let n = a.backing().populates();
-            let _ = a.alloc(0, Constraint::Any, NodeId(0));
+            let _ = a.alloc(AllocRequest::order(0));
             assert_eq!(a.backing().populates(), n);
         },
     );
@@ -162,9 +162,11 @@ fn a_chunk_holding_source_pages_given_back_keeps_them_reserved() {
     try_with_double(&l, config, carving(), |a| {
         let a = a.unwrap();
         // Section 0 (one chunk) holds its memmap and tables at 256..274.
-        let p = a.alloc(0, Constraint::Dma, NodeId(0)).unwrap();
+        let p = a
+            .alloc(AllocRequest::order(0).within(Constraint::Dma))
+            .unwrap();
         assert!(p.0 < 1024);
-        a.free_order(p, 0).unwrap();
+        a.free(FreeRequest::pfn(p).order(0)).unwrap();
         a.give_back();
         let stats = a.give_back();
         assert!(stats.chunks_given_back >= 1, "{stats:?}");
@@ -192,9 +194,9 @@ fn eager_start_up_takes_pages_before_any_allocator_exists() {
     let l = kernelish();
     try_with_double(&l, Config::new(Strategy::Eager), carving(), |a| {
         let a = a.unwrap();
-        assert!(a.is_fully_initialised());
+        assert!(a.stats().fully_initialised);
         assert_eq!(a.backing().carved().len(), l.section_count());
-        assert_eq!(a.init_stats().by_boot, a.init_stats().chunks_present);
+        assert_eq!(a.stats().by_boot, a.stats().chunks_present);
     });
 }
 
@@ -216,7 +218,7 @@ fn the_source_has_nothing_for_a_chunk_granular_backing() {
                     }
                     Err(e) => panic!("{e}"),
                     Ok(a) => {
-                        let err = a.alloc(0, Constraint::Any, NodeId(0)).unwrap_err();
+                        let err = a.alloc(AllocRequest::order(0)).unwrap_err();
                         assert!(matches!(err, AllocError::Backing(_)), "{err}");
                         a.backing().source_errors()
                     }
@@ -361,7 +363,7 @@ fn an_allocation_from_populate_that_would_grow_fails_under_every_strategy() {
             let outcomes = within_a_minute(move || {
                 let a = reentering(&small(), strategy);
                 let outcomes = call_back(a, in_accept, |_| {
-                    Outcome::Alloc(a.alloc(0, Constraint::Any, NodeId(0)))
+                    Outcome::Alloc(a.alloc(AllocRequest::order(0)))
                 });
                 // Eager start-up populated everything before the hook existed:
                 // nothing calls back, and allocations are served.
@@ -369,7 +371,7 @@ fn an_allocation_from_populate_that_would_grow_fails_under_every_strategy() {
                     let report = a.run_deferred_worker(NodeId(0));
                     assert_eq!(report.failed, 0, "{report:?}");
                 }
-                let first = a.alloc(0, Constraint::Any, NodeId(0));
+                let first = a.alloc(AllocRequest::order(0));
                 assert!(first.is_ok(), "{strategy:?}: {first:?}");
                 let outcomes = outcomes.lock().unwrap().clone();
                 outcomes
@@ -396,13 +398,13 @@ fn an_allocation_from_populate_is_served_from_memory_already_initialised() {
     let outcomes = within_a_minute(|| {
         let a = reentering(&small(), Strategy::OnDemand);
         // The first section, before the hook: it serves the call back later.
-        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(0)).unwrap();
         let outcomes = call_back(a, false, |_| {
-            Outcome::Alloc(a.alloc(0, Constraint::Any, NodeId(0)))
+            Outcome::Alloc(a.alloc(AllocRequest::order(0)))
         });
         // A max-order block the first chunk cannot give: growth, then a call back.
-        a.alloc(10, Constraint::Any, NodeId(0)).unwrap();
-        a.free_order(p, 0).unwrap();
+        a.alloc(AllocRequest::order(10)).unwrap();
+        a.free(FreeRequest::pfn(p).order(0)).unwrap();
         let outcomes = outcomes.lock().unwrap().clone();
         outcomes
     });

@@ -9,7 +9,7 @@ mod common;
 
 use common::{layout, one_node, with_double, zone_of, Double};
 use meminit::{
-    AllocError, BackingError, ChunkError, Config, Constraint, CpuId, Layout, NodeId, RangeKind,
+    AllocError, AllocRequest, BackingError, ChunkError, Config, CpuId, Layout, NodeId, RangeKind,
     Strategy, ZoneType, WORKER_RETRIES,
 };
 
@@ -41,16 +41,16 @@ fn a_worker_goes_on_past_a_failing_chunk_and_reports_it() {
         );
         assert_eq!(a.backing().populates_of(5), 1 + WORKER_RETRIES);
         assert_eq!(a.backing().populates_of(9), 1 + WORKER_RETRIES);
-        assert_eq!(a.init_stats().chunks_done, 6);
-        assert!(!a.is_fully_initialised());
+        assert_eq!(a.stats().chunks_done, 6);
+        assert!(!a.stats().fully_initialised);
         // They stay uninitialised: once the backing recovers, growth takes them.
         a.backing().recover();
         let mut n = 0;
-        while a.alloc(0, Constraint::Any, NodeId(0)).is_ok() {
+        while a.alloc(AllocRequest::order(0)).is_ok() {
             n += 1;
         }
         assert_eq!(n, 8 * 1024);
-        assert!(a.is_fully_initialised());
+        assert!(a.stats().fully_initialised);
     });
 }
 
@@ -65,7 +65,7 @@ fn a_worker_retries_a_chunk_that_fails_for_a_moment() {
         assert_eq!(report.failed, 0);
         assert_eq!(report.error, None);
         assert_eq!(a.backing().populates_of(6), 1 + WORKER_RETRIES);
-        assert!(a.is_fully_initialised());
+        assert!(a.stats().fully_initialised);
     });
     // One failure more than the worker tries: reported; the next worker call (the
     // node's cursor is spent) leaves it to growth or a look-up, which succeed.
@@ -76,7 +76,7 @@ fn a_worker_retries_a_chunk_that_fails_for_a_moment() {
         assert_eq!(a.run_deferred_worker(NodeId(0)), Default::default());
         let p = a.page_or_init(meminit::Pfn(6 * 1024)).unwrap();
         assert!(p.zone().is_some());
-        assert!(a.is_fully_initialised());
+        assert!(a.stats().fully_initialised);
     });
 }
 
@@ -97,7 +97,7 @@ fn workers_on_threads_with_failures_finish_everything_else() {
         for s in [4, 7, 11] {
             assert_eq!(a.backing().populates_of(s), 1 + WORKER_RETRIES);
         }
-        assert_eq!(a.init_stats().chunks_done, 5);
+        assert_eq!(a.stats().chunks_done, 5);
     });
 }
 
@@ -107,11 +107,11 @@ fn a_failing_section_does_not_block_its_zone() {
     // Section 4 is the zone's first: it never populates.
     let double = Double::new().failing_populate([4]);
     with_double(&l, Config::new(Strategy::OnDemand), double, |a| {
-        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
         assert!(p.addr() >= 20 * MIB);
         let mut n = 1;
         let err = loop {
-            match a.alloc(0, Constraint::Any, NodeId(0)) {
+            match a.alloc(AllocRequest::order(0)) {
                 Ok(_) => n += 1,
                 Err(e) => break e,
             }
@@ -125,7 +125,7 @@ fn a_failing_section_does_not_block_its_zone() {
         );
         // Once the backing recovers, the section serves.
         a.backing().recover();
-        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(0)).unwrap();
         assert!(p.addr() < 20 * MIB);
     });
 }
@@ -142,9 +142,9 @@ fn a_failing_zone_falls_back_to_the_next() {
     // Both sections of the Normal zone fail.
     let double = Double::new().failing_populate([32, 33]);
     with_double(&l, Config::new(Strategy::OnDemand), double, |a| {
-        let p = a.alloc_on(CpuId(1), 3, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(3).on(CpuId(1))).unwrap();
         assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Dma32)));
-        let z = a.zone_stats_of(NodeId(0), ZoneType::Normal).unwrap();
+        let z = a.zone(NodeId(0), ZoneType::Normal).unwrap();
         assert_eq!(z.uninitialised, z.managed);
     });
 }

@@ -8,10 +8,9 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use meminit::NodeId;
 use meminit::{
-    AllocError, Allocator, Config, Constraint, CpuId, Granularity, InitError, Layout, LookupError,
-    Pfn, SliceBacking, Strategy, DEFAULT_CHUNK_SIZE, MAX_ORDER,
+    AllocError, AllocRequest, Allocator, Config, Constraint, CpuId, FreeRequest, Granularity,
+    InitError, Layout, LookupError, Pfn, SliceBacking, Strategy, DEFAULT_CHUNK_SIZE, MAX_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -26,11 +25,11 @@ fn an_order_0_allocation_writes_exactly_one_chunk() {
         Config::new(Strategy::OnDemand),
         Granularity::Chunk,
         |a| {
-            let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
-            let s = a.init_stats();
+            let p = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
+            let s = a.stats();
             assert_eq!((s.by_growth, s.chunks_done), (1, 1));
             assert_eq!(s.chunk_bytes, DEFAULT_CHUNK_SIZE);
-            assert_eq!(a.memmap_populated_bytes(), CHUNK_MEMMAP);
+            assert_eq!(a.stats().memmap_bytes, CHUNK_MEMMAP);
             // The next chunk of the same section is untouched.
             let next = Pfn((p.0 | 1023) + 1);
             assert_eq!(
@@ -38,9 +37,9 @@ fn an_order_0_allocation_writes_exactly_one_chunk() {
                 Some(LookupError::Uninitialised { pfn: next })
             );
             // A max-order allocation takes one more chunk, and no more.
-            a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap();
-            assert_eq!(a.init_stats().chunks_done, 2);
-            assert_eq!(a.memmap_populated_bytes(), 2 * CHUNK_MEMMAP);
+            a.alloc(AllocRequest::order(MAX_ORDER)).unwrap();
+            assert_eq!(a.stats().chunks_done, 2);
+            assert_eq!(a.stats().memmap_bytes, 2 * CHUNK_MEMMAP);
         },
     );
 }
@@ -49,21 +48,21 @@ fn an_order_0_allocation_writes_exactly_one_chunk() {
 fn a_section_granular_backing_populates_the_section_once_for_all_its_chunks() {
     let l = simple(256 * MIB, 128 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
-        assert_eq!(a.init_stats().chunks_done, 1);
+        let p = a.alloc(AllocRequest::order(0)).unwrap();
+        assert_eq!(a.stats().chunks_done, 1);
         // The whole section's memmap: 2 MiB.
-        assert_eq!(a.memmap_populated_bytes(), 2 * MIB);
+        assert_eq!(a.stats().memmap_bytes, 2 * MIB);
         let big: Vec<_> = (0..3)
-            .map(|_| a.alloc(MAX_ORDER, Constraint::Any, NodeId(0)).unwrap())
+            .map(|_| a.alloc(AllocRequest::order(MAX_ORDER)).unwrap())
             .collect();
-        assert_eq!(a.init_stats().chunks_done, 4);
-        assert_eq!(a.memmap_populated_bytes(), 2 * MIB);
-        a.free_order(p, 0).unwrap();
+        assert_eq!(a.stats().chunks_done, 4);
+        assert_eq!(a.stats().memmap_bytes, 2 * MIB);
+        a.free(FreeRequest::pfn(p).order(0)).unwrap();
         for b in big {
-            a.free_order(b, MAX_ORDER).unwrap();
+            a.free(FreeRequest::pfn(b).order(MAX_ORDER)).unwrap();
         }
         init_all(a);
-        assert_eq!(a.memmap_populated_bytes(), 4 * MIB);
+        assert_eq!(a.stats().memmap_bytes, 4 * MIB);
         check_fully_coalesced(a);
     });
 }
@@ -77,9 +76,9 @@ fn chunk_sizes_from_a_max_order_block_to_a_section() {
             ..Config::new(Strategy::OnDemand)
         };
         with_allocator_chunked(&l, config, Granularity::Chunk, |a| {
-            let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
-            assert_eq!(a.memmap_populated_bytes(), chunk / 4096 * 64);
-            a.free_order(p, 0).unwrap();
+            let p = a.alloc(AllocRequest::order(0)).unwrap();
+            assert_eq!(a.stats().memmap_bytes, chunk / 4096 * 64);
+            a.free(FreeRequest::pfn(p).order(0)).unwrap();
             init_all(a);
             check_fully_coalesced(a);
         });
@@ -137,7 +136,7 @@ fn each_chunk_is_accepted_once_before_its_first_page_is_handed_out() {
         for i in 0..6000u32 {
             let order = i % 3;
             let p = a
-                .alloc_on(CpuId(i % 2), order, Constraint::Any, NodeId(0))
+                .alloc(AllocRequest::order(order).on(CpuId(i % 2)))
                 .unwrap();
             let chunk = p.0 & !1023;
             // Accepted before this returned.
@@ -154,7 +153,7 @@ fn each_chunk_is_accepted_once_before_its_first_page_is_handed_out() {
         // Single-threaded: every chunk accepted had a page handed out.
         assert_eq!(unique, handed_out);
         for (p, o) in held {
-            a.free_order(p, o).unwrap();
+            a.free(FreeRequest::pfn(p).order(o)).unwrap();
         }
     });
 }
@@ -165,7 +164,9 @@ fn a_chunk_that_cannot_be_accepted_is_given_back_and_tried_again() {
     // The zone's first chunk (DMA32 starts at 16 MiB) refuses once.
     let first = (16 * MIB) >> 12;
     with_accepting(&l, Strategy::OnDemand, &[first], |a| {
-        let p = a.alloc(0, Constraint::Dma32, NodeId(0)).unwrap();
+        let p = a
+            .alloc(AllocRequest::order(0).within(Constraint::Dma32))
+            .unwrap();
         assert_ne!(p.0 & !1023, first);
         // Now it accepts; a look-up initialises it, once.
         a.page_or_init(Pfn(first)).unwrap();
@@ -179,11 +180,11 @@ fn eager_accepts_every_present_chunk_once() {
     let l = simple(64 * MIB, 32 * MIB);
     with_accepting(&l, Strategy::Eager, &[], |a| {
         let accepted = a.backing().accepted();
-        assert_eq!(accepted.len() as u64, a.init_stats().chunks_present);
+        assert_eq!(accepted.len() as u64, a.stats().chunks_present);
         let unique: HashSet<u64> = accepted.iter().copied().collect();
         assert_eq!(unique.len(), accepted.len());
         assert!(matches!(
-            a.alloc(MAX_ORDER + 1, Constraint::Any, NodeId(0)),
+            a.alloc(AllocRequest::order(MAX_ORDER + 1)),
             Err(AllocError::OrderTooLarge { .. })
         ));
     });

@@ -6,7 +6,8 @@ mod common;
 
 use common::{check_counts, free_all, with_allocator, with_double, Call, Double};
 use meminit::{
-    AllocError, AllocFlags, AllocPath, Config, Constraint, CpuId, Layout, NodeId, Pfn, Strategy,
+    AllocError, AllocFlags, AllocPath, AllocRequest, Config, CpuId, FreeRequest, Layout, NodeId,
+    Pfn, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -29,23 +30,25 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
         // why, and touches nothing.
         for cpu in [None, Some(CpuId(0))] {
             let e = a
-                .alloc_with(cpu, 0, Constraint::Any, NodeId(0), AllocFlags::NO_GROW)
+                .alloc_traced(
+                    AllocRequest::order(0)
+                        .on_cpu(cpu)
+                        .flags(AllocFlags::NO_GROW),
+                )
                 .unwrap_err();
             assert_eq!(e, AllocError::WouldGrow { order: 0 });
             assert!(e.to_string().contains("NO_GROW"), "{e}");
         }
         assert_eq!(calls(), 0);
-        assert_eq!(a.memmap_populated_bytes(), 0);
+        assert_eq!(a.stats().memmap_bytes, 0);
         // Once a chunk is there, it serves from it.
-        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(0)).unwrap();
         let before = calls();
         let (q, path) = a
-            .alloc_with(
-                Some(CpuId(1)),
-                0,
-                Constraint::Any,
-                NodeId(0),
-                AllocFlags::NO_GROW,
+            .alloc_traced(
+                AllocRequest::order(0)
+                    .on(CpuId(1))
+                    .flags(AllocFlags::NO_GROW),
             )
             .unwrap();
         assert_eq!(path, AllocPath::Fast);
@@ -54,13 +57,11 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
         // Empty the initialised memory: NO_GROW fails again while memory remains
         // uninitialised, and the growing allocation then succeeds.
         let mut held = vec![p, q];
-        while let Ok((r, _)) =
-            a.alloc_with(None, 0, Constraint::Any, NodeId(0), AllocFlags::NO_GROW)
-        {
+        while let Ok((r, _)) = a.alloc_traced(AllocRequest::order(0).flags(AllocFlags::NO_GROW)) {
             held.push(r);
         }
         assert_eq!(calls(), before, "never grew");
-        assert!(a.alloc(0, Constraint::Any, NodeId(0)).is_ok());
+        assert!(a.alloc(AllocRequest::order(0)).is_ok());
         free_all(a, held, 0);
     });
 }
@@ -69,11 +70,11 @@ fn no_grow_takes_only_free_blocks_and_never_calls_the_backing() {
 fn no_grow_reports_out_of_memory_once_nothing_is_left_to_grow() {
     with_allocator(&two_nodes(), Strategy::Eager, |a| {
         let mut held = Vec::new();
-        while let Ok(p) = a.alloc(10, Constraint::Any, NodeId(0)) {
+        while let Ok(p) = a.alloc(AllocRequest::order(10)) {
             held.push(p);
         }
         let e = a
-            .alloc_with(None, 10, Constraint::Any, NodeId(0), AllocFlags::NO_GROW)
+            .alloc_traced(AllocRequest::order(10).flags(AllocFlags::NO_GROW))
             .unwrap_err();
         assert!(
             matches!(e, AllocError::OutOfMemory { order: 10, .. }),
@@ -89,12 +90,10 @@ fn this_node_does_not_fall_back() {
         let mut held = Vec::new();
         // Node 0 until it is full, without falling back.
         loop {
-            match a.alloc_with(
-                Some(CpuId(0)),
-                10,
-                Constraint::Any,
-                NodeId(0),
-                AllocFlags::THIS_NODE,
+            match a.alloc_traced(
+                AllocRequest::order(10)
+                    .on(CpuId(0))
+                    .flags(AllocFlags::THIS_NODE),
             ) {
                 Ok((p, _)) => {
                     assert_eq!(a.layout().node_of(p), Some(NodeId(0)));
@@ -108,11 +107,11 @@ fn this_node_does_not_fall_back() {
         }
         assert_eq!(held.len(), 4, "node 0's 16 MiB in 4 MiB blocks");
         // Without the flag, node 1 serves.
-        let p = a.alloc(10, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(10)).unwrap();
         assert_eq!(a.layout().node_of(p), Some(NodeId(1)));
         held.push(p);
         let mut ledger = std::collections::HashMap::new();
-        for z in a.zone_stats() {
+        for z in a.zones() {
             ledger.insert((z.node, z.zone), z.allocated());
         }
         check_counts(a, &ledger);
@@ -127,19 +126,22 @@ fn zeroed_asks_the_backing_and_a_backing_that_cannot_gives_the_block_back() {
         let flags = AllocFlags::ZEROED | AllocFlags::THIS_NODE;
         assert!(flags.contains(AllocFlags::ZEROED) && !flags.contains(AllocFlags::NO_GROW));
         let (p, _) = a
-            .alloc_with(Some(CpuId(0)), 2, Constraint::Any, NodeId(1), flags)
+            .alloc_traced(
+                AllocRequest::order(2)
+                    .on(CpuId(0))
+                    .node(NodeId(1))
+                    .flags(flags),
+            )
             .unwrap();
         assert_eq!(a.backing().zeroed(), vec![p..Pfn(p.0 + 4)]);
-        a.free_order(p, 2).unwrap();
+        a.free(FreeRequest::pfn(p).order(2)).unwrap();
     });
     with_allocator(&two_nodes(), Strategy::OnDemand, |a| {
         let e = a
-            .alloc_with(
-                Some(CpuId(0)),
-                2,
-                Constraint::Any,
-                NodeId(0),
-                AllocFlags::ZEROED,
+            .alloc_traced(
+                AllocRequest::order(2)
+                    .on(CpuId(0))
+                    .flags(AllocFlags::ZEROED),
             )
             .unwrap_err();
         let AllocError::Backing(b) = e else {
@@ -148,7 +150,7 @@ fn zeroed_asks_the_backing_and_a_backing_that_cannot_gives_the_block_back() {
         assert_eq!(b.section, 1, "16 MiB sections: the block is in section 1");
         assert!(e.to_string().contains("cannot zero"), "{e}");
         // Nothing leaked: every initialised page is free again.
-        a.drain_all_cpus();
+        a.drain(None).unwrap_or(0);
         check_counts(a, &Default::default());
     });
 }
@@ -157,17 +159,11 @@ fn zeroed_asks_the_backing_and_a_backing_that_cannot_gives_the_block_back() {
 fn flags_with_a_cpu_that_has_no_cache_are_refused() {
     with_allocator(&two_nodes(), Strategy::OnDemand, |a| {
         let e = a
-            .alloc_with(
-                Some(CpuId(999)),
-                0,
-                Constraint::Any,
-                NodeId(0),
-                AllocFlags::NONE,
-            )
+            .alloc_traced(AllocRequest::order(0).on(CpuId(999)))
             .unwrap_err();
         assert!(matches!(e, AllocError::UnknownCpu { .. }), "{e:?}");
         assert!(matches!(
-            a.alloc_with(None, 11, Constraint::Any, NodeId(0), AllocFlags::NONE),
+            a.alloc_traced(AllocRequest::order(11)),
             Err(AllocError::OrderTooLarge { order: 11 })
         ));
     });

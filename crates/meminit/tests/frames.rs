@@ -48,9 +48,7 @@ fn an_exhausted_zone_gives_no_frame() {
         }
         assert_eq!(
             n,
-            a.zone_stats_of(NodeId(0), meminit::ZoneType::Dma)
-                .unwrap()
-                .managed
+            a.zone(NodeId(0), meminit::ZoneType::Dma).unwrap().managed
         );
     });
 }

@@ -14,8 +14,8 @@ use std::ops::Range;
 
 use common::{check_counts, with_double, Double, Doubled, Ledger};
 use meminit::{
-    Config, Constraint, CpuId, FreeReporter, Granularity, Layout, LayoutBuilder, NodeId, PageState,
-    Pfn, RangeKind, ReportError, Strategy, REPORT_ORDER,
+    AllocRequest, Config, CpuId, FreeReporter, FreeRequest, Granularity, Layout, LayoutBuilder,
+    NodeId, PageState, Pfn, RangeKind, ReportError, Strategy, REPORT_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -71,7 +71,7 @@ fn fill(a: &Alloc<'_>, pages: u64, ledger: &mut Ledger) -> Vec<Pfn> {
     let mut held = Vec::new();
     for i in 0..pages {
         let pfn = a
-            .alloc_on(CpuId(i as u32 % 2), 0, Constraint::Any, NodeId(0))
+            .alloc(AllocRequest::order(0).on(CpuId(i as u32 % 2)))
             .unwrap_or_else(|e| panic!("allocation {i} of {pages}: {e}"));
         ledger.record(a, pfn, 0);
         held.push(pfn);
@@ -82,9 +82,10 @@ fn fill(a: &Alloc<'_>, pages: u64, ledger: &mut Ledger) -> Vec<Pfn> {
 fn release(a: &Alloc<'_>, held: Vec<Pfn>, ledger: &mut Ledger) {
     for (i, pfn) in held.into_iter().enumerate() {
         ledger.release(a, pfn.0);
-        a.free_order_on(CpuId(i as u32 % 2), pfn, 0).unwrap();
+        a.free(FreeRequest::pfn(pfn).on(CpuId(i as u32 % 2)).order(0))
+            .unwrap();
     }
-    a.drain_all_cpus();
+    a.drain(None).unwrap_or(0);
 }
 
 /// Every usable page allocated through the CPU caches, then freed and the
@@ -97,7 +98,7 @@ fn fill_and_release(a: &Alloc<'_>) -> Ledger {
 }
 
 fn usable_pages(a: &Alloc<'_>) -> u64 {
-    a.zone_stats().map(|z| z.managed).sum()
+    a.zones().map(|z| z.managed).sum()
 }
 
 #[test]
@@ -107,8 +108,8 @@ fn chunks_that_stay_free_for_two_passes_are_given_back_with_their_memmap() {
             let mut ledger = Ledger::default();
             let all = usable_pages(a);
             let held = fill(a, all, &mut ledger);
-            assert!(a.is_fully_initialised());
-            let full = a.memmap_populated_bytes();
+            assert!(a.stats().fully_initialised);
+            let full = a.stats().memmap_bytes;
             release(a, held, &mut ledger);
             check_counts(a, &ledger.per_zone);
 
@@ -118,27 +119,27 @@ fn chunks_that_stay_free_for_two_passes_are_given_back_with_their_memmap() {
                 "{granularity:?}: not before two passes"
             );
             assert!(first.chunks_marked > 0);
-            assert_eq!(a.memmap_populated_bytes(), full);
+            assert_eq!(a.stats().memmap_bytes, full);
 
             let second = a.give_back();
             assert_eq!(second.chunks_given_back, first.chunks_marked);
             assert_eq!(second.pages_given_back, all);
             assert_eq!(second.memmap_bytes_released, full, "{granularity:?}");
-            assert_eq!(a.memmap_populated_bytes(), 0);
-            assert!(!a.is_fully_initialised(), "the off switch is off again");
+            assert_eq!(a.stats().memmap_bytes, 0);
+            assert!(!a.stats().fully_initialised, "the off switch is off again");
             assert_eq!(a.backing().populated_now(), 0);
-            for z in a.zone_stats() {
+            for z in a.zones() {
                 assert_eq!(z.free, 0, "{z:?}");
                 assert_eq!(z.uninitialised, z.managed, "{z:?}");
             }
             check_counts(a, &ledger.per_zone);
-            assert_eq!(a.init_stats().given_back, second.chunks_given_back);
+            assert_eq!(a.stats().given_back, second.chunks_given_back);
 
             // Everything can be had again, every descriptor written afresh over
             // the garbage the backing left.
             let held = fill(a, all, &mut ledger);
-            assert!(a.is_fully_initialised());
-            assert_eq!(a.memmap_populated_bytes(), full);
+            assert!(a.stats().fully_initialised);
+            assert_eq!(a.stats().memmap_bytes, full);
             check_counts(a, &ledger.per_zone);
             release(a, held, &mut ledger);
             common_coalesced(a);
@@ -148,9 +149,9 @@ fn chunks_that_stay_free_for_two_passes_are_given_back_with_their_memmap() {
 
 /// Every usable page free and merged, nothing uninitialised.
 fn common_coalesced(a: &Alloc<'_>) {
-    a.drain_all_cpus();
+    a.drain(None).unwrap_or(0);
     assert_eq!(a.unmerged_free_blocks(), 0);
-    for z in a.zone_stats() {
+    for z in a.zones() {
         assert_eq!(z.free, z.managed, "{z:?}");
     }
 }
@@ -162,7 +163,7 @@ fn the_reserve_stays_initialised() {
         a.give_back();
         let stats = a.give_back();
         assert!(stats.chunks_given_back > 0);
-        let z = a.zone_stats().find(|z| z.free > 0).unwrap();
+        let z = a.zones().find(|z| z.free > 0).unwrap();
         assert!(z.free >= 8 * MIB / 4096, "{z:?}");
         assert!(
             z.free < 8 * MIB / 4096 + 1024,
@@ -184,12 +185,14 @@ fn chunks_with_an_allocated_or_cached_page_are_kept() {
                 continue;
             }
             ledger.release(a, pfn.0);
-            a.free_order_on(CpuId((i % 2) as u32), pfn, 0).unwrap();
+            a.free(FreeRequest::pfn(pfn).on(CpuId((i % 2) as u32)).order(0))
+                .unwrap();
         }
         // Drain everything, then cache exactly one page again.
-        a.drain_all_cpus();
-        let again = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
-        a.free_order_on(CpuId(0), again, 0).unwrap();
+        a.drain(None).unwrap_or(0);
+        let again = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
+        a.free(FreeRequest::pfn(again).on(CpuId(0)).order(0))
+            .unwrap();
         a.give_back();
         // The other chunks do go back: the two kept are kept for a reason.
         assert!(a.give_back().chunks_given_back > 0);
@@ -198,7 +201,7 @@ fn chunks_with_an_allocated_or_cached_page_are_kept() {
         let cached_page = a.page(again).expect("a cached page's chunk is kept");
         assert_eq!(cached_page.state(), PageState::Cached { order: 0 });
         ledger.release(a, kept.0);
-        a.free_order(kept, 0).unwrap();
+        a.free(FreeRequest::pfn(kept).order(0)).unwrap();
         check_counts(a, &ledger.per_zone);
     });
 }
@@ -209,8 +212,8 @@ fn a_chunk_used_between_passes_waits_for_two_more() {
         fill_and_release(a);
         let marked = a.give_back().chunks_marked;
         // Use one page between the passes: its chunk is no longer aged.
-        let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
-        a.free_order(p, 0).unwrap();
+        let p = a.alloc(AllocRequest::order(0)).unwrap();
+        a.free(FreeRequest::pfn(p).order(0)).unwrap();
         let second = a.give_back();
         assert_eq!(second.chunks_given_back, marked - 1);
         assert_eq!(second.chunks_marked, 1);
@@ -251,7 +254,7 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
         let stats = a.report_free(&mut reporter).unwrap();
         assert!(stats.pages > all - 2048, "{stats:?} of {all}");
         assert_eq!(stats.chunks_given_back, 0, "give-back is off");
-        let reported: u64 = a.zone_stats().map(|z| z.reported).sum();
+        let reported: u64 = a.zones().map(|z| z.reported).sum();
         assert_eq!(reported, stats.pages);
         // Nothing new to report.
         let mut again = Recorder::default();
@@ -262,16 +265,16 @@ fn free_blocks_are_reported_once_off_the_lists_and_their_reuse_is_told() {
 
         // Taking reported memory again tells the backing, exactly for what was
         // taken.
-        let p = a.alloc(3, Constraint::Any, NodeId(0)).unwrap();
+        let p = a.alloc(AllocRequest::order(3)).unwrap();
         let told = a.backing().reused();
         assert_eq!(told, vec![p..Pfn(p.0 + 8)]);
-        let after: u64 = a.zone_stats().map(|z| z.reported).sum();
+        let after: u64 = a.zones().map(|z| z.reported).sum();
         assert_eq!(after, reported - 8, "the split-off halves stay reported");
         // Freed, it merges with reported buddies: those are no longer counted
         // reported, and the backing is told of each.
-        a.free_order(p, 0).unwrap_err();
-        a.free_order(p, 3).unwrap();
-        let merged: u64 = a.zone_stats().map(|z| z.reported).sum();
+        a.free(FreeRequest::pfn(p).order(0)).unwrap_err();
+        a.free(FreeRequest::pfn(p).order(3)).unwrap();
+        let merged: u64 = a.zones().map(|z| z.reported).sum();
         let told: u64 = a
             .backing()
             .reused()
@@ -301,7 +304,7 @@ fn a_failed_report_puts_everything_back_unreported() {
             e.to_string(),
             "free page reporting failed: injected failure"
         );
-        assert_eq!(a.zone_stats().map(|z| z.reported).sum::<u64>(), 0);
+        assert_eq!(a.zones().map(|z| z.reported).sum::<u64>(), 0);
         check_counts(a, &ledger.per_zone);
         assert_eq!(a.unmerged_free_blocks(), 0);
         let mut ok = Recorder::default();
@@ -353,7 +356,7 @@ fn spikes_of_random_sizes_never_fail_and_keep_the_counts() {
                     let order = (rng.below(4) as u32).min(63 - left.leading_zeros());
                     let node = NodeId(rng.below(2) as u32);
                     let pfn = a
-                        .alloc_on(CpuId(round % 2), order, Constraint::Any, node)
+                        .alloc(AllocRequest::order(order).on(CpuId(round % 2)).node(node))
                         .unwrap_or_else(|e| panic!("round {round}: {e}"));
                     ledger.record(a, pfn, order);
                     held.push((pfn, order));
@@ -362,13 +365,13 @@ fn spikes_of_random_sizes_never_fail_and_keep_the_counts() {
                 check_counts(a, &ledger.per_zone);
                 for (i, (pfn, order)) in held.into_iter().enumerate() {
                     ledger.release(a, pfn.0);
-                    a.free_order_on(CpuId(i as u32 % 3), pfn, order)
+                    a.free(FreeRequest::pfn(pfn).on(CpuId(i as u32 % 3)).order(order))
                         .unwrap_or_else(|e| panic!("{e}"));
                 }
                 for _ in 0..rng.below(3) {
                     a.report_free(&mut Recorder::default()).unwrap();
                 }
-                a.drain_all_cpus();
+                a.drain(None).unwrap_or(0);
                 check_counts(a, &ledger.per_zone);
                 assert_eq!(a.unmerged_free_blocks(), 0);
             }

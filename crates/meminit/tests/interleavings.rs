@@ -20,8 +20,8 @@ use common::Lent;
 use lock_api::{GuardSend, RawMutex};
 use meminit::NodeId;
 use meminit::{
-    Allocator, Config, Constraint, CpuId, Layout, LayoutBuilder, LookupError, Pfn, RangeKind,
-    SliceBacking, Strategy,
+    AllocRequest, Allocator, Config, Constraint, CpuId, Layout, LayoutBuilder, LookupError, Pfn,
+    RangeKind, SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -177,9 +177,9 @@ fn allocation_succeeds_when_another_thread_finishes_the_zone_meanwhile() {
                     n,
                     || {
                         if with_cache {
-                            a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0))
+                            a.alloc(AllocRequest::order(0).on(CpuId(0)))
                         } else {
-                            a.alloc(0, Constraint::Any, NodeId(0))
+                            a.alloc(AllocRequest::order(0))
                         }
                     },
                     whole,
@@ -218,10 +218,15 @@ fn allocation_succeeds_when_its_zone_alone_is_finished_meanwhile() {
     loop {
         let mut done = false;
         with_allocator(&layout, |a| {
-            match interleave(a, n, || a.alloc(0, Constraint::Dma, NodeId(0)), dma) {
+            match interleave(
+                a,
+                n,
+                || a.alloc(AllocRequest::order(0).within(Constraint::Dma)),
+                dma,
+            ) {
                 Some(r) => {
                     r.unwrap_or_else(|e| panic!("stopped after unlock {n}: {e}"));
-                    assert!(!a.is_fully_initialised());
+                    assert!(!a.stats().fully_initialised);
                 }
                 None => done = true,
             }

@@ -210,8 +210,8 @@ mod real {
     use loom::sync::atomic::{AtomicBool, Ordering};
     use loom::thread;
     use meminit::{
-        Allocator, Config, Constraint, CpuCache, CpuId, Layout, LayoutBuilder, NodeId, Page, Pfn,
-        RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType,
+        AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest, Layout,
+        LayoutBuilder, NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType,
     };
 
     /// A test-and-set lock on a loom atomic, created on first use (loom's atomics
@@ -280,9 +280,11 @@ mod real {
         // Create every lock's loom atomic on this thread, before any other thread
         // exists: a lock created lazily by one thread and then used by another is,
         // to loom, a creation racing a use.
-        a.drain_all_cpus();
+        a.drain(None).unwrap_or(0);
         for zone in ZoneType::ALL {
-            a.free_blocks(NodeId(0), zone);
+            a.zone(NodeId(0), zone)
+                .map(|z| z.free_blocks)
+                .unwrap_or_default();
         }
         // SAFETY: every thread `f` spawns is joined before `f` returns, and `a`
         // (with what it borrows) outlives `f`.
@@ -313,23 +315,28 @@ mod real {
             // 15 pages: blocks of order 0, 1, 2 and 3.
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
                 let owner = spawn(move || {
-                    let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
-                    let q = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+                    let p = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
+                    let q = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
                     assert_ne!(p, q);
-                    a.free_order_on(CpuId(0), p, 0).unwrap();
-                    a.free_order_on(CpuId(0), q, 0).unwrap();
+                    a.free(FreeRequest::pfn(p).on(CpuId(0)).order(0)).unwrap();
+                    a.free(FreeRequest::pfn(q).on(CpuId(0)).order(0)).unwrap();
                 });
                 let remote = spawn(move || {
-                    a.drain_cpu(CpuId(0)).unwrap();
+                    a.drain(Some(CpuId(0))).unwrap();
                 });
                 owner.join().unwrap();
                 remote.join().unwrap();
-                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!(z.free, 15, "{z:?}");
-                a.drain_all_cpus();
-                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
+                a.drain(None).unwrap_or(0);
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.free, z.cached), (15, 0));
-                assert_eq!(a.free_blocks(NodeId(0), ZoneType::Dma)[..4], [1, 1, 1, 1]);
+                assert_eq!(
+                    a.zone(NodeId(0), ZoneType::Dma)
+                        .map(|z| z.free_blocks)
+                        .unwrap_or_default()[..4],
+                    [1, 1, 1, 1]
+                );
             });
         });
     }
@@ -340,16 +347,17 @@ mod real {
     fn a_block_freed_on_another_cpu_goes_where_it_belongs() {
         model(|| {
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
-                let p = a.alloc_on(CpuId(0), 1, Constraint::Any, NodeId(0)).unwrap();
-                let other = spawn(move || a.free_order_on(CpuId(1), p, 1).unwrap());
+                let p = a.alloc(AllocRequest::order(1).on(CpuId(0))).unwrap();
+                let other =
+                    spawn(move || a.free(FreeRequest::pfn(p).on(CpuId(1)).order(1)).unwrap());
                 let owner = spawn(move || {
-                    let q = a.alloc_on(CpuId(0), 1, Constraint::Any, NodeId(0)).unwrap();
-                    a.free_order_on(CpuId(0), q, 1).unwrap();
+                    let q = a.alloc(AllocRequest::order(1).on(CpuId(0))).unwrap();
+                    a.free(FreeRequest::pfn(q).on(CpuId(0)).order(1)).unwrap();
                 });
                 other.join().unwrap();
                 owner.join().unwrap();
-                a.drain_all_cpus();
-                let z = a.zone_stats_of(NodeId(0), ZoneType::Dma).unwrap();
+                a.drain(None).unwrap_or(0);
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.free, z.cached), (15, 0));
             });
         });
@@ -365,7 +373,7 @@ mod real {
                 let lookup = spawn(move || {
                     a.page_or_init(Pfn(4096)).unwrap();
                 });
-                let alloc = spawn(move || a.alloc(0, Constraint::Any, NodeId(0)));
+                let alloc = spawn(move || a.alloc(AllocRequest::order(0)));
                 lookup.join().unwrap();
                 let got = alloc.join().unwrap();
                 assert!(got.is_ok(), "{got:?}");
@@ -433,18 +441,20 @@ mod real {
             };
             let a = Allocator::new(layout, backing, &slots, &cpus, config).unwrap();
             for zone in ZoneType::ALL {
-                a.free_blocks(NodeId(0), zone);
+                a.zone(NodeId(0), zone)
+                    .map(|z| z.free_blocks)
+                    .unwrap_or_default();
             }
             // Initialise the chunk, free it, and mark it: the next pass gives it
             // back.
-            let p = a.alloc(0, Constraint::Any, NodeId(0)).unwrap();
-            a.free_order(p, 0).unwrap();
+            let p = a.alloc(AllocRequest::order(0)).unwrap();
+            a.free(FreeRequest::pfn(p).order(0)).unwrap();
             assert_eq!(a.give_back().chunks_marked, 1);
             // SAFETY: both threads are joined before `a` goes out of scope.
             let a: &'static Allocator<'static, Releasing<'static>, LoomLock> =
                 unsafe { &*(&a as *const Allocator<'_, _, _>).cast() };
             let trim = spawn(move || a.give_back().chunks_given_back);
-            let alloc = spawn(move || a.alloc(0, Constraint::Any, NodeId(0)));
+            let alloc = spawn(move || a.alloc(AllocRequest::order(0)));
             let given = trim.join().unwrap();
             let got = alloc.join().unwrap().expect("the allocation succeeds");
             assert!(given <= 1);
@@ -454,13 +464,13 @@ mod real {
                 meminit::PageState::Allocated { order: 0 }
             );
             assert!(a.backing().populated.load(Ordering::SeqCst));
-            let z = a.zone_stats_of(NodeId(0), ZoneType::Dma32).unwrap();
+            let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
             assert_eq!(
                 z.free + 1 + z.uninitialised + z.reserved,
                 z.present,
                 "{z:?}"
             );
-            a.free_order(got, 0).unwrap();
+            a.free(FreeRequest::pfn(got).order(0)).unwrap();
         });
     }
 }

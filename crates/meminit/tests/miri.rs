@@ -7,7 +7,9 @@ mod common;
 
 use common::*;
 use meminit::NodeId;
-use meminit::{Constraint, CpuId, LayoutBuilder, PageState, Pfn, RangeKind, Strategy, MAX_ORDER};
+use meminit::{
+    AllocRequest, CpuId, FreeRequest, LayoutBuilder, PageState, Pfn, RangeKind, Strategy, MAX_ORDER,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -29,12 +31,12 @@ fn every_strategy_allocates_frees_and_coalesces() {
         with_allocator(&l, strategy, |a| {
             let mut held = Vec::new();
             for order in [0, 1, 3, MAX_ORDER, 2, 0] {
-                held.push((a.alloc(order, Constraint::Any, NodeId(0)).unwrap(), order));
+                held.push((a.alloc(AllocRequest::order(order)).unwrap(), order));
             }
             assert_eq!(a.page(Pfn(0x300)).unwrap().state(), PageState::Reserved);
             for (p, o) in held {
-                a.free_order(p, o).unwrap();
-                assert!(a.free_order(p, o).is_err());
+                a.free(FreeRequest::pfn(p).order(o)).unwrap();
+                assert!(a.free(FreeRequest::pfn(p).order(o)).is_err());
             }
             run_workers(a);
             init_all(a);
@@ -51,8 +53,8 @@ fn threads_race_to_initialise_the_same_sections() {
             s.spawn(|| a.run_deferred_worker(NodeId(0)));
             s.spawn(|| a.run_deferred_worker(NodeId(1)));
             s.spawn(|| {
-                let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
-                a.free_order(p, 0).unwrap();
+                let p = a.alloc(AllocRequest::order(0).node(NodeId(1))).unwrap();
+                a.free(FreeRequest::pfn(p).order(0)).unwrap();
             });
             s.spawn(|| a.page_or_init(Pfn(0x400)).map(|p| p.state()).unwrap());
         });
@@ -72,25 +74,24 @@ fn cpus_allocate_and_free_through_their_caches() {
                 let handed = &handed;
                 s.spawn(move || {
                     for order in [0, 1, 0, 3, 0, 9] {
-                        let p = a
-                            .alloc_on(CpuId(cpu), order, Constraint::Any, NodeId(0))
-                            .unwrap();
+                        let p = a.alloc(AllocRequest::order(order).on(CpuId(cpu))).unwrap();
                         let mine = a
-                            .alloc_on(CpuId(cpu), 0, Constraint::Any, NodeId(1))
+                            .alloc(AllocRequest::order(0).on(CpuId(cpu)).node(NodeId(1)))
                             .unwrap();
-                        a.free_order_on(CpuId(cpu), mine, 0).unwrap();
+                        a.free(FreeRequest::pfn(mine).on(CpuId(cpu)).order(0))
+                            .unwrap();
                         handed.lock().unwrap().push((p, order));
                         let theirs = handed.lock().unwrap().pop();
                         if let Some((q, o)) = theirs {
-                            a.free_order_on(CpuId(cpu), q, o).unwrap();
+                            a.free(FreeRequest::pfn(q).on(CpuId(cpu)).order(o)).unwrap();
                         }
                     }
                 });
             }
-            s.spawn(|| a.drain_cpu(CpuId(0)).unwrap());
+            s.spawn(|| a.drain(Some(CpuId(0))).unwrap());
         });
         for (p, o) in handed.into_inner().unwrap() {
-            a.free_order(p, o).unwrap();
+            a.free(FreeRequest::pfn(p).order(o)).unwrap();
         }
         check_counts(a, &Default::default());
         init_all(a);
@@ -107,19 +108,23 @@ fn chunks_given_back_are_written_again() {
     let mut config = meminit::Config::new(Strategy::OnDemand);
     config.give_back_reserve = 0;
     with_allocator_chunked(&l, config, meminit::Granularity::Section, |a| {
-        let p = a.alloc(MAX_ORDER, Constraint::Any, NodeId(1)).unwrap();
+        let p = a
+            .alloc(AllocRequest::order(MAX_ORDER).node(NodeId(1)))
+            .unwrap();
         let stale = a.page(p).unwrap();
-        a.free_order(p, MAX_ORDER).unwrap();
+        a.free(FreeRequest::pfn(p).order(MAX_ORDER)).unwrap();
         assert_eq!(a.give_back().chunks_marked, 1);
         let stats = a.report_free(&mut meminit::NoReporter).unwrap();
         assert_eq!(stats.chunks_given_back, 1);
         assert_eq!(stats.pages, 1 << MAX_ORDER, "reported first");
         assert!(a.page(p).is_err(), "uninitialised again");
-        let q = a.alloc(MAX_ORDER, Constraint::Any, NodeId(1)).unwrap();
+        let q = a
+            .alloc(AllocRequest::order(MAX_ORDER).node(NodeId(1)))
+            .unwrap();
         assert_eq!(q, p);
         // The reference taken before give-back reads the new descriptor.
         assert_eq!(stale.state(), PageState::Allocated { order: MAX_ORDER });
-        a.free_order(q, MAX_ORDER).unwrap();
+        a.free(FreeRequest::pfn(q).order(MAX_ORDER)).unwrap();
         check_counts(a, &Default::default());
     });
 }
@@ -147,7 +152,7 @@ fn per_page_data_is_the_embedders() {
     let mut config = meminit::Config::new(Strategy::OnDemand);
     config.give_back_reserve = 0;
     with_allocator_chunked(&l, config, meminit::Granularity::Section, |a| {
-        let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
+        let p = a.alloc(AllocRequest::order(0).node(NodeId(1))).unwrap();
         let meta: &KernelPage = a.page(p).unwrap().meta();
         assert_eq!(meta.refcount.load(Relaxed), 0);
         meta.refcount.store(1, Relaxed);
@@ -163,14 +168,14 @@ fn per_page_data_is_the_embedders() {
         assert_eq!(page.user_word(4).unwrap().load(Relaxed), 7);
         assert!(page.user_word(meminit::USER_WORDS).is_none());
         // Allocating and freeing other pages leaves it alone.
-        let q = a.alloc(3, Constraint::Any, NodeId(1)).unwrap();
-        a.free_order(q, 3).unwrap();
+        let q = a.alloc(AllocRequest::order(3).node(NodeId(1))).unwrap();
+        a.free(FreeRequest::pfn(q).order(3)).unwrap();
         assert_eq!(meta.flags.load(Relaxed), 0);
         assert_eq!(meta.refcount.load(Relaxed), 1);
-        a.free_order(p, 0).unwrap();
+        a.free(FreeRequest::pfn(p).order(0)).unwrap();
         a.give_back();
         assert_eq!(a.give_back().chunks_given_back, 1);
-        let p = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
+        let p = a.alloc(AllocRequest::order(0).node(NodeId(1))).unwrap();
         let meta: &KernelPage = a.page(p).unwrap().meta();
         assert_eq!(
             meta.refcount.load(Relaxed),
@@ -178,7 +183,7 @@ fn per_page_data_is_the_embedders() {
             "zeroed when initialised anew"
         );
         assert_eq!(meta.mapping.load(Relaxed), 0);
-        a.free_order(p, 0).unwrap();
+        a.free(FreeRequest::pfn(p).order(0)).unwrap();
     });
 }
 
@@ -196,14 +201,14 @@ fn start_up_in_place_builds_the_layout_there_and_drops_on_failure() {
         let a = Allocator::build_in_place(
             &mut slot,
             &b,
-            SliceBacking::new(&mut lent.memmap),
+            |_| Ok(SliceBacking::new(&mut lent.memmap)),
             &lent.slots,
             &lent.cpus,
             Config::new(strategy),
         )
         .unwrap();
-        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
-        a.free_order_on(CpuId(1), p, 0).unwrap();
+        let p = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
+        a.free(FreeRequest::pfn(p).on(CpuId(1)).order(0)).unwrap();
         assert_eq!(a.layout().usable_pages(), (12 * MIB - MIB) / 4096);
         // SAFETY: started above; `a` is not used after this.
         unsafe { slot.assume_init_drop() };

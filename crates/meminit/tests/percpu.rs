@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    AllocError, Constraint, CpuId, FreeError, PageState, Strategy, ZoneType, CACHE_BATCH,
-    CACHE_HIGH, MAX_ORDER, PAGEBLOCK_ORDER,
+    AllocError, AllocRequest, CpuId, FreeError, FreeRequest, PageState, Strategy, ZoneType,
+    CACHE_BATCH, CACHE_HIGH, MAX_ORDER, PAGEBLOCK_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -16,9 +16,9 @@ const MIB: u64 = 1 << 20;
 fn cached_pages_count_as_free_and_drain_back_whole() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
-        let before = a.zone_stats_of(NodeId(0), ZoneType::Dma32).unwrap();
-        let p = a.alloc_on(CpuId(1), 0, Constraint::Any, NodeId(0)).unwrap();
-        let z = a.zone_stats_of(NodeId(0), ZoneType::Dma32).unwrap();
+        let before = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
+        let p = a.alloc(AllocRequest::order(0).on(CpuId(1))).unwrap();
+        let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
         // The refill took a batch: one handed out, the rest cached.
         assert_eq!(z.cached, CACHE_BATCH[0] as u64 - 1);
         assert_eq!(z.free, before.free - 1);
@@ -26,17 +26,14 @@ fn cached_pages_count_as_free_and_drain_back_whole() {
             a.page(p).unwrap().state(),
             PageState::Allocated { order: 0 }
         );
-        a.free_order_on(CpuId(1), p, 0).unwrap();
+        a.free(FreeRequest::pfn(p).on(CpuId(1)).order(0)).unwrap();
         assert_eq!(a.page(p).unwrap().state(), PageState::Cached { order: 0 });
-        let z = a.zone_stats_of(NodeId(0), ZoneType::Dma32).unwrap();
+        let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
         assert_eq!((z.free, z.cached), (before.free, CACHE_BATCH[0] as u64));
         // The same block comes back first: it is the hottest.
-        assert_eq!(
-            a.alloc_on(CpuId(1), 0, Constraint::Any, NodeId(0)).unwrap(),
-            p
-        );
-        a.free_order_on(CpuId(1), p, 0).unwrap();
-        assert_eq!(a.drain_cpu(CpuId(1)).unwrap(), CACHE_BATCH[0] as u64);
+        assert_eq!(a.alloc(AllocRequest::order(0).on(CpuId(1))).unwrap(), p);
+        a.free(FreeRequest::pfn(p).on(CpuId(1)).order(0)).unwrap();
+        assert_eq!(a.drain(Some(CpuId(1))).unwrap(), CACHE_BATCH[0] as u64);
         check_all_free(a);
     });
 }
@@ -46,12 +43,12 @@ fn a_full_cache_drains_its_coldest_batch() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
         let blocks: Vec<_> = (0..CACHE_HIGH[0] + 1)
-            .map(|_| a.alloc(0, Constraint::Any, NodeId(0)).unwrap())
+            .map(|_| a.alloc(AllocRequest::order(0)).unwrap())
             .collect();
         for &p in &blocks {
-            a.free_order_on(CpuId(0), p, 0).unwrap();
+            a.free(FreeRequest::pfn(p).on(CpuId(0)).order(0)).unwrap();
         }
-        let z = a.zone_stats_of(NodeId(0), ZoneType::Dma32).unwrap();
+        let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
         assert_eq!(z.cached, (CACHE_HIGH[0] - CACHE_BATCH[0] + 1) as u64);
         // The first freed went back to the zone; the last freed is still cached.
         assert!(matches!(
@@ -70,42 +67,48 @@ fn a_full_cache_drains_its_coldest_batch() {
 fn misuse_of_a_cached_block_is_refused() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let p = a.alloc_on(CpuId(0), 2, Constraint::Any, NodeId(0)).unwrap();
-        a.free_order_on(CpuId(0), p, 2).unwrap();
+        let p = a.alloc(AllocRequest::order(2).on(CpuId(0))).unwrap();
+        a.free(FreeRequest::pfn(p).on(CpuId(0)).order(2)).unwrap();
         for cpu in [CpuId(0), CpuId(3)] {
             assert_eq!(
-                a.free_order_on(cpu, p, 2),
+                a.free(FreeRequest::pfn(p).on(cpu).order(2)),
                 Err(FreeError::DoubleFree { pfn: p })
             );
         }
-        assert_eq!(a.free_order(p, 2), Err(FreeError::DoubleFree { pfn: p }));
-        assert_eq!(a.free_order(p, 1), Err(FreeError::DoubleFree { pfn: p }));
-        let q = a.alloc_on(CpuId(0), 2, Constraint::Any, NodeId(0)).unwrap();
         assert_eq!(
-            a.free_order_on(CpuId(2), q, 1),
+            a.free(FreeRequest::pfn(p).order(2)),
+            Err(FreeError::DoubleFree { pfn: p })
+        );
+        assert_eq!(
+            a.free(FreeRequest::pfn(p).order(1)),
+            Err(FreeError::DoubleFree { pfn: p })
+        );
+        let q = a.alloc(AllocRequest::order(2).on(CpuId(0))).unwrap();
+        assert_eq!(
+            a.free(FreeRequest::pfn(q).on(CpuId(2)).order(1)),
             Err(FreeError::WrongOrder {
                 pfn: q,
                 allocated: 2,
                 given: 1
             })
         );
-        a.free_order_on(CpuId(2), q, 2).unwrap();
+        a.free(FreeRequest::pfn(q).on(CpuId(2)).order(2)).unwrap();
         let cpus = CPUS;
         assert_eq!(
-            a.alloc_on(CpuId(cpus as u32), 0, Constraint::Any, NodeId(0)),
+            a.alloc(AllocRequest::order(0).on(CpuId(cpus as u32))),
             Err(AllocError::UnknownCpu {
                 cpu: CpuId(cpus as u32),
                 cpus
             })
         );
         assert_eq!(
-            a.free_order_on(CpuId(u32::MAX), q, 2),
+            a.free(FreeRequest::pfn(q).on(CpuId(u32::MAX)).order(2)),
             Err(FreeError::UnknownCpu {
                 cpu: CpuId(u32::MAX),
                 cpus
             })
         );
-        assert!(a.drain_cpu(CpuId(u32::MAX)).is_err());
+        assert!(a.drain(Some(CpuId(u32::MAX))).is_err());
     });
 }
 
@@ -114,27 +117,28 @@ fn a_block_of_another_node_goes_back_to_its_own_zone() {
     let l = two_nodes(MIB, 32 * MIB, 64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
         // CPU 0 caches node 0's DMA32 blocks.
-        let mine = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
+        let mine = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
         assert_eq!(zone_of(a, mine), Some((NodeId(0), ZoneType::Dma32)));
         // A block of node 1 freed on CPU 0 does not join node 0's blocks there.
-        let theirs = a.alloc(0, Constraint::Any, NodeId(1)).unwrap();
+        let theirs = a.alloc(AllocRequest::order(0).node(NodeId(1))).unwrap();
         assert_eq!(zone_of(a, theirs), Some((NodeId(1), ZoneType::Dma32)));
-        a.free_order_on(CpuId(0), theirs, 0).unwrap();
-        assert_eq!(
-            a.zone_stats_of(NodeId(1), ZoneType::Dma32).unwrap().cached,
-            0
-        );
+        a.free(FreeRequest::pfn(theirs).on(CpuId(0)).order(0))
+            .unwrap();
+        assert_eq!(a.zone(NodeId(1), ZoneType::Dma32).unwrap().cached, 0);
         assert!(matches!(
             a.page(theirs).unwrap().state(),
             PageState::Free { .. } | PageState::Tail
         ));
         // Once CPU 0's stock is empty it may serve node 1.
-        a.free_order_on(CpuId(0), mine, 0).unwrap();
-        a.drain_cpu(CpuId(0)).unwrap();
-        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(1)).unwrap();
+        a.free(FreeRequest::pfn(mine).on(CpuId(0)).order(0))
+            .unwrap();
+        a.drain(Some(CpuId(0))).unwrap();
+        let p = a
+            .alloc(AllocRequest::order(0).on(CpuId(0)).node(NodeId(1)))
+            .unwrap();
         assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Dma32)));
-        assert!(a.zone_stats_of(NodeId(1), ZoneType::Dma32).unwrap().cached > 0);
-        a.free_order_on(CpuId(0), p, 0).unwrap();
+        assert!(a.zone(NodeId(1), ZoneType::Dma32).unwrap().cached > 0);
+        a.free(FreeRequest::pfn(p).on(CpuId(0)).order(0)).unwrap();
         check_fully_coalesced(a);
     });
 }
@@ -146,37 +150,42 @@ fn an_allocation_drains_every_cache_before_it_fails() {
     let l = simple(16 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
         let mut all = Vec::new();
-        while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
+        while let Ok(p) = a.alloc(AllocRequest::order(0)) {
             all.push(p);
         }
         let n = all.len();
         assert!(n > 3000);
         // Spread the frees so that each CPU caches some of every region.
         for (i, p) in all.into_iter().enumerate() {
-            a.free_order_on(CpuId((i % CPUS) as u32), p, 0).unwrap();
+            a.free(FreeRequest::pfn(p).on(CpuId((i % CPUS) as u32)).order(0))
+                .unwrap();
         }
-        let cached: u64 = a.zone_stats().map(|z| z.cached).sum();
+        let cached: u64 = a.zones().map(|z| z.cached).sum();
         assert!(cached > 0);
         let big = a
-            .alloc_on(CpuId(0), MAX_ORDER, Constraint::Any, NodeId(0))
+            .alloc(AllocRequest::order(MAX_ORDER).on(CpuId(0)))
             .unwrap();
-        a.free_order(big, MAX_ORDER).unwrap();
+        a.free(FreeRequest::pfn(big).order(MAX_ORDER)).unwrap();
         let pageblock = a
-            .alloc_on(CpuId(1), PAGEBLOCK_ORDER, Constraint::Any, NodeId(0))
+            .alloc(AllocRequest::order(PAGEBLOCK_ORDER).on(CpuId(1)))
             .unwrap();
-        a.free_order_on(CpuId(1), pageblock, PAGEBLOCK_ORDER)
-            .unwrap();
+        a.free(
+            FreeRequest::pfn(pageblock)
+                .on(CpuId(1))
+                .order(PAGEBLOCK_ORDER),
+        )
+        .unwrap();
         // And when memory is truly exhausted, the failure is real.
         let mut held = Vec::new();
-        while let Ok(p) = a.alloc_on(CpuId(2), 0, Constraint::Any, NodeId(0)) {
+        while let Ok(p) = a.alloc(AllocRequest::order(0).on(CpuId(2))) {
             held.push(p);
         }
         assert_eq!(held.len(), n);
-        for z in a.zone_stats() {
+        for z in a.zones() {
             assert_eq!((z.free, z.cached), (0, 0), "{z:?}");
         }
         for p in held {
-            a.free_order_on(CpuId(3), p, 0).unwrap();
+            a.free(FreeRequest::pfn(p).on(CpuId(3)).order(0)).unwrap();
         }
         check_fully_coalesced(a);
     });

@@ -11,8 +11,8 @@ use common::*;
 use meminit::NodeId;
 use meminit::Strategy as InitStrategy;
 use meminit::{
-    AllocError, Config, Constraint, CpuId, Granularity, LayoutBuilder, LayoutError, PageState, Pfn,
-    RangeKind, ZoneType, MAX_ORDER, PAGE_SIZE,
+    AllocError, AllocRequest, Config, Constraint, CpuId, FreeRequest, Granularity, LayoutBuilder,
+    LayoutError, PageState, Pfn, RangeKind, ZoneType, MAX_ORDER, PAGE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -215,8 +215,8 @@ proptest! {
                 match op {
                     Op::Alloc { order, constraint, node, cpu } => {
                         let got = match cpu {
-                            Some(cpu) => a.alloc_on(CpuId(cpu), order, constraint, NodeId((node % nodes) as u32)),
-                            None => a.alloc(order, constraint, NodeId((node % nodes) as u32)),
+                            Some(cpu) => a.alloc(AllocRequest::order(order).on(CpuId(cpu)).within(constraint).node(NodeId((node % nodes) as u32))),
+                            None => a.alloc(AllocRequest::order(order).within(constraint).node(NodeId((node % nodes) as u32))),
                         };
                         match got {
                             Ok(pfn) => {
@@ -229,10 +229,10 @@ proptest! {
                                 // Truly exhausted: nothing eligible is left
                                 // uninitialised, in a CPU's cache, or free in a
                                 // block of the order or larger.
-                                for z in a.zone_stats().filter(|z| z.zone <= constraint.highest_zone()) {
+                                for z in a.zones().filter(|z| z.zone <= constraint.highest_zone()) {
                                     prop_assert_eq!(z.uninitialised, 0, "{:?}", z);
                                     prop_assert_eq!(z.cached, 0, "{:?}", z);
-                                    let blocks = a.free_blocks(z.node, z.zone);
+                                    let blocks = a.zone(z.node, z.zone).map(|z| z.free_blocks).unwrap_or_default();
                                     prop_assert!(
                                         blocks[order as usize..].iter().all(|&b| b == 0),
                                         "{:?}: {:?}", z, blocks
@@ -243,8 +243,8 @@ proptest! {
                         }
                     }
                     Op::Drain { cpu } => {
-                        a.drain_cpu(CpuId(cpu)).unwrap();
-                        prop_assert_eq!(a.drain_cpu(CpuId(cpu)).unwrap(), 0);
+                        a.drain(Some(CpuId(cpu))).unwrap();
+                        prop_assert_eq!(a.drain(Some(CpuId(cpu))).unwrap(), 0);
                     }
                     Op::Free { pick, cpu } => {
                         if !ledger.blocks.is_empty() {
@@ -252,20 +252,18 @@ proptest! {
                             keys.sort_unstable();
                             let pfn = keys[pick % keys.len()];
                             let order = ledger.release(a, pfn);
-                            match cpu {
-                                Some(cpu) => a.free_order_on(CpuId(cpu), Pfn(pfn), order).unwrap(),
-                                None => a.free_order(Pfn(pfn), order).unwrap(),
-                            }
+                            let free = FreeRequest::pfn(Pfn(pfn)).order(order);
+                            a.free(free.on_cpu(cpu.map(CpuId))).unwrap();
                             // A double free is refused wherever the block went.
-                            prop_assert!(a.free_order(Pfn(pfn), order).is_err());
-                            prop_assert!(a.free_order_on(CpuId(0), Pfn(pfn), order).is_err());
+                            prop_assert!(a.free(FreeRequest::pfn(Pfn(pfn)).order(order)).is_err());
+                            prop_assert!(a.free(FreeRequest::pfn(Pfn(pfn)).on(CpuId(0)).order(order)).is_err());
                         }
                     }
                     Op::Worker { node } => {
                         a.run_deferred_worker(NodeId((node % nodes) as u32));
                     }
                     Op::Idle { report } => {
-                        let cached: Vec<u64> = a.zone_stats().map(|z| z.cached).collect();
+                        let cached: Vec<u64> = a.zones().map(|z| z.cached).collect();
                         let stats = if report {
                             a.report_free(&mut meminit::NoReporter).unwrap()
                         } else {
@@ -280,7 +278,7 @@ proptest! {
                             prop_assert!(page.is_ok(), "held {:#x} given back", pfn);
                             prop_assert_eq!(page.unwrap().state(), PageState::Allocated { order });
                         }
-                        let after: Vec<u64> = a.zone_stats().map(|z| z.cached).collect();
+                        let after: Vec<u64> = a.zones().map(|z| z.cached).collect();
                         prop_assert_eq!(cached, after);
                         prop_assert_eq!(a.unmerged_free_blocks(), 0);
                     }
@@ -301,7 +299,7 @@ proptest! {
             let held: Vec<(u64, u32)> = ledger.blocks.iter().map(|(&p, &o)| (p, o)).collect();
             for (pfn, order) in held {
                 ledger.release(a, pfn);
-                a.free_order(Pfn(pfn), order).unwrap();
+                a.free(FreeRequest::pfn(Pfn(pfn)).order(order)).unwrap();
             }
             init_all(a);
             check_counts(a, &ledger.per_zone);

@@ -13,8 +13,9 @@ use std::mem::MaybeUninit;
 
 use common::{start_in_place_over_a_short_memmap, Lent};
 use meminit::{
-    AllocError, Allocator, Config, Constraint, CpuCache, CpuId, InitError, Layout, LayoutBuilder,
-    LayoutError, NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking, Strategy,
+    AllocError, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest,
+    InitError, Layout, LayoutBuilder, LayoutError, NodeId, Page, Pfn, RangeKind, SectionSlot,
+    SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -46,18 +47,22 @@ fn on_small_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// What a boot CPU does first: allocations of a few orders (growing the zones
 /// under the lazy strategies), through its cache and not, then frees.
 fn first_steps(a: &Alloc<'_>) {
-    if a.strategy() == Strategy::Deferred {
+    if a.config().strategy == Strategy::Deferred {
         for node in [NodeId(0), NodeId(1)] {
             assert_eq!(a.run_deferred_worker(node).failed, 0);
         }
     }
-    let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
-    let q = a.alloc(10, Constraint::Dma, NodeId(0)).unwrap();
-    let r = a.alloc_on(CpuId(1), 3, Constraint::Any, NodeId(1)).unwrap();
+    let p = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
+    let q = a
+        .alloc(AllocRequest::order(10).within(Constraint::Dma))
+        .unwrap();
+    let r = a
+        .alloc(AllocRequest::order(3).on(CpuId(1)).node(NodeId(1)))
+        .unwrap();
     assert_eq!(a.page(r).unwrap().zone().map(|z| z.0), Some(NodeId(1)));
-    a.free_order_on(CpuId(1), p, 0).unwrap();
-    a.free_order(q, 10).unwrap();
-    a.free_order_on(CpuId(0), r, 3).unwrap();
+    a.free(FreeRequest::pfn(p).on(CpuId(1)).order(0)).unwrap();
+    a.free(FreeRequest::pfn(q).order(10)).unwrap();
+    a.free(FreeRequest::pfn(r).on(CpuId(0)).order(3)).unwrap();
     assert!(a.page_or_init(Pfn(90 * MIB / 4096)).is_ok());
 }
 
@@ -105,13 +110,13 @@ fn bring_up_in_place_and_first_allocations_fit_a_16_kib_stack() {
         let a = Allocator::build_in_place(
             slot,
             map(&mut b),
-            SliceBacking::new(memmap),
+            |_| Ok(SliceBacking::new(memmap)),
             slots,
             cpus,
             Config::new(strategy),
         )
         .unwrap();
-        assert_eq!(a.strategy(), strategy);
+        assert_eq!(a.config().strategy, strategy);
         first_steps(a);
     });
 }
@@ -144,7 +149,7 @@ fn in_place_start_up_reports_every_error() {
     let err = Allocator::build_in_place(
         &mut slot,
         &bad,
-        SliceBacking::new(&mut lent.memmap),
+        |_| Ok(SliceBacking::new(&mut lent.memmap)),
         &lent.slots,
         &lent.cpus,
         Config::new(Strategy::OnDemand),
@@ -185,7 +190,7 @@ fn in_place_start_up_reports_every_error() {
     )
     .unwrap();
     assert!(matches!(
-        a.alloc(11, Constraint::Any, NodeId(0)),
+        a.alloc(AllocRequest::order(11)),
         Err(AllocError::OrderTooLarge { order: 11 })
     ));
     first_steps(a);

@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    Config, Constraint, CpuId, FreeReporter, Granularity, LayoutBuilder, Pfn, RangeKind,
-    ReportError, Strategy, MAX_ORDER, PAGEBLOCK_ORDER,
+    AllocRequest, Config, Constraint, CpuId, FreeReporter, FreeRequest, Granularity, LayoutBuilder,
+    Pfn, RangeKind, ReportError, Strategy, MAX_ORDER, PAGEBLOCK_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -130,7 +130,7 @@ fn stress_on(
     allocators: usize,
     workers_per_node: usize,
     rounds: usize,
-) -> meminit::InitStats {
+) -> meminit::Stats {
     let strategy = config.strategy;
     let running = std::sync::atomic::AtomicUsize::new(allocators);
     let nodes = layout.node_count();
@@ -200,7 +200,12 @@ fn stress_on(
                             };
                             let node = (r >> 20) as usize % nodes;
                             let pfn = a
-                                .alloc_on(cpu, order, constraint, NodeId(node as u32))
+                                .alloc(
+                                    AllocRequest::order(order)
+                                        .on(cpu)
+                                        .within(constraint)
+                                        .node(NodeId(node as u32)),
+                                )
                                 .unwrap_or_else(|e| {
                                     panic!("order {order} {constraint:?} on node {node}: {e}")
                                 });
@@ -223,28 +228,28 @@ fn stress_on(
                             let taken = handoff.lock().unwrap().pop();
                             if let Some((pfn, order)) = taken {
                                 release(pfn, order);
-                                a.free_order_on(cpu, pfn, order).unwrap();
+                                a.free(FreeRequest::pfn(pfn).on(cpu).order(order)).unwrap();
                             }
                         } else if !held.is_empty() {
                             let (pfn, order) = held.swap_remove(r as usize % held.len());
                             release(pfn, order);
-                            a.free_order_on(cpu, pfn, order).unwrap();
+                            a.free(FreeRequest::pfn(pfn).on(cpu).order(order)).unwrap();
                         }
                     }
                     for (pfn, order) in held {
                         release(pfn, order);
-                        a.free_order_on(own, pfn, order).unwrap();
+                        a.free(FreeRequest::pfn(pfn).on(own).order(order)).unwrap();
                     }
                     running.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
         for (pfn, order) in handoff.lock().unwrap().drain(..) {
-            a.free_order(pfn, order).unwrap();
+            a.free(FreeRequest::pfn(pfn).order(order)).unwrap();
         }
         // Quiescent: everything freed; the caches' pages count as free.
         check_counts(a, &Default::default());
-        a.drain_all_cpus();
+        a.drain(None).unwrap_or(0);
         check_counts(a, &Default::default());
         // On demand, or given back after the workers were done: initialise the
         // rest through look-ups.
@@ -252,7 +257,7 @@ fn stress_on(
             init_all(a);
         }
         check_fully_coalesced(a);
-        let s = a.init_stats();
+        let s = a.stats();
         // A chunk given back is counted again when it is initialised anew.
         assert_eq!(
             s.by_boot + s.by_workers + s.by_growth + s.by_lookup,

@@ -9,8 +9,8 @@ use common::*;
 use meminit::Strategy as InitStrategy;
 use meminit::MAX_PFN;
 use meminit::{
-    AllocError, Constraint, CpuId, FreeError, Layout, LayoutBuilder, NodeId, Pfn, RangeKind,
-    ZoneType, MAX_ORDER,
+    AllocError, AllocRequest, Constraint, CpuId, FreeError, FreeRequest, Layout, LayoutBuilder,
+    NodeId, Pfn, RangeKind, ZoneType, MAX_ORDER,
 };
 use proptest::prelude::*;
 
@@ -143,9 +143,9 @@ proptest! {
                 match kind {
                     0 | 1 => {
                         let r = if kind == 0 {
-                            a.alloc(order, constraint, node)
+                            a.alloc(AllocRequest::order(order).within(constraint).node(node))
                         } else {
-                            a.alloc_on(cpu, order, constraint, node)
+                            a.alloc(AllocRequest::order(order).on(cpu).within(constraint).node(node))
                         };
                         match r {
                             Ok(p) => {
@@ -178,9 +178,9 @@ proptest! {
                     }
                     3 => {
                         let mine = held.iter().position(|&(p, o)| p == pfn && o == order);
-                        let r = a.free_order_on(cpu, pfn, order);
+                        let r = a.free(FreeRequest::pfn(pfn).on(cpu).order(order));
                         match (mine, r) {
-                            (Some(i), Ok(())) => { held.swap_remove(i); }
+                            (Some(i), Ok(_)) => { held.swap_remove(i); }
                             (Some(_), Err(FreeError::UnknownCpu { .. })) => {
                                 prop_assert!(cpu.0 as usize >= CPUS);
                             }
@@ -202,13 +202,13 @@ proptest! {
                         }
                     }
                     5 => {
-                        let stats = a.zone_stats_of(node, zone);
+                        let stats = a.zone(node, zone);
                         let span = l.node(node).map(|n| n.zones[zone as usize]);
                         prop_assert_eq!(stats.is_some(), span.is_some_and(|s| s.present > 0));
                         if let Some(s) = stats {
                             prop_assert_eq!((s.node, s.zone), (node, zone));
                         }
-                        let blocks = a.free_blocks(node, zone);
+                        let blocks = a.zone(node, zone).map(|z| z.free_blocks).unwrap_or_default();
                         if stats.is_none() {
                             prop_assert!(blocks.iter().all(|&b| b == 0));
                         }
@@ -218,18 +218,18 @@ proptest! {
                         prop_assert_eq!(r.node, node);
                     }
                     7 => {
-                        prop_assert_eq!(a.drain_cpu(cpu).is_err(), cpu.0 as usize >= a.cpu_count());
+                        prop_assert_eq!(a.drain(Some(cpu)).is_err(), cpu.0 as usize >= CPUS);
                     }
                     8 => {
-                        let _ = a.free_order(pfn, order);
+                        let _ = a.free(FreeRequest::pfn(pfn).order(order));
                         held.retain(|&(p, _)| a.page(p).is_ok_and(|pg| {
                             matches!(pg.state(), meminit::PageState::Allocated { .. })
                         }));
                     }
                     _ => {
-                        let _ = a.init_stats();
-                        let _ = a.available_pages();
-                        prop_assert!(a.zone_stats().all(|z| z.free <= z.present));
+                        let _ = a.stats();
+                        let _ = a.stats().available_pages;
+                        prop_assert!(a.zones().all(|z| z.free <= z.present));
                     }
                 }
             }
@@ -284,6 +284,7 @@ fn value_helpers_are_total() {
         cached: 0,
         reported: 0,
         uninitialised: u64::MAX,
+        free_blocks: [0; 11],
     };
     assert_eq!(z.available(), u64::MAX);
     assert_eq!(z.allocated(), 0);

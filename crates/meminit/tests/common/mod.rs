@@ -13,8 +13,9 @@ use std::mem::MaybeUninit;
 
 use meminit::PresentRun;
 use meminit::{
-    Allocator, Config, CpuCache, Granularity, InitError, Layout, LayoutBuilder, MemmapBacking,
-    NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType, MAX_ORDER,
+    Allocator, Config, CpuCache, FreeRequest, Granularity, InitError, Layout, LayoutBuilder,
+    MemmapBacking, NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType,
+    MAX_ORDER,
 };
 
 /// CPU caches lent to every test allocator.
@@ -178,7 +179,7 @@ pub fn free_all<B: MemmapBacking, R: lock_api::RawMutex>(
     order: u32,
 ) {
     for pfn in blocks {
-        a.free_order(pfn, order).unwrap();
+        a.free(FreeRequest::pfn(pfn).order(order)).unwrap();
     }
 }
 
@@ -205,7 +206,7 @@ pub fn start_in_place_over_a_short_memmap(
 
 /// Initialises every chunk that is not yet, through descriptor look-ups.
 pub fn init_all(a: &Alloc<'_>) {
-    let chunk = (a.init_stats().chunk_bytes / meminit::PAGE_SIZE) as usize;
+    let chunk = (a.stats().chunk_bytes / meminit::PAGE_SIZE) as usize;
     for pfn in (0..a.layout().end_pfn().0).step_by(chunk) {
         // Chunks without present pages answer NotPresent: nothing to do there.
         let _ = a.page_or_init(Pfn(pfn));
@@ -258,7 +259,7 @@ pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
     a: &Allocator<'_, B, R>,
     allocated: &HashMap<(NodeId, ZoneType), u64>,
 ) {
-    for z in a.zone_stats() {
+    for z in a.zones() {
         let held = allocated.get(&(z.node, z.zone)).copied().unwrap_or(0);
         assert_eq!(
             z.free + held + z.uninitialised + z.reserved,
@@ -282,8 +283,8 @@ pub fn check_all_free(a: &Alloc<'_>) {
 /// After everything is freed and initialised: every max-order-aligned block of
 /// usable pages is whole on its zone's free list, and nothing else is free.
 pub fn check_fully_coalesced(a: &Alloc<'_>) {
-    assert!(a.is_fully_initialised());
-    a.drain_all_cpus();
+    assert!(a.stats().fully_initialised);
+    a.drain(None).unwrap_or(0);
     assert_eq!(a.unmerged_free_blocks(), 0);
     let mut expected: HashMap<(NodeId, ZoneType), (u64, u64)> = HashMap::new();
     let runs: Vec<PresentRun> = a.layout().present_runs(Pfn(0)..Pfn(u64::MAX)).collect();
@@ -296,11 +297,14 @@ pub fn check_fully_coalesced(a: &Alloc<'_>) {
         }
         e.1 += r.pages();
     }
-    for z in a.zone_stats() {
+    for z in a.zones() {
         let (blocks, pages) = expected.get(&(z.node, z.zone)).copied().unwrap_or((0, 0));
         assert_eq!(z.free, pages, "zone {z:?} free pages");
         assert_eq!(z.uninitialised, 0);
-        let free = a.free_blocks(z.node, z.zone);
+        let free = a
+            .zone(z.node, z.zone)
+            .map(|z| z.free_blocks)
+            .unwrap_or_default();
         assert_eq!(
             free[MAX_ORDER as usize], blocks,
             "zone {z:?} max-order blocks {free:?}"
