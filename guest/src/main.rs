@@ -31,7 +31,8 @@ mod virtio;
 use core::cell::Cell;
 
 use meminit::{
-    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, NodeId, Pfn, SectionSlot, Strategy,
+    AllocPath, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest, NodeId,
+    Pfn, SectionSlot, Strategy,
 };
 use meminit_boot::{check_bounds_for, early_requests, BootParams, EarlyKind, Workload, XorShift};
 use port::{exit, ExitCode, Serial};
@@ -161,7 +162,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let mut alloc = |order: u32, constraint: Constraint, node: usize| {
         let t = tsc::now();
         // `node` is below MAX_NODES (16): it fits in u32.
-        let r = allocator.alloc_on_traced(CpuId(0), order, constraint, NodeId(node as u32));
+        let r = allocator.alloc_traced(
+            AllocRequest::order(order)
+                .on(CpuId(0))
+                .within(constraint)
+                .node(NodeId(node as u32)),
+        );
         let ticks = tsc::now() - t;
         match r {
             Ok((pfn, path)) => {
@@ -231,7 +237,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         }
         workers_ticks = tsc::now() - tw;
     }
-    let full_init = allocator.is_fully_initialised().then(|| tsc::now() - t0);
+    let full_init = allocator.stats().fully_initialised.then(|| tsc::now() - t0);
 
     let nodes = layout.node_count();
     let mut progress = Progress::new(tsc_hz, options.workload);
@@ -244,12 +250,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             tsc_hz,
             spike::Paths {
                 alloc: &mut alloc,
-                free: &mut |pfn| match allocator.free_on(CpuId(0), pfn) {
+                free: &mut |pfn| match allocator.free(FreeRequest::pfn(pfn).on(CpuId(0))) {
                     Ok(order) => allocated_pages.set(allocated_pages.get() - (1 << order)),
                     Err(_) => failures.set(failures.get() + 1),
                 },
                 drain: &|| {
-                    allocator.drain_all_cpus();
+                    allocator.drain(None).unwrap_or(0);
                 },
                 tick: &mut |done, of| progress.tick(done, of),
                 report: &|reporter| match reporter {
@@ -308,7 +314,10 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
                     let (pfn, order) = held[i];
                     held[i] = held[count - 1];
                     count -= 1;
-                    if allocator.free_order_on(CpuId(0), pfn, order).is_err() {
+                    if allocator
+                        .free(FreeRequest::pfn(pfn).on(CpuId(0)).order(order))
+                        .is_err()
+                    {
                         failures.set(failures.get() + 1);
                     }
                     allocated_pages.set(allocated_pages.get() - (1 << order));
@@ -319,7 +328,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
 
     // free + allocated + uninitialised + reserved == present, over all zones.
     let (mut free, mut uninit, mut reserved, mut present) = (0, 0, 0, 0);
-    for z in allocator.zone_stats() {
+    for z in allocator.zones() {
         free += z.free;
         uninit += z.uninitialised;
         reserved += z.reserved;
@@ -327,7 +336,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     }
     let counts_hold = free + allocated_pages.get() + uninit + reserved == present;
 
-    let stats = allocator.init_stats();
+    let stats = allocator.stats();
     let init = match options.strategy {
         Strategy::Eager => ready,
         Strategy::Deferred => workers_ticks + stats.grow_time,

@@ -118,7 +118,7 @@ impl Report<'_> {
     pub fn print(&self) {
         let a = self.allocator;
         let layout = a.layout();
-        let stats = a.init_stats();
+        let stats = a.stats();
         let present = layout.present_pages() * 4096;
         let sections = layout
             .memmap_sections()
@@ -257,7 +257,7 @@ impl Report<'_> {
         }
         print!("],\"zones\":[");
         let mut first = true;
-        for z in a.zone_stats() {
+        for z in a.zones() {
             if !first {
                 print!(",");
             }

@@ -9,7 +9,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use meminit::{Constraint, CpuId, NodeId, Pfn};
+use meminit::{AllocRequest, CpuId, FreeRequest, NodeId, Pfn};
 use meminit_boot::XorShift;
 
 use crate::GuestAllocator;
@@ -51,7 +51,10 @@ fn read_stamp(pfn: Pfn) -> u64 {
 
 /// Frees `pfn` on `cpu` after checking its stamp.
 fn free(a: &GuestAllocator, cpu: usize, (pfn, order, stamped): Held) {
-    if read_stamp(pfn) != stamped || a.free_order_on(CpuId(cpu as u32), pfn, order).is_err() {
+    if read_stamp(pfn) != stamped
+        || a.free(FreeRequest::pfn(pfn).on(CpuId(cpu as u32)).order(order))
+            .is_err()
+    {
         // Relaxed: a counter, read after every CPU has finished.
         FAILURES.fetch_add(1, Relaxed);
     }
@@ -69,11 +72,10 @@ pub fn run_on(a: &GuestAllocator, cpu: usize, node: usize) {
         match x % 8 {
             0..=3 if count < HELD => {
                 let order = (x >> 8) as u32 % 4;
-                match a.alloc_on(
-                    CpuId(cpu as u32),
-                    order,
-                    Constraint::Any,
-                    NodeId(node as u32),
+                match a.alloc(
+                    AllocRequest::order(order)
+                        .on(CpuId(cpu as u32))
+                        .node(NodeId(node as u32)),
                 ) {
                     Ok(pfn) => {
                         let s = stamp(cpu, seq);
@@ -138,6 +140,6 @@ pub fn finish(a: &GuestAllocator) -> u64 {
     }
     ring.1 = 0;
     drop(ring);
-    a.drain_all_cpus();
+    a.drain(None).unwrap_or(0);
     a.unmerged_free_blocks()
 }
