@@ -426,6 +426,8 @@ fn measure(
         clock: Some(now_ns),
         chunk_size: opts.chunk_size,
         context: Some(crate::backing::thread_context),
+        // Waiters on another thread's populate give their core away.
+        wait: Some(std::thread::yield_now),
         give_back: opts.give_back.unwrap_or(defaults.give_back),
         give_back_reserve: opts.give_back_reserve.unwrap_or(defaults.give_back_reserve),
         ..defaults

@@ -1,5 +1,5 @@
 //! Start-up choices: the strategy, the chunk size, give-back and its reserve, and
-//! the embedder's clock and context functions.
+//! the embedder's clock, context and wait functions.
 //!
 //! Plain values, checked against a layout once at start-up; nothing here runs
 //! after that.
@@ -91,22 +91,39 @@ pub struct Config {
     /// Names the calling context: the CPU number (read with preemption off) in a
     /// kernel, a thread id on a host; any value but `u64::MAX`, the same for the
     /// whole of a call into the allocator. With it, a call back into the allocator
-    /// from inside the backing's `populate` or `accept` on the same context is
-    /// told apart from a wait on another CPU, and fails
+    /// from inside any callback (the backing's `populate`, `accept`, `depopulate`
+    /// or `zero`, a [`FreeReporter`](crate::FreeReporter)'s `report`) on the same
+    /// context is told apart from a wait on another CPU: it is served only from
+    /// initialised free memory, and where it would initialise a chunk or wait
+    /// (for a chunk, a section's memmap, or blocks out for reporting) it fails
     /// ([`crate::AllocError::Reentrant`], [`crate::LookupError::Reentrant`],
-    /// [`ChunkError::Reentrant`](crate::ChunkError::Reentrant)) where it would otherwise wait forever for the
-    /// chunk its own caller holds. It is called only on the paths that initialise
-    /// or wait for a chunk, never on the fast path. `None`: no such check (a
-    /// backing that calls back may then hang).
+    /// [`ChunkError::Reentrant`](crate::ChunkError::Reentrant)) instead of waiting,
+    /// perhaps forever, for what its own caller holds. It is called around
+    /// callbacks and on the paths that initialise or wait, never on the fast
+    /// path. `None`: no such check (a callback that calls back may then hang).
     pub context: Option<fn() -> u64>,
+    /// How to wait once a short spin is over. Where an allocation, a look-up or
+    /// a worker waits for another context (its initialisation of a chunk, a
+    /// section's populate, a give-back's retirement, blocks out for free page
+    /// reporting, a place among the contexts inside callbacks), it re-checks
+    /// with a pause instruction a hundred-odd times, then calls this between
+    /// re-checks: a `pause` loop or `hlt` until the next interrupt in a kernel,
+    /// [`std::thread::yield_now`](https://doc.rust-lang.org/std/thread/fn.yield_now.html)
+    /// or a sleep of tens of microseconds on a host. It may sleep, but must not
+    /// call the allocator; it decides nothing (the condition is re-checked after
+    /// it returns). It is never called on the fast path, nor with a lock of the
+    /// allocator held. `None`: spin (a waiter then burns its CPU for as long as
+    /// a populate or a report takes).
+    pub wait: Option<fn()>,
 }
 
 /// The default [`Config::give_back_reserve`]: four default chunks per zone.
 pub const DEFAULT_GIVE_BACK_RESERVE: u64 = 4 * DEFAULT_CHUNK_SIZE;
 
 impl Config {
-    /// `strategy`, with no clock, the default chunk size, and give-back on for
-    /// [`Strategy::OnDemand`] only, keeping [`DEFAULT_GIVE_BACK_RESERVE`].
+    /// `strategy`, with no clock, context or wait hook, the default chunk size,
+    /// and give-back on for [`Strategy::OnDemand`] only, keeping
+    /// [`DEFAULT_GIVE_BACK_RESERVE`].
     pub const fn new(strategy: Strategy) -> Self {
         Config {
             strategy,
@@ -115,6 +132,7 @@ impl Config {
             give_back: matches!(strategy, Strategy::OnDemand),
             give_back_reserve: DEFAULT_GIVE_BACK_RESERVE,
             context: None,
+            wait: None,
         }
     }
 

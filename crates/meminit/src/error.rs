@@ -50,10 +50,12 @@ pub enum AllocError {
         /// The order asked for.
         order: u32,
     },
-    /// The allocation was made from inside the backing's `populate` or `accept`
-    /// (on the same [`Config::context`](crate::Config::context)), and no eligible zone had a free block:
-    /// serving it would have meant initialising a chunk, or waiting for the one
-    /// the caller's own stack is initialising.
+    /// The allocation was made from inside a callback (the backing's
+    /// `populate`, `accept`, `depopulate` or `zero`, a reporter's `report`, on
+    /// the same [`Config::context`](crate::Config::context)), and no eligible
+    /// zone had a free block: serving it would have meant initialising a chunk,
+    /// or waiting for one, for a section's memmap or for blocks out for
+    /// reporting, perhaps what the caller's own stack holds.
     Reentrant {
         /// The order asked for.
         order: u32,
@@ -83,7 +85,7 @@ impl fmt::Display for AllocError {
             ),
             AllocError::Reentrant { order } => write!(
                 f,
-                "an allocation of order {order} from inside the memmap backing found no free block, and may not initialise memory there"
+                "an allocation of order {order} from inside a callback of the allocator (its backing or reporter) found no free block, and may not initialise memory or wait there"
             ),
         }
     }
@@ -175,9 +177,9 @@ impl fmt::Display for FreeError {
 pub enum ChunkError {
     /// The backing could not populate the memmap under it, or accept its memory.
     Backing(BackingError),
-    /// Asked from inside the backing's `populate` or `accept`, on the same
-    /// [`Config::context`](crate::Config::context): initialising there could wait for the chunk the
-    /// caller's own stack holds.
+    /// Asked from inside a callback (the backing's or a reporter's), on the same
+    /// [`Config::context`](crate::Config::context): initialising there could wait
+    /// for what the caller's own stack holds.
     Reentrant {
         /// The chunk.
         chunk: usize,
@@ -192,7 +194,7 @@ impl core::fmt::Display for ChunkError {
             ChunkError::Backing(e) => e.fmt(f),
             ChunkError::Reentrant { chunk } => write!(
                 f,
-                "chunk {chunk} cannot be initialised from inside the memmap backing"
+                "chunk {chunk} cannot be initialised from inside a callback of the allocator (its backing or reporter)"
             ),
         }
     }

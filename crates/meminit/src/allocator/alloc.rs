@@ -53,7 +53,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         };
         let (pfn, path) = self.alloc_in(order, constraint, node, cache, flags)?;
         if flags.contains(AllocFlags::ZEROED) {
-            if let Err(e) = self.memmap.backing().zero(pfn..Pfn(pfn.0 + (1 << order))) {
+            let block = pfn..Pfn(pfn.0 + (1 << order));
+            if let Err(e) = self.in_callback(|| self.memmap.backing().zero(block)) {
                 // The block goes back as it came: nothing else saw it.
                 let _ = self.free_in(pfn, Some(order), cache);
                 return Err(AllocError::Backing(BackingError {
@@ -121,10 +122,15 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             path = AllocPath::Fallback;
         }
         self.alloc_after_drain(order, constraint, node, flags)
-            .ok_or(match grow_error {
+            .ok_or_else(|| match grow_error {
                 Some(ChunkError::Backing(e)) => AllocError::Backing(e),
                 Some(ChunkError::Reentrant { .. }) => AllocError::Reentrant { order },
                 None if would_grow => AllocError::WouldGrow { order },
+                // From inside a callback, blocks out for reporting were not
+                // waited for: perhaps the caller's own batch.
+                None if self.reporting(constraint, node) && self.reentrant() => {
+                    AllocError::Reentrant { order }
+                }
                 None => AllocError::OutOfMemory { order, constraint },
             })
             .map(|pfn| (Pfn(pfn), AllocPath::Fallback))
@@ -167,18 +173,33 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// Waits until no zone an allocation may use has blocks away for free page
-    /// reporting; returns whether there were any.
+    /// reporting (spinning a while, then calling [`Config::wait`] between
+    /// looks); returns whether there were any. From inside a callback it never
+    /// waits (the batch away may be its own caller's, a reporter's) and returns
+    /// false.
+    ///
+    /// [`Config::wait`]: crate::Config::wait
     fn wait_for_reporting(&self, constraint: Constraint, node: usize) -> bool {
-        let mut waited = false;
+        if !self.reporting(constraint, node) || self.reentrant() {
+            return false;
+        }
         for zone in self.zonelist(constraint, node) {
+            let mut backoff = crate::sync::Backoff::new(self.config.wait);
             // Relaxed: the count drops under the zone lock as the blocks go back;
             // the take that follows takes that lock after, and finds them.
             while zone.isolated.load(core::sync::atomic::Ordering::Relaxed) > 0 {
-                crate::sync::spin_hint();
-                waited = true;
+                backoff.pause();
             }
         }
-        waited
+        true
+    }
+
+    /// Whether a zone an allocation may use has blocks away for free page
+    /// reporting (a snapshot).
+    fn reporting(&self, constraint: Constraint, node: usize) -> bool {
+        // Relaxed: a snapshot; see `wait_for_reporting`.
+        self.zonelist(constraint, node)
+            .any(|zone| zone.isolated.load(core::sync::atomic::Ordering::Relaxed) > 0)
     }
 
     /// The populated zones an allocation may use, in the order it tries them.

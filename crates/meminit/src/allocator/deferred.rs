@@ -51,7 +51,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Those that still fail are counted in [`WorkerReport::failed`], with the last
     /// error; they stay uninitialised, so the grow path tries them again when their
     /// zone needs them. (A worker remembers at most 64 failed chunks to retry; the
-    /// rest are counted failed at once.) Called from inside the backing, it stops
+    /// rest are counted failed at once.) Called from inside a callback, it stops
     /// at its first chunk with [`ChunkError::Reentrant`].
     pub fn run_deferred_worker(&self, node: NodeId) -> WorkerReport {
         let mut report = WorkerReport {

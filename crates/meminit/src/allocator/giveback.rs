@@ -57,8 +57,11 @@ pub trait FreeReporter {
     /// contents (reads after that see zeroes, or whatever the host provides),
     /// and returns once the host has them. No allocator lock is held; the
     /// ranges are off the free lists until this returns, so it must not wait for
-    /// an allocation of them. An error puts them back unreported and ends the
-    /// pass.
+    /// an allocation of them. It runs on the context of the caller of
+    /// [`Allocator::report_free`]: with [`Config::context`](crate::Config::context),
+    /// an allocation it makes is served from initialised free memory or fails
+    /// with [`AllocError::Reentrant`](crate::AllocError::Reentrant), never waits
+    /// for this batch. An error puts them back unreported and ends the pass.
     fn report(&mut self, ranges: &[Range<Pfn>]) -> Result<(), ReportError>;
 }
 
@@ -228,7 +231,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 batch.ranges[batch.len] = Pfn(pfn)..Pfn(pfn + (1 << order));
                 batch.len += 1;
             }
-            let result = reporter.report(&batch.ranges[..n]);
+            let result = self.in_callback(|| reporter.report(&batch.ranges[..n]));
             zone.with_free(|area| {
                 for &(pfn, order, aged) in &blocks[..n] {
                     let reported = result.is_ok();
@@ -274,13 +277,14 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                     // `Uninit`, a grower may claim it and use the memory.
                     let reported = match all_reported {
                         true => Ok(0),
-                        false => self.report_chunk(chunk, reporter),
+                        false => self.in_callback(|| self.report_chunk(chunk, reporter)),
                     };
                     // Given back whether or not the host took its memory: the
                     // chunk is accepted again when it is next initialised.
                     stats.chunks_given_back += 1;
                     stats.pages_given_back += usable;
-                    stats.memmap_bytes_released += self.memmap.depopulate(retiring);
+                    stats.memmap_bytes_released +=
+                        self.in_callback(|| self.memmap.depopulate(retiring));
                     self.counters.given_back.fetch_add(1, Relaxed);
                     stats.pages_given_back_reported += reported?;
                 }

@@ -29,7 +29,7 @@ use crate::zone::Zone;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// The descriptor of `pfn`, initialising its chunk first if no one has (or
-    /// waiting for whoever is). From inside the backing (on the same
+    /// waiting for whoever is). From inside a callback (on the same
     /// [`Config::context`](crate::Config::context)) it neither initialises nor waits:
     /// [`LookupError::Reentrant`].
     pub fn page_or_init(&self, pfn: Pfn) -> Result<&Page, LookupError> {
@@ -58,7 +58,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Initialises chunk `index` if no one has claimed it: has the memmap under it
     /// populated and its memory accepted, writes every descriptor, publishes it,
     /// and puts its usable pages on their zones' free lists. Returns the pages
-    /// freed, or `None` if someone else had it. From inside the backing (on the
+    /// freed, or `None` if someone else had it. From inside a callback (on the
     /// same [`Config::context`]) it gives the claim back and says so, rather than
     /// call the backing again or wait for the section's memmap.
     pub(crate) fn init_chunk(
@@ -75,7 +75,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 if self.in_backing.contains(context) {
                     return Err(ChunkError::Reentrant { chunk: index });
                 }
-                let _inside = self.in_backing.enter(context);
+                let _inside = self.in_backing.enter(context, self.config.wait);
                 self.memmap.populate(claim, &self.layout)
             }
             None => self.memmap.populate(claim, &self.layout),
@@ -193,7 +193,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// waits for whoever is initialising the last ones (false). A chunk whose memmap
     /// cannot be populated (or whose memory cannot be accepted) is passed over for
     /// the next; its error is returned only if no chunk could be initialised. From
-    /// inside the backing, neither initialises nor waits: `Reentrant`.
+    /// inside a callback, neither initialises nor waits: `Reentrant`.
     fn grow_zone(&self, zone: &Zone<R>) -> Result<bool, ChunkError> {
         let sections = self.memmap.sections();
         let (first, end) = zone.chunks(self.memmap.chunk_shift());
@@ -242,12 +242,27 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         Ok(false)
     }
 
-    /// Whether the calling context is inside a call of the backing (known only
-    /// with a [`Config::context`]). Only for the paths that would wait.
+    /// Whether the calling context is inside a callback (known only with a
+    /// [`Config::context`]). Only for the paths that would initialise or wait.
     pub(crate) fn reentrant(&self) -> bool {
         self.config
             .context
             .is_some_and(|context| self.in_backing.contains(context()))
+    }
+
+    /// Makes `callback`, a call of one of the embedder's callbacks (the
+    /// backing's `depopulate` or `zero`, a reporter's `report`), with the calling
+    /// context recorded inside a callback for its length, so that whatever it
+    /// asks of the allocator is served from initialised free memory or refused
+    /// (`Reentrant`), never made to wait for what its own caller holds.
+    /// (`populate` and `accept` are recorded by `init_chunk`, which refuses to
+    /// claim a chunk from inside a callback first.)
+    pub(crate) fn in_callback<T>(&self, callback: impl FnOnce() -> T) -> T {
+        let _inside = self
+            .config
+            .context
+            .map(|context| self.in_backing.enter(context(), self.config.wait));
+        callback()
     }
 
     /// Whether chunk `index` holds usable pages of `zone`.

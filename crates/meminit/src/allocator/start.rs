@@ -139,6 +139,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             chunks_shift,
             present_chunks,
         )
+        .map(|sections| sections.with_wait(config.wait))
         .map_err(|e| match e {
             SlotsError::InUse { index } => InitError::SlotsInUse { index },
             // `chunk_shift` checked the chunks per section already.

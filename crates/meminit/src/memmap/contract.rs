@@ -147,12 +147,15 @@ impl core::fmt::Display for BackingError {
 /// so it serves [`crate::Strategy::Eager`] start-up too. A section whose memmap
 /// holds pages of its own, the source's included, is never depopulated.
 ///
-/// `populate` and `accept` should not call the allocator. If they do (on the same
-/// context, as [`crate::Config::context`] names it), the call is served only from
-/// memory already initialised: where it would have to initialise a chunk or wait
-/// for one, it fails with [`crate::AllocError::Reentrant`] (or
-/// [`LookupError::Reentrant`]) rather than wait for the chunk its own caller
-/// holds.
+/// `populate`, `accept`, `depopulate` and `zero` should not call the allocator.
+/// If they do (on the same context, as [`crate::Config::context`] names it), the
+/// call is served only from initialised free memory: where it would have to
+/// initialise a chunk or wait (for a chunk, a section's memmap, or blocks out
+/// for reporting), it fails with [`crate::AllocError::Reentrant`] (or
+/// [`LookupError::Reentrant`], [`crate::ChunkError::Reentrant`]) rather than wait
+/// for what its own caller holds: the chunk it initialises, the chunk or
+/// section it gives back. `reuse_reported` runs under a zone lock and must not
+/// call the allocator at all.
 pub unsafe trait MemmapBacking {
     /// The address of the descriptor of [`Layout::memmap_start`], the first pfn the
     /// memmap describes (the first pfn of the first section with present memory).
@@ -254,9 +257,9 @@ pub enum LookupError {
     },
     /// Initialising the section failed in its backing.
     Backing(BackingError),
-    /// The look-up was made from inside the backing's `populate` or `accept` (on
-    /// the same [`crate::Config::context`]) and would have had to initialise or
-    /// wait for the chunk.
+    /// The look-up was made from inside a callback (the backing's, or a
+    /// reporter's, on the same [`crate::Config::context`]) and would have had to
+    /// initialise or wait for the chunk.
     Reentrant {
         /// The pfn asked for.
         pfn: Pfn,
@@ -278,7 +281,7 @@ impl core::fmt::Display for LookupError {
             LookupError::Backing(e) => e.fmt(f),
             LookupError::Reentrant { pfn } => write!(
                 f,
-                "the descriptor of {pfn} was asked for from inside the memmap backing, and its chunk is not initialised"
+                "the descriptor of {pfn} was asked for from inside a callback of the allocator (its backing or reporter), and its chunk is not initialised"
             ),
         }
     }

@@ -1,24 +1,28 @@
-//! Which contexts are inside a call of the backing (`populate` or `accept`), so
-//! that a call from one of them back into the allocator fails instead of waiting
-//! for the chunk its own caller holds.
+//! Which contexts are inside a callback of the allocator (the backing's
+//! `populate`, `accept`, `depopulate` or `zero`, a reporter's `report`), so that
+//! a call from one of them back into the allocator never waits for what its own
+//! caller holds: a chunk being initialised or given back, a section's memmap
+//! being populated or released, blocks out for reporting.
 //!
 //! The embedder names contexts with [`crate::Config::context`] (a CPU number with
-//! preemption off, or a thread id). The claimant of a chunk records its context
-//! here for the length of its backing calls; the slow paths that would initialise
-//! or wait for a chunk look their caller up. The fast path never looks.
+//! preemption off, or a thread id). The allocator records the calling context
+//! here for the length of every callback; the slow paths that would initialise
+//! or wait look their caller up, and refuse. The fast path never looks.
 //!
-//! This module owns the table and its memory orderings. It takes no lock, never
-//! waits, and knows nothing of chunks or of the backing.
+//! This module owns the table and its memory orderings. It takes no lock and
+//! knows nothing of chunks or of the backing; it waits only for a free place,
+//! and only for a context that is not inside already.
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Contexts that can be inside backing calls at once: one per CPU of a 64-CPU
-/// machine. One more waits for a place before it calls the backing. It cannot
-/// wait forever: those recorded are inside the backing, and anything they ask of
-/// the allocator fails rather than waits for the chunk the waiting one holds.
+/// Contexts that can be inside callbacks at once: one per CPU of a 64-CPU
+/// machine. One more waits for a place before it calls back. It cannot wait
+/// forever: those recorded are inside callbacks, where anything they ask of the
+/// allocator fails rather than waits, and a callback that calls back into a
+/// callback (a `depopulate` that gives back, say) needs no second place.
 pub const MAX_BACKING_CONTEXTS: usize = 64;
 
-/// The contexts inside a backing call: `context + 1` in a slot, 0 for a free one.
+/// The contexts inside a callback: `context + 1` in a slot, 0 for a free one.
 pub(crate) struct InBacking {
     slots: [AtomicU64; MAX_BACKING_CONTEXTS],
 }
@@ -30,15 +34,24 @@ impl InBacking {
         }
     }
 
-    /// Records that `context` is inside a backing call until the guard drops,
-    /// waiting for a free place if every one is taken. `u64::MAX` is not
-    /// recorded.
-    pub(crate) fn enter(&self, context: u64) -> Entered<'_> {
+    /// Records that `context` is inside a callback until the guard drops,
+    /// waiting for a free place if every one is taken (spinning a while, then
+    /// calling `wait` between looks). A context inside already is not recorded
+    /// twice: its outer record covers the inner call, and it never waits for a
+    /// place. `u64::MAX` is not recorded.
+    pub(crate) fn enter(&self, context: u64, wait: Option<fn()>) -> Entered<'_> {
+        if self.contains(context) {
+            return Entered {
+                table: self,
+                slot: None,
+            };
+        }
+        let mut backoff = crate::sync::Backoff::new(wait);
         loop {
             if let Some(entered) = self.try_enter(context) {
                 return entered;
             }
-            crate::sync::spin_hint();
+            backoff.pause();
         }
     }
 
@@ -66,7 +79,7 @@ impl InBacking {
         None
     }
 
-    /// Whether `context` is inside a backing call. Only meaningful for the
+    /// Whether `context` is inside a callback. Only meaningful for the
     /// calling context itself: the answer about another may be stale.
     pub(crate) fn contains(&self, context: u64) -> bool {
         let mark = context.wrapping_add(1);
@@ -77,7 +90,7 @@ impl InBacking {
     }
 }
 
-/// A context recorded inside a backing call; dropping it takes the record out.
+/// A context recorded inside a callback; dropping it takes the record out.
 pub(crate) struct Entered<'t> {
     table: &'t InBacking,
     slot: Option<usize>,
@@ -101,15 +114,15 @@ mod tests {
     fn a_context_is_inside_only_while_entered() {
         let t = InBacking::new();
         assert!(!t.contains(7));
-        let a = t.enter(7);
-        let b = t.enter(9);
+        let a = t.enter(7, None);
+        let b = t.enter(9, None);
         assert!(t.contains(7) && t.contains(9) && !t.contains(8));
         drop(a);
         assert!(!t.contains(7) && t.contains(9));
         drop(b);
         assert!(!t.contains(9));
         // u64::MAX cannot be recorded: never taken for inside.
-        let _c = t.enter(u64::MAX);
+        let _c = t.enter(u64::MAX, None);
         assert!(!t.contains(u64::MAX));
     }
 
@@ -117,12 +130,12 @@ mod tests {
     fn a_full_table_makes_the_next_context_wait_for_a_place() {
         let t = InBacking::new();
         let mut held: Vec<_> = (0..MAX_BACKING_CONTEXTS as u64)
-            .map(|c| t.enter(c))
+            .map(|c| t.enter(c, None))
             .collect();
         assert!(t.try_enter(1000).is_none());
         std::thread::scope(|s| {
             let waiter = s.spawn(|| {
-                let _inside = t.enter(1000);
+                let _inside = t.enter(1000, Some(std::thread::yield_now));
                 t.contains(1000)
             });
             held.pop();
@@ -132,5 +145,21 @@ mod tests {
         assert!(t.contains(0));
         drop(held);
         assert!(!t.contains(0));
+    }
+
+    #[test]
+    fn a_context_inside_enters_again_without_a_place() {
+        let t = InBacking::new();
+        let mut held: Vec<_> = (0..MAX_BACKING_CONTEXTS as u64)
+            .map(|c| t.enter(c, None))
+            .collect();
+        // Every place is taken, one of them by context 5: a callback of 5 that
+        // calls back into another callback is inside already, and goes on.
+        let nested = t.enter(5, None);
+        assert!(t.contains(5));
+        drop(nested);
+        assert!(t.contains(5), "the outer record stays");
+        held.clear();
+        assert!(!t.contains(5));
     }
 }

@@ -42,7 +42,7 @@ mod retire;
 
 pub(crate) use retire::Retiring;
 
-use crate::sync::{fence, spin_hint, AtomicU64, AtomicUsize};
+use crate::sync::{fence, AtomicU64, AtomicUsize, Backoff};
 use core::ops::Range;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 
@@ -200,6 +200,9 @@ pub struct Sections<'a> {
     /// Chunks with present pages that are not yet finished (or were given back).
     /// Zero is the off switch: growth is off until a chunk is given back.
     unfinished: AtomicUsize,
+    /// The embedder's wait hook, called between re-checks once a wait has spun
+    /// a while ([`crate::Config::wait`]).
+    wait: Option<fn()>,
 }
 
 /// The bits of chunk `i` of its section's word.
@@ -241,6 +244,7 @@ impl<'a> Sections<'a> {
             chunks_shift,
             present: 0,
             unfinished: AtomicUsize::new(0),
+            wait: None,
         };
         let per = 1usize << chunks_shift;
         // Chunks [from, to) of one section, all `Uninit` (01): one mask, no loop, so
@@ -275,6 +279,14 @@ impl<'a> Sections<'a> {
         sections.present = unfinished;
         sections.unfinished = AtomicUsize::new(unfinished);
         Ok(sections)
+    }
+
+    /// The same table, whose waits call `wait` between re-checks once a short
+    /// spin is over (see [`crate::Config::wait`]). It changes no transition:
+    /// only what a waiter does between two loads.
+    pub fn with_wait(mut self, wait: Option<fn()>) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// Chunks with present pages (not `Absent`).
@@ -352,10 +364,12 @@ impl<'a> Sections<'a> {
 
     /// Waits while chunk `chunk` is `Initialising`, and returns the state it left
     /// that for (`Ready`, or `Uninit` if its claimant gave it back).
+    /// Between re-checks it spins a while, then calls the wait hook.
     pub fn wait_while_initialising(&self, chunk: usize) -> ChunkState {
+        let mut backoff = Backoff::new(self.wait);
         loop {
             match self.state(chunk) {
-                ChunkState::Initialising => spin_hint(),
+                ChunkState::Initialising => backoff.pause(),
                 other => return other,
             }
         }
@@ -395,10 +409,12 @@ impl<'a> Sections<'a> {
 
     /// Waits while section `section`'s memmap is `Populating`, and returns the
     /// state it left that for.
+    /// Between re-checks it spins a while, then calls the wait hook.
     pub fn wait_while_populating(&self, section: usize) -> MemmapState {
+        let mut backoff = Backoff::new(self.wait);
         loop {
             match self.memmap_state(section) {
-                MemmapState::Populating => spin_hint(),
+                MemmapState::Populating => backoff.pause(),
                 other => return other,
             }
         }
