@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use common::Lent;
 use meminit::{
-    AllocError, AllocFlags, Allocator, BackingError, ChunkError, Config, Constraint, CpuId,
-    FreeReporter, Granularity, Layout, LayoutBuilder, LookupError, MemmapBacking, MemmapPiece,
-    NoReporter, NodeId, Page, PageSource, Pfn, Populated, RangeKind, ReportError, SliceBacking,
-    Strategy,
+    AllocError, AllocFlags, AllocRequest, Allocator, BackingError, ChunkError, Config, Constraint,
+    CpuId, FreeReporter, Granularity, Layout, LayoutBuilder, LookupError, MemmapBacking,
+    MemmapPiece, NoReporter, NodeId, Page, PageSource, Pfn, Populated, RangeKind, ReportError,
+    SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -175,13 +175,13 @@ fn call_back(a: &A, call: Call, pfn: Pfn, held: &Mutex<Vec<(Pfn, u32)>>) -> (Str
     };
     match call {
         Call::Alloc => {
-            let r = a.alloc(0, Constraint::Any, NodeId(0));
+            let r = a.alloc(AllocRequest::order(0));
             keep(&r);
             let ok = matches!(r, Ok(_) | Err(AllocError::Reentrant { .. }));
             (format!("{r:?}"), ok)
         }
         Call::AllocOnCpu => {
-            let r = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0));
+            let r = a.alloc(AllocRequest::order(0).on(CpuId(0)));
             keep(&r);
             let ok = matches!(r, Ok(_) | Err(AllocError::Reentrant { .. }));
             (format!("{r:?}"), ok)
@@ -208,7 +208,7 @@ fn call_back(a: &A, call: Call, pfn: Pfn, held: &Mutex<Vec<(Pfn, u32)>>) -> (Str
             (format!("{r:?}"), r.is_ok())
         }
         Call::Drain => {
-            let r = (a.drain_all_cpus(), a.drain_cpu(CpuId(0)));
+            let r = (a.drain(None).unwrap_or(0), a.drain(Some(CpuId(0))));
             (format!("{r:?}"), r.1.is_ok())
         }
     }
@@ -272,7 +272,7 @@ fn case(callback: Callback, call: Call, strategy: Strategy, granularity: Granula
     };
     // The DMA zone, all allocated: nothing to fall back on.
     let dma = a
-        .alloc(10, Constraint::Dma, NodeId(0))
+        .alloc(AllocRequest::order(10).within(Constraint::Dma))
         .expect("the DMA chunk");
     b.held.lock().unwrap().push((dma, 10));
     let arm = || b.armed.store(true, SeqCst);
@@ -284,7 +284,7 @@ fn case(callback: Callback, call: Call, strategy: Strategy, granularity: Granula
                 assert_eq!(a.give_back().chunks_given_back, 1);
             }
             arm();
-            let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0));
+            let p = a.alloc(AllocRequest::order(0).on(CpuId(0)));
             if let Ok(p) = p {
                 b.held.lock().unwrap().push((p, 0));
             }
@@ -300,7 +300,7 @@ fn case(callback: Callback, call: Call, strategy: Strategy, granularity: Granula
             arm();
             let flags = AllocFlags::ZEROED;
             let (p, _) = a
-                .alloc_with(Some(CpuId(0)), 0, Constraint::Any, NodeId(0), flags)
+                .alloc_traced(AllocRequest::order(0).on(CpuId(0)).flags(flags))
                 .expect("a zeroed page");
             b.held.lock().unwrap().push((p, 0));
         }
@@ -334,8 +334,8 @@ fn check_invariants(a: &A, what: &str) {
         a.free(p)
             .unwrap_or_else(|e| panic!("{what}: free {p}: {e}"));
     }
-    a.drain_all_cpus();
-    for z in a.zone_stats() {
+    a.drain(None).unwrap_or(0);
+    for z in a.zones() {
         assert_eq!(
             z.free + z.uninitialised + z.reserved,
             z.present,
@@ -345,17 +345,17 @@ fn check_invariants(a: &A, what: &str) {
     for pfn in (0..a.layout().end_pfn().0).step_by(1024) {
         let _ = a.page_or_init(Pfn(pfn));
     }
-    assert!(a.is_fully_initialised(), "{what}");
-    let free: u64 = a.zone_stats().map(|z| z.free).sum();
+    assert!(a.stats().fully_initialised, "{what}");
+    let free: u64 = a.zones().map(|z| z.free).sum();
     let mut seen = HashSet::new();
-    while let Ok(p) = a.alloc(0, Constraint::Any, NodeId(0)) {
+    while let Ok(p) = a.alloc(AllocRequest::order(0)) {
         assert!(seen.insert(p), "{what}: {p} handed out twice");
     }
     assert_eq!(seen.len() as u64, free, "{what}");
     for p in seen {
         a.free(p).unwrap();
     }
-    a.drain_all_cpus();
+    a.drain(None).unwrap_or(0);
     assert_eq!(a.unmerged_free_blocks(), 0, "{what}");
 }
 

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::Lent;
 use meminit::{
-    Allocator, BackingError, Config, Constraint, FreeReporter, Granularity, Layout, LayoutBuilder,
-    MemmapBacking, MemmapPiece, NodeId, Page, PageSource, Pfn, Populated, RangeKind, ReportError,
-    SliceBacking, Strategy,
+    AllocRequest, Allocator, BackingError, Config, FreeReporter, Granularity, Layout,
+    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageSource, Pfn, Populated, RangeKind,
+    ReportError, SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -198,7 +198,7 @@ fn wait_on_report(wait: Option<fn()>) -> Vec<(Duration, Duration)> {
             .map(|_| {
                 let a = &a;
                 s.spawn(move || {
-                    let (r, cpu, wall) = measured(|| a.alloc(0, Constraint::Any, NodeId(0)));
+                    let (r, cpu, wall) = measured(|| a.alloc(AllocRequest::order(0)));
                     assert!(r.is_ok(), "{r:?}");
                     (cpu, wall)
                 })
