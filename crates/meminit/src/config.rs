@@ -115,7 +115,15 @@ pub struct Config {
     /// allocator held. `None`: spin (a waiter then burns its CPU for as long as
     /// a populate or a report takes).
     pub wait: Option<fn()>,
+    /// How long memory stays free before [`crate::Allocator::tick`] gives it
+    /// back, at most, in nanoseconds (passes run every half of it; see the
+    /// `tick` docs). Default [`DEFAULT_GIVE_BACK_DELAY_NS`]: one second.
+    pub give_back_delay_ns: u64,
 }
+
+/// The default [`Config::give_back_delay_ns`]: one second (Linux's free page
+/// reporting waits two before it starts).
+pub const DEFAULT_GIVE_BACK_DELAY_NS: u64 = 1_000_000_000;
 
 /// The default [`Config::give_back_reserve`]: four default chunks per zone.
 pub const DEFAULT_GIVE_BACK_RESERVE: u64 = 4 * DEFAULT_CHUNK_SIZE;
@@ -133,6 +141,7 @@ impl Config {
             give_back_reserve: DEFAULT_GIVE_BACK_RESERVE,
             context: None,
             wait: None,
+            give_back_delay_ns: DEFAULT_GIVE_BACK_DELAY_NS,
         }
     }
 

@@ -107,6 +107,9 @@ pub struct ReportStats {
     pub memmap_bytes_released: u64,
     /// Chunks found free but not yet for two passes: marked, to go next time.
     pub chunks_marked: u64,
+    /// Zones whose give-back [`Allocator::tick`] held back: they grew again
+    /// soon after giving chunks back.
+    pub zones_held: u64,
 }
 
 /// A batch of ranges for a reporter.
@@ -207,7 +210,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// Reports `zone`'s unreported free blocks, a batch at a time.
-    fn report_zone(
+    pub(super) fn report_zone(
         &self,
         zone: &Zone<R>,
         reporter: &mut impl FreeReporter,
@@ -248,7 +251,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
 
     /// Gives back `zone`'s chunks that stayed free since the last pass, keeping
     /// the zone's reserve, and marks the newly free ones.
-    fn give_back_zone(
+    pub(super) fn give_back_zone(
         &self,
         zone: &Zone<R>,
         reporter: &mut impl FreeReporter,

@@ -24,7 +24,7 @@ use crate::error::ChunkError;
 use crate::memmap::{LookupError, MemmapBacking};
 use crate::page::{zone_index, Page, PageState, NO_ZONE};
 use crate::section::ChunkState;
-use crate::types::Pfn;
+use crate::types::{NodeId, Pfn};
 use crate::zone::Zone;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
@@ -218,6 +218,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             match self.init_chunk(index, InitCause::Grow) {
                 Ok(Some(_)) => {
                     zone.grow_cursor.store(index + 1, Relaxed);
+                    self.pacing
+                        .grew(zone_index(NodeId(zone.node as u32), zone.kind) as usize);
                     return Ok(true);
                 }
                 Ok(None) => {}

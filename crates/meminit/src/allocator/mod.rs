@@ -17,6 +17,7 @@ mod grow;
 mod request;
 mod start;
 mod stats;
+mod tick;
 
 pub use deferred::{WorkerReport, WORKER_RETRIES};
 pub use giveback::{
@@ -24,6 +25,7 @@ pub use giveback::{
 };
 pub use request::{AllocFlags, AllocPath, AllocRequest, FreeRequest};
 pub use stats::Stats;
+pub use tick::HOLD_DELAYS;
 
 use core::sync::atomic::AtomicUsize;
 
@@ -60,6 +62,8 @@ pub struct Allocator<'a, B, R: RawMutex> {
     pub(crate) cpus: &'a [CpuCache<R>],
     /// The contexts inside a backing call now.
     pub(crate) in_backing: InBacking,
+    /// When [`Allocator::tick`] last ran a pass, and its hysteresis per zone.
+    pub(crate) pacing: tick::Pacing,
 }
 
 /// The number of [`Constraint`]s.

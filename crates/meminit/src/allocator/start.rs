@@ -189,6 +189,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             addr_of_mut!((*this).work).write(array::from_fn(|_| AtomicUsize::new(0)));
             addr_of_mut!((*this).counters).write(InitCounters::new());
             addr_of_mut!((*this).in_backing).write(InBacking::new());
+            addr_of_mut!((*this).pacing).write(super::tick::Pacing::new());
             slot.assume_init_mut()
         };
         if let Err(e) = allocator.boot() {
