@@ -11,10 +11,9 @@
 use core::fmt;
 
 use crate::pci::{self, Bar};
-use crate::virtio::{self, Legacy, QueueError, Virtqueue};
-
-/// Red Hat's (Qumranet's) PCI vendor ID, which virtio devices carry.
-const VIRTIO_VENDOR: u16 = 0x1af4;
+use crate::virtio::legacy::Legacy;
+use crate::virtio::queue::{Buffer, QueueError, Virtqueue};
+use crate::virtio::{self, VENDOR as VIRTIO_VENDOR};
 /// The balloon's device ID on the legacy (and transitional) interface.
 const LEGACY_BALLOON: u16 = 0x1002;
 /// Its ID on a modern-only device (virtio 1.0: 0x1040 + device type 5).
@@ -80,7 +79,7 @@ impl fmt::Display for Error {
 /// A started balloon device, ready to report free memory.
 pub struct Balloon {
     at: pci::Function,
-    queue: Virtqueue,
+    queue: Virtqueue<Legacy>,
     ticks_per_ms: u64,
 }
 
@@ -118,7 +117,7 @@ impl Balloon {
         // takes both when offered, numbers them the same: reporting follows them.
         let index =
             2 + u16::from(offered & F_STATS_VQ != 0) + u16::from(offered & F_FREE_PAGE_HINT != 0);
-        let queue = Virtqueue::new(device, index).map_err(|error| {
+        let queue = device.setup_queue(index).map_err(|error| {
             device.add_status(virtio::STATUS_FAILED);
             Error::Queue { at, error }
         })?;
@@ -172,13 +171,21 @@ impl Balloon {
     fn send(&mut self, chain: &[(u64, u32)]) -> Result<(), Error> {
         // The host takes reported pages as device-writable buffers (QEMU reads
         // the element's `in_sg`, Linux posts them with `virtqueue_add_inbuf`).
+        let mut buffers = [Buffer {
+            addr: 0,
+            len: 0,
+            device_writes: true,
+        }; 256];
+        for (b, &(addr, len)) in buffers.iter_mut().zip(chain) {
+            (b.addr, b.len) = (addr, len);
+        }
         self.queue
             .post_and_wait(
-                chain,
-                true,
+                &buffers[..chain.len().min(256)],
                 REPORT_TIMEOUT_MS * self.ticks_per_ms,
                 self.ticks_per_ms,
             )
+            .map(|_| ())
             .map_err(|error| Error::Queue { at: self.at, error })
     }
 }

@@ -1,5 +1,5 @@
 //! The kernel command line: `meminit=`, `trace_buf_size=`, `crashkernel=`,
-//! `workload=`, `hold=`, `memmap=` and `accept=`. Options a monitor or a Linux-minded user passes by
+//! `workload=`, `hold=`, `memmap=`, `accept=` and `virtio_mem=`. Options a monitor or a Linux-minded user passes by
 //! habit (`console=ttyS0`, `quiet`, `loglevel=7`, ...) are ignored and noted;
 //! anything else is an error that names the option.
 
@@ -36,6 +36,19 @@ pub struct Options<'a> {
     pub memmap: Granularity,
     /// `accept=zero|off`: zero each chunk before its first use (default: off).
     pub accept_zero: bool,
+    /// `virtio_mem=auto|on|off`: drive a virtio-mem device (default: auto).
+    pub virtio_mem: VirtioMemMode,
+}
+
+/// Whether to drive a virtio-mem device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VirtioMemMode {
+    /// Drive one if PCI has one (`1af4:1058`); say nothing otherwise.
+    Auto,
+    /// Drive one, and fail if there is none.
+    On,
+    /// Leave any alone.
+    Off,
 }
 
 /// Options of Linux's (or of a monitor's default command line) that mean nothing
@@ -96,6 +109,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
         crash_offset_ignored: false,
         memmap: Granularity::Section,
         accept_zero: false,
+        virtio_mem: VirtioMemMode::Auto,
     };
     for option in cmdline.split_ascii_whitespace() {
         let bad = |why| BadOption { option, why };
@@ -141,6 +155,14 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
                     _ => return Err(bad("expected zero or off")),
                 }
             }
+            "virtio_mem" => {
+                o.virtio_mem = match value {
+                    "auto" => VirtioMemMode::Auto,
+                    "on" => VirtioMemMode::On,
+                    "off" => VirtioMemMode::Off,
+                    _ => return Err(bad("expected auto, on or off")),
+                }
+            }
             "hold" => {
                 o.hold = match value {
                     "serial" => true,
@@ -156,7 +178,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
             }
             _ => {
                 return Err(bad(
-                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, memmap, accept, and Linux's console, quiet, loglevel, ... which are ignored)",
+                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, memmap, accept, virtio_mem, and Linux's console, quiet, loglevel, ... which are ignored)",
                 ))
             }
         }

@@ -15,7 +15,9 @@ mod balloon;
 mod boot;
 mod cmdline;
 mod free_report;
+mod mem_hotplug;
 mod memory;
+mod mmio;
 mod paging;
 mod pci;
 mod port;
@@ -27,9 +29,11 @@ mod spike;
 mod traps;
 mod tsc;
 mod virtio;
+mod virtio_mem;
 
 use core::cell::Cell;
 
+use mem_hotplug::{MemHotplug, Recorder};
 use meminit::{
     AllocPath, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest, NodeId,
     Pfn, SectionSlot, Strategy,
@@ -239,6 +243,13 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     }
     let full_init = allocator.stats().fully_initialised.then(|| tsc::now() - t0);
 
+    // Hot-plugged memory, once the memory present at boot is up.
+    let mut recorder = Recorder::default();
+    let mut hotplug = start_hotplug(options.virtio_mem, tsc_hz, layout, &mut recorder);
+    if hotplug.as_ref().is_some_and(|h| h.is_err()) {
+        failures.set(failures.get() + 1);
+    }
+
     let nodes = layout.node_count();
     let mut progress = Progress::new(tsc_hz, options.workload);
     let mut spike = None;
@@ -377,8 +388,41 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     if options.hold {
         // Whoever runs the guest measures it now, at rest, and then sends a byte.
         println!("MEMINIT-HOLD waiting for a byte on the serial line (at most 60 s)");
-        if !Serial::wait_for_byte(tsc_hz.saturating_mul(60)) {
+        // Meanwhile the host may resize the virtio-mem: look every 10 ms.
+        let mut next_poll = 0;
+        let came = Serial::wait_for_byte_while(tsc_hz.saturating_mul(60), || {
+            let Some(Ok(h)) = &mut hotplug else { return };
+            if tsc::now() < next_poll {
+                return;
+            }
+            next_poll = tsc::now() + tsc_hz / 100;
+            if let Err(e) = h.poll(&mut recorder) {
+                println!("virtio-mem: error: {e}");
+                failures.set(failures.get() + 1);
+                hotplug = None;
+            }
+        });
+        if !came {
             println!("meminit guest: no byte came in 60 s; powering off");
+        }
+    }
+    if let Some(Ok(h)) = &hotplug {
+        let c = h.config();
+        println!(
+            "virtio-mem: done: requested {} plugged {} bytes; {} requests; {} bytes plugged and {} unplugged in all; hooks: {} on_plugged ({} bytes), {} may_unplug ({} bytes), {} bad",
+            c.requested_size,
+            c.plugged_size,
+            h.requests,
+            h.plugged_bytes,
+            h.unplugged_bytes,
+            recorder.plugged_calls,
+            recorder.plugged_bytes,
+            recorder.unplug_calls,
+            recorder.released_bytes,
+            recorder.bad_ranges
+        );
+        if recorder.bad_ranges > 0 || h.state_mismatches > 0 {
+            failures.set(failures.get() + 1);
         }
     }
     // A spike whose report failed, or that the host did not discard, fails too.
@@ -388,6 +432,50 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     } else {
         ExitCode::Failure
     })
+}
+
+/// Finds and starts the virtio-mem device as `mode` says, and plugs it up to the
+/// requested size, handing what is plugged to `hooks`. `None`: not asked for,
+/// or (under `auto`) not there; an error is printed.
+fn start_hotplug(
+    mode: cmdline::VirtioMemMode,
+    tsc_hz: u64,
+    layout: &meminit::Layout,
+    hooks: &mut Recorder,
+) -> Option<Result<MemHotplug, virtio_mem::Error>> {
+    use cmdline::VirtioMemMode;
+    if mode == VirtioMemMode::Off {
+        return None;
+    }
+    let result = match virtio_mem::VirtioMem::find() {
+        None if mode == VirtioMemMode::Auto => return None,
+        None => Err(virtio_mem::Error::NoDevice),
+        Some(at) => virtio_mem::VirtioMem::start(at, tsc_hz).and_then(|device| {
+            let c = device.config();
+            let bad = |why, value| Err(virtio_mem::Error::BadConfig { at, why, value });
+            // The hooks reach the region through the identity map.
+            if c.addr + c.region_size > paging::MAX_MEMORY {
+                return bad(
+                    "the region ends above the memory this guest maps",
+                    c.addr + c.region_size,
+                );
+            }
+            // Memory present at boot is the allocator's already.
+            let region = Pfn(c.addr / 4096)..Pfn((c.addr + c.region_size) / 4096);
+            if let Some(run) = layout.present_runs(region).next() {
+                return bad(
+                    "the region overlaps memory of the boot memory map",
+                    run.start.addr(),
+                );
+            }
+            let unit_bytes = layout.section_pages() * 4096;
+            MemHotplug::start(device, unit_bytes, tsc_hz, hooks)
+        }),
+    };
+    if let Err(e) = &result {
+        println!("virtio-mem: error: {e}");
+    }
+    Some(result)
 }
 
 /// Writes a boot allocation as Linux does, so that it costs the host what it costs

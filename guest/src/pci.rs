@@ -1,5 +1,6 @@
 //! PCI configuration space through the legacy configuration ports (`0xCF8`
-//! address, `0xCFC` data), and the enumeration that finds a device by its IDs.
+//! address, `0xCFC` data), the enumeration that finds a device by its IDs, and
+//! the walk of a function's capability list.
 //!
 //! It owns those two ports and nothing else: it reads and writes configuration
 //! registers, never a device's own registers (that is its driver's), and assigns no
@@ -28,9 +29,14 @@ impl fmt::Display for Function {
 
 /// The configuration-space offset of the command register.
 const COMMAND: u8 = 0x04;
-/// Command bits: I/O space, bus master.
+/// Command bits: I/O space, memory space, bus master.
 pub const COMMAND_IO: u16 = 1 << 0;
+pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+/// Status bit: the function has a capability list.
+const STATUS_CAPABILITIES: u32 = 1 << 4;
+/// The configuration-space offset of the capability list's head.
+const CAPABILITIES_POINTER: u8 = 0x34;
 
 /// A BAR, as read from configuration space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +83,11 @@ impl Function {
         }
     }
 
+    /// The byte of configuration space at `offset`.
+    pub fn read8(self, offset: u8) -> u8 {
+        (self.read32(offset) >> (8 * (offset & 3))) as u8
+    }
+
     /// Vendor and device ID; `None` when no function answers here.
     pub fn ids(self) -> Option<(u16, u16)> {
         let v = self.read32(0);
@@ -115,8 +126,46 @@ impl Function {
         self.write32(COMMAND, (v & 0xffff) | bits as u32);
     }
 
+    /// The function's capabilities, as `(ID, configuration-space offset)`, in
+    /// list order (at most 48: a list that loops ends there).
+    pub fn capabilities(self) -> Capabilities {
+        let next = if self.read32(COMMAND) >> 16 & STATUS_CAPABILITIES != 0 {
+            self.read8(CAPABILITIES_POINTER) & 0xfc
+        } else {
+            0
+        };
+        Capabilities {
+            function: self,
+            next,
+            left: 48,
+        }
+    }
+
     fn is_multifunction(self) -> bool {
         (self.read32(0x0c) >> 16) & 0x80 != 0
+    }
+}
+
+/// An iterator over a function's capability list ([`Function::capabilities`]).
+pub struct Capabilities {
+    function: Function,
+    next: u8,
+    left: u8,
+}
+
+impl Iterator for Capabilities {
+    type Item = (u8, u8);
+
+    fn next(&mut self) -> Option<(u8, u8)> {
+        // Capabilities live above the standard header (0x40 and up).
+        if self.next < 0x40 || self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let at = self.next;
+        let head = self.function.read32(at);
+        self.next = (head >> 8) as u8 & 0xfc;
+        Some((head as u8, at))
     }
 }
 

@@ -120,16 +120,23 @@ impl Serial {
     /// Waits for a byte on the serial line for at most `ticks` of the TSC;
     /// whether one came.
     pub fn wait_for_byte(ticks: u64) -> bool {
+        Serial::wait_for_byte_while(ticks, || {})
+    }
+
+    /// Waits for a byte on the serial line for at most `ticks` of the TSC,
+    /// calling `idle` between looks; whether one came.
+    pub fn wait_for_byte_while(ticks: u64, mut idle: impl FnMut()) -> bool {
         let start = crate::tsc::now();
-        // SAFETY: COM1's line status and data registers.
-        unsafe {
-            while crate::tsc::now() - start < ticks {
+        while crate::tsc::now() - start < ticks {
+            // SAFETY: COM1's line status and data registers.
+            unsafe {
                 if inb(COM1 + 5) & 1 != 0 {
                     let _ = inb(COM1);
                     return true;
                 }
-                core::hint::spin_loop();
             }
+            idle();
+            core::hint::spin_loop();
         }
         false
     }

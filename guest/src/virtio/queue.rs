@@ -1,33 +1,18 @@
-//! Virtio over PCI's legacy interface (the device's I/O BAR), and one split
-//! virtqueue in the memory this module owns.
+//! The split virtqueue (virtio 1.2, 2.7), independent of the transport.
 //!
-//! It owns the device's legacy registers (status, features, queue set-up and
-//! notification) and the virtqueue's descriptor table and rings: a single static,
-//! page-aligned area inside the kernel image, whose virtual address is its physical
-//! address (the image is identity-mapped), so the device reads it where the guest
-//! wrote it. It knows nothing of what a device does with a buffer (that is the
-//! device driver's, `balloon`), and it never touches memory a buffer points at.
-//! One request is in flight at a time: a chain is posted, then waited for.
+//! It owns the queues' memory: a few static, page-aligned areas inside the kernel
+//! image, each taken once by one queue, whose virtual address is their physical
+//! address (the image is identity-mapped), so a device reads the rings where the
+//! guest wrote them. The rings are laid out as the legacy interface wants them
+//! (descriptors, avail ring, then the used ring on the next 4 KiB), which also
+//! meets the modern interface's alignments, so either transport can hand the
+//! device their addresses. It tells the device about new buffers through the
+//! transport's [`Notify`], and never programs a device's registers itself; it
+//! never touches the memory a buffer points at. One request is in flight at a
+//! time: a chain is posted, then waited for (by polling: no interrupts).
 
 use core::fmt;
 use core::sync::atomic::{fence, Ordering};
-
-use crate::port::{inb, inl, inw, outb, outl, outw};
-
-/// Legacy register offsets in the I/O BAR (virtio 1.2, 4.1.4.8).
-const HOST_FEATURES: u16 = 0x00;
-const GUEST_FEATURES: u16 = 0x04;
-const QUEUE_PFN: u16 = 0x08;
-const QUEUE_SIZE: u16 = 0x0c;
-const QUEUE_SELECT: u16 = 0x0e;
-const QUEUE_NOTIFY: u16 = 0x10;
-const DEVICE_STATUS: u16 = 0x12;
-
-/// Device status bits.
-pub const STATUS_ACKNOWLEDGE: u8 = 1;
-pub const STATUS_DRIVER: u8 = 2;
-pub const STATUS_DRIVER_OK: u8 = 4;
-pub const STATUS_FAILED: u8 = 0x80;
 
 /// Descriptor flags.
 const DESC_F_NEXT: u16 = 1;
@@ -35,19 +20,24 @@ const DESC_F_WRITE: u16 = 2;
 /// Avail-ring flag: the driver polls and wants no interrupt.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
-/// The legacy interface's queue alignment (the used ring starts on it).
-const QUEUE_ALIGN: usize = 4096;
+/// The used ring's alignment in this layout (the legacy interface's).
+const USED_ALIGN: usize = 4096;
 /// Room for one virtqueue: a queue of up to 256 entries fits.
 const QUEUE_BYTES: usize = 4 * 4096;
+/// The largest queue this memory holds: a modern device's larger queues are
+/// shrunk to it, a legacy device's (whose size is fixed) are refused.
+pub const MAX_QUEUE_SIZE: u16 = 256;
+/// Queues this guest can set up in all (one per driver: balloon, virtio-mem).
+const QUEUES: usize = 2;
 
-/// Why the virtqueue could not be used.
+/// Why a virtqueue could not be set up or used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueError {
     /// The device has no queue at this index (its size reads 0).
     Missing { index: u16 },
     /// The device's queue is larger than the memory set aside for one.
     TooLarge { index: u16, size: u16 },
-    /// The queue's memory is already in use by another virtqueue.
+    /// Every queue memory area is already in use by another virtqueue.
     InUse,
     /// A request had more buffers than the queue has descriptors, or none.
     BadChain { buffers: usize, size: u16 },
@@ -55,6 +45,9 @@ pub enum QueueError {
     Timeout { index: u16, waited_ms: u64 },
     /// The device returned a descriptor that was not the one posted.
     WrongId { expected: u16, got: u32 },
+    /// An earlier request timed out and may still be in the device's hands: its
+    /// descriptors cannot be reused, so the queue takes no more.
+    Stuck { index: u16 },
 }
 
 impl fmt::Display for QueueError {
@@ -67,7 +60,10 @@ impl fmt::Display for QueueError {
                 f,
                 "virtqueue {index} has {size} entries, more than the {QUEUE_BYTES} bytes set aside hold"
             ),
-            QueueError::InUse => f.write_str("the virtqueue's memory is already in use"),
+            QueueError::InUse => write!(
+                f,
+                "all {QUEUES} virtqueue memory areas are in use (one per driver)"
+            ),
             QueueError::BadChain { buffers, size } => write!(
                 f,
                 "a request of {buffers} buffers does not fit a virtqueue of {size} descriptors"
@@ -80,77 +76,43 @@ impl fmt::Display for QueueError {
                 f,
                 "the device returned descriptor {got}, but {expected} was posted"
             ),
+            QueueError::Stuck { index } => write!(
+                f,
+                "virtqueue {index} takes no more requests: an earlier one timed out and may still be in flight"
+            ),
         }
     }
 }
 
-/// A device's legacy virtio registers, at I/O port `base`.
-#[derive(Clone, Copy, Debug)]
-pub struct Legacy {
-    base: u16,
+/// How a transport tells its device that a queue has new buffers.
+pub trait Notify {
+    /// Notifies the device that virtqueue `index` has new available buffers.
+    fn notify(&self, index: u16);
 }
 
-impl Legacy {
-    /// The registers of the device whose I/O BAR starts at `base`.
-    ///
-    /// # Safety
-    ///
-    /// `base` is the I/O BAR of a legacy (or transitional) virtio PCI device with
-    /// I/O decoding enabled, and this driver alone drives it.
-    pub unsafe fn new(base: u16) -> Legacy {
-        Legacy { base }
-    }
+/// One buffer of a request: guest-physical address, length, and whether the
+/// device writes it (a response) or reads it (a request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buffer {
+    pub addr: u64,
+    pub len: u32,
+    pub device_writes: bool,
+}
 
-    /// Resets the device (status 0): it forgets features and queues.
-    pub fn reset(&self) {
-        // SAFETY: our device's status register (`new`'s contract).
-        unsafe { outb(self.base + DEVICE_STATUS, 0) };
-    }
-
-    /// The device status.
-    pub fn status(&self) -> u8 {
-        // SAFETY: our device's status register.
-        unsafe { inb(self.base + DEVICE_STATUS) }
-    }
-
-    /// Adds `bits` to the device status.
-    pub fn add_status(&self, bits: u8) {
-        let s = self.status();
-        // SAFETY: our device's status register.
-        unsafe { outb(self.base + DEVICE_STATUS, s | bits) };
-    }
-
-    /// The features the device offers (the legacy interface has 32 bits of them).
-    pub fn host_features(&self) -> u32 {
-        // SAFETY: our device's feature register.
-        unsafe { inl(self.base + HOST_FEATURES) }
-    }
-
-    /// Tells the device which of its features the driver takes.
-    pub fn set_guest_features(&self, features: u32) {
-        // SAFETY: our device's feature register.
-        unsafe { outl(self.base + GUEST_FEATURES, features) };
-    }
-
-    fn queue_size(&self, index: u16) -> u16 {
-        // SAFETY: our device's queue registers; the select applies to the next read.
-        unsafe {
-            outw(self.base + QUEUE_SELECT, index);
-            inw(self.base + QUEUE_SIZE)
-        }
-    }
-
-    fn notify(&self, index: u16) {
-        // SAFETY: our device's notify register: the device looks at the queue.
-        unsafe { outw(self.base + QUEUE_NOTIFY, index) };
-    }
+/// Where the device finds a queue's three parts (guest-physical addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingAddresses {
+    pub descriptors: u64,
+    pub avail: u64,
+    pub used: u64,
 }
 
 #[repr(C, align(4096))]
 struct QueueMemory([u8; QUEUE_BYTES]);
 
-/// The memory of the one virtqueue this guest drives; taken once.
-static QUEUE_MEMORY: spin::Mutex<QueueMemory> = spin::Mutex::new(QueueMemory([0; QUEUE_BYTES]));
+/// The memory of the virtqueues this guest drives; each taken once, for good.
+static QUEUE_MEMORY: [spin::Mutex<QueueMemory>; QUEUES] =
+    [const { spin::Mutex::new(QueueMemory([0; QUEUE_BYTES])) }; QUEUES];
 
 /// One descriptor, as the device reads it.
 #[repr(C)]
@@ -161,10 +123,9 @@ struct Descriptor {
     next: u16,
 }
 
-/// A split virtqueue of the legacy layout: descriptors, then the avail ring, then
-/// (at the next 4 KiB) the used ring, all in [`QUEUE_MEMORY`].
-pub struct Virtqueue {
-    device: Legacy,
+/// A split virtqueue in one of this module's memory areas, notified through `N`.
+pub struct Virtqueue<N: Notify> {
+    notify: N,
     index: u16,
     size: u16,
     /// The queue memory (identity-mapped: its address is its physical address).
@@ -174,49 +135,61 @@ pub struct Virtqueue {
     avail_idx: u16,
     /// The used ring's index up to which the driver has consumed.
     used_idx: u16,
+    /// A request timed out: the device may still own its descriptors.
+    stuck: bool,
 }
 
-impl Virtqueue {
-    /// Sets up virtqueue `index` of `device` in this module's queue memory (once;
-    /// a second call is refused with `InUse`).
-    pub fn new(device: Legacy, index: u16) -> Result<Virtqueue, QueueError> {
-        let size = device.queue_size(index);
+impl<N: Notify> Virtqueue<N> {
+    /// Lays out virtqueue `index` of `size` entries in a free memory area, zeroed,
+    /// with interrupts suppressed. The transport then hands the device
+    /// [`Virtqueue::addresses`] and enables the queue. The area stays taken even
+    /// if the transport then fails (a driver sets up its queues once).
+    pub fn new(notify: N, index: u16, size: u16) -> Result<Virtqueue<N>, QueueError> {
         if size == 0 {
             return Err(QueueError::Missing { index });
         }
         let n = size as usize;
-        let used_offset = (16 * n + 6 + 2 * n).next_multiple_of(QUEUE_ALIGN);
-        if used_offset + 6 + 8 * n > QUEUE_BYTES {
+        let used_offset = (16 * n + 6 + 2 * n).next_multiple_of(USED_ALIGN);
+        if size > MAX_QUEUE_SIZE || used_offset + 6 + 8 * n > QUEUE_BYTES {
             return Err(QueueError::TooLarge { index, size });
         }
-        let memory = spin::MutexGuard::leak(QUEUE_MEMORY.try_lock().ok_or(QueueError::InUse)?);
+        let guard = QUEUE_MEMORY
+            .iter()
+            .find_map(|m| m.try_lock())
+            .ok_or(QueueError::InUse)?;
+        let memory = spin::MutexGuard::leak(guard);
         memory.0.fill(0);
         let base = memory.0.as_mut_ptr();
         // SAFETY: the avail ring's flags lie inside the queue memory, which this
-        // queue owns from here on (the guard is leaked).
+        // queue owns from here on (the guard is leaked); no device knows it yet.
         unsafe {
             base.add(16 * n)
                 .cast::<u16>()
                 .write_volatile(AVAIL_F_NO_INTERRUPT)
         };
-        // The device reads the rings from the page number written; the memory is
-        // identity-mapped, so that is its physical page.
-        let pfn = (base as u64) >> 12;
-        // SAFETY: our device's queue registers (`Legacy::new`'s contract); the
-        // queue memory is ours, zeroed, and stays put for good.
-        unsafe {
-            outw(device.base + QUEUE_SELECT, index);
-            outl(device.base + QUEUE_PFN, pfn as u32);
-        }
         Ok(Virtqueue {
-            device,
+            notify,
             index,
             size,
             base,
             used_offset,
             avail_idx: 0,
             used_idx: 0,
+            stuck: false,
         })
+    }
+
+    /// The guest-physical addresses of the descriptor table, the avail ring and
+    /// the used ring (the legacy interface takes the first, as a page number, and
+    /// finds the others from it).
+    pub fn addresses(&self) -> RingAddresses {
+        // Identity-mapped: the address is the physical address.
+        let base = self.base as u64;
+        RingAddresses {
+            descriptors: base,
+            avail: base + 16 * self.size as u64,
+            used: base + self.used_offset as u64,
+        }
     }
 
     /// Descriptors in the queue: the most buffers one request may have.
@@ -224,18 +197,25 @@ impl Virtqueue {
         self.size
     }
 
-    /// Posts `buffers` (`(physical address, bytes)`) as one chain, device-writable
-    /// if `writable`, notifies the device, and waits until it has returned the
-    /// chain or `timeout_ticks` of the TSC have passed (`ticks_per_ms` to say how
-    /// long that was).
+    /// Posts `chain` as one request, notifies the device, and waits until it has
+    /// returned the request or `timeout_ticks` of the TSC have passed
+    /// (`ticks_per_ms` to say how long that was). Returns the bytes the device
+    /// says it wrote into the chain's device-writable buffers.
+    ///
+    /// The buffers must stay put, and device-writable ones untouched by the
+    /// guest, until this returns; a buffer's memory is the caller's business.
+    /// After a timeout the queue refuses every later request
+    /// ([`QueueError::Stuck`]): the device may still be working on the last one.
     pub fn post_and_wait(
         &mut self,
-        buffers: &[(u64, u32)],
-        writable: bool,
+        chain: &[Buffer],
         timeout_ticks: u64,
         ticks_per_ms: u64,
-    ) -> Result<(), QueueError> {
-        let n = buffers.len();
+    ) -> Result<u32, QueueError> {
+        if self.stuck {
+            return Err(QueueError::Stuck { index: self.index });
+        }
+        let n = chain.len();
         if n == 0 || n > self.size as usize {
             return Err(QueueError::BadChain {
                 buffers: n,
@@ -244,8 +224,8 @@ impl Virtqueue {
         }
         let size = self.size as usize;
         let descriptors = self.base.cast::<Descriptor>();
-        for (i, &(addr, len)) in buffers.iter().enumerate() {
-            let mut flags = if writable { DESC_F_WRITE } else { 0 };
+        for (i, b) in chain.iter().enumerate() {
+            let mut flags = if b.device_writes { DESC_F_WRITE } else { 0 };
             if i + 1 < n {
                 flags |= DESC_F_NEXT;
             }
@@ -254,8 +234,8 @@ impl Virtqueue {
             // the previous request was returned, so it reads none now.
             unsafe {
                 descriptors.add(i).write_volatile(Descriptor {
-                    addr,
-                    len,
+                    addr: b.addr,
+                    len: b.len,
                     flags,
                     next: if i + 1 < n { i as u16 + 1 } else { 0 },
                 })
@@ -277,9 +257,10 @@ impl Virtqueue {
         // SAFETY: the avail ring's idx, in our queue memory.
         unsafe { avail.add(1).write_volatile(self.avail_idx) };
         // SeqCst: the index is visible before the notify that makes the device
-        // look (a store then a port write; pairs with the device's read on notify).
+        // look (a store then a port or MMIO write; pairs with the device's read
+        // on notify).
         fence(Ordering::SeqCst);
-        self.device.notify(self.index);
+        self.notify.notify(self.index);
 
         let used = self.base.wrapping_add(self.used_offset).cast::<u16>();
         let start = crate::tsc::now();
@@ -289,12 +270,15 @@ impl Virtqueue {
             let idx = unsafe { used.add(1).read_volatile() };
             if idx != self.used_idx {
                 // Acquire: pairs with the device's write of used->idx after the
-                // element; the element is read after the index.
+                // element (and after the data it wrote into the buffers); both
+                // are read after the index.
                 fence(Ordering::Acquire);
                 let slot = self.used_idx as usize % size;
-                // SAFETY: used-ring element `slot < size` (8 bytes each, after
+                let element = used.wrapping_add(2).cast::<u32>().wrapping_add(2 * slot);
+                // SAFETY: used-ring element `slot < size` (8 bytes: id, len; after
                 // flags and idx) lies in our queue memory.
-                let id = unsafe { used.add(2).cast::<u32>().add(2 * slot).read_volatile() };
+                let (id, len) =
+                    unsafe { (element.read_volatile(), element.add(1).read_volatile()) };
                 self.used_idx = self.used_idx.wrapping_add(1);
                 if id != 0 {
                     return Err(QueueError::WrongId {
@@ -302,10 +286,11 @@ impl Virtqueue {
                         got: id,
                     });
                 }
-                return Ok(());
+                return Ok(len);
             }
             let waited = crate::tsc::now() - start;
             if waited > timeout_ticks {
+                self.stuck = true;
                 return Err(QueueError::Timeout {
                     index: self.index,
                     waited_ms: waited / ticks_per_ms.max(1),
