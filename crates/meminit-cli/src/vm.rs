@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use meminit_boot::{check_bounds, BootParams};
 use meminit_host::sim::Workload;
 use meminit_host::size;
-use meminit_host::vm::{self, Accel, Finish, PeerOptions, VmRun, VmShape, GUEST_SUCCESS};
+use meminit_vm::{self as vm, Accel, Finish, PeerOptions, VmRun, VmShape, GUEST_SUCCESS};
 use serde::Serialize;
 use serde_json::Value;
 

@@ -10,6 +10,9 @@
 //! load spike after which memory (and memmap) should go back to the host.
 //!
 //! Unsafe code lives in [`region`] (system calls) and in the backing's `unsafe impl`.
+//!
+//! It knows nothing of QEMU: guests under QEMU are the `meminit-vm` crate's, which
+//! depends on this one (for [`dmesg`]), never the other way round.
 
 pub mod backing;
 pub mod dmesg;
@@ -20,7 +23,6 @@ pub mod sim;
 pub mod size;
 mod smp;
 pub mod spike;
-pub mod vm;
 
 pub use backing::HostBacking;
 pub use machine::{Machine, MachineError};
