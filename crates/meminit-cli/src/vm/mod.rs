@@ -1,7 +1,10 @@
 //! `meminit vm`: the guest kernel (and Linux) under QEMU, measured from outside.
+//!
+//! This module owns `vm`'s command line, its checks, and the order of the
+//! boots; running and measuring QEMU is the `meminit-vm` crate's, the figures
+//! kept of each run `figures`', the table `table`'s.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,11 +13,16 @@ use clap::{Args, ValueEnum};
 use meminit_boot::{check_bounds, BootParams};
 use meminit_host::sim::Workload;
 use meminit_host::size;
-use meminit_vm::{self as vm, Accel, Finish, PeerOptions, VmRun, VmShape, GUEST_SUCCESS};
-use serde::Serialize;
+use meminit_vm::{self as vm, Accel, Finish, PeerOptions, VmShape, GUEST_SUCCESS};
 use serde_json::Value;
 
-use crate::{format_ns, StrategyArg};
+use crate::args::StrategyArg;
+
+mod figures;
+mod table;
+
+use figures::{column, Column, Sample, VmReport};
+use table::print_table;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum AccelArg {
@@ -42,7 +50,7 @@ pub(crate) const MAX_RUNS: u32 = 100;
 #[derive(Args)]
 pub struct VmArgs {
     /// Guest memory.
-    #[arg(long, default_value = "2G", value_parser = crate::parse_size)]
+    #[arg(long, default_value = "2G", value_parser = crate::args::parse_size)]
     memory: u64,
     /// vCPUs.
     #[arg(long, default_value_t = 1)]
@@ -65,16 +73,16 @@ pub struct VmArgs {
     accel: AccelArg,
     /// The guest's `trace_buf_size=` (given to Linux too, with `ftrace=nop` so
     /// that Linux allocates it at boot as well).
-    #[arg(long, value_parser = crate::parse_size)]
+    #[arg(long, value_parser = crate::args::parse_size)]
     trace_buf_size: Option<u64>,
     /// The guest's `crashkernel=` (given to Linux too).
-    #[arg(long, value_parser = crate::parse_size)]
+    #[arg(long, value_parser = crate::args::parse_size)]
     crashkernel: Option<u64>,
     /// The guest's `workload=`: `idle`, `container[:SIZE]`, `random[:OPS]`, or
     /// `spike[:SIZE]` (SIZE written, freed and reported to the host; QEMU's memory
     /// is measured after boot, at the peak and after the release; Linux runs it
     /// too, from the initramfs scripts/setup --vm builds).
-    #[arg(long, default_value = "idle", value_parser = crate::parse_workload)]
+    #[arg(long, default_value = "idle", value_parser = crate::args::parse_workload)]
     workload: Workload,
     /// Leave the virtio-balloon device (free page reporting) off the QEMU command
     /// line, for meminit and Linux alike.
@@ -107,149 +115,6 @@ pub struct VmArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// One boot of one guest.
-#[derive(Serialize)]
-struct Sample {
-    #[serde(flatten)]
-    host: VmRun,
-    /// What the guest printed (meminit: its JSON line; Linux: its console figures).
-    guest: Value,
-    ok: bool,
-    /// Why the guest did not succeed, from its console; absent when it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    failure: Option<String>,
-}
-
-/// Minimum, median and maximum of one figure over the runs.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub(crate) struct Spread {
-    pub(crate) min: f64,
-    pub(crate) median: f64,
-    pub(crate) max: f64,
-    pub(crate) n: usize,
-}
-
-impl Spread {
-    pub(crate) fn of(mut values: Vec<f64>) -> Option<Spread> {
-        if values.is_empty() {
-            return None;
-        }
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        let median = if n % 2 == 1 {
-            values[n / 2]
-        } else {
-            (values[n / 2 - 1] + values[n / 2]) / 2.0
-        };
-        Some(Spread {
-            min: values[0],
-            median,
-            max: values[n - 1],
-            n,
-        })
-    }
-}
-
-/// One column of the table: a meminit strategy or the peer, over its runs.
-#[derive(Serialize)]
-struct Column {
-    name: String,
-    /// The first run's figures, flattened; `samples` holds every run and `spread`
-    /// the minimum, median and maximum of each figure over them.
-    #[serde(flatten)]
-    first: Sample,
-    samples: Vec<Sample>,
-    spread: BTreeMap<&'static str, Spread>,
-    /// Whether every run succeeded.
-    all_ok: bool,
-}
-
-#[derive(Serialize)]
-struct VmReport {
-    memory_bytes: u64,
-    cpus: u32,
-    nodes: u32,
-    accel: Accel,
-    accel_reason: String,
-    runs_each: u32,
-    /// The guests' workload (`spike:BYTES` for a spike).
-    workload: String,
-    /// Whether the balloon device (free page reporting) was on QEMU's command line.
-    balloon: bool,
-    /// Which figure the memory comparison is about.
-    memory_compared: &'static str,
-    /// What Linux was and was not given of the meminit guests' options.
-    linux_notes: Vec<String>,
-    runs: Vec<Column>,
-}
-
-/// The figures whose spread is reported: name, and how to read it from a sample.
-type Metric = (&'static str, fn(&Sample) -> Option<f64>);
-
-const METRICS: [Metric; 19] = [
-    ("qemu_rss_boot_bytes", |s| {
-        s.host.qemu_rss_boot_bytes.map(|b| b as f64)
-    }),
-    ("qemu_rss_peak_bytes", |s| {
-        s.host.qemu_rss_peak_bytes.map(|b| b as f64)
-    }),
-    ("qemu_rss_after_release_bytes", |s| {
-        s.host.qemu_rss_after_release_bytes.map(|b| b as f64)
-    }),
-    ("reported_bytes", |s| s.guest["reported_bytes"].as_f64()),
-    ("guest_ram_rss_bytes", |s| {
-        Some(s.host.guest_ram_rss_bytes as f64)
-    }),
-    ("qemu_own_rss_bytes", |s| {
-        Some(s.host.qemu_own_rss_bytes as f64)
-    }),
-    ("qemu_rss_bytes", |s| Some(s.host.qemu_rss_bytes as f64)),
-    ("qemu_peak_rss_bytes", |s| {
-        Some(s.host.qemu_peak_rss_bytes as f64)
-    }),
-    ("wall_ns", |s| Some(s.host.wall_ns as f64)),
-    ("ready_ns", |s| s.guest["ready_ns"].as_f64()),
-    ("workers_ns", |s| s.guest["workers_ns"].as_f64()),
-    ("boot_allocs_ns", |s| s.guest["boot_allocs_ns"].as_f64()),
-    ("ap_start_ns", |s| s.guest["ap_start_ns"].as_f64()),
-    ("full_init_ns", |s| s.guest["full_init_ns"].as_f64()),
-    ("grow_ns", |s| s.guest["grow_ns"].as_f64()),
-    ("tsc_hz", |s| s.guest["tsc_hz"].as_f64()),
-    ("early_memmap_ns", |s| {
-        s.guest["early_memmap_ms"].as_f64().map(|m| m * 1e6)
-    }),
-    // The slowest node's deferred-init threads: Linux's deferred initialisation
-    // ends when the last of them does.
-    ("deferred_init_ns", |s| {
-        s.guest["deferred_init_ms"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| p[1].as_f64())
-            .reduce(f64::max)
-            .map(|m| m * 1e6)
-    }),
-    ("tsc_khz", |s| s.guest["tsc_khz"].as_f64()),
-];
-
-fn column(name: String, samples: Vec<Sample>) -> Result<Column> {
-    let mut spread = BTreeMap::new();
-    for (metric, read) in METRICS {
-        if let Some(s) = Spread::of(samples.iter().filter_map(read).collect()) {
-            spread.insert(metric, s);
-        }
-    }
-    let all_ok = samples.iter().all(|s| s.ok);
-    let mut samples = samples.into_iter();
-    let first = samples.next().context("a column with no runs")?;
-    Ok(Column {
-        name,
-        first,
-        samples: samples.collect(),
-        spread,
-        all_ok,
-    })
 }
 
 fn repo_dir() -> PathBuf {
@@ -292,66 +157,9 @@ fn check_sizes(args: &VmArgs) -> Result<()> {
 }
 
 pub fn run(args: &VmArgs) -> Result<ExitCode> {
-    if args.cpus == 0 || args.nodes == 0 || u64::from(args.nodes) > u64::from(args.cpus) * 64 {
-        bail!("--cpus and --nodes must be at least 1");
-    }
-    if args.memory < 64 << 20 {
-        bail!("--memory must be at least 64M");
-    }
-    if args.runs == 0 || args.runs > MAX_RUNS {
-        bail!("--runs must be between 1 and {MAX_RUNS}");
-    }
-    if let Some(extra) = &args.append {
-        if let Some(o) = extra
-            .split_ascii_whitespace()
-            .find(|o| o.starts_with("meminit="))
-        {
-            bail!("--append '{o}': choose the strategy with --strategy, so that each column runs what it is labelled");
-        }
-    }
-    check_sizes(args)?;
-    let linux_kernel = match (args.peer, &args.kernel) {
-        (Some(Peer::Linux), Some(k)) => Some(k.clone()),
-        (Some(Peer::Linux), None) => Some(repo_dir().join("target/linux/vmlinuz")),
-        (None, _) => None,
-    };
-    if let Some(kernel) = &linux_kernel {
-        if !kernel.is_file() {
-            bail!(
-                "no Linux kernel at {}: run scripts/setup --vm (it unpacks Debian's package there) or give --kernel",
-                kernel.display()
-            );
-        }
-    }
-    let spike = matches!(args.workload, Workload::Spike { .. });
-    let (initramfs, initramfs_note) = match (&linux_kernel, &args.initramfs) {
-        (None, _) => (None, None),
-        (Some(_), Some(i)) if !spike => bail!(
-            "--initramfs {}: only a spike (--workload spike:SIZE) boots Linux with an initramfs",
-            i.display()
-        ),
-        (Some(_), None) if !spike => (None, None),
-        (Some(_), Some(i)) if !i.is_file() => bail!("--initramfs {}: no such file", i.display()),
-        (Some(_), Some(i)) => (Some(i.clone()), None),
-        (Some(_), None) => {
-            let default = repo_dir().join("target/linux/initramfs.cpio");
-            if default.is_file() {
-                (Some(default), None)
-            } else {
-                let why =
-                    std::fs::read_to_string(repo_dir().join("target/linux/initramfs.missing"))
-                        .unwrap_or_else(|_| "scripts/setup --vm has not built it".into());
-                (
-                    None,
-                    Some(format!(
-                        "initramfs: none at {} ({}): Linux runs without it and stops at its root-mount panic",
-                        default.display(),
-                        why.trim()
-                    )),
-                )
-            }
-        }
-    };
+    check_args(args)?;
+    let linux_kernel = linux_kernel(args)?;
+    let (initramfs, initramfs_note) = initramfs(args, linux_kernel.is_some())?;
     let guest = vm::build_guest(&repo_dir().join("guest"))?;
     let (accel, reason) = match args.accel {
         AccelArg::Auto => vm::choose_accel(&guest),
@@ -364,84 +172,21 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
         nodes: args.nodes,
     };
     let ram_kib = vm::guest_ram_kib(&shape);
-    let limit = Duration::from_secs(args.timeout);
+    let boot = Boot {
+        args,
+        shape: &shape,
+        accel,
+        ram_kib: &ram_kib,
+    };
     let strategies: Vec<&str> = match args.strategy {
         Some(StrategyArg::Eager) => vec!["eager"],
         Some(StrategyArg::Deferred) => vec!["deferred"],
         Some(StrategyArg::Ondemand) => vec!["ondemand"],
         None => vec!["eager", "deferred", "ondemand"],
     };
-    let progress = |what: &str| {
-        let what = what.to_string();
-        move |elapsed: Duration, line: &str| {
-            eprintln!("  {what}: {} s so far; last: {line}", elapsed.as_secs())
-        }
-    };
     let mut columns = Vec::new();
     for s in strategies {
-        let mut append = format!("meminit={s} workload={} hold=serial", args.workload);
-        if let Some(t) = args.trace_buf_size {
-            append.push_str(&format!(" trace_buf_size={t}"));
-        }
-        if let Some(c) = args.crashkernel {
-            append.push_str(&format!(" crashkernel={c}"));
-        }
-        if let GuestGranularity::Chunk = args.memmap_granularity {
-            append.push_str(" memmap=chunk");
-        }
-        if args.accept_memory {
-            append.push_str(" accept=zero");
-        }
-        if let Some(extra) = &args.append {
-            append.push(' ');
-            append.push_str(extra);
-        }
-        let mut qemu_args = vm::qemu_args(&shape, accel, &guest, &append);
-        if !args.no_balloon {
-            qemu_args.extend(vm::balloon_args());
-        }
-        let mut samples = Vec::new();
-        for i in 0..args.runs {
-            if !args.json {
-                eprintln!(
-                    "booting the meminit guest: {} {s} (run {} of {})",
-                    size::format(args.memory),
-                    i + 1,
-                    args.runs
-                );
-            }
-            let run = vm::run_qemu(
-                &vm::Run {
-                    args: &qemu_args,
-                    accel,
-                    ram_kib: &ram_kib,
-                    finish: Finish::Release,
-                    limit,
-                    release_settle: Duration::ZERO,
-                },
-                &progress(s),
-            )?;
-            let json = vm::guest_json(&run.console);
-            let ok = run.exit_status == Some(GUEST_SUCCESS) && json.is_some();
-            let failure = (!ok).then(|| vm::failure_reason(&run.console));
-            if !ok && !args.json {
-                eprintln!(
-                    "the {s} guest did not succeed (exit {:?}); its console:\n{}",
-                    run.exit_status, run.console
-                );
-            }
-            samples.push(Sample {
-                guest: json.unwrap_or(Value::Null),
-                host: run,
-                ok,
-                failure,
-            });
-            if !ok {
-                // A guest that fails once will fail again: say so now.
-                break;
-            }
-        }
-        columns.push(column(s.to_string(), samples)?);
+        columns.push(boot.meminit(&guest, s)?);
     }
     let (linux_append, mut linux_notes) = vm::linux_append(&PeerOptions {
         trace_buf_size: args.trace_buf_size,
@@ -463,67 +208,7 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
             .push("balloon: left off (--no-balloon): Linux reports nothing to the host".into());
     }
     if let Some(kernel) = linux_kernel {
-        let mut qemu_args = vm::qemu_args(&shape, accel, &kernel, &linux_append);
-        if !args.no_balloon {
-            qemu_args.extend(vm::balloon_args());
-        }
-        if let Some(i) = &initramfs {
-            qemu_args.extend(["-initrd".into(), i.display().to_string()]);
-        }
-        let mut samples = Vec::new();
-        for i in 0..args.runs {
-            if !args.json {
-                eprintln!(
-                    "booting Linux: {} (run {} of {})",
-                    kernel.display(),
-                    i + 1,
-                    args.runs
-                );
-            }
-            let run = vm::run_qemu(
-                &vm::Run {
-                    args: &qemu_args,
-                    accel,
-                    ram_kib: &ram_kib,
-                    // With the initramfs, /init waits at its end to be measured;
-                    // without, Linux waits at its root-mount panic.
-                    finish: if initramfs.is_some() {
-                        Finish::Release
-                    } else {
-                        Finish::StopAtPanic
-                    },
-                    limit,
-                    // Linux reports in passes 2 s apart: wait until three in a
-                    // row hand nothing more back.
-                    release_settle: Duration::from_secs(6),
-                },
-                &progress("linux"),
-            )
-            .context("running Linux")?;
-            let linux = vm::parse_linux_console(&run.console);
-            let ok = run.at_rest
-                && if initramfs.is_some() {
-                    // /init ran to its end and, with a spike, was measured at
-                    // each of its markers.
-                    linux.reached_init
-                        && (!spike
-                            || (run.qemu_rss_boot_bytes.is_some()
-                                && run.qemu_rss_peak_bytes.is_some()
-                                && run.qemu_rss_after_release_bytes.is_some()))
-                } else {
-                    linux.reached_rootfs
-                };
-            samples.push(Sample {
-                guest: serde_json::to_value(&linux)?,
-                failure: (!ok).then(|| vm::failure_reason(&run.console)),
-                host: run,
-                ok,
-            });
-            if !ok {
-                break;
-            }
-        }
-        columns.push(column("linux".into(), samples)?);
+        columns.push(boot.linux(&kernel, initramfs.as_deref(), &linux_append)?);
     }
     let report = VmReport {
         memory_bytes: args.memory,
@@ -550,252 +235,251 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
     })
 }
 
-/// `median [min–max]`, or the value alone for one run, formatted by `f`.
-fn spread_cell(c: &Column, metric: &str, f: &dyn Fn(u64) -> String) -> Option<String> {
-    let s = c.spread.get(metric)?;
-    let v = |x: f64| f(x.round() as u64);
-    Some(if s.n <= 1 || s.min == s.max {
-        v(s.median)
-    } else {
-        format!("{} [{}–{}]", v(s.median), v(s.min), v(s.max))
+/// The checks on the command line that need no guest: each option within its
+/// bounds, and none given that could not apply.
+fn check_args(args: &VmArgs) -> Result<()> {
+    if args.cpus == 0 || args.nodes == 0 || u64::from(args.nodes) > u64::from(args.cpus) * 64 {
+        bail!("--cpus and --nodes must be at least 1");
+    }
+    if args.memory < 64 << 20 {
+        bail!("--memory must be at least 64M");
+    }
+    if args.runs == 0 || args.runs > MAX_RUNS {
+        bail!("--runs must be between 1 and {MAX_RUNS}");
+    }
+    if let Some(extra) = &args.append {
+        if let Some(o) = extra
+            .split_ascii_whitespace()
+            .find(|o| o.starts_with("meminit="))
+        {
+            bail!("--append '{o}': choose the strategy with --strategy, so that each column runs what it is labelled");
+        }
+    }
+    if args.peer.is_none() {
+        if let Some(k) = &args.kernel {
+            bail!(
+                "--kernel {}: only the Linux peer boots a kernel of its own; add --peer linux",
+                k.display()
+            );
+        }
+        if let Some(i) = &args.initramfs {
+            bail!(
+                "--initramfs {}: only the Linux peer boots an initramfs; add --peer linux",
+                i.display()
+            );
+        }
+    }
+    check_sizes(args)
+}
+
+/// The Linux peer's kernel, if there is a peer: `--kernel`, or the one
+/// scripts/setup --vm unpacked.
+fn linux_kernel(args: &VmArgs) -> Result<Option<PathBuf>> {
+    let kernel = match (args.peer, &args.kernel) {
+        (Some(Peer::Linux), Some(k)) => k.clone(),
+        (Some(Peer::Linux), None) => repo_dir().join("target/linux/vmlinuz"),
+        (None, _) => return Ok(None),
+    };
+    if !kernel.is_file() {
+        bail!(
+            "no Linux kernel at {}: run scripts/setup --vm (it unpacks Debian's package there) or give --kernel",
+            kernel.display()
+        );
+    }
+    Ok(Some(kernel))
+}
+
+/// The Linux peer's initramfs (only a spike boots one), and a note where the
+/// default one is missing.
+fn initramfs(args: &VmArgs, linux: bool) -> Result<(Option<PathBuf>, Option<String>)> {
+    let spike = matches!(args.workload, Workload::Spike { .. });
+    Ok(match (linux, &args.initramfs) {
+        (false, _) => (None, None),
+        (true, Some(i)) if !spike => bail!(
+            "--initramfs {}: only a spike (--workload spike:SIZE) boots Linux with an initramfs",
+            i.display()
+        ),
+        (true, None) if !spike => (None, None),
+        (true, Some(i)) if !i.is_file() => bail!("--initramfs {}: no such file", i.display()),
+        (true, Some(i)) => (Some(i.clone()), None),
+        (true, None) => {
+            let default = repo_dir().join("target/linux/initramfs.cpio");
+            if default.is_file() {
+                (Some(default), None)
+            } else {
+                let why =
+                    std::fs::read_to_string(repo_dir().join("target/linux/initramfs.missing"))
+                        .unwrap_or_else(|_| "scripts/setup --vm has not built it".into());
+                (
+                    None,
+                    Some(format!(
+                        "initramfs: none at {} ({}): Linux runs without it and stops at its root-mount panic",
+                        default.display(),
+                        why.trim()
+                    )),
+                )
+            }
+        }
     })
 }
 
-/// Whether the column is the Linux peer's.
-fn is_linux(c: &Column) -> bool {
-    c.name == "linux"
+/// The meminit guest's kernel command line for strategy `s`.
+fn guest_append(args: &VmArgs, s: &str) -> String {
+    let mut append = format!("meminit={s} workload={} hold=serial", args.workload);
+    if let Some(t) = args.trace_buf_size {
+        append.push_str(&format!(" trace_buf_size={t}"));
+    }
+    if let Some(c) = args.crashkernel {
+        append.push_str(&format!(" crashkernel={c}"));
+    }
+    if let GuestGranularity::Chunk = args.memmap_granularity {
+        append.push_str(" memmap=chunk");
+    }
+    if args.accept_memory {
+        append.push_str(" accept=zero");
+    }
+    if let Some(extra) = &args.append {
+        append.push(' ');
+        append.push_str(extra);
+    }
+    append
 }
 
-/// A meminit guest's time `metric` with its spread; `for_linux` in Linux's column.
-fn guest_time(c: &Column, metric: &str, for_linux: &str) -> String {
-    if is_linux(c) {
-        for_linux.into()
-    } else {
-        spread_cell(c, metric, &format_ns).unwrap_or("-".into())
-    }
+/// What every boot of every guest shares.
+struct Boot<'a> {
+    args: &'a VmArgs,
+    shape: &'a VmShape,
+    accel: Accel,
+    ram_kib: &'a [u64],
 }
 
-fn print_table(r: &VmReport) {
-    println!(
-        "guest {}, {} vCPU{}, {} node{}, workload {}, balloon {}, under {} ({}); median [min–max] of {} run{} each",
-        size::format(r.memory_bytes),
-        r.cpus,
-        if r.cpus == 1 { "" } else { "s" },
-        r.nodes,
-        if r.nodes == 1 { "" } else { "s" },
-        r.workload,
-        if r.balloon { "on" } else { "off" },
-        r.accel.name(),
-        r.accel_reason,
-        r.runs_each,
-        if r.runs_each == 1 { "" } else { "s" },
-    );
-    let bytes = |b: u64| size::format(b);
-    let mhz = |hz: u64| format!("{:.0} MHz", hz as f64 / 1e6);
-    type Row = (&'static str, Box<dyn Fn(&Column) -> String>);
-    let mut rows: Vec<Row> = vec![
-        (
-            "guest RAM resident, at rest (compared)",
-            Box::new(move |c| spread_cell(c, "guest_ram_rss_bytes", &bytes).unwrap_or("-".into())),
-        ),
-        (
-            "QEMU's own memory, at rest",
-            Box::new(move |c| spread_cell(c, "qemu_own_rss_bytes", &bytes).unwrap_or("-".into())),
-        ),
-        (
-            "QEMU resident in all, at rest",
-            Box::new(move |c| spread_cell(c, "qemu_rss_bytes", &bytes).unwrap_or("-".into())),
-        ),
-        (
-            "QEMU peak, with start-up transient",
-            Box::new(move |c| spread_cell(c, "qemu_peak_rss_bytes", &bytes).unwrap_or("-".into())),
-        ),
-        (
-            "wall time (host)",
-            Box::new(|c| spread_cell(c, "wall_ns", &format_ns).unwrap_or("-".into())),
-        ),
-        (
-            "TSC frequency the guest uses",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    spread_cell(c, "tsc_khz", &|k| mhz(k * 1000))
-                } else {
-                    spread_cell(c, "tsc_hz", &mhz)
-                }
-                .unwrap_or("-".into())
-            }),
-        ),
-        (
-            "memmap init before the allocator serves",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    spread_cell(c, "early_memmap_ns", &format_ns)
-                } else {
-                    spread_cell(c, "ready_ns", &format_ns)
-                }
-                .unwrap_or("-".into())
-            }),
-        ),
-        (
-            "memmap init after, in the background",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    spread_cell(c, "deferred_init_ns", &format_ns).unwrap_or("-".into())
-                } else {
-                    match c.first.guest["strategy"].as_str() {
-                        Some("deferred") => {
-                            spread_cell(c, "workers_ns", &format_ns).unwrap_or("-".into())
-                        }
-                        Some("eager") => "none (all before)".into(),
-                        Some("ondemand") => "none (on use)".into(),
-                        _ => "-".into(),
-                    }
-                }
-            }),
-        ),
-        (
-            "memmap init on use (growth)",
-            Box::new(move |c| guest_time(c, "grow_ns", "-")),
-        ),
-        (
-            "boot allocations, written as Linux does",
-            Box::new(move |c| guest_time(c, "boot_allocs_ns", "(not timed)")),
-        ),
-        (
-            "all initialised, from allocator start",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    "-".into()
-                } else if c.first.guest["full_init_ns"].is_null() {
-                    "never".into()
-                } else {
-                    spread_cell(c, "full_init_ns", &format_ns).unwrap_or("-".into())
-                }
-            }),
-        ),
-        (
-            "memmap populated (guest)",
-            Box::new(|c| match c.first.guest["memmap_populated_bytes"].as_u64() {
-                Some(b) => size::format(b),
-                None if c.name == "linux" => "all (Linux)".into(),
-                None => "-".into(),
-            }),
-        ),
-        (
-            "chunks: boot/workers/growth/look-up (guest)",
-            Box::new(|c| {
-                let n = |by: &str| c.first.guest[format!("chunks_by_{by}")].as_u64();
-                match (n("boot"), n("workers"), n("growth"), n("lookup")) {
-                    (Some(b), Some(w), Some(g), Some(l)) => format!("{b}/{w}/{g}/{l}"),
-                    _ => "-".into(),
-                }
-            }),
-        ),
-        (
-            "slow path p50 / p99 (guest)",
-            Box::new(move |c| {
-                let slow = &c.first.guest["alloc_slow"];
-                match (slow["median_ns"].as_u64(), slow["p99_ns"].as_u64()) {
-                    (Some(a), Some(b)) if slow["count"].as_u64() > Some(0) => {
-                        format!("{} / {}", format_ns(a), format_ns(b))
-                    }
-                    _ => "-".into(),
-                }
-            }),
-        ),
-        (
-            "memory accepted (guest)",
-            Box::new(|c| match c.first.guest["accepted_bytes"].as_u64() {
-                Some(b) if c.first.guest["accept"] == "zero" => size::format(b),
-                _ => "-".into(),
-            }),
-        ),
-        (
-            "allocation failures (guest)",
-            Box::new(|c| {
-                c.first.guest["alloc_failures"]
-                    .as_u64()
-                    .map_or("-".into(), |f| f.to_string())
-            }),
-        ),
-        (
-            "how it ended",
-            Box::new(|c| {
-                let how = if c.first.host.stopped_by_host {
-                    "stopped at rest".to_string()
-                } else {
-                    c.first
-                        .host
-                        .exit_status
-                        .map_or("killed".into(), |s| format!("exit {s}"))
-                };
-                format!("{how}{}", if c.all_ok { " ok" } else { " FAILED" })
-            }),
-        ),
-    ];
-    if r.runs
-        .iter()
-        .any(|c| c.spread.contains_key("qemu_rss_boot_bytes"))
-    {
-        // A spike: QEMU's resident memory at its three points comes first.
-        let spike_rows: Vec<Row> = vec![
-            (
-                "QEMU resident after boot (spike)",
-                Box::new(move |c| {
-                    spread_cell(c, "qemu_rss_boot_bytes", &bytes).unwrap_or("-".into())
-                }),
-            ),
-            (
-                "QEMU resident at the spike's peak",
-                Box::new(move |c| {
-                    spread_cell(c, "qemu_rss_peak_bytes", &bytes).unwrap_or("-".into())
-                }),
-            ),
-            (
-                "QEMU resident after release",
-                Box::new(move |c| {
-                    spread_cell(c, "qemu_rss_after_release_bytes", &bytes).unwrap_or("-".into())
-                }),
-            ),
-            (
-                "reported free to the host (guest)",
-                Box::new(move |c| {
-                    if is_linux(c) {
-                        "(not counted)".into()
-                    } else {
-                        spread_cell(c, "reported_bytes", &bytes).unwrap_or("-".into())
-                    }
-                }),
-            ),
-        ];
-        rows.splice(0..0, spike_rows);
+impl Boot<'_> {
+    /// QEMU's arguments for `kernel` with `append`, and the balloon unless it
+    /// is left off.
+    fn qemu_args(&self, kernel: &Path, append: &str) -> Vec<String> {
+        let mut qemu_args = vm::qemu_args(self.shape, self.accel, kernel, append);
+        if !self.args.no_balloon {
+            qemu_args.extend(vm::balloon_args());
+        }
+        qemu_args
     }
-    let headers: Vec<&str> = r.runs.iter().map(|c| c.name.as_str()).collect();
-    let table: Vec<(&str, Vec<String>)> = rows
-        .iter()
-        .map(|(label, cell)| (*label, r.runs.iter().map(cell).collect()))
-        .collect();
-    crate::print_columns(&headers, &table);
-    println!(
-        "  the memory comparison is \"guest RAM resident, at rest\": the guest's RAM on the host; QEMU's"
-    );
-    println!(
-        "  own memory (under emulation mostly its translation cache) is QEMU's, not the guest's."
-    );
-    println!("  before the allocator serves: meminit's start (its bootstrap) against Linux's memmap init");
-    println!(
-        "  of the part it does not defer; in the background: meminit's deferred workers against"
-    );
-    println!("  Linux's deferred-init threads (the slowest node). \"all initialised\" also counts the boot");
-    println!("  allocations and, with several vCPUs, their start-up.");
-    for n in &r.linux_notes {
-        println!("  {n}");
+
+    /// Prints what the run is at every ten seconds.
+    fn progress(what: &str) -> impl Fn(Duration, &str) + '_ {
+        move |elapsed: Duration, line: &str| {
+            eprintln!("  {what}: {} s so far; last: {line}", elapsed.as_secs())
+        }
     }
-    for c in &r.runs {
-        for s in std::iter::once(&c.first).chain(&c.samples) {
-            if let Some(f) = &s.failure {
-                println!("  {} failed: {f}", c.name);
+
+    /// The meminit guest under strategy `s`, `--runs` times (fewer if it fails).
+    fn meminit(&self, guest: &Path, s: &str) -> Result<Column> {
+        let args = self.args;
+        let qemu_args = self.qemu_args(guest, &guest_append(args, s));
+        let mut samples = Vec::new();
+        for i in 0..args.runs {
+            if !args.json {
+                eprintln!(
+                    "booting the meminit guest: {} {s} (run {} of {})",
+                    size::format(args.memory),
+                    i + 1,
+                    args.runs
+                );
+            }
+            let run = vm::run_qemu(
+                &vm::Run {
+                    args: &qemu_args,
+                    accel: self.accel,
+                    ram_kib: self.ram_kib,
+                    finish: Finish::Release,
+                    limit: Duration::from_secs(args.timeout),
+                    release_settle: Duration::ZERO,
+                },
+                &Self::progress(s),
+            )?;
+            let json = vm::guest_json(&run.console);
+            let ok = run.exit_status == Some(GUEST_SUCCESS) && json.is_some();
+            let failure = (!ok).then(|| vm::failure_reason(&run.console));
+            if !ok && !args.json {
+                eprintln!(
+                    "the {s} guest did not succeed (exit {:?}); its console:\n{}",
+                    run.exit_status, run.console
+                );
+            }
+            samples.push(Sample {
+                guest: json.unwrap_or(Value::Null),
+                host: run,
+                ok,
+                failure,
+            });
+            if !ok {
+                // A guest that fails once will fail again: say so now.
+                break;
             }
         }
+        column(s.to_string(), samples)
+    }
+
+    /// Linux, `--runs` times (fewer if it fails).
+    fn linux(&self, kernel: &Path, initramfs: Option<&Path>, append: &str) -> Result<Column> {
+        let args = self.args;
+        let spike = matches!(args.workload, Workload::Spike { .. });
+        let mut qemu_args = self.qemu_args(kernel, append);
+        if let Some(i) = initramfs {
+            qemu_args.extend(["-initrd".into(), i.display().to_string()]);
+        }
+        let mut samples = Vec::new();
+        for i in 0..args.runs {
+            if !args.json {
+                eprintln!(
+                    "booting Linux: {} (run {} of {})",
+                    kernel.display(),
+                    i + 1,
+                    args.runs
+                );
+            }
+            let run = vm::run_qemu(
+                &vm::Run {
+                    args: &qemu_args,
+                    accel: self.accel,
+                    ram_kib: self.ram_kib,
+                    // With the initramfs, /init waits at its end to be measured;
+                    // without, Linux waits at its root-mount panic.
+                    finish: if initramfs.is_some() {
+                        Finish::Release
+                    } else {
+                        Finish::StopAtPanic
+                    },
+                    limit: Duration::from_secs(args.timeout),
+                    // Linux reports in passes 2 s apart: wait until three in a
+                    // row hand nothing more back.
+                    release_settle: Duration::from_secs(6),
+                },
+                &Self::progress("linux"),
+            )
+            .context("running Linux")?;
+            let linux = vm::parse_linux_console(&run.console);
+            let ok = run.at_rest
+                && if initramfs.is_some() {
+                    // /init ran to its end and, with a spike, was measured at
+                    // each of its markers.
+                    linux.reached_init
+                        && (!spike
+                            || (run.qemu_rss_boot_bytes.is_some()
+                                && run.qemu_rss_peak_bytes.is_some()
+                                && run.qemu_rss_after_release_bytes.is_some()))
+                } else {
+                    linux.reached_rootfs
+                };
+            samples.push(Sample {
+                guest: serde_json::to_value(&linux)?,
+                failure: (!ok).then(|| vm::failure_reason(&run.console)),
+                host: run,
+                ok,
+            });
+            if !ok {
+                break;
+            }
+        }
+        column("linux".into(), samples)
     }
 }
