@@ -105,11 +105,11 @@ impl Finish {
 
 /// What to run and how to measure it.
 pub struct Run<'a> {
-    /// QEMU's arguments ([`qemu_args`]).
+    /// QEMU's arguments ([`qemu_args`](crate::qemu::qemu_args)).
     pub args: &'a [String],
     /// The accelerator they name.
     pub accel: Accel,
-    /// Sizes of the guest's RAM mappings ([`guest_ram_kib`]).
+    /// Sizes of the guest's RAM mappings ([`guest_ram_kib`](crate::qemu::guest_ram_kib)).
     pub ram_kib: &'a [u64],
     /// How the run ends.
     pub finish: Finish,
