@@ -8,11 +8,14 @@
 //!   boot, per strategy, on the machine of the report, over the whole range of
 //!   working sets, drawn as steps (the memmap grows a section at a time).
 //!
-//! Every chart names the host it was measured on.
+//! Every chart says what it swept (the machine, its CPUs, the deferred workers)
+//! and names the host it was measured on. Progress goes to stderr: the report's
+//! spinner on a terminal, a plain line per point otherwise.
 //!
 //! Text is drawn with the DejaVu font embedded in the binary, so PNGs need no
 //! system font library.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -61,6 +64,41 @@ fn host_name() -> String {
     format!("on {cpu}, {cores} cores, {memory}")
 }
 
+/// Progress through a chart's points: on a terminal, the report's spinner;
+/// elsewhere (where the spinner hides itself), a plain line per point.
+struct Points<'a> {
+    inner: &'a dyn Progress,
+    plain: bool,
+}
+
+impl Points<'_> {
+    fn point(&self, chart: &str, i: usize, n: usize, what: &str) {
+        let line = format!("plot {chart}: point {i} of {n}: {what}");
+        if self.plain {
+            eprintln!("{line}");
+        } else {
+            self.inner.step(&line);
+        }
+    }
+}
+
+impl Progress for Points<'_> {
+    fn step(&self, what: &str) {
+        if !self.plain {
+            self.inner.step(what);
+        }
+    }
+}
+
+/// `s` for a count other than one.
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 /// Median, minimum and maximum.
 fn median_min_max(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     if v.is_empty() {
@@ -87,18 +125,17 @@ pub fn write_all(
     std::fs::create_dir_all(dir)?;
     plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| anyhow::anyhow!("the embedded font did not load"))?;
+    let points = Points {
+        inner: progress,
+        plain: !std::io::stderr().is_terminal(),
+    };
     let mut written = Vec::new();
-    written.extend(ready_chart(dir, opts, runs.max(1), progress)?);
-    written.extend(resident_chart(dir, machine, opts, progress)?);
+    written.extend(ready_chart(dir, opts, runs.max(1), &points)?);
+    written.extend(resident_chart(dir, machine, opts, &points)?);
     Ok(written)
 }
 
-fn ready_chart(
-    dir: &Path,
-    opts: &Options,
-    runs: u32,
-    progress: &dyn Progress,
-) -> Result<Vec<PathBuf>> {
+fn ready_chart(dir: &Path, opts: &Options, runs: u32, progress: &Points) -> Result<Vec<PathBuf>> {
     let series = |label: &str, color| Series {
         label: label.into(),
         color,
@@ -119,6 +156,7 @@ fn ready_chart(
         let machine = Machine::qemu_like(memory, 1, 1)?;
         let layout = machine.layout()?;
         let x = memory as f64 / GIB as f64;
+        progress.point("ready", shift + 1, 11, &size::format(memory));
         for strategy in Strategy::ALL {
             let mut ready = Vec::new();
             let mut full = Vec::new();
@@ -149,12 +187,24 @@ fn ready_chart(
             }
         }
     }
+    let workers = run.threads.max(1) as u64;
+    let mut title = vec![
+        "Time until ready and until all initialised".to_string(),
+        format!(
+            "QEMU-like machines of 1G to 1T: 1 node, 1 CPU, {workers} deferred worker{}; median of {runs}, bars min–max",
+            plural(workers)
+        ),
+    ];
+    if workers == 1 {
+        title.push(
+            "One worker does eager's work after boot, so deferred is all initialised later than eager"
+                .into(),
+        );
+    }
+    title.push(host_name());
     draw_both(
         &dir.join("ready"),
-        &format!(
-            "Time until ready and until all initialised, median of {runs}, bars min–max ({})",
-            host_name()
-        ),
+        &title,
         "memory (GiB)",
         "time (ms)",
         &series,
@@ -166,7 +216,7 @@ fn resident_chart(
     dir: &Path,
     machine: &Machine,
     opts: &Options,
-    progress: &dyn Progress,
+    progress: &Points,
 ) -> Result<Vec<PathBuf>> {
     let layout = machine.layout()?;
     let present = layout.present_pages() * 4096;
@@ -193,7 +243,14 @@ fn resident_chart(
     let most = present - present / 16;
     let step = section.max(most / 64).next_multiple_of(section);
     let mut set = 0;
+    let n = (most / step + 1) as usize;
     while set <= most {
+        progress.point(
+            "resident",
+            (set / step) as usize + 1,
+            n,
+            &format!("working set {}", size::format(set)),
+        );
         let mut run = opts.clone();
         run.workload = Workload::Container { bytes: set.max(1) };
         for (i, strategy) in Strategy::ALL.iter().enumerate() {
@@ -207,14 +264,24 @@ fn resident_chart(
         }
         set += step;
     }
-    draw_both(
-        &dir.join("resident"),
-        &format!(
-            "memmap resident against working set ({}, {}; {})",
+    let workers = opts.threads.max(1) as u64;
+    let nodes = layout.node_count() as u64;
+    let title = [
+        "memmap resident against working set".to_string(),
+        format!(
+            "machine {}: {} on {nodes} node{}, {} CPU{}, {workers} deferred worker{}; one run per point",
             machine.name,
             size::format(present),
-            host_name()
+            plural(nodes),
+            machine.cpus,
+            plural(u64::from(machine.cpus)),
+            plural(workers)
         ),
+        host_name(),
+    ];
+    draw_both(
+        &dir.join("resident"),
+        &title,
         "working set (MiB)",
         "memmap resident (MiB)",
         &series,
@@ -278,7 +345,7 @@ where
 /// Writes `base.svg` and `base.png`.
 fn draw_both(
     base: &Path,
-    title: &str,
+    title: &[String],
     x_label: &str,
     y_label: &str,
     series: &[Series],
@@ -301,7 +368,7 @@ fn draw_both(
 
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
-    title: &str,
+    title: &[String],
     x_label: &str,
     y_label: &str,
     series: &[Series],
@@ -325,12 +392,16 @@ where
     if y_min == f64::MAX {
         y_min = 0.0;
     }
-    let mut chart = ChartBuilder::on(root);
-    chart
-        .caption(title, ("sans-serif", 22))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(72);
+    // The title's first line large, what was swept and where below it.
+    let mut area = root.clone();
+    for (i, line) in title.iter().enumerate() {
+        let size = if i == 0 { 22 } else { 15 };
+        area = area
+            .titled(line, ("sans-serif", size))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    let mut chart = ChartBuilder::on(&area);
+    chart.margin(16).x_label_area_size(48).y_label_area_size(72);
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e:?}");
     // The two axis kinds are different types; one macro draws on either.
     macro_rules! mesh_and_lines {

@@ -6,44 +6,37 @@
 use meminit_host::sim::StrategyReport;
 use meminit_host::size;
 
-use crate::table::{format_ns, print_columns, Cell};
-use crate::Repeated;
-
-/// The spread keys (over `--runs`) of memmap resident after boot, at the peak
-/// and after the release.
-pub(crate) const MEMMAP_BOOT: &str = "spike_memmap_resident_boot_bytes";
-/// See [`MEMMAP_BOOT`].
-pub(crate) const MEMMAP_PEAK: &str = "spike_memmap_resident_peak_bytes";
-/// See [`MEMMAP_BOOT`].
-pub(crate) const MEMMAP_RELEASE: &str = "spike_memmap_resident_release_bytes";
-/// The same for simulated guest memory resident.
-pub(crate) const GUEST_BOOT: &str = "spike_guest_resident_boot_bytes";
-/// See [`GUEST_BOOT`].
-pub(crate) const GUEST_PEAK: &str = "spike_guest_resident_peak_bytes";
-/// See [`GUEST_BOOT`].
-pub(crate) const GUEST_RELEASE: &str = "spike_guest_resident_release_bytes";
+use crate::repeated::{
+    Repeated, GUEST_BOOT, GUEST_PEAK, GUEST_RELEASE, MEMMAP_BOOT, MEMMAP_PEAK, MEMMAP_RELEASE,
+};
+use crate::table::{format_ns, print_columns, print_legend, print_wrapped, spread_text, Cell};
 
 /// Prints the spike's rows for the strategies that ran it, if any did.
-pub(crate) fn print(repeated: &Repeated, ran: &[&StrategyReport]) {
-    let ran: Vec<&StrategyReport> = ran.iter().copied().filter(|s| s.spike.is_some()).collect();
+pub(crate) fn print(repeated: &Repeated) {
+    let ran: Vec<&StrategyReport> = repeated
+        .first
+        .strategies
+        .iter()
+        .filter(|s| s.skipped.is_none() && s.spike.is_some())
+        .collect();
     let Some(first) = ran.first().and_then(|s| s.spike.as_ref()) else {
         return;
     };
-    println!(
-        "  spike of {}: written page by page, all freed, then {} idle passes of free page reporting and give-back",
-        size::format(first.bytes),
-        first.passes
+    print_wrapped(
+        "  ",
+        &format!(
+            "spike of {}: written page by page, all freed, then {} idle passes of free page reporting and give-back",
+            size::format(first.bytes),
+            first.passes
+        ),
     );
     // The median [min–max] over runs, where the figure varied.
     let spread = move |s: &StrategyReport, metric: &str, value: u64| -> String {
         match repeated.spread.get(s.strategy).and_then(|m| m.get(metric)) {
-            Some(sp) if sp.n > 1 && sp.min != sp.max => format!(
-                "{} [{}–{}]",
-                size::format(sp.median.round() as u64),
-                size::format(sp.min as u64),
-                size::format(sp.max as u64)
-            ),
-            _ => size::format(value),
+            Some(sp) => spread_text(sp.median, sp.min, sp.max, sp.n, &|v| {
+                size::format(v.round() as u64)
+            }),
+            None => size::format(value),
         }
     };
     let spike = |s: &StrategyReport| s.spike.clone().unwrap_or_default();
@@ -64,7 +57,7 @@ pub(crate) fn print(repeated: &Repeated, ran: &[&StrategyReport]) {
             Box::new(move |s| spread(s, MEMMAP_PEAK, spike(s).memmap_resident_peak_bytes)),
         ),
         (
-            "memmap resident after the release",
+            "memmap resident after release",
             Box::new(move |s| spread(s, MEMMAP_RELEASE, spike(s).memmap_resident_release_bytes)),
         ),
         (
@@ -76,7 +69,7 @@ pub(crate) fn print(repeated: &Repeated, ran: &[&StrategyReport]) {
             Box::new(move |s| spread(s, GUEST_PEAK, spike(s).guest_resident_peak_bytes)),
         ),
         (
-            "guest memory resident after the release",
+            "guest memory resident after release",
             Box::new(move |s| spread(s, GUEST_RELEASE, spike(s).guest_resident_release_bytes)),
         ),
         (
@@ -103,7 +96,7 @@ pub(crate) fn print(repeated: &Repeated, ran: &[&StrategyReport]) {
             Box::new(move |s| format_ns(spike(s).release_ns)),
         ),
         (
-            "reused after release: zeroed/reported/all",
+            "reused: zeroed/reported/all",
             Box::new(move |s| {
                 let p = spike(s);
                 format!(
@@ -121,17 +114,15 @@ pub(crate) fn print(repeated: &Repeated, ran: &[&StrategyReport]) {
         .map(|(label, cell)| (*label, ran.iter().map(|s| cell(s)).collect()))
         .collect();
     print_columns(&headers, &table);
-    for line in [
-        "memmap resident: the page descriptors' memory the host holds (mincore), after boot,",
-        "  with every page of the spike allocated and written, and after the release;",
-        "guest memory resident: the simulated physical memory the host holds (mincore); the",
-        "  reporter discards what it is handed (MADV_DONTNEED), as a hypervisor does;",
+    print_legend(&[
+        "memmap resident: the page descriptors' memory the host holds (mincore), after boot, \
+         with every page of the spike allocated and written, and after the release;",
+        "guest memory resident: the simulated physical memory the host holds (mincore); the \
+         reporter discards what it is handed (MADV_DONTNEED), as a hypervisor does;",
         "reported: free blocks of 2M or more, and chunks given back, handed to the host;",
-        "given back: chunks returned to uninitialised (still available), and the memmap",
-        "  the backing released once all of a section's (or chunk's) were;",
-        "reused: pages allocated again after the release (pages whose memory had been",
-        "  reported must read zeroes: zeroed/reported; all of them are written).",
-    ] {
-        println!("    {line}");
-    }
+        "given back: chunks returned to uninitialised (still available), and the memmap \
+         the backing released once all of a section's (or chunk's) were;",
+        "reused: pages allocated again after the release (pages whose memory had been \
+         reported must read zeroes: zeroed/reported; all of them are written).",
+    ]);
 }

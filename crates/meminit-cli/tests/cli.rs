@@ -307,12 +307,24 @@ fn plots_are_written_as_svg_and_png() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Not on a terminal, progress is plain lines, one per point.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plot ready: point 1 of 11: 1G"), "{err}");
+    assert!(err.contains("plot resident: point 1 of "), "{err}");
     for chart in ["ready", "resident"] {
         let svg = std::fs::read_to_string(dir.path().join(format!("{chart}.svg"))).unwrap();
         assert!(svg.contains("<svg") && (svg.contains("on-demand") || svg.contains("ondemand")));
+        // Each chart says what it swept: the machine, its CPUs, the workers.
+        assert!(
+            svg.contains("1 CPU") && svg.contains("1 deferred worker"),
+            "{chart}"
+        );
         let png = std::fs::read(dir.path().join(format!("{chart}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     }
+    // One worker on one CPU: the ready chart says why deferred ends after eager.
+    let svg = std::fs::read_to_string(dir.path().join("ready.svg")).unwrap();
+    assert!(svg.contains("One worker does eager"), "{svg}");
 }
 
 /// Chunks: the size and the memmap's granularity are the user's; a bad size is a
@@ -632,6 +644,47 @@ fn default_workers_never_exceed_the_machines_cpus() {
         "--runs",
         "1",
     ]));
-    let header = out.lines().next().unwrap_or_default();
-    assert!(header.ends_with("; 1 deferred worker thread"), "{out}");
+    let workers = out
+        .lines()
+        .find(|l| l.contains("deferred worker"))
+        .unwrap_or_default();
+    assert!(workers.ends_with("; 1 deferred worker thread"), "{out}");
+}
+
+/// The report fits 120 columns, leaves out rows that would say nothing, labels
+/// the ratios that can pass 1.0 as such and explains them in a legend.
+#[test]
+fn the_report_fits_120_columns_and_explains_its_rows() {
+    let out = stdout(meminit().args([
+        "report",
+        "--machine",
+        "server",
+        "--runs",
+        "2",
+        "--workload",
+        "spike:64M",
+    ]));
+    for line in out.lines() {
+        assert!(
+            line.chars().count() <= 120,
+            "{} wide: {line}",
+            line.chars().count()
+        );
+        let cells: Vec<&str> = line.split("  ").filter(|c| !c.trim().is_empty()).collect();
+        assert!(
+            cells.len() < 2 || cells[1..].iter().any(|c| c.trim() != "-"),
+            "a row that says nothing: {line}"
+        );
+    }
+    // Acceptance is off: its row is left out.
+    assert!(!out.contains("accepted:"), "{out}");
+    for says in [
+        "init speed, x of 1-core limit",
+        "speed, x of limit: ",
+        "chunks by boot/workers/growth/look-up: ",
+        "p50/p99/max: ",
+        "fill limit: ",
+    ] {
+        assert!(out.contains(says), "{says}: {out}");
+    }
 }

@@ -200,3 +200,42 @@ fn vm_cpu_counts_do_not_overflow() {
     ]);
     assert!(err.ends_with("--memory must be at least 64M"), "{err}");
 }
+
+/// An option that cannot apply to what was asked is an error, not silently
+/// ignored: a kernel or initramfs with no Linux peer to boot it, give-back
+/// settings with no spike whose idle passes give chunks back.
+#[test]
+fn options_that_cannot_apply_are_errors() {
+    let err = error_of(&["vm".as_ref(), "--kernel".as_ref(), "/boot/vmlinuz".as_ref()]);
+    assert!(
+        err.contains("--kernel /boot/vmlinuz") && err.contains("--peer linux"),
+        "{err}"
+    );
+    let err = error_of(&[
+        "vm".as_ref(),
+        "--workload".as_ref(),
+        "spike:64M".as_ref(),
+        "--initramfs".as_ref(),
+        "/tmp/initramfs.cpio".as_ref(),
+    ]);
+    assert!(
+        err.contains("--initramfs") && err.contains("--peer linux"),
+        "{err}"
+    );
+    for args in [
+        ["--give-back", "on"],
+        ["--give-back", "off"],
+        ["--give-back-reserve", "8M"],
+    ] {
+        let mut all: Vec<&std::ffi::OsStr> = ["report", "--machine", "container"]
+            .iter()
+            .map(|a| a.as_ref())
+            .collect();
+        all.extend(args.iter().map(|a| -> &std::ffi::OsStr { a.as_ref() }));
+        let err = error_of(&all);
+        assert!(
+            err.contains(args[0]) && err.contains("spike"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -13,7 +13,6 @@ use meminit::{
     SectionSlot, Strategy,
 };
 use meminit_boot::{early_requests, BootParams, EarlyKind, Size, XorShift};
-use serde::Serialize;
 use std::sync::Arc;
 
 use crate::backing::HostBacking;
@@ -23,7 +22,9 @@ use crate::size;
 
 pub use crate::limit::{chunked_fill_time, fill_time, limit_fill, parallel_fill_time};
 use crate::smp::smp_workload;
-use crate::spike::{spike_workload, SpikeReport};
+use crate::spike::spike_workload;
+
+pub use crate::report::{EarlyResult, Latency, Report, StrategyReport, ZoneRow};
 
 const PAGE: u64 = 4096;
 const DESCRIPTOR: u64 = 64;
@@ -112,184 +113,6 @@ fn constraint_name(c: Constraint) -> &'static str {
         Constraint::Dma32 => "dma32",
         Constraint::Dma => "dma",
     }
-}
-
-/// Latency of a set of allocations, in nanoseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Latency {
-    /// Allocations measured.
-    pub count: u64,
-    /// Median.
-    pub median_ns: u64,
-    /// 99th percentile.
-    pub p99_ns: u64,
-    /// Maximum.
-    pub max_ns: u64,
-}
-
-impl Latency {
-    fn of(samples: &mut [u64]) -> Latency {
-        if samples.is_empty() {
-            return Latency::default();
-        }
-        samples.sort_unstable();
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-        Latency {
-            count: samples.len() as u64,
-            median_ns: at(0.5),
-            p99_ns: at(0.99),
-            max_ns: *samples.last().unwrap(),
-        }
-    }
-}
-
-/// One zone after the run, in pages.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ZoneRow {
-    /// Node.
-    pub node: u8,
-    /// Linux's zone name.
-    pub zone: &'static str,
-    /// Pages spanned.
-    pub spanned: u64,
-    /// Pages present.
-    pub present: u64,
-    /// Pages managed.
-    pub managed: u64,
-    /// Pages free.
-    pub free: u64,
-    /// Pages not yet initialised.
-    pub uninitialised: u64,
-}
-
-/// What one early allocation asked for and got.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EarlyResult {
-    /// What Linux calls it.
-    pub name: String,
-    /// Bytes asked for.
-    pub bytes: u64,
-    /// Order of each block.
-    pub order: u32,
-    /// Blocks asked for, per node.
-    pub blocks_per_node: Vec<u64>,
-    /// Zones allowed: `any`, `dma32` or `dma`.
-    pub constraint: &'static str,
-    /// Blocks that could not be allocated.
-    pub failures: u64,
-}
-
-/// The figures of one strategy on one machine.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct StrategyReport {
-    /// `eager`, `deferred` or `ondemand`.
-    pub strategy: &'static str,
-    /// Why the strategy was not run, if it was not.
-    pub skipped: Option<String>,
-    /// Time until the allocator could serve (ns).
-    pub ready_ns: u64,
-    /// Time until every chunk was initialised (ns); `None` if never (on-demand).
-    pub full_init_ns: Option<u64>,
-    /// Deferred worker threads used.
-    pub worker_threads: usize,
-    /// Wall time spent initialising memmap: start-up, workers and growth (ns).
-    pub init_ns: u64,
-    /// Allocations that grew a zone.
-    pub grows: u64,
-    /// Time they spent growing (ns).
-    pub grow_ns: u64,
-    /// Bytes of memory per chunk, the unit of initialisation.
-    pub chunk_bytes: u64,
-    /// Chunks initialised at start-up, by workers, by growth, by look-ups.
-    pub chunks_by_boot: u64,
-    /// See `chunks_by_boot`.
-    pub chunks_by_workers: u64,
-    /// See `chunks_by_boot`.
-    pub chunks_by_growth: u64,
-    /// See `chunks_by_boot`.
-    pub chunks_by_lookup: u64,
-    /// Chunks with present memory.
-    pub chunks_present: u64,
-    /// Memmap bytes populated at the end.
-    pub memmap_populated_bytes: u64,
-    /// Memmap bytes resident on the host after boot (after deferred init), from
-    /// `mincore`.
-    pub memmap_resident_boot_bytes: u64,
-    /// Memmap bytes resident on the host after the workload, from `mincore`.
-    pub memmap_resident_end_bytes: u64,
-    /// Memmap bytes if every present section were initialised (the eager cost).
-    pub memmap_full_bytes: u64,
-    /// Whether chunks were accepted (zeroed) before first use.
-    pub accept: bool,
-    /// Bytes of memory accepted when the allocator could serve.
-    pub accepted_ready_bytes: u64,
-    /// Bytes accepted after boot (boot allocations, deferred workers).
-    pub accepted_boot_bytes: u64,
-    /// Bytes accepted after the workload.
-    pub accepted_end_bytes: u64,
-    /// Whether chunks that stayed free were given back (by the idle passes of
-    /// the `spike` workload).
-    pub give_back: bool,
-    /// Initialised free memory each zone kept when giving back (bytes).
-    pub give_back_reserve_bytes: u64,
-    /// The `spike` workload's figures, when it ran.
-    pub spike: Option<SpikeReport>,
-    /// Fast-path allocations (free lists of the first or a fallback zone).
-    pub alloc_fast: Latency,
-    /// Slow-path allocations (the ones that grew a zone).
-    pub alloc_slow: Latency,
-    /// Allocations that failed.
-    pub alloc_failures: u64,
-    /// Time for one core to fill `memmap_populated_bytes` of fresh memory (ns):
-    /// the best of the honest fills ([`limit_fill`]), before and after the run.
-    pub limit_fill_ns: u64,
-    /// Which fill that was: `whole` (fault in everything, then write),
-    /// `chunked` (fault in and write 2 MiB at a time, in cache) or
-    /// `chunked-nt` (the same with non-temporal stores).
-    pub limit_method: &'static str,
-    /// `limit_fill_ns / init_ns`: 1.0 means initialisation ran at the physical
-    /// limit of one core; above 1 it used more than one.
-    pub limit_ratio: f64,
-    /// Time for `limit_parallel_threads` cores, together, to fill the same bytes
-    /// of fresh memory 2 MiB at a time (ns): the limit for deferred
-    /// initialisation, which runs on all of them.
-    pub limit_parallel_fill_ns: u64,
-    /// Threads of that fill: the deferred worker threads (this host's cores by
-    /// default).
-    pub limit_parallel_threads: usize,
-    /// The boot allocations and what they got.
-    pub boot: Vec<EarlyResult>,
-    /// Per node and zone, after the workload.
-    pub zones: Vec<ZoneRow>,
-}
-
-impl StrategyReport {
-    fn skipped(strategy: Strategy, why: String) -> StrategyReport {
-        StrategyReport {
-            strategy: strategy.name(),
-            skipped: Some(why),
-            ..StrategyReport::default()
-        }
-    }
-}
-
-/// A whole report: one machine, every strategy asked for.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Report {
-    /// The machine's name.
-    pub machine: String,
-    /// Its memory: present bytes.
-    pub present_bytes: u64,
-    /// Nodes.
-    pub nodes: usize,
-    /// CPUs.
-    pub cpus: u32,
-    /// Section size in bytes.
-    pub section_bytes: u64,
-    /// The workload.
-    pub workload: String,
-    /// The strategies.
-    pub strategies: Vec<StrategyReport>,
 }
 
 /// Steps of a run, for a progress display.

@@ -196,8 +196,6 @@ proptest! {
         json in "[{}\\[\\]\",:0-9a-z -]{0,120}",
     ) {
         for t in [&text, &json] {
-            let _ = meminit_host::vm::parse_linux_console(t);
-            let _ = meminit_host::vm::guest_json(&format!("MEMINIT-JSON {t}"));
             if let Err(e) = meminit_host::size::parse(t) {
                 prop_assert!(e.contains("is not a size"));
             }

@@ -5,7 +5,7 @@
 //! `workload=spike:SIZE`, Linux from the initramfs's `/init`) and waits for a
 //! byte on its serial line; the host measures QEMU once its memory settles and
 //! sends the byte. This module owns the marker's syntax and the figures kept for
-//! each; it does not run QEMU or read `/proc` (its parent, `vm`, does).
+//! each; it does not run QEMU or read `/proc` (`run` does).
 
 use serde::Serialize;
 
