@@ -32,7 +32,7 @@ pub(crate) const WIDTH: usize = 120;
 
 /// `median [min–max]` as people read it: the median with its unit, then the
 /// range with the unit once where both ends share it (`281.4 ms [270.1–290.0 ms]`,
-/// `1.5G [1.4–1.6G]`); the median alone where the runs agree.
+/// `1.5G [1.4–1.6G]`); the median alone where the runs agree as far as shown.
 pub(crate) fn spread_text(
     median: f64,
     min: f64,
@@ -44,6 +44,10 @@ pub(crate) fn spread_text(
         return f(median);
     }
     let (lo, hi) = (f(min), f(max));
+    if lo == hi {
+        // The runs differ by less than the figure shows.
+        return f(median);
+    }
     match (split_unit(&lo), split_unit(&hi)) {
         ((a, u), (b, w)) if u == w && !u.trim().is_empty() => {
             format!("{} [{a}–{b}{u}]", f(median))
@@ -457,5 +461,53 @@ fn latency(l: &sim::Latency) -> String {
             format_ns(l.p99_ns),
             format_ns(l.max_ns)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_give_the_unit_once_and_collapse_where_runs_agree() {
+        let ns = |v: f64| format_ns(v as u64);
+        assert_eq!(
+            spread_text(281.4e6, 270.1e6, 290.0e6, 3, &ns),
+            "281.4 ms [270.1–290.0 ms]"
+        );
+        assert_eq!(
+            spread_text(999.0e3, 950.1e3, 1.1e6, 3, &ns),
+            "999.0 µs [950.1 µs–1.1 ms]"
+        );
+        let bytes = |v: f64| size::format(v as u64);
+        assert_eq!(
+            spread_text(
+                1.5 * (1u64 << 30) as f64,
+                (1u64 << 30) as f64,
+                2.0 * (1u64 << 30) as f64,
+                3,
+                &bytes
+            ),
+            "1.5G [1–2G]"
+        );
+        // Runs that differ by less than shown, or one run: the median alone.
+        assert_eq!(
+            spread_text(118.22e6, 118.21e6, 118.24e6, 3, &ns),
+            "118.2 ms"
+        );
+        assert_eq!(spread_text(5.0, 1.0, 9.0, 1, &ns), "5 ns");
+    }
+
+    #[test]
+    fn long_lines_wrap_within_the_width_and_short_ones_keep_their_spaces() {
+        let text = "word ".repeat(60);
+        let lines = wrap("    ", &text);
+        assert!(lines.len() > 1);
+        assert!(
+            lines.iter().all(|l| l.chars().count() <= WIDTH),
+            "{lines:?}"
+        );
+        assert!(lines[1].starts_with("      word"));
+        assert_eq!(wrap("  ", "a   b"), ["  a   b"]);
     }
 }

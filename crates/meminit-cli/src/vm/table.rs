@@ -89,7 +89,7 @@ fn print_header(r: &VmReport) {
     );
     print_wrapped(
         "  ",
-        &format!("under {} ({})", r.accel.name(), r.accel_reason),
+        &format!("under {}: {}", r.accel.name(), r.accel_reason),
     );
     println!(
         "  median [min–max] of {} run{} each",
