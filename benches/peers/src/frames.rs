@@ -8,8 +8,8 @@ use std::mem::MaybeUninit;
 use llfree::{Alloc, Class, Classing, FrameId, Init, LLFree, MetaData, Request};
 use lock_api::RawMutex;
 use meminit::{
-    Allocator, Config, Constraint, CpuCache, CpuId, LayoutBuilder, NodeId, Page, RangeKind,
-    SectionSlot, SliceBacking, Strategy,
+    AllocRequest, Allocator, Config, CpuCache, CpuId, FreeRequest, LayoutBuilder, NodeId, Page,
+    RangeKind, SectionSlot, SliceBacking, Strategy,
 };
 
 /// Order-0 frames, shared by threads; `cpu` is the calling thread's CPU index.
@@ -52,7 +52,7 @@ impl<R: RawMutex + 'static, const CACHED: bool> Meminit<R, CACHED> {
             Config::new(Strategy::Eager),
         )
         .expect("start meminit");
-        let usable = a.zone_stats().map(|z| z.managed).sum();
+        let usable = a.zones().map(|z| z.managed).sum();
         Meminit { a, usable }
     }
 }
@@ -64,10 +64,9 @@ where
     #[inline]
     fn alloc(&self, cpu: usize) -> u64 {
         let r = if CACHED {
-            self.a
-                .alloc_on(CpuId(cpu as u32), 0, Constraint::Any, NodeId(0))
+            self.a.alloc(AllocRequest::order(0).on(CpuId(cpu as u32)))
         } else {
-            self.a.alloc(0, Constraint::Any, NodeId(0))
+            self.a.alloc(AllocRequest::order(0))
         };
         r.expect("meminit alloc").0
     }
@@ -75,17 +74,20 @@ where
     #[inline]
     fn free(&self, cpu: usize, frame: u64) {
         let r = if CACHED {
-            self.a
-                .free_order_on(CpuId(cpu as u32), meminit::Pfn(frame), 0)
+            self.a.free(
+                FreeRequest::pfn(meminit::Pfn(frame))
+                    .on(CpuId(cpu as u32))
+                    .order(0),
+            )
         } else {
-            self.a.free_order(meminit::Pfn(frame), 0)
+            self.a.free(FreeRequest::pfn(meminit::Pfn(frame)).order(0))
         };
         r.expect("meminit free");
     }
 
     fn check(&self) -> Result<(), String> {
-        self.a.drain_all_cpus();
-        let free: u64 = self.a.zone_stats().map(|z| z.free).sum();
+        self.a.drain(None).unwrap_or(0);
+        let free: u64 = self.a.zones().map(|z| z.free).sum();
         (free == self.usable)
             .then_some(())
             .ok_or_else(|| format!("{free} pages free of {}", self.usable))

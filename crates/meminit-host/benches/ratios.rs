@@ -18,7 +18,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use meminit::{
-    Allocator, Config, Constraint, CpuCache, CpuId, Layout, NodeId, Pfn, SectionSlot, Strategy,
+    AllocRequest, Allocator, Config, CpuCache, CpuId, FreeRequest, Layout, NodeId, Pfn,
+    SectionSlot, Strategy,
 };
 use meminit_host::sim::{default_memory_budget, fill_time};
 use meminit_host::{HostBacking, Machine};
@@ -64,8 +65,9 @@ fn layout(name: &str) -> Layout {
 fn fast_path(a: &HostAllocator<'_>, ops: u32) -> f64 {
     let t = Instant::now();
     for _ in 0..ops {
-        let p = a.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap();
-        a.free_order_on(CpuId(0), black_box(p), 0).unwrap();
+        let p = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
+        a.free(FreeRequest::pfn(black_box(p)).on(CpuId(0)).order(0))
+            .unwrap();
     }
     t.elapsed().as_nanos() as f64 / ops as f64
 }
@@ -96,7 +98,7 @@ fn main() {
     let (mut lazy, mut eager) = (Vec::new(), Vec::new());
     with_allocator(&container, Strategy::Deferred, |d, _| {
         run_workers(d, 2);
-        assert!(d.is_fully_initialised());
+        assert!(d.stats().fully_initialised);
         with_allocator(&container, Strategy::Eager, |e, _| {
             for _ in 0..rounds {
                 lazy.push(fast_path(d, ops));
@@ -166,11 +168,10 @@ fn main() {
             let t = Instant::now();
             for _ in 0..ops / batch as u32 {
                 held.extend(
-                    (0..batch)
-                        .map(|_| e.alloc_on(CpuId(0), 0, Constraint::Any, NodeId(0)).unwrap()),
+                    (0..batch).map(|_| e.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap()),
                 );
                 for p in held.drain(..) {
-                    e.free_order_on(CpuId(0), p, 0).unwrap();
+                    e.free(FreeRequest::pfn(p).on(CpuId(0)).order(0)).unwrap();
                 }
             }
             ours.push(t.elapsed().as_nanos() as f64 / (ops as f64));
@@ -247,7 +248,7 @@ fn main() {
             let grow_all = |a: &HostAllocator<'_>| {
                 let t = Instant::now();
                 let mut held = Vec::new();
-                while let Ok(p) = a.alloc(10, Constraint::Any, NodeId(0)) {
+                while let Ok(p) = a.alloc(AllocRequest::order(10)) {
                     held.push(p);
                 }
                 let ns = t.elapsed().as_nanos() as f64;

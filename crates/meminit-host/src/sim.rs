@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use meminit::{
-    AllocPath, Allocator, Config, Constraint, CpuCache, CpuId, Granularity, Layout, NodeId, Pfn,
-    SectionSlot, Strategy,
+    AllocPath, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest,
+    Granularity, Layout, NodeId, Pfn, SectionSlot, Strategy,
 };
 use meminit_boot::{early_requests, BootParams, EarlyKind, Size, XorShift};
 use std::sync::Arc;
@@ -266,7 +266,12 @@ fn measure(
     let mut failures = 0;
     let mut timed_alloc = |order: u32, constraint: Constraint, node: NodeId| {
         let t = Instant::now();
-        let r = allocator.alloc_on_traced(CpuId(0), order, constraint, node);
+        let r = allocator.alloc_traced(
+            AllocRequest::order(order)
+                .on(CpuId(0))
+                .within(constraint)
+                .node(node),
+        );
         let ns = t.elapsed().as_nanos() as u64;
         match r {
             Ok((pfn, AllocPath::Grew)) => {
@@ -340,7 +345,8 @@ fn measure(
         workers_ns = tw.elapsed().as_nanos() as u64;
     }
     let full_init_ns = allocator
-        .is_fully_initialised()
+        .stats()
+        .fully_initialised
         .then(|| t0.elapsed().as_nanos() as u64);
     let full_init_ns = match strategy {
         Strategy::Eager => Some(ready_ns),
@@ -394,7 +400,7 @@ fn measure(
                 } else {
                     let (pfn, order) = held.swap_remove((x >> 24) as usize % held.len());
                     allocator
-                        .free_order_on(CpuId(0), pfn, order)
+                        .free(FreeRequest::pfn(pfn).on(CpuId(0)).order(order))
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                 }
             }
@@ -408,9 +414,9 @@ fn measure(
     }
     let memmap_resident_end_bytes = allocator.backing().resident_bytes()?;
     let accepted_end_bytes = allocator.backing().accepted_bytes();
-    let stats = allocator.init_stats();
+    let stats = allocator.stats();
     let zones = allocator
-        .zone_stats()
+        .zones()
         .map(|z| ZoneRow {
             // Below MAX_NODES (16): fits in u8.
             node: z.node.0 as u8,

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use meminit::{AllocPath, Allocator, Constraint, CpuId, NodeId, Pfn};
+use meminit::{AllocPath, AllocRequest, Allocator, CpuId, FreeRequest, NodeId, Pfn};
 use meminit_boot::XorShift;
 
 use crate::backing::HostBacking;
@@ -47,7 +47,7 @@ pub(crate) fn smp_workload(
                     let mut rng = XorShift::stream(cpu as u64);
                     let free = |pfn: Pfn, order: u32| {
                         allocator
-                            .free_order_on(me, pfn, order)
+                            .free(FreeRequest::pfn(pfn).on(me).order(order))
                             .map_err(|e| std::io::Error::other(e.to_string()))
                     };
                     for _ in 0..ops {
@@ -56,7 +56,8 @@ pub(crate) fn smp_workload(
                             0..=3 if held.len() < 256 => {
                                 let order = (x >> 8) as u32 % 4;
                                 let t = Instant::now();
-                                let r = allocator.alloc_on_traced(me, order, Constraint::Any, node);
+                                let r = allocator
+                                    .alloc_traced(AllocRequest::order(order).on(me).node(node));
                                 let ns = t.elapsed().as_nanos() as u64;
                                 match r {
                                     Ok((pfn, path)) => {
@@ -108,10 +109,10 @@ pub(crate) fn smp_workload(
     });
     for (pfn, order) in handoff.into_inner() {
         allocator
-            .free_order(pfn, order)
+            .free(FreeRequest::pfn(pfn).order(order))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
     }
-    allocator.drain_all_cpus();
+    allocator.drain(None).unwrap_or(0);
     let mut all = SmpSamples {
         fast: Vec::new(),
         slow: Vec::new(),

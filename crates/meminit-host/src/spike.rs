@@ -22,8 +22,8 @@ use std::ops::Range;
 use std::time::Instant;
 
 use meminit::{
-    Allocator, Constraint, CpuId, FreeReporter, NodeId, Pfn, ReportError, ReportStats, ZoneType,
-    PAGE_SIZE,
+    Allocator, Constraint, CpuId, FreeReporter, FreeRequest, NodeId, Pfn, ReportError, ReportStats,
+    ZoneType, PAGE_SIZE,
 };
 use serde::Serialize;
 
@@ -151,7 +151,7 @@ impl Run<'_, '_> {
     /// Checks free + allocated + uninitialised + reserved = present in every
     /// zone, with allocated the pages the workload holds there.
     fn check_counts(&self, when: &str) -> io::Result<()> {
-        for z in self.allocator.zone_stats() {
+        for z in self.allocator.zones() {
             let allocated = self.held.get(&(z.node, z.zone)).copied().unwrap_or(0);
             if z.free + allocated + z.uninitialised + z.reserved != z.present {
                 return Err(io::Error::other(format!(
@@ -211,10 +211,10 @@ impl Run<'_, '_> {
                 *self.held.entry(zone).or_default() -= 1;
             }
             self.allocator
-                .free_order_on(CpuId(0), pfn, 0)
+                .free(FreeRequest::pfn(pfn).on(CpuId(0)).order(0))
                 .map_err(|e| io::Error::other(format!("freeing spike page {pfn}: {e}")))?;
         }
-        self.allocator.drain_all_cpus();
+        self.allocator.drain(None).unwrap_or(0);
         let unmerged = self.allocator.unmerged_free_blocks();
         if unmerged != 0 {
             return Err(io::Error::other(format!(
@@ -241,7 +241,7 @@ pub(crate) fn spike_workload(
         physical,
         nodes,
         held: allocator
-            .zone_stats()
+            .zones()
             .map(|z| ((z.node, z.zone), z.allocated()))
             .collect(),
     };
@@ -284,7 +284,7 @@ pub(crate) fn spike_workload(
     report.chunks_given_back = total.chunks_given_back;
     report.memmap_released_bytes = total.memmap_bytes_released;
     report.free_reported_release_bytes =
-        allocator.zone_stats().map(|z| z.reported).sum::<u64>() * PAGE_SIZE;
+        allocator.zones().map(|z| z.reported).sum::<u64>() * PAGE_SIZE;
 
     // Memory the host discarded, allocated again: it reads zeroes and is usable.
     let reported = reporter.merged();
@@ -316,7 +316,7 @@ pub(crate) fn spike_workload(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meminit::{Config, CpuCache, SectionSlot, Strategy};
+    use meminit::{AllocRequest, Config, CpuCache, SectionSlot, Strategy};
     use meminit_boot::XorShift;
 
     use crate::machine::Machine;
@@ -364,7 +364,12 @@ mod tests {
             .unwrap();
             let mut failures = 0;
             let mut alloc = |order, constraint, node| {
-                let r = allocator.alloc_on(CpuId(0), order, constraint, node);
+                let r = allocator.alloc(
+                    AllocRequest::order(order)
+                        .on(CpuId(0))
+                        .within(constraint)
+                        .node(node),
+                );
                 failures += u64::from(r.is_err());
                 r.ok()
             };
