@@ -89,7 +89,10 @@ pub fn kernel_main(usable: &[(u64, u64)], image: (u64, u64)) -> Result<(), InitE
 /// The entry point a bootloader would jump to.
 #[no_mangle]
 pub extern "C" fn _start() -> ! {
-    let _ = kernel_main(&[(0x1000, 0x9f000), (0x100000, MEMORY)], (0x100000, 0x400000));
+    let _ = kernel_main(
+        &[(0x1000, 0x9f000), (0x100000, MEMORY)],
+        (0x100000, 0x400000),
+    );
     loop {
         x86_64::instructions::hlt();
     }
