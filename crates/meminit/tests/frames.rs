@@ -7,9 +7,9 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
-use meminit::frames::Frames;
+use meminit::frames::{Frames, FramesError};
 use meminit::NodeId;
-use meminit::{Constraint, CpuId, Strategy};
+use meminit::{AllocError, Constraint, CpuId, FreeError, Strategy};
 use x86_64::structures::paging::{FrameAllocator, FrameDeallocator, PhysFrame, Size2MiB, Size4KiB};
 
 const MIB: u64 = 1 << 20;
@@ -18,7 +18,7 @@ const MIB: u64 = 1 << 20;
 fn page_table_frames_come_from_a_cpus_cache_and_go_back() {
     let l = simple(64 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::OnDemand, |a| {
-        let mut frames = Frames::new(a, CpuId(1), NodeId(0), Constraint::Any);
+        let mut frames = Frames::new(a, CpuId(1), NodeId(0), Constraint::Any).unwrap();
         let small: Vec<PhysFrame<Size4KiB>> = (0..300)
             .map(|_| FrameAllocator::<Size4KiB>::allocate_frame(&mut frames).unwrap())
             .collect();
@@ -41,7 +41,7 @@ fn page_table_frames_come_from_a_cpus_cache_and_go_back() {
 fn an_exhausted_zone_gives_no_frame() {
     let l = simple(8 * MIB, 4 * MIB);
     with_allocator(&l, Strategy::Eager, |a| {
-        let mut frames = Frames::new(a, CpuId(0), NodeId(0), Constraint::Dma);
+        let mut frames = Frames::new(a, CpuId(0), NodeId(0), Constraint::Dma).unwrap();
         let mut n = 0;
         while FrameAllocator::<Size4KiB>::allocate_frame(&mut frames).is_some() {
             n += 1;
@@ -50,5 +50,32 @@ fn an_exhausted_zone_gives_no_frame() {
             n,
             a.zone(NodeId(0), meminit::ZoneType::Dma).unwrap().managed
         );
+        // The trait could only say `None`; the adapter keeps why.
+        assert!(matches!(
+            frames.last_error(),
+            Some(FramesError::Alloc(AllocError::OutOfMemory { .. }))
+        ));
+    });
+}
+
+#[test]
+fn a_cpu_without_a_cache_is_refused_up_front_and_a_bad_free_is_kept() {
+    let l = simple(16 * MIB, 4 * MIB);
+    with_allocator(&l, Strategy::OnDemand, |a| {
+        let unknown = Frames::new(a, CpuId(99), NodeId(0), Constraint::Any);
+        assert!(matches!(unknown, Err(AllocError::UnknownCpu { .. })));
+        let no_node = Frames::new(a, CpuId(0), NodeId(7), Constraint::Any);
+        assert!(matches!(no_node, Err(AllocError::UnknownNode { .. })));
+        let mut frames = Frames::new(a, CpuId(0), NodeId(0), Constraint::Any).unwrap();
+        let f: PhysFrame<Size4KiB> = frames.allocate_frame().unwrap();
+        // SAFETY: the frame is unused from here on.
+        unsafe { frames.deallocate_frame(f) };
+        assert_eq!(frames.take_error(), None);
+        // SAFETY: a double free: the allocator refuses it and changes nothing.
+        unsafe { frames.deallocate_frame(f) };
+        assert!(matches!(
+            frames.take_error(),
+            Some(FramesError::Free(FreeError::DoubleFree { .. }))
+        ));
     });
 }
