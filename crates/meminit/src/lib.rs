@@ -377,9 +377,9 @@ pub use memmap::{
     SliceBacking, SourceError, MAX_BACKING_CONTEXTS, MAX_SOURCE_PAGES,
 };
 pub use page::{Page, PageMeta, PageState, USER_BYTES, USER_WORDS};
-pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
+pub use section::{ChunkState, ChunkUse, SectionSlot, MAX_CHUNKS_PER_SECTION};
 pub use types::{
-    Constraint, CpuId, NodeId, Pfn, ZoneType, DESCRIPTOR_SIZE, MAX_NODES, MAX_ORDER, MAX_PFN,
-    PAGEBLOCK_ORDER, PAGE_SHIFT, PAGE_SIZE, PHYS_ADDR_BITS, ZONE_TYPES,
+    Constraint, CpuId, MobilityClass, NodeId, Pfn, ZoneType, CLASSES, DESCRIPTOR_SIZE, MAX_NODES,
+    MAX_ORDER, MAX_PFN, PAGEBLOCK_ORDER, PAGE_SHIFT, PAGE_SIZE, PHYS_ADDR_BITS, ZONE_TYPES,
 };
 pub use zone::ZoneStats;

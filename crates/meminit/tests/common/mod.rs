@@ -150,7 +150,12 @@ pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
         );
         let span = a.layout().node(z.node).unwrap().zones[z.zone as usize];
         assert_eq!(z.present, span.present);
+        // Free pages by list: per class, wholly free chunks, and CPU caches
+        // (nothing is away for reporting at a quiescent point).
+        let listed: u64 = z.free_by_class.iter().sum::<u64>() + z.free_whole;
+        assert_eq!(listed + z.cached, z.free, "{z:?}");
     }
+    assert_eq!(a.miscounted_chunks(), 0, "chunks' words of use");
 }
 
 /// After everything is freed and initialised: every max-order-aligned block of
@@ -170,9 +175,12 @@ pub fn check_fully_coalesced(a: &Alloc<'_>) {
         }
         e.1 += r.pages();
     }
+    assert_eq!(a.miscounted_chunks(), 0, "chunks' words of use");
     for z in a.zone_stats() {
         let (blocks, pages) = expected.get(&(z.node, z.zone)).copied().unwrap_or((0, 0));
         assert_eq!(z.free, pages, "zone {z:?} free pages");
+        // Nothing is allocated: every chunk is wholly free, of no class.
+        assert_eq!(z.free_whole, pages, "zone {z:?} wholly free pages");
         assert_eq!(z.uninitialised, 0);
         let free = a.free_blocks(z.node, z.zone);
         assert_eq!(
