@@ -73,6 +73,9 @@ pub struct ZoneStats {
     pub free_by_class: [u64; crate::types::CLASSES],
     /// Of `free`, pages on the free lists in wholly free chunks: what the next
     /// give-back pass may return, and what either class takes before stealing.
+    /// (A chunk with pages of two zones is the exception: each zone moves only
+    /// its own blocks, so this zone's blocks of it may stay counted under a
+    /// class until they are next touched. Such chunks are never given back.)
     pub free_whole: u64,
     /// Allocations served from a chunk of the other class, since start-up,
     /// because nothing of their own class, no wholly free chunk and no

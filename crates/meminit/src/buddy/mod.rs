@@ -425,16 +425,5 @@ pub(crate) fn block_order(pfn: u64, pages: u64) -> u32 {
     align.min(fit).min(MAX_ORDER)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::block_order;
-
-    #[test]
-    fn block_orders() {
-        assert_eq!(block_order(0, 1 << 20), 10);
-        assert_eq!(block_order(1, 100), 0);
-        assert_eq!(block_order(4096, 3), 1);
-        assert_eq!(block_order(2048, 2048), 10);
-        assert_eq!(block_order(1024 + 512, 4096), 9);
-    }
-}
+#[cfg(all(test, not(loom)))]
+mod tests;
