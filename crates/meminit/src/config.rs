@@ -77,8 +77,8 @@ pub struct Config {
     pub clock: Option<fn() -> u64>,
     /// Bytes of memory per chunk, the unit of initialisation: a power of two from
     /// one max-order block ([`DEFAULT_CHUNK_SIZE`]) up to a section, with at most
-    /// [`MAX_CHUNKS_PER_SECTION`] chunks per section, and at most 2^30 pages
-    /// (4 TiB: a chunk's count of pages in use must fit its word).
+    /// [`MAX_CHUNKS_PER_SECTION`] chunks per section, and at most 2^29 pages
+    /// (2 TiB: a chunk's count of pages in use must fit its word).
     pub chunk_size: u64,
     /// Whether [`Allocator::give_back`](crate::Allocator::give_back) and [`Allocator::report_free`](crate::Allocator::report_free) return
     /// chunks whose pages all stayed free to uninitialised, releasing their

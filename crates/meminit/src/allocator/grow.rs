@@ -83,6 +83,17 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut writer = populated.map_err(ChunkError::Backing)?;
         let taken = writer.taken();
         let (start, end) = self.memmap.chunk_pfns(index);
+        // A chunk with usable pages of two zones is counted under both zones'
+        // locks: marked before any of its blocks is on a list.
+        let mut usable = self
+            .layout
+            .present_runs(Pfn(start)..Pfn(end))
+            .filter(|r| !r.reserved);
+        if let Some(first) = usable.next() {
+            if usable.any(|r| (r.node, r.zone) != (first.node, first.zone)) {
+                self.memmap.sections().mark_chunk_shared(index);
+            }
+        }
         for run in self.layout.present_runs(Pfn(start)..Pfn(end)) {
             let (rs, re) = (run.start.0, run.end.0);
             writer.write_run(rs, PageState::Reserved, NO_ZONE);

@@ -27,8 +27,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
 
     /// A consistency check of the chunks' words of use: the number of chunks
     /// whose count of pages off the free lists differs from what their
-    /// descriptors say (allocated and cached blocks), or that have a class with
-    /// nothing off the lists, plus the free blocks on another list than their
+    /// descriptors say (allocated and cached blocks), that have a class with
+    /// nothing off the lists, or whose mark of pages of two zones differs from
+    /// the memory map, plus the free blocks on another list than their
     /// chunk's word names (or than their own head names). Zero always, unless
     /// something corrupted them. It reads descriptors without a lock: call it when
     /// no operation is in flight (a test after any operation, a kernel's debug
@@ -45,7 +46,11 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 // Not on any list: nothing may be counted.
                 _ => Some(0),
             };
-            if counted != Some(word.pages()) || (word.pages() == 0 && word.class().is_some()) {
+            let shared = sections.state(chunk) == ChunkState::Ready && self.chunk_is_shared(chunk);
+            if counted != Some(word.pages())
+                || (word.pages() == 0 && word.class().is_some())
+                || word.is_shared() != shared
+            {
                 wrong += 1;
             }
         }

@@ -71,7 +71,7 @@ impl FreeArea {
             let p = page(mm, pfn);
             match p.state() {
                 PageState::Free { order } => {
-                    self.unlink(mm, pfn, order);
+                    self.unlink(mm, p, order);
                     p.set_state(PageState::Reserved);
                     pfn += 1 << order;
                 }
@@ -160,7 +160,7 @@ impl FreeArea {
                 PageState::Free { order } => {
                     if p.list() != to {
                         let aged = p.is_aged();
-                        let reported = self.unlink(mm, pfn, order);
+                        let reported = self.unlink(mm, p, order);
                         self.push(mm, pfn, order, reported, to);
                         if aged {
                             p.mark_aged();

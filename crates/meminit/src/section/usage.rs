@@ -6,10 +6,13 @@
 //! claim states, so that give-back skips a chunk in use with one load and no
 //! descriptor. It is only a counter and a tag: this module does not know which
 //! lists a chunk's blocks are on nor when a block moves (that is the buddy
-//! lists'), and it takes no lock. Every change is an atomic read-modify-write
-//! under the lock of a zone whose blocks enter or leave its free lists: a chunk
-//! whose pages lie in two zones is changed under either lock, and the
-//! read-modify-write keeps both zones' changes.
+//! lists'), and it takes no lock. Every change is made under the lock of a
+//! zone whose blocks enter or leave its free lists. A chunk whose usable pages
+//! all lie in one zone is changed under that zone's lock alone, so a plain load
+//! and store do (no locked instruction on the paths that refill and drain CPU
+//! caches); a chunk whose pages lie in two zones is marked *shared* when it is
+//! initialised, and changed with a read-modify-write, under either lock, that
+//! keeps both zones' changes.
 
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -17,13 +20,18 @@ use super::Sections;
 use crate::types::MobilityClass;
 
 /// Bits of the count of pages off the lists.
-const PAGES_BITS: u32 = 30;
+const PAGES_BITS: u32 = 29;
 const PAGES_MASK: u32 = (1 << PAGES_BITS) - 1;
+/// The bit above the count: the chunk has usable pages of two zones.
+const SHARED: u32 = 1 << PAGES_BITS;
+/// The class, in the two bits above that.
+const CLASS_SHIFT: u32 = PAGES_BITS + 1;
 
 /// The most pages a chunk may hold, so that its count fits in its word.
 pub(crate) const MAX_CHUNK_PAGES: u64 = 1 << PAGES_BITS;
 
-/// One chunk's word of use: a snapshot.
+/// One chunk's word of use: a snapshot. Bits 0–28: pages off the lists; bit 29:
+/// shared by two zones; bits 30–31: the class (0: none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkUse(u32);
 
@@ -43,20 +51,28 @@ impl ChunkUse {
     /// the lists of wholly free chunks), even if some are away for reporting.
     #[inline]
     pub const fn class(self) -> Option<MobilityClass> {
-        match self.0 >> PAGES_BITS {
+        match self.0 >> CLASS_SHIFT {
             1 => Some(MobilityClass::Unmovable),
             2 => Some(MobilityClass::Movable),
             _ => None,
         }
     }
 
+    /// Whether the chunk has usable pages of two zones (each zone's lock then
+    /// covers only its own pages of it).
     #[inline]
-    const fn with(pages: u64, class: Option<MobilityClass>) -> ChunkUse {
+    pub const fn is_shared(self) -> bool {
+        self.0 & SHARED != 0
+    }
+
+    /// This word with `pages` and `class` instead.
+    #[inline]
+    const fn with(self, pages: u64, class: Option<MobilityClass>) -> ChunkUse {
         let tag = match class {
             None => 0,
             Some(c) => c as u32 + 1,
         };
-        ChunkUse((pages as u32 & PAGES_MASK) | tag << PAGES_BITS)
+        ChunkUse((pages as u32 & PAGES_MASK) | (self.0 & SHARED) | tag << CLASS_SHIFT)
     }
 }
 
@@ -87,7 +103,7 @@ impl Sections<'_> {
         class: Option<MobilityClass>,
     ) -> (ChunkUse, ChunkUse) {
         self.update(chunk, |old| {
-            ChunkUse::with(old.pages() + pages, old.class().or(class))
+            old.with(old.pages() + pages, old.class().or(class))
         })
     }
 
@@ -99,7 +115,7 @@ impl Sections<'_> {
             // Saturating: a count gone wrong must not spill into the class bits;
             // the consistency check reports it.
             let left = old.pages().saturating_sub(pages);
-            ChunkUse::with(left, if left == 0 { None } else { old.class() })
+            old.with(left, if left == 0 { None } else { old.class() })
         })
     }
 
@@ -109,16 +125,34 @@ impl Sections<'_> {
             return (ChunkUse::FREE, ChunkUse::FREE);
         };
         // Relaxed: the zone lock held by the caller orders this against every
-        // other change from that zone; a change from the other zone of a shared
-        // chunk is a separate read-modify-write on the same word, so neither is
-        // lost (see the module documentation).
+        // other change from that zone (see the module documentation).
         let mut old = word.load(Relaxed);
+        if old & SHARED == 0 {
+            // One zone's chunk: only holders of its lock write the word, so
+            // this store loses nothing. Relaxed: ordered by that lock; readers
+            // without it (give-back's skip) re-check under it.
+            let new = f(ChunkUse(old));
+            word.store(new.0, Relaxed);
+            return (ChunkUse(old), new);
+        }
+        // A shared chunk: the other zone's changes come under the other lock,
+        // each a read-modify-write on the same word, so neither is lost.
         loop {
             let new = f(ChunkUse(old)).0;
             match word.compare_exchange_weak(old, new, Relaxed, Relaxed) {
                 Ok(_) => return (ChunkUse(old), ChunkUse(new)),
                 Err(now) => old = now,
             }
+        }
+    }
+
+    /// Marks chunk `chunk` shared by two zones: by its initialiser, before any
+    /// of its blocks is on a list.
+    pub(crate) fn mark_chunk_shared(&self, chunk: usize) {
+        if let Some(word) = self.use_word(chunk) {
+            // Relaxed: the chunk's blocks reach the lists (under a zone lock,
+            // whose release publishes this) only after it.
+            word.fetch_or(SHARED, Relaxed);
         }
     }
 
@@ -158,5 +192,16 @@ mod tests {
         assert_eq!(s.chunk_take(64, 1, None).1, ChunkUse::FREE);
         let big = MAX_CHUNK_PAGES - 1;
         assert_eq!(s.chunk_take(1, big, None).1.pages(), big);
+        // A shared chunk keeps the mark through every change.
+        s.mark_chunk_shared(0);
+        let (_, now) = s.chunk_take(0, 4, Some(MobilityClass::Unmovable));
+        assert!(now.is_shared());
+        assert_eq!(
+            (now.pages(), now.class()),
+            (4, Some(MobilityClass::Unmovable))
+        );
+        let (_, now) = s.chunk_return(0, 4);
+        assert!(now.is_shared() && now.pages() == 0 && now.class().is_none());
+        assert!(!s.chunk_use(1).is_shared());
     }
 }
