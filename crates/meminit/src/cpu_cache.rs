@@ -190,16 +190,9 @@ impl Stock {
 
 /// The stocks of one CPU, per zone type and class: 6 stocks of 1,520 bytes, so
 /// a [`CpuCache`] is 9,216 bytes (it was 4,608 with one stock per zone type).
-const STOCKS: usize = ZONE_TYPES * CLASSES;
-
-/// The stocks of one CPU, one per zone type and class.
-pub(crate) type Stocks = [Stock; STOCKS];
-
-/// The index of zone type `zone`'s stock of `class`.
-#[inline]
-const fn stock_index(zone: ZoneType, class: MobilityClass) -> usize {
-    zone as usize * CLASSES + class as usize
-}
+/// The stocks of one CPU, one per zone type and class (indexed by both, whose
+/// ranges the compiler knows: no bounds check on the fast path).
+pub(crate) type Stocks = [[Stock; CLASSES]; ZONE_TYPES];
 
 /// One CPU's cache of free blocks. The embedder lends a slice of these to
 /// [`crate::Allocator::new`], one per CPU, and says which CPU is calling with a
@@ -214,15 +207,18 @@ pub struct CpuCache<R: RawMutex> {
     stocks: Mutex<R, Stocks>,
     /// Per stock, `node << 56 | pages held`, written under the lock whenever the
     /// stock changes and read without it by statistics.
-    held: [AtomicU64; STOCKS],
+    held: [[AtomicU64; CLASSES]; ZONE_TYPES],
 }
 
 impl<R: RawMutex> CpuCache<R> {
     /// An empty cache.
     pub const fn new() -> Self {
         CpuCache {
-            stocks: Mutex::const_new(R::INIT, [const { Stock::new() }; STOCKS]),
-            held: [const { AtomicU64::new(0) }; STOCKS],
+            stocks: Mutex::const_new(
+                R::INIT,
+                [const { [const { Stock::new() }; CLASSES] }; ZONE_TYPES],
+            ),
+            held: [const { [const { AtomicU64::new(0) }; CLASSES] }; ZONE_TYPES],
         }
     }
 
@@ -238,7 +234,7 @@ impl<R: RawMutex> CpuCache<R> {
     /// `class` (a snapshot).
     pub fn pages_of_class(&self, node: NodeId, zone: ZoneType, class: MobilityClass) -> u64 {
         // Relaxed: a statistic, exact when no operation is in flight.
-        let held = self.held[stock_index(zone, class)].load(Relaxed);
+        let held = self.held[zone as usize][class as usize].load(Relaxed);
         if held >> 56 == node.0 as u64 {
             held & ((1 << 56) - 1)
         } else {
@@ -251,6 +247,7 @@ impl<R: RawMutex> CpuCache<R> {
         // Relaxed: as in `pages_of`.
         self.held
             .iter()
+            .flatten()
             .map(|h| h.load(Relaxed) & ((1 << 56) - 1))
             .sum()
     }
@@ -296,25 +293,24 @@ impl<R: RawMutex> Default for CpuCache<R> {
 /// A locked cache.
 pub(crate) struct CacheGuard<'c, R: RawMutex> {
     stocks: MutexGuard<'c, R, Stocks>,
-    held: &'c [AtomicU64; STOCKS],
+    held: &'c [[AtomicU64; CLASSES]; ZONE_TYPES],
 }
 
 impl<R: RawMutex> CacheGuard<'_, R> {
     /// The stock of zone type `zone` for allocations of `class`.
     #[inline]
     pub(crate) fn stock(&mut self, zone: ZoneType, class: MobilityClass) -> &mut Stock {
-        &mut self.stocks[stock_index(zone, class)]
+        &mut self.stocks[zone as usize][class as usize]
     }
 
     /// Publishes the page count of zone type `zone`'s stock of `class` for
     /// statistics. Call after every change, before the guard drops.
     #[inline]
     pub(crate) fn publish(&mut self, zone: ZoneType, class: MobilityClass) {
-        let i = stock_index(zone, class);
-        let stock = &self.stocks[i];
+        let stock = &self.stocks[zone as usize][class as usize];
         let node = stock.node().unwrap_or(UNTAGGED) as u64;
         // Relaxed: read only by statistics, exact once operations are quiescent.
-        self.held[i].store(node << 56 | stock.pages(), Relaxed);
+        self.held[zone as usize][class as usize].store(node << 56 | stock.pages(), Relaxed);
     }
 }
 

@@ -172,10 +172,15 @@ impl HeadWord {
         decode(self.0)
     }
 
-    /// The class an allocated head was allocated for.
+    /// The class an allocated head was allocated for (its list bits are 0 or
+    /// 1: only the lower one is read).
     #[inline]
     pub(crate) fn class(self) -> MobilityClass {
-        MobilityClass::from_index(((self.0 & LIST_MASK) >> LIST_SHIFT) as usize)
+        if self.0 & 1 << LIST_SHIFT == 0 {
+            MobilityClass::Unmovable
+        } else {
+            MobilityClass::Movable
+        }
     }
 }
 

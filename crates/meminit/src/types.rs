@@ -134,15 +134,6 @@ impl MobilityClass {
     /// Every class, in index order.
     pub const ALL: [MobilityClass; CLASSES] = [MobilityClass::Unmovable, MobilityClass::Movable];
 
-    /// The class of index `i` (its `as usize`); `Movable` for anything but 0.
-    #[inline]
-    pub(crate) const fn from_index(i: usize) -> MobilityClass {
-        match i {
-            0 => MobilityClass::Unmovable,
-            _ => MobilityClass::Movable,
-        }
-    }
-
     /// The other class: where an allocation steals from when its own class, the
     /// wholly free chunks and growth are exhausted.
     #[inline]
