@@ -77,7 +77,8 @@ pub struct Config {
     pub clock: Option<fn() -> u64>,
     /// Bytes of memory per chunk, the unit of initialisation: a power of two from
     /// one max-order block ([`DEFAULT_CHUNK_SIZE`]) up to a section, with at most
-    /// [`MAX_CHUNKS_PER_SECTION`] chunks per section.
+    /// [`MAX_CHUNKS_PER_SECTION`] chunks per section, and at most 2^29 pages
+    /// (2 TiB: a chunk's count of pages in use must fit its word).
     pub chunk_size: u64,
     /// Whether [`Allocator::give_back`](crate::Allocator::give_back) and [`Allocator::report_free`](crate::Allocator::report_free) return
     /// chunks whose pages all stayed free to uninitialised, releasing their
@@ -153,6 +154,7 @@ impl Config {
         if !chunk.is_power_of_two()
             || !(DEFAULT_CHUNK_SIZE..=section).contains(&chunk)
             || section / chunk > MAX_CHUNKS_PER_SECTION as u64
+            || chunk / PAGE_SIZE > crate::section::MAX_CHUNK_PAGES
         {
             return Err(InitError::BadChunkSize { chunk, section });
         }

@@ -212,10 +212,11 @@
 //!
 //! ## Stack: start-up in place
 //!
-//! An [`Allocator`] is about 26 KB, a [`Layout`] about 10 KB and a
+//! An [`Allocator`] is about 52 KB (most of it the free lists of 48 possible
+//! zones, per mobility class and order), a [`Layout`] about 10 KB and a
 //! [`LayoutBuilder`] about 6 KB. [`Allocator::new`] takes the layout and returns
 //! the allocator by value: start-up and a first allocation then need about
-//! 80 KiB of stack on x86-64. A kernel's boot stack is often 16 to 64 KiB: start
+//! 176 KiB of stack on x86-64 (the workspace's `dev` profile). A kernel's boot stack is often 16 to 64 KiB: start
 //! in place instead. [`AllocatorCell::build`] (and [`Allocator::build_in_place`],
 //! for a place of your own) validates the memory map straight into the
 //! allocator's place and writes every field there, making the backing only once
@@ -237,8 +238,9 @@
 //! request naming a CPU with no cache is refused ([`AllocError::UnknownCpu`],
 //! [`FreeError::UnknownCpu`]); one naming no CPU goes to the zones directly (for
 //! early boot, before per-CPU data exists, or when no caches were lent). Each CPU
-//! keeps, per zone type, up to [`CACHE_HIGH`] blocks of each of the orders in
-//! [`CACHED_ORDERS`] (0 to 3 and the pageblock order, as Linux's per-CPU lists);
+//! keeps, per zone type and [`MobilityClass`], up to [`CACHE_HIGH`] blocks of
+//! each of the orders in [`CACHED_ORDERS`] (0 to 3 and the pageblock order, as
+//! Linux's per-CPU lists; a [`CpuCache`] is 9 KiB);
 //! an empty stock is refilled and a full one drained [`CACHE_BATCH`] blocks at a
 //! time, under the zone lock. Larger orders go to the zones directly. A block may
 //! be freed on any CPU; a block of a zone other than the one that CPU's stock
@@ -311,6 +313,41 @@
 //! valid memory (the backing keeps the range mapped), but says nothing useful
 //! about a page one does not own.
 //!
+//! ## Mobility classes: placement that lets memory go back
+//!
+//! Give-back returns only chunks that are wholly free, and a buddy allocator that
+//! ignores lifetime pins them all: with 1% of order-0 pages kept at random among
+//! short-lived ones, every 4 MiB chunk keeps a page and nothing comes back. An
+//! allocation says what it is with [`AllocFlags::MOVABLE`] (user data, page
+//! cache: memory the embedder can move or will soon free) or not (the default,
+//! [`MobilityClass::Unmovable`]: kernel objects, page tables), and a chunk serves
+//! one class while any of its pages is off the free lists:
+//!
+//! - each chunk has a *word of use* ([`ChunkUse`], in its [`SectionSlot`]): the
+//!   pages of it off the free lists (allocated, in a CPU cache, or away for
+//!   reporting) and its class, kept where blocks enter or leave the lists, under
+//!   the zone lock, never on the CPU-cache fast path;
+//! - each zone keeps free lists per class and order, and lists of wholly free
+//!   chunks: a free block is on its chunk's class's lists, and joins the wholly
+//!   free lists when its chunk's last page comes back;
+//! - an allocation takes, in order: the smallest block that serves on its
+//!   class's lists (partly used chunks fill before a wholly free one is split:
+//!   the buddy's own approximation of "fullest first"), a wholly free chunk's
+//!   block (the chunk becomes the class's), growth (a new chunk, wholly free),
+//!   and only then the **largest** block on the other class's lists (a *steal*,
+//!   Linux's rule; the chunk keeps its class; counted in [`ZoneStats::steals`]).
+//!   [`AllocFlags::NO_GROW`] allocations, and the last look before
+//!   [`AllocError::OutOfMemory`], steal too: no allocation fails while the other
+//!   class has a free block;
+//! - give-back passes a chunk in use with one load of its word, no descriptor.
+//!
+//! With hints, the kept pages fill chunks of their own and the chunks of freed
+//! movable memory are wholly free: the crate's test with 1% kept at random gets
+//! every such chunk back, and none without hints. A wrong hint costs only that.
+//! [`ZoneStats`] says the free pages in each class's chunks and in wholly free
+//! ones; [`Allocator::miscounted_chunks`] checks every word against the
+//! descriptors.
+//!
 //! ## Guarantees
 //!
 //! - A chunk is initialised exactly once, by whoever claims it first (start-up, a
@@ -329,8 +366,9 @@
 //!   of one block racing on two CPUs, exactly one succeeds.
 //! - Pages in CPU caches count as free ([`ZoneStats::cached`] says how many), and
 //!   no allocation reports `OutOfMemory` while an eligible zone has a free block of
-//!   its order, memory left to initialise, or pages in a CPU's cache that could make
-//!   one: it looks again after every step that could have added memory.
+//!   its order (of either mobility class), memory left to initialise, or pages in
+//!   a CPU's cache that could make one: it looks again after every step that could
+//!   have added memory.
 //!
 //! ## Layers
 //!
@@ -341,9 +379,9 @@
 //! | vocabulary | `types` | [`Pfn`], [`NodeId`], [`ZoneType`], [`CpuId`], [`Constraint`], constants |
 //! | memory map | `layout` | [`LayoutBuilder`] and its validation, the [`Layout`] of nodes, zones, sections |
 //! | descriptor | `page` | the 64-byte [`Page`], its state word, the embedder's [`PageMeta`] |
-//! | claims | `section` | per-section words: chunk states and the memmap's, claimed by compare-and-swap |
+//! | claims | `section` | per-section words: chunk states and the memmap's, claimed by compare-and-swap; each chunk's word of use |
 //! | memmap | `memmap` | the descriptor array over a [`MemmapBacking`]: populate, write, publish, depopulate; the [`PageSource`] |
-//! | free lists | `buddy`, `zone` | split and merge under one lock per zone; the zone's counters |
+//! | free lists | `buddy`, `zone` | split and merge under one lock per zone, lists per mobility class; the zone's counters |
 //! | CPU caches | `cpu_cache` | the storage of each CPU's stock of small free blocks |
 //! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back |
 //! | errors, choices | `error`, `config` | the entry points' errors; [`Config`] and [`Strategy`] |
@@ -403,9 +441,9 @@ pub use memmap::{
     SliceBacking, SourceError, StaticMemmap, MAX_BACKING_CONTEXTS, MAX_SOURCE_PAGES,
 };
 pub use page::{Page, PageMeta, PageState, USER_BYTES, USER_WORDS};
-pub use section::{ChunkState, SectionSlot, MAX_CHUNKS_PER_SECTION};
+pub use section::{ChunkState, ChunkUse, SectionSlot, MAX_CHUNKS_PER_SECTION};
 pub use types::{
-    Constraint, CpuId, NodeId, Pfn, ZoneType, DESCRIPTOR_SIZE, MAX_NODES, MAX_ORDER, MAX_PFN,
-    PAGEBLOCK_ORDER, PAGE_SHIFT, PAGE_SIZE, PHYS_ADDR_BITS, ZONE_TYPES,
+    Constraint, CpuId, MobilityClass, NodeId, Pfn, ZoneType, CLASSES, DESCRIPTOR_SIZE, MAX_NODES,
+    MAX_ORDER, MAX_PFN, PAGEBLOCK_ORDER, PAGE_SHIFT, PAGE_SIZE, PHYS_ADDR_BITS, ZONE_TYPES,
 };
 pub use zone::ZoneStats;

@@ -14,7 +14,7 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crate::types::DESCRIPTOR_SIZE;
-use crate::types::{NodeId, ZoneType, ZONE_TYPES};
+use crate::types::{MobilityClass, NodeId, ZoneType, ZONE_TYPES};
 
 /// No pfn: the end of a free list.
 pub(crate) const NO_PFN: u64 = u64::MAX;
@@ -152,6 +152,37 @@ const FLAG_REPORTED: u32 = 1 << 16;
 /// Flag in the state word of a free block's head: a give-back pass saw the block
 /// free; if the next pass still finds the flag, the block stayed free in between.
 const FLAG_AGED: u32 = 1 << 17;
+/// Bits 18–19 of the state word. On a free block's head: the free list it is on
+/// (0 and 1: its chunk's class, [`MobilityClass`] as a number; 2: the lists of
+/// wholly free chunks), so that unlinking it needs no other look-up. On an
+/// allocated block's head: the class it was allocated for, so that a free puts
+/// it in the CPU cache of that class without reading anything else.
+const LIST_SHIFT: u32 = 18;
+const LIST_MASK: u32 = 3 << LIST_SHIFT;
+
+/// The state word of a block's head, read once: its state, and the class it was
+/// allocated for (meaningful for an allocated head only).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadWord(u32);
+
+impl HeadWord {
+    /// The state.
+    #[inline]
+    pub(crate) fn state(self) -> PageState {
+        decode(self.0)
+    }
+
+    /// The class an allocated head was allocated for (its list bits are 0 or
+    /// 1: only the lower one is read).
+    #[inline]
+    pub(crate) fn class(self) -> MobilityClass {
+        if self.0 & 1 << LIST_SHIFT == 0 {
+            MobilityClass::Unmovable
+        } else {
+            MobilityClass::Movable
+        }
+    }
+}
 
 #[inline]
 fn decode(word: u32) -> PageState {
@@ -197,12 +228,44 @@ impl Page {
         self.state.store(encode(state), Relaxed);
     }
 
-    /// Sets the state of a free block's head and whether its memory is reported.
+    /// Sets the state of a free block's head, whether its memory is reported,
+    /// and the free list (`0..=2`, see [`LIST_SHIFT`]) it goes on.
     #[inline]
-    pub(crate) fn set_free(&self, order: u32, reported: bool) {
+    pub(crate) fn set_free(&self, order: u32, reported: bool, list: usize) {
         let flag = if reported { FLAG_REPORTED } else { 0 };
+        let list = (list as u32) << LIST_SHIFT & LIST_MASK;
         self.state
-            .store(encode(PageState::Free { order }) | flag, Relaxed);
+            .store(encode(PageState::Free { order }) | flag | list, Relaxed);
+    }
+
+    /// The free list the free block this page heads is on (`0..=2`).
+    #[inline]
+    pub(crate) fn list(&self) -> usize {
+        ((self.state.load(Relaxed) & LIST_MASK) >> LIST_SHIFT) as usize
+    }
+
+    /// Makes this page the head of a block of `order` allocated for `class`.
+    #[inline]
+    pub(crate) fn set_allocated(&self, order: u32, class: MobilityClass) {
+        let class = (class as u32) << LIST_SHIFT;
+        self.state
+            .store(encode(PageState::Allocated { order }) | class, Relaxed);
+    }
+
+    /// The state word, read once (the free path reads the state and the class
+    /// from it).
+    #[inline]
+    pub(crate) fn head_word(&self) -> HeadWord {
+        HeadWord(self.state.load(Relaxed))
+    }
+
+    /// For the head of an allocated block: the class it was allocated for
+    /// ([`AllocFlags::MOVABLE`](crate::AllocFlags::MOVABLE) or not). `None` for
+    /// any other page.
+    #[inline]
+    pub fn mobility(&self) -> Option<MobilityClass> {
+        let word = self.head_word();
+        matches!(word.state(), PageState::Allocated { .. }).then(|| word.class())
     }
 
     /// Whether the free block this page heads was reported to the host.
@@ -242,15 +305,23 @@ impl Page {
         }
     }
 
-    /// Moves the state from `from` to `to` if it is `from`, atomically; otherwise
-    /// returns the state found. Every free goes through this, so of two frees of
-    /// one block racing on different CPUs (under different locks) exactly one wins.
+    /// Moves the state from `Allocated { order }`, allocated for `class` (the
+    /// class the free read from the head), to `to` if it is that, atomically;
+    /// otherwise returns the state found. Every free goes through this, so of two
+    /// frees of one block racing on different CPUs (under different locks)
+    /// exactly one wins.
     #[inline]
-    pub(crate) fn transition(&self, from: PageState, to: PageState) -> Result<(), PageState> {
+    pub(crate) fn release(
+        &self,
+        order: u32,
+        class: MobilityClass,
+        to: PageState,
+    ) -> Result<(), PageState> {
+        let from = encode(PageState::Allocated { order }) | (class as u32) << LIST_SHIFT;
         // Relaxed: the compare-and-swap only decides who owns the block; the lists
         // the winner then links it on are ordered by their own locks.
         self.state
-            .compare_exchange(encode(from), encode(to), Relaxed, Relaxed)
+            .compare_exchange(from, encode(to), Relaxed, Relaxed)
             .map(|_| ())
             .map_err(decode)
     }
@@ -337,14 +408,35 @@ mod tests {
     #[test]
     fn flags_do_not_change_the_state_and_a_new_state_clears_them() {
         let p = Page::new(PageState::Tail, zone_index(NodeId(0), ZoneType::Normal));
-        p.set_free(10, true);
+        p.set_free(10, true, 2);
         p.mark_aged();
         assert_eq!(p.state(), PageState::Free { order: 10 });
         assert!(p.is_reported() && p.is_aged());
+        assert_eq!(p.list(), 2);
         p.set_state(PageState::Allocated { order: 10 });
         assert!(!p.is_reported() && !p.is_aged());
-        p.set_free(3, false);
+        assert_eq!(p.mobility(), Some(MobilityClass::Unmovable));
+        p.set_free(3, false, 1);
         assert!(!p.is_reported());
-        assert_eq!(p.state(), PageState::Free { order: 3 });
+        assert_eq!((p.state(), p.list()), (PageState::Free { order: 3 }, 1));
+        assert_eq!(p.mobility(), None);
+    }
+
+    #[test]
+    fn an_allocated_head_keeps_its_class_and_a_free_must_name_it() {
+        let p = Page::new(PageState::Tail, zone_index(NodeId(0), ZoneType::Normal));
+        p.set_allocated(2, MobilityClass::Movable);
+        let word = p.head_word();
+        assert_eq!(word.state(), PageState::Allocated { order: 2 });
+        assert_eq!(word.class(), MobilityClass::Movable);
+        assert_eq!(p.mobility(), Some(MobilityClass::Movable));
+        // The wrong class (a reallocation since the read) fails the exchange.
+        let wrong = p.release(2, MobilityClass::Unmovable, PageState::Tail);
+        assert_eq!(wrong, Err(PageState::Allocated { order: 2 }));
+        assert_eq!(
+            p.release(2, MobilityClass::Movable, PageState::Tail),
+            Ok(())
+        );
+        assert_eq!(p.state(), PageState::Tail);
     }
 }

@@ -108,6 +108,43 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// What an allocation says about its memory's lifetime (Linux's migrate types,
+/// the two that matter for giving memory back). Chosen with
+/// [`AllocFlags::MOVABLE`](crate::AllocFlags::MOVABLE); unmovable is the default.
+///
+/// A chunk serves one class while any of its pages is off the free lists, so
+/// that the short-lived (movable) pages of a workload and its long-lived
+/// (unmovable) ones fill different chunks, and a chunk whose movable pages were
+/// all freed is wholly free again, to be given back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum MobilityClass {
+    /// Kernel objects, page tables: nothing can move them. The default.
+    #[default]
+    Unmovable = 0,
+    /// Memory whose contents the embedder can move (through its compaction
+    /// hook), or short-lived user data.
+    Movable = 1,
+}
+
+/// The number of [`MobilityClass`]es.
+pub const CLASSES: usize = 2;
+
+impl MobilityClass {
+    /// Every class, in index order.
+    pub const ALL: [MobilityClass; CLASSES] = [MobilityClass::Unmovable, MobilityClass::Movable];
+
+    /// The other class: where an allocation steals from when its own class, the
+    /// wholly free chunks and growth are exhausted.
+    #[inline]
+    pub const fn other(self) -> MobilityClass {
+        match self {
+            MobilityClass::Unmovable => MobilityClass::Movable,
+            MobilityClass::Movable => MobilityClass::Unmovable,
+        }
+    }
+}
+
 /// The zones of a node, as on x86-64 Linux.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ZoneType {

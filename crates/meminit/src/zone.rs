@@ -9,10 +9,10 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use lock_api::{Mutex, RawMutex};
 
-use crate::buddy::FreeArea;
+use crate::buddy::{FreeArea, LISTS, WHOLE};
 use crate::layout::ZoneSpan;
 use crate::memmap::{Memmap, MemmapBacking};
-use crate::types::{NodeId, Pfn, ZoneType, MAX_ORDER};
+use crate::types::{MobilityClass, NodeId, Pfn, ZoneType, MAX_ORDER};
 
 /// A zone of one node.
 pub(crate) struct Zone<R: RawMutex> {
@@ -24,6 +24,11 @@ pub(crate) struct Zone<R: RawMutex> {
     free_pages: AtomicU64,
     /// Mirror of the reported pages on the free lists, likewise.
     reported_pages: AtomicU64,
+    /// Mirror of the free pages on each list (per class, then of wholly free
+    /// chunks), likewise.
+    list_pages: [AtomicU64; LISTS],
+    /// Mirror of the steals, likewise.
+    steals: AtomicU64,
     /// Free pages taken off the lists while free page reporting hands them to the
     /// host; they count as free. Changed under the lock.
     pub(crate) isolated: AtomicU64,
@@ -65,6 +70,21 @@ pub struct ZoneStats {
     /// Free blocks of each order on the zone's free lists (blocks in CPU caches
     /// are not on them: drain first to see every block merged).
     pub free_blocks: [u64; MAX_ORDER as usize + 1],
+    /// Of `free`, pages on the free lists in chunks of each [`MobilityClass`]
+    /// (indexed by it): chunks that hold pages of that class. The rest of
+    /// `free` is in CPU caches, away for reporting, or in `free_whole`.
+    pub free_by_class: [u64; crate::types::CLASSES],
+    /// Of `free`, pages on the free lists in wholly free chunks: what the next
+    /// give-back pass may return, and what either class takes before stealing.
+    /// (A chunk with pages of two zones is the exception: each zone moves only
+    /// its own blocks, so this zone's blocks of it may stay counted under a
+    /// class until they are next touched. Such chunks are never given back.)
+    pub free_whole: u64,
+    /// Allocations served from a chunk of the other class, since start-up,
+    /// because nothing of their own class, no wholly free chunk and no
+    /// uninitialised memory was left in the zone (see
+    /// [`AllocFlags::MOVABLE`](crate::AllocFlags::MOVABLE)).
+    pub steals: u64,
 }
 
 impl ZoneStats {
@@ -87,9 +107,14 @@ impl<R: RawMutex> Zone<R> {
             node,
             kind,
             span,
-            free: Mutex::new(FreeArea::new()),
+            free: Mutex::new(FreeArea::new(crate::page::zone_index(
+                NodeId(node as u32),
+                kind,
+            ))),
             free_pages: AtomicU64::new(0),
             reported_pages: AtomicU64::new(0),
+            list_pages: [const { AtomicU64::new(0) }; LISTS],
+            steals: AtomicU64::new(0),
             isolated: AtomicU64::new(0),
             uninit: AtomicU64::new(span.present - span.reserved),
             memmap_pages: AtomicU64::new(0),
@@ -114,10 +139,17 @@ impl<R: RawMutex> Zone<R> {
         )
     }
 
-    /// Takes a block of `order` off the free lists.
+    /// Takes a block of `order` off the free lists for `class`: its own lists,
+    /// then a wholly free chunk's, then (if `steal`) the other class's.
     #[inline]
-    pub(crate) fn take<B: MemmapBacking>(&self, mm: &Memmap<'_, B>, order: u32) -> Option<u64> {
-        self.with_free(|area| area.take(mm, order))
+    pub(crate) fn take<B: MemmapBacking>(
+        &self,
+        mm: &Memmap<'_, B>,
+        order: u32,
+        class: MobilityClass,
+        steal: bool,
+    ) -> Option<u64> {
+        self.with_free(|area| area.take(mm, order, class, steal))
     }
 
     /// Runs `f` with the free lists locked, then refreshes the free-page mirror.
@@ -128,6 +160,10 @@ impl<R: RawMutex> Zone<R> {
         // Relaxed: mirrors for readers that do not take the lock.
         self.free_pages.store(area.pages(), Relaxed);
         self.reported_pages.store(area.reported_pages(), Relaxed);
+        for (mirror, pages) in self.list_pages.iter().zip(area.list_pages()) {
+            mirror.store(pages, Relaxed);
+        }
+        self.steals.store(area.steals(), Relaxed);
         out
     }
 
@@ -136,6 +172,17 @@ impl<R: RawMutex> Zone<R> {
     pub(crate) fn unmerged<B: MemmapBacking>(&self, mm: &Memmap<'_, B>) -> u64 {
         let zone_index = crate::page::zone_index(NodeId(self.node as u32), self.kind);
         self.free.lock().unmerged(mm, zone_index)
+    }
+
+    /// Free blocks on the wrong list (takes the lock): zero unless the lists or
+    /// the chunks' words of use are corrupt. `shared` says which chunks have
+    /// pages of another zone.
+    pub(crate) fn misfiled<B: MemmapBacking>(
+        &self,
+        mm: &Memmap<'_, B>,
+        shared: impl Fn(usize) -> bool,
+    ) -> u64 {
+        self.free.lock().misfiled(mm, shared)
     }
 
     /// The zone's counters, with `cached` pages of it in CPU caches. Takes the
@@ -159,6 +206,9 @@ impl<R: RawMutex> Zone<R> {
             reported: self.reported_pages.load(Relaxed) + isolated,
             uninitialised: self.uninit.load(Relaxed),
             free_blocks,
+            free_by_class: core::array::from_fn(|c| self.list_pages[c].load(Relaxed)),
+            free_whole: self.list_pages[WHOLE].load(Relaxed),
+            steals: self.steals.load(Relaxed),
         }
     }
 }

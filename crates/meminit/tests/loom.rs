@@ -210,8 +210,9 @@ mod real {
     use loom::sync::atomic::{AtomicBool, Ordering};
     use loom::thread;
     use meminit::{
-        AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest, Layout,
-        LayoutBuilder, NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking, Strategy, ZoneType,
+        AllocFlags, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest,
+        Layout, LayoutBuilder, MobilityClass, NodeId, Page, Pfn, RangeKind, SectionSlot,
+        SliceBacking, Strategy, ZoneType,
     };
 
     /// A test-and-set lock on a loom atomic, created on first use (loom's atomics
@@ -299,10 +300,15 @@ mod real {
     }
 
     fn model(f: fn()) {
+        model_with(f, 20_000);
+    }
+
+    /// [`model`] allowing `max_branches` on one path.
+    fn model_with(f: fn(), max_branches: usize) {
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = Some(2);
         // Give-back walks more states than the default allows on one path.
-        builder.max_branches = 20_000;
+        builder.max_branches = max_branches;
         builder.check(move || spawn(f).join().unwrap());
     }
 
@@ -472,5 +478,129 @@ mod real {
             );
             a.free(FreeRequest::pfn(got).order(0)).unwrap();
         });
+    }
+
+    /// An unmovable allocation that can only steal (every page is movable, one
+    /// is free) racing a free of another movable page into a CPU's cache: the
+    /// allocation never fails, steals exactly once, and the chunk's word of use
+    /// matches its descriptors at the end.
+    #[test]
+    fn a_steal_races_a_free_of_the_other_class() {
+        model(|| {
+            // 15 pages: blocks of order 0, 1, 2 and 3.
+            with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
+                let movable = |_| {
+                    a.alloc_traced(AllocRequest::order(0).flags(AllocFlags::MOVABLE))
+                        .unwrap()
+                        .0
+                };
+                let mut held: Vec<Pfn> = (0..15).map(movable).collect();
+                a.free(held.pop().unwrap()).unwrap();
+                let other = held.pop().unwrap();
+                let free = spawn(move || a.free(FreeRequest::pfn(other).on(CpuId(1))).unwrap());
+                let steal = spawn(move || {
+                    a.alloc_traced(
+                        AllocRequest::order(0)
+                            .on(CpuId(0))
+                            .flags(AllocFlags::NO_GROW),
+                    )
+                });
+                free.join().unwrap();
+                let (stolen, _) = steal.join().unwrap().expect("the steal serves");
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!(z.steals, 1, "{z:?}");
+                assert_eq!(
+                    a.page(stolen).unwrap().mobility(),
+                    Some(MobilityClass::Unmovable)
+                );
+                assert_eq!(a.chunk_use(stolen).class(), Some(MobilityClass::Movable));
+                assert_eq!(a.chunk_use(stolen).pages(), 14 + z.cached);
+                assert_eq!(a.miscounted_chunks(), 0);
+                held.push(stolen);
+                for p in held {
+                    a.free(p).unwrap();
+                }
+                a.drain(None).unwrap_or(0);
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!((z.free, z.free_whole), (15, 15), "{z:?}");
+                assert_eq!(a.miscounted_chunks(), 0);
+            });
+        });
+    }
+
+    /// A give-back pass over a chunk that stayed free, racing an allocation
+    /// (and its free) in the same chunk: the pass reads the chunk's word of use
+    /// without the lock and again under it, so it never gives back a chunk with
+    /// a page allocated, and the word matches the descriptors at the end.
+    #[test]
+    fn chunk_counts_race_a_give_back_pass() {
+        // A pass over a chunk being given back while the allocation spins on it
+        // takes more steps than the other models.
+        model_with(
+            || {
+                let mut b = LayoutBuilder::new();
+                b.section_size(4 << 20).add(
+                    16 << 20,
+                    (16 << 20) + 0x4000,
+                    RangeKind::Usable,
+                    NodeId(0),
+                );
+                let layout = b.build().unwrap();
+                let mut memmap: Box<[MaybeUninit<Page>]> =
+                    Box::new_uninit_slice(layout.memmap_descriptors() as usize);
+                let slots: Vec<SectionSlot> = (0..layout.section_count())
+                    .map(|_| SectionSlot::new())
+                    .collect();
+                let cpus: Vec<CpuCache<LoomLock>> = Vec::new();
+                let mut config = Config::new(Strategy::OnDemand);
+                config.give_back_reserve = 0;
+                let a = Allocator::new(
+                    layout,
+                    SliceBacking::new(&mut memmap),
+                    &slots,
+                    &cpus,
+                    config,
+                )
+                .unwrap();
+                for zone in ZoneType::ALL {
+                    a.zone(NodeId(0), zone)
+                        .map(|z| z.free_blocks)
+                        .unwrap_or_default();
+                }
+                let p = a.alloc(AllocRequest::order(0)).unwrap();
+                a.free(FreeRequest::pfn(p).order(0)).unwrap();
+                assert_eq!(a.give_back().chunks_marked, 1);
+                // SAFETY: both threads are joined before `a` goes out of scope.
+                let a: &'static Alloc = unsafe { &*(&a as *const Allocator<'_, _, _>).cast() };
+                let pass = spawn(move || a.give_back().chunks_given_back);
+                let user = spawn(move || {
+                    let (p, _) = a
+                        .alloc_traced(AllocRequest::order(0).flags(AllocFlags::MOVABLE))
+                        .unwrap();
+                    // While it is held, its chunk is in use and Ready.
+                    assert_eq!(a.chunk_use(p).pages(), 1);
+                    assert_eq!(a.chunk_use(p).class(), Some(MobilityClass::Movable));
+                    p
+                });
+                let given = pass.join().unwrap();
+                let p = user.join().unwrap();
+                assert!(given <= 1);
+                assert_eq!(
+                    a.page(p).unwrap().state(),
+                    meminit::PageState::Allocated { order: 0 }
+                );
+                assert_eq!(a.miscounted_chunks(), 0);
+                let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
+                assert_eq!(
+                    z.free + 1 + z.uninitialised + z.reserved,
+                    z.present,
+                    "{z:?}"
+                );
+                a.free(p).unwrap();
+                assert_eq!(a.chunk_use(p), meminit::ChunkUse::FREE);
+                assert_eq!(a.miscounted_chunks(), 0);
+            },
+            200_000,
+        );
     }
 }

@@ -11,8 +11,8 @@ use common::*;
 use meminit::NodeId;
 use meminit::Strategy as InitStrategy;
 use meminit::{
-    AllocError, AllocRequest, Config, Constraint, CpuId, FreeRequest, Granularity, LayoutBuilder,
-    LayoutError, PageState, Pfn, RangeKind, ZoneType, MAX_ORDER, PAGE_SIZE,
+    AllocError, AllocFlags, AllocRequest, Config, Constraint, CpuId, FreeRequest, Granularity,
+    LayoutBuilder, LayoutError, PageState, Pfn, RangeKind, ZoneType, MAX_ORDER, PAGE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -94,6 +94,8 @@ enum Op {
         node: usize,
         /// The simulated CPU, or `None` for the zones directly.
         cpu: Option<u32>,
+        /// Whether it is `MOVABLE`.
+        movable: bool,
     },
     Free {
         pick: usize,
@@ -124,7 +126,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     // A few CPUs, and now and then no CPU at all.
     let cpu = || prop_oneof![4 => (0..4u32).prop_map(Some), 1 => Just(None)];
     prop_oneof![
-        8 => (order, constraint, 0..3usize, cpu()).prop_map(|(order, constraint, node, cpu)| Op::Alloc { order, constraint, node, cpu }),
+        8 => (order, constraint, 0..3usize, cpu(), any::<bool>()).prop_map(|(order, constraint, node, cpu, movable)| Op::Alloc { order, constraint, node, cpu, movable }),
         6 => (any::<usize>(), cpu()).prop_map(|(pick, cpu)| Op::Free { pick, cpu }),
         1 => (0..4u32).prop_map(|cpu| Op::Drain { cpu }),
         1 => (0..3usize).prop_map(|node| Op::Worker { node }),
@@ -213,14 +215,19 @@ proptest! {
             let nodes = layout.node_count();
             for op in ops {
                 match op {
-                    Op::Alloc { order, constraint, node, cpu } => {
-                        let got = match cpu {
-                            Some(cpu) => a.alloc(AllocRequest::order(order).on(CpuId(cpu)).within(constraint).node(NodeId((node % nodes) as u32))),
-                            None => a.alloc(AllocRequest::order(order).within(constraint).node(NodeId((node % nodes) as u32))),
-                        };
+                    Op::Alloc { order, constraint, node, cpu, movable } => {
+                        let flags = if movable { AllocFlags::MOVABLE } else { AllocFlags::NONE };
+                        let node = NodeId((node % nodes) as u32);
+                        let request = AllocRequest::order(order)
+                            .on_cpu(cpu.map(CpuId))
+                            .within(constraint)
+                            .node(node)
+                            .flags(flags);
+                        let got = a.alloc(request);
                         match got {
                             Ok(pfn) => {
                                 prop_assert_eq!(pfn.0 % (1 << order), 0);
+                                prop_assert_eq!(a.page(pfn).unwrap().mobility(), Some(flags.class()));
                                 let (_, zone) = a.page(pfn).unwrap().zone().unwrap();
                                 prop_assert!(zone <= constraint.highest_zone());
                                 ledger.record(a, pfn, order);
@@ -228,7 +235,7 @@ proptest! {
                             Err(AllocError::OutOfMemory { .. }) => {
                                 // Truly exhausted: nothing eligible is left
                                 // uninitialised, in a CPU's cache, or free in a
-                                // block of the order or larger.
+                                // block of the order or larger, of any class.
                                 for z in a.zones().filter(|z| z.zone <= constraint.highest_zone()) {
                                     prop_assert_eq!(z.uninitialised, 0, "{:?}", z);
                                     prop_assert_eq!(z.cached, 0, "{:?}", z);

@@ -4,7 +4,9 @@
 //! part of memory, so every allocation must succeed: `OutOfMemory` is a failure.
 //! Every page handed out is tracked in an ownership map: no page is ever handed out
 //! twice, nothing is lost, and after all is freed and the caches drained every zone
-//! coalesces back to whole max-order blocks.
+//! coalesces back to whole max-order blocks. Allocations draw their mobility class
+//! at random; at every quiescent point each chunk's word of use matches its
+//! descriptors.
 
 #![cfg(not(miri))]
 
@@ -16,8 +18,8 @@ use std::sync::Mutex;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    AllocRequest, Config, Constraint, CpuId, FreeReporter, FreeRequest, Granularity, LayoutBuilder,
-    Pfn, RangeKind, ReportError, Strategy, MAX_ORDER, PAGEBLOCK_ORDER,
+    AllocFlags, AllocRequest, Config, Constraint, CpuId, FreeReporter, FreeRequest, Granularity,
+    LayoutBuilder, Pfn, RangeKind, ReportError, Strategy, MAX_ORDER, PAGEBLOCK_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -199,15 +201,17 @@ fn stress_on(
                                 _ => (r >> 24) as u32 % 4,
                             };
                             let node = (r >> 20) as usize % nodes;
-                            let pfn = a
-                                .alloc(
-                                    AllocRequest::order(order)
-                                        .on(cpu)
-                                        .within(constraint)
-                                        .node(NodeId(node as u32)),
-                                )
+                            // Either class: a class out of its own memory
+                            // steals rather than fail.
+                            let flags = if (r >> 40) % 2 == 0 {
+                                AllocFlags::MOVABLE
+                            } else {
+                                AllocFlags::NONE
+                            };
+                            let (pfn, _) = a
+                                .alloc_traced(AllocRequest::order(order).on(cpu).within(constraint).node(NodeId(node as u32)).flags(flags))
                                 .unwrap_or_else(|e| {
-                                    panic!("order {order} {constraint:?} on node {node}: {e}")
+                                    panic!("order {order} {constraint:?} {flags:?} on node {node}: {e}")
                                 });
                             for p in pfn.0..pfn.0 + (1 << order) {
                                 let was = owned[p as usize].swap(1, Ordering::Relaxed);

@@ -285,6 +285,9 @@ fn value_helpers_are_total() {
         reported: 0,
         uninitialised: u64::MAX,
         free_blocks: [0; 11],
+        free_by_class: [u64::MAX; meminit::CLASSES],
+        free_whole: u64::MAX,
+        steals: u64::MAX,
     };
     assert_eq!(z.available(), u64::MAX);
     assert_eq!(z.allocated(), 0);

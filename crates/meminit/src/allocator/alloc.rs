@@ -1,8 +1,9 @@
 //! The allocation path: walk the zone list, take a block from the first zone that
 //! has one (through the calling CPU's cache for the cached orders,
-//! [`super::cached`]); only when a zone has none, grow it ([`super::grow`]).
-//! Before it reports [`AllocError::OutOfMemory`] it drains every CPU's cache back
-//! to the zones and looks again.
+//! [`super::cached`]); only when a zone has none, grow it ([`super::grow`]), and
+//! only when it cannot grow, steal from the other mobility class's chunks. Before
+//! it reports [`AllocError::OutOfMemory`] it drains every CPU's cache back to the
+//! zones and looks again, stealing too.
 
 use lock_api::RawMutex;
 
@@ -87,6 +88,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let node = node.index();
         let this_node = flags.contains(AllocFlags::THIS_NODE);
         let no_grow = flags.contains(AllocFlags::NO_GROW);
+        let class = flags.class();
         let mut path = AllocPath::Fast;
         let mut grow_error = None;
         let mut would_grow = false;
@@ -94,15 +96,19 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             if this_node && zone.node as usize != node {
                 continue;
             }
-            if let Some(pfn) = self.take(zone, order, cache) {
+            if let Some(pfn) = self.take(zone, order, cache, class) {
                 return Ok((Pfn(pfn), path));
             }
             let slow = if no_grow {
                 // Relaxed: only chooses which error to report.
                 would_grow |= zone.uninit.load(core::sync::atomic::Ordering::Relaxed) > 0;
-                Ok(None)
+                // What cannot grow steals: no allocation fails while the other
+                // class has a free block of its order.
+                Ok(zone
+                    .take(&self.memmap, order, class, true)
+                    .map(|pfn| (pfn, false)))
             } else {
-                self.take_slow(zone, order)
+                self.take_slow(zone, order, class)
             };
             match slow {
                 Ok(Some((pfn, grew))) => {
@@ -152,6 +158,15 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         flags: AllocFlags,
     ) -> Option<u64> {
         let this_node = flags.contains(AllocFlags::THIS_NODE);
+        // First a look that steals, which a zone whose growth failed never had.
+        for zone in self.zonelist(constraint, node) {
+            if this_node && zone.node as usize != node {
+                continue;
+            }
+            if let Some(pfn) = zone.take(&self.memmap, order, flags.class(), true) {
+                return Some(pfn);
+            }
+        }
         for _ in 0..DRAIN_ROUNDS {
             let drained = self.drain_all_cpus();
             if drained == 0
@@ -164,7 +179,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 if this_node && zone.node as usize != node {
                     continue;
                 }
-                if let Some(pfn) = zone.take(&self.memmap, order) {
+                if let Some(pfn) = zone.take(&self.memmap, order, flags.class(), true) {
                     return Some(pfn);
                 }
             }

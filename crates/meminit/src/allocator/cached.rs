@@ -24,7 +24,7 @@ use crate::cpu_cache::{slot_of, CacheGuard, CpuCache, CACHED_ORDERS, CACHE_BATCH
 use crate::error::AllocError;
 use crate::memmap::MemmapBacking;
 use crate::page::{Page, PageState};
-use crate::types::{CpuId, NodeId, Pfn, ZONE_TYPES};
+use crate::types::{CpuId, MobilityClass, NodeId, Pfn, ZONE_TYPES};
 use crate::zone::Zone;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
@@ -63,48 +63,54 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             .sum()
     }
 
-    /// Takes a block of `order` from `zone`: through `cache` when the order is
-    /// cached and the cache is free to use and serves this zone, else from the
-    /// zone's lists.
+    /// Takes a block of `order` for `class` from `zone`: through `cache` when the
+    /// order is cached and the cache is free to use and serves this zone, else
+    /// from the zone's lists. Never steals from the other class (growth comes
+    /// first: see [`super::grow`]).
     #[inline]
     pub(crate) fn take(
         &self,
         zone: &Zone<R>,
         order: u32,
         cache: Option<&CpuCache<R>>,
+        class: MobilityClass,
     ) -> Option<u64> {
         if let (Some(cache), Some(slot)) = (cache, slot_of(order)) {
             if let Some(mut guard) = cache.try_lock() {
-                if guard.stock(zone.kind).serves(zone.node) {
-                    return self.take_cached(&mut guard, zone, slot);
+                if guard.stock(zone.kind, class).serves(zone.node) {
+                    return self.take_cached(&mut guard, zone, slot, class);
                 }
             }
         }
-        zone.take(&self.memmap, order)
+        zone.take(&self.memmap, order, class, false)
     }
 
-    /// Pops a block of `slot` from the locked cache's stock for `zone`, refilling
-    /// the stock with a batch from the zone first if it is empty.
+    /// Pops a block of `slot` from the locked cache's stock of `class` for
+    /// `zone`, refilling the stock with a batch from the zone first if it is
+    /// empty. A refill takes what an allocation of the class would (its own
+    /// lists, then wholly free chunks) but never steals nor grows: those stay
+    /// on the slow path, one block at a time.
     #[inline]
     fn take_cached(
         &self,
         guard: &mut CacheGuard<'_, R>,
         zone: &Zone<R>,
         slot: usize,
+        class: MobilityClass,
     ) -> Option<u64> {
         let order = CACHED_ORDERS[slot];
-        let stock = guard.stock(zone.kind);
+        let stock = guard.stock(zone.kind, class);
         let pfn = match stock.pop(slot) {
             Some(pfn) => {
                 // The block was the cache's alone: no one else writes its head.
-                self.head(pfn).set_state(PageState::Allocated { order });
+                self.head(pfn).set_allocated(order, class);
                 pfn
             }
             None => {
                 let pfn = zone.with_free(|area| {
-                    let pfn = area.take(&self.memmap, order)?;
+                    let pfn = area.take(&self.memmap, order, class, false)?;
                     for _ in 1..CACHE_BATCH[slot] {
-                        let Some(more) = area.take(&self.memmap, order) else {
+                        let Some(more) = area.take(&self.memmap, order, class, false) else {
                             break;
                         };
                         self.head(more).set_state(PageState::Cached { order });
@@ -115,14 +121,16 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 pfn
             }
         };
-        guard.publish(zone.kind);
+        guard.publish(zone.kind, class);
         Some(pfn)
     }
 
-    /// Frees the head `page` of a block of `order` at `pfn` in `zone` into `cache`.
+    /// Frees the head `page` of a block of `order` at `pfn` in `zone`, allocated
+    /// for `class` (as its head said), into `cache`'s stock of that class.
     /// `None` when the cache cannot take it (not a cached order, busy, or holding
     /// another node's blocks of this zone type): the caller frees it to the zone.
-    /// `Some(Err(found))` when the head was not `Allocated { order }` but `found`.
+    /// `Some(Err(found))` when the head was not `Allocated { order }` for
+    /// `class` but `found`.
     #[inline]
     pub(crate) fn free_cached(
         &self,
@@ -131,17 +139,16 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         page: &Page,
         pfn: Pfn,
         order: u32,
+        class: MobilityClass,
     ) -> Option<Result<(), PageState>> {
         let slot = slot_of(order)?;
         let mut guard = cache.try_lock()?;
-        let stock = guard.stock(zone.kind);
+        let stock = guard.stock(zone.kind, class);
         if !stock.serves(zone.node) {
             return None;
         }
         // Claim the block: of two frees racing under different locks, one wins.
-        if let Err(found) =
-            page.transition(PageState::Allocated { order }, PageState::Cached { order })
-        {
+        if let Err(found) = page.release(order, class, PageState::Cached { order }) {
             return Some(Err(found));
         }
         if stock.is_full(slot) {
@@ -157,29 +164,33 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         // Not full any more: the drain above made room.
         let pushed = stock.push(slot, pfn.0);
         debug_assert!(pushed);
-        guard.publish(zone.kind);
+        guard.publish(zone.kind, class);
         Some(Ok(()))
     }
 
-    /// Returns every block of the locked cache to its zone. Returns the pages moved.
+    /// Returns every block of the locked cache to its zone, each to the lists
+    /// its chunk's word names (the buddy lists read it under the zone lock).
+    /// Returns the pages moved.
     fn drain_cache(&self, guard: &mut CacheGuard<'_, R>) -> u64 {
         let mut pages = 0;
         for kind in crate::types::ZoneType::ALL {
-            let stock = guard.stock(kind);
-            let Some(node) = stock.node() else {
-                continue;
-            };
-            let zone_index = node as usize * ZONE_TYPES + kind as usize;
-            let zone = &self.zones[zone_index];
-            pages += stock.pages();
-            zone.with_free(|area| {
-                for (slot, &order) in CACHED_ORDERS.iter().enumerate() {
-                    while let Some(pfn) = stock.pop_cold(slot) {
-                        area.free(&self.memmap, pfn, order, zone_index as u32);
+            for class in MobilityClass::ALL {
+                let stock = guard.stock(kind, class);
+                let Some(node) = stock.node() else {
+                    continue;
+                };
+                let zone_index = node as usize * ZONE_TYPES + kind as usize;
+                let zone = &self.zones[zone_index];
+                pages += stock.pages();
+                zone.with_free(|area| {
+                    for (slot, &order) in CACHED_ORDERS.iter().enumerate() {
+                        while let Some(pfn) = stock.pop_cold(slot) {
+                            area.free(&self.memmap, pfn, order, zone_index as u32);
+                        }
                     }
-                }
-            });
-            guard.publish(kind);
+                });
+                guard.publish(kind, class);
+            }
         }
         pages
     }

@@ -52,17 +52,19 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         if zone_index == NO_ZONE {
             return Err(FreeError::Reserved { pfn });
         }
-        // The order the block was allocated with; a head in any other state is
-        // refused here. This read decides nothing: the compare-and-swap below,
-        // from exactly this state, does.
-        let order = match (page.state(), given) {
+        // The order the block was allocated with, and its class; a head in any
+        // other state is refused here. This read decides nothing: the
+        // compare-and-swap below, from exactly this state, does.
+        let head = page.head_word();
+        let class = head.class();
+        let order = match (head.state(), given) {
             (PageState::Allocated { order }, None) => order,
             (_, Some(order)) => order,
             (found, None) => return Err(free_error(pfn, None, found)),
         };
         let zone = &self.zones[zone_index as usize];
         if let Some(cache) = cache {
-            if let Some(done) = self.free_cached(cache, zone, page, pfn, order) {
+            if let Some(done) = self.free_cached(cache, zone, page, pfn, order, class) {
                 return done
                     .map(|()| order)
                     .map_err(|found| free_error(pfn, given, found));
@@ -71,7 +73,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         zone.with_free(|area| {
             // The compare-and-swap, not the zone lock, decides between two frees of
             // one block: the other may be going into a CPU cache under its lock.
-            page.transition(PageState::Allocated { order }, PageState::Tail)
+            page.release(order, class, PageState::Tail)
                 .map_err(|found| free_error(pfn, given, found))?;
             area.free(&self.memmap, pfn.0, order, zone_index);
             Ok(order)

@@ -27,6 +27,12 @@
 //! Pages in CPU caches, blocks not merged, chunks shared by two zones, and
 //! chunks holding any allocated page are never given back.
 //!
+//! A chunk in use is passed over with one load: its word of use (kept by the
+//! buddy lists, in the section slot) counts the pages of it off the free lists,
+//! and only a chunk whose count is zero is looked at under the lock. Mobility
+//! classes keep that count at zero for the chunks of freed movable memory (see
+//! [`crate::AllocFlags::MOVABLE`]).
+//!
 //! This module is policy over the buddy lists and the section states: it takes
 //! zone locks, never writes a descriptor outside one, and has no `unsafe`.
 
@@ -172,8 +178,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Returns what it did; a reporter's error ends the pass, with everything
     /// put back as it was.
     ///
-    /// Costs a look at every chunk's state and first descriptor, and a short
-    /// zone lock per candidate chunk and per batch of [`REPORT_BATCH`] blocks.
+    /// Costs a look at every chunk's state and word of use (one section slot, no
+    /// descriptor), and a short zone lock per wholly free chunk and per batch of
+    /// [`REPORT_BATCH`] blocks.
     ///
     /// [`Config::give_back`]: crate::Config::give_back
     pub fn report_free(
@@ -265,7 +272,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         // sections whose memmap boot needs anyway, not in a section the spike alone
         // populated.
         for chunk in (first..end).rev() {
-            if sections.state(chunk) != ChunkState::Ready || !self.may_be_free(chunk) {
+            // A chunk with any page off the lists is passed over with this load.
+            if sections.chunk_use(chunk).pages() != 0 || sections.state(chunk) != ChunkState::Ready
+            {
                 continue;
             }
             match self.retire_if_free(zone, chunk, reserve) {
@@ -296,18 +305,6 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         Ok(())
     }
 
-    /// A look without the lock at the chunk's first descriptor: a chunk whose
-    /// first page is allocated, cached or inside a block cannot be all free.
-    fn may_be_free(&self, chunk: usize) -> bool {
-        let (start, _) = self.memmap.chunk_pfns(chunk);
-        self.memmap.page(start).is_ok_and(|p| {
-            matches!(
-                p.state(),
-                crate::PageState::Free { .. } | crate::PageState::Reserved
-            )
-        })
-    }
-
     /// Under `zone`'s lock: whether chunk `chunk`'s usable pages are all free
     /// on `zone`'s lists, and if so, mark it or take it off them and retire it.
     fn retire_if_free(&self, zone: &Zone<R>, chunk: usize, reserve: u64) -> Verdict<'_, '_> {
@@ -329,8 +326,11 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let taken = self.memmap.taken_in(chunk);
         let taken_pages = taken.end - taken.start;
         zone.with_free(|area| {
-            // Re-checked under the lock: only give-back leaves `Ready`, under it.
-            if sections.state(chunk) != ChunkState::Ready {
+            // Re-checked under the lock: only give-back leaves `Ready`, under it;
+            // and the count changes only under the lock of a zone the chunk
+            // holds pages of, this one alone.
+            if sections.state(chunk) != ChunkState::Ready || sections.chunk_use(chunk).pages() != 0
+            {
                 return Verdict::Keep;
             }
             let Some(found) = area.chunk_free(&self.memmap, start, end, index) else {

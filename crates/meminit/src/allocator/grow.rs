@@ -24,7 +24,7 @@ use crate::error::ChunkError;
 use crate::memmap::{LookupError, MemmapBacking};
 use crate::page::{zone_index, Page, PageState, NO_ZONE};
 use crate::section::ChunkState;
-use crate::types::{NodeId, Pfn};
+use crate::types::{MobilityClass, NodeId, Pfn};
 use crate::zone::Zone;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
@@ -83,6 +83,17 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut writer = populated.map_err(ChunkError::Backing)?;
         let taken = writer.taken();
         let (start, end) = self.memmap.chunk_pfns(index);
+        // A chunk with usable pages of two zones is counted under both zones'
+        // locks: marked before any of its blocks is on a list.
+        let mut usable = self
+            .layout
+            .present_runs(Pfn(start)..Pfn(end))
+            .filter(|r| !r.reserved);
+        if let Some(first) = usable.next() {
+            if usable.any(|r| (r.node, r.zone) != (first.node, first.zone)) {
+                self.memmap.sections().mark_chunk_shared(index);
+            }
+        }
         for run in self.layout.present_runs(Pfn(start)..Pfn(end)) {
             let (rs, re) = (run.start.0, run.end.0);
             writer.write_run(rs, PageState::Reserved, NO_ZONE);
@@ -123,9 +134,11 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         Ok(Some(freed))
     }
 
-    /// The slow path of one zone, after a take found it empty: returns a block and
-    /// whether this call initialised memory for it, or `None` when the zone has
-    /// nothing left at all.
+    /// The slow path of one zone, after a take for `class` found nothing of its
+    /// class nor wholly free: returns a block and whether this call initialised
+    /// memory for it, or `None` when the zone has nothing left at all. Growth
+    /// comes first (it yields wholly free chunks); a block of the other class is
+    /// stolen only once the zone has nothing left to initialise.
     ///
     /// The take that failed may have run just before another thread spliced the
     /// zone's last pages, so "nothing left to initialise" is never enough to give
@@ -134,12 +147,13 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         &self,
         zone: &Zone<R>,
         order: u32,
+        class: MobilityClass,
     ) -> Result<Option<(u64, bool)>, ChunkError> {
         // The off switch: once set, this one flag is all that remains of laziness.
         // Acquire (in `all_initialised`) pairs with the Release of the last
         // section's finish, which comes after every section's splice.
         if self.memmap.sections().all_initialised() {
-            if let Some(pfn) = zone.take(&self.memmap, order) {
+            if let Some(pfn) = zone.take(&self.memmap, order, class, true) {
                 return Ok(Some((pfn, false)));
             }
             // A chunk given back may have turned the switch off again, just before
@@ -148,13 +162,19 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 return Ok(None);
             }
         }
-        self.grow_and_take(zone, order)
+        self.grow_and_take(zone, order, class)
     }
 
     /// Alternately look at what is left to initialise in `zone`, take a block, and
     /// initialise more of the zone, until a block is found or the zone was seen with
-    /// nothing left to initialise before a take that failed.
-    fn grow_and_take(&self, zone: &Zone<R>, order: u32) -> Result<Option<(u64, bool)>, ChunkError> {
+    /// nothing left to initialise before a take that failed. Each take steals only
+    /// after that look saw nothing left to initialise.
+    fn grow_and_take(
+        &self,
+        zone: &Zone<R>,
+        order: u32,
+        class: MobilityClass,
+    ) -> Result<Option<(u64, bool)>, ChunkError> {
         let started = self.config.clock.map(|now| now());
         let mut grew = false;
         let result = loop {
@@ -162,7 +182,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             // `init_chunk`, which follows that chunk's splice; so when this sees
             // zero, the take below sees every page that was ever spliced here.
             let left = zone.uninit.load(Acquire);
-            if let Some(pfn) = zone.take(&self.memmap, order) {
+            if let Some(pfn) = zone.take(&self.memmap, order, class, left == 0) {
                 break Ok(Some(pfn));
             }
             // A give-back counts its chunk uninitialised under the zone lock

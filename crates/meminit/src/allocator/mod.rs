@@ -5,7 +5,7 @@
 //! start-up ([`start`]), allocation ([`alloc`]), free ([`free`]), the per-CPU
 //! caches ([`cached`]), the grow path and look-ups ([`grow`]), deferred workers
 //! ([`deferred`]), give-back and free page reporting ([`giveback`]), counters
-//! ([`stats`]). Only `start` holds `unsafe` code (writing an allocator into place);
+//! ([`stats`]), the chunks' mobility words and their check ([`mobility`]). Only `start` holds `unsafe` code (writing an allocator into place);
 //! nothing here writes a descriptor outside a lock that owns it.
 
 mod alloc;
@@ -14,6 +14,7 @@ mod deferred;
 mod free;
 mod giveback;
 mod grow;
+mod mobility;
 mod request;
 mod start;
 mod stats;

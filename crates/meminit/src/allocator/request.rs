@@ -141,6 +141,8 @@ impl From<Pfn> for FreeRequest {
     }
 }
 
+use crate::types::MobilityClass;
+
 /// What an allocation may do, beyond taking a free block (Linux's GFP flags, the
 /// few that a page allocator itself decides).
 ///
@@ -164,10 +166,27 @@ impl AllocFlags {
     /// The block's memory is zeroed before it is returned, by
     /// [`MemmapBacking::zero`](crate::MemmapBacking::zero) (the crate has no mapping of the memory itself).
     pub const ZEROED: AllocFlags = AllocFlags(4);
+    /// The memory is movable or short-lived ([`MobilityClass::Movable`], Linux's
+    /// `__GFP_MOVABLE`): user data, page cache, anything the embedder can move or
+    /// will soon free. Without it an allocation is [`MobilityClass::Unmovable`].
+    /// The allocator keeps the classes in different chunks, so that chunks of
+    /// freed movable memory become wholly free and can be given back; a wrong
+    /// hint costs only that.
+    pub const MOVABLE: AllocFlags = AllocFlags(8);
 
     /// Whether every flag of `other` is set in `self`.
     pub const fn contains(self, other: AllocFlags) -> bool {
         self.0 & other.0 == other.0
+    }
+
+    /// The mobility class these flags ask for.
+    #[inline]
+    pub const fn class(self) -> MobilityClass {
+        if self.contains(AllocFlags::MOVABLE) {
+            MobilityClass::Movable
+        } else {
+            MobilityClass::Unmovable
+        }
     }
 }
 

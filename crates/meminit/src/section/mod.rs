@@ -35,14 +35,21 @@
 //!   initialisation racing in one section, at least one sees the other and backs
 //!   off.
 //!
+//! - The **use words**, one per chunk (`usage`): the pages of the chunk off the
+//!   free lists and the mobility class it serves, kept by the buddy lists under
+//!   the zone lock and read by give-back without it.
+//!
 //! This module owns the states and their memory orderings. It knows nothing of
 //! descriptors, zones or the layout, and it takes no lock.
 
 mod retire;
+mod usage;
 
 pub(crate) use retire::Retiring;
+pub use usage::ChunkUse;
+pub(crate) use usage::MAX_CHUNK_PAGES;
 
-use crate::sync::{fence, AtomicU64, AtomicUsize, Backoff};
+use crate::sync::{fence, AtomicU32, AtomicU64, AtomicUsize, Backoff};
 use core::ops::Range;
 use core::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 
@@ -116,6 +123,9 @@ pub struct SectionSlot {
     /// backings that populate chunk by chunk, bits 0–31 are instead a bitmap of
     /// the chunks whose memmap is populated.)
     memmap: AtomicU64,
+    /// Per chunk, its word of use ([`ChunkUse`]): pages off the free lists and
+    /// its class. 128 bytes, so a slot is 144.
+    uses: [AtomicU32; MAX_CHUNKS_PER_SECTION as usize],
 }
 
 impl SectionSlot {
@@ -125,6 +135,7 @@ impl SectionSlot {
         SectionSlot {
             chunks: AtomicU64::new(0),
             memmap: AtomicU64::new(0),
+            uses: [const { AtomicU32::new(0) }; MAX_CHUNKS_PER_SECTION as usize],
         }
     }
 
@@ -134,6 +145,7 @@ impl SectionSlot {
         SectionSlot {
             chunks: AtomicU64::new(0),
             memmap: AtomicU64::new(0),
+            uses: core::array::from_fn(|_| AtomicU32::new(0)),
         }
     }
 
@@ -155,6 +167,7 @@ impl SectionSlot {
         if taken {
             // Relaxed: ours alone until the allocator is shared (see `Sections::new`).
             self.chunks.store(0, Relaxed);
+            self.uses.iter().for_each(|u| u.store(0, Relaxed));
         }
         taken
     }
@@ -162,6 +175,8 @@ impl SectionSlot {
     /// Makes the slot fresh again.
     fn release(&self) {
         self.chunks.store(0, Relaxed);
+        // Relaxed: ordered for the next owner by the Release below.
+        self.uses.iter().for_each(|u| u.store(0, Relaxed));
         // Release: pairs with the Acquire in `take` of the next owner.
         self.memmap.store(0, Release);
     }

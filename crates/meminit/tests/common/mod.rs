@@ -270,7 +270,12 @@ pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
         );
         let span = a.layout().node(z.node).unwrap().zones[z.zone as usize];
         assert_eq!(z.present, span.present);
+        // Free pages by list: per class, wholly free chunks, and CPU caches
+        // (nothing is away for reporting at a quiescent point).
+        let listed: u64 = z.free_by_class.iter().sum::<u64>() + z.free_whole;
+        assert_eq!(listed + z.cached, z.free, "{z:?}");
     }
+    assert_eq!(a.miscounted_chunks(), 0, "chunks' words of use");
 }
 
 /// With nothing allocated: the counts add up, and every block is whole (see
@@ -297,9 +302,36 @@ pub fn check_fully_coalesced(a: &Alloc<'_>) {
         }
         e.1 += r.pages();
     }
+    assert_eq!(a.miscounted_chunks(), 0, "chunks' words of use");
+    // Usable pages per zone in chunks with usable pages of another zone too.
+    let chunk = a.stats().chunk_bytes / meminit::PAGE_SIZE;
+    let mut shared: HashMap<(NodeId, ZoneType), u64> = HashMap::new();
+    for start in (0..a.layout().end_pfn().0).step_by(chunk as usize) {
+        let runs: Vec<PresentRun> = a
+            .layout()
+            .present_runs(Pfn(start)..Pfn(start + chunk))
+            .filter(|r| !r.reserved)
+            .collect();
+        if runs
+            .iter()
+            .any(|r| (r.node, r.zone) != (runs[0].node, runs[0].zone))
+        {
+            for r in runs {
+                *shared.entry((r.node, r.zone)).or_default() += r.pages();
+            }
+        }
+    }
     for z in a.zones() {
         let (blocks, pages) = expected.get(&(z.node, z.zone)).copied().unwrap_or((0, 0));
         assert_eq!(z.free, pages, "zone {z:?} free pages");
+        // Nothing is allocated: every chunk is wholly free, of no class, but
+        // for a chunk shared with another zone, whose blocks in this zone stay
+        // on the lists they were on when the other zone's last page came back.
+        let shared = shared.get(&(z.node, z.zone)).copied().unwrap_or(0);
+        assert!(
+            z.free_whole + shared >= pages,
+            "zone {z:?} wholly free pages, {shared} in shared chunks"
+        );
         assert_eq!(z.uninitialised, 0);
         let free = a
             .zone(z.node, z.zone)
