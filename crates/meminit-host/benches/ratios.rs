@@ -16,6 +16,9 @@
 //! 7. A give-back pass over 64 GiB whose every chunk is pinned by an allocated
 //!    block in its second half (its first half free): the cost per chunk passed
 //!    over.
+//! 8. Descriptor writes of whole chunks through the real path (eager, and
+//!    deferred workers) against the fastest fill of the same bytes (one core, or as
+//!    many threads as workers), both into memory mapped, touched and not in cache.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -321,4 +324,249 @@ fn main() {
         "7. a give-back pass over server (64 GiB), every chunk pinned by its second half: {:.1} ns per chunk (aim: <= 50)",
         median(pinned)
     );
+
+    // 8. Descriptor writes against the fastest fill of the same bytes.
+    for (name, threads) in [
+        ("container", 0),
+        ("server", 0),
+        ("container", 2),
+        ("server", 2),
+    ] {
+        descriptors::pair(name, &layout(name), threads, rounds);
+    }
+}
+
+/// Item 8: descriptor writes through the real path (`init_chunk`, run by an eager start
+/// or by deferred workers) against the best fill of the same bytes, both into
+/// memory already mapped and touched, so that neither pays for page faults: the
+/// memmap is a `SliceBacking` over a buffer written once beforehand and reused by
+/// every round, and the fills write the same bytes of the same buffer. Before each
+/// measurement the buffer is written with non-temporal stores, which leaves none
+/// of it in the caches: a machine's memmap, 1/64 of its memory, is not in cache
+/// when it is initialised. Self-contained (the crate's public API and std only).
+mod descriptors {
+    use std::mem::MaybeUninit;
+    use std::time::Instant;
+
+    use meminit::{Allocator, Config, CpuCache, Layout, Page, SectionSlot, SliceBacking, Strategy};
+
+    type Lock = spin::mutex::SpinMutex<()>;
+
+    /// A fill of `len` bytes (a multiple of 64) at `p`, which must be 64-byte
+    /// aligned, valid for writes, and no one else's meanwhile.
+    type Fill = unsafe fn(*mut u8, usize);
+
+    /// The fills tried; the fastest of each round is the limit.
+    const FILLS: [(&str, Fill); 5] = [
+        // SAFETY: the caller's promise (on `Fill`).
+        ("write_bytes", |p, len| unsafe {
+            std::ptr::write_bytes(p, 0, len)
+        }),
+        // SAFETY: each piece is inside the caller's range.
+        ("write_bytes per 64 KiB", |p, len| unsafe {
+            for at in (0..len).step_by(64 << 10) {
+                std::ptr::write_bytes(p.add(at), 0, (64 << 10).min(len - at));
+            }
+        }),
+        // SAFETY: each 64-byte write is inside the caller's range, aligned.
+        ("template copy", |p, len| unsafe {
+            let t = std::hint::black_box([u64::MAX; 8]);
+            let p = p.cast::<[u64; 8]>();
+            for i in 0..len / 64 {
+                p.add(i).write(t);
+            }
+        }),
+        // SAFETY: the caller's promise is `wide`'s.
+        ("wide stores", |p, len| unsafe { wide(p, len, false) }),
+        // SAFETY: as above.
+        ("non-temporal stores", |p, len| unsafe {
+            wide(p, len, true)
+        }),
+    ];
+
+    /// The widest stores this processor has (AVX-512, whose intrinsics need Rust
+    /// 1.89, as the dev-dependencies already need 1.88; else AVX), ordinary or
+    /// non-temporal.
+    ///
+    /// # Safety
+    ///
+    /// `len` bytes at `p` are valid for writes, 64-byte aligned, and no one else's
+    /// meanwhile.
+    unsafe fn wide(p: *mut u8, len: usize, nt: bool) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::*;
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512(p: *mut u8, len: usize, nt: bool) {
+                let v = _mm512_set1_epi64(-1);
+                for i in 0..len / 64 {
+                    // SAFETY: inside the caller's range, 64-byte aligned.
+                    unsafe {
+                        let at = p.add(64 * i).cast::<__m512i>();
+                        if nt {
+                            _mm512_stream_si512(at.cast(), v)
+                        } else {
+                            _mm512_store_si512(at.cast(), v)
+                        }
+                    }
+                }
+                _mm_sfence();
+            }
+            #[target_feature(enable = "avx")]
+            unsafe fn avx(p: *mut u8, len: usize, nt: bool) {
+                let v = _mm256_set1_epi64x(-1);
+                for i in 0..len / 32 {
+                    // SAFETY: inside the caller's range, 32-byte aligned.
+                    unsafe {
+                        let at = p.add(32 * i).cast::<__m256i>();
+                        if nt {
+                            _mm256_stream_si256(at, v)
+                        } else {
+                            _mm256_store_si256(at, v)
+                        }
+                    }
+                }
+                _mm_sfence();
+            }
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature is there; the range is the caller's promise.
+                return unsafe { avx512(p, len, nt) };
+            }
+            if is_x86_feature_detected!("avx") {
+                // SAFETY: as above.
+                return unsafe { avx(p, len, nt) };
+            }
+        }
+        let _ = nt;
+        // SAFETY: the caller's promise.
+        unsafe { std::ptr::write_bytes(p, 0xff, len) }
+    }
+
+    /// The memmap of `layout`, mapped and touched.
+    fn touched(layout: &Layout) -> Vec<MaybeUninit<Page>> {
+        let n = layout.memmap_descriptors() as usize;
+        let mut v: Vec<MaybeUninit<Page>> = Vec::with_capacity(n);
+        // SAFETY: `n` descriptors fit in the capacity; every byte is written first.
+        unsafe {
+            std::ptr::write_bytes(v.as_mut_ptr(), 0, n);
+            v.set_len(n);
+        }
+        v
+    }
+
+    /// Writes the whole buffer with non-temporal stores, so that none of it is
+    /// left in the caches.
+    fn evict(memmap: &mut [MaybeUninit<Page>]) {
+        // SAFETY: the buffer, borrowed mutably; a `Page` is 64 bytes, 64-aligned.
+        unsafe { wide(memmap.as_mut_ptr().cast(), memmap.len() * 64, true) }
+    }
+
+    /// ns for an eager start (`threads` 0) or for `threads` deferred workers to
+    /// write the descriptors, and the bytes of descriptors they wrote.
+    fn init(layout: &Layout, memmap: &mut [MaybeUninit<Page>], threads: usize) -> (f64, u64) {
+        let slots: Vec<SectionSlot> = (0..layout.section_count())
+            .map(|_| SectionSlot::new())
+            .collect();
+        let cpus: Vec<CpuCache<Lock>> = (0..2).map(|_| CpuCache::new()).collect();
+        let strategy = if threads == 0 {
+            Strategy::Eager
+        } else {
+            Strategy::Deferred
+        };
+        let backing = SliceBacking::new(memmap);
+        let t = Instant::now();
+        let a: Allocator<'_, SliceBacking<'_>, Lock> = Allocator::new(
+            layout.clone(),
+            backing,
+            &slots,
+            &cpus,
+            Config::new(strategy),
+        )
+        .expect("start");
+        let mut ns = t.elapsed().as_nanos();
+        let boot = a.stats().chunks_done;
+        if threads > 0 {
+            let nodes: Vec<_> = a.layout().nodes().map(|(n, _)| n).collect();
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for i in 0..threads.max(nodes.len()) {
+                    let (a, node) = (&a, nodes[i % nodes.len()]);
+                    s.spawn(move || a.run_deferred_worker(node));
+                }
+            });
+            ns = t.elapsed().as_nanos();
+        }
+        let s = a.stats();
+        assert!(s.fully_initialised);
+        let chunks = s.chunks_done - if threads == 0 { 0 } else { boot };
+        (ns as f64, chunks * s.chunk_bytes / 4096 * 64)
+    }
+
+    /// ns for `threads` threads to fill the first `bytes` of the buffer with
+    /// `fill`, each its own contiguous share.
+    fn fill(f: Fill, memmap: &mut [MaybeUninit<Page>], bytes: u64, threads: usize) -> f64 {
+        let n = bytes as usize / 64;
+        let share = n.div_ceil(threads.max(1));
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for part in memmap[..n].chunks_mut(share) {
+                // SAFETY: this thread's own part of the buffer, whole descriptors.
+                s.spawn(move || unsafe { f(part.as_mut_ptr().cast(), part.len() * 64) });
+            }
+        });
+        t.elapsed().as_nanos() as f64
+    }
+
+    fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    }
+
+    /// `rounds` rounds of: the descriptor writes, then every fill, each from a cold
+    /// buffer. Prints each one's median and spread, and the ratio of the round's
+    /// best fill to its writes (min / median / max over the rounds).
+    pub fn pair(name: &str, layout: &Layout, threads: usize, rounds: usize) {
+        let mut memmap = touched(layout);
+        let mut fills = vec![Vec::new(); FILLS.len()];
+        let (mut writes, mut ratios, mut fastest) = (vec![], vec![], vec![0; FILLS.len()]);
+        for _ in 0..rounds {
+            evict(&mut memmap);
+            let (ns, bytes) = init(layout, &mut memmap, threads);
+            writes.push(ns);
+            let mut best = (f64::MAX, 0);
+            for (i, &(_, f)) in FILLS.iter().enumerate() {
+                evict(&mut memmap);
+                let t = fill(f, &mut memmap, bytes, threads);
+                fills[i].push(t);
+                if t < best.0 {
+                    best = (t, i);
+                }
+            }
+            fastest[best.1] += 1;
+            ratios.push(best.0 / ns);
+        }
+        let ms = |(lo, med, hi): (f64, f64, f64)| {
+            format!("{:.2} ms [{:.2}..{:.2}]", med / 1e6, lo / 1e6, hi / 1e6)
+        };
+        let how = match threads {
+            0 => "eager start against one core filling".to_string(),
+            n => format!("deferred, {n} workers against {n} threads filling"),
+        };
+        println!(
+            "8. descriptor writes, {name} ({how}), {} MiB: writes {}",
+            layout.memmap_bytes() >> 20,
+            ms(spread(writes))
+        );
+        for (i, (fill, _)) in FILLS.iter().enumerate() {
+            println!(
+                "   fill: {fill:<22} {}, fastest in {} of {rounds} rounds",
+                ms(spread(fills[i].clone())),
+                fastest[i]
+            );
+        }
+        let (lo, med, hi) = spread(ratios);
+        println!(
+            "   throughput ratio, fastest fill / writes per round: median {med:.2} [{lo:.2}..{hi:.2}] (aim: >= 0.9)"
+        );
+    }
 }

@@ -101,6 +101,13 @@ pub struct Page {
 
 const _: () = assert!(core::mem::size_of::<Page>() as u64 == DESCRIPTOR_SIZE);
 const _: () = assert!(core::mem::align_of::<Page>() == 64);
+// The layout that `Page::words` spells out word by word.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(Page, state) == 0 && offset_of!(Page, zone) == 4);
+    assert!(offset_of!(Page, next) == 8 && offset_of!(Page, prev) == 16);
+    assert!(offset_of!(Page, user) == 24 && 24 + USER_BYTES == 64);
+};
 
 /// What a descriptor says about its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,8 +210,9 @@ pub(crate) const fn zone_index(node: NodeId, zone: ZoneType) -> u32 {
 }
 
 impl Page {
-    /// A descriptor in `state` for a page of zone `zone_index` (or [`NO_ZONE`]).
-    #[inline]
+    /// A descriptor in `state` for a page of zone `zone_index` (or [`NO_ZONE`]):
+    /// what the memmap's writer stores as [`Page::words`].
+    #[cfg(test)]
     pub(crate) const fn new(state: PageState, zone_index: u32) -> Page {
         Page {
             state: AtomicU32::new(encode(state)),
@@ -213,6 +221,19 @@ impl Page {
             prev: AtomicU64::new(NO_PFN),
             user: [const { AtomicU64::new(0) }; USER_WORDS],
         }
+    }
+
+    /// The 64 bytes of [`Page::new`]`(state, zone_index)` as eight native-endian
+    /// words, in memory order: the template the memmap's writer stores, whole
+    /// descriptors at a time, for every page of a run. Only the first word depends
+    /// on the run (state and zone); the free-list links are [`NO_PFN`] and the
+    /// embedder's words zero.
+    #[inline]
+    pub(crate) const fn words(state: PageState, zone_index: u32) -> [u64; 8] {
+        let s = encode(state).to_ne_bytes();
+        let z = zone_index.to_ne_bytes();
+        let first = u64::from_ne_bytes([s[0], s[1], s[2], s[3], z[0], z[1], z[2], z[3]]);
+        [first, NO_PFN, NO_PFN, 0, 0, 0, 0, 0]
     }
 
     /// The page's state.
@@ -403,6 +424,21 @@ mod tests {
             assert_eq!(p.zone(), Some((NodeId(2), ZoneType::Dma32)));
         }
         assert_eq!(Page::new(PageState::Reserved, NO_ZONE).zone(), None);
+    }
+
+    #[test]
+    fn the_words_are_the_bytes_of_a_new_descriptor() {
+        for (s, z) in [
+            (PageState::Reserved, NO_ZONE),
+            (PageState::Tail, zone_index(NodeId(3), ZoneType::Normal)),
+            (PageState::Free { order: 10 }, 0),
+        ] {
+            let page = Page::new(s, z);
+            // SAFETY: `Page` is 64 bytes of integers with no padding (checked at
+            // compile time above), so its bytes may be read as eight words.
+            let bytes: [u64; 8] = unsafe { core::mem::transmute(page) };
+            assert_eq!(bytes, Page::words(s, z));
+        }
     }
 
     #[test]
