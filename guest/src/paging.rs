@@ -456,7 +456,7 @@ unsafe impl MemmapBacking for GuestBacking {
         // page directory from the page source (descriptors and tables in use):
         // never zero them.
         for run in layout
-            .present_runs(chunk.start..chunk.end)
+            .memory_runs(chunk.start..chunk.end)
             .filter(|r| !r.reserved)
         {
             let (start, end) = (run.start.0, run.end.0);

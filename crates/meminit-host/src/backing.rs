@@ -161,7 +161,7 @@ unsafe impl MemmapBacking for HostBacking {
             return Ok(());
         };
         for run in layout
-            .present_runs(chunk.start..chunk.end)
+            .memory_runs(chunk.start..chunk.end)
             .filter(|r| !r.reserved)
         {
             let (offset, len) = (run.start.addr(), run.pages() * PAGE_SIZE);

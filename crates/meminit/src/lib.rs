@@ -419,9 +419,9 @@ mod types;
 mod zone;
 
 pub use allocator::{
-    AllocFlags, AllocPath, AllocRequest, Allocator, FreeReporter, FreeRequest, NoReporter,
-    ReportError, ReportStats, Stats, WorkerReport, HOLD_DELAYS, REPORT_BATCH, REPORT_ORDER,
-    WORKER_RETRIES,
+    AllocFlags, AllocPath, AllocRequest, Allocator, FreeReporter, FreeRequest, HotplugError,
+    NoReporter, Removed, ReportError, ReportStats, Stats, WorkerReport, HOLD_DELAYS, REPORT_BATCH,
+    REPORT_ORDER, WORKER_RETRIES,
 };
 pub use cell::AllocatorCell;
 pub use config::{
@@ -432,8 +432,8 @@ pub use cpu_cache::{CpuCache, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
 pub use error::{AllocError, ChunkError, FreeError, InitError};
 pub use irq::{Interrupts, IrqSafe};
 pub use layout::{
-    Layout, LayoutBuilder, LayoutError, MemoryRange, NodeSpan, PresentRun, PresentRuns, RangeKind,
-    ZoneSpan, DEFAULT_SECTION_SIZE, MAX_RANGES, MIN_SECTION_SIZE,
+    Layout, LayoutBuilder, LayoutError, MemoryRange, MemoryRuns, NodeSpan, PresentRun, PresentRuns,
+    RangeKind, ZoneSpan, DEFAULT_SECTION_SIZE, MAX_HOTPLUG_RANGES, MAX_RANGES, MIN_SECTION_SIZE,
 };
 pub use lock_api;
 pub use memmap::{

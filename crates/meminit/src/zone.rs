@@ -38,6 +38,9 @@ pub(crate) struct Zone<R: RawMutex> {
     pub(crate) memmap_pages: AtomicU64,
     /// Where the grow path resumes its search for an uninitialised chunk.
     pub(crate) grow_cursor: AtomicUsize,
+    /// Hot-pluggable pages present now (added, not removed): present beyond
+    /// `span.present` (see `allocator::hotplug` for the order of updates).
+    pub(crate) plugged: AtomicU64,
 }
 
 /// A snapshot of one zone's counters, in pages.
@@ -119,13 +122,14 @@ impl<R: RawMutex> Zone<R> {
             uninit: AtomicU64::new(span.present - span.reserved),
             memmap_pages: AtomicU64::new(0),
             grow_cursor: AtomicUsize::new((span.start_pfn.0 >> chunk_shift) as usize),
+            plugged: AtomicU64::new(0),
         }
     }
 
-    /// Whether the zone has any present page.
+    /// Whether the zone has any present page, or any that may become present.
     #[inline]
     pub(crate) fn is_populated(&self) -> bool {
-        self.span.present > 0
+        self.span.present > 0 || self.span.hotplug > 0
     }
 
     /// Chunks `[first, end)` that the zone's span touches.
@@ -193,13 +197,14 @@ impl<R: RawMutex> Zone<R> {
         let memmap = self.memmap_pages.load(Relaxed);
         let reserved = self.span.reserved + memmap;
         let isolated = self.isolated.load(Relaxed);
+        let present = self.span.present + self.plugged.load(Relaxed);
         ZoneStats {
             node: NodeId(self.node as u32),
             zone: self.kind,
             start_pfn: self.span.start_pfn,
             spanned: self.span.spanned(),
-            present: self.span.present,
-            managed: self.span.present - reserved,
+            present,
+            managed: present.saturating_sub(reserved),
             reserved,
             free: self.free_pages.load(Relaxed) + cached + isolated,
             cached,

@@ -603,4 +603,181 @@ mod real {
             200_000,
         );
     }
+
+    /// A backing with one loom flag per section: populated at most once while in
+    /// use, released only while populated.
+    pub struct PerSection<'m> {
+        inner: SliceBacking<'m>,
+        populated: Vec<loom::sync::atomic::AtomicBool>,
+    }
+
+    // SAFETY: every promise is `SliceBacking`'s: the memory stays mapped after
+    // `depopulate`, which only flips the model's flag.
+    unsafe impl meminit::MemmapBacking for PerSection<'_> {
+        fn descriptors(&self) -> std::ptr::NonNull<Page> {
+            self.inner.descriptors()
+        }
+
+        fn populate(
+            &self,
+            piece: meminit::MemmapPiece,
+            layout: &meminit::Layout,
+            pages: &mut meminit::PageSource<'_>,
+        ) -> Result<meminit::Populated, meminit::BackingError> {
+            let was = self.populated[piece.section].swap(true, Ordering::SeqCst);
+            assert!(!was, "section {} populated twice", piece.section);
+            self.inner.populate(piece, layout, pages)
+        }
+
+        fn depopulate(&self, piece: meminit::MemmapPiece) -> bool {
+            let was = self.populated[piece.section].swap(false, Ordering::SeqCst);
+            assert!(
+                was,
+                "section {} released while not populated",
+                piece.section
+            );
+            true
+        }
+    }
+
+    type Hot = Allocator<'static, PerSection<'static>, LoomLock>;
+
+    /// Four usable pages at 16 MiB and one 4 MiB section (one chunk)
+    /// hot-pluggable at 20 MiB, in 4 MiB sections; every boot page allocated
+    /// (so an allocation can only be served by hot-plugged memory), and `f`
+    /// run on the allocator with a `'static` reference for loom's threads.
+    fn with_hot(add: bool, f: impl FnOnce(&'static Hot, &[Pfn])) {
+        let mut b = LayoutBuilder::new();
+        b.section_size(4 << 20)
+            .add(16 << 20, (16 << 20) + 0x4000, RangeKind::Usable, NodeId(0))
+            .add(20 << 20, 24 << 20, RangeKind::Hotplug, NodeId(0));
+        let layout = b.build().unwrap();
+        let mut memmap = Box::new_uninit_slice(layout.memmap_descriptors() as usize);
+        let slots: Vec<SectionSlot> = (0..layout.section_count())
+            .map(|_| SectionSlot::new())
+            .collect();
+        let sections = layout.memmap_sections().end;
+        let backing = PerSection {
+            inner: SliceBacking::new(&mut memmap),
+            populated: (0..sections)
+                .map(|_| loom::sync::atomic::AtomicBool::new(false))
+                .collect(),
+        };
+        let cpus: Vec<CpuCache<LoomLock>> = Vec::new();
+        let mut config = Config::new(Strategy::OnDemand);
+        config.give_back_reserve = 0;
+        let a = Allocator::new(layout, backing, &slots, &cpus, config).unwrap();
+        for zone in ZoneType::ALL {
+            a.zone(NodeId(0), zone)
+                .map(|z| z.free_blocks)
+                .unwrap_or_default();
+        }
+        let boot: Vec<Pfn> = (0..4)
+            .map(|_| a.alloc(AllocRequest::order(0)).unwrap())
+            .collect();
+        if add {
+            a.add_memory(hot()).unwrap();
+        }
+        // SAFETY: every thread `f` spawns is joined before it returns, and `a`
+        // (with what it borrows) outlives `f`.
+        let shared: &'static Hot = unsafe { &*(&a as *const Allocator<'_, _, _>).cast() };
+        f(shared, &boot);
+    }
+
+    fn hot() -> std::ops::Range<Pfn> {
+        Pfn((20 << 20) >> 12)..Pfn((24 << 20) >> 12)
+    }
+
+    /// free + held + uninitialised + reserved == present in DMA32.
+    fn counts_hold(a: &Hot, held: u64) {
+        let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
+        assert_eq!(
+            z.free + held + z.uninitialised + z.reserved,
+            z.present,
+            "{z:?}"
+        );
+    }
+
+    /// An add of memory racing an allocation that needs it: the allocation
+    /// either grows into the new chunk or (having looked before the add) fails;
+    /// the chunk is initialised at most once, and once the add is done an
+    /// allocation succeeds and the counts hold.
+    #[test]
+    fn an_add_races_a_grow_of_its_zone() {
+        model(|| {
+            with_hot(false, |a, boot| {
+                let add = spawn(move || a.add_memory(hot()).unwrap());
+                let alloc =
+                    spawn(move || a.alloc(AllocRequest::order(0).flags(AllocFlags::MOVABLE)));
+                assert_eq!(add.join().unwrap(), 1024);
+                let got = match alloc.join().unwrap() {
+                    Ok(p) => p,
+                    Err(_) => a
+                        .alloc(AllocRequest::order(0))
+                        .expect("added memory serves"),
+                };
+                assert!(hot().contains(&got));
+                counts_hold(a, boot.len() as u64 + 1);
+                a.free(FreeRequest::pfn(got).order(0)).unwrap();
+                counts_hold(a, boot.len() as u64);
+            });
+        });
+    }
+
+    /// A remove racing an allocation that grows into the same chunk: either the
+    /// allocation holds a page of it and the chunk is kept, or the chunk is
+    /// removed and the allocation fails; never a page held in a removed chunk.
+    #[test]
+    fn a_remove_races_a_grow_of_the_same_chunk() {
+        model(|| {
+            with_hot(true, |a, boot| {
+                let remove = spawn(move || a.remove_memory(hot()).unwrap());
+                let alloc =
+                    spawn(move || a.alloc(AllocRequest::order(0).flags(AllocFlags::MOVABLE)));
+                let removed = remove.join().unwrap();
+                match alloc.join().unwrap() {
+                    Ok(p) => {
+                        assert!(!removed.is_complete(), "{removed:?}");
+                        assert_eq!(
+                            a.page(p).unwrap().state(),
+                            meminit::PageState::Allocated { order: 0 }
+                        );
+                        counts_hold(a, boot.len() as u64 + 1);
+                        a.free(FreeRequest::pfn(p).order(0)).unwrap();
+                    }
+                    Err(_) => assert!(removed.is_complete(), "{removed:?}"),
+                }
+                assert!(a.remove_memory(hot()).unwrap().is_complete());
+                counts_hold(a, boot.len() as u64);
+                assert!(!a.backing().populated[5].load(Ordering::SeqCst));
+            });
+        });
+    }
+
+    /// A remove racing a give-back of the same wholly free chunk: the chunk goes
+    /// whoever gets there first (taken `Ready`, or after the give-back as
+    /// `Uninit`), its memmap is released exactly once, and the counts hold.
+    #[test]
+    fn a_remove_races_a_give_back_of_the_same_chunk() {
+        model(|| {
+            with_hot(true, |a, boot| {
+                let p = a
+                    .alloc(AllocRequest::order(0).flags(AllocFlags::MOVABLE))
+                    .unwrap();
+                a.free(FreeRequest::pfn(p).order(0)).unwrap();
+                assert_eq!(a.give_back().chunks_marked, 1);
+                let trim = spawn(move || a.give_back().chunks_given_back);
+                let remove = spawn(move || a.remove_memory(hot()).unwrap());
+                let given = trim.join().unwrap();
+                let removed = remove.join().unwrap();
+                assert!(given <= 1);
+                assert!(removed.is_complete(), "{removed:?}");
+                assert_eq!(removed.pages, 1024);
+                assert!(!a.backing().populated[5].load(Ordering::SeqCst));
+                counts_hold(a, boot.len() as u64);
+                let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
+                assert_eq!(z.present, 4);
+            });
+        });
+    }
 }

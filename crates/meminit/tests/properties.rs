@@ -12,7 +12,8 @@ use meminit::NodeId;
 use meminit::Strategy as InitStrategy;
 use meminit::{
     AllocError, AllocFlags, AllocRequest, Config, Constraint, CpuId, FreeRequest, Granularity,
-    LayoutBuilder, LayoutError, PageState, Pfn, RangeKind, ZoneType, MAX_ORDER, PAGE_SIZE,
+    HotplugError, LayoutBuilder, LayoutError, PageState, Pfn, RangeKind, ZoneType, MAX_ORDER,
+    PAGE_SIZE,
 };
 use proptest::prelude::*;
 
@@ -72,7 +73,7 @@ fn naive_counts(placed: &[(u64, u64, RangeKind, u32)]) -> HashMap<(u8, ZoneType)
                     pages.entry(p).or_insert((node, true));
                 }
             }
-            RangeKind::Other => {}
+            RangeKind::Other | RangeKind::Hotplug => {}
         }
     }
     let mut out: HashMap<(u8, ZoneType), (u64, u64)> = HashMap::new();
@@ -114,6 +115,13 @@ enum Op {
     Idle {
         report: bool,
     },
+    /// Adds or removes chunks `first..first + len` of the hot-pluggable range
+    /// (refused if the map has none, or past its end).
+    Hotplug {
+        add: bool,
+        first: u64,
+        len: u64,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -132,6 +140,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0..3usize).prop_map(|node| Op::Worker { node }),
         1 => any::<u64>().prop_map(|offset| Op::Lookup { offset }),
         2 => any::<bool>().prop_map(|report| Op::Idle { report }),
+        2 => (any::<bool>(), 0..8u64, 1..8u64).prop_map(|(add, first, len)| Op::Hotplug { add, first, len }),
     ]
 }
 
@@ -173,13 +182,13 @@ proptest! {
     /// Arbitrary ranges, overlapping or not: a layout or an error naming a range.
     #[test]
     fn arbitrary_ranges_never_panic(
-        ranges in prop::collection::vec((any::<u64>(), any::<u64>(), 0..3u8, 0..20u32), 0..20),
+        ranges in prop::collection::vec((any::<u64>(), any::<u64>(), 0..4u8, 0..20u32), 0..20),
         section_shift in 10u32..60,
     ) {
         let mut b = LayoutBuilder::new();
         b.section_size(1 << section_shift);
         for (s, e, k, n) in ranges {
-            let kind = [RangeKind::Usable, RangeKind::Reserved, RangeKind::Other][k as usize];
+            let kind = [RangeKind::Usable, RangeKind::Reserved, RangeKind::Other, RangeKind::Hotplug][k as usize];
             b.add(s, e, kind, NodeId(n));
         }
         if let Err(e) = b.build() {
@@ -201,8 +210,16 @@ proptest! {
         granularity in prop_oneof![Just(Granularity::Section), Just(Granularity::Chunk)],
         give_back in any::<bool>(),
         reserve in prop_oneof![Just(0u64), Just(4 * MIB)],
+        hotplug in any::<bool>(),
     ) {
-        let (b, _) = build(&ranges, section);
+        let (mut b, placed) = build(&ranges, section);
+        // Two sections of hot-pluggable memory a section past the map, on node 0.
+        let end = placed.last().map_or(0, |r| r.1);
+        let hot_start = end.div_ceil(section) * section + section;
+        let hot_end = hot_start + 2 * section;
+        if hotplug {
+            b.add(hot_start, hot_end, RangeKind::Hotplug, NodeId(0));
+        }
         let Ok(layout) = b.build() else { return Ok(()) };
         let config = Config {
             chunk_size: chunk.min(section),
@@ -289,6 +306,33 @@ proptest! {
                         prop_assert_eq!(cached, after);
                         prop_assert_eq!(a.unmerged_free_blocks(), 0);
                     }
+                    Op::Hotplug { add, first, len } => {
+                        let chunk_pages = chunk.min(section) / PAGE_SIZE;
+                        let start = hot_start / PAGE_SIZE + first * chunk_pages;
+                        let range = Pfn(start)..Pfn(start + len * chunk_pages);
+                        let inside = hotplug && range.end.0 <= hot_end / PAGE_SIZE;
+                        if add {
+                            match a.add_memory(range.clone()) {
+                                Ok(pages) => prop_assert_eq!(pages, len * chunk_pages),
+                                Err(HotplugError::AlreadyPresent { .. }) => prop_assert!(inside),
+                                Err(e) => prop_assert!(!inside, "{e}"),
+                            }
+                        } else {
+                            match a.remove_memory(range.clone()) {
+                                Ok(r) => {
+                                    prop_assert!(inside);
+                                    prop_assert_eq!(r.pages + r.absent + r.kept, len * chunk_pages);
+                                }
+                                Err(e) => prop_assert!(!inside, "{e}"),
+                            }
+                        }
+                        // No page held is ever removed.
+                        for (&pfn, &order) in &ledger.blocks {
+                            let page = a.page(Pfn(pfn));
+                            prop_assert!(page.is_ok(), "held {:#x} removed", pfn);
+                            prop_assert_eq!(page.unwrap().state(), PageState::Allocated { order });
+                        }
+                    }
                     Op::Lookup { offset } => {
                         let pfn = Pfn(offset % layout.end_pfn().0);
                         match a.page_or_init(pfn) {
@@ -307,6 +351,12 @@ proptest! {
             for (pfn, order) in held {
                 ledger.release(a, pfn);
                 a.free(FreeRequest::pfn(Pfn(pfn)).order(order)).unwrap();
+            }
+            if hotplug {
+                // Nothing is held: every hot-plugged page goes.
+                let all = Pfn(hot_start / PAGE_SIZE)..Pfn(hot_end / PAGE_SIZE);
+                let removed = a.remove_memory(all).unwrap();
+                prop_assert!(removed.is_complete(), "{:?}", removed);
             }
             init_all(a);
             check_counts(a, &ledger.per_zone);

@@ -7,12 +7,13 @@
 
 use lock_api::RawMutex;
 
+use super::hotplug::{has_present, tried_late};
 use super::request::{AllocFlags, AllocPath, AllocRequest};
 use super::{Allocator, CONSTRAINTS};
 use crate::cpu_cache::CpuCache;
 use crate::error::{AllocError, ChunkError};
 use crate::memmap::{BackingError, MemmapBacking};
-use crate::types::{Constraint, NodeId, Pfn, MAX_ORDER};
+use crate::types::{Constraint, MobilityClass, NodeId, Pfn, MAX_ORDER};
 use crate::zone::Zone;
 
 /// How many times an allocation that found every zone empty drains the CPU caches
@@ -92,7 +93,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut path = AllocPath::Fast;
         let mut grow_error = None;
         let mut would_grow = false;
-        for zone in self.zonelist(constraint, node) {
+        for zone in self.zones_for(constraint, node, class) {
             if this_node && zone.node as usize != node {
                 continue;
             }
@@ -159,7 +160,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     ) -> Option<u64> {
         let this_node = flags.contains(AllocFlags::THIS_NODE);
         // First a look that steals, which a zone whose growth failed never had.
-        for zone in self.zonelist(constraint, node) {
+        for zone in self.zones_for(constraint, node, flags.class()) {
             if this_node && zone.node as usize != node {
                 continue;
             }
@@ -218,6 +219,25 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The populated zones an allocation may use, in the order it tries them.
+    /// The zones an allocation of `class` tries, in order: the zone list less
+    /// the zones with nothing present now, those whose memory is all
+    /// hot-pluggable last for unmovable allocations (see [`super::hotplug`]).
+    #[inline]
+    fn zones_for(
+        &self,
+        constraint: Constraint,
+        node: usize,
+        class: MobilityClass,
+    ) -> impl Iterator<Item = &Zone<R>> {
+        let early = self
+            .zonelist(constraint, node)
+            .filter(move |z| !tried_late(z, class));
+        let late = self
+            .zonelist(constraint, node)
+            .filter(move |z| tried_late(z, class));
+        early.chain(late).filter(|z| has_present(z))
+    }
+
     #[inline]
     fn zonelist(&self, constraint: Constraint, node: usize) -> impl Iterator<Item = &Zone<R>> {
         self.zonelists[node * CONSTRAINTS + constraint as usize]

@@ -85,7 +85,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 let (s, e) = self.memmap.chunk_pfns(index);
                 if !self
                     .layout
-                    .present_runs(Pfn(s)..Pfn(e))
+                    .memory_runs(Pfn(s)..Pfn(e))
                     .any(|r| r.node == node)
                 {
                     continue;

@@ -315,7 +315,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut usable = 0;
         for run in self
             .layout
-            .present_runs(Pfn(start)..Pfn(end))
+            .memory_runs(Pfn(start)..Pfn(end))
             .filter(|r| !r.reserved)
         {
             if run.node != NodeId(zone.node as u32) || run.zone != zone.kind {
@@ -376,7 +376,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut pages = 0;
         for run in self
             .layout
-            .present_runs(Pfn(start)..Pfn(end))
+            .memory_runs(Pfn(start)..Pfn(end))
             .filter(|r| !r.reserved)
         {
             let (run_start, run_end) = (run.start.0, run.end.0);

@@ -87,14 +87,14 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         // locks: marked before any of its blocks is on a list.
         let mut usable = self
             .layout
-            .present_runs(Pfn(start)..Pfn(end))
+            .memory_runs(Pfn(start)..Pfn(end))
             .filter(|r| !r.reserved);
         if let Some(first) = usable.next() {
             if usable.any(|r| (r.node, r.zone) != (first.node, first.zone)) {
                 self.memmap.sections().mark_chunk_shared(index);
             }
         }
-        for run in self.layout.present_runs(Pfn(start)..Pfn(end)) {
+        for run in self.layout.memory_runs(Pfn(start)..Pfn(end)) {
             let (rs, re) = (run.start.0, run.end.0);
             writer.write_run(rs, PageState::Reserved, NO_ZONE);
             let zone = zone_index(run.node, run.zone);
@@ -113,7 +113,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut freed = 0;
         for run in self
             .layout
-            .present_runs(Pfn(start)..Pfn(end))
+            .memory_runs(Pfn(start)..Pfn(end))
             .filter(|r| !r.reserved)
         {
             let (rs, re) = (run.start.0, run.end.0);
@@ -295,7 +295,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         s < e
             && self
                 .layout
-                .present_runs(s..e)
+                .memory_runs(s..e)
                 .any(|r| !r.reserved && r.node.index() == zone.node as usize && r.zone == zone.kind)
     }
 }

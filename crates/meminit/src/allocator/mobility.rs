@@ -89,7 +89,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let (start, end) = self.memmap.chunk_pfns(chunk);
         let mut runs = self
             .layout
-            .present_runs(Pfn(start)..Pfn(end))
+            .memory_runs(Pfn(start)..Pfn(end))
             .filter(|r| !r.reserved);
         let Some(first) = runs.next() else {
             return false;

@@ -5,7 +5,8 @@
 //! start-up ([`start`]), allocation ([`alloc`]), free ([`free`]), the per-CPU
 //! caches ([`cached`]), the grow path and look-ups ([`grow`]), deferred workers
 //! ([`deferred`]), give-back and free page reporting ([`giveback`]), counters
-//! ([`stats`]), the chunks' mobility words and their check ([`mobility`]). Only `start` holds `unsafe` code (writing an allocator into place);
+//! ([`stats`]), the chunks' mobility words and their check ([`mobility`]),
+//! memory added and removed after start-up ([`hotplug`]). Only `start` holds `unsafe` code (writing an allocator into place);
 //! nothing here writes a descriptor outside a lock that owns it.
 
 mod alloc;
@@ -14,6 +15,7 @@ mod deferred;
 mod free;
 mod giveback;
 mod grow;
+mod hotplug;
 mod mobility;
 mod request;
 mod start;
@@ -24,6 +26,7 @@ pub use deferred::{WorkerReport, WORKER_RETRIES};
 pub use giveback::{
     FreeReporter, NoReporter, ReportError, ReportStats, REPORT_BATCH, REPORT_ORDER,
 };
+pub use hotplug::{HotplugError, Removed};
 pub use request::{AllocFlags, AllocPath, AllocRequest, FreeRequest};
 pub use stats::Stats;
 pub use tick::HOLD_DELAYS;

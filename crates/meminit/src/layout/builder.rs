@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use super::{Layout, DEFAULT_SECTION_SIZE, MAX_RANGES, MIN_SECTION_SIZE};
+use super::{Layout, DEFAULT_SECTION_SIZE, MAX_HOTPLUG_RANGES, MAX_RANGES, MIN_SECTION_SIZE};
 use crate::types::{NodeId, MAX_NODES, PAGE_SHIFT, PAGE_SIZE, PHYS_ADDR_BITS};
 
 /// What a range of the memory map holds.
@@ -26,6 +26,13 @@ pub enum RangeKind {
     /// Not RAM at all (e820 `reserved`, ACPI, MMIO, holes). Not present; pages of it
     /// that share a section with RAM get reserved descriptors.
     Other,
+    /// RAM that may become present after start-up (a virtio-mem device's region,
+    /// ACPI hot-pluggable memory): not present, and no descriptor is written for
+    /// it, until [`crate::Allocator::add_memory`] adds chunks of it. It must cover
+    /// whole sections (so a section is either all hot-pluggable or not at all) and
+    /// may overlap no other range. Declaring it at start-up sizes the section
+    /// slots and the memmap's address space, so nothing is sized on guesses later.
+    Hotplug,
 }
 
 impl RangeKind {
@@ -35,6 +42,7 @@ impl RangeKind {
             RangeKind::Usable => "usable",
             RangeKind::Reserved => "reserved",
             RangeKind::Other => "other",
+            RangeKind::Hotplug => "hotplug",
         }
     }
 }
@@ -140,6 +148,20 @@ pub enum LayoutError {
     },
     /// No whole usable page remains once usable ranges are shrunk to page boundaries.
     NoUsableMemory,
+    /// A hot-pluggable range does not start and end on section boundaries.
+    MisalignedHotplug {
+        /// Position in the input.
+        index: usize,
+        /// The range.
+        range: MemoryRange,
+        /// The section size, in bytes.
+        section_size: u64,
+    },
+    /// More than [`MAX_HOTPLUG_RANGES`] hot-pluggable ranges were given.
+    TooManyHotplugRanges {
+        /// The limit.
+        max: usize,
+    },
     /// The section size is not a power of two, or is smaller than one max-order block
     /// ([`MIN_SECTION_SIZE`]), or larger than the physical address space.
     BadSectionSize {
@@ -192,6 +214,17 @@ impl fmt::Display for LayoutError {
             ),
             LayoutError::NoUsableMemory => {
                 write!(f, "the memory map has no whole page of usable memory")
+            }
+            LayoutError::MisalignedHotplug {
+                index,
+                range,
+                section_size,
+            } => write!(
+                f,
+                "hot-pluggable range #{index} {range} must start and end on a section boundary (a multiple of {section_size:#x})"
+            ),
+            LayoutError::TooManyHotplugRanges { max } => {
+                write!(f, "the memory map has more than {max} hot-pluggable ranges")
             }
             LayoutError::BadSectionSize { bytes } => write!(
                 f,
@@ -306,6 +339,25 @@ impl LayoutBuilder {
             if range.node.index() >= MAX_NODES {
                 return Err(LayoutError::TooManyNodes { index, range });
             }
+            if range.kind == RangeKind::Hotplug
+                && (range.start % section_size != 0 || range.end % section_size != 0)
+            {
+                return Err(LayoutError::MisalignedHotplug {
+                    index,
+                    range,
+                    section_size,
+                });
+            }
+        }
+        if input
+            .iter()
+            .filter(|r| r.kind == RangeKind::Hotplug)
+            .count()
+            > MAX_HOTPLUG_RANGES
+        {
+            return Err(LayoutError::TooManyHotplugRanges {
+                max: MAX_HOTPLUG_RANGES,
+            });
         }
 
         // Sort positions by start address. Each range is checked against every
@@ -360,7 +412,7 @@ impl LayoutBuilder {
         let pages = |range: &MemoryRange| match range.kind {
             RangeKind::Usable => Some((range.start.div_ceil(PAGE_SIZE), range.end / PAGE_SIZE)),
             RangeKind::Reserved => Some((range.start / PAGE_SIZE, range.end.div_ceil(PAGE_SIZE))),
-            RangeKind::Other => None,
+            RangeKind::Other | RangeKind::Hotplug => None,
         };
         layout.reset(section_size.trailing_zeros() - PAGE_SHIFT);
         let mut cursor = input
@@ -396,6 +448,15 @@ impl LayoutBuilder {
         if layout.usable_pages() == 0 {
             layout.reset(layout.section_shift);
             return Err(LayoutError::NoUsableMemory);
+        }
+        // Hot-pluggable ranges, in address order: whole sections, overlapping
+        // nothing (checked above), so never merged with present pages.
+        for &i in order.iter() {
+            let r = &input[i as usize];
+            if r.kind == RangeKind::Hotplug {
+                // `r.node` was checked below MAX_NODES (16) above: it fits in u8.
+                layout.push_hotplug(r.start / PAGE_SIZE, r.end / PAGE_SIZE, r.node.0 as u8);
+            }
         }
         layout.compute_spans();
         Ok(())

@@ -11,10 +11,12 @@
 //! descriptor, and allocates nothing: a [`Layout`] is a plain value of fixed size.
 
 mod builder;
+mod hotplug;
 #[cfg(test)]
 mod tests;
 
 pub use builder::{LayoutBuilder, LayoutError, MemoryRange, RangeKind};
+pub use hotplug::MemoryRuns;
 
 use core::fmt;
 use core::ops::Range;
@@ -33,6 +35,8 @@ pub const MIN_SECTION_SIZE: u64 = PAGE_SIZE << MAX_ORDER;
 /// The most runs of present pages a layout holds: a reserved range inside a usable
 /// one splits it in three, so `MAX_RANGES` input ranges give fewer than twice as many.
 const MAX_PRESENT: usize = 2 * MAX_RANGES;
+/// The most hot-pluggable ranges ([`RangeKind::Hotplug`]) a layout holds.
+pub const MAX_HOTPLUG_RANGES: usize = 32;
 
 /// bits of `tagged_end` and a run takes 16 bytes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -94,6 +98,9 @@ pub struct ZoneSpan {
     pub present: u64,
     /// Present pages that the memory map marks reserved.
     pub reserved: u64,
+    /// Pages declared hot-pluggable in the span ([`RangeKind::Hotplug`]): not
+    /// present (nor counted in `present`) until added.
+    pub hotplug: u64,
 }
 
 impl ZoneSpan {
@@ -112,6 +119,9 @@ pub struct NodeSpan {
     pub end_pfn: Pfn,
     /// Present pages on the node.
     pub present: u64,
+    /// Pages declared hot-pluggable on the node (not in `present`); the span
+    /// covers them.
+    pub hotplug: u64,
     /// Its zones, indexed by [`ZoneType`].
     pub zones: [ZoneSpan; ZONE_TYPES],
 }
@@ -137,6 +147,9 @@ pub struct PresentRun {
 pub struct Layout {
     present: [PresentRange; MAX_PRESENT],
     len: usize,
+    /// Declared hot-pluggable ranges, in address order (never reserved).
+    hotplug: [PresentRange; MAX_HOTPLUG_RANGES],
+    hotplug_len: usize,
     nodes: [NodeSpan; MAX_NODES],
     node_count: usize,
     section_shift: u32,
@@ -146,6 +159,7 @@ impl fmt::Debug for Layout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Layout")
             .field("present", &&self.present[..self.len])
+            .field("hotplug", &&self.hotplug[..self.hotplug_len])
             .field("nodes", &&self.nodes[..self.node_count])
             .field("section_shift", &self.section_shift)
             .finish()
@@ -160,15 +174,19 @@ impl Layout {
         Layout {
             present: [PresentRange::new(0, 0, 0, false); MAX_PRESENT],
             len: 0,
+            hotplug: [PresentRange::new(0, 0, 0, false); MAX_HOTPLUG_RANGES],
+            hotplug_len: 0,
             nodes: [NodeSpan {
                 start_pfn: Pfn(0),
                 end_pfn: Pfn(0),
                 present: 0,
+                hotplug: 0,
                 zones: [ZoneSpan {
                     start_pfn: Pfn(0),
                     end_pfn: Pfn(0),
                     present: 0,
                     reserved: 0,
+                    hotplug: 0,
                 }; ZONE_TYPES],
             }; MAX_NODES],
             node_count: 0,
@@ -180,6 +198,7 @@ impl Layout {
     /// place.
     fn reset(&mut self, section_shift: u32) {
         self.len = 0;
+        self.hotplug_len = 0;
         self.node_count = 0;
         for node in &mut self.nodes {
             *node = NodeSpan::default();
@@ -213,8 +232,18 @@ impl Layout {
             n.present += r.pages();
             self.node_count = self.node_count.max(r.node() as usize + 1);
         }
+        for r in &self.hotplug[..self.hotplug_len] {
+            let n = &mut self.nodes[r.node() as usize];
+            if n.present == 0 && n.hotplug == 0 {
+                n.start_pfn = Pfn(r.start);
+            }
+            n.start_pfn = n.start_pfn.min(Pfn(r.start));
+            n.end_pfn = n.end_pfn.max(Pfn(r.end()));
+            n.hotplug += r.pages();
+            self.node_count = self.node_count.max(r.node() as usize + 1);
+        }
         for node in &mut self.nodes[..self.node_count] {
-            if node.present == 0 {
+            if node.present == 0 && node.hotplug == 0 {
                 continue;
             }
             for zt in ZoneType::ALL {
@@ -231,10 +260,17 @@ impl Layout {
                 *reserved += run.pages();
             }
         }
-        for (node, counts) in self.nodes.iter_mut().zip(counts) {
-            for (zone, (present, reserved)) in node.zones.iter_mut().zip(counts) {
+        let mut hotplug = [[0u64; ZONE_TYPES]; MAX_NODES];
+        for run in self.hotplug_runs(Pfn(0)..Pfn(u64::MAX)) {
+            hotplug[run.node.index()][run.zone as usize] += run.pages();
+        }
+        for ((node, counts), hotplug) in self.nodes.iter_mut().zip(counts).zip(hotplug) {
+            for ((zone, (present, reserved)), hotplug) in
+                node.zones.iter_mut().zip(counts).zip(hotplug)
+            {
                 zone.present = present;
                 zone.reserved = reserved;
+                zone.hotplug = hotplug;
             }
         }
     }
@@ -251,7 +287,7 @@ impl Layout {
 
     /// The sections the memmap covers, as absolute section numbers (section `i`
     /// holds pfns `i * section_pages()..`): from the first section with present
-    /// memory to the last. Section numbers in the crate's API ([`Layout::section_pfns`],
+    /// or hot-pluggable memory to the last. Section numbers in the crate's API ([`Layout::section_pfns`],
     /// [`crate::MemmapPiece::section`], [`crate::BackingError::section`]) are
     /// absolute; the section slots lent to the allocator are indexed from the
     /// first of these (slot `i` holds section `memmap_sections().start + i`).
@@ -259,11 +295,18 @@ impl Layout {
         let Some(first) = self.present[..self.len].first() else {
             return 0..0;
         };
-        let end = self.end_pfn().0.div_ceil(self.section_pages());
+        // Hot-pluggable sections have slots and memmap address space from the start.
+        let start = self.hotplug[..self.hotplug_len]
+            .first()
+            .map_or(first.start, |h| h.start.min(first.start));
+        let end = self.hotplug[..self.hotplug_len]
+            .last()
+            .map_or(self.end_pfn().0, |h| h.end().max(self.end_pfn().0));
+        let end = end.div_ceil(self.section_pages());
         // Below MAX_PFN (2^40) >> section_shift: fits in usize on 64-bit targets, and
         // saturates (never wraps) elsewhere.
         let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        to_usize(first.start >> self.section_shift)..to_usize(end)
+        to_usize(start >> self.section_shift)..to_usize(end)
     }
 
     /// The first pfn the memmap describes: the first pfn of the first section with
@@ -340,19 +383,20 @@ impl Layout {
         self.node_count
     }
 
-    /// Node `node`'s span, or `None` if it has no present pages.
+    /// Node `node`'s span, or `None` if it has no present nor hot-pluggable
+    /// pages.
     pub fn node(&self, node: NodeId) -> Option<&NodeSpan> {
         self.nodes[..self.node_count]
             .get(node.index())
-            .filter(|n| n.present > 0)
+            .filter(|n| n.present > 0 || n.hotplug > 0)
     }
 
-    /// The nodes that have present pages, lowest id first.
+    /// The nodes that have present or hot-pluggable pages, lowest id first.
     pub fn nodes(&self) -> impl Iterator<Item = (NodeId, &NodeSpan)> + '_ {
         self.nodes[..self.node_count]
             .iter()
             .enumerate()
-            .filter(|(_, n)| n.present > 0)
+            .filter(|(_, n)| n.present > 0 || n.hotplug > 0)
             // Below MAX_NODES (16): fits in u32.
             .map(|(i, n)| (NodeId(i as u32), n))
     }

@@ -375,7 +375,7 @@ fn taken_is_usable(taken: &Range<u64>, piece: MemmapPiece, layout: &Layout) -> b
         || (piece.start.0 <= taken.start
             && taken.end <= piece.end.0
             && layout
-                .present_runs(Pfn(taken.start)..Pfn(taken.end))
+                .memory_runs(Pfn(taken.start)..Pfn(taken.end))
                 .filter(|r| !r.reserved)
                 .map(|r| r.pages())
                 .sum::<u64>()

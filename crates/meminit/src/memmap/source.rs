@@ -177,7 +177,7 @@ impl<'l> PageSource<'l> {
             // Nothing taken yet: the first usable run that holds an aligned block.
             let found = self
                 .layout
-                .present_runs(Pfn(first)..Pfn(limit))
+                .memory_runs(Pfn(first)..Pfn(limit))
                 .filter(|r| !r.reserved)
                 .find_map(|r| {
                     let (s, e) = (r.start.0.max(first), r.end.0.min(limit));

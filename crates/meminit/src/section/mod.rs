@@ -35,6 +35,10 @@
 //!   initialisation racing in one section, at least one sees the other and backs
 //!   off.
 //!
+//! - **Hot-plug** (`hotplug`) moves chunks `Absent → Uninit` when memory is
+//!   added and `Uninit → Absent` (or, given back, `Initialising → Absent`) when
+//!   it is removed, one add or remove at a time.
+//!
 //! - The **use words**, one per chunk (`usage`): the pages of the chunk off the
 //!   free lists and the mobility class it serves, kept by the buddy lists under
 //!   the zone lock and read by give-back without it.
@@ -42,6 +46,7 @@
 //! This module owns the states and their memory orderings. It knows nothing of
 //! descriptors, zones or the layout, and it takes no lock.
 
+mod hotplug;
 mod retire;
 mod usage;
 
@@ -210,8 +215,10 @@ pub struct Sections<'a> {
     first: usize,
     /// log2 of chunks per section.
     chunks_shift: u32,
-    /// Chunks with present pages: fixed at start-up.
-    present: usize,
+    /// Chunks with present pages: set at start-up, changed by hot-plug.
+    present: AtomicUsize,
+    /// Held by the one add or remove of memory in flight (`hotplug`).
+    hotplug_busy: AtomicU32,
     /// Chunks with present pages that are not yet finished (or were given back).
     /// Zero is the off switch: growth is off until a chunk is given back.
     unfinished: AtomicUsize,
@@ -257,7 +264,8 @@ impl<'a> Sections<'a> {
             slots,
             first,
             chunks_shift,
-            present: 0,
+            present: AtomicUsize::new(0),
+            hotplug_busy: AtomicU32::new(0),
             unfinished: AtomicUsize::new(0),
             wait: None,
         };
@@ -291,7 +299,7 @@ impl<'a> Sections<'a> {
                 chunk = upto;
             }
         }
-        sections.present = unfinished;
+        sections.present = AtomicUsize::new(unfinished);
         sections.unfinished = AtomicUsize::new(unfinished);
         Ok(sections)
     }
@@ -306,7 +314,8 @@ impl<'a> Sections<'a> {
 
     /// Chunks with present pages (not `Absent`).
     pub fn present(&self) -> usize {
-        self.present
+        // Relaxed: a statistic, exact when no hot-plug is in flight.
+        self.present.load(Relaxed)
     }
 
     /// log2 of the chunks in a section.
@@ -432,25 +441,6 @@ impl<'a> Sections<'a> {
                 MemmapState::Populating => backoff.pause(),
                 other => return other,
             }
-        }
-    }
-
-    /// Under [`crate::memmap::Granularity::Chunk`], whether chunk `chunk`'s memmap
-    /// was populated by an earlier claimant (the memmap word is then a bitmap of
-    /// the section's populated chunks). Read by the chunk's claimant only.
-    ///
-    /// Acquire: pairs with the Release in `set_chunk_memmap_populated`.
-    pub(crate) fn chunk_memmap_populated(&self, chunk: usize) -> bool {
-        self.locate(chunk)
-            .is_some_and(|(slot, shift)| slot.memmap.load(Acquire) >> (shift / 2) & 1 == 1)
-    }
-
-    /// Records that chunk `chunk`'s memmap is populated; its claimant only.
-    pub(crate) fn set_chunk_memmap_populated(&self, chunk: usize) {
-        if let Some((slot, shift)) = self.locate(chunk) {
-            // Release: pairs with the Acquire in `chunk_memmap_populated` of a later
-            // claimant of the chunk.
-            slot.memmap.fetch_or(1 << (shift / 2), Release);
         }
     }
 

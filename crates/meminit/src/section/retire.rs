@@ -47,6 +47,7 @@ impl<'a> Sections<'a> {
         Some(Retiring {
             sections: self,
             chunk,
+            absent: false,
         })
     }
 
@@ -83,6 +84,25 @@ impl<'a> Sections<'a> {
         Some(MemmapRetiring { slot, done: false })
     }
 
+    /// Under [`crate::memmap::Granularity::Chunk`], whether chunk `chunk`'s memmap
+    /// was populated by an earlier claimant (the memmap word is then a bitmap of
+    /// the section's populated chunks). Read by the chunk's claimant only.
+    ///
+    /// Acquire: pairs with the Release in `set_chunk_memmap_populated`.
+    pub(crate) fn chunk_memmap_populated(&self, chunk: usize) -> bool {
+        self.locate(chunk)
+            .is_some_and(|(slot, shift)| slot.memmap.load(Acquire) >> (shift / 2) & 1 == 1)
+    }
+
+    /// Records that chunk `chunk`'s memmap is populated; its claimant only.
+    pub(crate) fn set_chunk_memmap_populated(&self, chunk: usize) {
+        if let Some((slot, shift)) = self.locate(chunk) {
+            // Release: pairs with the Acquire in `chunk_memmap_populated` of a later
+            // claimant of the chunk.
+            slot.memmap.fetch_or(1 << (shift / 2), Release);
+        }
+    }
+
     /// Under [`crate::memmap::Granularity::Chunk`], records that chunk `chunk`'s
     /// memmap is depopulated; the holder of its [`Retiring`] only.
     pub(crate) fn clear_chunk_memmap_populated(&self, chunk: usize) {
@@ -100,6 +120,8 @@ impl<'a> Sections<'a> {
 pub(crate) struct Retiring<'s, 'a> {
     sections: &'s Sections<'a>,
     chunk: usize,
+    /// Removed by hot-plug: dropping it makes the chunk `Absent`, not `Uninit`.
+    absent: bool,
 }
 
 impl Retiring<'_, '_> {
@@ -107,14 +129,26 @@ impl Retiring<'_, '_> {
     pub(crate) fn chunk(&self) -> usize {
         self.chunk
     }
+
+    /// The chunk leaves for good (hot-remove): dropping this makes it `Absent`,
+    /// no longer present nor counted unfinished.
+    pub(crate) fn into_absent(mut self) -> Self {
+        self.absent = true;
+        self
+    }
 }
 
 impl Drop for Retiring<'_, '_> {
     fn drop(&mut self) {
         if let Some((slot, shift)) = self.sections.locate(self.chunk) {
-            // Initialising (10) to Uninit (01). Release: pairs with the Acquire of
-            // the next `claim`, which then sees the memmap's state as this left it.
-            slot.chunks.fetch_xor(3 << shift, Release);
+            // Initialising (10) to Uninit (01), or to Absent (00). Release: pairs
+            // with the Acquire of the next `claim`, which then sees the memmap's
+            // state as this left it (or, for Absent, with that of `state`).
+            let bits = if self.absent { 2 } else { 3 };
+            slot.chunks.fetch_xor(bits << shift, Release);
+            if self.absent {
+                self.sections.forget_chunks(1);
+            }
         }
     }
 }
