@@ -15,6 +15,7 @@ mod balloon;
 mod boot;
 mod cmdline;
 mod free_report;
+mod hotplug_hooks;
 mod mem_hotplug;
 mod memory;
 mod mmio;
@@ -33,7 +34,8 @@ mod virtio_mem;
 
 use core::cell::Cell;
 
-use mem_hotplug::{MemHotplug, Recorder};
+use hotplug_hooks::AllocatorHooks;
+use mem_hotplug::MemHotplug;
 use meminit::{
     AllocPath, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest, NodeId,
     Pfn, SectionSlot, Strategy,
@@ -102,7 +104,19 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let topology = unsafe { acpi::read(boot.rsdp) };
     let mut splits = [(0, 0); 64];
     let split_count = topology.node_splits(&mut splits);
-    let layout = match memory::layout(boot.memmap, &splits[..split_count], options.memmap) {
+    // virtio-mem's region is declared hot-pluggable in the layout, so the device
+    // is found, started and its configuration read before the allocator starts.
+    let virtio_mem = find_virtio_mem(options.virtio_mem, tsc_hz);
+    let hot_region = match &virtio_mem {
+        Some(Ok(device)) => hotplug_region(device.config()),
+        _ => None,
+    };
+    let layout = match memory::layout(
+        boot.memmap,
+        &splits[..split_count],
+        options.memmap,
+        hot_region,
+    ) {
         Ok(l) => l,
         Err(e) => {
             println!("meminit guest: bad memory map: {e}");
@@ -244,8 +258,12 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let full_init = allocator.stats().fully_initialised.then(|| tsc::now() - t0);
 
     // Hot-plugged memory, once the memory present at boot is up.
-    let mut recorder = Recorder::default();
-    let mut hotplug = start_hotplug(options.virtio_mem, tsc_hz, layout, &mut recorder);
+    let (base, block) = match &virtio_mem {
+        Some(Ok(device)) => (device.config().addr, device.config().block_size),
+        _ => (0, 2 << 20),
+    };
+    let mut recorder = AllocatorHooks::new(allocator, base, block);
+    let mut hotplug = start_hotplug(virtio_mem, tsc_hz, layout, &mut recorder);
     if hotplug.as_ref().is_some_and(|h| h.is_err()) {
         failures.set(failures.get() + 1);
     }
@@ -409,7 +427,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     if let Some(Ok(h)) = &hotplug {
         let c = h.config();
         println!(
-            "virtio-mem: done: requested {} plugged {} bytes; {} requests; {} bytes plugged and {} unplugged in all; hooks: {} on_plugged ({} bytes), {} may_unplug ({} bytes), {} bad",
+            "virtio-mem: done: requested {} plugged {} bytes; {} requests; {} bytes plugged and {} unplugged in all; hooks: {} on_plugged ({} bytes), {} may_unplug ({} bytes), {} refused, {} bad",
             c.requested_size,
             c.plugged_size,
             h.requests,
@@ -419,6 +437,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             recorder.plugged_bytes,
             recorder.unplug_calls,
             recorder.released_bytes,
+            recorder.refused,
             recorder.bad_ranges
         );
         if recorder.bad_ranges > 0 || h.state_mismatches > 0 {
@@ -434,44 +453,62 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     })
 }
 
-/// Finds and starts the virtio-mem device as `mode` says, and plugs it up to the
-/// requested size, handing what is plugged to `hooks`. `None`: not asked for,
-/// or (under `auto`) not there; an error is printed.
-fn start_hotplug(
+/// Finds and starts the virtio-mem device as `mode` says. `None`: not asked
+/// for, or (under `auto`) not there.
+fn find_virtio_mem(
     mode: cmdline::VirtioMemMode,
     tsc_hz: u64,
-    layout: &meminit::Layout,
-    hooks: &mut Recorder,
-) -> Option<Result<MemHotplug, virtio_mem::Error>> {
+) -> Option<Result<virtio_mem::VirtioMem, virtio_mem::Error>> {
     use cmdline::VirtioMemMode;
     if mode == VirtioMemMode::Off {
         return None;
     }
-    let result = match virtio_mem::VirtioMem::find() {
-        None if mode == VirtioMemMode::Auto => return None,
-        None => Err(virtio_mem::Error::NoDevice),
-        Some(at) => virtio_mem::VirtioMem::start(at, tsc_hz).and_then(|device| {
-            let c = device.config();
-            let bad = |why, value| Err(virtio_mem::Error::BadConfig { at, why, value });
-            // The hooks reach the region through the identity map.
-            if c.addr + c.region_size > paging::MAX_MEMORY {
-                return bad(
-                    "the region ends above the memory this guest maps",
-                    c.addr + c.region_size,
-                );
-            }
-            // Memory present at boot is the allocator's already.
-            let region = Pfn(c.addr / 4096)..Pfn((c.addr + c.region_size) / 4096);
-            if let Some(run) = layout.present_runs(region).next() {
-                return bad(
-                    "the region overlaps memory of the boot memory map",
-                    run.start.addr(),
-                );
-            }
-            let unit_bytes = layout.section_pages() * 4096;
-            MemHotplug::start(device, unit_bytes, tsc_hz, hooks)
-        }),
-    };
+    match virtio_mem::VirtioMem::find() {
+        None if mode == VirtioMemMode::Auto => None,
+        None => Some(Err(virtio_mem::Error::NoDevice)),
+        Some(at) => Some(virtio_mem::VirtioMem::start(at, tsc_hz)),
+    }
+}
+
+/// The whole sections of a virtio-mem device's region, as a byte range, to
+/// declare hot-pluggable; `None` if it holds none.
+fn hotplug_region(c: virtio_mem::Config) -> Option<(u64, u64)> {
+    let section = meminit::DEFAULT_SECTION_SIZE;
+    let start = c.addr.next_multiple_of(section);
+    let end = (c.addr + c.region_size) / section * section;
+    (start < end && end <= paging::MAX_MEMORY).then_some((start, end))
+}
+
+/// Plugs the started virtio-mem device up to the requested size, handing what is
+/// plugged to `hooks`. `None`: not asked for, or not there; an error is printed.
+fn start_hotplug(
+    device: Option<Result<virtio_mem::VirtioMem, virtio_mem::Error>>,
+    tsc_hz: u64,
+    layout: &meminit::Layout,
+    hooks: &mut AllocatorHooks,
+) -> Option<Result<MemHotplug, virtio_mem::Error>> {
+    let result = device?.and_then(|device| {
+        let c = device.config();
+        let at = device.function();
+        let bad = |why, value| Err(virtio_mem::Error::BadConfig { at, why, value });
+        // The hooks reach the region through the identity map.
+        if c.addr + c.region_size > paging::MAX_MEMORY {
+            return bad(
+                "the region ends above the memory this guest maps",
+                c.addr + c.region_size,
+            );
+        }
+        // Memory present at boot is the allocator's already.
+        let region = Pfn(c.addr / 4096)..Pfn((c.addr + c.region_size) / 4096);
+        if let Some(run) = layout.present_runs(region).next() {
+            return bad(
+                "the region overlaps memory of the boot memory map",
+                run.start.addr(),
+            );
+        }
+        let unit_bytes = layout.section_pages() * 4096;
+        MemHotplug::start(device, unit_bytes, tsc_hz, hooks)
+    });
     if let Err(e) = &result {
         println!("virtio-mem: error: {e}");
     }

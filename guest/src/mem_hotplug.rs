@@ -21,7 +21,8 @@ use meminit::Pfn;
 use crate::println;
 use crate::virtio_mem::{BlockState, Config, Error, VirtioMem};
 
-/// What the memory's user (the allocator, later) does with hot-plugged memory.
+/// What the memory's user (the allocator: `hotplug_hooks`) does with
+/// hot-plugged memory.
 pub trait Hotplug {
     /// `range` is plugged: the guest may use it from now on. (Wire to the
     /// allocator's `add_memory`.)
@@ -456,58 +457,5 @@ impl Shown {
             );
         }
         self.since = crate::tsc::now();
-    }
-}
-
-/// The hooks until the allocator takes hot-plugged memory: each range is
-/// recorded, logged, and proved usable (its first and last words written and
-/// read back); every unplug is allowed.
-#[derive(Default)]
-pub struct Recorder {
-    pub plugged_calls: u64,
-    pub plugged_bytes: u64,
-    pub unplug_calls: u64,
-    /// Bytes it let go of (said yes to).
-    pub released_bytes: u64,
-    /// Ranges whose memory did not read back what was written.
-    pub bad_ranges: u64,
-}
-
-impl Hotplug for Recorder {
-    fn on_plugged(&mut self, range: Range<Pfn>) {
-        self.plugged_calls += 1;
-        self.plugged_bytes += (range.end.0 - range.start.0) * 4096;
-        let (first, last) = (range.start.addr(), range.end.addr() - 8);
-        let mut ok = true;
-        for (i, addr) in [first, last].into_iter().enumerate() {
-            let p = addr as *mut u64;
-            let pattern = 0x6d65_6d69_6e69_7400 | i as u64;
-            // SAFETY: the device has just plugged this range, which lies in the
-            // identity map (`main` uses these hooks only for a region below the
-            // 4 TiB `boot` maps), and no one else knows of it yet: these two
-            // words are ours.
-            unsafe {
-                p.write_volatile(pattern);
-                ok &= p.read_volatile() == pattern;
-            }
-        }
-        self.bad_ranges += u64::from(!ok);
-        println!(
-            "virtio-mem: on_plugged {:#x}-{:#x}{}",
-            range.start.addr(),
-            range.end.addr(),
-            if ok { "" } else { " (did not read back)" }
-        );
-    }
-
-    fn may_unplug(&mut self, range: Range<Pfn>) -> bool {
-        self.unplug_calls += 1;
-        self.released_bytes += (range.end.0 - range.start.0) * 4096;
-        println!(
-            "virtio-mem: may_unplug {:#x}-{:#x}: yes",
-            range.start.addr(),
-            range.end.addr()
-        );
-        true
     }
 }

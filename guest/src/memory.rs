@@ -30,7 +30,11 @@ pub fn layout(
     memmap: &[MemmapEntry],
     splits: &[(u64, u32)],
     granularity: Granularity,
+    hotplug: Option<(u64, u64)>,
 ) -> Result<Layout, LayoutError> {
+    let build = |memmap: &[MemmapEntry], splits: &[(u64, u32)], homes: &[(u64, u64)]| {
+        build(memmap, splits, homes, hotplug)
+    };
     let first = build(memmap, splits, &[])?;
     if granularity == Granularity::Chunk {
         set_memmap_homes(&[]);
@@ -121,10 +125,13 @@ fn memmap_pool(layout: &Layout) -> Option<(u64, u64)> {
     best
 }
 
+/// `hotplug`: a byte range of whole sections declared hot-pluggable (a
+/// virtio-mem device's region), on the node its start is on.
 fn build(
     memmap: &[MemmapEntry],
     splits: &[(u64, u32)],
     homes: &[(u64, u64)],
+    hotplug: Option<(u64, u64)>,
 ) -> Result<Layout, LayoutError> {
     let (kstart, kend) = kernel_image();
     let mut spans = [(0u64, 0u64); 18];
@@ -142,7 +149,10 @@ fn build(
             continue;
         }
         if e.kind != 1 {
-            b.add(start, end, RangeKind::Other, NodeId(0));
+            // A monitor may list the hot-pluggable region too: it is declared below.
+            if !hotplug.is_some_and(|(s, e)| s <= start && end <= e) {
+                b.add(start, end, RangeKind::Other, NodeId(0));
+            }
             continue;
         }
         // Cut the RAM range at the reserved spans and at node boundaries.
@@ -172,6 +182,14 @@ fn build(
             b.add(at, stop, kind, NodeId(node));
             at = stop;
         }
+    }
+    if let Some((start, end)) = hotplug {
+        b.add(
+            start,
+            end,
+            RangeKind::Hotplug,
+            NodeId(node_at(splits, start)),
+        );
     }
     b.build()
 }

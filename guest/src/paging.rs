@@ -134,11 +134,13 @@ pub fn set_memmap_homes(blocks: &[u64]) {
 }
 
 /// The first 2 MiB-aligned block of usable memory in the section of pfns `section`,
-/// as a pfn: where the section's memmap lives if it can hold it itself.
+/// as a pfn: where the section's memmap lives if it can hold it itself. A
+/// hot-pluggable section holds its own (Linux's `memmap_on_memory`): its first
+/// chunk is present whenever any is, as virtio-mem plugs lowest first.
 pub fn own_memmap_block(layout: &Layout, section: Range<Pfn>) -> Option<u64> {
     let pages = HUGE / 4096;
     layout
-        .present_runs(section)
+        .memory_runs(section)
         .filter(|r| !r.reserved)
         .find_map(|r| {
             let block = r.start.0.next_multiple_of(pages);
