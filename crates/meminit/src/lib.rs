@@ -348,6 +348,19 @@
 //! ones; [`Allocator::miscounted_chunks`] checks every word against the
 //! descriptors.
 //!
+//! ## Memory that arrives later: hot-plug
+//!
+//! A range the memory map declares [`RangeKind::Hotplug`] (a virtio-mem region,
+//! whole sections) has section slots and memmap address space from start-up,
+//! but no present page: its chunks are `Absent`.
+//! [`Allocator::add_memory`] makes whole chunks of it present and uninitialised
+//! in a few atomic operations per section, writing no descriptor; the grow path
+//! initialises them when they are needed. [`Allocator::remove_memory`] takes
+//! them out again: uninitialised chunks at once, initialised ones if wholly
+//! free (their memmap released), and says in a [`Removed`] what it could not
+//! take. Hot-plugged memory serves movable allocations first: a zone of
+//! hot-pluggable memory alone comes last for unmovable ones.
+//!
 //! ## Guarantees
 //!
 //! - A chunk is initialised exactly once, by whoever claims it first (start-up, a
@@ -383,7 +396,7 @@
 //! | memmap | `memmap` | the descriptor array over a [`MemmapBacking`]: populate, write, publish, depopulate; the [`PageSource`] |
 //! | free lists | `buddy`, `zone` | split and merge under one lock per zone, lists per mobility class; the zone's counters |
 //! | CPU caches | `cpu_cache` | the storage of each CPU's stock of small free blocks |
-//! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back |
+//! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back, hot-plug |
 //! | errors, choices | `error`, `config` | the entry points' errors; [`Config`] and [`Strategy`] |
 //!
 //! The `unsafe` code lives in `memmap` (the descriptor array and the backing
