@@ -258,6 +258,10 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                             out.memmap_bytes_released += bytes;
                             break;
                         }
+                        // A give-back took it out of `Ready` first: look again.
+                        if sections.state(chunk) != ChunkState::Ready {
+                            continue;
+                        }
                         self.kept(chunk, &mut out);
                     }
                     ChunkState::Initialising => self.kept(chunk, &mut out),
