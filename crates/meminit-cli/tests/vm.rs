@@ -465,7 +465,7 @@ fn linux_boots_beside_it() {
 /// memmap lives in a home set aside elsewhere, and every strategy still starts.
 #[test]
 fn a_section_too_small_for_its_own_memmap_gets_a_home() {
-    let (code, r) = vm(&["--memory", "1025M"]);
+    let (code, r) = vm(&["--memory", "1025M", "--memmap", "section"]);
     assert_eq!(code, Some(0), "{r:#}");
     let eager = &r["runs"][0]["guest"];
     assert!(eager["chunks_present"].as_u64().unwrap() > 256, "{eager:#}");
@@ -648,7 +648,8 @@ fn without_acceptance_nothing_is_accepted() {
     let (code, r) = vm(&["--memory", "256M", "--strategy", "ondemand"]);
     assert_eq!(code, Some(0), "{r:#}");
     let g = &r["runs"][0]["guest"];
-    assert_eq!(g["memmap"], "section");
+    // The default memmap follows the chunks.
+    assert_eq!(g["memmap"], "chunk");
     assert_eq!(g["accept"], "off");
     assert_eq!(g["accepted_bytes"], 0);
 }
@@ -817,18 +818,16 @@ fn linux_runs_the_spike_from_its_initramfs_and_reports_it() {
     );
 }
 
-/// With the memmap mapped chunk by chunk, on-demand gives the spike's chunks back
-/// and hands their memmap to the host as well: QEMU ends the release where it
-/// started, within the 8 MiB the aims allow.
+/// In the default configuration (the memmap mapped chunk by chunk), on-demand
+/// gives the spike's chunks back and hands their memmap to the host as well:
+/// QEMU ends the release where it started, within the 8 MiB the aims allow.
 #[test]
-fn on_demand_with_a_chunk_memmap_follows_the_spike_down() {
+fn on_demand_follows_the_spike_down_memmap_included_by_default() {
     let (code, r) = vm(&[
         "--memory",
         "256M",
         "--strategy",
         "ondemand",
-        "--memmap",
-        "chunk",
         "--workload",
         "spike:64M",
     ]);

@@ -98,9 +98,11 @@ pub struct VmArgs {
     /// and maximum.
     #[arg(long, default_value_t = 3)]
     runs: u32,
-    /// The guest's `memmap=`: map a section's memmap at once on a 2 MiB page of the
-    /// section, or each chunk's on 4 KiB pages, so that residency follows chunks.
-    #[arg(long, visible_alias = "memmap", value_enum, default_value = "section")]
+    /// The guest's `memmap=`: map each chunk's memmap on 4 KiB pages of a pool
+    /// outside the chunks, so that residency follows chunks up and down (the
+    /// guest's default), or a section's at once on a 2 MiB page of the section,
+    /// which stays once populated.
+    #[arg(long, visible_alias = "memmap", value_enum, default_value = "chunk")]
     memmap_granularity: GuestGranularity,
     /// The guest's `accept=zero`: zero each chunk before its first use, as a
     /// confidential guest accepts its memory, and report the bytes accepted.
@@ -332,9 +334,10 @@ fn guest_append(args: &VmArgs, s: &str) -> String {
     if let Some(c) = args.crashkernel {
         append.push_str(&format!(" crashkernel={c}"));
     }
-    if let GuestGranularity::Chunk = args.memmap_granularity {
-        append.push_str(" memmap=chunk");
-    }
+    append.push_str(match args.memmap_granularity {
+        GuestGranularity::Chunk => " memmap=chunk",
+        GuestGranularity::Section => " memmap=section",
+    });
     if args.accept_memory {
         append.push_str(" accept=zero");
     }
