@@ -20,7 +20,7 @@ pub struct Options<'a> {
     pub trace_buf_size: Option<u64>,
     /// `crashkernel=SIZE` (or Linux's `SIZE@OFFSET`, whose offset is ignored).
     pub crashkernel: Option<u64>,
-    /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]|spike[:SIZE]`.
+    /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]|spike[:SIZE]|files[:COUNT]`.
     pub workload: Workload,
     /// `hold=serial`: once the report is printed, wait (at most a minute) for a
     /// byte on the serial line before powering off, so that whoever runs the guest
@@ -139,7 +139,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
             }
             "workload" => {
                 o.workload = value.parse().map_err(|_| {
-                    bad("expected idle, container[:SIZE], random[:OPS], smp[:OPS] or spike[:SIZE]")
+                    bad("expected idle, container[:SIZE], random[:OPS], smp[:OPS], spike[:SIZE] or files[:COUNT]")
                 })?
             }
             "memmap" => {
