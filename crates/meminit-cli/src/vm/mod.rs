@@ -78,10 +78,12 @@ pub struct VmArgs {
     /// The guest's `crashkernel=` (given to Linux too).
     #[arg(long, value_parser = crate::args::parse_size)]
     crashkernel: Option<u64>,
-    /// The guest's `workload=`: `idle`, `container[:SIZE]`, `random[:OPS]`, or
+    /// The guest's `workload=`: `idle`, `container[:SIZE]`, `random[:OPS]`,
     /// `spike[:SIZE]` (SIZE written, freed and reported to the host; QEMU's memory
     /// is measured after boot, at the peak and after the release; Linux runs it
-    /// too, from the initramfs scripts/setup --vm builds).
+    /// too, from the initramfs scripts/setup --vm builds), or `files[:COUNT]`
+    /// (COUNT small files written, 99% deleted at random, then a rest; Linux
+    /// runs it on a tmpfs, from the same initramfs).
     #[arg(long, default_value = "idle", value_parser = crate::args::parse_workload)]
     workload: Workload,
     /// Leave the virtio-balloon device (free page reporting) off the QEMU command
@@ -198,6 +200,10 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
             Workload::Spike { bytes } => Some(bytes),
             _ => None,
         },
+        files: match args.workload {
+            Workload::Files { files } => Some(files),
+            _ => None,
+        },
         initramfs: initramfs.is_some(),
         tsc_khz: columns
             .iter()
@@ -294,11 +300,14 @@ fn linux_kernel(args: &VmArgs) -> Result<Option<PathBuf>> {
 /// The Linux peer's initramfs (only a spike boots one), and a note where the
 /// default one is missing.
 fn initramfs(args: &VmArgs, linux: bool) -> Result<(Option<PathBuf>, Option<String>)> {
-    let spike = matches!(args.workload, Workload::Spike { .. });
+    let spike = matches!(
+        args.workload,
+        Workload::Spike { .. } | Workload::Files { .. }
+    );
     Ok(match (linux, &args.initramfs) {
         (false, _) => (None, None),
         (true, Some(i)) if !spike => bail!(
-            "--initramfs {}: only a spike (--workload spike:SIZE) boots Linux with an initramfs",
+            "--initramfs {}: only a spike or files (--workload spike:SIZE or files:COUNT) boots Linux with an initramfs",
             i.display()
         ),
         (true, None) if !spike => (None, None),
@@ -425,7 +434,10 @@ impl Boot<'_> {
     /// Linux, `--runs` times (fewer if it fails).
     fn linux(&self, kernel: &Path, initramfs: Option<&Path>, append: &str) -> Result<Column> {
         let args = self.args;
-        let spike = matches!(args.workload, Workload::Spike { .. });
+        let spike = matches!(
+            args.workload,
+            Workload::Spike { .. } | Workload::Files { .. }
+        );
         let mut qemu_args = self.qemu_args(kernel, append);
         if let Some(i) = initramfs {
             qemu_args.extend(["-initrd".into(), i.display().to_string()]);
