@@ -8,9 +8,10 @@ unpacked with `dpkg-deb -x`. The archive holds busybox, virtio_pci and
 virtio_balloon with every module they depend on (read from each module's
 `depends=`, since a package carries no modules.dep; .ko.xz and .ko.zst are
 decompressed), /dev/console, and an /init that loads them, writes and frees the
-spike (`meminit_spike=BYTES` on the kernel command line) at the same markers as
-the meminit guest, waits for Linux to report the freed memory to the host, and
-powers off. Needs nothing but Python's standard library (no cpio on the host).
+spike (`meminit_spike=BYTES` on the kernel command line) or the files
+(`meminit_files=COUNT`: COUNT tmpfs files of 4 KiB, each deleted but with
+probability 1%) at the same markers as the meminit guest, waits for Linux to
+report the freed memory to the host, and powers off. Needs nothing but Python's standard library (no cpio on the host).
 """
 
 import lzma
@@ -56,7 +57,16 @@ done
 echo "MEMINIT-INIT free page reporting: $reporting"
 
 spike=${meminit_spike:-0}
+files=${meminit_files:-0}
+free_kib() { awk '/^MemFree:/ { print $2 }' /proc/meminfo; }
 mark boot
+if [ "$files" -gt 0 ]; then
+    # The meminit guest's workload=files:COUNT: COUNT files of 4 KiB, written by
+    # one awk (no fork per file).
+    mkdir -p /files
+    mount -t tmpfs -o size=$((files * 4096 + 16777216)),nr_inodes=$((files + 1024)) tmpfs /files || fail "mounting a tmpfs for the files failed"
+    awk -v n="$files" 'BEGIN { s = sprintf("%4096s", ""); for (i = 0; i < n; i++) { f = "/files/" i; printf "%s", s > f; close(f) } }' || fail "writing $files files failed"
+fi
 if [ "$spike" -gt 0 ]; then
     mkdir -p /spike
     mount -t tmpfs -o size=$((spike + 1048576)) tmpfs /spike || fail "mounting a tmpfs for the spike failed"
@@ -64,6 +74,15 @@ if [ "$spike" -gt 0 ]; then
     dd if=/dev/zero of=/spike/file bs=1048576 count=$mib 2>/dev/null || fail "writing the spike ($mib MiB) failed"
 fi
 mark peak
+if [ "$files" -gt 0 ]; then
+    # Each file deleted but with probability 1%, at random (a fixed seed), as
+    # the meminit guest does; the host watches QEMU from the free on.
+    before=$(free_kib)
+    awk -v n="$files" 'BEGIN { srand(1); for (i = 0; i < n; i++) if (rand() >= 0.01) print "/files/" i }' | xargs rm -f || fail "deleting the files failed"
+    echo "MEMINIT-MARK freed"
+    sleep 3
+    echo "MEMINIT-INIT freed_kib $(( $(free_kib) - before )) kept $(ls /files | wc -l)"
+fi
 if [ "$spike" -gt 0 ]; then
     rm /spike/file
     umount /spike

@@ -20,7 +20,7 @@ pub struct Options<'a> {
     pub trace_buf_size: Option<u64>,
     /// `crashkernel=SIZE` (or Linux's `SIZE@OFFSET`, whose offset is ignored).
     pub crashkernel: Option<u64>,
-    /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]|spike[:SIZE]`.
+    /// `workload=idle|container[:SIZE]|random[:OPS]|smp[:OPS]|spike[:SIZE]|files[:COUNT]`.
     pub workload: Workload,
     /// `hold=serial`: once the report is printed, wait (at most a minute) for a
     /// byte on the serial line before powering off, so that whoever runs the guest
@@ -32,7 +32,8 @@ pub struct Options<'a> {
     pub ignored_count: usize,
     /// Notes on options taken in part (`crashkernel=X@Y`).
     pub crash_offset_ignored: bool,
-    /// `memmap=section|chunk`: the memmap's granularity (default: section).
+    /// `memmap=chunk|section`: the memmap's granularity (default: chunk, so that
+    /// the memmap of chunks given back goes back to the host too).
     pub memmap: Granularity,
     /// `accept=zero|off`: zero each chunk before its first use (default: off).
     pub accept_zero: bool,
@@ -107,7 +108,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
         ignored: [""; MAX_IGNORED],
         ignored_count: 0,
         crash_offset_ignored: false,
-        memmap: Granularity::Section,
+        memmap: Granularity::Chunk,
         accept_zero: false,
         virtio_mem: VirtioMemMode::Auto,
     };
@@ -138,7 +139,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
             }
             "workload" => {
                 o.workload = value.parse().map_err(|_| {
-                    bad("expected idle, container[:SIZE], random[:OPS], smp[:OPS] or spike[:SIZE]")
+                    bad("expected idle, container[:SIZE], random[:OPS], smp[:OPS], spike[:SIZE] or files[:COUNT]")
                 })?
             }
             "memmap" => {

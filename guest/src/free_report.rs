@@ -42,6 +42,14 @@ impl<'a> BalloonReporter<'a> {
     }
 }
 
+impl BalloonReporter<'_> {
+    /// The balloon, for what the allocator does not report itself (the memmap
+    /// given back).
+    pub fn balloon_mut(&mut self) -> &mut Balloon {
+        self.balloon
+    }
+}
+
 impl FreeReporter for BalloonReporter<'_> {
     fn report(&mut self, ranges: &[Range<Pfn>]) -> Result<(), ReportError> {
         self.calls += 1;

@@ -14,6 +14,7 @@ mod acpi;
 mod balloon;
 mod boot;
 mod cmdline;
+mod files;
 mod free_report;
 mod hotplug_hooks;
 mod mem_hotplug;
@@ -37,8 +38,8 @@ use core::cell::Cell;
 use hotplug_hooks::AllocatorHooks;
 use mem_hotplug::MemHotplug;
 use meminit::{
-    AllocPath, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest, NodeId,
-    Pfn, SectionSlot, Strategy,
+    AllocFlags, AllocPath, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId,
+    FreeRequest, NodeId, Pfn, SectionSlot, Strategy,
 };
 use meminit_boot::{check_bounds_for, early_requests, BootParams, EarlyKind, Workload, XorShift};
 use port::{exit, ExitCode, Serial};
@@ -177,14 +178,15 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let (mut fast, mut slow) = Samples::pair().expect("samples are taken once");
     let failures = Cell::new(0u64);
     let allocated_pages = Cell::new(0u64);
-    let mut alloc = |order: u32, constraint: Constraint, node: usize| {
+    let mut alloc = |order: u32, constraint: Constraint, node: usize, flags: AllocFlags| {
         let t = tsc::now();
         // `node` is below MAX_NODES (16): it fits in u32.
         let r = allocator.alloc_traced(
             AllocRequest::order(order)
                 .on(CpuId(0))
                 .within(constraint)
-                .node(NodeId(node as u32)),
+                .node(NodeId(node as u32))
+                .flags(flags),
         );
         let ticks = tsc::now() - t;
         match r {
@@ -211,7 +213,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         let mut failed = 0;
         for (node, &blocks) in request.blocks_per_node.iter().enumerate() {
             for _ in 0..blocks {
-                match alloc(request.order, request.constraint, node) {
+                match alloc(request.order, request.constraint, node, AllocFlags::NONE) {
                     Some(pfn) => write_as_linux_does(request.kind, pfn, request.order),
                     None => failed += 1,
                 }
@@ -233,7 +235,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     };
     let running = smp::start_aps(&topology, tsc_hz, |cpu| {
         let node = node_of_cpu(cpu);
-        let pfn = alloc(smp::AP_STACK_ORDER, Constraint::Any, node)?;
+        let pfn = alloc(smp::AP_STACK_ORDER, Constraint::Any, node, AllocFlags::NONE)?;
         Some(pfn.addr() + (4096 << smp::AP_STACK_ORDER))
     });
     let ap_start = tsc::now() - ta;
@@ -278,7 +280,9 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
             options.hold,
             tsc_hz,
             spike::Paths {
-                alloc: &mut alloc,
+                alloc: &mut |order, constraint, node| {
+                    alloc(order, constraint, node, AllocFlags::NONE)
+                },
                 free: &mut |pfn| match allocator.free(FreeRequest::pfn(pfn).on(CpuId(0))) {
                     Ok(order) => allocated_pages.set(allocated_pages.get() - (1 << order)),
                     Err(_) => failures.set(failures.get() + 1),
@@ -295,10 +299,41 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         );
         spike = Some(figures);
     }
+    let mut files = None;
+    if let Workload::Files { files: count } = options.workload {
+        let figures = files::run(
+            count,
+            options.hold,
+            tsc_hz,
+            files::Paths {
+                alloc: &mut |order, flags| alloc(order, Constraint::Any, 0, flags),
+                free: &mut |pfn, order| match allocator
+                    .free(FreeRequest::pfn(pfn).on(CpuId(0)).order(order))
+                {
+                    Ok(order) => allocated_pages.set(allocated_pages.get() - (1 << order)),
+                    Err(_) => failures.set(failures.get() + 1),
+                },
+                drain: &|| {
+                    allocator.drain(None).unwrap_or(0);
+                },
+                progress: &mut |done, of| progress.tick(done, of),
+                tick: &|now, reporter| match reporter {
+                    Some(r) => allocator.tick(now, r),
+                    None => allocator.tick(now, &mut meminit::NoReporter),
+                },
+                now_ns: &|| ns(tsc::now()),
+            },
+        );
+        if figures.report.pages < count {
+            failures.set(failures.get() + 1);
+        }
+        spike = Some(figures.report);
+        files = Some(figures);
+    }
     match options.workload {
         Workload::Idle => {}
         // Run above, before the other workloads' match.
-        Workload::Spike { .. } => {}
+        Workload::Spike { .. } | Workload::Files { .. } => {}
         Workload::Smp { ops } => {
             use core::sync::atomic::Ordering::Relaxed;
             // Relaxed: published to the APs by the job's Release generation.
@@ -317,7 +352,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         Workload::Container { bytes } => {
             let pages = bytes.div_ceil(4096);
             for i in 0..pages {
-                if let Some(pfn) = alloc(0, Constraint::Any, i as usize % nodes) {
+                if let Some(pfn) = alloc(0, Constraint::Any, i as usize % nodes, AllocFlags::NONE) {
                     touch(pfn);
                 }
                 progress.tick(i, pages);
@@ -334,7 +369,8 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
                 let x = rng.next_u64();
                 if count < HELD && (x.is_multiple_of(2) || count == 0) {
                     let order = (x >> 8) as u32 % 4;
-                    if let Some(pfn) = alloc(order, Constraint::Any, (x >> 16) as usize % nodes) {
+                    let node = (x >> 16) as usize % nodes;
+                    if let Some(pfn) = alloc(order, Constraint::Any, node, AllocFlags::NONE) {
                         held[count] = (pfn, order);
                         count += 1;
                     }
@@ -397,6 +433,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         boot: &boot_results,
         counts_hold,
         spike,
+        files,
     };
     report.print();
     if !boot::stack_canary_intact() {

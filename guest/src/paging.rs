@@ -2,9 +2,9 @@
 //! chunk by chunk, and the acceptance of each chunk's memory.
 //!
 //! The memmap lives at [`VMEMMAP_BASE`], indexed by pfn. Its granularity is chosen
-//! on the command line (`memmap=section|chunk`):
+//! on the command line (`memmap=chunk|section`):
 //!
-//! - **section** (the default): when meminit first initialises a chunk of a
+//! - **section**: when meminit first initialises a chunk of a
 //!   section, [`GuestBacking::populate`] maps that section's 2 MiB of descriptors
 //!   with one 2 MiB page taken from the section's own memory (Linux's "memmap on
 //!   memory"), so a section never used costs no memory at all, and one in use
@@ -12,7 +12,7 @@
 //!   mapped for the first time, the page directory for it come from meminit's
 //!   [`PageSource`]: pages of the section itself, which meminit then reserves.
 //!   No static pool of tables, and no call back into the allocator.
-//! - **chunk**: each chunk's descriptors (64 KiB for a 4 MiB chunk) are mapped
+//! - **chunk** (the default): each chunk's descriptors (64 KiB for a 4 MiB chunk) are mapped
 //!   with 4 KiB pages when that chunk is initialised, from a pool reserved at the
 //!   top of memory (`memory::layout`) that spans the whole memmap: descriptor page
 //!   `i` is pool page `i` (a linear mapping), and the page tables and page

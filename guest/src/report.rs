@@ -104,6 +104,8 @@ pub struct Report<'a> {
     pub counts_hold: bool,
     /// What `workload=spike:SIZE` did and reported.
     pub spike: Option<crate::spike::SpikeFigures>,
+    /// What `workload=files:COUNT` did (its reporting is in `spike`).
+    pub files: Option<crate::files::FilesFigures>,
 }
 
 fn constraint(c: meminit::Constraint) -> &'static str {
@@ -283,6 +285,17 @@ impl Report<'_> {
     /// discarded it.
     fn print_spike_json(&self) {
         let s = self.spike.unwrap_or_default();
+        if let Some(f) = &self.files {
+            print!(
+                "\"files\":{},\"files_kept\":{},\"meta_pages_peak\":{},\"meta_pages_kept\":{},\"last_return_ns\":{},\"tick_passes\":{},",
+                f.files, f.kept, f.meta_pages_peak, f.meta_pages_kept, f.last_return_ns, f.passes
+            );
+        }
+        let freed = match &self.files {
+            Some(f) => f.freed_bytes,
+            None => s.pages * 4096,
+        };
+        print!("\"freed_bytes\":{freed},");
         print!(
             "\"spike_bytes\":{},\"spike_pages\":{},\"reported_bytes\":{},\"reported_blocks\":{},\"report_calls\":{},\"report_passes\":{},\"chunks_given_back\":{},\"memmap_bytes_released\":{},\"memmap_reported_bytes\":{},",
             s.bytes,

@@ -89,6 +89,15 @@ pub enum Workload {
         /// Size of the spike.
         bytes: u64,
     },
+    /// A file system's shape of work (the guest's `files`): `files` small files,
+    /// each an unmovable metadata object (inode and dentry, about 1 KiB) and one
+    /// movable data page, all written; then every file deleted but for 1% kept
+    /// at random, and a rest while free memory is reported and given back.
+    /// Memory is measured after boot, at the peak, at the free and after the rest.
+    Files {
+        /// Files written.
+        files: u64,
+    },
 }
 
 impl Workload {
@@ -100,16 +109,21 @@ impl Workload {
     pub const DEFAULT_SMP: u64 = 50_000;
     /// The spike workload's default size.
     pub const DEFAULT_SPIKE: u64 = 1 << 30;
+    /// The files workload's default count: 1 GiB of 4 KiB files.
+    pub const DEFAULT_FILES: u64 = 262_144;
+    /// Bytes a file of the files workload costs at most while it lives: its data
+    /// page, its metadata object, and its entry in the file table.
+    pub const FILE_BYTES: u64 = PAGE_SIZE + 1024 + 16;
 }
 
 /// A workload that is not `idle`, `container[:SIZE]`, `random[:OPS]`,
-/// `smp[:OPS]` or `spike[:SIZE]`.
+/// `smp[:OPS]`, `spike[:SIZE]` or `files[:COUNT]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BadWorkload;
 
 impl fmt::Display for BadWorkload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("unknown workload: expected idle, container[:SIZE], random[:OPS], smp[:OPS] or spike[:SIZE]")
+        f.write_str("unknown workload: expected idle, container[:SIZE], random[:OPS], smp[:OPS], spike[:SIZE] or files[:COUNT]")
     }
 }
 
@@ -149,6 +163,13 @@ impl FromStr for Workload {
             ("spike", Some(size)) => parse_size(size)
                 .map(|bytes| Workload::Spike { bytes })
                 .map_err(|_| BadWorkload),
+            ("files", None) => Ok(Workload::Files {
+                files: Workload::DEFAULT_FILES,
+            }),
+            ("files", Some(a)) => match a.parse() {
+                Ok(files) if files > 0 => Ok(Workload::Files { files }),
+                _ => Err(BadWorkload),
+            },
             _ => Err(BadWorkload),
         }
     }
@@ -162,6 +183,7 @@ impl fmt::Display for Workload {
             Workload::Random { ops } => write!(f, "random:{ops}"),
             Workload::Smp { ops } => write!(f, "smp:{ops}"),
             Workload::Spike { bytes } => write!(f, "spike:{}", Size(*bytes)),
+            Workload::Files { files } => write!(f, "files:{files}"),
         }
     }
 }
@@ -463,6 +485,12 @@ pub fn check_bounds(
         Workload::Random { ops } | Workload::Smp { ops } => {
             too_large("workload", ops, present_bytes / PAGE_SIZE, true)
         }
+        Workload::Files { files } => too_large(
+            "workload",
+            files.saturating_mul(Workload::FILE_BYTES),
+            present_bytes,
+            false,
+        ),
     }
 }
 
@@ -552,6 +580,16 @@ mod tests {
             Workload::Spike { bytes: 1 << 30 }.to_string().parse(),
             Ok(Workload::Spike { bytes: 1 << 30 })
         );
+        assert_eq!("files:1000".parse(), Ok(Workload::Files { files: 1000 }));
+        assert_eq!(
+            "files".parse(),
+            Ok(Workload::Files {
+                files: Workload::DEFAULT_FILES
+            })
+        );
+        assert_eq!(Workload::Files { files: 7 }.to_string(), "files:7");
+        assert!("files:0".parse::<Workload>().is_err());
+        assert!("files:1G".parse::<Workload>().is_err());
         assert!("busy".parse::<Workload>().is_err());
         assert_eq!(Size(3 << 29).to_string(), "1.5G");
     }

@@ -364,6 +364,11 @@ fn measure(
     let mut spike = None;
     match opts.workload {
         Workload::Idle => {}
+        Workload::Files { .. } => {
+            return Err(std::io::Error::other(
+                "the files workload runs in the guest kernel only (meminit vm --workload files)",
+            ))
+        }
         Workload::Spike { bytes } => {
             spike = Some(spike_workload(
                 &allocator,

@@ -39,6 +39,9 @@ pub struct LinuxBoot {
     /// Whether Linux started a tracer at boot (`ftrace=`), which expands its ring
     /// buffer to `trace_buf_size=` there.
     pub tracer_started_at_boot: bool,
+    /// What `/init` freed in its workload (`MEMINIT-INIT freed_kib N`: Linux's
+    /// free memory after the rest less before the free), bytes.
+    pub freed_bytes: Option<u64>,
 }
 
 fn timestamp(line: &str) -> Option<f64> {
@@ -91,6 +94,12 @@ pub fn parse_linux_console(console: &str) -> LinuxBoot {
         if let Some((_, why)) = line.split_once("MEMINIT-INIT error: ") {
             out.init_error = Some(why.trim_end().to_string());
         }
+        if let Some(kib) = line
+            .split_once("MEMINIT-INIT freed_kib ")
+            .and_then(|(_, n)| n.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            out.freed_bytes = Some(kib * 1024);
+        }
         if line.contains("Starting tracer '") {
             out.tracer_started_at_boot = true;
         }
@@ -128,6 +137,8 @@ pub struct PeerOptions {
     pub tsc_khz: Option<u64>,
     /// The meminit guests' `workload=spike:SIZE`: bytes.
     pub spike: Option<u64>,
+    /// The meminit guests' `workload=files:COUNT`: files.
+    pub files: Option<u64>,
     /// Whether Linux boots with the project's initramfs, whose `/init` runs the
     /// spike (`scripts/setup --vm` builds it).
     pub initramfs: bool,
@@ -176,10 +187,16 @@ pub fn linux_append(opts: &PeerOptions) -> (String, Vec<String>) {
                 "spike: Linux's initramfs /init loads virtio_balloon (free page reporting on), writes a tmpfs file of {bytes} bytes, removes it, and waits for Linux to report the freed pages (order >= pageblock, about 2 s after they are freed)"
             ));
         }
+        if let Some(files) = opts.files {
+            append.push_str(&format!(" meminit_files={files}"));
+            notes.push(format!(
+                "files: Linux's initramfs /init writes {files} tmpfs files of 4 KiB, deletes each but with probability 1% (awk's rand, at random), and rests while Linux reports the freed pages"
+            ));
+        }
     }
     if opts.workload {
         notes.push(if opts.initramfs {
-            "workload: only a spike is run by Linux's /init; other workloads are not given to Linux, which has no such option".into()
+            "workload: only a spike or files is run by Linux's /init; other workloads are not given to Linux, which has no such option".into()
         } else {
             "workload: not given to Linux, which has no such option and, without an initramfs, stops at its root-mount panic, before any user space".into()
         });

@@ -18,6 +18,31 @@ pub const BOOT: &str = "boot";
 pub const PEAK: &str = "peak";
 /// The marker after the spike is freed and reported to the host.
 pub const RELEASED: &str = "released";
+/// The marker at the free itself (`files`): the guest goes on at once, to rest
+/// until `released`, and the host watches its memory fall in between.
+pub const FREED: &str = "freed";
+
+/// Whether the guest waits for a byte at marker `name`.
+pub fn waits_at(name: &str) -> bool {
+    name != FREED
+}
+
+/// From samples of the guest's RAM resident on the host (ns since the `freed`
+/// marker, bytes), the first at which 90% of what came back by `after` (bytes
+/// resident after the release) had come back; `None` if less than 1 MiB came
+/// back, or never.
+pub fn time_to_90(samples: &[(u64, u64)], after: u64) -> Option<u64> {
+    let &(_, start) = samples.first()?;
+    let drop = start.checked_sub(after)?;
+    if drop < 1 << 20 {
+        return None;
+    }
+    let target = start - drop / 10 * 9;
+    samples
+        .iter()
+        .find(|&&(_, bytes)| bytes <= target)
+        .map(|&(t, _)| t)
+}
 
 /// The marker a console line carries, if any: its name (one word). Linux's own
 /// messages may precede it on the line, so it is looked for anywhere.
@@ -71,5 +96,28 @@ mod tests {
         }];
         assert_eq!(rss_at(&marks, PEAK), Some(5));
         assert_eq!(rss_at(&marks, BOOT), None);
+    }
+
+    #[test]
+    fn the_time_to_ninety_percent_is_the_first_sample_past_it() {
+        const M: u64 = 1 << 20;
+        let s = [
+            (0, 100 * M),
+            (10, 90 * M),
+            (20, 30 * M),
+            (30, 12 * M),
+            (40, 10 * M),
+        ];
+        // 90 MiB of 90 came back: the target is 19 MiB.
+        assert_eq!(time_to_90(&s, 10 * M), Some(30));
+        // Less than a MiB back: no time.
+        assert_eq!(
+            time_to_90(&[(0, 10 * M), (5, 10 * M - 1)], 10 * M - 1),
+            None
+        );
+        assert_eq!(time_to_90(&[], 0), None);
+        // More resident after than at the free: nothing came back.
+        assert_eq!(time_to_90(&[(0, M)], 2 * M), None);
+        assert!(waits_at(PEAK) && !waits_at(FREED));
     }
 }

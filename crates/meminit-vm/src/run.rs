@@ -54,6 +54,15 @@ pub struct VmRun {
     pub qemu_rss_peak_bytes: Option<u64>,
     /// At the `released` marker, with the spike freed and reported.
     pub qemu_rss_after_release_bytes: Option<u64>,
+    /// With a `freed` marker (`files`): the guest's RAM resident on the host
+    /// there, sampled at once (no wait), bytes.
+    pub guest_ram_at_free_bytes: Option<u64>,
+    /// From the `freed` marker until 90% of what came back by the `released`
+    /// measurement had come back (sampled from smaps every 100 ms or so), ns.
+    pub release_90_ns: Option<u64>,
+    /// The samples: ns since the `freed` marker, guest RAM resident bytes.
+    #[serde(skip)]
+    pub release_samples: Vec<(u64, u64)>,
     /// The serial console.
     #[serde(skip)]
     pub console: String,
@@ -130,13 +139,20 @@ pub const RELEASE_SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
 /// Resident KiB of QEMU and of its guest RAM once QEMU's resident memory stayed
 /// within 1 MiB for `window` (sampled every 250 ms), or after `limit`.
-fn settle_for(pid: u32, ram_kib: &[u64], window: Duration, limit: Duration) -> (u64, u64) {
+fn settle_for(
+    pid: u32,
+    ram_kib: &[u64],
+    window: Duration,
+    limit: Duration,
+    series: &mut Series,
+) -> (u64, u64) {
     let started = Instant::now();
     let mut flat_since = Instant::now();
     let mut low = status_kib(pid, "VmRSS:").unwrap_or(0);
     let mut high = low;
     while flat_since.elapsed() < window && started.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(250));
+        series.sample(pid, ram_kib);
         let now = status_kib(pid, "VmRSS:").unwrap_or(low);
         low = low.min(now);
         high = high.max(now);
@@ -158,12 +174,44 @@ fn settle(pid: u32, ram_kib: &[u64]) -> (u64, u64) {
         std::thread::sleep(Duration::from_millis(100));
         let now = status_kib(pid, "VmRSS:").unwrap_or(prev);
         if now.abs_diff(prev) <= 256 || started.elapsed() > Duration::from_millis(1500) {
-            let guest = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
-                .map(|s| smaps_rss_kib(&s, ram_kib))
-                .unwrap_or(0);
-            return (now, guest);
+            return (now, guest_ram_kib(pid, ram_kib));
         }
         prev = now;
+    }
+}
+
+/// The guest's RAM resident on the host, KiB (0 if smaps cannot be read).
+fn guest_ram_kib(pid: u32, ram_kib: &[u64]) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map(|s| smaps_rss_kib(&s, ram_kib))
+        .unwrap_or(0)
+}
+
+/// The guest's RAM resident on the host over time, from the `freed` marker
+/// until the `released` one is measured.
+#[derive(Default)]
+struct Series {
+    /// When the `freed` marker was read; `None` before it and once done.
+    since: Option<Instant>,
+    last: Option<Instant>,
+    samples: Vec<(u64, u64)>,
+}
+
+impl Series {
+    /// Takes a sample if the series runs and none was taken in the last 100 ms.
+    fn sample(&mut self, pid: u32, ram_kib: &[u64]) {
+        let Some(since) = self.since else { return };
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        let now = Instant::now();
+        self.last = Some(now);
+        let kib = guest_ram_kib(pid, ram_kib);
+        self.samples
+            .push(((now - since).as_nanos() as u64, kib * 1024));
     }
 }
 
@@ -202,6 +250,7 @@ pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRu
         }
         watch.measure_marks(pid, run, &console, stdin.as_mut());
         watch.sample(pid);
+        watch.series.sample(pid, run.ram_kib);
         if watch.ready_to_measure(run.finish, &console, started) {
             watch.measure_at_rest(pid, run, &mut child, &mut stdin);
         }
@@ -297,6 +346,10 @@ struct Watch {
     /// Its wall time then, not counting the wait to measure it at rest.
     done_wall: Option<Duration>,
     marks: Vec<Mark>,
+    /// Guest RAM from the `freed` marker on.
+    series: Series,
+    /// What the series ended on: resident guest RAM at the `released` marker.
+    release_90_ns: Option<u64>,
 }
 
 impl Watch {
@@ -311,6 +364,8 @@ impl Watch {
             done_at: None,
             done_wall: None,
             marks: Vec::new(),
+            series: Series::default(),
+            release_90_ns: None,
         }
     }
 
@@ -329,11 +384,33 @@ impl Watch {
             .map(|mut c| std::mem::take(&mut c.pending))
             .unwrap_or_default();
         for (name, at) in pending {
+            if !marks::waits_at(&name) {
+                // The guest goes on: sample at once, and from now on.
+                self.series.since = Some(Instant::now());
+                self.series.sample(pid, run.ram_kib);
+                let guest = self.series.samples.first().map_or(0, |s| s.1);
+                self.marks.push(Mark {
+                    name,
+                    qemu_rss_bytes: status_kib(pid, "VmRSS:").unwrap_or(0) * 1024,
+                    guest_ram_rss_bytes: guest,
+                    at_ns: at.as_nanos() as u64,
+                });
+                continue;
+            }
             let (rss, guest) = if name == marks::RELEASED && !run.release_settle.is_zero() {
-                settle_for(pid, run.ram_kib, run.release_settle, RELEASE_SETTLE_LIMIT)
+                settle_for(
+                    pid,
+                    run.ram_kib,
+                    run.release_settle,
+                    RELEASE_SETTLE_LIMIT,
+                    &mut self.series,
+                )
             } else {
                 settle(pid, run.ram_kib)
             };
+            if name == marks::RELEASED && self.series.since.take().is_some() {
+                self.release_90_ns = marks::time_to_90(&self.series.samples, guest * 1024);
+            }
             self.marks.push(Mark {
                 name,
                 qemu_rss_bytes: rss * 1024,
@@ -422,6 +499,13 @@ impl Watch {
             qemu_rss_boot_bytes: marks::rss_at(&self.marks, marks::BOOT),
             qemu_rss_peak_bytes: marks::rss_at(&self.marks, marks::PEAK),
             qemu_rss_after_release_bytes: marks::rss_at(&self.marks, marks::RELEASED),
+            guest_ram_at_free_bytes: self
+                .marks
+                .iter()
+                .find(|m| m.name == marks::FREED)
+                .map(|m| m.guest_ram_rss_bytes),
+            release_90_ns: self.release_90_ns,
+            release_samples: self.series.samples,
             marks: self.marks,
         }
     }

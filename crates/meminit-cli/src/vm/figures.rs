@@ -61,7 +61,34 @@ pub(super) struct VmReport {
 /// The figures whose spread is reported: name, and how to read it from a sample.
 type Metric = (&'static str, fn(&Sample) -> Option<f64>);
 
-const METRICS: [Metric; 19] = [
+/// The guest's RAM resident on the host at marker `name`.
+fn guest_ram_at(s: &Sample, name: &str) -> Option<f64> {
+    s.host
+        .marks
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.guest_ram_rss_bytes as f64)
+}
+
+/// Bytes the guest freed (its own count: meminit's JSON, Linux's `/init`).
+fn freed(s: &Sample) -> Option<f64> {
+    s.guest["freed_bytes"].as_f64().filter(|&b| b > 0.0)
+}
+
+/// Of what the guest freed, the part its RAM on the host fell by from the
+/// peak to after the release, in percent.
+fn returned_pct(s: &Sample) -> Option<f64> {
+    let fell = (guest_ram_at(s, "peak")? - guest_ram_at(s, "released")?).max(0.0);
+    Some(fell * 100.0 / freed(s)?)
+}
+
+const METRICS: [Metric; 25] = [
+    ("guest_ram_boot_bytes", |s| guest_ram_at(s, "boot")),
+    ("guest_ram_peak_bytes", |s| guest_ram_at(s, "peak")),
+    ("guest_ram_released_bytes", |s| guest_ram_at(s, "released")),
+    ("freed_bytes", freed),
+    ("returned_pct", returned_pct),
+    ("release_90_ns", |s| s.host.release_90_ns.map(|t| t as f64)),
     ("qemu_rss_boot_bytes", |s| {
         s.host.qemu_rss_boot_bytes.map(|b| b as f64)
     }),

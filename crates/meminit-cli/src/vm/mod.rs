@@ -78,10 +78,12 @@ pub struct VmArgs {
     /// The guest's `crashkernel=` (given to Linux too).
     #[arg(long, value_parser = crate::args::parse_size)]
     crashkernel: Option<u64>,
-    /// The guest's `workload=`: `idle`, `container[:SIZE]`, `random[:OPS]`, or
+    /// The guest's `workload=`: `idle`, `container[:SIZE]`, `random[:OPS]`,
     /// `spike[:SIZE]` (SIZE written, freed and reported to the host; QEMU's memory
     /// is measured after boot, at the peak and after the release; Linux runs it
-    /// too, from the initramfs scripts/setup --vm builds).
+    /// too, from the initramfs scripts/setup --vm builds), or `files[:COUNT]`
+    /// (COUNT small files written, 99% deleted at random, then a rest; Linux
+    /// runs it on a tmpfs, from the same initramfs).
     #[arg(long, default_value = "idle", value_parser = crate::args::parse_workload)]
     workload: Workload,
     /// Leave the virtio-balloon device (free page reporting) off the QEMU command
@@ -98,9 +100,11 @@ pub struct VmArgs {
     /// and maximum.
     #[arg(long, default_value_t = 3)]
     runs: u32,
-    /// The guest's `memmap=`: map a section's memmap at once on a 2 MiB page of the
-    /// section, or each chunk's on 4 KiB pages, so that residency follows chunks.
-    #[arg(long, visible_alias = "memmap", value_enum, default_value = "section")]
+    /// The guest's `memmap=`: map each chunk's memmap on 4 KiB pages of a pool
+    /// outside the chunks, so that residency follows chunks up and down (the
+    /// guest's default), or a section's at once on a 2 MiB page of the section,
+    /// which stays once populated.
+    #[arg(long, visible_alias = "memmap", value_enum, default_value = "chunk")]
     memmap_granularity: GuestGranularity,
     /// The guest's `accept=zero`: zero each chunk before its first use, as a
     /// confidential guest accepts its memory, and report the bytes accepted.
@@ -194,6 +198,10 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
         workload: args.workload != Workload::Idle,
         spike: match args.workload {
             Workload::Spike { bytes } => Some(bytes),
+            _ => None,
+        },
+        files: match args.workload {
+            Workload::Files { files } => Some(files),
             _ => None,
         },
         initramfs: initramfs.is_some(),
@@ -292,11 +300,14 @@ fn linux_kernel(args: &VmArgs) -> Result<Option<PathBuf>> {
 /// The Linux peer's initramfs (only a spike boots one), and a note where the
 /// default one is missing.
 fn initramfs(args: &VmArgs, linux: bool) -> Result<(Option<PathBuf>, Option<String>)> {
-    let spike = matches!(args.workload, Workload::Spike { .. });
+    let spike = matches!(
+        args.workload,
+        Workload::Spike { .. } | Workload::Files { .. }
+    );
     Ok(match (linux, &args.initramfs) {
         (false, _) => (None, None),
         (true, Some(i)) if !spike => bail!(
-            "--initramfs {}: only a spike (--workload spike:SIZE) boots Linux with an initramfs",
+            "--initramfs {}: only a spike or files (--workload spike:SIZE or files:COUNT) boots Linux with an initramfs",
             i.display()
         ),
         (true, None) if !spike => (None, None),
@@ -332,9 +343,10 @@ fn guest_append(args: &VmArgs, s: &str) -> String {
     if let Some(c) = args.crashkernel {
         append.push_str(&format!(" crashkernel={c}"));
     }
-    if let GuestGranularity::Chunk = args.memmap_granularity {
-        append.push_str(" memmap=chunk");
-    }
+    append.push_str(match args.memmap_granularity {
+        GuestGranularity::Chunk => " memmap=chunk",
+        GuestGranularity::Section => " memmap=section",
+    });
     if args.accept_memory {
         append.push_str(" accept=zero");
     }
@@ -422,7 +434,10 @@ impl Boot<'_> {
     /// Linux, `--runs` times (fewer if it fails).
     fn linux(&self, kernel: &Path, initramfs: Option<&Path>, append: &str) -> Result<Column> {
         let args = self.args;
-        let spike = matches!(args.workload, Workload::Spike { .. });
+        let spike = matches!(
+            args.workload,
+            Workload::Spike { .. } | Workload::Files { .. }
+        );
         let mut qemu_args = self.qemu_args(kernel, append);
         if let Some(i) = initramfs {
             qemu_args.extend(["-initrd".into(), i.display().to_string()]);
