@@ -203,7 +203,7 @@ impl Region {
     ///
     /// As for [`fill`](Self::fill), over those 8 bytes.
     pub unsafe fn write_u64(&self, offset: usize, value: u64) {
-        assert!(self.check(offset, 8).is_ok() && offset % 8 == 0);
+        assert!(self.check(offset, 8).is_ok() && offset.is_multiple_of(8));
         // SAFETY: in bounds and aligned (asserted; the base is page-aligned);
         // exclusivity is the caller's promise.
         unsafe { self.base.as_ptr().add(offset).cast::<u64>().write(value) };
@@ -215,7 +215,7 @@ impl Region {
     ///
     /// As for [`is_zeroed`](Self::is_zeroed), over those 8 bytes.
     pub unsafe fn read_u64(&self, offset: usize) -> u64 {
-        assert!(self.check(offset, 8).is_ok() && offset % 8 == 0);
+        assert!(self.check(offset, 8).is_ok() && offset.is_multiple_of(8));
         // SAFETY: in bounds, aligned and mapped readable (asserted; the base is
         // page-aligned); no writer meanwhile is the caller's promise.
         unsafe { self.base.as_ptr().add(offset).cast::<u64>().read() }
