@@ -45,7 +45,10 @@ impl Spread {
 
 /// The figures of the table, in its order: name, how to read it, whether it is
 /// a percentage.
-const FIGURES: [(&str, fn(&MixReport) -> f64, bool); 10] = [
+/// A figure of the table: its name, how to read it, whether it is a plain number.
+type Figure = (&'static str, fn(&MixReport) -> f64, bool);
+
+const FIGURES: [Figure; 10] = [
     ("live", |r| r.live_bytes as f64, false),
     ("freed", |r| r.freed_bytes as f64, false),
     ("returned", |r| r.returned_bytes as f64, false),

@@ -247,7 +247,7 @@ fn bad_mix_workloads_name_the_problem() {
     let report = |extra: &[&str]| {
         let mut args: Vec<&std::ffi::OsStr> =
             vec!["report".as_ref(), "--memory".as_ref(), "256M".as_ref()];
-        args.extend(extra.iter().map(|s| std::ffi::OsStr::new(s)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         // Exit status 2; clap adds a line of usage to its own errors.
         let out = meminit().args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{out:?}");

@@ -391,7 +391,7 @@ fn measure(
             let mut rng = XorShift::new();
             for _ in 0..ops {
                 let x = rng.next_u64();
-                if held.len() < 4096 && (x % 2 == 0 || held.is_empty()) {
+                if held.len() < 4096 && (x.is_multiple_of(2) || held.is_empty()) {
                     let order = (x >> 8) as u32 % 4;
                     let node = nodes[(x >> 16) as usize % nodes.len()];
                     if let Some(pfn) = timed_alloc(order, Constraint::Any, node) {

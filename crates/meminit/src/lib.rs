@@ -419,14 +419,14 @@ mod types;
 mod zone;
 
 pub use allocator::{
-    AllocFlags, AllocPath, AllocRequest, Allocator, FreeReporter, FreeRequest, NoReporter,
-    ReportError, ReportStats, Stats, WorkerReport, HOLD_DELAYS, REPORT_BATCH, REPORT_ORDER,
-    WORKER_RETRIES,
+    AllocFlags, AllocPath, AllocRequest, Allocator, CompactStats, FreeReporter, FreeRequest,
+    Migrate, MigrateError, NoReporter, ReportError, ReportStats, Stats, WorkerReport, HOLD_DELAYS,
+    REPORT_BATCH, REPORT_ORDER, WORKER_RETRIES,
 };
 pub use cell::AllocatorCell;
 pub use config::{
-    Config, Strategy, UnknownStrategy, DEFAULT_CHUNK_SIZE, DEFAULT_GIVE_BACK_DELAY_NS,
-    DEFAULT_GIVE_BACK_RESERVE,
+    Config, Strategy, UnknownStrategy, DEFAULT_CHUNK_SIZE, DEFAULT_COMPACT_MAX_USED,
+    DEFAULT_GIVE_BACK_DELAY_NS, DEFAULT_GIVE_BACK_RESERVE,
 };
 pub use cpu_cache::{CpuCache, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
 pub use error::{AllocError, ChunkError, FreeError, InitError};
