@@ -334,7 +334,8 @@
 //!   class's lists (partly used chunks fill before a wholly free one is split:
 //!   the buddy's own approximation of "fullest first"), a wholly free chunk's
 //!   block (the chunk becomes the class's), growth (a new chunk, wholly free),
-//!   and only then the **largest** block on the other class's lists (a *steal*,
+//!   the same in the next eligible zones, and only then the **largest** block
+//!   on the other class's lists (a *steal*,
 //!   Linux's rule; the chunk keeps its class; counted in [`ZoneStats::steals`]).
 //!   [`AllocFlags::NO_GROW`] allocations, and the last look before
 //!   [`AllocError::OutOfMemory`], steal too: no allocation fails while the other
