@@ -20,7 +20,7 @@
 //! workload's table of what it holds.
 //!
 //! This module owns the workload's description, its parser and its figures;
-//! [`run`] runs it.
+//! [`run_mix`] runs it.
 
 mod hook;
 mod run;
