@@ -384,7 +384,7 @@
 //! | memmap | `memmap` | the descriptor array over a [`MemmapBacking`]: populate, write, publish, depopulate; the [`PageSource`] |
 //! | free lists | `buddy`, `zone` | split and merge under one lock per zone, lists per mobility class; the zone's counters |
 //! | CPU caches | `cpu_cache` | the storage of each CPU's stock of small free blocks |
-//! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back |
+//! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back, compaction through the embedder's [`Migrate`] hook |
 //! | errors, choices | `error`, `config` | the entry points' errors; [`Config`] and [`Strategy`] |
 //!
 //! The `unsafe` code lives in `memmap` (the descriptor array and the backing
