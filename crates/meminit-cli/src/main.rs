@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod args;
 mod layout;
+mod mix;
 mod plot;
 mod repeated;
 mod report;

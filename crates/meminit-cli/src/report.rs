@@ -16,9 +16,9 @@ use meminit_host::machine::{Machine, BUILT_IN};
 use meminit_host::sim::{self, Options, Workload};
 use meminit_host::size;
 
-use crate::args::{parse_size, parse_workload, StrategyArg};
+use crate::args::{parse_fraction, parse_report_workload, parse_size, StrategyArg, WorkloadArg};
 use crate::repeated::Repeated;
-use crate::{plot, spike, table, vm};
+use crate::{mix, plot, spike, table, vm};
 
 #[derive(Args)]
 struct MachineArgs {
@@ -57,11 +57,26 @@ pub(crate) struct ReportArgs {
     #[arg(long, value_parser = parse_size)]
     crashkernel: Option<u64>,
     /// After boot: `idle`, `container[:SIZE]` (default 100M, touched page by page),
-    /// `random[:OPS]`, `smp[:OPS]`, or `spike[:SIZE]` (SIZE allocated page by page
+    /// `random[:OPS]`, `smp[:OPS]`, `spike[:SIZE]` (SIZE allocated page by page
     /// and written, all freed, then idle passes that report free memory to the host
-    /// and give chunks back).
-    #[arg(long, default_value = "idle", value_parser = parse_workload)]
-    workload: Workload,
+    /// and give chunks back), `mixed:SIZE:KEEP` (SIZE of pages, a fraction KEEP
+    /// such as 1% kept, the rest freed) or `churn:SIZE:KEEP[:huge]` (orders 0-3
+    /// living 1-100 rounds, a trickle KEEP kept; `huge`: 0.3% of order 9). The
+    /// last two measure what goes back to the host (on-demand, two CPUs).
+    #[arg(long, default_value = "idle", value_parser = parse_report_workload)]
+    pub(crate) workload: WorkloadArg,
+    /// With `mixed` or `churn`: `on`, kept allocations are unmovable and the
+    /// rest movable; `off`, every allocation is movable (the kernel cannot tell).
+    #[arg(long, value_enum)]
+    pub(crate) hints: Option<mix::OnOff>,
+    /// With `mixed` or `churn` and hints on: the fraction of allocations given
+    /// the wrong class, e.g. 1%.
+    #[arg(long, value_parser = parse_fraction)]
+    pub(crate) wrong_hints: Option<f64>,
+    /// With `mixed` or `churn`: run a compaction pass (the simulator's hook
+    /// moves blocks) before the idle passes: `on` or `off` (the default).
+    #[arg(long, value_enum)]
+    pub(crate) compact: Option<mix::OnOff>,
     /// Give chunks that stayed free back to uninitialised, releasing their memmap,
     /// in the idle passes of the `spike` workload: `on` or `off` for every
     /// strategy, or `default` (on for on-demand only).
@@ -77,7 +92,7 @@ pub(crate) struct ReportArgs {
     memory_budget: Option<u64>,
     /// Print JSON instead of tables.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Also write charts (SVG and PNG) into this directory.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -97,7 +112,7 @@ pub(crate) struct ReportArgs {
     accept_memory: bool,
     /// Run each strategy this many times; times are given as median [min–max].
     #[arg(long, default_value_t = 3)]
-    runs: u32,
+    pub(crate) runs: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -134,6 +149,22 @@ fn machine_of(args: &MachineArgs) -> Result<Machine> {
 /// (as `meminit` alone does).
 pub(crate) fn report(args: &ReportArgs) -> Result<ExitCode> {
     let m = &args.machine;
+    if args.runs == 0 || args.runs > vm::MAX_RUNS {
+        bail!("--runs must be between 1 and {}", vm::MAX_RUNS);
+    }
+    let workload = match args.workload {
+        WorkloadArg::Mix(m) => return mix_report(args, m),
+        WorkloadArg::Boot(w) => w,
+    };
+    for (given, option) in [
+        (args.hints.is_some(), "--hints"),
+        (args.wrong_hints.is_some(), "--wrong-hints"),
+        (args.compact.is_some(), "--compact"),
+    ] {
+        if given {
+            bail!("{option}: only the mixed and churn workloads (--workload mixed:SIZE:KEEP, churn:SIZE:KEEP) take it, not {workload}");
+        }
+    }
     let machines = if m.machine.is_none() && m.memory.is_none() && m.map.is_none() {
         if args.plot.is_some() {
             bail!("--plot: name one machine (--machine, --memory or --map)");
@@ -151,13 +182,10 @@ pub(crate) fn report(args: &ReportArgs) -> Result<ExitCode> {
     } else {
         vec![machine_of(m)?]
     };
-    if args.runs == 0 || args.runs > vm::MAX_RUNS {
-        bail!("--runs must be between 1 and {}", vm::MAX_RUNS);
-    }
     let mut reports = Vec::new();
     let mut code = ExitCode::SUCCESS;
     for machine in &machines {
-        let (report, c) = report_one(args, machine)?;
+        let (report, c) = report_one(args, machine, workload)?;
         if !args.json && machines.len() > 1 {
             println!();
         }
@@ -178,7 +206,7 @@ pub(crate) fn report(args: &ReportArgs) -> Result<ExitCode> {
 
 /// The simulation's options for `machine` from the command line, each checked
 /// against the machine.
-fn options_of(args: &ReportArgs, machine: &Machine) -> Result<Options> {
+fn options_of(args: &ReportArgs, machine: &Machine, workload: Workload) -> Result<Options> {
     if machine.cpus == 0 {
         bail!("--cpus must be at least 1");
     }
@@ -207,13 +235,13 @@ fn options_of(args: &ReportArgs, machine: &Machine) -> Result<Options> {
     }
     opts.trace_buf_size = args.trace_buf_size;
     opts.crashkernel = args.crashkernel;
-    opts.workload = args.workload;
+    opts.workload = workload;
     let params = meminit_boot::BootParams {
         cpus: machine.cpus,
         trace_buf_size: args.trace_buf_size,
         crashkernel: args.crashkernel,
     };
-    if let Err(e) = meminit_boot::check_bounds_for(&layout, &params, args.workload) {
+    if let Err(e) = meminit_boot::check_bounds_for(&layout, &params, workload) {
         let option = match e.option {
             "trace_buf_size" => "--trace-buf-size",
             "crashkernel" => "--crashkernel",
@@ -245,7 +273,7 @@ fn options_of(args: &ReportArgs, machine: &Machine) -> Result<Options> {
     };
     opts.premapped = matches!(args.memmap_granularity, GranularityArg::Premapped);
     opts.accept = args.accept_memory;
-    if !matches!(args.workload, Workload::Spike { .. }) {
+    if !matches!(workload, Workload::Spike { .. }) {
         if args.give_back != GiveBackArg::Default {
             bail!(
                 "--give-back: only the spike workload (--workload spike:SIZE) has the idle passes that give chunks back"
@@ -289,8 +317,12 @@ fn options_of(args: &ReportArgs, machine: &Machine) -> Result<Options> {
 
 /// `meminit report` on one machine: `--runs` runs, the table or nothing (the
 /// JSON is printed by the caller), the charts, and the exit status.
-fn report_one(args: &ReportArgs, machine: &Machine) -> Result<(Repeated, ExitCode)> {
-    let opts = options_of(args, machine)?;
+fn report_one(
+    args: &ReportArgs,
+    machine: &Machine,
+    workload: Workload,
+) -> Result<(Repeated, ExitCode)> {
+    let opts = options_of(args, machine, workload)?;
     let progress = Spinner::new();
     let mut all = Vec::new();
     for _ in 0..args.runs {
@@ -366,4 +398,46 @@ impl sim::Progress for Spinner {
         }
         self.bar.set_message(what.to_string());
     }
+}
+
+/// `meminit report --workload mixed:..|churn:..`: the machine named (the
+/// built-in container if none), the options that do not apply refused.
+fn mix_report(args: &ReportArgs, workload: meminit_host::mix::Mix) -> Result<ExitCode> {
+    for (given, option) in [
+        (args.strategy.is_some(), "--strategy"),
+        (args.threads.is_some(), "--threads"),
+        (args.trace_buf_size.is_some(), "--trace-buf-size"),
+        (args.crashkernel.is_some(), "--crashkernel"),
+        (args.give_back != GiveBackArg::Default, "--give-back"),
+        (args.give_back_reserve.is_some(), "--give-back-reserve"),
+        (args.plot.is_some(), "--plot"),
+        (args.chunk_size.is_some(), "--chunk-size"),
+        (args.accept_memory, "--accept-memory"),
+        (args.memory_budget.is_some(), "--memory-budget"),
+    ] {
+        if given {
+            bail!("{option}: the {workload} workload runs on-demand with give-back, with the defaults; drop {option}");
+        }
+    }
+    let machine = machine_of(&args.machine)?;
+    let present = machine.layout()?.present_pages() * PAGE_SIZE;
+    if matches!(workload.kind, meminit_host::mix::MixKind::Mixed) && workload.bytes > present {
+        bail!(
+            "--workload {workload}: {} of pages held at once is more than the {} of machine {}",
+            size::format(workload.bytes),
+            size::format(present),
+            machine.name
+        );
+    }
+    let hints = args.hints.is_none_or(|h| h == mix::OnOff::On);
+    if !hints && args.wrong_hints.is_some() {
+        bail!("--wrong-hints: with --hints off every allocation is movable; there is no hint to get wrong");
+    }
+    let opts = meminit_host::mix::MixOptions {
+        hints,
+        wrong_hints: args.wrong_hints.unwrap_or(0.0),
+        compact: args.compact == Some(mix::OnOff::On),
+        seed: 0,
+    };
+    mix::report(&machine, &workload, &opts, args.runs, args.json)
 }

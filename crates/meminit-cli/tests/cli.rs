@@ -688,3 +688,50 @@ fn the_report_fits_120_columns_and_explains_its_rows() {
         assert!(out.contains(says), "{says}: {out}");
     }
 }
+
+/// `report --workload mixed:..` prints returned against freed and ideal over
+/// the runs, and as JSON the runs and their spread.
+#[test]
+fn mixed_workload_reports_what_went_back() {
+    let out = Command::cargo_bin("meminit")
+        .unwrap()
+        .args([
+            "report",
+            "--memory",
+            "256M",
+            "--workload",
+            "mixed:128M:1%",
+            "--runs",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("returned % of ideal"), "{text}");
+    assert!(text.contains("2 runs (seeds 1-2)"), "{text}");
+    let out = Command::cargo_bin("meminit")
+        .unwrap()
+        .args([
+            "report",
+            "--memory",
+            "256M",
+            "--workload",
+            "churn:256M:0.1%:huge",
+            "--hints",
+            "off",
+            "--runs",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(v["options"]["hints"], false);
+    assert!(
+        v["spread"]["returned % of ideal"]["median"].is_number(),
+        "{v}"
+    );
+}

@@ -239,3 +239,47 @@ fn options_that_cannot_apply_are_errors() {
         );
     }
 }
+
+/// A mixed or churn workload string that is wrong says which part, and the
+/// options of those workloads are refused elsewhere.
+#[test]
+fn bad_mix_workloads_name_the_problem() {
+    let report = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["report".as_ref(), "--memory".as_ref(), "256M".as_ref()];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        // Exit status 2; clap adds a line of usage to its own errors.
+        let out = meminit().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let err = report(&["--workload", "mixed:1G"]);
+    assert!(err.contains("expected mixed:SIZE:KEEP"), "{err}");
+    let err = report(&["--workload", "mixed:many:1%"]);
+    assert!(err.contains("SIZE 'many'"), "{err}");
+    let err = report(&["--workload", "churn:1G:200%"]);
+    assert!(err.contains("KEEP '200%'"), "{err}");
+    let err = report(&["--workload", "churn:1G:1%:giant"]);
+    assert!(err.contains("'giant'"), "{err}");
+    let err = report(&["--workload", "blend:1G:1%"]);
+    assert!(err.contains("mixed:SIZE:KEEP or churn:SIZE:KEEP"), "{err}");
+    let err = report(&["--workload", "mixed:1G:1%"]);
+    assert!(err.contains("more than the"), "{err}");
+    let err = report(&[
+        "--workload",
+        "mixed:64M:1%",
+        "--hints",
+        "off",
+        "--wrong-hints",
+        "1%",
+    ]);
+    assert!(err.contains("--wrong-hints"), "{err}");
+    let err = report(&["--workload", "mixed:64M:1%", "--wrong-hints", "lots"]);
+    assert!(err.contains("'lots' is not a fraction"), "{err}");
+    let err = report(&["--workload", "spike:64M", "--compact", "on"]);
+    assert!(err.contains("--compact: only the mixed and churn"), "{err}");
+    let err = report(&["--workload", "mixed:64M:1%", "--strategy", "eager"]);
+    assert!(err.contains("--strategy"), "{err}");
+}

@@ -181,6 +181,46 @@ impl Region {
         unsafe { std::ptr::write_bytes(self.base.as_ptr().add(offset), byte, len) };
     }
 
+    /// Copies `[from, from + len)` to `[to, to + len)` (the two must not
+    /// overlap): what a compaction hook does with a block it moves.
+    ///
+    /// # Safety
+    ///
+    /// No one else may write either range, nor read the destination, meanwhile
+    /// (in the simulator, both belong to blocks the caller holds).
+    pub unsafe fn copy(&self, from: usize, to: usize, len: usize) {
+        assert!(self.check(from, len).is_ok() && self.check(to, len).is_ok());
+        assert!(from + len <= to || to + len <= from, "overlapping copy");
+        let base = self.base.as_ptr();
+        // SAFETY: both ranges in bounds and disjoint (asserted); exclusivity is
+        // the caller's promise.
+        unsafe { std::ptr::copy_nonoverlapping(base.add(from), base.add(to), len) };
+    }
+
+    /// Writes `value` at `offset` (8-byte aligned).
+    ///
+    /// # Safety
+    ///
+    /// As for [`fill`](Self::fill), over those 8 bytes.
+    pub unsafe fn write_u64(&self, offset: usize, value: u64) {
+        assert!(self.check(offset, 8).is_ok() && offset.is_multiple_of(8));
+        // SAFETY: in bounds and aligned (asserted; the base is page-aligned);
+        // exclusivity is the caller's promise.
+        unsafe { self.base.as_ptr().add(offset).cast::<u64>().write(value) };
+    }
+
+    /// Reads the 8 bytes at `offset` (8-byte aligned).
+    ///
+    /// # Safety
+    ///
+    /// As for [`is_zeroed`](Self::is_zeroed), over those 8 bytes.
+    pub unsafe fn read_u64(&self, offset: usize) -> u64 {
+        assert!(self.check(offset, 8).is_ok() && offset.is_multiple_of(8));
+        // SAFETY: in bounds, aligned and mapped readable (asserted; the base is
+        // page-aligned); no writer meanwhile is the caller's promise.
+        unsafe { self.base.as_ptr().add(offset).cast::<u64>().read() }
+    }
+
     /// Whether every byte of `[offset, offset + len)` reads zero. Reading a page
     /// the OS does not hold maps its shared zero page: no memory is committed,
     /// but `mincore` counts the page as resident from then on.

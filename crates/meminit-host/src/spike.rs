@@ -86,10 +86,10 @@ pub struct SpikeReport {
 
 /// A reporter that does what a hypervisor does with a guest's reports: drops the
 /// memory (`MADV_DONTNEED`), which reads as zeroes when next touched.
-struct Discarding<'r> {
-    physical: &'r Region,
+pub(crate) struct Discarding<'r> {
+    pub(crate) physical: &'r Region,
     /// Every range reported, in pfns.
-    reported: Vec<Range<u64>>,
+    pub(crate) reported: Vec<Range<u64>>,
 }
 
 impl FreeReporter for Discarding<'_> {

@@ -120,7 +120,16 @@ pub struct Config {
     /// back, at most, in nanoseconds (passes run every half of it; see the
     /// `tick` docs). Default [`DEFAULT_GIVE_BACK_DELAY_NS`]: one second.
     pub give_back_delay_ns: u64,
+    /// The most bytes of a chunk of movable memory in use for
+    /// [`Allocator::compact`](crate::Allocator::compact) to move its blocks out
+    /// (so that it goes back on a later give-back pass). 0: no chunk is
+    /// compacted. Default [`DEFAULT_COMPACT_MAX_USED`]: a quarter of a default
+    /// chunk.
+    pub compact_max_used: u64,
 }
+
+/// The default [`Config::compact_max_used`]: 1 MiB, a quarter of a default chunk.
+pub const DEFAULT_COMPACT_MAX_USED: u64 = DEFAULT_CHUNK_SIZE / 4;
 
 /// The default [`Config::give_back_delay_ns`]: one second (Linux's free page
 /// reporting waits two before it starts).
@@ -143,6 +152,7 @@ impl Config {
             context: None,
             wait: None,
             give_back_delay_ns: DEFAULT_GIVE_BACK_DELAY_NS,
+            compact_max_used: DEFAULT_COMPACT_MAX_USED,
         }
     }
 

@@ -334,7 +334,8 @@
 //!   class's lists (partly used chunks fill before a wholly free one is split:
 //!   the buddy's own approximation of "fullest first"), a wholly free chunk's
 //!   block (the chunk becomes the class's), growth (a new chunk, wholly free),
-//!   and only then the **largest** block on the other class's lists (a *steal*,
+//!   the same in the next eligible zones, and only then the **largest** block
+//!   on the other class's lists (a *steal*,
 //!   Linux's rule; the chunk keeps its class; counted in [`ZoneStats::steals`]).
 //!   [`AllocFlags::NO_GROW`] allocations, and the last look before
 //!   [`AllocError::OutOfMemory`], steal too: no allocation fails while the other
@@ -396,7 +397,7 @@
 //! | memmap | `memmap` | the descriptor array over a [`MemmapBacking`]: populate, write, publish, depopulate; the [`PageSource`] |
 //! | free lists | `buddy`, `zone` | split and merge under one lock per zone, lists per mobility class; the zone's counters |
 //! | CPU caches | `cpu_cache` | the storage of each CPU's stock of small free blocks |
-//! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back, hot-plug |
+//! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back, hot-plug, compaction through the embedder's [`Migrate`] hook |
 //! | errors, choices | `error`, `config` | the entry points' errors; [`Config`] and [`Strategy`] |
 //!
 //! The `unsafe` code lives in `memmap` (the descriptor array and the backing
@@ -432,14 +433,14 @@ mod types;
 mod zone;
 
 pub use allocator::{
-    AllocFlags, AllocPath, AllocRequest, Allocator, FreeReporter, FreeRequest, HotplugError,
-    NoReporter, Removed, ReportError, ReportStats, Stats, WorkerReport, HOLD_DELAYS, REPORT_BATCH,
-    REPORT_ORDER, WORKER_RETRIES,
+    AllocFlags, AllocPath, AllocRequest, Allocator, CompactStats, FreeReporter, FreeRequest,
+    HotplugError, Migrate, MigrateError, NoReporter, Removed, ReportError, ReportStats, Stats,
+    WorkerReport, HOLD_DELAYS, REPORT_BATCH, REPORT_ORDER, WORKER_RETRIES,
 };
 pub use cell::AllocatorCell;
 pub use config::{
-    Config, Strategy, UnknownStrategy, DEFAULT_CHUNK_SIZE, DEFAULT_GIVE_BACK_DELAY_NS,
-    DEFAULT_GIVE_BACK_RESERVE,
+    Config, Strategy, UnknownStrategy, DEFAULT_CHUNK_SIZE, DEFAULT_COMPACT_MAX_USED,
+    DEFAULT_GIVE_BACK_DELAY_NS, DEFAULT_GIVE_BACK_RESERVE,
 };
 pub use cpu_cache::{CpuCache, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
 pub use error::{AllocError, ChunkError, FreeError, InitError};

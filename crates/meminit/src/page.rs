@@ -167,6 +167,11 @@ const FLAG_AGED: u32 = 1 << 17;
 const LIST_SHIFT: u32 = 18;
 const LIST_MASK: u32 = 3 << LIST_SHIFT;
 
+/// Flag in the state word of a `Cached` head: the block is held by a compaction
+/// pass (a free block of the chunk it empties, or a block it moved out), not by
+/// a CPU cache or free page reporting. The reported and aged flags are kept.
+const FLAG_COMPACTING: u32 = 1 << 20;
+
 /// The state word of a block's head, read once: its state, and the class it was
 /// allocated for (meaningful for an allocated head only).
 #[derive(Clone, Copy, Debug)]
@@ -287,6 +292,24 @@ impl Page {
     pub fn mobility(&self) -> Option<MobilityClass> {
         let word = self.head_word();
         matches!(word.state(), PageState::Allocated { .. }).then(|| word.class())
+    }
+
+    /// Makes this page the head of a block of `order` held by a compaction pass
+    /// (`Cached`, so never merged nor freed), keeping whether its memory was
+    /// `reported` and whether it was `aged`. Under the zone lock.
+    #[inline]
+    pub(crate) fn set_compacting(&self, order: u32, reported: bool, aged: bool) {
+        let flags = if reported { FLAG_REPORTED } else { 0 } | if aged { FLAG_AGED } else { 0 };
+        self.state.store(
+            encode(PageState::Cached { order }) | FLAG_COMPACTING | flags,
+            Relaxed,
+        );
+    }
+
+    /// Whether this page heads a block held by a compaction pass.
+    #[inline]
+    pub(crate) fn is_compacting(&self) -> bool {
+        self.state.load(Relaxed) & FLAG_COMPACTING != 0
     }
 
     /// Whether the free block this page heads was reported to the host.

@@ -1,7 +1,8 @@
 //! The allocation path: walk the zone list, take a block from the first zone that
 //! has one (through the calling CPU's cache for the cached orders,
 //! [`super::cached`]); only when a zone has none, grow it ([`super::grow`]), and
-//! only when it cannot grow, steal from the other mobility class's chunks. Before
+//! only when no eligible zone has memory of the class, wholly free or to
+//! initialise, steal from the other mobility class's chunks. Before
 //! it reports [`AllocError::OutOfMemory`] it drains every CPU's cache back to the
 //! zones and looks again, stealing too.
 
@@ -103,10 +104,10 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             let slow = if no_grow {
                 // Relaxed: only chooses which error to report.
                 would_grow |= zone.uninit.load(core::sync::atomic::Ordering::Relaxed) > 0;
-                // What cannot grow steals: no allocation fails while the other
-                // class has a free block of its order.
+                // What cannot grow steals too, but only after every zone
+                // was tried for its own class (`alloc_after_drain`).
                 Ok(zone
-                    .take(&self.memmap, order, class, true)
+                    .take(&self.memmap, order, class, false)
                     .map(|pfn| (pfn, false)))
             } else {
                 self.take_slow(zone, order, class)

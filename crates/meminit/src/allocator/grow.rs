@@ -136,9 +136,10 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
 
     /// The slow path of one zone, after a take for `class` found nothing of its
     /// class nor wholly free: returns a block and whether this call initialised
-    /// memory for it, or `None` when the zone has nothing left at all. Growth
-    /// comes first (it yields wholly free chunks); a block of the other class is
-    /// stolen only once the zone has nothing left to initialise.
+    /// memory for it, or `None` when the zone has nothing of `class` nor wholly
+    /// free left, initialised or not. It never steals from the other class: the
+    /// allocation tries the next zones first (Linux's `ALLOC_NOFRAGMENT`), and
+    /// steals only once no eligible zone has anything else (`alloc_after_drain`).
     ///
     /// The take that failed may have run just before another thread spliced the
     /// zone's last pages, so "nothing left to initialise" is never enough to give
@@ -153,7 +154,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         // Acquire (in `all_initialised`) pairs with the Release of the last
         // section's finish, which comes after every section's splice.
         if self.memmap.sections().all_initialised() {
-            if let Some(pfn) = zone.take(&self.memmap, order, class, true) {
+            if let Some(pfn) = zone.take(&self.memmap, order, class, false) {
                 return Ok(Some((pfn, false)));
             }
             // A chunk given back may have turned the switch off again, just before
@@ -167,8 +168,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
 
     /// Alternately look at what is left to initialise in `zone`, take a block, and
     /// initialise more of the zone, until a block is found or the zone was seen with
-    /// nothing left to initialise before a take that failed. Each take steals only
-    /// after that look saw nothing left to initialise.
+    /// nothing left to initialise before a take that failed. No take here steals.
     fn grow_and_take(
         &self,
         zone: &Zone<R>,
@@ -182,7 +182,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             // `init_chunk`, which follows that chunk's splice; so when this sees
             // zero, the take below sees every page that was ever spliced here.
             let left = zone.uninit.load(Acquire);
-            if let Some(pfn) = zone.take(&self.memmap, order, class, left == 0) {
+            if let Some(pfn) = zone.take(&self.memmap, order, class, false) {
                 break Ok(Some(pfn));
             }
             // A give-back counts its chunk uninitialised under the zone lock

@@ -11,6 +11,7 @@
 
 mod alloc;
 mod cached;
+mod compact;
 mod deferred;
 mod free;
 mod giveback;
@@ -22,6 +23,7 @@ mod start;
 mod stats;
 mod tick;
 
+pub use compact::{CompactStats, Migrate, MigrateError};
 pub use deferred::{WorkerReport, WORKER_RETRIES};
 pub use giveback::{
     FreeReporter, NoReporter, ReportError, ReportStats, REPORT_BATCH, REPORT_ORDER,

@@ -46,6 +46,7 @@
 //! until they are next touched. That costs placement, never a page.
 
 mod chunk;
+mod compact;
 
 use crate::memmap::{Memmap, MemmapBacking};
 use crate::page::{Page, PageState, NO_PFN};
