@@ -667,6 +667,9 @@ mod real {
         let mut config = Config::new(Strategy::OnDemand);
         config.give_back_reserve = 0;
         let a = Allocator::new(layout, backing, &slots, &cpus, config).unwrap();
+        // Every lock's loom atomic made on this thread first, as in
+        // `with_allocator`.
+        a.drain(None).unwrap_or(0);
         for zone in ZoneType::ALL {
             a.zone(NodeId(0), zone)
                 .map(|z| z.free_blocks)
