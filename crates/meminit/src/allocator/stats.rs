@@ -71,7 +71,7 @@ pub struct Stats {
     /// counted again in the `by_*` figures when it is initialised anew.
     pub given_back: u64,
     /// Pages free or uninitialised across all zones: what a caller watching
-    /// memory should count as available (pages in CPU caches, depots and out for
+    /// memory should count as available (pages in CPU caches and out for
     /// reporting are free).
     pub available_pages: u64,
 }
