@@ -84,12 +84,14 @@ fn empty_json_files_are_json_errors() {
     assert!(!err.contains("no memory map in this log"), "{err}");
 }
 
-/// The example in README.md, as printed there: a reserved range inside a usable one.
+/// The example in docs/tools.md, as printed there: a reserved range inside a
+/// usable one.
 #[test]
-fn the_readme_example_map_is_accepted() {
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
-            .unwrap();
+fn the_documented_example_map_is_accepted() {
+    let readme = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/tools.md"),
+    )
+    .unwrap();
     let start = readme.find("```json\n").unwrap() + "```json\n".len();
     let example = &readme[start..start + readme[start..].find("```").unwrap()];
     assert!(example.contains("\"reserved\""), "{example}");
