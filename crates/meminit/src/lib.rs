@@ -288,10 +288,14 @@
 //!
 //! On-demand initialisation keeps memmap only where memory was used; once a
 //! workload's memory grew and shrank again, give-back lets it follow use down.
-//! Call [`Allocator::report_free`] from an idle loop or a timer (every second or
-//! two, as Linux's page reporting runs two seconds after free memory
-//! accumulates), with a [`FreeReporter`] that hands memory to the host (a
-//! virtio-balloon reporting queue; see the guest kernel in this repository):
+//! Call [`Allocator::tick`] from an idle loop or a timer with the time in
+//! nanoseconds: it runs one pass every half [`Config::give_back_delay_ns`]
+//! (default one second; Linux's page reporting starts two seconds after the
+//! free), so memory that stays free goes back within the delay, and a zone that
+//! grows again soon after giving back holds its give-back for a while
+//! ([`HOLD_DELAYS`] delays). A pass (also [`Allocator::report_free`], unpaced)
+//! uses a [`FreeReporter`] that hands memory to the host (a virtio-balloon
+//! reporting queue; see the guest kernel in this repository):
 //!
 //! - free blocks of a pageblock (2 MiB) or more that were not reported yet are
 //!   taken off the free lists, reported, and put back marked as reported, behind
@@ -308,6 +312,11 @@
 //!   back). The next allocation that needs it initialises it again.
 //!
 //! [`Allocator::give_back`] does the second part alone, for a kernel with no host.
+//! [`Allocator::compact`] empties nearly free movable chunks through the
+//! embedder's [`Migrate`] hook (it moves a block's contents and fixes the
+//! references, or refuses), so that the next pass can give them back; call it
+//! before a pass, with [`Config::compact_max_used`] saying how full a chunk may
+//! be to be worth it.
 //! Chunks holding an allocated page, pages in CPU caches, or pages of two zones
 //! are never given back. A descriptor reference taken before give-back stays
 //! valid memory (the backing keeps the range mapped), but says nothing useful
