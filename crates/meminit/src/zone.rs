@@ -189,10 +189,24 @@ impl<R: RawMutex> Zone<R> {
         self.free.lock().misfiled(mm, shared)
     }
 
+    /// Free pages (on the lists, `cached` in CPU caches, away for reporting)
+    /// and uninitialised ones: what a caller could still get. Takes no lock.
+    pub(crate) fn available(&self, cached: u64) -> u64 {
+        // Relaxed: a snapshot, exact only when quiescent.
+        self.free_pages(cached) + self.uninit.load(Relaxed)
+    }
+
+    /// Free pages: on the lists, `cached` in CPU caches, away for reporting.
+    fn free_pages(&self, cached: u64) -> u64 {
+        // Relaxed: mirrors and counters read as a snapshot.
+        self.free_pages.load(Relaxed) + cached + self.isolated.load(Relaxed)
+    }
+
     /// The zone's counters, with `cached` pages of it in CPU caches. Takes the
     /// lock for the block counts.
     pub(crate) fn stats(&self, cached: u64) -> ZoneStats {
         let free_blocks = self.free.lock().blocks();
+        let free = self.free_pages(cached);
         // Relaxed throughout: counters are a snapshot, exact only when quiescent.
         let memmap = self.memmap_pages.load(Relaxed);
         let reserved = self.span.reserved + memmap;
@@ -206,7 +220,7 @@ impl<R: RawMutex> Zone<R> {
             present,
             managed: present.saturating_sub(reserved),
             reserved,
-            free: self.free_pages.load(Relaxed) + cached + isolated,
+            free,
             cached,
             reported: self.reported_pages.load(Relaxed) + isolated,
             uninitialised: self.uninit.load(Relaxed),

@@ -22,6 +22,9 @@ fn cached_pages_count_as_free_and_drain_back_whole() {
         // The refill took a batch: one handed out, the rest cached.
         assert_eq!(z.cached, CACHE_BATCH[0] as u64 - 1);
         assert_eq!(z.free, before.free - 1);
+        // The lock-free total agrees with the zones' figures, cached pages in.
+        let zones: u64 = a.zones().map(|z| z.available()).sum();
+        assert_eq!(a.stats().available_pages, zones);
         assert_eq!(
             a.page(p).unwrap().state(),
             PageState::Allocated { order: 0 }

@@ -137,7 +137,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     }
 
     /// The counters of every zone with present pages, node by node, lowest zone
-    /// first. Pages in CPU caches count as free.
+    /// first. Pages in CPU caches count as free. Takes each zone's lock briefly,
+    /// for its block counts ([`ZoneStats::free_blocks`]); [`stats`](Self::stats)
+    /// takes none.
     pub fn zones(&self) -> impl Iterator<Item = ZoneStats> + '_ {
         self.zones
             .iter()
@@ -153,7 +155,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         self.zones.get(node.index() * ZONE_TYPES + zone as usize)
     }
 
-    /// The counters of `node`'s zone `zone`, if it has present pages.
+    /// The counters of `node`'s zone `zone`, if it has present pages (takes the
+    /// zone's lock briefly, as [`zones`](Self::zones)).
     pub fn zone(&self, node: NodeId, zone: ZoneType) -> Option<ZoneStats> {
         self.zone_of(node, zone)
             .filter(|z| z.is_populated())

@@ -78,7 +78,7 @@ pub struct Stats {
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// A snapshot of the allocator's counters (exact when no operation is in
-    /// flight). Reads every zone's counters without their locks.
+    /// flight). Takes no lock: reads every zone's counters as they stand.
     pub fn stats(&self) -> Stats {
         let by = |c: InitCause| self.counters.chunks_by[c as usize].load(Relaxed);
         let sections = self.memmap.sections();
@@ -96,7 +96,11 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             memmap_bytes: self.memmap.populated_bytes(),
             fully_initialised: sections.all_initialised(),
             given_back: self.counters.given_back.load(Relaxed),
-            available_pages: self.zones().map(|z| z.available()).sum(),
+            available_pages: self
+                .zones
+                .iter()
+                .map(|z| z.available(self.cached_pages(z)))
+                .sum(),
         }
     }
 }
