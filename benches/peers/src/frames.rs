@@ -12,10 +12,20 @@ use meminit::{
     RangeKind, SectionSlot, SliceBacking, Strategy,
 };
 
-/// Order-0 frames, shared by threads; `cpu` is the calling thread's CPU index.
+/// Frames (blocks of 2^order), shared by threads; `cpu` is the calling thread's
+/// CPU index (for a free: the CPU it runs the free on, not necessarily the
+/// allocation's).
 pub(crate) trait Frames: Sync {
-    fn alloc(&self, cpu: usize) -> u64;
-    fn free(&self, cpu: usize, frame: u64);
+    fn alloc_order(&self, cpu: usize, order: u32) -> u64;
+    fn free_order(&self, cpu: usize, frame: u64, order: u32);
+    #[inline]
+    fn alloc(&self, cpu: usize) -> u64 {
+        self.alloc_order(cpu, 0)
+    }
+    #[inline]
+    fn free(&self, cpu: usize, frame: u64) {
+        self.free_order(cpu, frame, 0)
+    }
     /// After a run, with every frame freed: whether all frames are free again.
     fn check(&self) -> Result<(), String>;
 }
@@ -62,25 +72,27 @@ where
     Allocator<'static, SliceBacking<'static>, R>: Sync,
 {
     #[inline]
-    fn alloc(&self, cpu: usize) -> u64 {
+    fn alloc_order(&self, cpu: usize, order: u32) -> u64 {
         let r = if CACHED {
-            self.a.alloc(AllocRequest::order(0).on(CpuId(cpu as u32)))
+            self.a
+                .alloc(AllocRequest::order(order).on(CpuId(cpu as u32)))
         } else {
-            self.a.alloc(AllocRequest::order(0))
+            self.a.alloc(AllocRequest::order(order))
         };
         r.expect("meminit alloc").0
     }
 
     #[inline]
-    fn free(&self, cpu: usize, frame: u64) {
+    fn free_order(&self, cpu: usize, frame: u64, order: u32) {
         let r = if CACHED {
             self.a.free(
                 FreeRequest::pfn(meminit::Pfn(frame))
                     .on(CpuId(cpu as u32))
-                    .order(0),
+                    .order(order),
             )
         } else {
-            self.a.free(FreeRequest::pfn(meminit::Pfn(frame)).order(0))
+            self.a
+                .free(FreeRequest::pfn(meminit::Pfn(frame)).order(order))
         };
         r.expect("meminit free");
     }
@@ -108,25 +120,29 @@ impl Llfree {
         Llfree { ll, frames }
     }
 
-    /// What `Classing::simple`'s request function makes for order 0 on `cpu` (small
-    /// frames are class 0), built inline rather than through its closure.
+    /// What `Classing::simple`'s request function makes for `order` on `cpu`
+    /// (small frames are class 0, huge ones (order 9 and up) class 1, each with
+    /// its own local reservation), built inline rather than through its closure.
     #[inline]
-    pub(crate) fn request(cpu: usize) -> Request {
-        Request::new(0, Class(0), Some(cpu))
+    pub(crate) fn request(cpu: usize, order: u32) -> Request {
+        Request::new(order as usize, Class((order >= 9) as u8), Some(cpu))
     }
 }
 
 impl Frames for Llfree {
     #[inline]
-    fn alloc(&self, cpu: usize) -> u64 {
-        let (frame, _) = self.ll.get(None, Self::request(cpu)).expect("LLFree get");
+    fn alloc_order(&self, cpu: usize, order: u32) -> u64 {
+        let (frame, _) = self
+            .ll
+            .get(None, Self::request(cpu, order))
+            .expect("LLFree get");
         frame.0 as u64
     }
 
     #[inline]
-    fn free(&self, cpu: usize, frame: u64) {
+    fn free_order(&self, cpu: usize, frame: u64, order: u32) {
         self.ll
-            .put(FrameId(frame as usize), Self::request(cpu))
+            .put(FrameId(frame as usize), Self::request(cpu, order))
             .expect("LLFree put");
     }
 
@@ -153,13 +169,13 @@ impl Buddy {
 
 impl Frames for Buddy {
     #[inline]
-    fn alloc(&self, _cpu: usize) -> u64 {
-        self.b.lock().alloc(1).expect("buddy alloc") as u64
+    fn alloc_order(&self, _cpu: usize, order: u32) -> u64 {
+        self.b.lock().alloc(1 << order).expect("buddy alloc") as u64
     }
 
     #[inline]
-    fn free(&self, _cpu: usize, frame: u64) {
-        self.b.lock().dealloc(frame as usize, 1);
+    fn free_order(&self, _cpu: usize, frame: u64, order: u32) {
+        self.b.lock().dealloc(frame as usize, 1 << order);
     }
 
     fn check(&self) -> Result<(), String> {
@@ -174,12 +190,12 @@ pub(crate) struct Nothing;
 
 impl Frames for Nothing {
     #[inline]
-    fn alloc(&self, cpu: usize) -> u64 {
-        std::hint::black_box(cpu as u64)
+    fn alloc_order(&self, cpu: usize, order: u32) -> u64 {
+        std::hint::black_box((cpu as u64) << order)
     }
 
     #[inline]
-    fn free(&self, _cpu: usize, frame: u64) {
+    fn free_order(&self, _cpu: usize, frame: u64, _order: u32) {
         std::hint::black_box(frame);
     }
 

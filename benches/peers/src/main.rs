@@ -1,7 +1,7 @@
-//! meminit beside its peers, on the same number of frames, in one run: order-0
+//! meminit beside its peers, on the same number of frames, in one run:
 //! allocation throughput at 1, 2, ... threads.
 //!
-//! Two workloads, each at every thread count, several rounds, the allocators
+//! Four workloads, each at every thread count, several rounds, the allocators
 //! interleaved within a round so that noise from the (shared) machine hits them alike:
 //!
 //! - **batch**: every thread allocates 32 order-0 frames, then frees them, and
@@ -10,6 +10,10 @@
 //!   passes them over a bounded queue (64 batches by default) to thread 2k+1, which frees them on
 //!   its own CPU. Frees on another CPU than the allocation's are what per-CPU caches
 //!   find hardest.
+//! - **huge**: every thread allocates 16 order-9 (2 MiB) frames, then frees them, on
+//!   its own CPU (LLFree's huge-frame class).
+//! - **mix**: every thread allocates 32 blocks of random orders 0 to 3, then frees
+//!   each on a random thread's CPU (meminit's `CpuId`, LLFree's local reservation).
 //!
 //! One *op* is one frame allocated and freed again (an alloc + free pair); figures are
 //! the total across all threads, in millions per second. The allocators:
@@ -166,19 +170,31 @@ fn measure(
 ) -> Vec<Table> {
     let mut tables = Vec::new();
     for w in &o.workloads {
-        let (workload, title, threads): (&'static str, &'static str, Vec<usize>) = if w == "batch" {
-            (
-                "batch",
-                "batch: each thread allocates 32 order-0 frames, then frees them, on its own CPU",
-                (1..=o.threads).collect(),
-            )
-        } else {
-            (
+        let all: Vec<usize> = (1..=o.threads).collect();
+        let pairs: Vec<usize> = (2..=o.threads).step_by(2).collect();
+        let (workload, title, threads): (&'static str, &'static str, Vec<usize>) =
+            match w.as_str() {
+                "batch" => (
+                    "batch",
+                    "batch: each thread allocates 32 order-0 frames, then frees them, on its own CPU",
+                    all,
+                ),
+                "huge" => (
+                    "huge",
+                    "huge: each thread allocates 16 order-9 (2 MiB) frames, then frees them, on its own CPU",
+                    all,
+                ),
+                "mix" => (
+                    "mix",
+                    "mix: each thread allocates 32 blocks of random orders 0-3, then frees each on a random thread's CPU",
+                    all,
+                ),
+                _ => (
                     "pairs",
                     "producer/consumer: thread 2k allocates batches of 32, thread 2k+1 frees them on its own CPU",
-                    (2..=o.threads).step_by(2).collect(),
-                )
-        };
+                    pairs,
+                ),
+            };
         if threads.is_empty() {
             let _ = writeln!(out, "\n{title}: skipped (needs --threads 2 or more)");
             continue;
@@ -190,10 +206,11 @@ fn measure(
                 for i in 0..subjects.len() {
                     let a = (i + round) % subjects.len();
                     let (_, s) = subjects[a];
-                    let m = if workload == "batch" {
-                        s.batch(run, n)
-                    } else {
-                        s.pairs(run, n)
+                    let m = match workload {
+                        "batch" => s.batch(run, n),
+                        "huge" => s.huge(run, n),
+                        "mix" => s.mix(run, n),
+                        _ => s.pairs(run, n),
                     };
                     samples[t][a].push(m);
                 }

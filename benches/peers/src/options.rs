@@ -17,8 +17,11 @@ pub(crate) struct Options {
     pub(crate) workloads: Vec<String>,
 }
 
+/// Every workload, in the order they run.
+pub(crate) const ALL: [&str; 4] = ["batch", "pairs", "huge", "mix"];
+
 pub(crate) const USAGE: &str = "\
-meminit-peers: order-0 allocate + free throughput of meminit, LLFree and
+meminit-peers: allocate + free throughput of meminit, LLFree and
 buddy_system_allocator on the same frames, at 1..N threads, rounds interleaved.
 
 options:
@@ -30,7 +33,9 @@ options:
   --pin           pin thread i to the i-th CPU of the affinity mask (default: unpinned)
   --only A,B      only these allocators: meminit-spin, meminit-pl, meminit-zone, llfree,
                   buddy, none (no allocator: the harness alone, and the machine's parallelism)
-  --workload W    batch, pairs or both (default both)
+  --workload W,.. batch (32 order-0 frames per thread, own CPU), pairs (producer/
+                  consumer), huge (16 order-9 frames per thread), mix (orders 0-3, frees
+                  on random CPUs), or all (default all)
   --json FILE     also write the results as JSON to FILE (- for stdout; tables then go
                   to stderr)";
 
@@ -45,7 +50,7 @@ pub(crate) fn options() -> Result<Options, String> {
         queue: QUEUE,
         json: None,
         only: None,
-        workloads: vec!["batch".into(), "pairs".into()],
+        workloads: ALL.iter().map(|w| w.to_string()).collect(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -61,10 +66,13 @@ pub(crate) fn options() -> Result<Options, String> {
             "--json" => o.json = Some(value()?),
             "--only" => o.only = Some(value()?.split(',').map(str::to_string).collect()),
             "--workload" => {
-                o.workloads = match value()?.as_str() {
-                    "both" => vec!["batch".into(), "pairs".into()],
-                    w @ ("batch" | "pairs") => vec![w.into()],
-                    w => return Err(format!("unknown workload {w}")),
+                o.workloads = Vec::new();
+                for w in value()?.split(',') {
+                    match w {
+                        "all" | "both" => o.workloads.extend(ALL.iter().map(|w| w.to_string())),
+                        w if ALL.contains(&w) => o.workloads.push(w.into()),
+                        w => return Err(format!("unknown workload {w}")),
+                    }
                 }
             }
             "-h" | "--help" => {

@@ -1,6 +1,7 @@
-//! The two workloads, batch and producer/consumer pairs, for any [`Frames`]: the
-//! threads, their barriers and their timing. It owns how a figure is measured; it
-//! neither chooses allocators nor prints (`main` and `table` do).
+//! The workloads, for any [`Frames`]: batch, producer/consumer pairs, huge
+//! frames and a random mix of orders; the threads, their barriers and their
+//! timing. It owns how a figure is measured; it neither chooses allocators nor
+//! prints (`main` and `table` do).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
@@ -9,50 +10,103 @@ use std::time::Instant;
 use crate::frames::Frames;
 use crate::harness::{backoff, pin, thread_cpu, Queue, Run, Sample, BATCH};
 
-/// The two workloads, for any allocator: ops across all threads.
+/// Order-9 (2 MiB) frames each thread allocates before it frees them, in the
+/// huge-frame workload.
+pub(crate) const HUGE_BATCH: usize = 16;
+
+/// The workloads, for any allocator: ops across all threads.
 pub(crate) trait Workloads: Sync {
     fn batch(&self, run: &Run, threads: usize) -> Sample;
     fn pairs(&self, run: &Run, threads: usize) -> Sample;
+    /// Each thread allocates [`HUGE_BATCH`] order-9 frames, then frees them, on
+    /// its own CPU.
+    fn huge(&self, run: &Run, threads: usize) -> Sample;
+    /// Each thread allocates 32 blocks of random orders 0 to 3, then frees each
+    /// on a random CPU of the run (its own or another thread's).
+    fn mix(&self, run: &Run, threads: usize) -> Sample;
     fn check(&self) -> Result<(), String>;
+}
+
+/// A small per-thread generator (xorshift64*): the mix's orders and CPUs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Every thread allocates `n` blocks (of the orders `order` draws) on its own
+/// CPU, then frees them (each on the CPU `free_on` draws), and repeats.
+fn own_cpu<F: Frames>(
+    frames: &F,
+    run: &Run,
+    threads: usize,
+    n: usize,
+    order: impl Fn(&mut Rng) -> u32 + Sync,
+    free_on: impl Fn(usize, &mut Rng) -> usize + Sync,
+) -> Sample {
+    let stop = AtomicBool::new(false);
+    let start = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|cpu| {
+                let (stop, start, order, free_on) = (&stop, &start, &order, &free_on);
+                s.spawn(move || {
+                    pin(cpu, run.pin);
+                    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (cpu as u64 + 1) << 17);
+                    let mut held = [(0u64, 0u32); BATCH];
+                    let held = &mut held[..n.min(BATCH)];
+                    let mut ops = 0u64;
+                    start.wait();
+                    let cpu0 = thread_cpu();
+                    while !stop.load(Ordering::Relaxed) {
+                        for f in held.iter_mut() {
+                            let o = order(&mut rng);
+                            *f = (frames.alloc_order(cpu, o), o);
+                        }
+                        for &(f, o) in held.iter() {
+                            frames.free_order(free_on(cpu, &mut rng), f, o);
+                        }
+                        ops += held.len() as u64;
+                    }
+                    (ops, thread_cpu() - cpu0)
+                })
+            })
+            .collect();
+        start.wait();
+        let t = Instant::now();
+        std::thread::sleep(run.time);
+        stop.store(true, Ordering::Relaxed);
+        let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        let wall = t.elapsed();
+        let ops = done.iter().map(|d| d.0).sum();
+        let cpu = done.iter().map(|d| d.1).sum();
+        Sample::new(ops, wall, cpu)
+    })
 }
 
 impl<F: Frames> Workloads for F {
     fn batch(&self, run: &Run, threads: usize) -> Sample {
-        let stop = AtomicBool::new(false);
-        let start = Barrier::new(threads + 1);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|cpu| {
-                    let (stop, start) = (&stop, &start);
-                    s.spawn(move || {
-                        pin(cpu, run.pin);
-                        let mut held = [0u64; BATCH];
-                        let mut ops = 0u64;
-                        start.wait();
-                        let cpu0 = thread_cpu();
-                        while !stop.load(Ordering::Relaxed) {
-                            for f in held.iter_mut() {
-                                *f = self.alloc(cpu);
-                            }
-                            for &f in held.iter() {
-                                self.free(cpu, f);
-                            }
-                            ops += BATCH as u64;
-                        }
-                        (ops, thread_cpu() - cpu0)
-                    })
-                })
-                .collect();
-            start.wait();
-            let t = Instant::now();
-            std::thread::sleep(run.time);
-            stop.store(true, Ordering::Relaxed);
-            let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
-            let wall = t.elapsed();
-            let ops = done.iter().map(|d| d.0).sum();
-            let cpu = done.iter().map(|d| d.1).sum();
-            Sample::new(ops, wall, cpu)
-        })
+        own_cpu(self, run, threads, BATCH, |_| 0, |cpu, _| cpu)
+    }
+
+    fn huge(&self, run: &Run, threads: usize) -> Sample {
+        own_cpu(self, run, threads, HUGE_BATCH, |_| 9, |cpu, _| cpu)
+    }
+
+    fn mix(&self, run: &Run, threads: usize) -> Sample {
+        own_cpu(
+            self,
+            run,
+            threads,
+            BATCH,
+            |rng| (rng.next() >> 62) as u32,
+            |_, rng| (rng.next() >> 33) as usize % threads,
+        )
     }
 
     fn pairs(&self, run: &Run, threads: usize) -> Sample {
