@@ -28,19 +28,41 @@ use crate::types::{MobilityClass, NodeId, ZoneType, CLASSES, PAGEBLOCK_ORDER, ZO
 pub const CACHED_ORDERS: [u32; 5] = [0, 1, 2, 3, PAGEBLOCK_ORDER];
 
 /// Per cached order, the most blocks a stock holds (its high mark). Powers of two.
+/// A pageblock stock holds up to 8 blocks of 2 MiB, so that a CPU working with
+/// a few huge frames at once stays on its own stock.
 #[cfg(not(loom))]
-pub const CACHE_HIGH: [usize; 5] = [128, 32, 16, 8, 2];
+pub const CACHE_HIGH: [usize; 5] = [128, 32, 16, 8, 8];
 /// Per cached order, the most blocks a stock holds (its high mark). Powers of two.
 /// Small under loom, so that models explore refills and drains in few steps.
 #[cfg(loom)]
 pub const CACHE_HIGH: [usize; 5] = [4, 2, 2, 2, 2];
 
-/// Per cached order, how many blocks move between a stock and its zone at once.
+/// Per cached order, how many blocks move between a stock and its zone (or its
+/// zone's depot) at once, at first: a stock's batch follows its traffic between
+/// this and [`CACHE_BATCH_MAX`].
 #[cfg(not(loom))]
-pub const CACHE_BATCH: [usize; 5] = [32, 8, 4, 2, 1];
-/// Per cached order, how many blocks move between a stock and its zone at once.
+pub const CACHE_BATCH: [usize; 5] = [32, 8, 4, 2, 2];
+/// Per cached order, how many blocks move between a stock and its zone (or its
+/// zone's depot) at once, at first.
 #[cfg(loom)]
 pub const CACHE_BATCH: [usize; 5] = [2, 1, 1, 1, 1];
+
+/// Per cached order, the largest batch a stock that frees more than it
+/// allocates grows to: half its high mark, so that a drain always leaves the
+/// hotter half in the CPU's cache.
+pub const CACHE_BATCH_MAX: [usize; 5] = {
+    let mut out = [0; 5];
+    let mut i = 0;
+    while i < 5 {
+        out[i] = if CACHE_HIGH[i] / 2 > CACHE_BATCH[i] {
+            CACHE_HIGH[i] / 2
+        } else {
+            CACHE_BATCH[i]
+        };
+        i += 1;
+    }
+    out
+};
 
 const fn offsets() -> [usize; 6] {
     let mut out = [0; 6];
@@ -79,6 +101,11 @@ const UNTAGGED: u8 = u8::MAX;
 pub(crate) struct Stock {
     /// The node whose zone the blocks belong to, or [`UNTAGGED`] while empty.
     node: u8,
+    /// Per cached order, bit set when the slot's last exchange with its zone
+    /// was a drain (it reached its high mark), clear when it was a refill.
+    drained: u8,
+    /// Per cached order, the blocks its next drain moves (see [`Stock::drained`]).
+    batch: [u16; 5],
     /// Per cached order, the ring index of the coldest block.
     cold: [u16; 5],
     /// Per cached order, the blocks held.
@@ -93,6 +120,16 @@ impl Stock {
     const fn new() -> Self {
         Stock {
             node: UNTAGGED,
+            drained: 0,
+            batch: {
+                let mut out = [0; 5];
+                let mut i = 0;
+                while i < 5 {
+                    out[i] = CACHE_BATCH[i] as u16;
+                    i += 1;
+                }
+                out
+            },
             cold: [0; 5],
             len: [0; 5],
             pfns: [0; SLOTS],
@@ -147,6 +184,40 @@ impl Stock {
         OFFSET[slot] + ((self.cold[slot] as usize + i) & (CACHE_HIGH[slot] - 1))
     }
 
+    /// The blocks the next drain of `slot` moves.
+    #[inline]
+    pub(crate) fn batch(&self, slot: usize) -> usize {
+        self.batch[slot] as usize
+    }
+
+    /// `slot` drains at its high mark. Two drains with no refill between them
+    /// say the CPU frees more than it allocates (blocks allocated elsewhere come
+    /// back here): its batch doubles, up to [`CACHE_BATCH_MAX`], as Linux's
+    /// per-CPU lists raise their high mark for a CPU that frees a lot. Returns
+    /// the batch to move now.
+    #[inline]
+    pub(crate) fn drained(&mut self, slot: usize) -> usize {
+        if self.drained & 1 << slot != 0 {
+            let grown = (self.batch[slot] as usize * 2).min(CACHE_BATCH_MAX[slot]);
+            self.batch[slot] = grown as u16;
+        }
+        self.drained |= 1 << slot;
+        self.batch(slot)
+    }
+
+    /// `slot` is refilled, empty. Two refills with no drain between them say the
+    /// CPU allocates more than it frees: its batch halves, down to
+    /// [`CACHE_BATCH`]. Returns the batch to refill with from the zone.
+    #[inline]
+    pub(crate) fn refilled(&mut self, slot: usize) -> usize {
+        if self.drained & 1 << slot == 0 {
+            let shrunk = (self.batch[slot] as usize / 2).max(CACHE_BATCH[slot]);
+            self.batch[slot] = shrunk as u16;
+        }
+        self.drained &= !(1 << slot);
+        self.batch(slot)
+    }
+
     /// Takes the hottest block of `slot`.
     #[inline]
     pub(crate) fn pop(&mut self, slot: usize) -> Option<u64> {
@@ -188,10 +259,10 @@ impl Stock {
     }
 }
 
-/// The stocks of one CPU, per zone type and class: 6 stocks of 1,520 bytes, so
-/// a [`CpuCache`] is 9,216 bytes (it was 4,608 with one stock per zone type).
 /// The stocks of one CPU, one per zone type and class (indexed by both, whose
-/// ranges the compiler knows: no bounds check on the fast path).
+/// ranges the compiler knows: no bounds check on the fast path): 6 stocks of
+/// 1,576 bytes, so a [`CpuCache`] is 9,600 bytes (it was 4,608 with one stock
+/// per zone type, 9,216 with two pageblock slots instead of eight).
 pub(crate) type Stocks = [[Stock; CLASSES]; ZONE_TYPES];
 
 /// One CPU's cache of free blocks. The embedder lends a slice of these to
@@ -319,12 +390,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stock_is_1520_bytes_and_a_cache_holds_six() {
-        assert_eq!(core::mem::size_of::<Stock>(), 1520);
+    fn a_stock_is_1576_bytes_and_a_cache_holds_six() {
+        assert_eq!(core::mem::size_of::<Stock>(), 1576);
         assert_eq!(
             core::mem::size_of::<CpuCache<parking_lot::RawMutex>>(),
-            9216
+            9600
         );
+    }
+
+    #[test]
+    fn batches_follow_the_traffic_within_their_bounds() {
+        let mut s = Stock::new();
+        for slot in 0..5 {
+            assert_eq!(s.batch(slot), CACHE_BATCH[slot]);
+            // Alternating drains and refills: a balanced CPU keeps its batch.
+            for _ in 0..10 {
+                assert_eq!(s.drained(slot), CACHE_BATCH[slot]);
+                assert_eq!(s.refilled(slot), CACHE_BATCH[slot]);
+            }
+            // Drains alone: the batch grows, never past the maximum, which
+            // leaves at least half the high mark cached.
+            for _ in 0..20 {
+                let n = s.drained(slot);
+                assert!(n >= CACHE_BATCH[slot] && n <= CACHE_BATCH_MAX[slot]);
+                assert!(n <= CACHE_HIGH[slot] / 2 || n == CACHE_BATCH[slot]);
+            }
+            assert_eq!(s.batch(slot), CACHE_BATCH_MAX[slot]);
+            // Refills alone: back down to the first batch, never below.
+            for _ in 0..20 {
+                let n = s.refilled(slot);
+                assert!(n >= CACHE_BATCH[slot] && n <= CACHE_BATCH_MAX[slot]);
+            }
+            assert_eq!(s.batch(slot), CACHE_BATCH[slot]);
+        }
+        assert_eq!(CACHE_BATCH_MAX, [64, 16, 8, 4, 4]);
     }
 
     #[test]

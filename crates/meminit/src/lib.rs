@@ -240,9 +240,30 @@
 //! early boot, before per-CPU data exists, or when no caches were lent). Each CPU
 //! keeps, per zone type and [`MobilityClass`], up to [`CACHE_HIGH`] blocks of
 //! each of the orders in [`CACHED_ORDERS`] (0 to 3 and the pageblock order, as
-//! Linux's per-CPU lists; a [`CpuCache`] is 9 KiB);
-//! an empty stock is refilled and a full one drained [`CACHE_BATCH`] blocks at a
-//! time, under the zone lock. Larger orders go to the zones directly. A block may
+//! Linux's per-CPU lists; a [`CpuCache`] is 9.4 KiB);
+//! an empty stock is refilled and a full one drained a batch of blocks at a
+//! time. Larger orders go to the zones directly.
+//!
+//! Between the caches and each zone's lists sits a **depot** per mobility
+//! class and cached order (Bonwick and Adams' magazines and depot, USENIX
+//! 2001): a full stock pushes its coldest batch there whole, and an empty one
+//! pops a whole batch from there before it takes from the lists, each under a
+//! lock of type `R` held for a pointer swap (the batch is chained through its
+//! blocks' descriptors: no heap, no array). So a block allocated on one CPU and
+//! freed on another crosses no zone lock and is neither merged nor split. A
+//! depot holds at most [`DEPOT_BATCHES_PER_CPU`] batches per CPU cache lent,
+//! within [`DEPOT_MAX_BATCHES`]; beyond that, batches go to the lists. Depots
+//! are flushed to the lists (their blocks merge) by [`Allocator::drain`], by
+//! every idle-time pass ([`Allocator::report_free`], [`Allocator::give_back`],
+//! [`Allocator::tick`]), by an allocation that finds its zone's lists without
+//! a block for it, and before any `OutOfMemory`. Their pages count as free
+//! ([`ZoneStats::depot`]).
+//!
+//! A stock's batch follows its traffic, as Linux auto-tunes its per-CPU lists:
+//! it starts at [`CACHE_BATCH`], doubles when a stock drains twice with no
+//! refill between (its CPU frees more than it allocates: blocks allocated
+//! elsewhere come back to it) and halves when it refills twice with no drain
+//! between, within [`CACHE_BATCH_MAX`] (half the high mark). A block may
 //! be freed on any CPU; a block of a zone other than the one that CPU's stock
 //! holds goes back to its own zone.
 //!
@@ -318,7 +339,8 @@
 //! before a pass, with [`Config::compact_max_used`] saying how full a chunk may
 //! be to be worth it.
 //! Chunks holding an allocated page, pages in CPU caches, or pages of two zones
-//! are never given back. A descriptor reference taken before give-back stays
+//! are never given back; every pass first flushes the depots, whose batches
+//! would pin their chunks. A descriptor reference taken before give-back stays
 //! valid memory (the backing keeps the range mapped), but says nothing useful
 //! about a page one does not own.
 //!
@@ -387,11 +409,12 @@
 //! - A double free, a free with the wrong order, of a reserved or never-initialised
 //!   page, or outside the map is a [`FreeError`], with nothing changed; of two frees
 //!   of one block racing on two CPUs, exactly one succeeds.
-//! - Pages in CPU caches count as free ([`ZoneStats::cached`] says how many), and
-//!   no allocation reports `OutOfMemory` while an eligible zone has a free block of
-//!   its order (of either mobility class), memory left to initialise, or pages in
-//!   a CPU's cache that could make one: it looks again after every step that could
-//!   have added memory.
+//! - Pages in CPU caches and depots count as free ([`ZoneStats::cached`] and
+//!   [`ZoneStats::depot`] say how many), and no allocation reports `OutOfMemory`
+//!   while an eligible zone has a free block of its order (of either mobility
+//!   class), memory left to initialise, or pages in a CPU's cache or a depot
+//!   that could make one: it looks again after every step that could have added
+//!   memory.
 //!
 //! ## Layers
 //!
@@ -406,6 +429,7 @@
 //! | memmap | `memmap` | the descriptor array over a [`MemmapBacking`]: populate, write, publish, depopulate; the [`PageSource`] |
 //! | free lists | `buddy`, `zone` | split and merge under one lock per zone, lists per mobility class; the zone's counters |
 //! | CPU caches | `cpu_cache` | the storage of each CPU's stock of small free blocks |
+//! | depots | `depot` | per zone, class and cached order, a stack of whole batches of free blocks chained through their descriptors |
 //! | policy | `allocator` | start-up, allocation, free, CPU-cache policy, growth, deferred workers, give-back, hot-plug, compaction through the embedder's [`Migrate`] hook |
 //! | errors, choices | `error`, `config` | the entry points' errors; [`Config`] and [`Strategy`] |
 //!
@@ -424,6 +448,7 @@ mod buddy;
 mod cell;
 mod config;
 mod cpu_cache;
+mod depot;
 mod error;
 #[cfg(feature = "x86_64")]
 pub mod frames;
@@ -451,7 +476,8 @@ pub use config::{
     Config, Strategy, UnknownStrategy, DEFAULT_CHUNK_SIZE, DEFAULT_COMPACT_MAX_USED,
     DEFAULT_GIVE_BACK_DELAY_NS, DEFAULT_GIVE_BACK_RESERVE,
 };
-pub use cpu_cache::{CpuCache, CACHED_ORDERS, CACHE_BATCH, CACHE_HIGH};
+pub use cpu_cache::{CpuCache, CACHED_ORDERS, CACHE_BATCH, CACHE_BATCH_MAX, CACHE_HIGH};
+pub use depot::{DEPOT_BATCHES_PER_CPU, DEPOT_MAX_BATCHES};
 pub use error::{AllocError, ChunkError, FreeError, InitError};
 pub use irq::{Interrupts, IrqSafe};
 pub use layout::{

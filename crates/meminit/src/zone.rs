@@ -4,12 +4,15 @@
 //! counters a caller watching memory needs: present, managed, free, uninitialised.
 //! The lock is held only to move blocks on and off the lists (one block, or one
 //! batch for a CPU cache), never while descriptors are written for a chunk.
+//! Beside the lists, each zone has its [`Depot`]s of whole batches that CPU
+//! caches exchange without this lock.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use lock_api::{Mutex, RawMutex};
 
 use crate::buddy::{FreeArea, LISTS, WHOLE};
+use crate::depot::Depot;
 use crate::layout::ZoneSpan;
 use crate::memmap::{Memmap, MemmapBacking};
 use crate::types::{MobilityClass, NodeId, Pfn, ZoneType, MAX_ORDER};
@@ -41,6 +44,8 @@ pub(crate) struct Zone<R: RawMutex> {
     /// Hot-pluggable pages present now (added, not removed): present beyond
     /// `span.present` (see `allocator::hotplug` for the order of updates).
     pub(crate) plugged: AtomicU64,
+    /// Whole batches of free blocks between the CPU caches and the lists.
+    pub(crate) depot: Depot<R>,
 }
 
 /// A snapshot of one zone's counters, in pages.
@@ -61,21 +66,26 @@ pub struct ZoneStats {
     /// Present pages never handed out: reserved in the memory map, or holding the
     /// memmap.
     pub reserved: u64,
-    /// Free pages: on the zone's free lists or in CPU caches.
+    /// Free pages: on the zone's free lists, in CPU caches or in its depots.
     pub free: u64,
     /// Of `free`, pages in CPU caches.
     pub cached: u64,
+    /// Of `free`, pages in the zone's depots: whole batches of free blocks
+    /// that CPU caches exchange without merging them (flushed to the lists by
+    /// [`crate::Allocator::drain`], idle-time passes, and an allocation that
+    /// needs merged memory).
+    pub depot: u64,
     /// Of `free`, pages whose memory was reported to the host and not used since
     /// (see [`crate::Allocator::report_free`]), or is being reported now.
     pub reported: u64,
     /// Managed pages not initialised yet. They count as available.
     pub uninitialised: u64,
     /// Free blocks of each order on the zone's free lists (blocks in CPU caches
-    /// are not on them: drain first to see every block merged).
+    /// and depots are not on them: drain first to see every block merged).
     pub free_blocks: [u64; MAX_ORDER as usize + 1],
     /// Of `free`, pages on the free lists in chunks of each [`MobilityClass`]
     /// (indexed by it): chunks that hold pages of that class. The rest of
-    /// `free` is in CPU caches, away for reporting, or in `free_whole`.
+    /// `free` is in CPU caches, depots, away for reporting, or in `free_whole`.
     pub free_by_class: [u64; crate::types::CLASSES],
     /// Of `free`, pages on the free lists in wholly free chunks: what the next
     /// give-back pass may return, and what either class takes before stealing.
@@ -123,6 +133,7 @@ impl<R: RawMutex> Zone<R> {
             memmap_pages: AtomicU64::new(0),
             grow_cursor: AtomicUsize::new((span.start_pfn.0 >> chunk_shift) as usize),
             plugged: AtomicU64::new(0),
+            depot: Depot::new(),
         }
     }
 
@@ -189,17 +200,22 @@ impl<R: RawMutex> Zone<R> {
         self.free.lock().misfiled(mm, shared)
     }
 
-    /// Free pages (on the lists, `cached` in CPU caches, away for reporting)
+    /// Free pages (on the lists, `cached` in CPU caches, in the depot, away
+    /// for reporting)
     /// and uninitialised ones: what a caller could still get. Takes no lock.
     pub(crate) fn available(&self, cached: u64) -> u64 {
         // Relaxed: a snapshot, exact only when quiescent.
         self.free_pages(cached) + self.uninit.load(Relaxed)
     }
 
-    /// Free pages: on the lists, `cached` in CPU caches, away for reporting.
+    /// Free pages: on the lists, `cached` in CPU caches, in the depot, away
+    /// for reporting.
     fn free_pages(&self, cached: u64) -> u64 {
         // Relaxed: mirrors and counters read as a snapshot.
-        self.free_pages.load(Relaxed) + cached + self.isolated.load(Relaxed)
+        self.free_pages.load(Relaxed)
+            + cached
+            + self.depot.pages()
+            + self.isolated.load(Relaxed)
     }
 
     /// The zone's counters, with `cached` pages of it in CPU caches. Takes the
@@ -212,6 +228,7 @@ impl<R: RawMutex> Zone<R> {
         let reserved = self.span.reserved + memmap;
         let isolated = self.isolated.load(Relaxed);
         let present = self.span.present + self.plugged.load(Relaxed);
+        let depot = self.depot.pages();
         ZoneStats {
             node: NodeId(self.node as u32),
             zone: self.kind,
@@ -222,6 +239,7 @@ impl<R: RawMutex> Zone<R> {
             reserved,
             free,
             cached,
+            depot,
             reported: self.reported_pages.load(Relaxed) + isolated,
             uninitialised: self.uninit.load(Relaxed),
             free_blocks,

@@ -53,11 +53,13 @@ fn a_full_cache_drains_its_coldest_batch() {
         }
         let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
         assert_eq!(z.cached, (CACHE_HIGH[0] - CACHE_BATCH[0] + 1) as u64);
-        // The first freed went back to the zone; the last freed is still cached.
-        assert!(matches!(
+        // The first freed went to the zone's depot, whole, off the lists; the
+        // last freed is still cached.
+        assert_eq!(z.depot, CACHE_BATCH[0] as u64);
+        assert_eq!(
             a.page(blocks[0]).unwrap().state(),
-            PageState::Free { .. } | PageState::Tail
-        ));
+            PageState::Cached { order: 0 }
+        );
         assert_eq!(
             a.page(*blocks.last().unwrap()).unwrap().state(),
             PageState::Cached { order: 0 }

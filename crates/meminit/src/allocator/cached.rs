@@ -7,7 +7,22 @@
 //! holds blocks of the same node's zone (or nothing); any other block goes straight
 //! back to its zone, so a page always returns to the zone it belongs to. An
 //! allocation pops from the stock of the zone it would take from; an empty stock is
-//! refilled with a batch under the zone lock, a full one drains its coldest batch.
+//! refilled with a batch, a full one drains its coldest batch.
+//!
+//! Between the stocks and the zone's lists sits the zone's depot
+//! ([`crate::depot`]), per class and cached order: a full stock pushes its
+//! coldest batch there whole, and an empty one pops a whole batch from there
+//! before it looks at the lists, so a block freed on another CPU than its
+//! allocation's crosses no zone lock and is neither merged nor split on the
+//! way. Batches reach the lists (and merge) only when a depot is at its bound
+//! ([`crate::depot::bound`]: per CPU lent, within a maximum), and in a flush:
+//! an allocation that finds its zone's lists without a block for it, a drain
+//! ([`Allocator::drain`], and so the last look before `OutOfMemory`), and every
+//! idle-time pass (free page reporting, give-back), so that chunks pinned by
+//! blocks in a depot go back once the traffic stops.
+//!
+//! A stock's batch follows its traffic (see [`crate::cpu_cache::Stock::drained`]):
+//! a CPU that frees more than it allocates moves larger batches.
 //!
 //! The rules a kernel must keep are in the crate documentation ("Per-CPU caches").
 //! In short: correctness never depends on the [`CpuId`] being the caller's own CPU;
@@ -16,35 +31,91 @@
 //! zone directly; a remote drain takes it with `lock`.
 //!
 //! Nothing here initialises memory or waits for anyone but a cache's owner.
+//! Locks nest one way: a cache's, then a depot's or a zone's; a depot's lock is
+//! held alone (a flush takes the batches, lets go, then takes the zone's).
 
 use lock_api::RawMutex;
 
 use super::Allocator;
-use crate::cpu_cache::{slot_of, CacheGuard, CpuCache, CACHED_ORDERS, CACHE_BATCH};
+use crate::cpu_cache::{slot_of, CacheGuard, CpuCache, Stock, CACHED_ORDERS};
+use crate::depot;
 use crate::error::AllocError;
 use crate::memmap::MemmapBacking;
-use crate::page::{Page, PageState};
-use crate::types::{CpuId, MobilityClass, NodeId, Pfn, ZONE_TYPES};
+use crate::page::{Page, PageState, NO_PFN};
+use crate::types::{CpuId, MobilityClass, NodeId, Pfn, CLASSES, ZONE_TYPES};
 use crate::zone::Zone;
 
+/// Blocks a depot flush returns to the lists under one hold of the zone lock.
+const FLUSH_RUN: usize = 64;
+
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
-    /// Returns every block in `cpu`'s cache (every CPU's, for `None`) to its
-    /// zone, where it merges with its buddies: for a CPU going offline, or before
-    /// measuring fragmentation. Waits for each CPU to finish an operation on its
-    /// cache, if it is in one. Returns the pages returned.
+    /// Returns every block in `cpu`'s cache (every CPU's, for `None`), and every
+    /// batch in the zones' depots, to its zone, where it merges with its
+    /// buddies: for a CPU going offline, or before measuring fragmentation.
+    /// Waits for each CPU to finish an operation on its cache, if it is in one.
+    /// Returns the pages returned.
     pub fn drain(&self, cpu: Option<CpuId>) -> Result<u64, AllocError> {
         match cpu {
-            Some(cpu) => Ok(self.drain_cache(&mut self.cache(cpu)?.lock())),
+            Some(cpu) => {
+                let cached = self.drain_cache(&mut self.cache(cpu)?.lock());
+                Ok(cached + self.flush_depots())
+            }
             None => Ok(self.drain_all_cpus()),
         }
     }
 
-    /// Drains every CPU's cache. Returns the pages returned.
+    /// Drains every CPU's cache, then every depot (so that a batch a CPU was
+    /// pushing while its cache was drained is found). Returns the pages
+    /// returned.
     pub(crate) fn drain_all_cpus(&self) -> u64 {
-        self.cpus
+        let cached: u64 = self
+            .cpus
             .iter()
             .map(|c| self.drain_cache(&mut c.lock()))
+            .sum();
+        cached + self.flush_depots()
+    }
+
+    /// Returns every batch in every zone's depots to the zone's lists, where
+    /// its blocks merge. Returns the pages returned.
+    pub(crate) fn flush_depots(&self) -> u64 {
+        self.zones
+            .iter()
+            .filter(|z| z.is_populated())
+            .map(|z| self.flush_depot(z))
             .sum()
+    }
+
+    /// Returns every batch in `zone`'s depots to its lists. Returns the pages
+    /// returned.
+    pub(crate) fn flush_depot(&self, zone: &Zone<R>) -> u64 {
+        let zone_index = crate::page::zone_index(NodeId(zone.node as u32), zone.kind);
+        let mut pages = 0;
+        for class in 0..CLASSES {
+            for (slot, &order) in CACHED_ORDERS.iter().enumerate() {
+                let mut blocks = [NO_PFN; FLUSH_RUN];
+                let mut n = 0;
+                let put_back = |blocks: &[u64]| {
+                    zone.with_free(|area| {
+                        for &pfn in blocks {
+                            area.free(&self.memmap, pfn, order, zone_index);
+                        }
+                    })
+                };
+                // The zone lock is taken once per run of blocks, not per block,
+                // and never while the depot's is held.
+                pages += zone.depot.take_all(&self.memmap, class, slot, |pfn| {
+                    blocks[n] = pfn;
+                    n += 1;
+                    if n == FLUSH_RUN {
+                        put_back(&blocks);
+                        n = 0;
+                    }
+                });
+                put_back(&blocks[..n]);
+            }
+        }
+        pages
     }
 
     #[inline]
@@ -65,10 +136,28 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
 
     /// Takes a block of `order` for `class` from `zone`: through `cache` when the
     /// order is cached and the cache is free to use and serves this zone, else
-    /// from the zone's lists. Never steals from the other class (growth comes
-    /// first: see [`super::grow`]).
+    /// from the zone's lists. When the lists have no block for it but the
+    /// zone's depots hold pages, flushes them (their blocks merge) and looks
+    /// again. Never steals from the other class (growth comes first: see
+    /// [`super::grow`]).
     #[inline]
     pub(crate) fn take(
+        &self,
+        zone: &Zone<R>,
+        order: u32,
+        cache: Option<&CpuCache<R>>,
+        class: MobilityClass,
+    ) -> Option<u64> {
+        let taken = self.take_here(zone, order, cache, class);
+        if taken.is_some() || zone.depot.pages() == 0 {
+            return taken;
+        }
+        self.take_after_flush(zone, order, class)
+    }
+
+    /// [`take`](Self::take) without the flush.
+    #[inline]
+    fn take_here(
         &self,
         zone: &Zone<R>,
         order: u32,
@@ -81,6 +170,16 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                     return self.take_cached(&mut guard, zone, slot, class);
                 }
             }
+        }
+        zone.take(&self.memmap, order, class, false)
+    }
+
+    /// The lists had no block of `order` for `class`: flushes `zone`'s depots
+    /// and looks again, if they held anything.
+    #[cold]
+    fn take_after_flush(&self, zone: &Zone<R>, order: u32, class: MobilityClass) -> Option<u64> {
+        if self.flush_depot(zone) == 0 {
+            return None;
         }
         zone.take(&self.memmap, order, class, false)
     }
@@ -107,9 +206,14 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 pfn
             }
             None => {
+                let batch = stock.refilled(slot);
+                if let Some(pfn) = self.refill_from_depot(stock, zone, slot, class) {
+                    guard.publish(zone.kind, class);
+                    return Some(pfn);
+                }
                 let pfn = zone.with_free(|area| {
                     let pfn = area.take(&self.memmap, order, class, false)?;
-                    for _ in 1..CACHE_BATCH[slot] {
+                    for _ in 1..batch {
                         let Some(more) = area.take(&self.memmap, order, class, false) else {
                             break;
                         };
@@ -123,6 +227,34 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         };
         guard.publish(zone.kind, class);
         Some(pfn)
+    }
+
+    /// Pops a whole batch of `slot` from `zone`'s depot of `class` into the
+    /// empty `stock`, and hands out its first block.
+    #[inline]
+    fn refill_from_depot(
+        &self,
+        stock: &mut Stock,
+        zone: &Zone<R>,
+        slot: usize,
+        class: MobilityClass,
+    ) -> Option<u64> {
+        let batch = zone.depot.pop(&self.memmap, class as usize, slot)?;
+        let first = batch.head;
+        let mut pfn = depot::next(&self.memmap, first);
+        while pfn != NO_PFN {
+            let after = depot::next(&self.memmap, pfn);
+            // A batch is at most CACHE_BATCH_MAX blocks, half a high mark, and
+            // the stock's slot is empty.
+            let pushed = stock.push(slot, pfn);
+            debug_assert!(pushed);
+            pfn = after;
+        }
+        // The batch was the depot's, now this cache's alone: no one else
+        // writes its heads.
+        self.head(first)
+            .set_allocated(CACHED_ORDERS[slot], class);
+        Some(first)
     }
 
     /// Frees the head `page` of a block of `order` at `pfn` in `zone`, allocated
@@ -152,20 +284,60 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             return Some(Err(found));
         }
         if stock.is_full(slot) {
-            let zone_index = page.zone_index();
-            zone.with_free(|area| {
-                for _ in 0..CACHE_BATCH[slot] {
-                    if let Some(cold) = stock.pop_cold(slot) {
-                        area.free(&self.memmap, cold, order, zone_index);
-                    }
-                }
-            });
+            self.drain_batch(stock, zone, page.zone_index(), slot, class);
         }
         // Not full any more: the drain above made room.
         let pushed = stock.push(slot, pfn.0);
         debug_assert!(pushed);
         guard.publish(zone.kind, class);
         Some(Ok(()))
+    }
+
+    /// Moves the coldest batch of the full `stock`'s `slot` to `zone`'s depot
+    /// of `class`, whole, or, when the depot is at its bound, to the zone's
+    /// lists.
+    fn drain_batch(
+        &self,
+        stock: &mut Stock,
+        zone: &Zone<R>,
+        zone_index: u32,
+        slot: usize,
+        class: MobilityClass,
+    ) {
+        let n = stock.drained(slot);
+        let (mut head, mut last, mut blocks) = (NO_PFN, NO_PFN, 0);
+        while blocks < n {
+            let Some(cold) = stock.pop_cold(slot) else {
+                break;
+            };
+            depot::chain(&self.memmap, last, cold);
+            if head == NO_PFN {
+                head = cold;
+            }
+            last = cold;
+            blocks += 1;
+        }
+        if head == NO_PFN {
+            return;
+        }
+        let bound = depot::bound(self.cpus.len());
+        let mm = &self.memmap;
+        if zone
+            .depot
+            .push(mm, class as usize, slot, head, blocks as u32, bound)
+        {
+            return;
+        }
+        let order = CACHED_ORDERS[slot];
+        zone.with_free(|area| {
+            let mut pfn = head;
+            while pfn != NO_PFN {
+                // Read before the block goes on a list, which relinks it.
+                let after = depot::next(mm, pfn);
+                area.free(mm, pfn, order, zone_index);
+                pfn = after;
+            }
+        });
     }
 
     /// Returns every block of the locked cache to its zone, each to the lists

@@ -25,7 +25,10 @@
 //! stayed free across two passes (the first marks its blocks; any allocation,
 //! split or merge since clears the mark), and each zone keeps its reserve.
 //! Pages in CPU caches, blocks not merged, chunks shared by two zones, and
-//! chunks holding any allocated page are never given back.
+//! chunks holding any allocated page are never given back. Every pass first
+//! flushes the zones' depots (whole batches of free blocks that CPU caches
+//! exchange, off the lists), so that the chunks they pin can go back once the
+//! traffic that filled them stops.
 //!
 //! A chunk in use is passed over with one load: its word of use (kept by the
 //! buddy lists, in the section slot) counts the pages of it off the free lists,
@@ -188,6 +191,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         reporter: &mut impl FreeReporter,
     ) -> Result<ReportStats, ReportError> {
         let mut stats = ReportStats::default();
+        // Batches in depots pin their chunks: they merge first.
+        self.flush_depots();
         for zone in self.zones.iter().filter(|z| z.is_populated()) {
             self.report_zone(zone, reporter, &mut stats)?;
         }
@@ -208,6 +213,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     pub fn give_back(&self) -> ReportStats {
         let mut stats = ReportStats::default();
         if self.config.give_back {
+            // Batches in depots pin their chunks: they merge first.
+            self.flush_depots();
             for zone in self.zones.iter().filter(|z| z.is_populated()) {
                 // `NoReporter` never fails.
                 let _ = self.give_back_zone(zone, &mut NoReporter, &mut stats);

@@ -105,6 +105,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             return Ok(None);
         }
         let mut stats = ReportStats::default();
+        // Batches in depots pin their chunks: they merge first.
+        self.flush_depots();
         for zone in self.zones.iter().filter(|z| z.is_populated()) {
             self.report_zone(zone, reporter, &mut stats)?;
         }

@@ -274,10 +274,10 @@ pub fn check_counts<B: MemmapBacking, R: lock_api::RawMutex>(
             (span.present..=span.present + span.hotplug).contains(&z.present),
             "{z:?}, {span:?}"
         );
-        // Free pages by list: per class, wholly free chunks, and CPU caches
-        // (nothing is away for reporting at a quiescent point).
+        // Free pages by list: per class, wholly free chunks, CPU caches and
+        // depots (nothing is away for reporting at a quiescent point).
         let listed: u64 = z.free_by_class.iter().sum::<u64>() + z.free_whole;
-        assert_eq!(listed + z.cached, z.free, "{z:?}");
+        assert_eq!(listed + z.cached + z.depot, z.free, "{z:?}");
     }
     assert_eq!(a.miscounted_chunks(), 0, "chunks' words of use");
 }
