@@ -256,6 +256,7 @@ proptest! {
                                 for z in a.zones().filter(|z| z.zone <= constraint.highest_zone()) {
                                     prop_assert_eq!(z.uninitialised, 0, "{:?}", z);
                                     prop_assert_eq!(z.cached, 0, "{:?}", z);
+                                    prop_assert_eq!(z.depot, 0, "{:?}", z);
                                     let blocks = a.zone(z.node, z.zone).map(|z| z.free_blocks).unwrap_or_default();
                                     prop_assert!(
                                         blocks[order as usize..].iter().all(|&b| b == 0),
@@ -304,6 +305,8 @@ proptest! {
                         }
                         let after: Vec<u64> = a.zones().map(|z| z.cached).collect();
                         prop_assert_eq!(cached, after);
+                        // Depots are flushed first: their batches pin chunks.
+                        prop_assert!(a.zones().all(|z| z.depot == 0));
                         prop_assert_eq!(a.unmerged_free_blocks(), 0);
                     }
                     Op::Hotplug { add, first, len } => {

@@ -282,6 +282,7 @@ fn value_helpers_are_total() {
         reserved: 0,
         free: u64::MAX,
         cached: 0,
+        depot: 0,
         reported: 0,
         uninitialised: u64::MAX,
         free_blocks: [0; 11],
