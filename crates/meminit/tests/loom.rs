@@ -1,6 +1,8 @@
 //! loom models of the chunk-claim and memmap-claim protocols, of the grow path
 //! racing a deferred worker, and of the allocator itself (per-CPU caches against
-//! remote drains, an allocation's re-check against the last initialisation). They
+//! remote drains, an allocation's re-check against the last initialisation, the
+//! depots' pushes and pops against a drain and against the last look before
+//! `OutOfMemory`). They
 //! drive the crate's own code, compiled against loom's atomics. Run with:
 //!
 //! ```text
@@ -365,6 +367,98 @@ mod real {
                 a.drain(None).unwrap_or(0);
                 let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.free, z.cached), (15, 0));
+            });
+        });
+    }
+
+    /// Frees the pages `pfns` (order 0, allocated from the zones) on `cpu`, in
+    /// order: with loom's high mark of 4 and batch of 2, the fifth free pushes
+    /// the two coldest to the depot.
+    fn free_on(a: &Alloc, cpu: u32, pfns: impl IntoIterator<Item = u64>) {
+        for p in pfns {
+            a.free(FreeRequest::pfn(Pfn(p)).on(CpuId(cpu)).order(0))
+                .unwrap();
+        }
+    }
+
+    /// Every page of the zone allocated as order 0 from the zones, in pfn order.
+    fn all_pages(a: &Alloc) -> Vec<u64> {
+        let mut all: Vec<u64> = (0..15)
+            .map(|_| a.alloc(AllocRequest::order(0)).unwrap().0)
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// A CPU popping a batch from the depot (its stock is empty) and pushing one
+    /// (the other CPU's stock is full), while a third thread drains every cache
+    /// and the depot: no block is lost, handed out twice or left unmerged, and
+    /// the counts hold throughout.
+    #[test]
+    fn depot_pushes_and_pops_race_a_drain() {
+        model(|| {
+            with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
+                let all = all_pages(a);
+                // Six frees on CPU 1: its stock full (4), one batch of 2 in the depot.
+                free_on(a, 1, all[..6].iter().copied());
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!((z.cached, z.depot), (4, 2), "{z:?}");
+                let owner = spawn(move || {
+                    // CPU 0's stock is empty: the batch from the depot serves.
+                    let q = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
+                    // CPU 1's stock is full (unless drained): a batch goes to the depot.
+                    a.free(FreeRequest::pfn(q).on(CpuId(1)).order(0)).unwrap();
+                });
+                let remote = spawn(move || {
+                    a.drain(None).unwrap();
+                });
+                owner.join().unwrap();
+                remote.join().unwrap();
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!(z.free, 6, "{z:?}");
+                assert_eq!(a.miscounted_chunks(), 0);
+                free_on(a, 0, all[6..].iter().copied());
+                a.drain(None).unwrap();
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!((z.free, z.cached, z.depot), (15, 0, 0), "{z:?}");
+                assert_eq!(z.free_blocks[..4], [1, 1, 1, 1]);
+                assert_eq!(a.miscounted_chunks(), 0);
+            });
+        });
+    }
+
+    /// The only order-3 block is in pieces: four pages in two batches in the
+    /// depot, four in CPU 1's stock. An order-3 allocation must merge them (the
+    /// flush of its zone's depot, then the drains of its last look before
+    /// `OutOfMemory`) while CPU 1 frees another page, which pushes a batch of
+    /// those pieces to the depot behind the drain's back: it never fails.
+    #[test]
+    fn the_last_look_before_out_of_memory_finds_the_depot() {
+        model(|| {
+            with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
+                let all = all_pages(a);
+                let (outside, block): (Vec<u64>, Vec<u64>) =
+                    all.iter().partition(|&&p| p < 8);
+                assert_eq!(block, (8..16).collect::<Vec<u64>>());
+                free_on(a, 1, block.iter().copied());
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!((z.cached, z.depot, z.free_blocks[0]), (4, 4, 0), "{z:?}");
+                let extra = outside[0];
+                let freer = spawn(move || {
+                    a.free(FreeRequest::pfn(Pfn(extra)).on(CpuId(1)).order(0))
+                        .unwrap();
+                });
+                let big = spawn(move || a.alloc(AllocRequest::order(3).on(CpuId(0))));
+                freer.join().unwrap();
+                let got = big.join().unwrap().expect("the pieces merge and serve");
+                assert_eq!(got, Pfn(8));
+                assert_eq!(a.miscounted_chunks(), 0);
+                a.free(FreeRequest::pfn(got).order(3)).unwrap();
+                free_on(a, 0, outside[1..].iter().copied());
+                a.drain(None).unwrap();
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!((z.free, z.cached, z.depot), (15, 0, 0), "{z:?}");
+                assert_eq!(a.miscounted_chunks(), 0);
             });
         });
     }
