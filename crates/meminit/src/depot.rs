@@ -12,12 +12,16 @@
 //! ## Representation: no heap, no array
 //!
 //! A block in a batch is off the free lists, in the `Cached` state, so its head
-//! descriptor's list links are free to use:
+//! descriptor's list links (`next`, `prev`) are free to use:
 //!
-//! - `next` chains the blocks of one batch, head first, ending in `NO_PFN`;
 //! - the batch head's `prev` chains the batches of a stack: the next batch's
 //!   head in its low [`LINK_BITS`] bits (all ones for none), the batch's block
-//!   count above them, so that a pop knows the pages it takes in O(1).
+//!   count above them, so that a pop knows the pages it takes in O(1);
+//! - the other blocks hang from the head's `next` as a binary tree in heap
+//!   order (block `j`, from 1, has blocks `2j` and `2j + 1` in its `next` and
+//!   `prev`), so that reading a batch of 64 takes 6 dependent descriptor loads,
+//!   not 64: the descriptors were last written on the CPU that pushed the
+//!   batch, and each load that follows a link misses its cache.
 //!
 //! The stack itself is a top pfn and a batch count. Whoever holds a batch (the
 //! stock that chained it, the stock that popped it, a flush) is the only one
@@ -28,19 +32,24 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use lock_api::{Mutex, RawMutex};
 
-use crate::cpu_cache::CACHED_ORDERS;
+use crate::cpu_cache::{CACHED_ORDERS, CACHE_BATCH_MAX};
 use crate::memmap::{Memmap, MemmapBacking};
 use crate::page::{Page, NO_PFN};
 use crate::types::CLASSES;
 
 /// The most batches one depot (a zone, class and cached order) holds, however
 /// many CPUs there are. Its bound is [`DEPOT_BATCHES_PER_CPU`] per CPU cache
-/// lent, within this. With the default batches, a full order-0 depot holds
-/// 256 × 32 pages (32 MiB), a full pageblock one 256 × 2 blocks of 2 MiB.
+/// lent, within this. With the largest batches a full order-0 depot holds
+/// 256 × 64 pages (64 MiB), a full pageblock one 256 × 4 blocks of 2 MiB; all
+/// of it counts as free, and goes to the lists whenever an allocation needs
+/// merged memory and at every idle-time pass.
 pub const DEPOT_MAX_BATCHES: u32 = 256;
 
-/// Batches a depot holds per CPU cache lent, before [`DEPOT_MAX_BATCHES`].
-pub const DEPOT_BATCHES_PER_CPU: u32 = 4;
+/// Batches a depot holds per CPU cache lent, before [`DEPOT_MAX_BATCHES`]:
+/// enough for a consumer CPU to run well ahead of its producer (on 2 CPUs,
+/// with 4 per CPU the producer/consumer benchmark spilled to the lists and ran
+/// at 0.7x LLFree; with 16, 1.4x).
+pub const DEPOT_BATCHES_PER_CPU: u32 = 16;
 
 /// The bound of a depot with `cpus` CPU caches lent: at least one batch.
 #[inline]
@@ -73,10 +82,94 @@ pub(crate) struct Depot<R: RawMutex> {
     pages: AtomicU64,
 }
 
-/// A batch popped from, or taken off, a stack: its head, and how to walk it.
+/// The most blocks in a batch: the largest [`CACHE_BATCH_MAX`].
+pub(crate) const BATCH_CAP: usize = {
+    let mut max = 0;
+    let mut i = 0;
+    while i < CACHE_BATCH_MAX.len() {
+        if CACHE_BATCH_MAX[i] > max {
+            max = CACHE_BATCH_MAX[i];
+        }
+        i += 1;
+    }
+    max
+};
+
+/// The blocks of one batch, head first.
 pub(crate) struct Batch {
-    /// The first block's head pfn.
-    pub(crate) head: u64,
+    pfns: [u64; BATCH_CAP],
+    len: usize,
+}
+
+impl Batch {
+    pub(crate) const fn new() -> Self {
+        Batch {
+            pfns: [NO_PFN; BATCH_CAP],
+            len: 0,
+        }
+    }
+
+    /// Adds a block; false when the batch is full.
+    #[inline]
+    pub(crate) fn add(&mut self, pfn: u64) -> bool {
+        if self.len == BATCH_CAP {
+            return false;
+        }
+        self.pfns[self.len] = pfn;
+        self.len += 1;
+        true
+    }
+
+    /// The blocks, head first.
+    #[inline]
+    pub(crate) fn blocks(&self) -> &[u64] {
+        &self.pfns[..self.len]
+    }
+
+    /// Writes the links of the blocks after the head (see the module docs).
+    /// The batch is its builder's alone until a stack's lock hands it over.
+    #[inline]
+    fn link<B: MemmapBacking>(&self, mm: &Memmap<'_, B>) {
+        let b = self.blocks();
+        let at = |i: usize| b.get(i).copied().unwrap_or(NO_PFN);
+        // Relaxed throughout: the stack's lock, taken after these stores and
+        // released, orders them for the next holder.
+        if let Some(&head) = b.first() {
+            page(mm, head).next.store(at(1), Relaxed);
+        }
+        for (j, &pfn) in b.iter().enumerate().skip(1) {
+            let p = page(mm, pfn);
+            p.next.store(at(2 * j), Relaxed);
+            p.prev.store(at(2 * j + 1), Relaxed);
+        }
+    }
+
+    /// Reads the `len` blocks of the batch whose head is `head`, as
+    /// [`Batch::link`] wrote them.
+    #[inline]
+    fn read<B: MemmapBacking>(mm: &Memmap<'_, B>, head: u64, len: usize) -> Self {
+        let mut batch = Batch::new();
+        let len = len.min(BATCH_CAP);
+        batch.len = len;
+        batch.pfns[0] = head;
+        // Relaxed throughout: the holder of the batch wrote these, and the
+        // stack's lock ordered the writes before this thread took the batch.
+        if len > 1 {
+            batch.pfns[1] = page(mm, head).next.load(Relaxed);
+        }
+        // Level by level: the loads of one level do not depend on each other.
+        for j in 1..len {
+            if 2 * j >= len {
+                break;
+            }
+            let p = page(mm, batch.pfns[j]);
+            batch.pfns[2 * j] = p.next.load(Relaxed);
+            if 2 * j + 1 < len {
+                batch.pfns[2 * j + 1] = p.prev.load(Relaxed);
+            }
+        }
+        batch
+    }
 }
 
 /// A descriptor a depot holds: always of a `Ready` chunk (its blocks are counted
@@ -87,26 +180,6 @@ fn page<'m, B: MemmapBacking>(mm: &'m Memmap<'_, B>, pfn: u64) -> &'m Page {
         Ok(p) => p,
         Err(e) => panic!("depot corrupted: {e}"),
     }
-}
-
-/// The block after `pfn` in its batch, or `NO_PFN`.
-#[inline]
-pub(crate) fn next<B: MemmapBacking>(mm: &Memmap<'_, B>, pfn: u64) -> u64 {
-    // Relaxed: the holder of the batch wrote it, and the stack's lock (or the
-    // owner's own cache lock) ordered that write before this read.
-    page(mm, pfn).next.load(Relaxed)
-}
-
-/// Chains `pfn` after `last` in a batch being built (`last` is `NO_PFN` for
-/// the first block), and ends the batch at `pfn`.
-#[inline]
-pub(crate) fn chain<B: MemmapBacking>(mm: &Memmap<'_, B>, last: u64, pfn: u64) {
-    // Relaxed: the batch is its builder's alone until a stack's lock hands it
-    // over (its release orders these stores).
-    if last != NO_PFN {
-        page(mm, last).next.store(pfn, Relaxed);
-    }
-    page(mm, pfn).next.store(NO_PFN, Relaxed);
 }
 
 impl<R: RawMutex> Depot<R> {
@@ -135,19 +208,24 @@ impl<R: RawMutex> Depot<R> {
         self.pages.load(Relaxed)
     }
 
-    /// Pushes the batch of `blocks` blocks of cached-order slot `slot` whose
-    /// head is `head` (chained with [`chain`]) on the stack of `class`, unless
-    /// it already holds `bound` batches. Returns whether it took the batch.
+    /// Pushes `batch`, of blocks of cached-order slot `slot`, on the stack of
+    /// `class`, unless it already holds `bound` batches. Returns whether it
+    /// took the batch.
     #[inline]
     pub(crate) fn push<B: MemmapBacking>(
         &self,
         mm: &Memmap<'_, B>,
         class: usize,
         slot: usize,
-        head: u64,
-        blocks: u32,
+        batch: &Batch,
         bound: u32,
     ) -> bool {
+        let Some(&head) = batch.blocks().first() else {
+            return true;
+        };
+        let blocks = batch.len as u64;
+        // Outside the lock: the batch is still this thread's alone.
+        batch.link(mm);
         let mut stack = self.stacks[class][slot].lock();
         if stack.batches >= bound {
             return false;
@@ -158,15 +236,14 @@ impl<R: RawMutex> Depot<R> {
             stack.top
         };
         // Relaxed: under the stack's lock, whose release publishes it (and the
-        // batch's `next` links) to the next holder.
+        // batch's links) to the next holder.
         page(mm, head)
             .prev
-            .store((blocks as u64) << LINK_BITS | below, Relaxed);
+            .store(blocks << LINK_BITS | below, Relaxed);
         stack.top = head;
         stack.batches += 1;
         // Relaxed: a mirror for statistics; changed under the stack's lock.
-        self.pages
-            .fetch_add((blocks as u64) << CACHED_ORDERS[slot], Relaxed);
+        self.pages.fetch_add(blocks << CACHED_ORDERS[slot], Relaxed);
         true
     }
 
@@ -178,32 +255,36 @@ impl<R: RawMutex> Depot<R> {
         class: usize,
         slot: usize,
     ) -> Option<Batch> {
-        let mut stack = self.stacks[class][slot].lock();
-        let head = stack.top;
-        if head == NO_PFN {
-            return None;
-        }
-        // Relaxed: written by the push, under this lock.
-        let link = page(mm, head).prev.load(Relaxed);
-        let below = link & LINK_MASK;
-        stack.top = if below == NO_LINK { NO_PFN } else { below };
-        stack.batches -= 1;
-        // Relaxed: as in `push`.
-        self.pages
-            .fetch_sub((link >> LINK_BITS) << CACHED_ORDERS[slot], Relaxed);
-        Some(Batch { head })
+        let (head, link) = {
+            let mut stack = self.stacks[class][slot].lock();
+            let head = stack.top;
+            if head == NO_PFN {
+                return None;
+            }
+            // Relaxed: written by the push, under this lock.
+            let link = page(mm, head).prev.load(Relaxed);
+            let below = link & LINK_MASK;
+            stack.top = if below == NO_LINK { NO_PFN } else { below };
+            stack.batches -= 1;
+            // Relaxed: as in `push`.
+            self.pages
+                .fetch_sub((link >> LINK_BITS) << CACHED_ORDERS[slot], Relaxed);
+            (head, link)
+        };
+        // Outside the lock: the batch is this thread's alone now.
+        Some(Batch::read(mm, head, (link >> LINK_BITS) as usize))
     }
 
     /// Takes every batch of the stack of `class` and `slot` at once (a flush)
-    /// and hands each block to `each`, head by head, batch by batch, after the
-    /// lock is released. `each` may relink the block (put it on a free list):
-    /// its links are read before it is called. Returns the pages taken.
+    /// and hands each to `each`, after the lock is released. `each` may relink
+    /// the blocks (put them on a free list): the batch's links are read before
+    /// it is called. Returns the pages taken.
     pub(crate) fn take_all<B: MemmapBacking>(
         &self,
         mm: &Memmap<'_, B>,
         class: usize,
         slot: usize,
-        mut each: impl FnMut(u64),
+        mut each: impl FnMut(&Batch),
     ) -> u64 {
         let mut top = {
             let mut stack = self.stacks[class][slot].lock();
@@ -216,16 +297,12 @@ impl<R: RawMutex> Depot<R> {
             // after the writer.
             let link = page(mm, top).prev.load(Relaxed);
             pages += (link >> LINK_BITS) << CACHED_ORDERS[slot];
-            let mut block = top;
+            let batch = Batch::read(mm, top, (link >> LINK_BITS) as usize);
             top = match link & LINK_MASK {
                 NO_LINK => NO_PFN,
                 below => below,
             };
-            while block != NO_PFN {
-                let after = next(mm, block);
-                each(block);
-                block = after;
-            }
+            each(&batch);
         }
         // Relaxed: as in `push`. Taken out here rather than under the lock: the
         // count is only a statistic, and the pages were found by the walk.
@@ -246,5 +323,6 @@ mod tests {
         assert_eq!(bound(100_000), DEPOT_MAX_BATCHES);
         // The link word holds any pfn and any batch.
         assert!(crate::types::MAX_PFN < NO_LINK);
+        assert!(BATCH_CAP < 1 << (64 - LINK_BITS));
     }
 }

@@ -47,7 +47,10 @@ fn a_full_stock_pushes_a_batch_that_an_empty_one_pops_whole() {
         // Not merged: still off the lists, and a second free is refused
         // wherever it is tried.
         let first = blocks[0];
-        assert_eq!(a.page(first).unwrap().state(), PageState::Cached { order: 0 });
+        assert_eq!(
+            a.page(first).unwrap().state(),
+            PageState::Cached { order: 0 }
+        );
         for cpu in [None, Some(CpuId(0)), Some(CpuId(1))] {
             assert_eq!(
                 a.free(FreeRequest::pfn(first).on_cpu(cpu).order(0)),
@@ -74,10 +77,7 @@ fn a_cpu_that_frees_more_than_it_allocates_moves_larger_batches() {
         for &p in &blocks {
             a.free(FreeRequest::pfn(p).on(CpuId(1)).order(0)).unwrap();
         }
-        assert_eq!(
-            dma32(a).depot,
-            (CACHE_BATCH[0] + 2 * CACHE_BATCH[0]) as u64
-        );
+        assert_eq!(dma32(a).depot, (CACHE_BATCH[0] + 2 * CACHE_BATCH[0]) as u64);
         let more = take(a, 4 * CACHE_HIGH[0], 0);
         let depot = dma32(a).depot;
         for &p in &more {

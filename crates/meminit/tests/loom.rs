@@ -437,8 +437,7 @@ mod real {
         model(|| {
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
                 let all = all_pages(a);
-                let (outside, block): (Vec<u64>, Vec<u64>) =
-                    all.iter().partition(|&&p| p < 8);
+                let (outside, block): (Vec<u64>, Vec<u64>) = all.iter().partition(|&&p| p < 8);
                 assert_eq!(block, (8..16).collect::<Vec<u64>>());
                 free_on(a, 1, block.iter().copied());
                 let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();

@@ -41,12 +41,9 @@ use crate::cpu_cache::{slot_of, CacheGuard, CpuCache, Stock, CACHED_ORDERS};
 use crate::depot;
 use crate::error::AllocError;
 use crate::memmap::MemmapBacking;
-use crate::page::{Page, PageState, NO_PFN};
+use crate::page::{Page, PageState};
 use crate::types::{CpuId, MobilityClass, NodeId, Pfn, CLASSES, ZONE_TYPES};
 use crate::zone::Zone;
-
-/// Blocks a depot flush returns to the lists under one hold of the zone lock.
-const FLUSH_RUN: usize = 64;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Returns every block in `cpu`'s cache (every CPU's, for `None`), and every
@@ -93,26 +90,15 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut pages = 0;
         for class in 0..CLASSES {
             for (slot, &order) in CACHED_ORDERS.iter().enumerate() {
-                let mut blocks = [NO_PFN; FLUSH_RUN];
-                let mut n = 0;
-                let put_back = |blocks: &[u64]| {
+                // The zone lock is taken once per batch, never while the
+                // depot's is held.
+                pages += zone.depot.take_all(&self.memmap, class, slot, |batch| {
                     zone.with_free(|area| {
-                        for &pfn in blocks {
+                        for &pfn in batch.blocks() {
                             area.free(&self.memmap, pfn, order, zone_index);
                         }
                     })
-                };
-                // The zone lock is taken once per run of blocks, not per block,
-                // and never while the depot's is held.
-                pages += zone.depot.take_all(&self.memmap, class, slot, |pfn| {
-                    blocks[n] = pfn;
-                    n += 1;
-                    if n == FLUSH_RUN {
-                        put_back(&blocks);
-                        n = 0;
-                    }
                 });
-                put_back(&blocks[..n]);
             }
         }
         pages
@@ -240,20 +226,17 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         class: MobilityClass,
     ) -> Option<u64> {
         let batch = zone.depot.pop(&self.memmap, class as usize, slot)?;
-        let first = batch.head;
-        let mut pfn = depot::next(&self.memmap, first);
-        while pfn != NO_PFN {
-            let after = depot::next(&self.memmap, pfn);
+        let (&first, rest) = batch.blocks().split_first()?;
+        // The coldest block of the batch at the stock's cold end.
+        for &pfn in rest.iter().rev() {
             // A batch is at most CACHE_BATCH_MAX blocks, half a high mark, and
             // the stock's slot is empty.
             let pushed = stock.push(slot, pfn);
             debug_assert!(pushed);
-            pfn = after;
         }
         // The batch was the depot's, now this cache's alone: no one else
         // writes its heads.
-        self.head(first)
-            .set_allocated(CACHED_ORDERS[slot], class);
+        self.head(first).set_allocated(CACHED_ORDERS[slot], class);
         Some(first)
     }
 
@@ -305,37 +288,23 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         class: MobilityClass,
     ) {
         let n = stock.drained(slot);
-        let (mut head, mut last, mut blocks) = (NO_PFN, NO_PFN, 0);
-        while blocks < n {
+        let mut batch = depot::Batch::new();
+        for _ in 0..n {
+            // The coldest first: the head, which the next refill hands out.
             let Some(cold) = stock.pop_cold(slot) else {
                 break;
             };
-            depot::chain(&self.memmap, last, cold);
-            if head == NO_PFN {
-                head = cold;
-            }
-            last = cold;
-            blocks += 1;
-        }
-        if head == NO_PFN {
-            return;
+            batch.add(cold);
         }
         let bound = depot::bound(self.cpus.len());
         let mm = &self.memmap;
-        if zone
-            .depot
-            .push(mm, class as usize, slot, head, blocks as u32, bound)
-        {
+        if zone.depot.push(mm, class as usize, slot, &batch, bound) {
             return;
         }
         let order = CACHED_ORDERS[slot];
         zone.with_free(|area| {
-            let mut pfn = head;
-            while pfn != NO_PFN {
-                // Read before the block goes on a list, which relinks it.
-                let after = depot::next(mm, pfn);
+            for &pfn in batch.blocks() {
                 area.free(mm, pfn, order, zone_index);
-                pfn = after;
             }
         });
     }
