@@ -65,6 +65,9 @@ const LINK_BITS: u32 = 48;
 const LINK_MASK: u64 = (1 << LINK_BITS) - 1;
 /// The link of the last batch of a stack.
 const NO_LINK: u64 = LINK_MASK;
+// The link word holds any pfn, and any batch's count.
+const _: () = assert!(crate::types::MAX_PFN < NO_LINK);
+const _: () = assert!(BATCH_CAP < 1 << (64 - LINK_BITS));
 
 /// One stack of batches.
 struct Stack {
@@ -321,8 +324,5 @@ mod tests {
         assert_eq!(bound(1), DEPOT_BATCHES_PER_CPU);
         assert_eq!(bound(16), 16 * DEPOT_BATCHES_PER_CPU);
         assert_eq!(bound(100_000), DEPOT_MAX_BATCHES);
-        // The link word holds any pfn and any batch.
-        assert!(crate::types::MAX_PFN < NO_LINK);
-        assert!(BATCH_CAP < 1 << (64 - LINK_BITS));
     }
 }
