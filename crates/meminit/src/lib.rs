@@ -212,8 +212,8 @@
 //!
 //! ## Stack: start-up in place
 //!
-//! An [`Allocator`] is about 52 KB (most of it the free lists of 48 possible
-//! zones, per mobility class and order), a [`Layout`] about 10 KB and a
+//! An [`Allocator`] is about 64 KB (most of it the free lists of 48 possible
+//! zones, per mobility class and order, and their depots), a [`Layout`] about 10 KB and a
 //! [`LayoutBuilder`] about 6 KB. [`Allocator::new`] takes the layout and returns
 //! the allocator by value: start-up and a first allocation then need about
 //! 176 KiB of stack on x86-64 (the workspace's `dev` profile). A kernel's boot stack is often 16 to 64 KiB: start

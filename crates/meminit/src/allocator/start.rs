@@ -2,9 +2,9 @@
 //! provides (a `static`, a per-CPU area, a boot-time allocation), so that bring-up
 //! needs a small stack.
 //!
-//! An `Allocator` is about 52 KB and a `Layout` about 10 KB (see the crate docs,
+//! An `Allocator` is about 64 KB and a `Layout` about 10 KB (see the crate docs,
 //! "Stack"). Returned by value, each is built on the stack and then copied, more
-//! than once in a debug build. Here no value larger than one zone (808 bytes) is
+//! than once in a debug build. Here no value larger than one zone (about 1 KB) is
 //! made on the stack: the layout is validated straight into its place in
 //! the allocator ([`LayoutBuilder::build_into`]) or copied there byte for byte, and
 //! each zone, zone list and counter is written into its own place.
@@ -234,7 +234,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// otherwise nothing is, and the allocator serves at once: start-up costs two
     /// words per section and work per memory-map range, nothing per page.
     ///
-    /// The allocator (about 52 KB) and `layout` (about 10 KB) are moved by value:
+    /// The allocator (about 64 KB) and `layout` (about 10 KB) are moved by value:
     /// on a small stack, start up in place instead
     /// ([`init_in_place`](Self::init_in_place), [`build_in_place`](Self::build_in_place)).
     pub fn new(
