@@ -28,10 +28,12 @@ use crate::types::{MobilityClass, NodeId, ZoneType, CLASSES, PAGEBLOCK_ORDER, ZO
 pub const CACHED_ORDERS: [u32; 5] = [0, 1, 2, 3, PAGEBLOCK_ORDER];
 
 /// Per cached order, the most blocks a stock holds (its high mark). Powers of two.
-/// A pageblock stock holds up to 8 blocks of 2 MiB, so that a CPU working with
-/// a few huge frames at once stays on its own stock.
+/// A pageblock stock holds 2 blocks of 2 MiB: huge frames a CPU frees beyond
+/// that go through the depot one by one, without the zone lock. (With 8, four
+/// CPUs' stocks could hoard more pageblocks than a 64 MiB machine has, and
+/// their refills raced the last look before `OutOfMemory`: `tests/stress.rs`.)
 #[cfg(not(loom))]
-pub const CACHE_HIGH: [usize; 5] = [128, 32, 16, 8, 8];
+pub const CACHE_HIGH: [usize; 5] = [128, 32, 16, 8, 2];
 /// Per cached order, the most blocks a stock holds (its high mark). Powers of two.
 /// Small under loom, so that models explore refills and drains in few steps.
 #[cfg(loom)]
@@ -41,7 +43,7 @@ pub const CACHE_HIGH: [usize; 5] = [4, 2, 2, 2, 2];
 /// zone's depot) at once, at first: a stock's batch follows its traffic between
 /// this and [`CACHE_BATCH_MAX`].
 #[cfg(not(loom))]
-pub const CACHE_BATCH: [usize; 5] = [32, 8, 4, 2, 2];
+pub const CACHE_BATCH: [usize; 5] = [32, 8, 4, 2, 1];
 /// Per cached order, how many blocks move between a stock and its zone (or its
 /// zone's depot) at once, at first.
 #[cfg(loom)]
@@ -261,8 +263,8 @@ impl Stock {
 
 /// The stocks of one CPU, one per zone type and class (indexed by both, whose
 /// ranges the compiler knows: no bounds check on the fast path): 6 stocks of
-/// 1,576 bytes, so a [`CpuCache`] is 9,600 bytes (it was 4,608 with one stock
-/// per zone type, 9,216 with two pageblock slots instead of eight).
+/// 1,528 bytes, so a [`CpuCache`] is 9,344 bytes (it was 4,608 with one stock
+/// per zone type, 9,216 before the batches followed the traffic).
 pub(crate) type Stocks = [[Stock; CLASSES]; ZONE_TYPES];
 
 /// One CPU's cache of free blocks. The embedder lends a slice of these to
@@ -390,11 +392,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_stock_is_1576_bytes_and_a_cache_holds_six() {
-        assert_eq!(core::mem::size_of::<Stock>(), 1576);
+    fn a_stock_is_1528_bytes_and_a_cache_holds_six() {
+        assert_eq!(core::mem::size_of::<Stock>(), 1528);
         assert_eq!(
             core::mem::size_of::<CpuCache<parking_lot::RawMutex>>(),
-            9600
+            9344
         );
     }
 
@@ -423,7 +425,7 @@ mod tests {
             }
             assert_eq!(s.batch(slot), CACHE_BATCH[slot]);
         }
-        assert_eq!(CACHE_BATCH_MAX, [64, 16, 8, 4, 4]);
+        assert_eq!(CACHE_BATCH_MAX, [64, 16, 8, 4, 1]);
     }
 
     #[test]

@@ -240,7 +240,7 @@
 //! early boot, before per-CPU data exists, or when no caches were lent). Each CPU
 //! keeps, per zone type and [`MobilityClass`], up to [`CACHE_HIGH`] blocks of
 //! each of the orders in [`CACHED_ORDERS`] (0 to 3 and the pageblock order, as
-//! Linux's per-CPU lists; a [`CpuCache`] is 9.4 KiB);
+//! Linux's per-CPU lists; a [`CpuCache`] is 9.1 KiB);
 //! an empty stock is refilled and a full one drained a batch of blocks at a
 //! time. Larger orders go to the zones directly.
 //!
