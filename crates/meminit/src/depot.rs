@@ -26,7 +26,8 @@
 //! The stack itself is a top pfn and a batch count. Whoever holds a batch (the
 //! stock that chained it, the stock that popped it, a flush) is the only one
 //! that reads or writes its descriptors' links; the stack's lock orders the
-//! hand-over.
+//! hand-over. A push or a pop holds the lock for a pointer swap; a flush holds
+//! it until every batch it took is on the lists (see [`Depot::take_all`]).
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -278,10 +279,19 @@ impl<R: RawMutex> Depot<R> {
         Some(Batch::read(mm, head, (link >> LINK_BITS) as usize))
     }
 
-    /// Takes every batch of the stack of `class` and `slot` at once (a flush)
-    /// and hands each to `each`, after the lock is released. `each` may relink
-    /// the blocks (put them on a free list): the batch's links are read before
-    /// it is called. Returns the pages taken.
+    /// Takes every batch of the stack of `class` and `slot` (a flush) and
+    /// hands each to `each`, which may relink the blocks (put them on a free
+    /// list: the batch's links are read before it is called). Returns the
+    /// pages taken.
+    ///
+    /// The stack's lock is held until the last batch is handed over, so that a
+    /// flush that finds the stack empty because another flush is taking it
+    /// waits for that one to finish: when this returns, every batch that was
+    /// in the stack when it was called is wherever `each` put it. The last
+    /// look before `OutOfMemory` relies on that: two allocations draining at
+    /// once must not both see nothing while the first one's batches are
+    /// between the depot and the lists. `each` may take the zone lock (locks
+    /// nest: a cache's, a depot's, the zone's) but no depot lock.
     pub(crate) fn take_all<B: MemmapBacking>(
         &self,
         mm: &Memmap<'_, B>,
@@ -289,27 +299,27 @@ impl<R: RawMutex> Depot<R> {
         slot: usize,
         mut each: impl FnMut(&Batch),
     ) -> u64 {
-        let mut top = {
-            let mut stack = self.stacks[class][slot].lock();
-            stack.batches = 0;
-            core::mem::replace(&mut stack.top, NO_PFN)
-        };
+        let mut stack = self.stacks[class][slot].lock();
+        let mut top = core::mem::replace(&mut stack.top, NO_PFN);
+        stack.batches = 0;
         let mut pages = 0;
         while top != NO_PFN {
-            // Relaxed: written under the stack's lock, which this thread took
-            // after the writer.
+            // Relaxed: written by a push under this lock, which this thread
+            // holds now.
             let link = page(mm, top).prev.load(Relaxed);
-            pages += (link >> LINK_BITS) << CACHED_ORDERS[slot];
+            let taken = (link >> LINK_BITS) << CACHED_ORDERS[slot];
+            pages += taken;
             let batch = Batch::read(mm, top, (link >> LINK_BITS) as usize);
             top = match link & LINK_MASK {
                 NO_LINK => NO_PFN,
                 below => below,
             };
             each(&batch);
+            // Relaxed: as in `push`; after `each`, so that the pages are
+            // counted somewhere (here, or on the lists) at every moment.
+            self.pages.fetch_sub(taken, Relaxed);
         }
-        // Relaxed: as in `push`. Taken out here rather than under the lock: the
-        // count is only a statistic, and the pages were found by the walk.
-        self.pages.fetch_sub(pages, Relaxed);
+        drop(stack);
         pages
     }
 }

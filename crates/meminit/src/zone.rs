@@ -212,10 +212,7 @@ impl<R: RawMutex> Zone<R> {
     /// for reporting.
     fn free_pages(&self, cached: u64) -> u64 {
         // Relaxed: mirrors and counters read as a snapshot.
-        self.free_pages.load(Relaxed)
-            + cached
-            + self.depot.pages()
-            + self.isolated.load(Relaxed)
+        self.free_pages.load(Relaxed) + cached + self.depot.pages() + self.isolated.load(Relaxed)
     }
 
     /// The zone's counters, with `cached` pages of it in CPU caches. Takes the

@@ -212,9 +212,9 @@ mod real {
     use loom::sync::atomic::{AtomicBool, Ordering};
     use loom::thread;
     use meminit::{
-        AllocFlags, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest,
-        Layout, LayoutBuilder, MobilityClass, NodeId, Page, Pfn, RangeKind, SectionSlot,
-        SliceBacking, Strategy, ZoneType,
+        AllocFlags, AllocRequest, Allocator, Config, CpuCache, CpuId, FreeRequest, Layout,
+        LayoutBuilder, MobilityClass, NodeId, Page, Pfn, RangeKind, SectionSlot, SliceBacking,
+        Strategy, ZoneType,
     };
 
     /// A test-and-set lock on a loom atomic, created on first use (loom's atomics
@@ -454,6 +454,45 @@ mod real {
                 assert_eq!(a.miscounted_chunks(), 0);
                 a.free(FreeRequest::pfn(got).order(3)).unwrap();
                 free_on(a, 0, outside[1..].iter().copied());
+                a.drain(None).unwrap();
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!((z.free, z.cached, z.depot), (15, 0, 0), "{z:?}");
+                assert_eq!(a.miscounted_chunks(), 0);
+            });
+        });
+    }
+
+    /// Every free page of the zone is in the depot, in four batches of two
+    /// (pages 8 to 15, an order-3 block in pieces): two order-2 allocations at
+    /// once both find their lists empty and flush. Whichever flush finds the
+    /// depot already taken must wait for the other to put the batches on the
+    /// lists, and its last look must look after a drain that found nothing:
+    /// both allocations are served, from the two halves of the merged block.
+    #[test]
+    fn two_last_looks_at_once_both_find_the_depots_batches() {
+        model(|| {
+            with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
+                let all = all_pages(a);
+                let (outside, block): (Vec<u64>, Vec<u64>) = all.iter().partition(|&&p| p < 8);
+                // CPU 1: 8..16 then four pages outside; every second free past
+                // the high mark pushes the two coldest, so 8..16 end in the depot.
+                free_on(a, 1, block.iter().copied());
+                free_on(a, 1, outside[..4].iter().copied());
+                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+                assert_eq!((z.cached, z.depot, z.free_blocks[0]), (4, 8, 0), "{z:?}");
+                let first = spawn(move || a.alloc(AllocRequest::order(2).on(CpuId(0))));
+                let second = spawn(move || a.alloc(AllocRequest::order(2)));
+                let mut got = [
+                    first.join().unwrap().expect("the depot's batches serve"),
+                    second.join().unwrap().expect("the depot's batches serve"),
+                ];
+                got.sort_unstable();
+                assert_eq!(got, [Pfn(8), Pfn(12)]);
+                assert_eq!(a.miscounted_chunks(), 0);
+                for p in got {
+                    a.free(FreeRequest::pfn(p).order(2)).unwrap();
+                }
+                free_on(a, 0, outside[4..].iter().copied());
                 a.drain(None).unwrap();
                 let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.free, z.cached, z.depot), (15, 0, 0), "{z:?}");

@@ -171,12 +171,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         }
         for _ in 0..DRAIN_ROUNDS {
             let drained = self.drain_all_cpus();
-            if drained == 0
-                && (flags.contains(AllocFlags::NO_GROW)
-                    || !self.wait_for_reporting(constraint, node))
-            {
-                return None;
-            }
+            // A look after every drain, even one that found nothing: another
+            // allocation's drain may have put blocks on the lists just now
+            // (this one's flush waited for it; see `Depot::take_all`).
             for zone in self.zonelist(constraint, node) {
                 if this_node && zone.node as usize != node {
                     continue;
@@ -184,6 +181,12 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 if let Some(pfn) = zone.take(&self.memmap, order, flags.class(), true) {
                     return Some(pfn);
                 }
+            }
+            if drained == 0
+                && (flags.contains(AllocFlags::NO_GROW)
+                    || !self.wait_for_reporting(constraint, node))
+            {
+                return None;
             }
         }
         None

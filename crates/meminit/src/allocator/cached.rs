@@ -31,8 +31,9 @@
 //! zone directly; a remote drain takes it with `lock`.
 //!
 //! Nothing here initialises memory or waits for anyone but a cache's owner.
-//! Locks nest one way: a cache's, then a depot's or a zone's; a depot's lock is
-//! held alone (a flush takes the batches, lets go, then takes the zone's).
+//! Locks nest one way: a cache's, then a depot's, then a zone's (a flush holds
+//! a depot's lock while it frees the batches to the zone; a stock that drains
+//! to the lists lets the depot's go first).
 
 use lock_api::RawMutex;
 
@@ -90,8 +91,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut pages = 0;
         for class in 0..CLASSES {
             for (slot, &order) in CACHED_ORDERS.iter().enumerate() {
-                // The zone lock is taken once per batch, never while the
-                // depot's is held.
+                // The zone lock is taken once per batch, inside the depot's
+                // (see `Depot::take_all`).
                 pages += zone.depot.take_all(&self.memmap, class, slot, |batch| {
                     zone.with_free(|area| {
                         for &pfn in batch.blocks() {
