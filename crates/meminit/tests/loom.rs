@@ -390,6 +390,23 @@ mod real {
         all
     }
 
+    /// Every page of the zone allocated (as `all_pages`), split into those
+    /// below the order-3 block at 8 and the block's eight pages.
+    fn outside_and_block(a: &Alloc) -> (Vec<u64>, Vec<u64>) {
+        let (outside, block): (Vec<u64>, Vec<u64>) = all_pages(a).iter().partition(|&&p| p < 8);
+        assert_eq!(block, (8..16).collect::<Vec<u64>>());
+        (outside, block)
+    }
+
+    /// With every page freed: a drain puts everything back on the lists, the
+    /// counts and the chunks' words agree.
+    fn all_back_merged(a: &Alloc) {
+        a.drain(None).unwrap();
+        let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
+        assert_eq!((z.free, z.cached, z.depot), (15, 0, 0), "{z:?}");
+        assert_eq!(a.miscounted_chunks(), 0);
+    }
+
     /// A CPU popping a batch from the depot (its stock is empty) and pushing one
     /// (the other CPU's stock is full), while a third thread drains every cache
     /// and the depot: no block is lost, handed out twice or left unmerged, and
@@ -436,9 +453,7 @@ mod real {
     fn the_last_look_before_out_of_memory_finds_the_depot() {
         model(|| {
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
-                let all = all_pages(a);
-                let (outside, block): (Vec<u64>, Vec<u64>) = all.iter().partition(|&&p| p < 8);
-                assert_eq!(block, (8..16).collect::<Vec<u64>>());
+                let (outside, block) = outside_and_block(a);
                 free_on(a, 1, block.iter().copied());
                 let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
                 assert_eq!((z.cached, z.depot, z.free_blocks[0]), (4, 4, 0), "{z:?}");
@@ -454,10 +469,7 @@ mod real {
                 assert_eq!(a.miscounted_chunks(), 0);
                 a.free(FreeRequest::pfn(got).order(3)).unwrap();
                 free_on(a, 0, outside[1..].iter().copied());
-                a.drain(None).unwrap();
-                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
-                assert_eq!((z.free, z.cached, z.depot), (15, 0, 0), "{z:?}");
-                assert_eq!(a.miscounted_chunks(), 0);
+                all_back_merged(a);
             });
         });
     }
@@ -472,8 +484,7 @@ mod real {
     fn two_last_looks_at_once_both_find_the_depots_batches() {
         model(|| {
             with_allocator(0x1000, 0x10000, Strategy::Eager, |a| {
-                let all = all_pages(a);
-                let (outside, block): (Vec<u64>, Vec<u64>) = all.iter().partition(|&&p| p < 8);
+                let (outside, block) = outside_and_block(a);
                 // CPU 1: 8..16 then four pages outside; every second free past
                 // the high mark pushes the two coldest, so 8..16 end in the depot.
                 free_on(a, 1, block.iter().copied());
@@ -493,10 +504,7 @@ mod real {
                     a.free(FreeRequest::pfn(p).order(2)).unwrap();
                 }
                 free_on(a, 0, outside[4..].iter().copied());
-                a.drain(None).unwrap();
-                let z = a.zone(NodeId(0), ZoneType::Dma).unwrap();
-                assert_eq!((z.free, z.cached, z.depot), (15, 0, 0), "{z:?}");
-                assert_eq!(a.miscounted_chunks(), 0);
+                all_back_merged(a);
             });
         });
     }
