@@ -77,16 +77,28 @@ fn own_cpu<F: Frames>(
                 })
             })
             .collect();
-        start.wait();
-        let t = Instant::now();
-        std::thread::sleep(run.time);
-        stop.store(true, Ordering::Relaxed);
-        let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
-        let wall = t.elapsed();
-        let ops = done.iter().map(|d| d.0).sum();
-        let cpu = done.iter().map(|d| d.1).sum();
-        Sample::new(ops, wall, cpu)
+        timed(run, &start, &stop, workers)
     })
+}
+
+/// Starts the `workers` waiting on `start`, lets them run for the run's time,
+/// stops them and sums what they did: operations and CPU seconds, over the
+/// wall time from the start to the stop.
+fn timed(
+    run: &Run,
+    start: &Barrier,
+    stop: &AtomicBool,
+    workers: Vec<std::thread::ScopedJoinHandle<'_, (u64, f64)>>,
+) -> Sample {
+    start.wait();
+    let t = Instant::now();
+    std::thread::sleep(run.time);
+    stop.store(true, Ordering::Relaxed);
+    let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let wall = t.elapsed();
+    let ops = done.iter().map(|d| d.0).sum();
+    let cpu = done.iter().map(|d| d.1).sum();
+    Sample::new(ops, wall, cpu)
 }
 
 impl<F: Frames> Workloads for F {
@@ -168,15 +180,7 @@ impl<F: Frames> Workloads for F {
                     (ops, thread_cpu() - cpu0)
                 }));
             }
-            start.wait();
-            let t = Instant::now();
-            std::thread::sleep(run.time);
-            stop.store(true, Ordering::Relaxed);
-            let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
-            let wall = t.elapsed();
-            let ops = done.iter().map(|d| d.0).sum();
-            let cpu = done.iter().map(|d| d.1).sum();
-            Sample::new(ops, wall, cpu)
+            timed(run, &start, &stop, workers)
         })
     }
 
