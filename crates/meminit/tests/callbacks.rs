@@ -15,17 +15,14 @@ mod common;
 
 use std::collections::HashSet;
 use std::ops::Range;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Lent;
+use common::{leaked_double, Double, Doubled, Phase};
 use meminit::{
-    AllocError, AllocFlags, AllocRequest, Allocator, BackingError, ChunkError, Config, Constraint,
-    CpuId, FreeReporter, Granularity, Layout, LayoutBuilder, LookupError, MemmapBacking,
-    MemmapPiece, NoReporter, NodeId, Page, PageSource, Pfn, Populated, RangeKind, ReportError,
-    SliceBacking, Strategy,
+    AllocError, AllocFlags, AllocRequest, ChunkError, Config, Constraint, CpuId, FreeReporter,
+    Granularity, Layout, LookupError, NoReporter, NodeId, Pfn, RangeKind, ReportError, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -78,15 +75,14 @@ fn thread_context() -> u64 {
     ID.with(|id| *id)
 }
 
-type A = Allocator<'static, Hooked, parking_lot::RawMutex>;
+type A = Doubled<'static>;
 
-/// A backing over a slice that calls the allocator back, once, from the chosen
-/// callback, and records what the call back returned.
-struct Hooked {
-    inner: SliceBacking<'static>,
+/// One case's trap: the allocator calls back, once, from the chosen callback,
+/// and what the call back returned is kept.
+struct Trap {
     callback: Callback,
     call: Call,
-    allocator: OnceLock<&'static A>,
+    allocator: &'static A,
     /// Set just before the call that should make the callback fire.
     armed: AtomicBool,
     /// What the call back returned, as text, and whether that is allowed.
@@ -95,68 +91,25 @@ struct Hooked {
     held: Mutex<Vec<(Pfn, u32)>>,
 }
 
-impl Hooked {
-    fn allocator(&self) -> &'static A {
-        self.allocator.get().expect("allocator set")
-    }
-
+impl Trap {
     /// Fires the call back if armed and `pfn` is in the target zone.
     fn fire(&self, which: Callback, pfn: Pfn) {
         if which != self.callback || pfn.0 < TARGET || !self.armed.swap(false, SeqCst) {
             return;
         }
-        let outcome = call_back(self.allocator(), self.call, pfn, &self.held);
+        let outcome = call_back(self.allocator, self.call, pfn, &self.held);
         *self.outcome.lock().unwrap() = Some(outcome);
-    }
-}
-
-// SAFETY: every promise is `SliceBacking`'s, to which this delegates; its memory
-// stays mapped (it is a slice), so saying `depopulate` released it keeps the
-// contract. Calling the allocator back from any callback is allowed: the call
-// returns rather than waits.
-unsafe impl MemmapBacking for Hooked {
-    fn descriptors(&self) -> NonNull<Page> {
-        self.inner.descriptors()
-    }
-
-    fn granularity(&self) -> Granularity {
-        self.inner.granularity()
-    }
-
-    fn populate(
-        &self,
-        piece: MemmapPiece,
-        layout: &Layout,
-        pages: &mut PageSource<'_>,
-    ) -> Result<Populated, BackingError> {
-        self.fire(Callback::Populate, piece.start);
-        self.inner.populate(piece, layout, pages)
-    }
-
-    fn accept(&self, chunk: MemmapPiece, _: Range<u64>, _: &Layout) -> Result<(), BackingError> {
-        self.fire(Callback::Accept, chunk.start);
-        Ok(())
-    }
-
-    fn depopulate(&self, piece: MemmapPiece) -> bool {
-        self.fire(Callback::Depopulate, piece.start);
-        true
-    }
-
-    fn zero(&self, pages: Range<Pfn>) -> Result<(), BackingError> {
-        self.fire(Callback::Zero, pages.start);
-        Ok(())
     }
 }
 
 /// The reporter: fires for a batch of free blocks (`Report`) or for a chunk
 /// being given back (`ReportGiveBack`), told apart by the chunk's state.
-struct HookReporter<'h>(&'h Hooked);
+struct HookReporter(&'static Trap);
 
-impl FreeReporter for HookReporter<'_> {
+impl FreeReporter for HookReporter {
     fn report(&mut self, ranges: &[Range<Pfn>]) -> Result<(), ReportError> {
         let pfn = ranges[0].start;
-        let which = match self.0.allocator().page(pfn) {
+        let which = match self.0.allocator.page(pfn) {
             Err(LookupError::Initialising { .. }) => Callback::ReportGiveBack,
             _ => Callback::Report,
         };
@@ -220,51 +173,59 @@ fn call_back(a: &A, call: Call, pfn: Pfn, held: &Mutex<Vec<(Pfn, u32)>>) -> (Str
 /// first page: its free blocks are then partly below the reporting order, and
 /// give-back reports them itself.
 fn layout(hole: bool) -> Layout {
-    let mut b = LayoutBuilder::new();
     let start = if hole { 16 * MIB + 4096 } else { 16 * MIB };
-    b.section_size(8 * MIB)
-        .add(4 * MIB, 8 * MIB, RangeKind::Usable, NodeId(0))
-        .add(start, 20 * MIB, RangeKind::Usable, NodeId(0));
-    b.build().unwrap()
+    common::layout(
+        8 * MIB,
+        &[
+            (4 * MIB, 8 * MIB, RangeKind::Usable, NodeId(0)),
+            (start, 20 * MIB, RangeKind::Usable, NodeId(0)),
+        ],
+    )
 }
 
-/// A leaked allocator (the backing calls it back, so it must be `'static`).
+/// A leaked allocator (the backing calls it back, so it must be `'static`) over
+/// the shared double, which releases the memmap it is asked to depopulate and
+/// can zero, with the case's trap set as its hook.
 fn machine(
     callback: Callback,
     call: Call,
     strategy: Strategy,
     granularity: Granularity,
-) -> &'static A {
+) -> &'static Trap {
     let layout = layout(callback == Callback::ReportGiveBack);
-    let lent: &'static mut Lent<parking_lot::RawMutex> =
-        Box::leak(Box::new(Lent::for_layout(&layout)));
-    let backing = Hooked {
-        inner: SliceBacking::new(&mut lent.memmap).with_granularity(granularity),
-        callback,
-        call,
-        allocator: OnceLock::new(),
-        armed: AtomicBool::new(false),
-        outcome: Mutex::new(None),
-        held: Mutex::new(Vec::new()),
-    };
     let config = Config {
         context: Some(thread_context),
         give_back: true,
         give_back_reserve: 0,
         ..Config::new(strategy)
     };
-    let a: &'static A = Box::leak(Box::new(
-        Allocator::new(layout, backing, &lent.slots, &lent.cpus, config).expect("starts"),
-    ));
-    let _ = a.backing().allocator.set(a);
-    a
+    let double = Double::new().granularity(granularity).releasing().zeroing();
+    let allocator = leaked_double(&layout, config, double);
+    let trap: &'static Trap = Box::leak(Box::new(Trap {
+        callback,
+        call,
+        allocator,
+        armed: AtomicBool::new(false),
+        outcome: Mutex::new(None),
+        held: Mutex::new(Vec::new()),
+    }));
+    allocator.backing().set_hook(move |phase, piece| {
+        let which = match phase {
+            Phase::Populate => Callback::Populate,
+            Phase::Accept => Callback::Accept,
+            Phase::Depopulate => Callback::Depopulate,
+            Phase::Zero => Callback::Zero,
+        };
+        trap.fire(which, piece.start);
+    });
+    trap
 }
 
 /// One case: sets the machine up, makes the callback fire with the call back
 /// inside it, then checks what came back and the invariants.
 fn case(callback: Callback, call: Call, strategy: Strategy, granularity: Granularity) {
-    let a = machine(callback, call, strategy, granularity);
-    let b = a.backing();
+    let b = machine(callback, call, strategy, granularity);
+    let a = b.allocator;
     let first = if callback == Callback::ReportGiveBack {
         TARGET + 1
     } else {
@@ -323,14 +284,15 @@ fn case(callback: Callback, call: Call, strategy: Strategy, granularity: Granula
         panic!("{what}: the callback never fired");
     };
     assert!(ok, "{what}: the call back returned {said}");
-    check_invariants(a, &what);
+    check_invariants(b, &what);
 }
 
 /// Frees everything held, then checks: counts add up per zone; once all is
 /// initialised every free page can be allocated exactly once; nothing is left
 /// unmerged.
-fn check_invariants(a: &A, what: &str) {
-    for (p, _) in a.backing().held.lock().unwrap().drain(..) {
+fn check_invariants(trap: &Trap, what: &str) {
+    let a = trap.allocator;
+    for (p, _) in trap.held.lock().unwrap().drain(..) {
         a.free(p)
             .unwrap_or_else(|e| panic!("{what}: free {p}: {e}"));
     }

@@ -527,23 +527,36 @@ mod real {
         });
     }
 
-    /// A backing over a slice that really releases a section's memmap (as far as
-    /// the model can tell): it records whether the section is populated, and
-    /// fails the model if it is populated twice or released while not populated.
+    /// The models' memmap backing: a slice that really releases a section's
+    /// memmap (as far as the model can tell), with one flag per section that
+    /// fails the model if the section is populated twice or released while not
+    /// populated.
     ///
     /// Not the shared test double (`tests/common`): that one keeps its records
     /// behind std mutexes, which loom neither sees nor can switch threads at, so
-    /// the model would explore none of the interleavings around the flag. Here
-    /// the flag is a loom atomic: each populate and release is a point where the
+    /// the model would explore none of the interleavings around the flags. Here
+    /// each flag is a loom atomic: each populate and release is a point where the
     /// model may switch threads, and its ordering is checked.
-    pub struct Releasing<'m> {
+    pub struct Flagged<'m> {
         inner: SliceBacking<'m>,
-        populated: loom::sync::atomic::AtomicBool,
+        populated: Vec<AtomicBool>,
+    }
+
+    impl<'m> Flagged<'m> {
+        /// Over `memmap`, the descriptors of `layout`'s pfns; no section populated.
+        fn over(memmap: &'m mut [MaybeUninit<Page>], layout: &Layout) -> Self {
+            Flagged {
+                inner: SliceBacking::new(memmap),
+                populated: (0..layout.memmap_sections().end)
+                    .map(|_| AtomicBool::new(false))
+                    .collect(),
+            }
+        }
     }
 
     // SAFETY: every promise is `SliceBacking`'s: the memory stays mapped after
     // `depopulate`, which only flips the model's flag.
-    unsafe impl meminit::MemmapBacking for Releasing<'_> {
+    unsafe impl meminit::MemmapBacking for Flagged<'_> {
         fn descriptors(&self) -> std::ptr::NonNull<Page> {
             self.inner.descriptors()
         }
@@ -554,17 +567,17 @@ mod real {
             layout: &meminit::Layout,
             pages: &mut meminit::PageSource<'_>,
         ) -> Result<meminit::Populated, meminit::BackingError> {
-            assert!(
-                !self.populated.swap(true, Ordering::SeqCst),
-                "populated twice"
-            );
+            let was = self.populated[piece.section].swap(true, Ordering::SeqCst);
+            assert!(!was, "section {} populated twice", piece.section);
             self.inner.populate(piece, layout, pages)
         }
 
-        fn depopulate(&self, _: meminit::MemmapPiece) -> bool {
+        fn depopulate(&self, piece: meminit::MemmapPiece) -> bool {
+            let was = self.populated[piece.section].swap(false, Ordering::SeqCst);
             assert!(
-                self.populated.swap(false, Ordering::SeqCst),
-                "released while not populated"
+                was,
+                "section {} released while not populated",
+                piece.section
             );
             true
         }
@@ -581,10 +594,7 @@ mod real {
             let cpus: Vec<CpuCache<LoomLock>> = Vec::new();
             let mut config = Config::new(Strategy::OnDemand);
             config.give_back_reserve = 0;
-            let backing = Releasing {
-                inner: SliceBacking::new(&mut memmap),
-                populated: loom::sync::atomic::AtomicBool::new(false),
-            };
+            let backing = Flagged::over(&mut memmap, &layout);
             let a = Allocator::new(layout, backing, &slots, &cpus, config).unwrap();
             for zone in ZoneType::ALL {
                 a.zone(NodeId(0), zone)
@@ -597,7 +607,7 @@ mod real {
             a.free(FreeRequest::pfn(p).order(0)).unwrap();
             assert_eq!(a.give_back().chunks_marked, 1);
             // SAFETY: both threads are joined before `a` goes out of scope.
-            let a: &'static Allocator<'static, Releasing<'static>, LoomLock> =
+            let a: &'static Allocator<'static, Flagged<'static>, LoomLock> =
                 unsafe { &*(&a as *const Allocator<'_, _, _>).cast() };
             let trim = spawn(move || a.give_back().chunks_given_back);
             let alloc = spawn(move || a.alloc(AllocRequest::order(0)));
@@ -609,7 +619,8 @@ mod real {
                 a.page(got).unwrap().state(),
                 meminit::PageState::Allocated { order: 0 }
             );
-            assert!(a.backing().populated.load(Ordering::SeqCst));
+            let section = (got.0 >> a.layout().section_shift()) as usize;
+            assert!(a.backing().populated[section].load(Ordering::SeqCst));
             let z = a.zone(NodeId(0), ZoneType::Dma32).unwrap();
             assert_eq!(
                 z.free + 1 + z.uninitialised + z.reserved,
@@ -744,43 +755,7 @@ mod real {
         );
     }
 
-    /// A backing with one loom flag per section: populated at most once while in
-    /// use, released only while populated.
-    pub struct PerSection<'m> {
-        inner: SliceBacking<'m>,
-        populated: Vec<loom::sync::atomic::AtomicBool>,
-    }
-
-    // SAFETY: every promise is `SliceBacking`'s: the memory stays mapped after
-    // `depopulate`, which only flips the model's flag.
-    unsafe impl meminit::MemmapBacking for PerSection<'_> {
-        fn descriptors(&self) -> std::ptr::NonNull<Page> {
-            self.inner.descriptors()
-        }
-
-        fn populate(
-            &self,
-            piece: meminit::MemmapPiece,
-            layout: &meminit::Layout,
-            pages: &mut meminit::PageSource<'_>,
-        ) -> Result<meminit::Populated, meminit::BackingError> {
-            let was = self.populated[piece.section].swap(true, Ordering::SeqCst);
-            assert!(!was, "section {} populated twice", piece.section);
-            self.inner.populate(piece, layout, pages)
-        }
-
-        fn depopulate(&self, piece: meminit::MemmapPiece) -> bool {
-            let was = self.populated[piece.section].swap(false, Ordering::SeqCst);
-            assert!(
-                was,
-                "section {} released while not populated",
-                piece.section
-            );
-            true
-        }
-    }
-
-    type Hot = Allocator<'static, PerSection<'static>, LoomLock>;
+    type Hot = Allocator<'static, Flagged<'static>, LoomLock>;
 
     /// Four usable pages at 16 MiB and one 4 MiB section (one chunk)
     /// hot-pluggable at 20 MiB, in 4 MiB sections; every boot page allocated
@@ -796,13 +771,7 @@ mod real {
         let slots: Vec<SectionSlot> = (0..layout.section_count())
             .map(|_| SectionSlot::new())
             .collect();
-        let sections = layout.memmap_sections().end;
-        let backing = PerSection {
-            inner: SliceBacking::new(&mut memmap),
-            populated: (0..sections)
-                .map(|_| loom::sync::atomic::AtomicBool::new(false))
-                .collect(),
-        };
+        let backing = Flagged::over(&mut memmap, &layout);
         let cpus: Vec<CpuCache<LoomLock>> = Vec::new();
         let mut config = Config::new(Strategy::OnDemand);
         config.give_back_reserve = 0;

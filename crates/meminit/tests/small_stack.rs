@@ -1,9 +1,9 @@
 //! Bring-up on a kernel's boot stack: the memory map built, the allocator started
 //! in place, and the first allocations and frees made, on a 16 KiB thread stack
-//! under each strategy (the test profile is the workspace's `dev`, opt-level 1,
-//! and `release`; both fit). Without optimisation at all (opt-level 0) it needs
-//! between 24 and 32 KiB, as the crate docs say: this test is for the profiles
-//! the workspace builds.
+//! under each strategy, in every profile: the workspace's `dev` (opt-level 1,
+//! what `cargo test` builds), `release`, and unoptimised (`scripts/test` runs
+//! these tests again with the crate at opt-level 0). And the peak stack of each
+//! start-up path, measured with a painted stack, that the docs quote.
 
 #![cfg(not(miri))]
 
@@ -13,9 +13,9 @@ use std::mem::MaybeUninit;
 
 use common::{start_in_place_over_a_short_memmap, Lent};
 use meminit::{
-    AllocError, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId, FreeRequest,
-    InitError, Layout, LayoutBuilder, LayoutError, NodeId, Page, Pfn, RangeKind, SectionSlot,
-    SliceBacking, Strategy,
+    AllocError, AllocRequest, Allocator, AllocatorCell, Config, Constraint, CpuCache, CpuId,
+    FreeRequest, InitError, Layout, LayoutBuilder, LayoutError, NodeId, Page, Pfn, RangeKind,
+    SectionSlot, SliceBacking, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -217,4 +217,177 @@ fn the_layout_built_in_place_is_the_layout_built_by_value() {
         Err(LayoutError::NoUsableMemory)
     );
     assert_eq!(in_place.usable_pages(), 0);
+}
+
+// --- Measured: the peak stack of each start-up path ---------------------------
+
+/// The stack of a measuring thread, and how much of it is painted.
+const MEASURE_STACK: usize = 1 << 20;
+const PAINTED: usize = 768 << 10;
+/// Left unpainted right below the measuring frame, for `paint`'s own frame.
+const GAP: usize = 1 << 10;
+const PATTERN: u8 = 0xa7;
+
+/// Writes `PATTERN` over `[low, high)`.
+#[inline(never)]
+fn paint(low: usize, high: usize) {
+    for a in low..high {
+        // SAFETY: `[low, high)` is this thread's stack (below the caller's frame,
+        // at most `PAINTED` of a `MEASURE_STACK` stack), mapped and not in use:
+        // no live frame is there, and this frame is above `high` (`GAP`).
+        unsafe { std::ptr::write_volatile(a as *mut u8, PATTERN) };
+    }
+}
+
+/// The lowest address in `[low, high)` whose byte is no longer `PATTERN`
+/// (`high` if none).
+#[inline(never)]
+fn deepest_written(low: usize, high: usize) -> usize {
+    // SAFETY: as in `paint`: mapped stack that no live frame is in.
+    (low..high)
+        .find(|&a| unsafe { std::ptr::read_volatile(a as *const u8) } != PATTERN)
+        .unwrap_or(high)
+}
+
+/// Paints the stack below this frame, runs `f`, and returns the bytes below
+/// this frame that `f` wrote at most (its own frames, and whatever it calls).
+#[inline(never)]
+fn painted<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let marker = 0u8;
+    let top = std::hint::black_box(&marker) as *const u8 as usize;
+    let (low, high) = (top - PAINTED, top - GAP);
+    paint(low, high);
+    let r = below(f);
+    (r, top - deepest_written(low, high))
+}
+
+/// Calls `f` in a frame of its own, so that none of `f`'s locals can be part
+/// of the caller's frame (above its marker).
+#[inline(never)]
+fn below<T>(f: impl FnOnce() -> T) -> T {
+    f()
+}
+
+/// The peak stack of `f`, on a thread of its own (see [`painted`]): what `f`
+/// wrote below the measuring frame, which counts `f`'s call too (a few words).
+fn peak_stack<T: Send>(f: impl FnOnce() -> T + Send) -> (T, usize) {
+    on_measuring_thread(|| painted(f))
+}
+
+/// Runs `f` on a thread with a `MEASURE_STACK` stack.
+fn on_measuring_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(MEASURE_STACK)
+            .spawn_scoped(s, f)
+            .unwrap()
+            .join()
+            .unwrap()
+    })
+}
+
+/// One row of the figures: a path's peak stack under each strategy.
+fn row(path: &str, peaks: &[usize]) {
+    let kib: Vec<String> = peaks
+        .iter()
+        .map(|b| format!("{:.1}", *b as f64 / 1024.0))
+        .collect();
+    eprintln!("{path:<44} {}", kib.join(" / "));
+}
+
+/// Prints the peak stack of each start-up path (eager / deferred / on-demand,
+/// KiB), with a painted stack; run with `--nocapture` in each profile. The
+/// crate docs and `docs/embedding.md` quote these figures. Every path that
+/// starts in place must stay within 16 KiB.
+#[test]
+fn peak_stack_of_each_start_up_path() {
+    let layout = layout();
+    let (mut by_value, mut init, mut build, mut cell, mut first) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for strategy in Strategy::ALL {
+        let config = Config::new(strategy);
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
+        let ((), used) = peak_stack(|| {
+            let backing = SliceBacking::new(&mut lent.memmap);
+            let a =
+                Allocator::new(layout.clone(), backing, &lent.slots, &lent.cpus, config).unwrap();
+            std::hint::black_box(&a);
+        });
+        by_value.push(used);
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
+        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+        let (_, used) = peak_stack(|| {
+            let backing = SliceBacking::new(&mut lent.memmap);
+            Allocator::init_in_place(&mut slot, &layout, backing, &lent.slots, &lent.cpus, config)
+                .map(|_| ())
+                .unwrap()
+        });
+        init.push(used);
+        // SAFETY: `init_in_place` succeeded; nothing borrows the allocator.
+        unsafe { slot.assume_init_drop() };
+        let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
+        let mut slot: Box<MaybeUninit<Alloc<'_>>> = Box::new_uninit();
+        let Lent {
+            memmap,
+            slots,
+            cpus,
+        } = &mut lent;
+        let (_, used) = peak_stack(|| {
+            let mut b = LayoutBuilder::new();
+            Allocator::build_in_place(
+                &mut slot,
+                map(&mut b),
+                |_| Ok(SliceBacking::new(memmap)),
+                slots,
+                cpus,
+                config,
+            )
+            .map(|_| ())
+            .unwrap()
+        });
+        build.push(used);
+        // SAFETY: `build_in_place` succeeded, so the slot holds the allocator.
+        let a = unsafe { slot.assume_init_ref() };
+        first.push(peak_stack(|| first_steps(a)).1);
+        // SAFETY: nothing borrows the allocator any more.
+        unsafe { slot.assume_init_drop() };
+        // A cell in a `static`: leaked here, with what it borrows.
+        let lent: &'static mut Lent<parking_lot::RawMutex> =
+            Box::leak(Box::new(Lent::for_layout(&layout)));
+        let home: &'static AllocatorCell<SliceBacking<'static>, parking_lot::RawMutex> =
+            Box::leak(Box::new(AllocatorCell::new()));
+        let Lent {
+            memmap,
+            slots,
+            cpus,
+        } = lent;
+        let (_, used) = peak_stack(move || {
+            let mut b = LayoutBuilder::new();
+            home.build(
+                map(&mut b),
+                |_| Ok(SliceBacking::new(memmap)),
+                slots,
+                cpus,
+                config,
+            )
+            .map(|_| ())
+            .unwrap()
+        });
+        cell.push(used);
+    }
+    eprintln!(
+        "sizes: Allocator {} B, Layout {} B, LayoutBuilder {} B",
+        std::mem::size_of::<Alloc<'_>>(),
+        std::mem::size_of::<Layout>(),
+        std::mem::size_of::<LayoutBuilder>()
+    );
+    eprintln!("peak stack, KiB (eager / deferred / on-demand):");
+    row("Allocator::new (by value)", &by_value);
+    row("Allocator::init_in_place (layout built)", &init);
+    row("Allocator::build_in_place (builder on stack)", &build);
+    row("AllocatorCell::build (builder on stack)", &cell);
+    row("first allocations and frees after", &first);
+    for peak in [&init, &build, &cell, &first].into_iter().flatten() {
+        assert!(*peak <= STACK, "{peak} bytes");
+    }
 }

@@ -13,16 +13,12 @@
 mod common;
 
 use std::ops::Range;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Lent;
-use meminit::{
-    AllocRequest, Allocator, BackingError, Config, FreeReporter, Granularity, Layout,
-    LayoutBuilder, MemmapBacking, MemmapPiece, NodeId, Page, PageSource, Pfn, Populated, RangeKind,
-    ReportError, SliceBacking, Strategy,
-};
+use common::{one_node, with_double, Double, Phase};
+use meminit::{AllocRequest, Config, FreeReporter, Layout, Pfn, ReportError, Strategy};
 
 const MIB: u64 = 1 << 20;
 /// How long the populate or the report that the waiters wait for takes.
@@ -65,35 +61,6 @@ fn measured<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
     (r, thread_cpu() - cpu, wall.elapsed())
 }
 
-/// A backing whose `populate` takes [`HOLD`].
-struct Slow {
-    inner: SliceBacking<'static>,
-    inside: AtomicBool,
-}
-
-// SAFETY: every promise is `SliceBacking`'s, to which this delegates; it only
-// sleeps first.
-unsafe impl MemmapBacking for Slow {
-    fn descriptors(&self) -> NonNull<Page> {
-        self.inner.descriptors()
-    }
-
-    fn granularity(&self) -> Granularity {
-        self.inner.granularity()
-    }
-
-    fn populate(
-        &self,
-        piece: MemmapPiece,
-        layout: &Layout,
-        pages: &mut PageSource<'_>,
-    ) -> Result<Populated, BackingError> {
-        self.inside.store(true, SeqCst);
-        std::thread::sleep(HOLD);
-        self.inner.populate(piece, layout, pages)
-    }
-}
-
 /// A reporter that takes [`HOLD`] per batch.
 struct SlowReporter<'f>(&'f AtomicBool);
 
@@ -107,10 +74,7 @@ impl FreeReporter for SlowReporter<'_> {
 
 /// One node with `usable` bytes from 16 MiB (DMA32 only), in 8 MiB sections.
 fn layout(usable: u64) -> Layout {
-    let mut b = LayoutBuilder::new();
-    b.section_size(8 * MIB)
-        .add(16 * MIB, 16 * MIB + usable, RangeKind::Usable, NodeId(0));
-    b.build().unwrap()
+    one_node(16 * MIB, 16 * MIB + usable, 8 * MIB)
 }
 
 fn config(wait: Option<fn()>) -> Config {
@@ -133,80 +97,65 @@ fn shares(waits: &[(Duration, Duration)]) -> Vec<f64> {
 /// (`Initialising`), two for the other chunk of its section, whose memmap it
 /// is populating (`Populating`). Returns each waiter's CPU and wall time.
 fn wait_on_populate(wait: Option<fn()>) -> Vec<(Duration, Duration)> {
-    let layout = layout(8 * MIB);
-    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
-    // Leaked: the backing borrows the memmap for `'static`.
-    let memmap: &'static mut _ = Box::leak(std::mem::take(&mut lent.memmap));
-    let backing = Slow {
-        inner: SliceBacking::new(memmap),
-        inside: AtomicBool::new(false),
-    };
-    let a = Allocator::<'_, Slow, parking_lot::RawMutex>::new(
-        layout,
-        backing,
-        &lent.slots,
-        &lent.cpus,
-        config(wait),
-    )
-    .unwrap();
+    // The double's `populate` takes [`HOLD`], saying first that it started.
+    let inside = Arc::new(AtomicBool::new(false));
+    let started = inside.clone();
+    let slow = Double::new().hook(move |phase, _| {
+        if phase == Phase::Populate {
+            started.store(true, SeqCst);
+            std::thread::sleep(HOLD);
+        }
+    });
     let first = Pfn((16 * MIB) >> 12);
     let second = Pfn((20 * MIB) >> 12);
-    std::thread::scope(|s| {
-        let populating = s.spawn(|| a.page_or_init(first).map(|_| ()));
-        while !a.backing().inside.load(SeqCst) {
-            std::thread::yield_now();
-        }
-        let waiters: Vec<_> = [first, first, second, second]
-            .into_iter()
-            .enumerate()
-            .map(|(i, chunk)| {
-                let a = &a;
-                s.spawn(move || {
-                    let (r, cpu, wall) = measured(|| a.page_or_init(Pfn(chunk.0 + i as u64)));
-                    assert!(r.is_ok(), "{r:?}");
-                    (cpu, wall)
+    with_double(&layout(8 * MIB), config(wait), slow, |a| {
+        std::thread::scope(|s| {
+            let populating = s.spawn(|| a.page_or_init(first).map(|_| ()));
+            while !inside.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            let waiters: Vec<_> = [first, first, second, second]
+                .into_iter()
+                .enumerate()
+                .map(|(i, chunk)| {
+                    s.spawn(move || {
+                        let (r, cpu, wall) = measured(|| a.page_or_init(Pfn(chunk.0 + i as u64)));
+                        assert!(r.is_ok(), "{r:?}");
+                        (cpu, wall)
+                    })
                 })
-            })
-            .collect();
-        let got = waiters.into_iter().map(|w| w.join().unwrap()).collect();
-        populating.join().unwrap().unwrap();
-        got
+                .collect();
+            let got = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+            populating.join().unwrap().unwrap();
+            got
+        })
     })
 }
 
 /// Four threads allocate while the zone's only free memory is out for
 /// reporting. Returns each waiter's CPU and wall time.
 fn wait_on_report(wait: Option<fn()>) -> Vec<(Duration, Duration)> {
-    let layout = layout(4 * MIB);
-    let mut lent = Lent::<parking_lot::RawMutex>::for_layout(&layout);
-    let a = Allocator::<'_, SliceBacking<'_>, parking_lot::RawMutex>::new(
-        layout,
-        SliceBacking::new(&mut lent.memmap),
-        &lent.slots,
-        &lent.cpus,
-        config(wait),
-    )
-    .unwrap();
-    a.page_or_init(Pfn((16 * MIB) >> 12)).unwrap();
-    let reporting = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let reporter = s.spawn(|| a.report_free(&mut SlowReporter(&reporting)));
-        while !reporting.load(SeqCst) {
-            std::thread::yield_now();
-        }
-        let waiters: Vec<_> = (0..4)
-            .map(|_| {
-                let a = &a;
-                s.spawn(move || {
-                    let (r, cpu, wall) = measured(|| a.alloc(AllocRequest::order(0)));
-                    assert!(r.is_ok(), "{r:?}");
-                    (cpu, wall)
+    with_double(&layout(4 * MIB), config(wait), Double::new(), |a| {
+        a.page_or_init(Pfn((16 * MIB) >> 12)).unwrap();
+        let reporting = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reporter = s.spawn(|| a.report_free(&mut SlowReporter(&reporting)));
+            while !reporting.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            let waiters: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(move || {
+                        let (r, cpu, wall) = measured(|| a.alloc(AllocRequest::order(0)));
+                        assert!(r.is_ok(), "{r:?}");
+                        (cpu, wall)
+                    })
                 })
-            })
-            .collect();
-        let got = waiters.into_iter().map(|w| w.join().unwrap()).collect();
-        reporter.join().unwrap().unwrap();
-        got
+                .collect();
+            let got = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+            reporter.join().unwrap().unwrap();
+            got
+        })
     })
 }
 

@@ -83,17 +83,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut writer = populated.map_err(ChunkError::Backing)?;
         let taken = writer.taken();
         let (start, end) = self.memmap.chunk_pfns(index);
-        // A chunk with usable pages of two zones is counted under both zones'
-        // locks: marked before any of its blocks is on a list.
-        let mut usable = self
-            .layout
-            .memory_runs(Pfn(start)..Pfn(end))
-            .filter(|r| !r.reserved);
-        if let Some(first) = usable.next() {
-            if usable.any(|r| (r.node, r.zone) != (first.node, first.zone)) {
-                self.memmap.sections().mark_chunk_shared(index);
-            }
-        }
+        self.mark_if_shared(index, start, end);
         for run in self.layout.memory_runs(Pfn(start)..Pfn(end)) {
             let (rs, re) = (run.start.0, run.end.0);
             writer.write_run(rs, PageState::Reserved, NO_ZONE);
@@ -109,7 +99,34 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         }
         writer.write_run(end, PageState::Reserved, NO_ZONE);
         let published = writer.publish();
+        let freed = self.free_runs(start, end, &taken);
+        self.counters.chunks_by[cause as usize].fetch_add(1, Relaxed);
+        published.finish();
+        Ok(Some(freed))
+    }
 
+    // `init_chunk`'s steps, in functions of their own so that unoptimised (where
+    // every iterator is a slot in its frame) the grow path that start-up and a
+    // first allocation take fits a small stack.
+
+    /// Marks chunk `index`, pfns `[start, end)`, shared if it has usable pages of
+    /// two zones: such a chunk is counted under both zones' locks, so it is
+    /// marked before any of its blocks is on a list.
+    fn mark_if_shared(&self, index: usize, start: u64, end: u64) {
+        let mut usable = self
+            .layout
+            .memory_runs(Pfn(start)..Pfn(end))
+            .filter(|r| !r.reserved);
+        if let Some(first) = usable.next() {
+            if usable.any(|r| (r.node, r.zone) != (first.node, first.zone)) {
+                self.memmap.sections().mark_chunk_shared(index);
+            }
+        }
+    }
+
+    /// Puts the usable pages of `[start, end)` but `taken` on their zones' free
+    /// lists; returns how many.
+    fn free_runs(&self, start: u64, end: u64, taken: &core::ops::Range<u64>) -> u64 {
         let mut freed = 0;
         for run in self
             .layout
@@ -118,7 +135,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         {
             let (rs, re) = (run.start.0, run.end.0);
             let zone = &self.zones[zone_index(run.node, run.zone) as usize];
-            let (t0, t1) = clamp(&taken, rs, re);
+            let (t0, t1) = clamp(taken, rs, re);
             let added = zone.with_free(|area| {
                 area.add_run(&self.memmap, rs, t0) + area.add_run(&self.memmap, t1, re)
             });
@@ -129,9 +146,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             // sees the count drop finds these blocks when it takes the zone lock.
             zone.uninit.fetch_sub(run.pages(), Release);
         }
-        self.counters.chunks_by[cause as usize].fetch_add(1, Relaxed);
-        published.finish();
-        Ok(Some(freed))
+        freed
     }
 
     /// The slow path of one zone, after a take for `class` found nothing of its

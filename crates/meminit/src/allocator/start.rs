@@ -2,13 +2,15 @@
 //! provides (a `static`, a per-CPU area, a boot-time allocation), so that bring-up
 //! needs a small stack.
 //!
-//! An `Allocator` is about 64 KB and a `Layout` about 10 KB (see the crate docs,
-//! "Stack"). Returned by value, each is built on the stack and then copied, more
-//! than once in a debug build. Here no value larger than one zone (about 1 KB) is
-//! made on the stack: the layout is validated straight into its place in
-//! the allocator ([`LayoutBuilder::build_into`]) or copied there byte for byte, and
-//! each zone, zone list and counter is written into its own place.
-//! [`Allocator::new`] is this, into a local that it then returns.
+//! An `Allocator` is about 67 KB and a `Layout` about 11 KB (see the crate docs,
+//! "Stack", for the measured stack of each path). Returned by value, each is
+//! built on the stack and then copied, more than once in a debug build. Here no
+//! value larger than one zone is made on the stack: the layout is validated
+//! straight into its place in the allocator ([`LayoutBuilder::build_into`]) or
+//! copied there byte for byte, and each zone, zone list and counter is written
+//! into its own place, each step in a function of its own so that unoptimised
+//! their frames do not add up. [`Allocator::new`] is this, into a local that it
+//! then returns.
 //!
 //! This module owns the allocator's only `unsafe` code (the descriptor array's is in
 //! [`crate::memmap`], the per-page data view in `page`): writing a partly
@@ -16,7 +18,6 @@
 //! nothing about what the fields hold (the same helpers as ever compute them) and
 //! initialises no memory.
 
-use core::array;
 use core::mem::MaybeUninit;
 use core::ptr::addr_of_mut;
 use core::sync::atomic::AtomicUsize;
@@ -94,6 +95,12 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     }
 
     /// Start-up, written into `slot` field by field.
+    ///
+    /// Each step is a function of its own, kept out of line: unoptimised, a
+    /// frame holds a slot for every temporary its function makes, so one
+    /// function doing all of this would need the sum of their frames (about
+    /// 7 KiB at opt-level 0) where the steps, run one after another, need the
+    /// largest of them.
     fn start_in_place<'s>(
         slot: &'s mut MaybeUninit<Self>,
         map: Map<'_>,
@@ -104,13 +111,54 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     ) -> Result<&'s mut Self, InitError> {
         let this = slot.as_mut_ptr();
         // SAFETY: `this` points to memory valid for an `Allocator`, exclusively
-        // ours through `slot`; each field is written through `addr_of_mut!`, which
-        // makes no reference to the uninitialised whole. The layout is written
-        // first (an empty one copied from a static, or the caller's, byte for
-        // byte: a layout owns nothing, asserted above), so the reference to it is
-        // to initialised memory; it is the only reference to that field until the
-        // allocator is whole.
-        let layout: &Layout = unsafe {
+        // ours through `slot`, and nothing has written its layout yet.
+        let layout = unsafe { Self::write_layout(this, map) }?;
+        let chunk_shift = config.chunk_shift(layout)?;
+        // SAFETY: as above; the layout is written and the memmap not yet.
+        unsafe { Self::write_memmap(this, layout, backing, slots, config.wait, chunk_shift) }?;
+        for cache in cpus {
+            // Whatever a reused cache held belongs to a previous allocator.
+            cache.reset();
+        }
+        // SAFETY: as above; the layout is written, the zones not yet.
+        unsafe { Self::write_zones(this, layout, chunk_shift) };
+        // SAFETY: as above; the layout and the zones are written, the zone
+        // lists not yet.
+        unsafe { Self::write_zonelists(this, layout) };
+        // SAFETY: as above; the remaining fields are not written yet.
+        unsafe { Self::write_rest(this, cpus, config) };
+        // SAFETY: every field of `*this` is written (layout, memmap, zones, zone
+        // lists, and the rest above), so the whole is initialised.
+        let allocator = unsafe { slot.assume_init_mut() };
+        if let Err(e) = allocator.boot() {
+            // SAFETY: the allocator is whole (above) and no reference to it
+            // outlives this call: drop it, leaving the slot as the caller gave it.
+            unsafe { slot.assume_init_drop() };
+            return Err(e);
+        }
+        // SAFETY: whole, and not dropped (the branch above returned).
+        Ok(unsafe { slot.assume_init_mut() })
+    }
+
+    /// Writes the layout into `(*this).layout` (an empty one copied from a
+    /// static, or the caller's, byte for byte: a layout owns nothing, asserted
+    /// above; then validated into place from a builder) and returns it. On error
+    /// nothing is left to drop.
+    ///
+    /// # Safety
+    ///
+    /// `this` points to memory valid for writes of an `Allocator` that no one
+    /// else uses while the returned reference lives. The field is written
+    /// through `addr_of_mut!`, which makes no reference to the uninitialised
+    /// whole; the reference returned is to the initialised field only, and the
+    /// caller must not write that field while it lives.
+    #[inline(never)]
+    unsafe fn write_layout<'l>(this: *mut Self, map: Map<'_>) -> Result<&'l Layout, InitError> {
+        // SAFETY: the field's place is valid for writes (the caller's promise);
+        // each source is a whole layout, and layouts cannot overlap it (it is
+        // ours alone). It is initialised before the reference is made, and the
+        // reference is the only one to that field (the caller's promise).
+        unsafe {
             let place = addr_of_mut!((*this).layout);
             match map {
                 Map::Built(layout) => core::ptr::copy_nonoverlapping(layout, place, 1),
@@ -119,9 +167,27 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
                     map.build_into(&mut *place).map_err(InitError::Layout)?;
                 }
             }
-            &*place
-        };
-        let chunk_shift = config.chunk_shift(layout)?;
+            Ok(&*place)
+        }
+    }
+
+    /// Claims the section slots, makes the backing, and writes the memmap over
+    /// them into `(*this).memmap`. On error nothing is left to drop (the
+    /// sections, dropped, free the slots).
+    ///
+    /// # Safety
+    ///
+    /// `this` points to memory valid for writes of an `Allocator` that no one
+    /// else uses; its `memmap` field holds nothing to drop.
+    #[inline(never)]
+    unsafe fn write_memmap(
+        this: *mut Self,
+        layout: &Layout,
+        backing: impl FnOnce(&Layout) -> Result<B, &'static str>,
+        slots: &'a [SectionSlot],
+        wait: Option<fn()>,
+        chunk_shift: u32,
+    ) -> Result<(), InitError> {
         let chunks_shift = layout.section_shift() - chunk_shift;
         let memmap_sections = layout.memmap_sections();
         let count = memmap_sections.len();
@@ -139,7 +205,7 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
             chunks_shift,
             present_chunks,
         )
-        .map(|sections| sections.with_wait(config.wait))
+        .map(|sections| sections.with_wait(wait))
         .map_err(|e| match e {
             SlotsError::InUse { index } => InitError::SlotsInUse { index },
             // `chunk_shift` checked the chunks per section already.
@@ -152,54 +218,95 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         let backing = backing(layout).map_err(|reason| InitError::BackingUnavailable { reason })?;
         let memmap = Memmap::new(backing, sections, layout, chunk_shift)
             .ok_or(InitError::MisalignedMemmap)?;
-        for cache in cpus {
-            // Whatever a reused cache held belongs to a previous allocator.
-            cache.reset();
-        }
-        // SAFETY: as above: each field of `*this` is written once, in place,
-        // through a raw pointer; zones and zone lists element by element, so that
-        // no array of them is ever on the stack. The zones are read (to build the
-        // zone lists) only once every one of them is written. After the last
-        // field, every field is initialised, so the whole is.
-        let allocator = unsafe {
-            addr_of_mut!((*this).memmap).write(memmap);
-            let zones = addr_of_mut!((*this).zones).cast::<Zone<R>>();
-            for i in 0..crate::types::MAX_NODES * ZONE_TYPES {
-                let node = i / ZONE_TYPES;
-                let kind = ZoneType::from_index(i % ZONE_TYPES);
-                let span = layout
-                    // Below MAX_NODES (16): fits in u32.
-                    .node(NodeId(node as u32))
-                    .map(|n| n.zones[kind as usize])
-                    .unwrap_or_default();
+        // SAFETY: the field's place is valid for writes and holds nothing to
+        // drop (the caller's promise); `addr_of_mut!` makes no reference to the
+        // uninitialised whole.
+        unsafe { addr_of_mut!((*this).memmap).write(memmap) };
+        Ok(())
+    }
+
+    /// Writes every zone into `(*this).zones`, one by one, so that no array of
+    /// them is ever on the stack.
+    ///
+    /// # Safety
+    ///
+    /// `this` points to memory valid for writes of an `Allocator` that no one
+    /// else uses; its `zones` field holds nothing to drop.
+    #[inline(never)]
+    unsafe fn write_zones(this: *mut Self, layout: &Layout, chunk_shift: u32) {
+        // SAFETY: the field's place is valid for writes (the caller's promise)
+        // and is an array of `MAX_NODES * ZONE_TYPES` zones, so each element
+        // written is in it; `addr_of_mut!` makes no reference to the whole.
+        let zones = unsafe { addr_of_mut!((*this).zones).cast::<Zone<R>>() };
+        for i in 0..crate::types::MAX_NODES * ZONE_TYPES {
+            let node = i / ZONE_TYPES;
+            let kind = ZoneType::from_index(i % ZONE_TYPES);
+            let span = layout
+                // Below MAX_NODES (16): fits in u32.
+                .node(NodeId(node as u32))
+                .map(|n| n.zones[kind as usize])
+                .unwrap_or_default();
+            // SAFETY: element `i` of the array (above).
+            unsafe {
                 zones
                     .add(i)
-                    .write(Zone::new(node as u8, kind, span, chunk_shift));
-            }
-            let zones = &*addr_of_mut!((*this).zones);
-            let lists = addr_of_mut!((*this).zonelists).cast::<ZoneList>();
-            for i in 0..crate::types::MAX_NODES * CONSTRAINTS {
-                let constraint =
-                    [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
-                let list = ZoneList::build(zones, layout.node_count(), i / CONSTRAINTS, constraint);
-                lists.add(i).write(list);
-            }
+                    .write(Zone::new(node as u8, kind, span, chunk_shift))
+            };
+        }
+    }
+
+    /// Writes every zone list into `(*this).zonelists`, one by one, from the
+    /// zones.
+    ///
+    /// # Safety
+    ///
+    /// `this` points to memory valid for writes of an `Allocator` that no one
+    /// else uses, whose `zones` are all written and whose `zonelists` field
+    /// holds nothing to drop.
+    #[inline(never)]
+    unsafe fn write_zonelists(this: *mut Self, layout: &Layout) {
+        // SAFETY: the zones are initialised (the caller's promise) and written
+        // no more; the zone lists are another field, so writing them leaves this
+        // reference alone. The lists' place is an array of `MAX_NODES *
+        // CONSTRAINTS` lists, valid for writes, so each element written is in it.
+        let (zones, lists) = unsafe {
+            (
+                &*addr_of_mut!((*this).zones),
+                addr_of_mut!((*this).zonelists).cast::<ZoneList>(),
+            )
+        };
+        for i in 0..crate::types::MAX_NODES * CONSTRAINTS {
+            let constraint = [Constraint::Any, Constraint::Dma32, Constraint::Dma][i % CONSTRAINTS];
+            let list = ZoneList::build(zones, layout.node_count(), i / CONSTRAINTS, constraint);
+            // SAFETY: element `i` of the array (above).
+            unsafe { lists.add(i).write(list) };
+        }
+    }
+
+    /// Writes the remaining fields: the caches, the configuration, the
+    /// deferred workers' words, the counters, the re-entrancy table and the
+    /// pacing.
+    ///
+    /// # Safety
+    ///
+    /// `this` points to memory valid for writes of an `Allocator` that no one
+    /// else uses; none of these fields holds anything to drop.
+    #[inline(never)]
+    unsafe fn write_rest(this: *mut Self, cpus: &'a [CpuCache<R>], config: Config) {
+        // SAFETY: each field's place is valid for writes and holds nothing to
+        // drop (the caller's promise); `addr_of_mut!` makes no reference to the
+        // uninitialised whole.
+        unsafe {
             addr_of_mut!((*this).cpus).write(cpus);
             addr_of_mut!((*this).config).write(config);
-            addr_of_mut!((*this).work).write(array::from_fn(|_| AtomicUsize::new(0)));
+            let work = addr_of_mut!((*this).work).cast::<AtomicUsize>();
+            for i in 0..crate::types::MAX_NODES {
+                work.add(i).write(AtomicUsize::new(0));
+            }
             addr_of_mut!((*this).counters).write(InitCounters::new());
             addr_of_mut!((*this).in_backing).write(InBacking::new());
             addr_of_mut!((*this).pacing).write(super::tick::Pacing::new());
-            slot.assume_init_mut()
-        };
-        if let Err(e) = allocator.boot() {
-            // SAFETY: the allocator is whole (above) and no reference to it
-            // outlives this call: drop it, leaving the slot as the caller gave it.
-            unsafe { slot.assume_init_drop() };
-            return Err(e);
         }
-        // SAFETY: whole, and not dropped (the branch above returned).
-        Ok(unsafe { slot.assume_init_mut() })
     }
 
     /// Under [`Strategy::Eager`], initialises every chunk.
@@ -234,9 +341,9 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
     /// otherwise nothing is, and the allocator serves at once: start-up costs two
     /// words per section and work per memory-map range, nothing per page.
     ///
-    /// The allocator (about 64 KB) and `layout` (about 10 KB) are moved by value:
-    /// on a small stack, start up in place instead
-    /// ([`init_in_place`](Self::init_in_place), [`build_in_place`](Self::build_in_place)).
+    /// The allocator (about 67 KB) and `layout` (about 11 KB) are moved by value
+    /// (over 140 KiB of stack, see the crate docs, "Stack"): on a small stack,
+    /// start up in place instead ([`init_in_place`](Self::init_in_place), [`build_in_place`](Self::build_in_place)).
     pub fn new(
         layout: Layout,
         backing: B,

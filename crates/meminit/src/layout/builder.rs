@@ -261,12 +261,15 @@ impl Default for LayoutBuilder {
 impl LayoutBuilder {
     /// An empty map with the default section size.
     pub const fn new() -> Self {
-        LayoutBuilder {
+        // A constant, so that unoptimised the builder is copied straight into
+        // place rather than built in this frame first (about 6 KiB of stack).
+        const EMPTY: LayoutBuilder = LayoutBuilder {
             ranges: [MemoryRange::new(0, 0, RangeKind::Other, NodeId(0)); MAX_RANGES],
             len: 0,
             overflowed: false,
             section_size: DEFAULT_SECTION_SIZE,
-        }
+        };
+        EMPTY
     }
 
     /// Sets the section size in bytes (checked by [`build`](Self::build)).
@@ -326,29 +329,7 @@ impl LayoutBuilder {
             });
         }
         let input = self.ranges();
-        for (index, &range) in input.iter().enumerate() {
-            if range.start == range.end {
-                return Err(LayoutError::Empty { index, range });
-            }
-            if range.start > range.end {
-                return Err(LayoutError::Inverted { index, range });
-            }
-            if range.end > 1 << PHYS_ADDR_BITS {
-                return Err(LayoutError::BeyondArchLimit { index, range });
-            }
-            if range.node.index() >= MAX_NODES {
-                return Err(LayoutError::TooManyNodes { index, range });
-            }
-            if range.kind == RangeKind::Hotplug
-                && (range.start % section_size != 0 || range.end % section_size != 0)
-            {
-                return Err(LayoutError::MisalignedHotplug {
-                    index,
-                    range,
-                    section_size,
-                });
-            }
-        }
+        check_ranges(input, section_size)?;
         if input
             .iter()
             .filter(|r| r.kind == RangeKind::Hotplug)
@@ -370,81 +351,10 @@ impl LayoutBuilder {
         }
         let order = &mut order[..input.len()];
         order.sort_unstable_by_key(|&i| (input[i as usize].start, i));
-        for (at, &i) in order.iter().enumerate() {
-            let second_index = i as usize;
-            let second = input[second_index];
-            for &j in &order[..at] {
-                let first_index = j as usize;
-                let first = input[first_index];
-                if first.end <= second.start {
-                    continue;
-                }
-                let ram_in_ram = matches!(
-                    (first.kind, second.kind),
-                    (RangeKind::Usable, RangeKind::Reserved)
-                        | (RangeKind::Reserved, RangeKind::Usable)
-                        | (RangeKind::Reserved, RangeKind::Reserved)
-                );
-                if !ram_in_ram {
-                    return Err(LayoutError::Overlap {
-                        first_index,
-                        first,
-                        second_index,
-                        second,
-                    });
-                }
-                if first.node != second.node {
-                    return Err(LayoutError::NodeConflict {
-                        first_index,
-                        first,
-                        second_index,
-                        second,
-                    });
-                }
-            }
-        }
+        check_overlaps(input, order)?;
 
-        // The present pages: usable ranges shrunk inward to whole pages, reserved
-        // ranges grown outward. A page any reserved range touches is reserved; where
-        // two ranges of different nodes share a page (only possible at their
-        // rounded ends), the one that starts first has it. Walk the page
-        // boundaries of all ranges in address order and classify each piece.
-        let pages = |range: &MemoryRange| match range.kind {
-            RangeKind::Usable => Some((range.start.div_ceil(PAGE_SIZE), range.end / PAGE_SIZE)),
-            RangeKind::Reserved => Some((range.start / PAGE_SIZE, range.end.div_ceil(PAGE_SIZE))),
-            RangeKind::Other | RangeKind::Hotplug => None,
-        };
         layout.reset(section_size.trailing_zeros() - PAGE_SHIFT);
-        let mut cursor = input
-            .iter()
-            .filter_map(pages)
-            .filter(|(s, e)| s < e)
-            .map(|(s, _)| s)
-            .min();
-        while let Some(at) = cursor {
-            let next = input
-                .iter()
-                .filter_map(pages)
-                .filter(|(s, e)| s < e)
-                .flat_map(|(s, e)| [s, e])
-                .filter(|&b| b > at)
-                .min();
-            let Some(next) = next else { break };
-            let covering = |kind| {
-                order
-                    .iter()
-                    .map(|&i| &input[i as usize])
-                    .filter(|r| r.kind == kind)
-                    .find(|r| pages(r).is_some_and(|(s, e)| s <= at && at < e))
-            };
-            if let Some(r) = covering(RangeKind::Reserved) {
-                // `r.node` was checked below MAX_NODES (16) above: it fits in u8.
-                layout.push_present(at, next, r.node.0 as u8, true);
-            } else if let Some(r) = covering(RangeKind::Usable) {
-                layout.push_present(at, next, r.node.0 as u8, false);
-            }
-            cursor = Some(next);
-        }
+        push_present_pages(layout, input, order);
         if layout.usable_pages() == 0 {
             layout.reset(layout.section_shift);
             return Err(LayoutError::NoUsableMemory);
@@ -461,4 +371,121 @@ impl LayoutBuilder {
         layout.compute_spans();
         Ok(())
     }
+}
+
+// `build_into`'s steps, in functions of their own so that unoptimised (where
+// every temporary and iterator is a slot in its frame) start-up in place, which
+// validates the map on the caller's stack, fits a small one.
+
+/// Checks each range on its own: not empty nor inverted, within the
+/// architecture and `MAX_NODES`, and hot-pluggable ranges whole sections.
+fn check_ranges(input: &[MemoryRange], section_size: u64) -> Result<(), LayoutError> {
+    for (index, &range) in input.iter().enumerate() {
+        if range.start == range.end {
+            return Err(LayoutError::Empty { index, range });
+        }
+        if range.start > range.end {
+            return Err(LayoutError::Inverted { index, range });
+        }
+        if range.end > 1 << PHYS_ADDR_BITS {
+            return Err(LayoutError::BeyondArchLimit { index, range });
+        }
+        if range.node.index() >= MAX_NODES {
+            return Err(LayoutError::TooManyNodes { index, range });
+        }
+        if range.kind == RangeKind::Hotplug
+            && (range.start % section_size != 0 || range.end % section_size != 0)
+        {
+            return Err(LayoutError::MisalignedHotplug {
+                index,
+                range,
+                section_size,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Appends the present pages of `input` (`order`: its positions sorted by start
+/// address) to `layout`.
+fn push_present_pages(layout: &mut Layout, input: &[MemoryRange], order: &[u16]) {
+    // The present pages: usable ranges shrunk inward to whole pages, reserved
+    // ranges grown outward. A page any reserved range touches is reserved; where
+    // two ranges of different nodes share a page (only possible at their
+    // rounded ends), the one that starts first has it. Walk the page
+    // boundaries of all ranges in address order and classify each piece.
+    let pages = |range: &MemoryRange| match range.kind {
+        RangeKind::Usable => Some((range.start.div_ceil(PAGE_SIZE), range.end / PAGE_SIZE)),
+        RangeKind::Reserved => Some((range.start / PAGE_SIZE, range.end.div_ceil(PAGE_SIZE))),
+        RangeKind::Other | RangeKind::Hotplug => None,
+    };
+    let mut cursor = input
+        .iter()
+        .filter_map(pages)
+        .filter(|(s, e)| s < e)
+        .map(|(s, _)| s)
+        .min();
+    while let Some(at) = cursor {
+        let next = input
+            .iter()
+            .filter_map(pages)
+            .filter(|(s, e)| s < e)
+            .flat_map(|(s, e)| [s, e])
+            .filter(|&b| b > at)
+            .min();
+        let Some(next) = next else { break };
+        let covering = |kind| {
+            order
+                .iter()
+                .map(|&i| &input[i as usize])
+                .filter(|r| r.kind == kind)
+                .find(|r| pages(r).is_some_and(|(s, e)| s <= at && at < e))
+        };
+        if let Some(r) = covering(RangeKind::Reserved) {
+            // `r.node` was checked below MAX_NODES (16) above: it fits in u8.
+            layout.push_present(at, next, r.node.0 as u8, true);
+        } else if let Some(r) = covering(RangeKind::Usable) {
+            layout.push_present(at, next, r.node.0 as u8, false);
+        }
+        cursor = Some(next);
+    }
+}
+
+/// Checks each range against every earlier one (`order`: positions sorted by
+/// start address) that reaches past its start.
+fn check_overlaps(input: &[MemoryRange], order: &[u16]) -> Result<(), LayoutError> {
+    for (at, &i) in order.iter().enumerate() {
+        let second_index = i as usize;
+        let second = input[second_index];
+        for &j in &order[..at] {
+            let first_index = j as usize;
+            let first = input[first_index];
+            if first.end <= second.start {
+                continue;
+            }
+            let ram_in_ram = matches!(
+                (first.kind, second.kind),
+                (RangeKind::Usable, RangeKind::Reserved)
+                    | (RangeKind::Reserved, RangeKind::Usable)
+                    | (RangeKind::Reserved, RangeKind::Reserved)
+            );
+            if !ram_in_ram {
+                return Err(LayoutError::Overlap {
+                    first_index,
+                    first,
+                    second_index,
+                    second,
+                });
+            }
+            if first.node != second.node {
+                return Err(LayoutError::NodeConflict {
+                    first_index,
+                    first,
+                    second_index,
+                    second,
+                });
+            }
+        }
+    }
+    Ok(())
 }

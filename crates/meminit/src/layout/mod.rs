@@ -252,25 +252,33 @@ impl Layout {
                 z.end_pfn = node.end_pfn.clamp(zt.lowest_pfn(), zt.highest_pfn());
             }
         }
-        let mut counts = [[(0u64, 0u64); ZONE_TYPES]; MAX_NODES];
-        for run in self.present_runs(Pfn(0)..Pfn(u64::MAX)) {
-            let (present, reserved) = &mut counts[run.node.index()][run.zone as usize];
-            *present += run.pages();
-            if run.reserved {
-                *reserved += run.pages();
+        // Pages per zone, by index rather than through `present_runs` into
+        // arrays of counts: unoptimised, each iterator and array would be a slot
+        // in this frame, and start-up in place runs this on a small stack. A
+        // range's pages in a zone are those within the zone's bounds, as
+        // `present_runs` splits them.
+        for node in &mut self.nodes {
+            for zone in &mut node.zones {
+                (zone.present, zone.reserved, zone.hotplug) = (0, 0, 0);
             }
         }
-        let mut hotplug = [[0u64; ZONE_TYPES]; MAX_NODES];
-        for run in self.hotplug_runs(Pfn(0)..Pfn(u64::MAX)) {
-            hotplug[run.node.index()][run.zone as usize] += run.pages();
-        }
-        for ((node, counts), hotplug) in self.nodes.iter_mut().zip(counts).zip(hotplug) {
-            for ((zone, (present, reserved)), hotplug) in
-                node.zones.iter_mut().zip(counts).zip(hotplug)
-            {
-                zone.present = present;
-                zone.reserved = reserved;
-                zone.hotplug = hotplug;
+        for i in 0..self.len + self.hotplug_len {
+            let (r, hotplug) = match i.checked_sub(self.len) {
+                None => (self.present[i], false),
+                Some(h) => (self.hotplug[h], true),
+            };
+            for zt in ZoneType::ALL {
+                let start = r.start.max(zt.lowest_pfn().0);
+                let pages = r.end().min(zt.highest_pfn().0).saturating_sub(start);
+                let zone = &mut self.nodes[r.node() as usize].zones[zt as usize];
+                if hotplug {
+                    zone.hotplug += pages;
+                } else {
+                    zone.present += pages;
+                    if r.reserved() {
+                        zone.reserved += pages;
+                    }
+                }
             }
         }
     }

@@ -8,8 +8,8 @@
 //! tables out of the section's own pages as a kernel does, release the memmap it is
 //! asked to depopulate (scribbling over it, so that a descriptor read before it is
 //! written again shows up as garbage), zero blocks, hand out a misaligned memmap,
-//! and call a hook (which may call the allocator back) from `populate` and
-//! `accept`.
+//! and call a hook (which may call the allocator back, wait or sleep) from
+//! `populate`, `accept`, `depopulate` and `zero`.
 //!
 //! Whatever the options, it checks the allocator's side of the contract: no piece
 //! is populated while it is populated, none depopulated unless it is.
@@ -32,10 +32,15 @@ pub enum Phase {
     Populate,
     /// [`MemmapBacking::accept`], first thing.
     Accept,
+    /// [`MemmapBacking::depopulate`], first thing.
+    Depopulate,
+    /// [`MemmapBacking::zero`], first thing: the piece is the block to zero (in
+    /// its section).
+    Zero,
 }
 
-/// Called from inside `populate` and `accept` with the piece or chunk: it may wait,
-/// or call the allocator back.
+/// Called first thing from inside `populate`, `accept`, `depopulate` and `zero`
+/// with the piece, chunk or block: it may wait, sleep, or call the allocator back.
 pub type Hook = Box<dyn Fn(Phase, MemmapPiece) + Send + Sync>;
 
 /// One call into a [`TestBacking`], in the order they came.
@@ -194,8 +199,8 @@ impl Double {
         self
     }
 
-    /// Calls `hook` first thing in every `populate` and `accept` (it can also be
-    /// set later, once, with [`TestBacking::set_hook`]).
+    /// Calls `hook` first thing in every `populate`, `accept`, `depopulate` and
+    /// `zero` (it can also be set later, once, with [`TestBacking::set_hook`]).
     pub fn hook(mut self, hook: impl Fn(Phase, MemmapPiece) + Send + Sync + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self
@@ -212,6 +217,7 @@ impl Double {
         TestBacking {
             inner: SliceBacking::new(memmap).with_granularity(granularity),
             memmap_start: layout.memmap_start(),
+            section_shift: layout.section_shift(),
             populate_faults: Mutex::new(self.populate_faults),
             accept_faults: Mutex::new(self.accept_faults),
             carving: self.carving,
@@ -233,6 +239,8 @@ impl Double {
 pub struct TestBacking<'m> {
     inner: SliceBacking<'m>,
     memmap_start: Pfn,
+    /// `layout.section_shift()`: which section a block to zero is in.
+    section_shift: u32,
     populate_faults: Mutex<Faults>,
     accept_faults: Mutex<Faults>,
     carving: bool,
@@ -478,6 +486,7 @@ unsafe impl MemmapBacking for TestBacking<'_> {
     }
 
     fn depopulate(&self, piece: MemmapPiece) -> bool {
+        self.call_hook(Phase::Depopulate, piece);
         self.record(Call::Depopulate(piece));
         let mut populated = self.populated.lock().unwrap();
         assert!(
@@ -509,6 +518,12 @@ unsafe impl MemmapBacking for TestBacking<'_> {
     }
 
     fn zero(&self, pages: Range<Pfn>) -> Result<(), BackingError> {
+        let block = MemmapPiece {
+            section: (pages.start.0 >> self.section_shift) as usize,
+            start: pages.start,
+            end: pages.end,
+        };
+        self.call_hook(Phase::Zero, block);
         self.record(Call::Zero(pages.clone()));
         if self.zeroing {
             Ok(())
