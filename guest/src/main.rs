@@ -38,8 +38,8 @@ use core::cell::Cell;
 use hotplug_hooks::AllocatorHooks;
 use mem_hotplug::MemHotplug;
 use meminit::{
-    AllocFlags, AllocPath, AllocRequest, Allocator, Config, Constraint, CpuCache, CpuId,
-    FreeRequest, NodeId, Pfn, SectionSlot, Strategy,
+    AllocFlags, AllocPath, AllocRequest, Allocator, AllocatorCell, Config, Constraint, CpuCache,
+    CpuId, FreeRequest, NodeId, Pfn, SectionSlot, Strategy,
 };
 use meminit_boot::{check_bounds_for, early_requests, BootParams, EarlyKind, Workload, XorShift};
 use port::{exit, ExitCode, Serial};
@@ -54,7 +54,8 @@ pub type GuestAllocator = Allocator<'static, paging::GuestBacking, ZoneLock>;
 const MAX_SECTIONS: usize = (paging::MAX_MEMORY >> 27) as usize;
 /// A plain static: the slots are atomics, lent by shared reference.
 static SECTION_SLOTS: [SectionSlot; MAX_SECTIONS] = [const { SectionSlot::new() }; MAX_SECTIONS];
-static ALLOCATOR: spin::Once<GuestAllocator> = spin::Once::new();
+/// The allocator, started once in place (`AllocatorCell::init`).
+static ALLOCATOR: AllocatorCell<paging::GuestBacking, ZoneLock> = AllocatorCell::new();
 /// One page cache per vCPU, indexed as `smp` numbers them (the boot CPU is 0).
 static CPU_CACHES: [CpuCache<ZoneLock>; acpi::MAX_CPUS] =
     [const { CpuCache::new() }; acpi::MAX_CPUS];
@@ -153,26 +154,27 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     }
     let t0 = tsc::now();
     let memmap_start = layout.memmap_start();
-    let allocator = ALLOCATOR.call_once(|| {
-        match Allocator::new(
-            layout,
-            paging::GuestBacking::new(options.memmap, options.accept_zero, memmap_start),
-            &SECTION_SLOTS,
-            &CPU_CACHES,
-            Config {
-                clock: Some(tsc::now),
-                ..Config::new(options.strategy)
-            },
-        ) {
-            Ok(a) => a,
-            Err(e) => {
-                println!("meminit guest: the allocator could not start: {e}");
-                exit(ExitCode::Failure)
-            }
+    // Started in place in its static: neither the allocator (about 67 KB) nor
+    // a copy of it is ever on the boot stack.
+    let started = ALLOCATOR.init(
+        &layout,
+        paging::GuestBacking::new(options.memmap, options.accept_zero, memmap_start),
+        &SECTION_SLOTS,
+        &CPU_CACHES,
+        Config {
+            clock: Some(tsc::now),
+            ..Config::new(options.strategy)
+        },
+    );
+    let allocator = match started {
+        Ok(a) => a,
+        Err(e) => {
+            println!("meminit guest: the allocator could not start: {e}");
+            exit(ExitCode::Failure)
         }
-    });
+    };
     let ready = tsc::now() - t0;
-    // The allocator owns the layout now.
+    // The allocator holds its own copy of the layout.
     let layout = allocator.layout();
 
     let (mut fast, mut slow) = Samples::pair().expect("samples are taken once");
