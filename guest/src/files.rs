@@ -123,7 +123,9 @@ impl Mover {
 
     /// The table entry of the file whose data page is `pfn`. The page's first
     /// word is its file's number, and the kept entries are in the order of
-    /// those numbers: a binary search, checked against the entry.
+    /// those numbers: a binary search, checked against the entry. (`pfn` is
+    /// allocated movable, and the files' data pages are the guest's only
+    /// movable memory; a page of anyone else would not match an entry.)
     fn find(&self, pfn: Pfn) -> Option<u64> {
         let number = read_word(pfn.addr());
         let (mut low, mut high) = (0, self.kept);
@@ -138,9 +140,7 @@ impl Mover {
         }
         None
     }
-}
 
-impl Mover {
     /// Reads every kept file through the table: its data page holds what
     /// `write_page` wrote (its number, in increasing order, and a byte in each
     /// other cache line). Returns how many do not.
