@@ -8,6 +8,15 @@
 //! allocator's default delay, 1 s), handing the memmap of chunks given back to
 //! the host as it goes.
 //!
+//! The kept files' data pages are scattered over every chunk of movable
+//! memory, so the idle loop also compacts: it implements `Migrate` for them
+//! ([`Mover`]: copy the page, rewrite the file's table entry, and the allocator
+//! frees the old page) and calls `Allocator::compact_up_to` at most
+//! [`COMPACT_PAGES_PER_ROUND`] pages a round while that moves anything, and
+//! again after each pass of `tick`. A pass waits for the compaction under way
+//! (at most [`COMPACT_HOLD_NS`]), so that the chunks it empties are marked by
+//! the first pass and go back on the second.
+//!
 //! Markers: `boot`, `peak` (every file written), `freed` (the deletes done and
 //! the CPU caches drained; the guest does not wait there, so the host can watch
 //! its memory fall), `released` (after the rest). With `hold=serial` the guest
@@ -17,7 +26,7 @@
 //! blocks, and the metadata slab) and the figures; it reaches the allocator only
 //! through the callers' paths.
 
-use meminit::{AllocFlags, Pfn, ReportError, ReportStats};
+use meminit::{AllocFlags, CompactStats, Migrate, MigrateError, Pfn, ReportError, ReportStats};
 use meminit_boot::XorShift;
 
 use crate::balloon::Balloon;
@@ -40,6 +49,11 @@ const KEEP_ONE_IN: u64 = 100;
 const REST_NS: u64 = 3_000_000_000;
 /// How often the idle loop calls `tick` while it rests.
 const TICK_EVERY_NS: u64 = 10_000_000;
+/// The most pages one round of the idle loop asks compaction to move (4 MiB:
+/// a few milliseconds of copying).
+pub const COMPACT_PAGES_PER_ROUND: u64 = 1024;
+/// How long a pass of `tick` waits for a compaction under way.
+pub const COMPACT_HOLD_NS: u64 = 200_000_000;
 
 /// What the files workload did.
 #[derive(Clone, Copy, Debug, Default)]
@@ -60,6 +74,15 @@ pub struct FilesFigures {
     /// Reporting, give-back and the balloon, as the spike counts them
     /// (`bytes`/`pages`: the data pages written).
     pub report: SpikeFigures,
+    /// What compaction did in the rest, all rounds together.
+    pub compact: CompactStats,
+    /// Rounds of the idle loop that ran compaction.
+    pub compact_rounds: u32,
+    /// From the free to the end of the last round that moved a page, ns.
+    pub compact_done_ns: u64,
+    /// Kept files whose data page, read through the table after the rest, is
+    /// not what was written (moved wrong, or not at all where the table says).
+    pub files_bad: u64,
 }
 
 /// `Allocator::tick` at a time in ns, with the balloon's reporter if any.
@@ -80,6 +103,91 @@ pub struct Paths<'a> {
     pub tick: &'a TickFn,
     /// The time in ns (any origin).
     pub now_ns: &'a dyn Fn() -> u64,
+    /// `Allocator::compact_up_to` with the files' hook and a budget of pages.
+    pub compact: &'a dyn Fn(&mut Mover, u64) -> CompactStats,
+}
+
+/// Compaction's hook over the kept files: their data pages are the only
+/// movable memory the guest allocates, and the file table (the first `kept`
+/// entries, in the order the files were written) is the only reference to
+/// them.
+pub struct Mover {
+    table: [u64; MAX_TABLE_BLOCKS],
+    kept: u64,
+}
+
+impl Mover {
+    fn entry(&self, i: u64) -> u64 {
+        self.table[(i / TABLE_ENTRIES) as usize] + (i % TABLE_ENTRIES) * 16
+    }
+
+    /// The table entry of the file whose data page is `pfn`. The page's first
+    /// word is its file's number, and the kept entries are in the order of
+    /// those numbers: a binary search, checked against the entry. (`pfn` is
+    /// allocated movable, and the files' data pages are the guest's only
+    /// movable memory; a page of anyone else would not match an entry.)
+    fn find(&self, pfn: Pfn) -> Option<u64> {
+        let number = read_word(pfn.addr());
+        let (mut low, mut high) = (0, self.kept);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let data = read_word(self.entry(mid));
+            match read_word(Pfn(data).addr()).cmp(&number) {
+                core::cmp::Ordering::Less => low = mid + 1,
+                core::cmp::Ordering::Greater => high = mid,
+                core::cmp::Ordering::Equal => return (data == pfn.0).then_some(mid),
+            }
+        }
+        None
+    }
+
+    /// Reads every kept file through the table: its data page holds what
+    /// `write_page` wrote (its number, in increasing order, and a byte in each
+    /// other cache line). Returns how many do not.
+    fn check(&self) -> u64 {
+        let mut bad = 0;
+        let mut last = None;
+        for i in 0..self.kept {
+            let page = Pfn(read_word(self.entry(i))).addr();
+            let number = read_word(page);
+            let lines = (64..4096).step_by(64).all(|offset| {
+                // SAFETY: a kept file's data page, ours, identity-mapped.
+                unsafe { ((page + offset) as *const u8).read_volatile() == 0xa5 }
+            });
+            if !lines || last.is_some_and(|l| l >= number) {
+                bad += 1;
+            }
+            last = Some(number);
+        }
+        bad
+    }
+}
+
+// SAFETY: on `Ok` the page's 4 KiB are at `to` and the file's table entry, the
+// only reference to the page (the workload reads its files through the table,
+// on this CPU, which is here in the hook), names `to`: nothing uses `from`
+// afterwards. On `Err` nothing was written.
+unsafe impl Migrate for Mover {
+    fn migrate(&mut self, from: Pfn, to: Pfn, order: u32) -> Result<(), MigrateError> {
+        if order != 0 {
+            return Err(MigrateError {
+                reason: "files' data pages are single pages",
+            });
+        }
+        let Some(index) = self.find(from) else {
+            return Err(MigrateError {
+                reason: "not a kept file's data page",
+            });
+        };
+        // SAFETY: `from` is a kept file's data page (its table entry says so)
+        // and `to` a page the allocator just allocated for the move; both are
+        // identity-mapped RAM, 4 KiB each, and distinct.
+        unsafe {
+            core::ptr::copy_nonoverlapping(from.addr() as *const u8, to.addr() as *mut u8, 4096)
+        };
+        write_word(self.entry(index), to.0);
+        Ok(())
+    }
 }
 
 /// The metadata slab: the page being filled, and how many pages it has.
@@ -129,6 +237,7 @@ pub fn run(files: u64, hold: bool, tsc_hz: u64, paths: Paths<'_>) -> FilesFigure
         progress,
         tick,
         now_ns,
+        compact,
     } = paths;
     let mut figures = FilesFigures {
         files,
@@ -222,16 +331,40 @@ pub fn run(files: u64, hold: bool, tsc_hz: u64, paths: Paths<'_>) -> FilesFigure
     let freed_at = now_ns();
     println!("MEMINIT-MARK freed");
 
-    // The rest: the idle loop ticks the allocator, which reports and gives back.
+    // The rest: the idle loop compacts the kept files' pages and ticks the
+    // allocator, which reports and gives back.
+    let mut mover = Mover { table, kept };
     let mut reporter = balloon.as_mut().map(BalloonReporter::new);
+    let (mut compacting, mut armed_at) = (true, freed_at);
     loop {
         let now = now_ns();
         if now.saturating_sub(freed_at) >= REST_NS {
             break;
         }
-        match tick(now, reporter.as_mut()) {
+        if compacting {
+            let stats = compact(&mut mover, COMPACT_PAGES_PER_ROUND);
+            let c = &mut figures.compact;
+            c.chunks_tried += stats.chunks_tried;
+            c.chunks_emptied += stats.chunks_emptied;
+            c.blocks_moved += stats.blocks_moved;
+            c.pages_moved += stats.pages_moved;
+            c.blocks_refused += stats.blocks_refused;
+            figures.compact_rounds += 1;
+            compacting = stats.pages_moved > 0;
+            if compacting {
+                figures.compact_done_ns = now_ns() - freed_at;
+            }
+        }
+        let hold = compacting && now.saturating_sub(armed_at) < COMPACT_HOLD_NS;
+        let ticked = if hold {
+            Ok(None)
+        } else {
+            tick(now, reporter.as_mut())
+        };
+        match ticked {
             Ok(None) => {}
             Ok(Some(stats)) => {
+                (compacting, armed_at) = (true, now);
                 figures.passes += 1;
                 let r = &mut figures.report;
                 r.passes += 1;
@@ -274,6 +407,13 @@ pub fn run(files: u64, hold: bool, tsc_hz: u64, paths: Paths<'_>) -> FilesFigure
             core::hint::spin_loop();
         }
     }
+    figures.files_bad = mover.check();
+    if figures.files_bad > 0 {
+        println!(
+            "meminit guest: files: {} kept files are not as written",
+            figures.files_bad
+        );
+    }
     if let Some(r) = reporter {
         figures.report.reported_bytes = r.bytes;
         figures.report.reported_blocks = r.blocks;
@@ -287,6 +427,15 @@ pub fn run(files: u64, hold: bool, tsc_hz: u64, paths: Paths<'_>) -> FilesFigure
         figures.freed_bytes,
         figures.report,
         figures.last_return_ns / 1_000_000
+    );
+    let c = &figures.compact;
+    println!(
+        "meminit guest: files: compaction moved {} pages in {} rounds (done {} ms after the free), emptied {} chunks, {} refused",
+        c.pages_moved,
+        figures.compact_rounds,
+        figures.compact_done_ns / 1_000_000,
+        c.chunks_emptied,
+        c.blocks_refused
     );
     mark("released", hold, tsc_hz);
     figures

@@ -324,9 +324,10 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
                     None => allocator.tick(now, &mut meminit::NoReporter),
                 },
                 now_ns: &|| ns(tsc::now()),
+                compact: &|mover, pages| allocator.compact_up_to(mover, pages),
             },
         );
-        if figures.report.pages < count {
+        if figures.report.pages < count || figures.files_bad > 0 {
             failures.set(failures.get() + 1);
         }
         spike = Some(figures.report);

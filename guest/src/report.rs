@@ -290,6 +290,16 @@ impl Report<'_> {
                 "\"files\":{},\"files_kept\":{},\"meta_pages_peak\":{},\"meta_pages_kept\":{},\"last_return_ns\":{},\"tick_passes\":{},",
                 f.files, f.kept, f.meta_pages_peak, f.meta_pages_kept, f.last_return_ns, f.passes
             );
+            let c = &f.compact;
+            print!(
+                "\"compact_pages_moved\":{},\"compact_blocks_refused\":{},\"compact_chunks_emptied\":{},\"compact_rounds\":{},\"compact_done_ns\":{},\"files_bad\":{},",
+                c.pages_moved,
+                c.blocks_refused,
+                c.chunks_emptied,
+                f.compact_rounds,
+                f.compact_done_ns,
+                f.files_bad
+            );
         }
         let freed = match &self.files {
             Some(f) => f.freed_bytes,

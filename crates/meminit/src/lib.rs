@@ -350,7 +350,10 @@
 //! embedder's [`Migrate`] hook (it moves a block's contents and fixes the
 //! references, or refuses), so that the next pass can give them back; call it
 //! before a pass, with [`Config::compact_max_used`] saying how full a chunk may
-//! be to be worth it.
+//! be to be worth it. It moves blocks out of sections that can then go back
+//! whole, into sections unmovable memory keeps anyway;
+//! [`Allocator::compact_up_to`] bounds a pass by pages moved, for an idle loop
+//! that spreads the work over its rounds.
 //! Chunks holding an allocated page, pages in CPU caches, or pages of two zones
 //! are never given back; every pass first flushes the depots, whose batches
 //! would pin their chunks. A descriptor reference taken before give-back stays

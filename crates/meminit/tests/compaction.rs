@@ -1,20 +1,25 @@
 //! Compaction: the hook is the only thing that moves a held block; chunks of
 //! sparse movable memory are emptied and go back; a refusal leaves everything
-//! as it was; allocating threads run while compaction runs.
+//! as it was; allocating threads run while compaction runs; live pages gather
+//! in the sections that stay, so whole sections' memmap goes back; bounded
+//! passes add up to a whole one.
 
 mod common;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use common::{with_allocator_chunked, Alloc};
+use common::{with_allocator_chunked, with_double, Alloc, Double};
 use meminit::{
-    AllocFlags, AllocRequest, Config, CpuId, FreeRequest, Granularity, Migrate, MigrateError,
-    PageState, Pfn, Strategy,
+    AllocFlags, AllocRequest, Config, CpuId, FreeRequest, Granularity, MemmapBacking, Migrate,
+    MigrateError, PageState, Pfn, SliceBacking, Strategy,
 };
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
+
+/// An allocator over any backing, with the tests' lock.
+type Over<'a, B> = meminit::Allocator<'a, B, parking_lot::RawMutex>;
 
 fn config() -> Config {
     Config {
@@ -31,8 +36,8 @@ struct Table {
 }
 
 /// A hook over a table, refusing every `refuse_every`-th call (0: never).
-struct Hook<'a, 't> {
-    a: &'a Alloc<'a>,
+struct Hook<'a, 't, B: MemmapBacking = SliceBacking<'a>> {
+    a: &'a Over<'a, B>,
     table: &'t Mutex<Table>,
     calls: u64,
     refuse_every: u64,
@@ -41,7 +46,7 @@ struct Hook<'a, 't> {
 
 // SAFETY: on `Ok` the table names `to` instead of `from` and the contents (the
 // tag) were copied; the test holds no other reference to the block.
-unsafe impl Migrate for Hook<'_, '_> {
+unsafe impl<B: MemmapBacking> Migrate for Hook<'_, '_, B> {
     fn migrate(&mut self, from: Pfn, to: Pfn, order: u32) -> Result<(), MigrateError> {
         self.calls += 1;
         if self.refuse_every != 0 && self.calls % self.refuse_every == 0 {
@@ -68,7 +73,7 @@ unsafe impl Migrate for Hook<'_, '_> {
     }
 }
 
-fn tag_of(a: &Alloc<'_>, pfn: u64) -> u64 {
+fn tag_of<B: MemmapBacking>(a: &Over<'_, B>, pfn: u64) -> u64 {
     a.page(Pfn(pfn))
         .unwrap()
         .user_word(0)
@@ -78,7 +83,7 @@ fn tag_of(a: &Alloc<'_>, pfn: u64) -> u64 {
 
 /// Every block in the table is allocated, with its order and its tag, where
 /// the table says it is.
-fn check_table(a: &Alloc<'_>, table: &Table) {
+fn check_table<B: MemmapBacking>(a: &Over<'_, B>, table: &Table) {
     for (&pfn, &(tag, order)) in &table.at {
         assert_eq!(
             a.page(Pfn(pfn)).unwrap().state(),
@@ -95,7 +100,7 @@ fn check_table(a: &Alloc<'_>, table: &Table) {
 
 /// Allocates `pages` worth of movable blocks of orders 0-2 on two CPUs, keeps
 /// one in `keep_one_in` (tagged, in the table), frees the rest.
-fn sparse(a: &Alloc<'_>, pages: u64, keep_one_in: u64, seed: u64) -> Table {
+fn sparse<B: MemmapBacking>(a: &Over<'_, B>, pages: u64, keep_one_in: u64, seed: u64) -> Table {
     let mut rng = seed | 1;
     let mut next = || {
         rng ^= rng << 13;
@@ -133,7 +138,7 @@ fn sparse(a: &Alloc<'_>, pages: u64, keep_one_in: u64, seed: u64) -> Table {
     table
 }
 
-fn free_table(a: &Alloc<'_>, table: &Table) {
+fn free_table<B: MemmapBacking>(a: &Over<'_, B>, table: &Table) {
     for &pfn in table.at.keys() {
         a.free(Pfn(pfn)).unwrap();
     }
@@ -166,6 +171,103 @@ fn compaction_empties_sparse_movable_chunks_and_they_go_back() {
         assert!(with > without);
         let table = table.into_inner().unwrap();
         assert_eq!(table.at.len() as u64, before);
+        check_table(a, &table);
+        assert_eq!(a.miscounted_chunks(), 0);
+        assert_eq!(a.unmerged_free_blocks(), 0);
+        free_table(a, &table);
+        a.drain(None).unwrap();
+        assert_eq!(a.zones().map(|z| z.allocated()).sum::<u64>(), 0);
+    });
+}
+
+/// Memmap goes back a whole section at a time: with few pages live and spread
+/// over every section, compaction moves them into the section an unmovable
+/// block keeps anyway (not to the top of the zone), and every other section's
+/// memmap goes back.
+#[test]
+fn compaction_empties_whole_sections_when_few_pages_live() {
+    let layout = common::simple(256 * MIB, 32 * MIB);
+    let per_section = layout.memmap_bytes() / layout.section_count() as u64;
+    let section_pages = 32 * MIB / 4096;
+    // A backing that releases each section's memmap once its chunks are given
+    // back.
+    let double = Double::new().granularity(Granularity::Section).releasing();
+    with_double(&layout, config(), double, |a| {
+        // Unmovable: its chunk, and so its section's memmap, stays.
+        let pinned = a.alloc(AllocRequest::order(0).on(CpuId(0))).unwrap();
+        let table = Mutex::new(sparse(a, 50_000, 40, 5));
+        a.drain(None).unwrap();
+        let peak = a.stats().memmap_bytes;
+        assert!(peak >= 6 * per_section, "{peak}");
+        let mut hook = Hook {
+            a,
+            table: &table,
+            calls: 0,
+            refuse_every: 0,
+            moved: 0,
+        };
+        let stats = a.compact(&mut hook);
+        assert_eq!(stats.blocks_refused, 0, "{stats:?}");
+        a.give_back();
+        a.give_back();
+        let kept = a.stats().memmap_bytes;
+        let table = table.into_inner().unwrap();
+        let live: u64 = table.at.values().map(|&(_, o)| 1u64 << o).sum();
+        let pinned_section = pinned.0 / section_pages;
+        let sections: std::collections::BTreeSet<u64> =
+            table.at.keys().map(|pfn| pfn / section_pages).collect();
+        assert_eq!(
+            kept, per_section,
+            "{live} pages live, in sections {sections:?} (the unmovable block's: {pinned_section}), {stats:?}"
+        );
+        assert!(
+            sections.iter().all(|&s| s == pinned_section),
+            "{sections:?}"
+        );
+        check_table(a, &table);
+        assert_eq!(a.miscounted_chunks(), 0);
+        assert_eq!(a.unmerged_free_blocks(), 0);
+        free_table(a, &table);
+        a.free(pinned).unwrap();
+        a.drain(None).unwrap();
+        assert_eq!(a.zones().map(|z| z.allocated()).sum::<u64>(), 0);
+    });
+}
+
+/// A bounded pass takes no new chunk once it moved its budget (it finishes the
+/// chunk it is emptying); bounded passes called again and again do the whole
+/// work, as an idle loop spreads it.
+#[test]
+fn bounded_passes_add_up_to_a_whole_pass() {
+    let layout = common::simple(128 * MIB, 32 * MIB);
+    let max_used = config().compact_max_used / 4096;
+    with_allocator_chunked(&layout, config(), Granularity::Section, |a| {
+        let table = Mutex::new(sparse(a, 24_000, 30, 7));
+        a.drain(None).unwrap();
+        let mut hook = Hook {
+            a,
+            table: &table,
+            calls: 0,
+            refuse_every: 0,
+            moved: 0,
+        };
+        let (mut passes, mut emptied) = (0, 0);
+        loop {
+            let stats = a.compact_up_to(&mut hook, 64);
+            assert!(stats.pages_moved < 64 + max_used, "{stats:?}");
+            emptied += stats.chunks_emptied;
+            if stats.pages_moved == 0 {
+                break;
+            }
+            passes += 1;
+            assert!(passes < 1000, "bounded passes never finish");
+        }
+        assert!(
+            passes > 1 && emptied > 0,
+            "{passes} passes, {emptied} emptied"
+        );
+        assert_eq!(a.compact(&mut hook).pages_moved, 0);
+        let table = table.into_inner().unwrap();
         check_table(a, &table);
         assert_eq!(a.miscounted_chunks(), 0);
         assert_eq!(a.unmerged_free_blocks(), 0);

@@ -7,15 +7,32 @@
 //! ones pin every chunk. [`Allocator::compact`] covers for that, as Linux's
 //! compaction does, with two scanners over each zone:
 //!
-//! - the **source** scanner walks chunks from the bottom up and picks those
-//!   that serve the movable class, are in use by at most
+//! The pass orders a zone's chunks by section: first the chunks of
+//! **anchored** sections (those with a chunk in use that no pass moves
+//! anything out of: unmovable, or shared by two zones; their memmap stays
+//! anyway), then the chunks of the others, each by address.
+//! Memmap goes back a whole section at a time, so blocks should leave the
+//! sections that can then go back whole, for the sections that stay.
+//!
+//! - the **source** scanner walks that order from the back (unanchored
+//!   sections, top down, then anchored ones) and picks chunks that serve the
+//!   movable class, are in use by at most
 //!   [`Config::compact_max_used`](crate::Config::compact_max_used) bytes, hold
 //!   only blocks allocated movable (none in a CPU cache or away for reporting)
 //!   and have a free block;
-//! - the **target** scanner walks chunks from the top down and takes free
-//!   blocks only in chunks of movable memory in use (never a wholly free chunk,
-//!   never by growing): pages gather at the top, and the pass ends where the two
-//!   scanners meet.
+//! - the **target** scanner walks it from the front (anchored sections, bottom
+//!   up, then the others) and takes free blocks only in chunks of movable
+//!   memory in use (never a wholly free chunk, never by growing): pages gather
+//!   low in the sections that stay, and the pass ends where the two scanners
+//!   meet.
+//!
+//! A section's anchoring is read from its chunks' words, without a lock, when
+//! a scanner enters it: it orders the pass and decides nothing else. Moving
+//! movable blocks does not change it (only allocations and frees of other
+//! classes do), so both scanners see one order, and both only move on: a pass
+//! ends.
+//! [`Allocator::compact_up_to`] bounds a pass by the pages it moves, for an
+//! idle loop that spreads the work over its rounds.
 //!
 //! For a source chunk, under the zone lock, every free block of it is taken off
 //! the lists and held (so nothing is allocated into it meanwhile); then, one
@@ -103,13 +120,23 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// [`Config::compact_max_used`](crate::Config::compact_max_used) at 0.
     /// Never grows a zone and never fills a wholly free chunk.
     pub fn compact(&self, migrate: &mut impl Migrate) -> CompactStats {
+        self.compact_up_to(migrate, u64::MAX)
+    }
+
+    /// [`compact`](Self::compact), bounded: the pass takes no new chunk once
+    /// it moved `max_pages` pages (it finishes the chunk it is emptying, at
+    /// most [`Config::compact_max_used`](crate::Config::compact_max_used)
+    /// more). An idle loop calls it again and again to spread a long pass over
+    /// several of its rounds; each call starts over from the ends of the
+    /// order, and finds the chunks already emptied free.
+    pub fn compact_up_to(&self, migrate: &mut impl Migrate, max_pages: u64) -> CompactStats {
         let mut stats = CompactStats::default();
-        if self.config.compact_max_used == 0 {
+        if self.config.compact_max_used == 0 || max_pages == 0 {
             return stats;
         }
         self.drain_all_cpus();
         for zone in self.zones.iter().filter(|z| z.is_populated()) {
-            self.compact_zone(zone, migrate, &mut stats);
+            self.compact_zone(zone, migrate, max_pages, &mut stats);
         }
         stats
     }
@@ -125,26 +152,38 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             && sections.state(chunk) == ChunkState::Ready
     }
 
-    fn compact_zone(&self, zone: &Zone<R>, migrate: &mut impl Migrate, stats: &mut CompactStats) {
+    fn compact_zone(
+        &self,
+        zone: &Zone<R>,
+        migrate: &mut impl Migrate,
+        budget: u64,
+        stats: &mut CompactStats,
+    ) {
         let shift = self.memmap.chunk_shift();
         let (first, end) = zone.chunks(shift);
+        if first >= end {
+            return;
+        }
         let max_used = self.config.compact_max_used >> PAGE_SHIFT;
         let chunk_pages = 1u64 << shift;
-        // The target scanner: its chunk, and where in it to look next.
-        let mut target = end;
+        let shift_in_section = self.memmap.sections().chunks_shift();
+        let mut sources = Scanner::new(first, end, shift_in_section, Direction::Down);
+        let mut targets = Scanner::new(first, end, shift_in_section, Direction::Up);
+        targets.next(|s| self.anchored(s));
+        // Where in the target scanner's chunk to look next.
         let mut target_from = 0;
-        for source in first..end {
-            if source >= target {
+        while let Some(source) = sources.next(|s| self.anchored(s)) {
+            if stats.pages_moved >= budget || source <= targets.place() {
                 return;
             }
-            if !self.movable_in_use(source, max_used) {
+            if !self.movable_in_use(source.chunk, max_used) {
                 continue;
             }
-            let (start, stop) = self.memmap.chunk_pfns(source);
+            let (start, stop) = self.memmap.chunk_pfns(source.chunk);
             let held = zone.with_free(|area| {
                 // Re-checked under the lock: only give-back leaves `Ready`,
                 // under it, and the word changes only under it.
-                if !self.movable_in_use(source, max_used)
+                if !self.movable_in_use(source.chunk, max_used)
                     || !area.chunk_movable(&self.memmap, start, stop)
                 {
                     return 0;
@@ -163,16 +202,17 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 zone.with_free(|area| area.next_allocated(&self.memmap, cursor, stop))
             {
                 cursor = pfn + (1 << order);
-                // A target above the source, in a chunk of movable memory in use.
+                // A target before the source in the pass's order, in a chunk of
+                // movable memory in use.
                 let to = loop {
-                    if target <= source + 1 {
+                    let place = targets.place();
+                    if place.chunk >= end || place >= source {
                         break None;
                     }
-                    let chunk = target - 1;
-                    let (t_start, t_stop) = self.memmap.chunk_pfns(chunk);
+                    let (t_start, t_stop) = self.memmap.chunk_pfns(place.chunk);
                     let from = target_from.max(t_start);
                     let found = zone.with_free(|area| {
-                        self.movable_in_use(chunk, chunk_pages - 1)
+                        self.movable_in_use(place.chunk, chunk_pages - 1)
                             .then(|| area.take_in(&self.memmap, from, t_stop, order))
                             .flatten()
                     });
@@ -182,7 +222,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                             break Some(to);
                         }
                         None => {
-                            target -= 1;
+                            targets.next(|s| self.anchored(s));
                             target_from = 0;
                         }
                     }
@@ -217,8 +257,149 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 // Relaxed: as above.
                 zone.isolated.fetch_sub(back, Relaxed);
             });
-            if self.memmap.sections().chunk_use(source).pages() == 0 {
+            if self.memmap.sections().chunk_use(source.chunk).pages() == 0 {
                 stats.chunks_emptied += 1;
+            }
+        }
+    }
+
+    /// Whether section `section`'s memmap stays whatever compaction does: it
+    /// has a chunk in use that no pass moves anything out of (unmovable, shared
+    /// by two zones, or not ready). Movable chunks do not anchor, however full:
+    /// a pass fills its targets, and a section it fills must keep its place in
+    /// the order. A hint read from the chunks' words without a lock: it only
+    /// orders the pass.
+    fn anchored(&self, section: usize) -> bool {
+        let sections = self.memmap.sections();
+        let shift = sections.chunks_shift();
+        let first = section << shift;
+        (first..first + (1 << shift)).any(|chunk| {
+            sections.chunk_use(chunk).pages() > 0 && !self.movable_in_use(chunk, u64::MAX)
+        })
+    }
+}
+
+/// A chunk's place in a pass's order: the chunks of anchored sections first
+/// (`phase` 0), then the others (`phase` 1), each by address. Targets are taken
+/// from the front, sources from the back, and the pass ends where they meet:
+/// blocks leave sections that can then go back whole, for sections that stay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    phase: u8,
+    chunk: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// From the front of the order: the target scanner.
+    Up,
+    /// From the back: the source scanner.
+    Down,
+}
+
+/// A walk over one zone's chunks `[first, end)` in [`Place`] order, one way,
+/// each section's anchoring read when the walk enters it.
+struct Scanner {
+    first: usize,
+    end: usize,
+    /// log2 of the chunks in a section.
+    shift: u32,
+    direction: Direction,
+    /// Where the walk stands: at the chunk last returned; before it started,
+    /// at the front (targets: sources may not pass it) or after the back
+    /// (sources); once over, after the back (targets) or before the front
+    /// (sources).
+    place: Place,
+    started: bool,
+    /// The section last asked about, and its answer.
+    section: Option<(usize, bool)>,
+}
+
+/// Before every place: where a finished source walk stands.
+const BEFORE: Place = Place { phase: 0, chunk: 0 };
+/// After every place: where a finished target walk stands.
+const AFTER: Place = Place { phase: 2, chunk: 0 };
+
+impl Scanner {
+    fn new(first: usize, end: usize, shift: u32, direction: Direction) -> Self {
+        Scanner {
+            first,
+            end,
+            shift,
+            direction,
+            place: match direction {
+                Direction::Up => Place {
+                    phase: 0,
+                    chunk: first,
+                },
+                Direction::Down => AFTER,
+            },
+            started: false,
+            section: None,
+        }
+    }
+
+    /// Where the scanner stands (see the field).
+    fn place(&self) -> Place {
+        self.place
+    }
+
+    /// The place after `at` (or the first, with `None`) in the walk's
+    /// direction, whatever the anchoring; `None` past the end of the order.
+    fn step(&self, at: Option<Place>) -> Option<Place> {
+        let (first_phase, last_phase, start) = match self.direction {
+            Direction::Up => (0, 1, self.first),
+            Direction::Down => (1, 0, self.end - 1),
+        };
+        let Some(at) = at else {
+            return Some(Place {
+                phase: first_phase,
+                chunk: start,
+            });
+        };
+        let chunk = match self.direction {
+            Direction::Up => Some(at.chunk + 1).filter(|&c| c < self.end),
+            Direction::Down => Some(at.chunk).filter(|&c| c > self.first).map(|c| c - 1),
+        };
+        match chunk {
+            Some(chunk) => Some(Place { chunk, ..at }),
+            None if at.phase == first_phase => Some(Place {
+                phase: last_phase,
+                chunk: start,
+            }),
+            None => None,
+        }
+    }
+
+    /// Moves to the next chunk in the scanner's direction whose section's
+    /// anchoring (`anchored`, asked each time the walk enters a section)
+    /// matches its phase, and returns it; `None` once the walk is over.
+    fn next(&mut self, mut anchored: impl FnMut(usize) -> bool) -> Option<Place> {
+        let mut at = self.started.then_some(self.place);
+        self.started = true;
+        loop {
+            let Some(next) = self.step(at) else {
+                self.place = match self.direction {
+                    Direction::Up => AFTER,
+                    Direction::Down => BEFORE,
+                };
+                return None;
+            };
+            let section = next.chunk >> self.shift;
+            let is_anchored = match self.section {
+                Some((s, answer)) if s == section && at.is_some_and(|a| a.phase == next.phase) => {
+                    answer
+                }
+                _ => {
+                    let answer = anchored(section);
+                    self.section = Some((section, answer));
+                    answer
+                }
+            };
+            at = Some(next);
+            if is_anchored == (next.phase == 0) {
+                self.place = next;
+                return Some(next);
             }
         }
     }
