@@ -38,6 +38,8 @@ pub struct AllocatorHooks {
     pub bad_ranges: u64,
     /// TSC ticks of the last `on_plugged`'s adds.
     pub last_add_ticks: u64,
+    /// TSC ticks of every `on_plugged`'s adds.
+    pub add_ticks: u64,
 }
 
 impl AllocatorHooks {
@@ -56,6 +58,7 @@ impl AllocatorHooks {
             refused: 0,
             bad_ranges: 0,
             last_add_ticks: 0,
+            add_ticks: 0,
         }
     }
 
@@ -119,6 +122,7 @@ impl Hotplug for AllocatorHooks {
         let span = self.chunks_of(&range);
         self.add_whole_chunks(span);
         self.last_add_ticks = crate::tsc::now() - t;
+        self.add_ticks += self.last_add_ticks;
     }
 
     fn may_unplug(&mut self, range: Range<Pfn>) -> bool {

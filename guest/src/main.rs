@@ -17,6 +17,7 @@ mod cmdline;
 mod files;
 mod free_report;
 mod hotplug_hooks;
+mod hotplug_schedule;
 mod mem_hotplug;
 mod memory;
 mod mmio;
@@ -329,6 +330,42 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         }
         spike = Some(figures.report);
         files = Some(figures);
+    }
+    if let Some(bytes) = options.hotplug {
+        let recorder = core::cell::RefCell::new(&mut recorder);
+        let figures = hotplug_schedule::run(
+            bytes,
+            tsc_hz,
+            hotplug_schedule::Paths {
+                poll: &mut || match &mut hotplug {
+                    Some(Ok(h)) => match h.poll(*recorder.borrow_mut()) {
+                        Ok(()) => Some(h.config()),
+                        Err(e) => {
+                            println!("virtio-mem: error: {e}");
+                            None
+                        }
+                    },
+                    _ => None,
+                },
+                add_ticks: &|| recorder.borrow().add_ticks,
+                alloc: &mut |flags| alloc(0, Constraint::Any, 0, flags),
+                free: &mut |pfn| match allocator.free(FreeRequest::pfn(pfn).on(CpuId(0))) {
+                    Ok(order) => allocated_pages.set(allocated_pages.get() - (1 << order)),
+                    Err(_) => failures.set(failures.get() + 1),
+                },
+                drain: &|| {
+                    allocator.drain(None).unwrap_or(0);
+                },
+                report: &|reporter| match reporter {
+                    Some(r) => allocator.report_free(r),
+                    None => Ok(allocator.give_back()),
+                },
+                memmap_bytes: &|| allocator.stats().memmap_bytes,
+            },
+        );
+        if !figures.ok {
+            failures.set(failures.get() + 1);
+        }
     }
     match options.workload {
         Workload::Idle => {}

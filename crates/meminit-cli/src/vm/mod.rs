@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::args::StrategyArg;
 
 mod figures;
+mod hotplug;
 mod table;
 
 use figures::{column, Column, Sample, VmReport};
@@ -116,6 +117,12 @@ pub struct VmArgs {
     /// Give up on a guest after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Grow the guest by SIZE through virtio-mem after boot (QMP qom-set of
+    /// requested-size), write and free that much in it, and shrink it back to
+    /// nothing plugged; measure each step (one meminit strategy, ondemand unless
+    /// --strategy says, and Linux beside it with --peer linux).
+    #[arg(long, value_parser = crate::args::parse_size, value_name = "SIZE")]
+    hotplug: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -162,6 +169,9 @@ fn check_sizes(args: &VmArgs) -> Result<()> {
 
 pub fn run(args: &VmArgs) -> Result<ExitCode> {
     check_args(args)?;
+    if let Some(bytes) = args.hotplug {
+        return hotplug::run(args, bytes);
+    }
     let linux_kernel = linux_kernel(args)?;
     let (initramfs, initramfs_note) = initramfs(args, linux_kernel.is_some())?;
     let guest = vm::build_guest(&repo_dir().join("guest"))?;
