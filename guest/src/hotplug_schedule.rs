@@ -158,6 +158,13 @@ pub fn run(bytes: u64, tsc_hz: u64, paths: Paths<'_>) -> HotplugFigures {
     if after.is_some_and(|c| c.plugged_size <= start.plugged_size) {
         f.removed_ns = Some(ns(took));
     }
+    // The memmap `remove_memory` released goes to the host too.
+    if let (Some(b), true) = (balloon.as_mut(), report_ok) {
+        if let Err(e) = crate::paging::report_released_memmap(&mut |r| b.report(r)) {
+            println!("meminit guest: hotplug: reporting the memmap removed failed: {e}");
+            report_ok = false;
+        }
+    }
     f.memmap[4] = (paths.memmap_bytes)();
     f.ok = report_ok && f.usable_ns.is_some() && f.pages == bytes / 4096;
     println!(
