@@ -171,7 +171,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
             }
             "hotplug" => {
                 let size = parse_size(value).map_err(|_| bad("not a size"))?;
-                if size == 0 || size % (2 << 20) != 0 {
+                if size == 0 || !size.is_multiple_of(2 << 20) {
                     return Err(bad("a size of whole 2 MiB blocks, above 0"));
                 }
                 o.hotplug = Some(size)

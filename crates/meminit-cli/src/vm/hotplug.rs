@@ -26,7 +26,7 @@ const MAX_PLUG: u64 = 64 << 30;
 
 /// What `--hotplug` cannot go with, said before anything boots.
 pub(super) fn check(args: &VmArgs, bytes: u64) -> Result<()> {
-    if bytes == 0 || bytes % BLOCK_BYTES != 0 {
+    if bytes == 0 || !bytes.is_multiple_of(BLOCK_BYTES) {
         bail!("--hotplug {bytes}: a size of whole 2 MiB blocks (the device's block size), above 0");
     }
     if bytes > MAX_PLUG {
@@ -318,12 +318,15 @@ fn rss_row(label: &'static str, step: &'static str) -> Row<'static> {
 
 fn print_table(r: &HotplugReport) {
     let runs = r.columns.iter().map(|c| c.runs.len()).max().unwrap_or(0);
-    println!(
+    print_wrapped(
+        "  ",
+        &format!(
         "virtio-mem hot-plug: {} plugged into a {} guest after boot, used, freed and unplugged; {} ({}); median [min–max] of {runs} run(s)",
         size::format(r.hotplug_bytes),
         size::format(r.memory_bytes),
         r.accel.name(),
         r.accel_reason
+        ),
     );
     let is_linux = |c: &HotplugColumn| c.name == "linux";
     let rows: Vec<Row<'static>> = vec![
@@ -419,7 +422,7 @@ fn print_table(r: &HotplugReport) {
     let headers: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
     let table: Vec<(&str, Vec<String>)> = rows
         .iter()
-        .map(|(label, f)| (*label, r.columns.iter().map(|c| f(c)).collect()))
+        .map(|(label, f)| (*label, r.columns.iter().map(f).collect()))
         .collect();
     print_columns(&headers, &table);
     print_legend(&[
