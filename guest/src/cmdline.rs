@@ -41,7 +41,8 @@ pub struct Options<'a> {
     pub virtio_mem: VirtioMemMode,
     /// `hotplug=SIZE`: after the workload, `meminit vm --hotplug`'s schedule
     /// (the host grows the virtio-mem device by SIZE and shrinks it back; the
-    /// guest uses the memory in between). Needs `hold=serial` and a device.
+    /// guest uses the memory in between). Needs a device; waits at its markers
+    /// whatever `hold=` says.
     pub hotplug: Option<u64>,
 }
 
