@@ -3,8 +3,9 @@
 //! the same way, side by side.
 //!
 //! Owns `--hotplug`'s checks, the two guests' command lines for it, and its
-//! table and JSON; running the schedule and measuring QEMU is
-//! `meminit_vm::hotplug`'s.
+//! table and JSON; what the command line says comes from `vm` as [`HotplugArgs`]
+//! (this module imports nothing of `vm`'s), and running the schedule and
+//! measuring QEMU is `meminit_vm::hotplug`'s.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,15 +18,37 @@ use meminit_vm::hotplug::{self as hp, HotplugRun, HotplugSpec, BLOCK_BYTES};
 use meminit_vm::{self as vm, Accel, PeerOptions, VmShape};
 use serde::Serialize;
 
-use super::{guest_append, repo_dir, AccelArg, Peer, VmArgs};
-use crate::args::StrategyArg;
 use crate::table::{format_ns, print_columns, print_legend, print_wrapped, spread_text};
 
 /// The most the guest's virtio-mem driver keeps account of (32768 blocks of 2 MiB).
 const MAX_PLUG: u64 = 64 << 30;
 
+/// What `vm` passes on from its command line.
+pub(super) struct HotplugArgs {
+    /// The plug.
+    pub bytes: u64,
+    pub memory: u64,
+    pub cpus: u32,
+    /// The meminit guest's strategy, and its command line without `hotplug=`.
+    pub strategy: &'static str,
+    pub guest_append: String,
+    /// The guest's source (`guest/`).
+    pub guest_dir: PathBuf,
+    /// With `--peer linux`: the kernel, `--initramfs` if given, and the
+    /// default initramfs.
+    pub linux: Option<(PathBuf, Option<PathBuf>, PathBuf)>,
+    /// `None`: decide by a trial boot.
+    pub accel: Option<Accel>,
+    pub trace_buf_size: Option<u64>,
+    pub crashkernel: Option<u64>,
+    pub no_balloon: bool,
+    pub runs: u32,
+    pub timeout: u64,
+    pub json: bool,
+}
+
 /// What `--hotplug` cannot go with, said before anything boots.
-pub(super) fn check(args: &VmArgs, bytes: u64) -> Result<()> {
+pub(super) fn check(bytes: u64, workload: Workload, nodes: u32) -> Result<()> {
     if bytes == 0 || !bytes.is_multiple_of(BLOCK_BYTES) {
         bail!("--hotplug {bytes}: a size of whole 2 MiB blocks (the device's block size), above 0");
     }
@@ -36,24 +59,18 @@ pub(super) fn check(args: &VmArgs, bytes: u64) -> Result<()> {
             size::format(MAX_PLUG)
         );
     }
-    if args.workload != Workload::Idle {
-        bail!("--workload {}: --hotplug runs its own workload (SIZE written in the new memory and freed); leave --workload out", args.workload);
+    if workload != Workload::Idle {
+        bail!("--workload {workload}: --hotplug runs its own workload (SIZE written in the new memory and freed); leave --workload out");
     }
-    if args.nodes > 1 {
-        bail!(
-            "--nodes {}: --hotplug plugs into a guest of one node",
-            args.nodes
-        );
+    if nodes > 1 {
+        bail!("--nodes {nodes}: --hotplug plugs into a guest of one node");
     }
     Ok(())
 }
 
 /// The Linux peer's initramfs for `--hotplug`: one whose /init knows the schedule.
-fn initramfs(args: &VmArgs) -> Result<PathBuf> {
-    let path = args
-        .initramfs
-        .clone()
-        .unwrap_or_else(|| repo_dir().join("target/linux/initramfs.cpio"));
+fn initramfs(given: Option<&Path>, default: &Path) -> Result<PathBuf> {
+    let path = given.unwrap_or(default).to_path_buf();
     let bytes = std::fs::read(&path).map_err(|e| {
         anyhow::anyhow!(
             "--hotplug with --peer linux needs the initramfs scripts/setup --vm builds: {}: {e}",
@@ -86,34 +103,37 @@ struct HotplugReport {
     accel: Accel,
     accel_reason: String,
     linux_memmap: &'static str,
+    /// What Linux was given, and why.
+    linux_notes: Vec<String>,
     columns: Vec<HotplugColumn>,
 }
 
 const LINUX_MEMMAP: &str = "computed, not measured: 64 B of struct page per 4 KiB page Linux onlined (MemTotal's growth), which onlining writes before any of it is usable";
 
-pub(super) fn run(args: &VmArgs, bytes: u64) -> Result<ExitCode> {
-    check(args, bytes)?;
-    let linux = match args.peer {
-        Some(Peer::Linux) => {
-            let kernel = args
-                .kernel
-                .clone()
-                .unwrap_or_else(|| repo_dir().join("target/linux/vmlinuz"));
+pub(super) fn run(args: &HotplugArgs) -> Result<ExitCode> {
+    let bytes = args.bytes;
+    let linux = match &args.linux {
+        Some((kernel, given, default)) => {
             if !kernel.is_file() {
                 bail!(
                     "no Linux kernel at {}: run scripts/setup --vm or give --kernel",
                     kernel.display()
                 );
             }
-            Some((kernel, initramfs(args)?))
+            Some((kernel.clone(), initramfs(given.as_deref(), default)?))
         }
         None => None,
     };
-    let guest = vm::build_guest(&repo_dir().join("guest"))?;
+    let guest = vm::build_guest(&args.guest_dir)?;
     let (accel, accel_reason) = match args.accel {
-        AccelArg::Auto => vm::choose_accel(&guest),
-        AccelArg::Kvm => (Accel::Kvm, "asked for with --accel kvm".into()),
-        AccelArg::Tcg => (Accel::Tcg, "asked for with --accel tcg".into()),
+        None => vm::choose_accel(&guest),
+        Some(a) => (
+            a,
+            format!(
+                "asked for with --accel {}",
+                if a == Accel::Kvm { "kvm" } else { "tcg" }
+            ),
+        ),
     };
     let shape = VmShape {
         memory: args.memory,
@@ -122,15 +142,8 @@ pub(super) fn run(args: &VmArgs, bytes: u64) -> Result<ExitCode> {
     };
     let mut ram_kib = vm::guest_ram_kib(&shape);
     ram_kib.push(bytes >> 10);
-    let strategy = match args.strategy {
-        Some(StrategyArg::Eager) => "eager",
-        Some(StrategyArg::Deferred) => "deferred",
-        Some(StrategyArg::Ondemand) | None => "ondemand",
-    };
-    let append = format!(
-        "{} virtio_mem=on hotplug={bytes}",
-        guest_append(args, strategy)
-    );
+    let strategy = args.strategy;
+    let append = format!("{} virtio_mem=on hotplug={bytes}", args.guest_append);
     let mut columns = vec![column(
         args,
         &format!("meminit {strategy}"),
@@ -140,13 +153,14 @@ pub(super) fn run(args: &VmArgs, bytes: u64) -> Result<ExitCode> {
         bytes,
         Duration::ZERO,
     )?];
+    let mut linux_notes = Vec::new();
     if let Some((kernel, initrd)) = linux {
         let tsc_khz = columns[0]
             .runs
             .iter()
             .find_map(|r| vm::guest_json(&r.console)?.get("tsc_hz")?.as_u64())
             .map(|hz| (hz + 500) / 1000);
-        let (mut append, _) = vm::linux_append(&PeerOptions {
+        let (mut append, notes) = vm::linux_append(&PeerOptions {
             trace_buf_size: args.trace_buf_size,
             crashkernel: args.crashkernel,
             initramfs: true,
@@ -156,6 +170,8 @@ pub(super) fn run(args: &VmArgs, bytes: u64) -> Result<ExitCode> {
         append.push_str(&format!(
             " memhp_default_state=online_movable meminit_hotplug={bytes}"
         ));
+        linux_notes = notes;
+        linux_notes.push("hot-plug: Linux's initramfs /init loads virtio_mem; memhp_default_state=online_movable onlines hot-added memory movable, so that it can be unplugged".into());
         let qemu = guest_args(args, &shape, accel, &kernel, &append, Some(&initrd));
         // Linux reports free memory in passes 2 s apart: at the free, wait
         // until three in a row hand nothing more back.
@@ -175,6 +191,7 @@ pub(super) fn run(args: &VmArgs, bytes: u64) -> Result<ExitCode> {
         accel,
         accel_reason,
         linux_memmap: LINUX_MEMMAP,
+        linux_notes,
         columns,
     };
     if args.json {
@@ -191,7 +208,7 @@ pub(super) fn run(args: &VmArgs, bytes: u64) -> Result<ExitCode> {
 
 /// QEMU's arguments for one guest of the schedule (the QMP socket is added per run).
 fn guest_args(
-    args: &VmArgs,
+    args: &HotplugArgs,
     shape: &VmShape,
     accel: Accel,
     kernel: &Path,
@@ -210,7 +227,7 @@ fn guest_args(
 
 /// `--runs` runs of one guest (fewer if one fails).
 fn column(
-    args: &VmArgs,
+    args: &HotplugArgs,
     name: &str,
     qemu_args: &[String],
     accel: Accel,
@@ -431,6 +448,9 @@ fn print_table(r: &HotplugReport) {
         "memmap: meminit's memmap populated (Allocator::stats) above what it was before the plug, as the guest reports it; (c) Linux: computed, 64 B per 4 KiB page onlined, which onlining writes before any of it is usable.",
         "unplug: after the free (and free page reporting), QMP qom-set requested-size 0; fully succeeded: the device's plugged size (qom-get size) is 0 afterwards.",
     ]);
+    for note in &r.linux_notes {
+        print_wrapped("    ", &format!("linux: {note}"));
+    }
     for c in &r.columns {
         if let Some(why) = &c.failure {
             print_wrapped("    ", &format!("{} failed: {why}", c.name));

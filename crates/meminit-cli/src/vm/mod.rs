@@ -170,7 +170,40 @@ fn check_sizes(args: &VmArgs) -> Result<()> {
 pub fn run(args: &VmArgs) -> Result<ExitCode> {
     check_args(args)?;
     if let Some(bytes) = args.hotplug {
-        return hotplug::run(args, bytes);
+        hotplug::check(bytes, args.workload, args.nodes)?;
+        let strategy = match args.strategy {
+            Some(StrategyArg::Eager) => "eager",
+            Some(StrategyArg::Deferred) => "deferred",
+            Some(StrategyArg::Ondemand) | None => "ondemand",
+        };
+        return hotplug::run(&hotplug::HotplugArgs {
+            bytes,
+            memory: args.memory,
+            cpus: args.cpus,
+            strategy,
+            guest_append: guest_append(args, strategy),
+            guest_dir: repo_dir().join("guest"),
+            linux: args.peer.map(|Peer::Linux| {
+                (
+                    args.kernel
+                        .clone()
+                        .unwrap_or_else(|| repo_dir().join("target/linux/vmlinuz")),
+                    args.initramfs.clone(),
+                    repo_dir().join("target/linux/initramfs.cpio"),
+                )
+            }),
+            accel: match args.accel {
+                AccelArg::Auto => None,
+                AccelArg::Kvm => Some(Accel::Kvm),
+                AccelArg::Tcg => Some(Accel::Tcg),
+            },
+            trace_buf_size: args.trace_buf_size,
+            crashkernel: args.crashkernel,
+            no_balloon: args.no_balloon,
+            runs: args.runs,
+            timeout: args.timeout,
+            json: args.json,
+        });
     }
     let linux_kernel = linux_kernel(args)?;
     let (initramfs, initramfs_note) = initramfs(args, linux_kernel.is_some())?;
