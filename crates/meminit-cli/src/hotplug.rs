@@ -105,7 +105,7 @@ fn print_table(h: &SimHotplug, runs: &[HotplugReport]) {
     ),
     );
     if let Some(note) = &h.capped {
-        println!("  note: {note}");
+        print_wrapped("  ", &format!("note: {note}"));
     }
     let steps: [(&str, StepOf); 5] = [
         ("before add_memory", |r| r.before),
