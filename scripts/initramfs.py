@@ -4,14 +4,18 @@
     scripts/initramfs.py KERNEL_TREE BUSYBOX_TREE OUT
 
 KERNEL_TREE and BUSYBOX_TREE are Debian's linux-image and busybox-static packages
-unpacked with `dpkg-deb -x`. The archive holds busybox, virtio_pci and
-virtio_balloon with every module they depend on (read from each module's
+unpacked with `dpkg-deb -x`. The archive holds busybox, virtio_pci,
+virtio_balloon and virtio_mem with every module they depend on (read from each module's
 `depends=`, since a package carries no modules.dep; .ko.xz and .ko.zst are
 decompressed), /dev/console, and an /init that loads them, writes and frees the
 spike (`meminit_spike=BYTES` on the kernel command line) or the files
 (`meminit_files=COUNT`: COUNT tmpfs files of 4 KiB, each deleted but with
 probability 1%) at the same markers as the meminit guest, waits for Linux to
-report the freed memory to the host, and powers off. Needs nothing but Python's standard library (no cpio on the host).
+report the freed memory to the host, and powers off. With `meminit_hotplug=BYTES`
+it runs `meminit vm --hotplug`'s schedule instead: the host grows the virtio-mem
+device by BYTES, /init times until the memory is online (MemTotal grew), writes
+and frees it on a tmpfs, and times the shrink back (Linux boots with
+`memhp_default_state=online_movable`, so hot-added memory is onlined movable). Needs nothing but Python's standard library (no cpio on the host).
 """
 
 import lzma
@@ -20,7 +24,7 @@ import stat
 import subprocess
 import sys
 
-WANTED = ["virtio_pci", "virtio_balloon"]
+WANTED = ["virtio_pci", "virtio_balloon", "virtio_mem"]
 
 INIT = r"""#!/bin/busybox sh
 # The Linux peer's /init (built by scripts/initramfs.py): the meminit guest's
@@ -57,6 +61,50 @@ done
 echo "MEMINIT-INIT free page reporting: $reporting"
 
 spike=${meminit_spike:-0}
+hotplug=${meminit_hotplug:-0}
+total_kib() { while read -r k v _; do [ "$k" = MemTotal: ] && echo "$v" && return; done < /proc/meminfo; }
+# Nanoseconds of the kernel's monotonic clock (/proc/timer_list's "now at").
+now_ns() { awk '/^now at/ { print $3; exit }' /proc/timer_list; }
+# Waits (at most $2 s) until MemTotal is at least ($1 = ge) or at most ($1 = le)
+# $3 KiB; prints the ns it took from $4.
+wait_total() {
+    deadline=$(( $(now_ns) + $2 * 1000000000 ))
+    while :; do
+        t=$(total_kib)
+        if [ "$1" = ge ] && [ "$t" -ge "$3" ]; then break; fi
+        if [ "$1" = le ] && [ "$t" -le "$3" ]; then break; fi
+        if [ "$(now_ns)" -gt "$deadline" ]; then echo "MEMINIT-INIT note: MemTotal $t KiB after $2 s"; break; fi
+    done
+    echo $(( $(now_ns) - $4 ))
+}
+if [ "$hotplug" -gt 0 ]; then
+    # meminit vm --hotplug: the host measures QEMU at each marker; at hp-ready it
+    # asks the virtio-mem device for $hotplug more bytes (qom-set requested-size)
+    # and then sends the line, at hp-freed it asks for them back.
+    before=$(total_kib)
+    want=$(( before + hotplug / 1024 ))
+    mark hp-ready
+    t0=$(now_ns)
+    ns=$(wait_total ge 120 "$want" "$t0")
+    echo "MEMINIT-HOTPLUG usable_ns $ns total_kib $(total_kib) before_kib $before"
+    mark hp-plugged
+    mkdir -p /hot
+    mount -t tmpfs -o size=$((hotplug + 1048576)) tmpfs /hot || fail "mounting a tmpfs for the hot-plugged memory failed"
+    mib=$(( hotplug / 1048576 ))
+    dd if=/dev/zero of=/hot/file bs=1048576 count=$mib 2>/dev/null || echo "MEMINIT-INIT note: writing $mib MiB stopped short"
+    echo "MEMINIT-HOTPLUG written_kib $(du -k /hot/file | cut -f1)"
+    mark hp-peak
+    rm /hot/file
+    umount /hot
+    sleep 3
+    mark hp-freed
+    t0=$(now_ns)
+    ns=$(wait_total le 120 "$before" "$t0")
+    echo "MEMINIT-HOTPLUG removed_ns $ns total_after_kib $(total_kib)"
+    mark hp-unplugged
+    echo "MEMINIT-INIT done"
+    finish
+fi
 files=${meminit_files:-0}
 free_kib() { awk '/^MemFree:/ { print $2 }' /proc/meminfo; }
 mark boot

@@ -1,5 +1,5 @@
 //! The kernel command line: `meminit=`, `trace_buf_size=`, `crashkernel=`,
-//! `workload=`, `hold=`, `memmap=`, `accept=` and `virtio_mem=`. Options a monitor or a Linux-minded user passes by
+//! `workload=`, `hold=`, `memmap=`, `accept=`, `virtio_mem=` and `hotplug=`. Options a monitor or a Linux-minded user passes by
 //! habit (`console=ttyS0`, `quiet`, `loglevel=7`, ...) are ignored and noted;
 //! anything else is an error that names the option.
 
@@ -39,6 +39,11 @@ pub struct Options<'a> {
     pub accept_zero: bool,
     /// `virtio_mem=auto|on|off`: drive a virtio-mem device (default: auto).
     pub virtio_mem: VirtioMemMode,
+    /// `hotplug=SIZE`: after the workload, `meminit vm --hotplug`'s schedule
+    /// (the host grows the virtio-mem device by SIZE and shrinks it back; the
+    /// guest uses the memory in between). Needs a device; waits at its markers
+    /// whatever `hold=` says.
+    pub hotplug: Option<u64>,
 }
 
 /// Whether to drive a virtio-mem device.
@@ -110,6 +115,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
         crash_offset_ignored: false,
         memmap: Granularity::Chunk,
         accept_zero: false,
+        hotplug: None,
         virtio_mem: VirtioMemMode::Auto,
     };
     for option in cmdline.split_ascii_whitespace() {
@@ -164,6 +170,13 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
                     _ => return Err(bad("expected auto, on or off")),
                 }
             }
+            "hotplug" => {
+                let size = parse_size(value).map_err(|_| bad("not a size"))?;
+                if size == 0 || !size.is_multiple_of(2 << 20) {
+                    return Err(bad("a size of whole 2 MiB blocks, above 0"));
+                }
+                o.hotplug = Some(size)
+            }
             "hold" => {
                 o.hold = match value {
                     "serial" => true,
@@ -179,7 +192,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
             }
             _ => {
                 return Err(bad(
-                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, memmap, accept, virtio_mem, and Linux's console, quiet, loglevel, ... which are ignored)",
+                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, memmap, accept, virtio_mem, hotplug, and Linux's console, quiet, loglevel, ... which are ignored)",
                 ))
             }
         }

@@ -7,15 +7,18 @@
 //! (a chunk whose other blocks stay plugged is then plugged but unused until it
 //! is whole again). A removal that does not free the whole range says no, and
 //! puts back what it did remove, so nothing plugged is lost to the allocator.
-//! It touches neither the device (`mem_hotplug`'s) nor the memory.
+//! It drives neither the device (`mem_hotplug`'s) nor the memory; at start-up it
+//! finds the device, says which of its region to declare hot-pluggable, and
+//! starts `mem_hotplug` over these hooks once the allocator is up.
 
 use core::ops::Range;
 
 use meminit::{LookupError, Pfn};
 
-use crate::mem_hotplug::Hotplug;
+use crate::mem_hotplug::{Hotplug, MemHotplug};
 use crate::println;
 use crate::GuestAllocator;
+use crate::{cmdline, paging, virtio_mem};
 
 /// Blocks this keeps account of: as `mem_hotplug`'s driver (64 GiB of 2 MiB).
 const MAX_BLOCKS: u64 = 32 * 1024;
@@ -38,6 +41,8 @@ pub struct AllocatorHooks {
     pub bad_ranges: u64,
     /// TSC ticks of the last `on_plugged`'s adds.
     pub last_add_ticks: u64,
+    /// TSC ticks of every `on_plugged`'s adds.
+    pub add_ticks: u64,
 }
 
 impl AllocatorHooks {
@@ -56,6 +61,7 @@ impl AllocatorHooks {
             refused: 0,
             bad_ranges: 0,
             last_add_ticks: 0,
+            add_ticks: 0,
         }
     }
 
@@ -119,6 +125,7 @@ impl Hotplug for AllocatorHooks {
         let span = self.chunks_of(&range);
         self.add_whole_chunks(span);
         self.last_add_ticks = crate::tsc::now() - t;
+        self.add_ticks += self.last_add_ticks;
     }
 
     fn may_unplug(&mut self, range: Range<Pfn>) -> bool {
@@ -150,4 +157,66 @@ impl Hotplug for AllocatorHooks {
             }
         }
     }
+}
+
+/// Finds and starts the virtio-mem device as `mode` says. `None`: not asked
+/// for, or (under `auto`) not there.
+pub fn find_virtio_mem(
+    mode: cmdline::VirtioMemMode,
+    tsc_hz: u64,
+) -> Option<Result<virtio_mem::VirtioMem, virtio_mem::Error>> {
+    use cmdline::VirtioMemMode;
+    if mode == VirtioMemMode::Off {
+        return None;
+    }
+    match virtio_mem::VirtioMem::find() {
+        None if mode == VirtioMemMode::Auto => None,
+        None => Some(Err(virtio_mem::Error::NoDevice)),
+        Some(at) => Some(virtio_mem::VirtioMem::start(at, tsc_hz)),
+    }
+}
+
+/// The whole sections of a virtio-mem device's region, as a byte range, to
+/// declare hot-pluggable; `None` if it holds none.
+pub fn hotplug_region(c: virtio_mem::Config) -> Option<(u64, u64)> {
+    let section = meminit::DEFAULT_SECTION_SIZE;
+    let start = c.addr.next_multiple_of(section);
+    let end = (c.addr + c.region_size) / section * section;
+    (start < end && end <= paging::MAX_MEMORY).then_some((start, end))
+}
+
+/// Plugs the started virtio-mem device up to the requested size, handing what is
+/// plugged to `hooks`. `None`: not asked for, or not there; an error is printed.
+pub fn start_hotplug(
+    device: Option<Result<virtio_mem::VirtioMem, virtio_mem::Error>>,
+    tsc_hz: u64,
+    layout: &meminit::Layout,
+    hooks: &mut AllocatorHooks,
+) -> Option<Result<MemHotplug, virtio_mem::Error>> {
+    let result = device?.and_then(|device| {
+        let c = device.config();
+        let at = device.function();
+        let bad = |why, value| Err(virtio_mem::Error::BadConfig { at, why, value });
+        // The hooks reach the region through the identity map.
+        if c.addr + c.region_size > paging::MAX_MEMORY {
+            return bad(
+                "the region ends above the memory this guest maps",
+                c.addr + c.region_size,
+            );
+        }
+        // Memory present at boot is the allocator's already.
+        let region = Pfn(c.addr / 4096)..Pfn((c.addr + c.region_size) / 4096);
+        if let Some(run) = layout.present_runs(region).next() {
+            return bad(
+                "the region overlaps memory of the boot memory map",
+                run.start.addr(),
+            );
+        }
+        let unit_bytes = layout.section_pages() * 4096;
+        MemHotplug::start(device, unit_bytes, tsc_hz, hooks)
+    });
+    if let Err(e) = &result {
+        println!("virtio-mem: error: {e}");
+    }
+    Some(result)
 }

@@ -17,6 +17,7 @@ mod cmdline;
 mod files;
 mod free_report;
 mod hotplug_hooks;
+mod hotplug_schedule;
 mod mem_hotplug;
 mod memory;
 mod mmio;
@@ -35,8 +36,7 @@ mod virtio_mem;
 
 use core::cell::Cell;
 
-use hotplug_hooks::AllocatorHooks;
-use mem_hotplug::MemHotplug;
+use hotplug_hooks::{find_virtio_mem, hotplug_region, start_hotplug, AllocatorHooks};
 use meminit::{
     AllocFlags, AllocPath, AllocRequest, Allocator, AllocatorCell, Config, Constraint, CpuCache,
     CpuId, FreeRequest, NodeId, Pfn, SectionSlot, Strategy,
@@ -333,6 +333,42 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         spike = Some(figures.report);
         files = Some(figures);
     }
+    if let Some(bytes) = options.hotplug {
+        let recorder = core::cell::RefCell::new(&mut recorder);
+        let figures = hotplug_schedule::run(
+            bytes,
+            tsc_hz,
+            hotplug_schedule::Paths {
+                poll: &mut || match &mut hotplug {
+                    Some(Ok(h)) => match h.poll(*recorder.borrow_mut()) {
+                        Ok(()) => Some(h.config()),
+                        Err(e) => {
+                            println!("virtio-mem: error: {e}");
+                            None
+                        }
+                    },
+                    _ => None,
+                },
+                add_ticks: &|| recorder.borrow().add_ticks,
+                alloc: &mut |flags| alloc(0, Constraint::Any, 0, flags),
+                free: &mut |pfn| match allocator.free(FreeRequest::pfn(pfn).on(CpuId(0))) {
+                    Ok(order) => allocated_pages.set(allocated_pages.get() - (1 << order)),
+                    Err(_) => failures.set(failures.get() + 1),
+                },
+                drain: &|| {
+                    allocator.drain(None).unwrap_or(0);
+                },
+                report: &|reporter| match reporter {
+                    Some(r) => allocator.report_free(r),
+                    None => Ok(allocator.give_back()),
+                },
+                memmap_bytes: &|| allocator.stats().memmap_bytes,
+            },
+        );
+        if !figures.ok {
+            failures.set(failures.get() + 1);
+        }
+    }
     match options.workload {
         Workload::Idle => {}
         // Run above, before the other workloads' match.
@@ -491,68 +527,6 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     } else {
         ExitCode::Failure
     })
-}
-
-/// Finds and starts the virtio-mem device as `mode` says. `None`: not asked
-/// for, or (under `auto`) not there.
-fn find_virtio_mem(
-    mode: cmdline::VirtioMemMode,
-    tsc_hz: u64,
-) -> Option<Result<virtio_mem::VirtioMem, virtio_mem::Error>> {
-    use cmdline::VirtioMemMode;
-    if mode == VirtioMemMode::Off {
-        return None;
-    }
-    match virtio_mem::VirtioMem::find() {
-        None if mode == VirtioMemMode::Auto => None,
-        None => Some(Err(virtio_mem::Error::NoDevice)),
-        Some(at) => Some(virtio_mem::VirtioMem::start(at, tsc_hz)),
-    }
-}
-
-/// The whole sections of a virtio-mem device's region, as a byte range, to
-/// declare hot-pluggable; `None` if it holds none.
-fn hotplug_region(c: virtio_mem::Config) -> Option<(u64, u64)> {
-    let section = meminit::DEFAULT_SECTION_SIZE;
-    let start = c.addr.next_multiple_of(section);
-    let end = (c.addr + c.region_size) / section * section;
-    (start < end && end <= paging::MAX_MEMORY).then_some((start, end))
-}
-
-/// Plugs the started virtio-mem device up to the requested size, handing what is
-/// plugged to `hooks`. `None`: not asked for, or not there; an error is printed.
-fn start_hotplug(
-    device: Option<Result<virtio_mem::VirtioMem, virtio_mem::Error>>,
-    tsc_hz: u64,
-    layout: &meminit::Layout,
-    hooks: &mut AllocatorHooks,
-) -> Option<Result<MemHotplug, virtio_mem::Error>> {
-    let result = device?.and_then(|device| {
-        let c = device.config();
-        let at = device.function();
-        let bad = |why, value| Err(virtio_mem::Error::BadConfig { at, why, value });
-        // The hooks reach the region through the identity map.
-        if c.addr + c.region_size > paging::MAX_MEMORY {
-            return bad(
-                "the region ends above the memory this guest maps",
-                c.addr + c.region_size,
-            );
-        }
-        // Memory present at boot is the allocator's already.
-        let region = Pfn(c.addr / 4096)..Pfn((c.addr + c.region_size) / 4096);
-        if let Some(run) = layout.present_runs(region).next() {
-            return bad(
-                "the region overlaps memory of the boot memory map",
-                run.start.addr(),
-            );
-        }
-        let unit_bytes = layout.section_pages() * 4096;
-        MemHotplug::start(device, unit_bytes, tsc_hz, hooks)
-    });
-    if let Err(e) = &result {
-        println!("virtio-mem: error: {e}");
-    }
-    Some(result)
 }
 
 /// Writes a boot allocation as Linux does, so that it costs the host what it costs

@@ -80,6 +80,33 @@ static RELEASED: spin::Mutex<Released> = spin::Mutex::new(Released {
     len: 0,
 });
 
+/// Sorts the queue of memmap given back and merges ranges that touch, so that a
+/// large give-back (a hot-plugged range, chunk by chunk in any order) fits the
+/// queue; the queue's new length.
+fn coalesce(released: &mut Released) -> usize {
+    let ranges = &mut released.ranges[..released.len];
+    // Insertion sort: no allocation, and the queue is mostly in order already.
+    for i in 1..ranges.len() {
+        let mut j = i;
+        while j > 0 && ranges[j - 1].0 > ranges[j].0 {
+            ranges.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    let mut kept = 0;
+    for i in 0..ranges.len() {
+        let r = ranges[i];
+        if kept > 0 && ranges[kept - 1].1 >= r.0 {
+            ranges[kept - 1].1 = ranges[kept - 1].1.max(r.1);
+        } else {
+            ranges[kept] = r;
+            kept += 1;
+        }
+    }
+    released.len = kept;
+    kept
+}
+
 /// Hands the memory under the memmap given back since the last call to
 /// `report` (guest-physical `(address, bytes)` ranges of the pool), and forgets
 /// it; returns the bytes handed over. The queue's lock is held throughout, so a
@@ -421,7 +448,7 @@ unsafe impl MemmapBacking for GuestBacking {
     /// Under `memmap=chunk`, queues the chunk's descriptor pages for the host
     /// ([`report_released_memmap`]); they stay mapped. Under sections, keeps the
     /// memmap (the allocator never asks: it lives on the section's own memory, or
-    /// a home). Also keeps it when the queue is full.
+    /// a home). Also keeps it when the queue is full even once sorted and merged.
     fn depopulate(&self, piece: MemmapPiece) -> bool {
         if self.granularity != Granularity::Chunk {
             return false;
@@ -437,9 +464,10 @@ unsafe impl MemmapBacking for GuestBacking {
             released.ranges[len - 1].1 = end;
             return true;
         }
-        if len == MAX_RELEASED {
+        if len == MAX_RELEASED && coalesce(&mut released) == MAX_RELEASED {
             return false;
         }
+        let len = released.len;
         released.ranges[len] = (start, end);
         released.len += 1;
         true

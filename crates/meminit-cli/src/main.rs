@@ -2,7 +2,7 @@
 //! and on-demand memmap initialisation side by side.
 //!
 //! This file owns the commands and how an error is told; each command is its own
-//! module (`report`, `layout`, `vm`), the tables for people are `table`'s (the
+//! module (`report`, `layout`, `vm`; `report --hotplug` is `hotplug`'s), the tables for people are `table`'s (the
 //! spike's rows `spike`'s), the simulation is `meminit_host::sim`.
 
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod args;
+mod hotplug;
 mod layout;
 mod mix;
 mod plot;

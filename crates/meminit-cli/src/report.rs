@@ -113,6 +113,12 @@ pub(crate) struct ReportArgs {
     /// Run each strategy this many times; times are given as median [min–max].
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: u32,
+    /// Declare SIZE more memory hot-pluggable and run the hot-plug schedule instead
+    /// of a boot: add_memory after start-up, SIZE of movable pages written in it
+    /// (at most what --memory-budget allows) and freed, give-back, remove_memory.
+    /// One strategy for the boot memory (on-demand unless --strategy says).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    hotplug: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,6 +157,9 @@ pub(crate) fn report(args: &ReportArgs) -> Result<ExitCode> {
     let m = &args.machine;
     if args.runs == 0 || args.runs > vm::MAX_RUNS {
         bail!("--runs must be between 1 and {}", vm::MAX_RUNS);
+    }
+    if let Some(bytes) = args.hotplug {
+        return crate::hotplug::report(&hotplug_of(args, bytes)?);
     }
     let workload = match args.workload {
         WorkloadArg::Mix(m) => return mix_report(args, m),
@@ -202,6 +211,81 @@ pub(crate) fn report(args: &ReportArgs) -> Result<ExitCode> {
         }
     }
     Ok(code)
+}
+
+/// `--hotplug`'s run from the command line: every option that cannot apply to
+/// it refused.
+fn hotplug_of(args: &ReportArgs, bytes: u64) -> Result<crate::hotplug::SimHotplug> {
+    let m = &args.machine;
+    if m.machine.is_none() && m.memory.is_none() && m.map.is_none() {
+        bail!("--hotplug: name one machine (--machine, --memory or --map)");
+    }
+    if !matches!(args.workload, WorkloadArg::Boot(Workload::Idle)) {
+        bail!("--workload: --hotplug runs its own workload (SIZE written in the new memory, then freed); leave --workload out");
+    }
+    for (given, option) in [
+        (args.threads.is_some(), "--threads"),
+        (args.trace_buf_size.is_some(), "--trace-buf-size"),
+        (args.crashkernel.is_some(), "--crashkernel"),
+        (args.hints.is_some(), "--hints"),
+        (args.wrong_hints.is_some(), "--wrong-hints"),
+        (args.compact.is_some(), "--compact"),
+        (args.give_back != GiveBackArg::Default, "--give-back"),
+        (args.give_back_reserve.is_some(), "--give-back-reserve"),
+        (args.plot.is_some(), "--plot"),
+        (args.chunk_size.is_some(), "--chunk-size"),
+        (args.accept_memory, "--accept-memory"),
+        (
+            matches!(args.memmap_granularity, GranularityArg::Premapped),
+            "--memmap-granularity premapped",
+        ),
+    ] {
+        if given {
+            bail!("{option}: does not apply to --hotplug (its schedule: add_memory, a workload in the new memory, free, give-back, remove_memory)");
+        }
+    }
+    let machine = machine_of(m)?;
+    if bytes == 0 || !bytes.is_multiple_of(machine.section_size) {
+        bail!(
+            "--hotplug {bytes}: a size of whole sections ({} on machine {}), above 0",
+            size::format(machine.section_size),
+            machine.name
+        );
+    }
+    let budget = args
+        .memory_budget
+        .unwrap_or_else(sim::default_memory_budget);
+    if budget == 0 {
+        bail!("--memory-budget 0: nothing could be measured; give the host memory the workload may commit, e.g. 4G");
+    }
+    // The workload's pages and their memmap must fit the budget.
+    let most = budget / (PAGE_SIZE + 64) * PAGE_SIZE / (2 << 20) * (2 << 20);
+    let workload_bytes = bytes.min(most);
+    let capped = (workload_bytes < bytes).then(|| {
+        format!(
+            "the workload writes {} of the {} plugged: the host memory budget is {} (--memory-budget; default half of MemAvailable)",
+            size::format(workload_bytes),
+            size::format(bytes),
+            size::format(budget)
+        )
+    });
+    Ok(crate::hotplug::SimHotplug {
+        options: meminit_host::hotplug::HotplugOptions {
+            bytes,
+            workload_bytes,
+            strategy: args
+                .strategy
+                .map_or(meminit::Strategy::OnDemand, Into::into),
+            granularity: match args.memmap_granularity {
+                GranularityArg::Chunk => meminit::Granularity::Chunk,
+                _ => meminit::Granularity::Section,
+            },
+        },
+        machine,
+        runs: args.runs,
+        json: args.json,
+        capped,
+    })
 }
 
 /// The simulation's options for `machine` from the command line, each checked

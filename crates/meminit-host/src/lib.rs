@@ -8,8 +8,9 @@
 //! JSON map or a Linux boot log via [`dmesg`]); [`sim`] boots them under each
 //! strategy and measures, beside the physical limit of [`limit`], into the figures
 //! of [`report`]; [`spike`] is the load spike after which memory (and memmap)
-//! should go back to the host, and [`mix`] the `mixed` and `churn` workloads that
-//! measure what placement and compaction give back.
+//! should go back to the host, [`mix`] the `mixed` and `churn` workloads that
+//! measure what placement and compaction give back, and [`hotplug`] memory that
+//! arrives after start-up and leaves again.
 //!
 //! Unsafe code lives in [`region`] (system calls) and in the backing's `unsafe impl`.
 //!
@@ -18,6 +19,7 @@
 
 pub mod backing;
 pub mod dmesg;
+pub mod hotplug;
 pub mod limit;
 pub mod machine;
 pub mod mix;

@@ -15,15 +15,18 @@
 //! guest), software emulation (TCG) otherwise.
 //!
 //! [`qemu`] builds QEMU's command line, [`run`] runs and measures it, [`marks`]
-//! owns the spike's measuring points, [`guest`] reads the meminit guest's console
+//! owns the spike's measuring points, [`hotplug`] runs `--hotplug`'s schedule
+//! through virtio-mem and [`qmp`] (QEMU's machine protocol), [`guest`] reads the meminit guest's console
 //! and [`linux`] the Linux peer's. This crate depends on `meminit-host` (for the
 //! Linux boot-log parser) and never the other way round; the simulator knows
 //! nothing of QEMU.
 
 pub mod guest;
+pub mod hotplug;
 pub mod linux;
 pub mod marks;
 pub mod qemu;
+pub mod qmp;
 pub mod run;
 
 pub use guest::{choose_accel, failure_reason, guest_json, GUEST_BAD_COMMAND_LINE, GUEST_SUCCESS};

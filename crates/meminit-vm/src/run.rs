@@ -68,7 +68,7 @@ pub struct VmRun {
     pub console: String,
 }
 
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
+pub(crate) fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     text.lines()
         .find(|l| l.starts_with(key))?
@@ -139,7 +139,7 @@ pub const RELEASE_SETTLE_LIMIT: Duration = Duration::from_secs(120);
 
 /// Resident KiB of QEMU and of its guest RAM once QEMU's resident memory stayed
 /// within 1 MiB for `window` (sampled every 250 ms), or after `limit`.
-fn settle_for(
+pub(crate) fn settle_for(
     pid: u32,
     ram_kib: &[u64],
     window: Duration,
@@ -167,7 +167,7 @@ fn settle_for(
 /// Resident KiB of QEMU and of its guest RAM, sampled until two samples 100 ms
 /// apart agree within 256 KiB (or a second and a half has passed): the steady
 /// state once the guest is done, free of QEMU's start-up transient.
-fn settle(pid: u32, ram_kib: &[u64]) -> (u64, u64) {
+pub(crate) fn settle(pid: u32, ram_kib: &[u64]) -> (u64, u64) {
     let started = Instant::now();
     let mut prev = status_kib(pid, "VmRSS:").unwrap_or(0);
     loop {
@@ -190,7 +190,7 @@ fn guest_ram_kib(pid: u32, ram_kib: &[u64]) -> u64 {
 /// The guest's RAM resident on the host over time, from the `freed` marker
 /// until the `released` one is measured.
 #[derive(Default)]
-struct Series {
+pub(crate) struct Series {
     /// When the `freed` marker was read; `None` before it and once done.
     since: Option<Instant>,
     last: Option<Instant>,

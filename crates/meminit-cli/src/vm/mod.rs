@@ -19,6 +19,7 @@ use serde_json::Value;
 use crate::args::StrategyArg;
 
 mod figures;
+mod hotplug;
 mod table;
 
 use figures::{column, Column, Sample, VmReport};
@@ -116,6 +117,12 @@ pub struct VmArgs {
     /// Give up on a guest after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Grow the guest by SIZE through virtio-mem after boot (QMP qom-set of
+    /// requested-size), write and free that much in it, and shrink it back to
+    /// nothing plugged; measure each step (one meminit strategy, ondemand unless
+    /// --strategy says, and Linux beside it with --peer linux).
+    #[arg(long, value_parser = crate::args::parse_size, value_name = "SIZE")]
+    hotplug: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -162,6 +169,42 @@ fn check_sizes(args: &VmArgs) -> Result<()> {
 
 pub fn run(args: &VmArgs) -> Result<ExitCode> {
     check_args(args)?;
+    if let Some(bytes) = args.hotplug {
+        hotplug::check(bytes, args.workload, args.nodes)?;
+        let strategy = match args.strategy {
+            Some(StrategyArg::Eager) => "eager",
+            Some(StrategyArg::Deferred) => "deferred",
+            Some(StrategyArg::Ondemand) | None => "ondemand",
+        };
+        return hotplug::run(&hotplug::HotplugArgs {
+            bytes,
+            memory: args.memory,
+            cpus: args.cpus,
+            strategy,
+            guest_append: guest_append(args, strategy),
+            guest_dir: repo_dir().join("guest"),
+            linux: args.peer.map(|Peer::Linux| {
+                (
+                    args.kernel
+                        .clone()
+                        .unwrap_or_else(|| repo_dir().join("target/linux/vmlinuz")),
+                    args.initramfs.clone(),
+                    repo_dir().join("target/linux/initramfs.cpio"),
+                )
+            }),
+            accel: match args.accel {
+                AccelArg::Auto => None,
+                AccelArg::Kvm => Some(Accel::Kvm),
+                AccelArg::Tcg => Some(Accel::Tcg),
+            },
+            trace_buf_size: args.trace_buf_size,
+            crashkernel: args.crashkernel,
+            no_balloon: args.no_balloon,
+            runs: args.runs,
+            timeout: args.timeout,
+            json: args.json,
+        });
+    }
     let linux_kernel = linux_kernel(args)?;
     let (initramfs, initramfs_note) = initramfs(args, linux_kernel.is_some())?;
     let guest = vm::build_guest(&repo_dir().join("guest"))?;
