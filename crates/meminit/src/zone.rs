@@ -143,6 +143,13 @@ impl<R: RawMutex> Zone<R> {
         self.span.present > 0 || self.span.hotplug > 0
     }
 
+    /// Whether all of the zone's memory is hot-pluggable (none present at
+    /// start-up): such a zone comes last for unmovable allocations.
+    #[inline]
+    pub(crate) fn is_hotplug_only(&self) -> bool {
+        self.span.present == 0 && self.span.hotplug > 0
+    }
+
     /// Chunks `[first, end)` that the zone's span touches.
     pub(crate) fn chunks(&self, chunk_shift: u32) -> (usize, usize) {
         if self.span.spanned() == 0 {

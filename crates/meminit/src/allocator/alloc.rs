@@ -8,7 +8,7 @@
 
 use lock_api::RawMutex;
 
-use super::hotplug::{has_present, tried_late};
+use super::hotplug::{defers_hotplug_only, has_present};
 use super::request::{AllocFlags, AllocPath, AllocRequest};
 use super::{Allocator, CONSTRAINTS};
 use crate::cpu_cache::CpuCache;
@@ -232,14 +232,16 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         constraint: Constraint,
         node: usize,
         class: MobilityClass,
-    ) -> impl Iterator<Item = &Zone<R>> {
-        let early = self
-            .zonelist(constraint, node)
-            .filter(move |z| !tried_late(z, class));
-        let late = self
-            .zonelist(constraint, node)
-            .filter(move |z| tried_late(z, class));
-        early.chain(late).filter(|z| has_present(z))
+    ) -> ZonesFor<'_, R> {
+        let list = &self.zonelists[node * CONSTRAINTS + constraint as usize];
+        ZonesFor {
+            zones: &self.zones,
+            list: list.zones(),
+            next: 0,
+            hotplug: list.has_hotplug_only(),
+            defer: defers_hotplug_only(class),
+            late_pass: false,
+        }
     }
 
     #[inline]
@@ -248,5 +250,57 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             .zones()
             .iter()
             .map(|&i| &self.zones[i as usize])
+    }
+}
+
+/// The zones an allocation tries ([`Allocator::zones_for`]). A zone list
+/// holds only zones with memory present or hot-pluggable, so only a zone of
+/// hot-pluggable memory alone can have nothing present now: a list without
+/// one is walked as it is, with no check per zone. With one, such a zone is
+/// skipped while nothing of it is present, and for a class that defers such
+/// zones it comes in a second walk, after every other zone. A plain loop
+/// rather than chained filters: it is on every allocation's path.
+pub(super) struct ZonesFor<'a, R: RawMutex> {
+    zones: &'a [Zone<R>],
+    list: &'a [u8],
+    next: usize,
+    /// The list has a zone of hot-pluggable memory alone.
+    hotplug: bool,
+    /// The class tries such zones last.
+    defer: bool,
+    /// In the second walk (only with `hotplug` and `defer`).
+    late_pass: bool,
+}
+
+impl<'a, R: RawMutex> Iterator for ZonesFor<'a, R> {
+    type Item = &'a Zone<R>;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a Zone<R>> {
+        loop {
+            let Some(&index) = self.list.get(self.next) else {
+                if self.hotplug && self.defer && !self.late_pass {
+                    self.late_pass = true;
+                    self.next = 0;
+                    continue;
+                }
+                return None;
+            };
+            self.next += 1;
+            let zone = &self.zones[index as usize];
+            if !self.hotplug {
+                return Some(zone);
+            }
+            let hot = zone.is_hotplug_only();
+            // Early walk: every zone but the deferred ones; late walk: only those.
+            let in_this_walk = if self.late_pass {
+                hot
+            } else {
+                !(hot && self.defer)
+            };
+            if in_this_walk && (!hot || has_present(zone)) {
+                return Some(zone);
+            }
+        }
     }
 }

@@ -156,13 +156,6 @@ impl Removed {
     }
 }
 
-/// Whether `zone`'s memory is all hot-pluggable: it comes last for unmovable
-/// allocations.
-#[inline]
-pub(super) fn hotplug_only<R: RawMutex>(zone: &Zone<R>) -> bool {
-    zone.span.present == 0 && zone.span.hotplug > 0
-}
-
 /// Whether `zone` has any present page now.
 #[inline]
 pub(super) fn has_present<R: RawMutex>(zone: &Zone<R>) -> bool {
@@ -171,10 +164,12 @@ pub(super) fn has_present<R: RawMutex>(zone: &Zone<R>) -> bool {
     zone.span.present > 0 || zone.plugged.load(Relaxed) > 0
 }
 
-/// Whether an allocation of `class` tries `zone` in its late pass.
+/// Whether allocations of `class` try zones whose memory is all hot-pluggable
+/// after every other zone of their list (unmovable memory there would keep it
+/// from being unplugged).
 #[inline]
-pub(super) fn tried_late<R: RawMutex>(zone: &Zone<R>, class: MobilityClass) -> bool {
-    class == MobilityClass::Unmovable && hotplug_only(zone)
+pub(super) fn defers_hotplug_only(class: MobilityClass) -> bool {
+    class == MobilityClass::Unmovable
 }
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {

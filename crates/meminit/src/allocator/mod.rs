@@ -82,6 +82,9 @@ pub(crate) const CONSTRAINTS: usize = 3;
 pub(crate) struct ZoneList {
     zones: [u8; MAX_NODES * ZONE_TYPES],
     len: u8,
+    /// Whether a zone of the list is all hot-pluggable memory: only then does
+    /// an unmovable allocation walk the list twice.
+    has_hotplug_only: bool,
 }
 
 impl ZoneList {
@@ -94,6 +97,7 @@ impl ZoneList {
         let mut list = ZoneList {
             zones: [0; MAX_NODES * ZONE_TYPES],
             len: 0,
+            has_hotplug_only: false,
         };
         let top = constraint.highest_zone() as usize;
         for i in 0..nodes {
@@ -103,6 +107,7 @@ impl ZoneList {
                 if zones[index].is_populated() {
                     list.zones[list.len as usize] = index as u8;
                     list.len += 1;
+                    list.has_hotplug_only |= zones[index].is_hotplug_only();
                 }
             }
         }
@@ -112,6 +117,12 @@ impl ZoneList {
     #[inline]
     fn zones(&self) -> &[u8] {
         &self.zones[..self.len as usize]
+    }
+
+    /// Whether a zone of the list is all hot-pluggable memory.
+    #[inline]
+    fn has_hotplug_only(&self) -> bool {
+        self.has_hotplug_only
     }
 }
 
