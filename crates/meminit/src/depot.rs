@@ -82,8 +82,9 @@ struct Stack {
 /// behind its own lock, and the pages they hold.
 pub(crate) struct Depot<R: RawMutex> {
     stacks: [[Mutex<R, Stack>; CACHED_ORDERS.len()]; CLASSES],
-    /// Pages in every stack, changed under the stack's lock, read without it.
-    pages: AtomicU64,
+    /// Pages in each stack: written only by the holder of that stack's lock
+    /// (a load and a store, no locked instruction), read without it.
+    pages: [[AtomicU64; CACHED_ORDERS.len()]; CLASSES],
 }
 
 /// The most blocks in a batch: the largest [`CACHE_BATCH_MAX`].
@@ -149,10 +150,10 @@ impl Batch {
     }
 
     /// Reads the `len` blocks of the batch whose head is `head`, as
-    /// [`Batch::link`] wrote them.
+    /// [`Batch::link`] wrote them, into `batch` (filled in place: a batch is
+    /// half a KiB, not worth a copy on the way out).
     #[inline]
-    fn read<B: MemmapBacking>(mm: &Memmap<'_, B>, head: u64, len: usize) -> Self {
-        let mut batch = Batch::new();
+    fn read_into<B: MemmapBacking>(batch: &mut Batch, mm: &Memmap<'_, B>, head: u64, len: usize) {
         let len = len.min(BATCH_CAP);
         batch.len = len;
         batch.pfns[0] = head;
@@ -172,7 +173,6 @@ impl Batch {
                 batch.pfns[2 * j + 1] = p.prev.load(Relaxed);
             }
         }
-        batch
     }
 }
 
@@ -200,7 +200,7 @@ impl<R: RawMutex> Depot<R> {
                     )
                 }; CACHED_ORDERS.len()]
             }; CLASSES],
-            pages: AtomicU64::new(0),
+            pages: [const { [const { AtomicU64::new(0) }; CACHED_ORDERS.len()] }; CLASSES],
         }
     }
 
@@ -209,7 +209,19 @@ impl<R: RawMutex> Depot<R> {
     #[inline]
     pub(crate) fn pages(&self) -> u64 {
         // Relaxed: a statistic, and a hint for whether a flush could find anything.
-        self.pages.load(Relaxed)
+        self.pages.iter().flatten().map(|p| p.load(Relaxed)).sum()
+    }
+
+    /// Adds `delta` pages to the count of the stack of `class` and `slot`,
+    /// whose lock the caller holds (the lock, not the instruction, makes the
+    /// load and the store one step).
+    #[inline]
+    fn count(&self, class: usize, slot: usize, delta: i64) {
+        let pages = &self.pages[class][slot];
+        // Relaxed: only the holder of the stack's lock writes this count, and
+        // the lock orders one holder's store before the next one's load;
+        // readers without the lock see a snapshot.
+        pages.store(pages.load(Relaxed).wrapping_add_signed(delta), Relaxed);
     }
 
     /// Pushes `batch`, of blocks of cached-order slot `slot`, on the stack of
@@ -246,37 +258,41 @@ impl<R: RawMutex> Depot<R> {
             .store(blocks << LINK_BITS | below, Relaxed);
         stack.top = head;
         stack.batches += 1;
-        // Relaxed: a mirror for statistics; changed under the stack's lock.
-        self.pages.fetch_add(blocks << CACHED_ORDERS[slot], Relaxed);
+        self.count(class, slot, (blocks << CACHED_ORDERS[slot]) as i64);
         true
     }
 
-    /// Pops the batch pushed last on the stack of `class` and `slot`.
+    /// Pops the batch pushed last on the stack of `class` and `slot` into
+    /// `batch`; false if the stack is empty.
     #[inline]
     pub(crate) fn pop<B: MemmapBacking>(
         &self,
         mm: &Memmap<'_, B>,
         class: usize,
         slot: usize,
-    ) -> Option<Batch> {
+        batch: &mut Batch,
+    ) -> bool {
         let (head, link) = {
             let mut stack = self.stacks[class][slot].lock();
             let head = stack.top;
             if head == NO_PFN {
-                return None;
+                return false;
             }
             // Relaxed: written by the push, under this lock.
             let link = page(mm, head).prev.load(Relaxed);
             let below = link & LINK_MASK;
             stack.top = if below == NO_LINK { NO_PFN } else { below };
             stack.batches -= 1;
-            // Relaxed: as in `push`.
-            self.pages
-                .fetch_sub((link >> LINK_BITS) << CACHED_ORDERS[slot], Relaxed);
+            self.count(
+                class,
+                slot,
+                -(((link >> LINK_BITS) << CACHED_ORDERS[slot]) as i64),
+            );
             (head, link)
         };
         // Outside the lock: the batch is this thread's alone now.
-        Some(Batch::read(mm, head, (link >> LINK_BITS) as usize))
+        Batch::read_into(batch, mm, head, (link >> LINK_BITS) as usize);
+        true
     }
 
     /// Takes every batch of the stack of `class` and `slot` (a flush) and
@@ -303,21 +319,22 @@ impl<R: RawMutex> Depot<R> {
         let mut top = core::mem::replace(&mut stack.top, NO_PFN);
         stack.batches = 0;
         let mut pages = 0;
+        let mut batch = Batch::new();
         while top != NO_PFN {
             // Relaxed: written by a push under this lock, which this thread
             // holds now.
             let link = page(mm, top).prev.load(Relaxed);
             let taken = (link >> LINK_BITS) << CACHED_ORDERS[slot];
             pages += taken;
-            let batch = Batch::read(mm, top, (link >> LINK_BITS) as usize);
+            Batch::read_into(&mut batch, mm, top, (link >> LINK_BITS) as usize);
             top = match link & LINK_MASK {
                 NO_LINK => NO_PFN,
                 below => below,
             };
             each(&batch);
-            // Relaxed: as in `push`; after `each`, so that the pages are
-            // counted somewhere (here, or on the lists) at every moment.
-            self.pages.fetch_sub(taken, Relaxed);
+            // After `each`, so that the pages are counted somewhere (here,
+            // or on the lists) at every moment.
+            self.count(class, slot, -(taken as i64));
         }
         drop(stack);
         pages

@@ -226,7 +226,13 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         slot: usize,
         class: MobilityClass,
     ) -> Option<u64> {
-        let batch = zone.depot.pop(&self.memmap, class as usize, slot)?;
+        let mut batch = depot::Batch::new();
+        if !zone
+            .depot
+            .pop(&self.memmap, class as usize, slot, &mut batch)
+        {
+            return None;
+        }
         let (&first, rest) = batch.blocks().split_first()?;
         // The coldest block of the batch at the stock's cold end.
         for &pfn in rest.iter().rev() {
