@@ -186,6 +186,15 @@ pub const fn memmap_pool_bytes(memmap_bytes: u64, linear_bytes: u64, hot_pages: 
         + hot_pages * SMALL
 }
 
+/// Pages of the pool for hot-pluggable memory's memmap: handed out so far, and in all.
+pub fn hot_pool_pages() -> (u64, u64) {
+    // Relaxed: statistics.
+    (
+        HOT_PAGES_USED.load(Ordering::Relaxed),
+        HOT_PAGES.load(Ordering::Relaxed),
+    )
+}
+
 /// Records the pool that `memmap=chunk` maps the memmap from: `memmap_bytes` of
 /// memmap (the layout's whole span), the first `linear_bytes` of it linearly, the
 /// rest on the `hot_pages` pages after the tables, from physical `base`, reserved

@@ -43,7 +43,7 @@ fn the_guest_grows_uses_and_gives_back_hot_plugged_memory() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let initramfs = root.join("target/linux/initramfs.cpio");
     let linux =
-        std::fs::read(&initramfs).is_ok_and(|b| b.windows(15).any(|w| w == b"meminit_hotplug"));
+        std::fs::read(&initramfs).is_ok_and(|b| b.windows(19).any(|w| w == b"meminit_hotplug_use"));
     let args: &[&str] = if linux { &["--peer", "linux"] } else { &[] };
     if !linux {
         eprintln!("Linux skipped: no initramfs with the hot-plug schedule at {} (scripts/setup --vm builds it)", initramfs.display());
