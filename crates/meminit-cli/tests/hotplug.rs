@@ -110,4 +110,13 @@ fn options_that_cannot_apply_to_hotplug_are_refused() {
         &["vm", "--hotplug", "256M", "--nodes", "2", "--cpus", "2"],
         "one node",
     );
+    refused(&["vm", "--hotplug-use", "1G"], "add --hotplug");
+    refused(
+        &["vm", "--hotplug", "256M", "--hotplug-use", "512M"],
+        "at most the plug",
+    );
+    refused(
+        &["vm", "--hotplug", "256M", "--hotplug-use", "100"],
+        "whole 4 KiB pages",
+    );
 }
