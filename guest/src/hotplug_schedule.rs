@@ -114,7 +114,18 @@ pub fn run(bytes: u64, used: Option<u64>, tsc_hz: u64, paths: Paths<'_>) -> Hotp
 
     let (lo, hi) = (start.addr / 4096, (start.addr + start.region_size) / 4096);
     let mut head: Option<Pfn> = None;
-    for _ in 0..used / 4096 {
+    for i in 0..used / 4096 {
+        // Once the bounded pool for the region's memmap is used up, every
+        // allocation would first try (and fail) to populate a chunk of the
+        // region: stop, and say so, rather than crawl through boot memory.
+        let (pool_used, pool) = crate::paging::hot_pool_pages();
+        if i % 64 == 0 && pool > 0 && pool_used == pool {
+            println!(
+                "meminit guest: hotplug: the memmap pool for hot-plugged memory is used up after {} MiB written: the workload stops (memmap=chunk in a guest too small for the region's whole memmap)",
+                f.pages >> 8
+            );
+            break;
+        }
         let Some(pfn) = (paths.alloc)(AllocFlags::MOVABLE) else {
             break;
         };
