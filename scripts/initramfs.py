@@ -13,8 +13,9 @@ spike (`meminit_spike=BYTES` on the kernel command line) or the files
 probability 1%) at the same markers as the meminit guest, waits for Linux to
 report the freed memory to the host, and powers off. With `meminit_hotplug=BYTES`
 it runs `meminit vm --hotplug`'s schedule instead: the host grows the virtio-mem
-device by BYTES, /init times until the memory is online (MemTotal grew), writes
-and frees it on a tmpfs, and times the shrink back (Linux boots with
+device by BYTES, /init times until the memory is online (MemTotal grew, at most
+120 s: else it says how far it got), writes and frees it (or
+`meminit_hotplug_use=BYTES` of it) on a tmpfs, and times the shrink back (Linux boots with
 `memhp_default_state=online_movable`, so hot-added memory is onlined movable). Needs nothing but Python's standard library (no cpio on the host).
 """
 
@@ -62,20 +63,22 @@ echo "MEMINIT-INIT free page reporting: $reporting"
 
 spike=${meminit_spike:-0}
 hotplug=${meminit_hotplug:-0}
+hotplug_use=${meminit_hotplug_use:-$hotplug}
 total_kib() { while read -r k v _; do [ "$k" = MemTotal: ] && echo "$v" && return; done < /proc/meminfo; }
 # Nanoseconds of the kernel's monotonic clock (/proc/timer_list's "now at").
 now_ns() { awk '/^now at/ { print $3; exit }' /proc/timer_list; }
 # Waits (at most $2 s) until MemTotal is at least ($1 = ge) or at most ($1 = le)
-# $3 KiB; prints the ns it took from $4.
+# $3 KiB; prints the ns it took from $4, and whether it got there (1 or 0).
 wait_total() {
     deadline=$(( $(now_ns) + $2 * 1000000000 ))
+    reached=1
     while :; do
         t=$(total_kib)
         if [ "$1" = ge ] && [ "$t" -ge "$3" ]; then break; fi
         if [ "$1" = le ] && [ "$t" -le "$3" ]; then break; fi
-        if [ "$(now_ns)" -gt "$deadline" ]; then echo "MEMINIT-INIT note: MemTotal $t KiB after $2 s"; break; fi
+        if [ "$(now_ns)" -gt "$deadline" ]; then echo "MEMINIT-INIT note: MemTotal $t KiB after $2 s" >&2; reached=0; break; fi
     done
-    echo $(( $(now_ns) - $4 ))
+    echo $(( $(now_ns) - $4 )) $reached
 }
 if [ "$hotplug" -gt 0 ]; then
     # meminit vm --hotplug: the host measures QEMU at each marker; at hp-ready it
@@ -85,12 +88,14 @@ if [ "$hotplug" -gt 0 ]; then
     want=$(( before + hotplug / 1024 ))
     mark hp-ready
     t0=$(now_ns)
-    ns=$(wait_total ge 120 "$want" "$t0")
-    echo "MEMINIT-HOTPLUG usable_ns $ns total_kib $(total_kib) before_kib $before"
+    set -- $(wait_total ge 120 "$want" "$t0")
+    # Not usable in 120 s (Linux could not online it all): say how far it got.
+    if [ "$2" = 1 ]; then key=usable_ns; else key=unusable_after_ns; fi
+    echo "MEMINIT-HOTPLUG $key $1 total_kib $(total_kib) before_kib $before"
     mark hp-plugged
     mkdir -p /hot
-    mount -t tmpfs -o size=$((hotplug + 1048576)) tmpfs /hot || fail "mounting a tmpfs for the hot-plugged memory failed"
-    mib=$(( hotplug / 1048576 ))
+    mount -t tmpfs -o size=$((hotplug_use + 1048576)) tmpfs /hot || fail "mounting a tmpfs for the hot-plugged memory failed"
+    mib=$(( hotplug_use / 1048576 ))
     dd if=/dev/zero of=/hot/file bs=1048576 count=$mib 2>/dev/null || echo "MEMINIT-INIT note: writing $mib MiB stopped short"
     echo "MEMINIT-HOTPLUG written_kib $(du -k /hot/file | cut -f1)"
     mark hp-peak
@@ -99,8 +104,9 @@ if [ "$hotplug" -gt 0 ]; then
     sleep 3
     mark hp-freed
     t0=$(now_ns)
-    ns=$(wait_total le 120 "$before" "$t0")
-    echo "MEMINIT-HOTPLUG removed_ns $ns total_after_kib $(total_kib)"
+    set -- $(wait_total le 120 "$before" "$t0")
+    if [ "$2" = 1 ]; then key=removed_ns; else key=unremoved_after_ns; fi
+    echo "MEMINIT-HOTPLUG $key $1 total_after_kib $(total_kib)"
     mark hp-unplugged
     echo "MEMINIT-INIT done"
     finish

@@ -1,7 +1,8 @@
 //! The kernel command line: `meminit=`, `trace_buf_size=`, `crashkernel=`,
-//! `workload=`, `hold=`, `memmap=`, `accept=`, `virtio_mem=` and `hotplug=`. Options a monitor or a Linux-minded user passes by
-//! habit (`console=ttyS0`, `quiet`, `loglevel=7`, ...) are ignored and noted;
-//! anything else is an error that names the option.
+//! `workload=`, `hold=`, `memmap=`, `accept=`, `virtio_mem=`, `hotplug=` and
+//! `hotplug_use=`. Options a monitor or a Linux-minded user passes by habit
+//! (`console=ttyS0`, `quiet`, `loglevel=7`, ...) are ignored and noted; anything
+//! else is an error that names the option.
 
 use core::fmt;
 
@@ -44,6 +45,9 @@ pub struct Options<'a> {
     /// guest uses the memory in between). Needs a device; waits at its markers
     /// whatever `hold=` says.
     pub hotplug: Option<u64>,
+    /// `hotplug_use=SIZE`: how much of the plug the schedule's workload writes
+    /// (default: all of it); at most `hotplug=`'s SIZE.
+    pub hotplug_use: Option<u64>,
 }
 
 /// Whether to drive a virtio-mem device.
@@ -116,6 +120,7 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
         memmap: Granularity::Chunk,
         accept_zero: false,
         hotplug: None,
+        hotplug_use: None,
         virtio_mem: VirtioMemMode::Auto,
     };
     for option in cmdline.split_ascii_whitespace() {
@@ -177,6 +182,13 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
                 }
                 o.hotplug = Some(size)
             }
+            "hotplug_use" => {
+                let size = parse_size(value).map_err(|_| bad("not a size"))?;
+                if size == 0 || !size.is_multiple_of(4096) {
+                    return Err(bad("a size of whole 4 KiB pages, above 0"));
+                }
+                o.hotplug_use = Some(size)
+            }
             "hold" => {
                 o.hold = match value {
                     "serial" => true,
@@ -192,9 +204,30 @@ pub fn parse(cmdline: &str) -> Result<Options<'_>, BadOption<'_>> {
             }
             _ => {
                 return Err(bad(
-                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, memmap, accept, virtio_mem, hotplug, and Linux's console, quiet, loglevel, ... which are ignored)",
+                    "unknown option (known: meminit, trace_buf_size, crashkernel, workload, hold, memmap, accept, virtio_mem, hotplug, hotplug_use, and Linux's console, quiet, loglevel, ... which are ignored)",
                 ))
             }
+        }
+    }
+    if let Some(used) = o.hotplug_use {
+        let option = cmdline
+            .split_ascii_whitespace()
+            .rfind(|w| w.starts_with("hotplug_use="))
+            .unwrap_or("hotplug_use");
+        match o.hotplug {
+            None => {
+                return Err(BadOption {
+                    option,
+                    why: "needs hotplug=SIZE",
+                })
+            }
+            Some(plug) if used > plug => {
+                return Err(BadOption {
+                    option,
+                    why: "more than hotplug=SIZE plugs",
+                })
+            }
+            Some(_) => {}
         }
     }
     Ok(o)

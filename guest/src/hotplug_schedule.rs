@@ -8,9 +8,9 @@
 //! sends the byte at `hp-ready` (to SIZE) and at `hp-freed` (to 0). The guest
 //! times from that byte until the plugged memory is in the allocator
 //! (`add_memory` done: usable), and until the device's plugged size is back to
-//! 0; between the two it allocates SIZE of movable pages (which hot-plugged
-//! memory takes first), writes each, frees them all and gives the free memory
-//! back through the balloon, as the spike does. It ends with one line,
+//! 0; between the two it allocates SIZE (or the part `hotplug_use=` says) of
+//! movable pages (which hot-plugged memory takes first), writes each, frees them
+//! all and gives the free memory back through the balloon, as the spike does. It ends with one line,
 //! `MEMINIT-HOTPLUG {json}`, that the host reads.
 //!
 //! It owns the schedule and its figures; the device is driven through the
@@ -52,6 +52,8 @@ pub struct Paths<'a> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HotplugFigures {
     pub bytes: u64,
+    /// Of it, what the workload writes.
+    pub used: u64,
     /// From the byte after the grow request until the plugged size reached SIZE
     /// and its chunks were added, ns; `None` if it never did.
     pub usable_ns: Option<u64>,
@@ -73,11 +75,14 @@ pub struct HotplugFigures {
     pub ok: bool,
 }
 
-/// Runs the schedule for a plug of `bytes`.
-pub fn run(bytes: u64, tsc_hz: u64, paths: Paths<'_>) -> HotplugFigures {
+/// Runs the schedule for a plug of `bytes`, of which the workload writes `used`
+/// (all of it if `None`).
+pub fn run(bytes: u64, used: Option<u64>, tsc_hz: u64, paths: Paths<'_>) -> HotplugFigures {
+    let used = used.unwrap_or(bytes).min(bytes);
     let ns = |ticks: u64| (u128::from(ticks) * 1_000_000_000 / u128::from(tsc_hz.max(1))) as u64;
     let mut f = HotplugFigures {
         bytes,
+        used,
         ..HotplugFigures::default()
     };
     let Some(start) = (paths.poll)() else {
@@ -109,7 +114,18 @@ pub fn run(bytes: u64, tsc_hz: u64, paths: Paths<'_>) -> HotplugFigures {
 
     let (lo, hi) = (start.addr / 4096, (start.addr + start.region_size) / 4096);
     let mut head: Option<Pfn> = None;
-    for _ in 0..bytes / 4096 {
+    for i in 0..used / 4096 {
+        // Once the bounded pool for the region's memmap is used up, every
+        // allocation would first try (and fail) to populate a chunk of the
+        // region: stop, and say so, rather than crawl through boot memory.
+        let (pool_used, pool) = crate::paging::hot_pool_pages();
+        if i % 64 == 0 && pool > 0 && pool_used == pool {
+            println!(
+                "meminit guest: hotplug: the memmap pool for hot-plugged memory is used up after {} MiB written: the workload stops (memmap=chunk in a guest too small for the region's whole memmap)",
+                f.pages >> 8
+            );
+            break;
+        }
         let Some(pfn) = (paths.alloc)(AllocFlags::MOVABLE) else {
             break;
         };
@@ -166,10 +182,13 @@ pub fn run(bytes: u64, tsc_hz: u64, paths: Paths<'_>) -> HotplugFigures {
         }
     }
     f.memmap[4] = (paths.memmap_bytes)();
-    f.ok = report_ok && f.usable_ns.is_some() && f.pages == bytes / 4096;
+    f.ok = report_ok && f.usable_ns.is_some() && f.pages == used / 4096;
     println!(
-        "MEMINIT-HOTPLUG {{\"bytes\":{},\"usable_ns\":{},\"add_ns\":{},\"removed_ns\":{},\"plugged_bytes\":{},\"plugged_after_bytes\":{},\"pages\":{},\"region_pages\":{},\"memmap_ready_bytes\":{},\"memmap_plugged_bytes\":{},\"memmap_peak_bytes\":{},\"memmap_freed_bytes\":{},\"memmap_unplugged_bytes\":{},\"reported_bytes\":{},\"ok\":{}}}",
+        "MEMINIT-HOTPLUG {{\"bytes\":{},\"used_bytes\":{},\"hot_pool_pages\":{},\"hot_pool_used_pages\":{},\"usable_ns\":{},\"add_ns\":{},\"removed_ns\":{},\"plugged_bytes\":{},\"plugged_after_bytes\":{},\"pages\":{},\"region_pages\":{},\"memmap_ready_bytes\":{},\"memmap_plugged_bytes\":{},\"memmap_peak_bytes\":{},\"memmap_freed_bytes\":{},\"memmap_unplugged_bytes\":{},\"reported_bytes\":{},\"ok\":{}}}",
         f.bytes,
+        f.used,
+        crate::paging::hot_pool_pages().1,
+        crate::paging::hot_pool_pages().0,
         Json(f.usable_ns),
         f.add_ns,
         Json(f.removed_ns),

@@ -106,8 +106,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
     let topology = unsafe { acpi::read(boot.rsdp) };
     let mut splits = [(0, 0); 64];
     let split_count = topology.node_splits(&mut splits);
-    // virtio-mem's region is declared hot-pluggable in the layout, so the device
-    // is found, started and its configuration read before the allocator starts.
+    // virtio-mem's region is declared hot-pluggable in the layout: found first.
     let virtio_mem = find_virtio_mem(options.virtio_mem, tsc_hz);
     let hot_region = match &virtio_mem {
         Some(Ok(device)) => hotplug_region(device.config()),
@@ -337,6 +336,7 @@ extern "C" fn kernel_main(start_info: u32) -> ! {
         let recorder = core::cell::RefCell::new(&mut recorder);
         let figures = hotplug_schedule::run(
             bytes,
+            options.hotplug_use,
             tsc_hz,
             hotplug_schedule::Paths {
                 poll: &mut || match &mut hotplug {

@@ -3,6 +3,7 @@
 use meminit::{Granularity, Layout, LayoutBuilder, LayoutError, NodeId, Pfn, RangeKind};
 
 use crate::paging::{memmap_pool_bytes, own_memmap_block, set_memmap_homes, set_memmap_pool};
+use crate::println;
 use crate::pvh::MemmapEntry;
 
 extern "C" {
@@ -25,7 +26,9 @@ pub fn kernel_image() -> (u64, u64) {
 /// everything else other. `splits` are `(start address, node)` boundaries in
 /// address order (from the SRAT; empty: one node), and RAM ranges are cut where
 /// the node changes. Under `Granularity::Chunk` there are no homes: a pool for
-/// the whole memmap and its page tables is reserved at the top of memory instead.
+/// the whole memmap and its page tables is reserved at the top of memory instead
+/// or, where `hotplug` is too large for that, a pool for the memmap below it
+/// and a bounded one ([`HOT_POOL_SHARE`]) for the region's.
 pub fn layout(
     memmap: &[MemmapEntry],
     splits: &[(u64, u32)],
@@ -38,12 +41,33 @@ pub fn layout(
     let first = build(memmap, splits, &[])?;
     if granularity == Granularity::Chunk {
         set_memmap_homes(&[]);
-        let Some(pool) = memmap_pool(&first) else {
+        let span = memmap_end_bytes(&first);
+        // The whole memmap linearly if it fits; else, with hot-pluggable memory
+        // beyond the guest's means (a small guest, a large region), the memmap
+        // below the region linearly and the region's from a bounded pool.
+        let found = memmap_pool(&first, span, span, 0)
+            .map(|pool| (pool, span, 0))
+            .or_else(|| {
+            let (start, end) = hotplug?;
+            let linear = start / 4096 * 64;
+            let hot_pages = ((end - start) / 4096 * 64)
+                .min(first.present_pages() * 4096 / HOT_POOL_SHARE)
+                / 4096;
+            let pool = memmap_pool(&first, span, linear, hot_pages)?;
+            println!(
+                "meminit guest: memmap=chunk: the memmap of all {} MiB would not fit; the hot-pluggable region's comes from a pool of {} KiB (1/{HOT_POOL_SHARE} of memory), enough for {} MiB of it in use",
+                span >> 20,
+                hot_pages * 4,
+                (hot_pages * 4096 * 64) >> 20
+            );
+            Some((pool, linear, hot_pages))
+        });
+        let Some((pool, linear, hot_pages)) = found else {
             // Too little memory in one piece: the allocator's first populate says so.
-            set_memmap_pool(0, 0);
+            set_memmap_pool(0, 0, 0, 0);
             return Ok(first);
         };
-        set_memmap_pool(pool.0, memmap_end_bytes(&first));
+        set_memmap_pool(pool.0, span, linear, hot_pages);
         // Reserving the pool changes no section or end: the memmap stays the same.
         return build(memmap, splits, &[pool]);
     }
@@ -98,6 +122,11 @@ pub fn layout(
     build(memmap, splits, &carved[..found])
 }
 
+/// The share of the memory present at boot that the pool for hot-pluggable
+/// memory's memmap may take, where the whole memmap does not fit: an eighth
+/// maps the memmap of eight times the boot memory in use in the region.
+const HOT_POOL_SHARE: u64 = 8;
+
 /// The guest maps descriptors at `VMEMMAP_BASE + pfn * 64` from pfn 0 whatever
 /// pfn the memmap starts at (QEMU's RAM starts at 0): bytes of that range up to
 /// the memmap's end.
@@ -105,10 +134,11 @@ fn memmap_end_bytes(layout: &Layout) -> u64 {
     layout.memmap_start().0 * 64 + layout.memmap_bytes()
 }
 
-/// Where the chunk-granular memmap's pool goes: `[start, end)` at the top of the
-/// highest usable run that holds it, 2 MiB-aligned.
-fn memmap_pool(layout: &Layout) -> Option<(u64, u64)> {
-    let bytes = memmap_pool_bytes(memmap_end_bytes(layout));
+/// Where the chunk-granular memmap's pool goes (for `span` bytes of memmap, the
+/// first `linear` mapped linearly, and `hot_pages` for the rest): `[start, end)`
+/// at the top of the highest usable run that holds it, 2 MiB-aligned.
+fn memmap_pool(layout: &Layout, span: u64, linear: u64, hot_pages: u64) -> Option<(u64, u64)> {
+    let bytes = memmap_pool_bytes(span, linear, hot_pages);
     let mut best = None;
     for run in layout
         .present_runs(Pfn(0)..Pfn(u64::MAX))

@@ -63,10 +63,18 @@ static HOMES: [AtomicU64; MAX_HOMES] = [const { AtomicU64::new(0) }; MAX_HOMES];
 static HOMES_SET: AtomicUsize = AtomicUsize::new(0);
 static HOMES_USED: AtomicUsize = AtomicUsize::new(0);
 
-/// The chunk-granular memmap's pool (`memmap=chunk`): physical base and the bytes
-/// of memmap it maps; its page tables follow those bytes. Zero when not set.
+/// The chunk-granular memmap's pool (`memmap=chunk`): physical base, the bytes
+/// of memmap it maps, and of those the first that it maps linearly (all of them
+/// unless memory is hot-pluggable and the guest is too small for the whole
+/// memmap); then its page tables, and then [`HOT_PAGES`] pages handed out one by
+/// one for the memmap above the linear part. Zero when not set.
 static POOL_BASE: AtomicU64 = AtomicU64::new(0);
 static POOL_MEMMAP_BYTES: AtomicU64 = AtomicU64::new(0);
+static POOL_LINEAR_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Pages of the pool for the memmap above the linear part (hot-pluggable
+/// memory's), and how many are handed out (written under `TABLE_LOCK`).
+static HOT_PAGES: AtomicU64 = AtomicU64::new(0);
+static HOT_PAGES_USED: AtomicU64 = AtomicU64::new(0);
 
 /// Memmap given back under `memmap=chunk` and not yet handed to the host: byte
 /// ranges of the memmap (offsets from [`VMEMMAP_BASE`], so pool offsets too).
@@ -116,37 +124,88 @@ pub fn report_released_memmap<E>(
     report: &mut impl FnMut(&[(u64, u64)]) -> Result<(), E>,
 ) -> Result<u64, E> {
     let mut released = RELEASED.lock();
-    // Relaxed: set before the allocator started (see `set_memmap_pool`).
-    let base = POOL_BASE.load(Ordering::Relaxed);
     let mut physical = [(0u64, 0u64); 32];
+    let mut len = 0;
     let mut bytes = 0;
-    for group in released.ranges[..released.len].chunks(physical.len()) {
-        for (p, &(start, end)) in physical.iter_mut().zip(group) {
-            *p = (base + start, end - start);
+    for &(start, end) in &released.ranges[..released.len] {
+        let mut offset = start;
+        while offset < end {
+            let (phys, run) = pool_physical(offset, end);
+            bytes += run;
+            offset += run;
+            if len > 0 && physical[len - 1].0 + physical[len - 1].1 == phys {
+                physical[len - 1].1 += run;
+                continue;
+            }
+            if len == physical.len() {
+                report(&physical)?;
+                len = 0;
+            }
+            physical[len] = (phys, run);
+            len += 1;
         }
-        report(&physical[..group.len()])?;
-        bytes += group.iter().map(|&(s, e)| e - s).sum::<u64>();
+    }
+    if len > 0 {
+        report(&physical[..len])?;
     }
     released.len = 0;
     Ok(bytes)
 }
 
-/// Bytes of pool that map `memmap_bytes` of memmap with 4 KiB pages: the pages
-/// themselves, then one page table for every 2 MiB of them, then one page
-/// directory for every 1 GiB.
-pub const fn memmap_pool_bytes(memmap_bytes: u64) -> u64 {
+/// Where the memmap at `offset` (4 KiB-aligned, mapped) lies in the pool, and
+/// how much of `[offset, end)` lies there contiguously: all of it in the linear
+/// part, a page at a time above it (read from the page table).
+fn pool_physical(offset: u64, end: u64) -> (u64, u64) {
+    // Relaxed: set before the allocator started (see `set_memmap_pool`).
+    let base = POOL_BASE.load(Ordering::Relaxed);
+    let linear = POOL_LINEAR_BYTES.load(Ordering::Relaxed);
+    if offset < linear {
+        return (base + offset, end.min(linear) - offset);
+    }
+    let _guard = TABLE_LOCK.lock();
+    // SAFETY: TABLE_LOCK is held, so no table changes under the walk; every
+    // offset queued was mapped by `map_small` (directory, table and page
+    // present), and tables are identity-mapped pool pages.
+    unsafe {
+        let pdpt = &(*core::ptr::addr_of!(VMEMMAP_PDPT)).0;
+        let pd = &(*((pdpt[(offset >> 30) as usize] & !0xfff) as *const PageTable)).0;
+        let pt = &(*((pd[((offset >> 21) & 511) as usize] & !0xfff) as *const PageTable)).0;
+        (pt[((offset >> 12) & 511) as usize] & !0xfff, SMALL)
+    }
+}
+
+/// Bytes of pool that map `memmap_bytes` of memmap with 4 KiB pages, the first
+/// `linear_bytes` of it linearly: those pages, then one page table for every
+/// 2 MiB of memmap, one page directory for every 1 GiB, then `hot_pages` pages
+/// for the memmap above the linear part.
+pub const fn memmap_pool_bytes(memmap_bytes: u64, linear_bytes: u64, hot_pages: u64) -> u64 {
     let memmap = memmap_bytes.next_multiple_of(SMALL);
-    memmap + memmap.div_ceil(HUGE) * SMALL + memmap.div_ceil(GIB) * SMALL
+    linear_bytes.next_multiple_of(SMALL)
+        + memmap.div_ceil(HUGE) * SMALL
+        + memmap.div_ceil(GIB) * SMALL
+        + hot_pages * SMALL
+}
+
+/// Pages of the pool for hot-pluggable memory's memmap: handed out so far, and in all.
+pub fn hot_pool_pages() -> (u64, u64) {
+    // Relaxed: statistics.
+    (
+        HOT_PAGES_USED.load(Ordering::Relaxed),
+        HOT_PAGES.load(Ordering::Relaxed),
+    )
 }
 
 /// Records the pool that `memmap=chunk` maps the memmap from: `memmap_bytes` of
-/// memmap (the layout's whole span) from physical `base`, reserved in the layout
-/// for [`memmap_pool_bytes`]. Call before the allocator starts.
-pub fn set_memmap_pool(base: u64, memmap_bytes: u64) {
+/// memmap (the layout's whole span), the first `linear_bytes` of it linearly, the
+/// rest on the `hot_pages` pages after the tables, from physical `base`, reserved
+/// in the layout for [`memmap_pool_bytes`]. Call before the allocator starts.
+pub fn set_memmap_pool(base: u64, memmap_bytes: u64, linear_bytes: u64, hot_pages: u64) {
     // Relaxed: published to the allocator's threads by whatever starts them (the
     // boot CPU creates the allocator after this).
     POOL_BASE.store(base, Ordering::Relaxed);
     POOL_MEMMAP_BYTES.store(memmap_bytes, Ordering::Relaxed);
+    POOL_LINEAR_BYTES.store(linear_bytes.min(memmap_bytes), Ordering::Relaxed);
+    HOT_PAGES.store(hot_pages, Ordering::Relaxed);
 }
 
 /// Records the reserved blocks that sections without a 2 MiB block of their own
@@ -239,22 +298,26 @@ unsafe fn page_directory(
 }
 
 /// Maps the memmap bytes `[start, end)` (offsets from [`VMEMMAP_BASE`], 4 KiB
-/// aligned) with 4 KiB pages of the pool, linearly: memmap offset `o` on pool byte
-/// `o`, the page table of the 2 MiB of memmap at offset `j << 21` on the pool
-/// page after the memmap's, number `j`, and the page directory of the gigabyte
-/// at `k << 30` on the pool page after the tables, number `k`.
+/// aligned) with 4 KiB pages of the pool: in the linear part, memmap offset `o`
+/// on pool byte `o`; above it, on the next of the hot pages not handed out yet
+/// (or the page already mapped there, which stays with its offset for good). The
+/// page table of the 2 MiB of memmap at offset `j << 21` is the pool page after
+/// the linear part's, number `j`, and the page directory of the gigabyte at
+/// `k << 30` the pool page after the tables, number `k`.
 fn map_small(start: u64, end: u64) -> Result<(), &'static str> {
     // Relaxed: set before the allocator started (see `set_memmap_pool`).
     let base = POOL_BASE.load(Ordering::Relaxed);
     let bytes = POOL_MEMMAP_BYTES.load(Ordering::Relaxed);
+    let linear = POOL_LINEAR_BYTES.load(Ordering::Relaxed);
     if base == 0 {
         return Err("memmap=chunk, but no memmap pool was reserved");
     }
     if end > bytes || !start.is_multiple_of(SMALL) || !end.is_multiple_of(SMALL) {
         return Err("the chunk's memmap lies outside the memmap pool");
     }
-    let tables = base + bytes.next_multiple_of(SMALL);
+    let tables = base + linear.next_multiple_of(SMALL);
     let directories = tables + bytes.next_multiple_of(SMALL).div_ceil(HUGE) * SMALL;
+    let hot = directories + bytes.next_multiple_of(SMALL).div_ceil(GIB) * SMALL;
     let _guard = TABLE_LOCK.lock();
     let mut offset = start;
     while offset < end {
@@ -266,7 +329,8 @@ fn map_small(start: u64, end: u64) -> Result<(), &'static str> {
         // pages, which the layout reserves (the allocator never hands them out) and
         // which only this function touches, under the lock: directory `k` for the
         // gigabyte of memmap number `k` alone, page table `j` for the 2 MiB of
-        // memmap number `j` alone, descriptor pages for their own offset alone.
+        // memmap number `j` alone, descriptor pages for their own offset alone
+        // (a hot page is handed out once, by the counter kept under the lock).
         // Pool memory is identity-mapped (below the 4 TiB `boot` maps). Entries only
         // go from not-present to present, so no TLB entry can be stale and no flush
         // is needed.
@@ -285,7 +349,17 @@ fn map_small(start: u64, end: u64) -> Result<(), &'static str> {
                 pd[pd_index] = pt | PRESENT_WRITABLE;
             }
             let pt = &mut (*((pd[pd_index] & !0xfff) as *mut PageTable)).0;
-            pt[pt_index] = (base + offset) | PRESENT_WRITABLE;
+            if offset < linear {
+                pt[pt_index] = (base + offset) | PRESENT_WRITABLE;
+            } else if pt[pt_index] == 0 {
+                // Relaxed: written only under TABLE_LOCK, which orders it.
+                let used = HOT_PAGES_USED.load(Ordering::Relaxed);
+                if used == HOT_PAGES.load(Ordering::Relaxed) {
+                    return Err("the memmap pool for hot-plugged memory is used up");
+                }
+                HOT_PAGES_USED.store(used + 1, Ordering::Relaxed);
+                pt[pt_index] = (hot + used * SMALL) | PRESENT_WRITABLE;
+            }
         }
         offset += SMALL;
     }

@@ -119,6 +119,10 @@ pub(crate) struct ReportArgs {
     /// One strategy for the boot memory (on-demand unless --strategy says).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     hotplug: Option<u64>,
+    /// With --hotplug: write only this much of the plugged memory (default: all
+    /// of it, within --memory-budget), as `vm --hotplug-use` does.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    hotplug_use: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -157,6 +161,12 @@ pub(crate) fn report(args: &ReportArgs) -> Result<ExitCode> {
     let m = &args.machine;
     if args.runs == 0 || args.runs > vm::MAX_RUNS {
         bail!("--runs must be between 1 and {}", vm::MAX_RUNS);
+    }
+    if let (None, Some(used)) = (args.hotplug, args.hotplug_use) {
+        bail!(
+            "--hotplug-use {}: bounds what --hotplug's workload writes; add --hotplug SIZE",
+            size::format(used)
+        );
     }
     if let Some(bytes) = args.hotplug {
         return crate::hotplug::report(&hotplug_of(args, bytes)?);
@@ -260,8 +270,16 @@ fn hotplug_of(args: &ReportArgs, bytes: u64) -> Result<crate::hotplug::SimHotplu
     }
     // The workload's pages and their memmap must fit the budget.
     let most = budget / (PAGE_SIZE + 64) * PAGE_SIZE / (2 << 20) * (2 << 20);
-    let workload_bytes = bytes.min(most);
-    let capped = (workload_bytes < bytes).then(|| {
+    let used = match args.hotplug_use {
+        Some(u) if u == 0 || !u.is_multiple_of(PAGE_SIZE) || u > bytes => bail!(
+            "--hotplug-use {u}: whole 4 KiB pages, above 0 and at most the plug ({})",
+            size::format(bytes)
+        ),
+        Some(u) => u,
+        None => bytes,
+    };
+    let workload_bytes = used.min(most);
+    let capped = (workload_bytes < used).then(|| {
         format!(
             "the workload writes {} of the {} plugged: the host memory budget is {} (--memory-budget; default half of MemAvailable)",
             size::format(workload_bytes),

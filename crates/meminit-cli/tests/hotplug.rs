@@ -71,6 +71,42 @@ fn a_container_grows_by_a_gib_and_gives_it_back_in_the_simulator() {
 }
 
 #[test]
+fn a_small_machine_takes_a_plug_many_times_its_size_in_the_simulator() {
+    let out = meminit(&[
+        "report",
+        "--memory",
+        "256M",
+        "--hotplug",
+        "64G",
+        "--hotplug-use",
+        "64M",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["hotplug_bytes"], 64u64 << 30);
+    let run = &r["runs"][0];
+    assert_eq!(run["added_pages"], (64u64 << 30) / 4096, "{run:#}");
+    assert_eq!(run["workload_bytes"], 64u64 << 20);
+    assert_eq!(run["pages"], (64u64 << 20) / 4096);
+    assert_eq!(run["pages"], run["range_pages"], "{run:#}");
+    // 64 GiB usable at once with nothing written for it; the memmap of what is
+    // used (64 B per 4 KiB) at the peak, none of it after the remove.
+    assert_eq!(run["added"]["memmap_bytes"], run["before"]["memmap_bytes"]);
+    assert!(run["peak"]["memmap_bytes"].as_u64().unwrap() >= (64 << 20) / 64);
+    assert!(run["peak"]["memmap_bytes"].as_u64().unwrap() < 64 << 20);
+    assert_eq!(run["removed_fully"], true);
+    assert_eq!(run["failures"], 0);
+    assert!(run["removed"]["memmap_bytes"].as_u64() <= run["before"]["memmap_bytes"].as_u64());
+}
+
+#[test]
 fn options_that_cannot_apply_to_hotplug_are_refused() {
     refused(&["report", "--hotplug", "1G"], "name one machine");
     refused(
@@ -109,5 +145,30 @@ fn options_that_cannot_apply_to_hotplug_are_refused() {
     refused(
         &["vm", "--hotplug", "256M", "--nodes", "2", "--cpus", "2"],
         "one node",
+    );
+    refused(&["vm", "--hotplug-use", "1G"], "add --hotplug");
+    refused(
+        &["report", "--machine", "container", "--hotplug-use", "1G"],
+        "add --hotplug",
+    );
+    refused(
+        &[
+            "report",
+            "--machine",
+            "container",
+            "--hotplug",
+            "1G",
+            "--hotplug-use",
+            "2G",
+        ],
+        "at most the plug",
+    );
+    refused(
+        &["vm", "--hotplug", "256M", "--hotplug-use", "512M"],
+        "at most the plug",
+    );
+    refused(
+        &["vm", "--hotplug", "256M", "--hotplug-use", "100"],
+        "whole 4 KiB pages",
     );
 }

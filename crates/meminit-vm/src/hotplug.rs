@@ -8,8 +8,8 @@
 //! `meminit_hotplug=BYTES`) prints `MEMINIT-MARK hp-*` markers and waits at each
 //! for a byte; at each the host measures QEMU once its memory settles, at
 //! `hp-ready` it asks the device for SIZE (`qom-set requested-size`), at
-//! `hp-freed` for 0, and at `hp-unplugged` it reads the plugged size back
-//! (`qom-get size`); then it sends the byte. The guest's own figures are on its
+//! `hp-freed` for 0, and at `hp-plugged` and `hp-unplugged` it reads the plugged
+//! size (`qom-get size`); then it sends the byte. The guest's own figures are on its
 //! `MEMINIT-HOTPLUG` lines, which [`guest_figures`] reads. It does not build the
 //! rest of QEMU's command line (`qemu`'s) nor say what the figures mean to people
 //! (the CLI's).
@@ -116,7 +116,9 @@ pub struct HotplugRun {
     pub exit_status: Option<i32>,
     /// Every step measured, in order.
     pub steps: Vec<Step>,
-    /// The device's plugged size after the shrink (`qom-get size`), bytes.
+    /// The device's plugged size after the grow and after the shrink (`qom-get
+    /// size`), bytes.
+    pub plugged_bytes: Option<u64>,
     pub plugged_after_bytes: Option<u64>,
     /// What the guest printed on its `MEMINIT-HOTPLUG` lines.
     pub guest: Map<String, Value>,
@@ -211,6 +213,7 @@ pub fn run_hotplug(
         accel: spec.accel,
         exit_status: None,
         steps: Vec::new(),
+        plugged_bytes: None,
         plugged_after_bytes: None,
         guest: Map::new(),
         timed_out: false,
@@ -313,6 +316,7 @@ fn measure_step(
     match name {
         "hp-ready" => q.set(DEVICE, "requested-size", spec.bytes)?,
         "hp-freed" => q.set(DEVICE, "requested-size", 0)?,
+        "hp-plugged" => out.plugged_bytes = Some(q.get(DEVICE, "size")?),
         "hp-unplugged" => out.plugged_after_bytes = Some(q.get(DEVICE, "size")?),
         _ => {}
     }

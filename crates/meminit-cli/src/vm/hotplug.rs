@@ -25,8 +25,9 @@ const MAX_PLUG: u64 = 64 << 30;
 
 /// What `vm` passes on from its command line.
 pub(super) struct HotplugArgs {
-    /// The plug.
+    /// The plug, and how much of it the workload writes.
     pub bytes: u64,
+    pub used: u64,
     pub memory: u64,
     pub cpus: u32,
     /// The meminit guest's strategy, and its command line without `hotplug=`.
@@ -48,7 +49,7 @@ pub(super) struct HotplugArgs {
 }
 
 /// What `--hotplug` cannot go with, said before anything boots.
-pub(super) fn check(bytes: u64, workload: Workload, nodes: u32) -> Result<()> {
+pub(super) fn check(bytes: u64, used: Option<u64>, workload: Workload, nodes: u32) -> Result<()> {
     if bytes == 0 || !bytes.is_multiple_of(BLOCK_BYTES) {
         bail!("--hotplug {bytes}: a size of whole 2 MiB blocks (the device's block size), above 0");
     }
@@ -58,6 +59,14 @@ pub(super) fn check(bytes: u64, workload: Workload, nodes: u32) -> Result<()> {
             size::format(bytes),
             size::format(MAX_PLUG)
         );
+    }
+    if let Some(used) = used {
+        if used == 0 || !used.is_multiple_of(4096) || used > bytes {
+            bail!(
+                "--hotplug-use {used}: whole 4 KiB pages, above 0 and at most the plug ({})",
+                size::format(bytes)
+            );
+        }
     }
     if workload != Workload::Idle {
         bail!("--workload {workload}: --hotplug runs its own workload (SIZE written in the new memory and freed); leave --workload out");
@@ -77,9 +86,9 @@ fn initramfs(given: Option<&Path>, default: &Path) -> Result<PathBuf> {
             path.display()
         )
     })?;
-    if !bytes.windows(15).any(|w| w == b"meminit_hotplug") {
+    if !bytes.windows(19).any(|w| w == b"meminit_hotplug_use") {
         bail!(
-            "{}: its /init has no hot-plug schedule (built before virtio_mem was added): run scripts/setup --vm",
+            "{}: its /init has no hot-plug schedule, or one without --hotplug-use (built before they were added): run scripts/setup --vm",
             path.display()
         );
     }
@@ -100,6 +109,8 @@ struct HotplugColumn {
 struct HotplugReport {
     memory_bytes: u64,
     hotplug_bytes: u64,
+    /// What the workload writes of it.
+    hotplug_used_bytes: u64,
     accel: Accel,
     accel_reason: String,
     linux_memmap: &'static str,
@@ -143,7 +154,11 @@ pub(super) fn run(args: &HotplugArgs) -> Result<ExitCode> {
     let mut ram_kib = vm::guest_ram_kib(&shape);
     ram_kib.push(bytes >> 10);
     let strategy = args.strategy;
-    let append = format!("{} virtio_mem=on hotplug={bytes}", args.guest_append);
+    let used = args.used;
+    let append = format!(
+        "{} virtio_mem=on hotplug={bytes} hotplug_use={used}",
+        args.guest_append
+    );
     let mut columns = vec![column(
         args,
         &format!("meminit {strategy}"),
@@ -168,7 +183,7 @@ pub(super) fn run(args: &HotplugArgs) -> Result<ExitCode> {
             ..PeerOptions::default()
         });
         append.push_str(&format!(
-            " memhp_default_state=online_movable meminit_hotplug={bytes}"
+            " memhp_default_state=online_movable meminit_hotplug={bytes} meminit_hotplug_use={used}"
         ));
         linux_notes = notes;
         linux_notes.push("hot-plug: Linux's initramfs /init loads virtio_mem; memhp_default_state=online_movable onlines hot-added memory movable, so that it can be unplugged".into());
@@ -188,6 +203,7 @@ pub(super) fn run(args: &HotplugArgs) -> Result<ExitCode> {
     let report = HotplugReport {
         memory_bytes: args.memory,
         hotplug_bytes: bytes,
+        hotplug_used_bytes: args.used,
         accel,
         accel_reason,
         linux_memmap: LINUX_MEMMAP,
@@ -338,9 +354,14 @@ fn print_table(r: &HotplugReport) {
     print_wrapped(
         "  ",
         &format!(
-        "virtio-mem hot-plug: {} plugged into a {} guest after boot, used, freed and unplugged; {} ({}); median [min–max] of {runs} run(s)",
+        "virtio-mem hot-plug: {} plugged into a {} guest after boot, {} of it used, freed and unplugged; {} ({}); median [min–max] of {runs} run(s)",
         size::format(r.hotplug_bytes),
         size::format(r.memory_bytes),
+        if r.hotplug_used_bytes == r.hotplug_bytes {
+            "all".to_string()
+        } else {
+            size::format(r.hotplug_used_bytes)
+        },
         r.accel.name(),
         r.accel_reason
         ),
@@ -349,7 +370,39 @@ fn print_table(r: &HotplugReport) {
     let rows: Vec<Row<'static>> = vec![
         (
             "usable after the request (guest)",
-            Box::new(|c| cell(&c.runs, &|r| num(r, "usable_ns"), &ns)),
+            Box::new(|c| {
+                let usable = cell(&c.runs, &|r| num(r, "usable_ns"), &ns);
+                let not = c
+                    .runs
+                    .iter()
+                    .filter(|r| num(r, "usable_ns").is_none())
+                    .count();
+                if not == 0 {
+                    usable
+                } else if not == c.runs.len() {
+                    "did not become usable".into()
+                } else {
+                    format!("{usable}; {not} of {} not usable", c.runs.len())
+                }
+            }),
+        ),
+        (
+            "plugged (QMP size)",
+            Box::new(|c| cell(&c.runs, &|r| r.plugged_bytes.map(|b| b as f64), &mib)),
+        ),
+        (
+            "memory gained (guest)",
+            Box::new(move |c| {
+                if is_linux(c) {
+                    cell(
+                        &c.runs,
+                        &|r| Some((num(r, "total_kib")? - num(r, "before_kib")?) * 1024.0),
+                        &mib,
+                    )
+                } else {
+                    cell(&c.runs, &|r| num(r, "plugged_bytes"), &mib)
+                }
+            }),
         ),
         (
             "  of which add_memory (guest)",
@@ -443,7 +496,8 @@ fn print_table(r: &HotplugReport) {
         .collect();
     print_columns(&headers, &table);
     print_legend(&[
-        "usable after the request: guest time from the byte the host sends right after QMP qom-set requested-size (the guest then asks the device and plugs) until the plugged size is reached and, for meminit, add_memory has run; for Linux until MemTotal grew by the plug (memory onlined, movable).",
+        "usable after the request: guest time from the byte the host sends right after QMP qom-set requested-size (the guest then asks the device and plugs) until the plugged size is reached and, for meminit, add_memory has run; for Linux until MemTotal grew by the plug (memory onlined, movable), or not within 120 s: did not become usable.",
+        "memory gained: meminit: the plugged size the guest reached (all of it in the allocator); Linux: MemTotal's growth (memory onlined).",
         "QEMU RSS: the QEMU process's resident set size (VmRSS in /proc/PID/status), settled, with the guest waiting at the step.",
         "memmap: meminit's memmap populated (Allocator::stats) above what it was before the plug, as the guest reports it; (c) Linux: computed, 64 B per 4 KiB page onlined, which onlining writes before any of it is usable.",
         "unplug: after the free (and free page reporting), QMP qom-set requested-size 0; fully succeeded: the device's plugged size (qom-get size) is 0 afterwards.",

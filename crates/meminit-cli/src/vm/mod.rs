@@ -123,6 +123,11 @@ pub struct VmArgs {
     /// --strategy says, and Linux beside it with --peer linux).
     #[arg(long, value_parser = crate::args::parse_size, value_name = "SIZE")]
     hotplug: Option<u64>,
+    /// With --hotplug: write only this much of the plugged memory (default: all
+    /// of it), so that a plug far larger than the guest or the host can hold
+    /// is measured (`--memory 256M --hotplug 64G --hotplug-use 1G`).
+    #[arg(long, value_parser = crate::args::parse_size, value_name = "SIZE")]
+    hotplug_use: Option<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -170,7 +175,7 @@ fn check_sizes(args: &VmArgs) -> Result<()> {
 pub fn run(args: &VmArgs) -> Result<ExitCode> {
     check_args(args)?;
     if let Some(bytes) = args.hotplug {
-        hotplug::check(bytes, args.workload, args.nodes)?;
+        hotplug::check(bytes, args.hotplug_use, args.workload, args.nodes)?;
         let strategy = match args.strategy {
             Some(StrategyArg::Eager) => "eager",
             Some(StrategyArg::Deferred) => "deferred",
@@ -178,6 +183,7 @@ pub fn run(args: &VmArgs) -> Result<ExitCode> {
         };
         return hotplug::run(&hotplug::HotplugArgs {
             bytes,
+            used: args.hotplug_use.unwrap_or(bytes),
             memory: args.memory,
             cpus: args.cpus,
             strategy,
@@ -305,6 +311,12 @@ fn check_args(args: &VmArgs) -> Result<()> {
         {
             bail!("--append '{o}': choose the strategy with --strategy, so that each column runs what it is labelled");
         }
+    }
+    if let (None, Some(used)) = (args.hotplug, args.hotplug_use) {
+        bail!(
+            "--hotplug-use {}: bounds what --hotplug's workload writes; add --hotplug SIZE",
+            size::format(used)
+        );
     }
     if args.peer.is_none() {
         if let Some(k) = &args.kernel {
