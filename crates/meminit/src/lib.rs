@@ -253,7 +253,7 @@
 //! early boot, before per-CPU data exists, or when no caches were lent). Each CPU
 //! keeps, per zone type and [`MobilityClass`], up to [`CACHE_HIGH`] blocks of
 //! each of the orders in [`CACHED_ORDERS`] (0 to 3 and the pageblock order, as
-//! Linux's per-CPU lists; a [`CpuCache`] is 9.1 KiB);
+//! Linux's per-CPU lists; a [`CpuCache`] is 9.75 KiB);
 //! an empty stock is refilled and a full one drained a batch of blocks at a
 //! time. Larger orders go to the zones directly.
 //!
@@ -276,8 +276,10 @@
 //! it starts at [`CACHE_BATCH`], doubles when a stock drains twice with no
 //! refill between (its CPU frees more than it allocates: blocks allocated
 //! elsewhere come back to it) and halves when it refills twice with no drain
-//! between, within [`CACHE_BATCH_MAX`] (half the high mark). A block may
-//! be freed on any CPU; a block of a zone other than the one that CPU's stock
+//! between, within [`CACHE_BATCH_MAX`] (half the high mark). A cache that
+//! allocated and freed nothing between two passes of [`Allocator::tick`] is
+//! drained by the second: what a sleeping CPU keeps would otherwise pin its
+//! chunks. A block may be freed on any CPU; a block of a zone other than the one that CPU's stock
 //! holds goes back to its own zone.
 //!
 //! What the embedder must guarantee, and what it need not:

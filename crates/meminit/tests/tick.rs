@@ -159,3 +159,39 @@ fn without_give_back_a_tick_only_reports() {
         assert_eq!(a.stats().memmap_bytes, grown);
     });
 }
+
+/// A CPU cache that allocated and freed nothing between two passes is drained
+/// by the second, so its chunks can go back; one that was busy meanwhile keeps
+/// its blocks. Nothing is drained by the first pass, which has nothing to
+/// compare with.
+#[test]
+fn an_idle_cpu_cache_is_drained_at_the_next_pass_and_a_busy_one_is_not() {
+    let layout = common::simple(64 * MIB, 16 * MIB);
+    with_allocator_chunked(&layout, config(), Granularity::Section, |a| {
+        let held = fill(a, 4 * MIB);
+        // Freed through both CPUs' caches, and left there.
+        for (i, pfn) in held.into_iter().enumerate() {
+            a.free(FreeRequest::pfn(pfn).on(CpuId(i as u32 % 2)))
+                .unwrap();
+        }
+        let cached = |a: &common::Alloc<'_>| a.zones().map(|z| z.cached).sum::<u64>();
+        assert!(cached(a) > 0);
+        let first = a.tick(0, &mut NoReporter).unwrap().expect("a first pass runs");
+        assert_eq!(first.idle_caches_drained, 0, "{first:?}");
+        let before = cached(a);
+        assert!(before > 0);
+        // CPU 1 works between the passes; CPU 0 sleeps.
+        let p = a.alloc(AllocRequest::order(0).on(CpuId(1))).unwrap();
+        let second = a.tick(DELAY / 2, &mut NoReporter).unwrap().expect("due");
+        assert_eq!(second.idle_caches_drained, 1, "{second:?}");
+        assert!(second.idle_cache_pages > 0);
+        assert_eq!(cached(a), before - 1 - second.idle_cache_pages);
+        // CPU 1 sleeps from now on too: the next pass drains it.
+        a.free(FreeRequest::pfn(p).on(CpuId(1))).unwrap();
+        a.tick(DELAY, &mut NoReporter).unwrap().expect("due");
+        let fourth = a.tick(3 * DELAY / 2, &mut NoReporter).unwrap().expect("due");
+        assert_eq!(fourth.idle_caches_drained, 1, "{fourth:?}");
+        assert_eq!(cached(a), 0);
+        check_counts(a, &Default::default());
+    });
+}

@@ -319,7 +319,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Returns every block of the locked cache to its zone, each to the lists
     /// its chunk's word names (the buddy lists read it under the zone lock).
     /// Returns the pages moved.
-    fn drain_cache(&self, guard: &mut CacheGuard<'_, R>) -> u64 {
+    pub(super) fn drain_cache(&self, guard: &mut CacheGuard<'_, R>) -> u64 {
         let mut pages = 0;
         for kind in crate::types::ZoneType::ALL {
             for class in MobilityClass::ALL {

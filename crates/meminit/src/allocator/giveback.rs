@@ -119,6 +119,11 @@ pub struct ReportStats {
     /// Zones whose give-back [`Allocator::tick`] held back: they grew again
     /// soon after giving chunks back.
     pub zones_held: u64,
+    /// CPU caches [`Allocator::tick`] drained because they did nothing since
+    /// its previous pass, and the pages they held.
+    pub idle_caches_drained: u64,
+    /// Pages in those caches.
+    pub idle_cache_pages: u64,
 }
 
 /// A batch of ranges for a reporter.

@@ -9,6 +9,11 @@
 //!   starts two seconds after the free and then drains for tens of seconds).
 //!   Free blocks of a pageblock or more are reported on the first pass after
 //!   they are freed.
+//! - **Idle CPU caches.** A pass first drains every CPU cache that allocated
+//!   and freed nothing since the pass before (its stocks look the same), as
+//!   Linux lets an idle CPU's per-CPU lists decay: what a CPU keeps for its
+//!   next allocations would otherwise pin its chunks for as long as the CPU
+//!   sleeps. A busy cache is left alone.
 //! - **Hysteresis.** A zone that had to grow again (initialise chunks) within
 //!   [`HOLD_DELAYS`] delays after it last gave chunks back is following a
 //!   workload that frees and allocates again: its give-back is held for that
@@ -105,6 +110,12 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             return Ok(None);
         }
         let mut stats = ReportStats::default();
+        for cache in self.cpus {
+            if cache.unchanged_since_last_pass() {
+                stats.idle_caches_drained += 1;
+                stats.idle_cache_pages += self.drain_cache(&mut cache.lock());
+            }
+        }
         // Batches in depots pin their chunks: they merge first.
         self.flush_depots();
         for zone in self.zones.iter().filter(|z| z.is_populated()) {
