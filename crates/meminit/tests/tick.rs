@@ -176,7 +176,10 @@ fn an_idle_cpu_cache_is_drained_at_the_next_pass_and_a_busy_one_is_not() {
         }
         let cached = |a: &common::Alloc<'_>| a.zones().map(|z| z.cached).sum::<u64>();
         assert!(cached(a) > 0);
-        let first = a.tick(0, &mut NoReporter).unwrap().expect("a first pass runs");
+        let first = a
+            .tick(0, &mut NoReporter)
+            .unwrap()
+            .expect("a first pass runs");
         assert_eq!(first.idle_caches_drained, 0, "{first:?}");
         let before = cached(a);
         assert!(before > 0);
@@ -189,7 +192,10 @@ fn an_idle_cpu_cache_is_drained_at_the_next_pass_and_a_busy_one_is_not() {
         // CPU 1 sleeps from now on too: the next pass drains it.
         a.free(FreeRequest::pfn(p).on(CpuId(1))).unwrap();
         a.tick(DELAY, &mut NoReporter).unwrap().expect("due");
-        let fourth = a.tick(3 * DELAY / 2, &mut NoReporter).unwrap().expect("due");
+        let fourth = a
+            .tick(3 * DELAY / 2, &mut NoReporter)
+            .unwrap()
+            .expect("due");
         assert_eq!(fourth.idle_caches_drained, 1, "{fourth:?}");
         assert_eq!(cached(a), 0);
         check_counts(a, &Default::default());

@@ -43,7 +43,7 @@ use crate::depot;
 use crate::error::AllocError;
 use crate::memmap::MemmapBacking;
 use crate::page::{Page, PageState};
-use crate::types::{CpuId, MobilityClass, NodeId, Pfn, CLASSES, ZONE_TYPES};
+use crate::types::{CpuId, MobilityClass, NodeId, Pfn, CLASSES, PAGEBLOCK_ORDER, ZONE_TYPES};
 use crate::zone::Zone;
 
 impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
@@ -193,7 +193,15 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 pfn
             }
             None => {
-                let batch = stock.refilled(slot);
+                // From the lists, a pageblock stock takes only the block it
+                // hands out: huge frames it keeps are those its CPU freed.
+                // Taking a batch of them from the lists would let busy CPUs
+                // hoard every free pageblock between another allocation's
+                // drains before `OutOfMemory` (`tests/stress.rs`).
+                let batch = match stock.refilled(slot) {
+                    _ if order >= PAGEBLOCK_ORDER => 1,
+                    batch => batch,
+                };
                 if let Some(pfn) = self.refill_from_depot(stock, zone, slot, class) {
                     guard.publish(zone.kind, class);
                     return Some(pfn);
