@@ -16,7 +16,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::marks::mark_in;
-use crate::qemu::{qemu, Accel, VmError};
+use crate::qemu::{spawn_qemu, Accel, Spawned, VmError};
 use crate::qmp::{Qmp, QmpError};
 use crate::run::{settle, settle_for, status_kib, Series, RELEASE_SETTLE_LIMIT};
 
@@ -183,18 +182,12 @@ pub fn run_hotplug(
 ) -> Result<HotplugRun, HotplugError> {
     let _ = std::fs::remove_file(spec.qmp);
     let started = Instant::now();
-    let mut child = Command::new(qemu()?)
-        .args(spec.args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let mut stdin = child.stdin.take();
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("QEMU's standard output was not piped"))?;
+    let Spawned {
+        mut child,
+        mut stdin,
+        stdout,
+        pid,
+    } = spawn_qemu(spec.args)?;
     let (tx, lines) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);

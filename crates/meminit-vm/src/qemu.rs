@@ -87,6 +87,39 @@ pub fn build_guest(guest_dir: &Path) -> Result<PathBuf, VmError> {
     Ok(guest_dir.join("target/x86_64-unknown-none/release/meminit-guest"))
 }
 
+/// A QEMU process started with its console piped: the child, its standard
+/// input (for the monitor-less `quit` a run may send), its standard output
+/// (the guest's serial console) and its pid.
+pub(crate) struct Spawned {
+    pub child: std::process::Child,
+    pub stdin: Option<std::process::ChildStdin>,
+    pub stdout: std::process::ChildStdout,
+    pub pid: u32,
+}
+
+/// Starts QEMU with `args`, every standard stream piped.
+pub(crate) fn spawn_qemu(args: &[String]) -> Result<Spawned, VmError> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(qemu()?)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let stdin = child.stdin.take();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("QEMU's standard output was not piped"))?;
+    Ok(Spawned {
+        child,
+        stdin,
+        stdout,
+        pid,
+    })
+}
+
 pub(crate) fn qemu() -> Result<PathBuf, VmError> {
     std::env::var_os("PATH")
         .into_iter()

@@ -7,14 +7,14 @@
 //! printed beyond the markers and its end (`guest`'s and `linux`'s).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::marks::{self, Mark};
-use crate::qemu::{qemu, smaps_rss_kib, Accel, VmError};
+use crate::qemu::{smaps_rss_kib, spawn_qemu, Accel, Spawned, VmError};
 
 /// What QEMU cost its host, and what the guest printed.
 #[derive(Clone, Debug, Serialize)]
@@ -229,18 +229,12 @@ pub(crate) fn last_line(console: &str) -> &str {
 /// ten seconds with the time so far and the guest's last console line.
 pub fn run_qemu(run: &Run<'_>, progress: &dyn Fn(Duration, &str)) -> Result<VmRun, VmError> {
     let started = Instant::now();
-    let mut child = Command::new(qemu()?)
-        .args(run.args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let pid = child.id();
-    let mut stdin = child.stdin.take();
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("QEMU's standard output was not piped"))?;
+    let Spawned {
+        mut child,
+        mut stdin,
+        stdout,
+        pid,
+    } = spawn_qemu(run.args)?;
     let console = Arc::new(Mutex::new(Console::default()));
     let reader = read_console(stdout, run.finish, started, Arc::clone(&console));
     let mut watch = Watch::new();

@@ -342,6 +342,30 @@ fn linux_memmap(r: &HotplugRun, total_key: &str) -> Option<f64> {
 
 type Row<'a> = (&'a str, Box<dyn Fn(&HotplugColumn) -> String>);
 
+/// A memmap row: for the meminit guest, the memmap it reports at `field`
+/// beyond what it had when the schedule began; for Linux, computed from the
+/// memory it had onlined at `linux_total` (marked "(c)").
+fn memmap_row(label: &'static str, field: &'static str, linux_total: &'static str) -> Row<'static> {
+    (
+        label,
+        Box::new(move |c| {
+            if c.name == "linux" {
+                cell(&c.runs, &|r| linux_memmap(r, linux_total), &mib) + " (c)"
+            } else {
+                cell(
+                    &c.runs,
+                    &|r| {
+                        num(r, field)
+                            .zip(num(r, "memmap_ready_bytes"))
+                            .map(|(a, b)| (a - b).max(0.0))
+                    },
+                    &mib,
+                )
+            }
+        }),
+    )
+}
+
 fn rss_row(label: &'static str, step: &'static str) -> Row<'static> {
     (
         label,
@@ -419,59 +443,12 @@ fn print_table(r: &HotplugReport) {
         rss_row("QEMU RSS at the workload's peak", "hp-peak"),
         rss_row("QEMU RSS after the free", "hp-freed"),
         rss_row("QEMU RSS after the unplug", "hp-unplugged"),
-        (
-            "memmap after the plug",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    cell(&c.runs, &|r| linux_memmap(r, "total_kib"), &mib) + " (c)"
-                } else {
-                    cell(
-                        &c.runs,
-                        &|r| {
-                            num(r, "memmap_plugged_bytes")
-                                .zip(num(r, "memmap_ready_bytes"))
-                                .map(|(a, b)| a - b)
-                        },
-                        &mib,
-                    )
-                }
-            }),
-        ),
-        (
-            "memmap at the peak",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    cell(&c.runs, &|r| linux_memmap(r, "total_kib"), &mib) + " (c)"
-                } else {
-                    cell(
-                        &c.runs,
-                        &|r| {
-                            num(r, "memmap_peak_bytes")
-                                .zip(num(r, "memmap_ready_bytes"))
-                                .map(|(a, b)| a - b)
-                        },
-                        &mib,
-                    )
-                }
-            }),
-        ),
-        (
+        memmap_row("memmap after the plug", "memmap_plugged_bytes", "total_kib"),
+        memmap_row("memmap at the peak", "memmap_peak_bytes", "total_kib"),
+        memmap_row(
             "memmap after the unplug",
-            Box::new(move |c| {
-                if is_linux(c) {
-                    cell(&c.runs, &|r| linux_memmap(r, "total_after_kib"), &mib) + " (c)"
-                } else {
-                    cell(
-                        &c.runs,
-                        &|r| {
-                            num(r, "memmap_unplugged_bytes")
-                                .zip(num(r, "memmap_ready_bytes"))
-                                .map(|(a, b)| (a - b).max(0.0))
-                        },
-                        &mib,
-                    )
-                }
-            }),
+            "memmap_unplugged_bytes",
+            "total_after_kib",
         ),
         (
             "unplug: time until 0 plugged (guest)",
