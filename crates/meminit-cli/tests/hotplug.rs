@@ -13,6 +13,20 @@ fn meminit(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `meminit report ARGS --json`, which must succeed, parsed.
+fn report_json(args: &[&str]) -> Value {
+    let mut all = vec!["report"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = meminit(&all);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Expects exit status 2 and one line on standard error containing `what`.
 fn refused(args: &[&str], what: &str) {
     let out = meminit(args);
@@ -24,22 +38,7 @@ fn refused(args: &[&str], what: &str) {
 
 #[test]
 fn a_container_grows_by_a_gib_and_gives_it_back_in_the_simulator() {
-    let out = meminit(&[
-        "report",
-        "--machine",
-        "container",
-        "--hotplug",
-        "1G",
-        "--runs",
-        "2",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = report_json(&["--machine", "container", "--hotplug", "1G", "--runs", "2"]);
     assert_eq!(r["hotplug_bytes"], 1u64 << 30);
     let runs = r["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
@@ -72,8 +71,7 @@ fn a_container_grows_by_a_gib_and_gives_it_back_in_the_simulator() {
 
 #[test]
 fn a_small_machine_takes_a_plug_many_times_its_size_in_the_simulator() {
-    let out = meminit(&[
-        "report",
+    let r = report_json(&[
         "--memory",
         "256M",
         "--hotplug",
@@ -82,14 +80,7 @@ fn a_small_machine_takes_a_plug_many_times_its_size_in_the_simulator() {
         "64M",
         "--runs",
         "1",
-        "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["hotplug_bytes"], 64u64 << 30);
     let run = &r["runs"][0];
     assert_eq!(run["added_pages"], (64u64 << 30) / 4096, "{run:#}");

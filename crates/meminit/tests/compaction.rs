@@ -44,6 +44,18 @@ struct Hook<'a, 't, B: MemmapBacking = SliceBacking<'a>> {
     moved: u64,
 }
 
+impl<'a, 't, B: MemmapBacking> Hook<'a, 't, B> {
+    fn new(a: &'a Over<'a, B>, table: &'t Mutex<Table>, refuse_every: u64) -> Self {
+        Hook {
+            a,
+            table,
+            calls: 0,
+            refuse_every,
+            moved: 0,
+        }
+    }
+}
+
 // SAFETY: on `Ok` the table names `to` instead of `from` and the contents (the
 // tag) were copied; the test holds no other reference to the block.
 unsafe impl<B: MemmapBacking> Migrate for Hook<'_, '_, B> {
@@ -153,13 +165,7 @@ fn compaction_empties_sparse_movable_chunks_and_they_go_back() {
         a.drain(None).unwrap();
         let back = |a: &Alloc<'_>| (0..2).map(|_| a.give_back().chunks_given_back).sum::<u64>();
         let without = back(a);
-        let mut hook = Hook {
-            a,
-            table: &table,
-            calls: 0,
-            refuse_every: 0,
-            moved: 0,
-        };
+        let mut hook = Hook::new(a, &table, 0);
         let stats = a.compact(&mut hook);
         assert!(
             stats.chunks_emptied > 0 && stats.blocks_moved == hook.moved,
@@ -199,13 +205,7 @@ fn compaction_empties_whole_sections_when_few_pages_live() {
         a.drain(None).unwrap();
         let peak = a.stats().memmap_bytes;
         assert!(peak >= 6 * per_section, "{peak}");
-        let mut hook = Hook {
-            a,
-            table: &table,
-            calls: 0,
-            refuse_every: 0,
-            moved: 0,
-        };
+        let mut hook = Hook::new(a, &table, 0);
         let stats = a.compact(&mut hook);
         assert_eq!(stats.blocks_refused, 0, "{stats:?}");
         a.give_back();
@@ -244,13 +244,7 @@ fn bounded_passes_add_up_to_a_whole_pass() {
     with_allocator_chunked(&layout, config(), Granularity::Section, |a| {
         let table = Mutex::new(sparse(a, 24_000, 30, 7));
         a.drain(None).unwrap();
-        let mut hook = Hook {
-            a,
-            table: &table,
-            calls: 0,
-            refuse_every: 0,
-            moved: 0,
-        };
+        let mut hook = Hook::new(a, &table, 0);
         let (mut passes, mut emptied) = (0, 0);
         loop {
             let stats = a.compact_up_to(&mut hook, 64);
@@ -282,13 +276,7 @@ fn refusals_leave_their_chunk_and_put_everything_back() {
     let layout = common::simple(64 * MIB, 32 * MIB);
     with_allocator_chunked(&layout, config(), Granularity::Section, |a| {
         let table = Mutex::new(sparse(a, 12_000, 20, 3));
-        let mut hook = Hook {
-            a,
-            table: &table,
-            calls: 0,
-            refuse_every: 3,
-            moved: 0,
-        };
+        let mut hook = Hook::new(a, &table, 3);
         let stats = a.compact(&mut hook);
         assert!(stats.blocks_refused > 0, "{stats:?}");
         let table = table.into_inner().unwrap();
@@ -359,13 +347,7 @@ fn threads_allocate_while_compaction_runs() {
                     }
                 });
             }
-            let mut hook = Hook {
-                a,
-                table: &table,
-                calls: 0,
-                refuse_every: 0,
-                moved: 0,
-            };
+            let mut hook = Hook::new(a, &table, 0);
             for _ in 0..50 {
                 a.compact(&mut hook);
                 a.give_back();
@@ -398,7 +380,7 @@ proptest! {
         let layout = common::simple(48 * MIB, 16 * MIB);
         with_allocator_chunked(&layout, config(), Granularity::Section, |a| {
             let table = Mutex::new(sparse(a, pages, keep_one_in, seed));
-            let mut hook = Hook { a, table: &table, calls: 0, refuse_every, moved: 0 };
+            let mut hook = Hook::new(a, &table, refuse_every);
             let stats = a.compact(&mut hook);
             assert_eq!(stats.blocks_moved, hook.moved);
             a.give_back();
