@@ -97,21 +97,33 @@ impl AllocatorHooks {
         (range.start.0 / c * c)..range.end.0.div_ceil(c) * c
     }
 
-    /// Adds every chunk of `span` that is wholly plugged and absent.
+    /// Adds every chunk of `span` that is wholly plugged and absent, each run
+    /// of such chunks in one `add_memory` call (its cost is per section, not
+    /// per chunk: 8 GiB plugged in one request is one call, not 2048).
     fn add_whole_chunks(&mut self, span: Range<u64>) {
         let c = self.chunk_pages();
+        let mut run: Option<Range<u64>> = None;
         for chunk in span.step_by(c as usize) {
             let absent = matches!(
                 self.allocator.page(Pfn(chunk)),
                 Err(LookupError::NotPresent { .. })
             );
-            if !absent || !self.all_plugged(chunk, chunk + c) {
-                continue;
+            if absent && self.all_plugged(chunk, chunk + c) {
+                run = Some(run.map_or(chunk..chunk + c, |r| r.start..chunk + c));
+            } else if let Some(r) = run.take() {
+                self.add_run(r);
             }
-            if let Err(e) = self.allocator.add_memory(Pfn(chunk)..Pfn(chunk + c)) {
-                println!("virtio-mem: add_memory: {e}");
-                self.bad_ranges += 1;
-            }
+        }
+        if let Some(r) = run {
+            self.add_run(r);
+        }
+    }
+
+    /// Hands a run of whole, plugged, absent chunks to the allocator.
+    fn add_run(&mut self, run: Range<u64>) {
+        if let Err(e) = self.allocator.add_memory(Pfn(run.start)..Pfn(run.end)) {
+            println!("virtio-mem: add_memory: {e}");
+            self.bad_ranges += 1;
         }
     }
 }
