@@ -111,9 +111,15 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         }
         let mut stats = ReportStats::default();
         for cache in self.cpus {
-            if cache.unchanged_since_last_pass() {
+            if !cache.unchanged_since_last_pass() {
+                continue;
+            }
+            // `try_lock`: a cache whose lock is held is in use, not idle, and
+            // a pass run from an interrupt on that cache's own CPU must not
+            // wait for the code it interrupted.
+            if let Some(mut guard) = cache.try_lock() {
                 stats.idle_caches_drained += 1;
-                stats.idle_cache_pages += self.drain_cache(&mut cache.lock());
+                stats.idle_cache_pages += self.drain_cache(&mut guard);
             }
         }
         // Batches in depots pin their chunks: they merge first.
