@@ -8,7 +8,7 @@
 //! lists (with no class change), as free page reporting's isolation does, and
 //! its zone counts it among its isolated pages.
 
-use super::{list_of, page, reuse, FreeArea};
+use super::{page, FreeArea};
 use crate::memmap::{Memmap, MemmapBacking};
 use crate::page::PageState;
 use crate::types::MobilityClass;
@@ -119,21 +119,9 @@ impl FreeArea {
                 PageState::Reserved | PageState::Tail => pfn += 1,
             }
         };
-        let head = page(mm, pfn);
-        let reported = self.unlink(mm, head, found);
-        let chunk = mm.chunk_of(pfn);
-        let class = MobilityClass::Movable;
-        let (_, new) = mm.sections().chunk_take(chunk, 1 << order, Some(class));
-        let to = list_of(new);
-        let mut o = found;
-        while o > order {
-            o -= 1;
-            self.push(mm, pfn + (1 << o), o, reported, to);
-        }
-        head.set_allocated(order, class);
-        if reported {
-            reuse(mm, pfn, order);
-        }
+        // A movable chunk's block: the chunk's class does not change, so its
+        // other free blocks stay on the lists they are on.
+        self.split_off(mm, pfn, found, order, MobilityClass::Movable);
         Some(pfn)
     }
 

@@ -291,12 +291,39 @@ impl FreeArea {
             self.steals += 1;
         }
         let pfn = self.heads[list][found];
-        let head = page(mm, pfn);
-        let reported = self.unlink(mm, head, found as u32);
-        let chunk = mm.chunk_of(pfn);
-        let (old, new) = mm.sections().chunk_take(chunk, 1 << order, Some(class));
+        let (old, new) = self.split_off(mm, pfn, found as u32, order, class);
         let to = list_of(new);
-        let mut o = found as u32;
+        let chunk = mm.chunk_of(pfn);
+        // The chunk took a class (or its blocks were not on its class's lists):
+        // its other free blocks follow. Nothing else is in a chunk that was one
+        // block.
+        if (old.class() != new.class() || list != to) && (found as u32) < mm.chunk_shift() {
+            self.move_chunk(mm, chunk, to);
+        }
+        Some(pfn)
+    }
+
+    /// Takes the free block of order `found` at `pfn` off its list and
+    /// allocates its first `order` for `class`: counted in its chunk's word of
+    /// use, the halves split off put on the lists the chunk's new word names
+    /// (reported if the block was), the backing told of a reported block
+    /// reused. Returns the chunk's word before and after.
+    #[inline]
+    fn split_off<B: MemmapBacking>(
+        &mut self,
+        mm: &Memmap<'_, B>,
+        pfn: u64,
+        found: u32,
+        order: u32,
+        class: MobilityClass,
+    ) -> (ChunkUse, ChunkUse) {
+        let head = page(mm, pfn);
+        let reported = self.unlink(mm, head, found);
+        let (old, new) = mm
+            .sections()
+            .chunk_take(mm.chunk_of(pfn), 1 << order, Some(class));
+        let to = list_of(new);
+        let mut o = found;
         while o > order {
             o -= 1;
             // The upper half becomes a free block of its own; its first page was a
@@ -307,13 +334,7 @@ impl FreeArea {
         if reported {
             reuse(mm, pfn, order);
         }
-        // The chunk took a class (or its blocks were not on its class's lists):
-        // its other free blocks follow. Nothing else is in a chunk that was one
-        // block.
-        if (old.class() != new.class() || list != to) && (found as u32) < mm.chunk_shift() {
-            self.move_chunk(mm, chunk, to);
-        }
-        Some(pfn)
+        (old, new)
     }
 
     /// Returns the block at `pfn` of `order`, whose head the caller checked says
