@@ -11,6 +11,8 @@ use meminit_host::mix::{run_mix, Mix, MixOptions, MixReport};
 use meminit_host::size;
 use serde::Serialize;
 
+use crate::repeated::Spread;
+
 /// `on` or `off`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub(crate) enum OnOff {
@@ -18,33 +20,6 @@ pub(crate) enum OnOff {
     Off,
 }
 
-/// The minimum, median and maximum of one figure over the runs.
-#[derive(Clone, Copy, Debug, Serialize)]
-struct Spread {
-    min: f64,
-    median: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn of(mut values: Vec<f64>) -> Spread {
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        let median = if n % 2 == 1 {
-            values[n / 2]
-        } else {
-            (values[n / 2 - 1] + values[n / 2]) / 2.0
-        };
-        Spread {
-            min: values[0],
-            median,
-            max: values[n - 1],
-        }
-    }
-}
-
-/// The figures of the table, in its order: name, how to read it, whether it is
-/// a percentage.
 /// A figure of the table: its name, how to read it, whether it is a plain number.
 type Figure = (&'static str, fn(&MixReport) -> f64, bool);
 
@@ -105,7 +80,9 @@ pub(crate) fn report(
     }
     let spread = FIGURES
         .iter()
-        .map(|&(name, read, _)| (name, Spread::of(reports.iter().map(read).collect())))
+        .filter_map(|&(name, read, _)| {
+            Some((name, Spread::of(reports.iter().map(read).collect())?))
+        })
         .collect();
     let present = machine.layout()?.present_pages() * meminit::PAGE_SIZE;
     let failures: u64 = reports.iter().map(|r| r.failures).sum();

@@ -100,18 +100,8 @@ fn plural(n: u64) -> &'static str {
 }
 
 /// Median, minimum and maximum.
-fn median_min_max(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Some((median, v[0], v[n - 1]))
+fn median_min_max(v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    crate::repeated::Spread::of(v).map(|s| (s.median, s.min, s.max))
 }
 
 /// Runs the measurements and writes every chart into `dir`.
