@@ -136,6 +136,21 @@ pub enum PageState {
     },
 }
 
+impl PageState {
+    /// For a walk over blocks: the pages from this descriptor to the next
+    /// block boundary, reading it as a walk meets it (a block's head: the
+    /// block; a reserved page or a tail met on the way: one page).
+    #[inline]
+    pub(crate) fn pages_to_next(self) -> u64 {
+        match self {
+            PageState::Free { order }
+            | PageState::Allocated { order }
+            | PageState::Cached { order } => 1 << order,
+            PageState::Reserved | PageState::Tail => 1,
+        }
+    }
+}
+
 const KIND_RESERVED: u32 = 1;
 const KIND_TAIL: u32 = 2;
 const KIND_FREE: u32 = 3;

@@ -168,10 +168,7 @@ impl FreeArea {
                     }
                     pfn += 1 << order;
                 }
-                PageState::Allocated { order } | PageState::Cached { order } => {
-                    pfn += 1 << order;
-                }
-                PageState::Reserved | PageState::Tail => pfn += 1,
+                other => pfn += other.pages_to_next(),
             }
         }
     }

@@ -64,10 +64,7 @@ impl FreeArea {
                     held += 1 << order;
                     pfn += 1 << order;
                 }
-                PageState::Free { order }
-                | PageState::Allocated { order }
-                | PageState::Cached { order } => pfn += 1 << order,
-                PageState::Reserved | PageState::Tail => pfn += 1,
+                other => pfn += other.pages_to_next(),
             }
         }
         held
@@ -85,8 +82,7 @@ impl FreeArea {
         while pfn < end {
             match page(mm, pfn).state() {
                 PageState::Allocated { order } => return Some((pfn, order)),
-                PageState::Free { order } | PageState::Cached { order } => pfn += 1 << order,
-                PageState::Reserved | PageState::Tail => pfn += 1,
+                other => pfn += other.pages_to_next(),
             }
         }
         None
@@ -113,10 +109,7 @@ impl FreeArea {
                 PageState::Free { order: o } if o >= order && p.zone_index() == self.zone => {
                     break o;
                 }
-                PageState::Free { order: o }
-                | PageState::Allocated { order: o }
-                | PageState::Cached { order: o } => pfn += 1 << o,
-                PageState::Reserved | PageState::Tail => pfn += 1,
+                other => pfn += other.pages_to_next(),
             }
         };
         // A movable chunk's block: the chunk's class does not change, so its
@@ -165,10 +158,7 @@ impl FreeArea {
                     back += 1 << order;
                     pfn += 1 << order;
                 }
-                PageState::Free { order }
-                | PageState::Allocated { order }
-                | PageState::Cached { order } => pfn += 1 << order,
-                PageState::Reserved | PageState::Tail => pfn += 1,
+                other => pfn += other.pages_to_next(),
             }
         }
         back
