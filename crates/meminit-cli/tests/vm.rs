@@ -771,18 +771,17 @@ fn without_the_balloon_nothing_is_reported() {
     assert_eq!(r["runs"][0]["marks"].as_array().unwrap().len(), 3);
 }
 
-/// Linux beside it, with the initramfs `scripts/setup --vm` builds: its /init
-/// loads virtio_balloon, runs the same spike and is measured at the same markers;
-/// Linux reports the freed memory, so QEMU gives it back.
-#[test]
-fn linux_runs_the_spike_from_its_initramfs_and_reports_it() {
+/// A 256 MiB on-demand guest and Linux beside it, running `workload` (Linux
+/// from the initramfs `scripts/setup --vm` builds): the JSON report, or `None`
+/// (the test skipped, and why printed) without that initramfs.
+fn beside_linux(workload: &str) -> Option<Value> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let initramfs = root.join("target/linux/initramfs.cpio");
     if !initramfs.is_file() {
         let why = std::fs::read_to_string(root.join("target/linux/initramfs.missing"))
             .unwrap_or_else(|_| "scripts/setup --vm has not built it".into());
         eprintln!("skipped: no initramfs at {}: {why}", initramfs.display());
-        return;
+        return None;
     }
     let (code, r) = vm(&[
         "--memory",
@@ -792,9 +791,20 @@ fn linux_runs_the_spike_from_its_initramfs_and_reports_it() {
         "--peer",
         "linux",
         "--workload",
-        "spike:64M",
+        workload,
     ]);
     assert_eq!(code, Some(0), "{r:#}");
+    Some(r)
+}
+
+/// Linux beside it, with the initramfs `scripts/setup --vm` builds: its /init
+/// loads virtio_balloon, runs the same spike and is measured at the same markers;
+/// Linux reports the freed memory, so QEMU gives it back.
+#[test]
+fn linux_runs_the_spike_from_its_initramfs_and_reports_it() {
+    let Some(r) = beside_linux("spike:64M") else {
+        return;
+    };
     let linux = &r["runs"][1];
     assert_eq!(linux["name"], "linux");
     assert_eq!(linux["all_ok"], true, "{linux:#}");
@@ -916,22 +926,9 @@ fn the_files_workload_keeps_one_in_a_hundred_and_rests_ticking() {
 /// deletes them, says what it freed, and is measured at the same markers.
 #[test]
 fn linux_runs_the_files_from_its_initramfs() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    if !root.join("target/linux/initramfs.cpio").is_file() {
-        eprintln!("skipped: no initramfs (scripts/setup --vm builds it)");
+    let Some(r) = beside_linux("files:4096") else {
         return;
-    }
-    let (code, r) = vm(&[
-        "--memory",
-        "256M",
-        "--strategy",
-        "ondemand",
-        "--peer",
-        "linux",
-        "--workload",
-        "files:4096",
-    ]);
-    assert_eq!(code, Some(0), "{r:#}");
+    };
     let linux = &r["runs"][1];
     assert_eq!(linux["all_ok"], true, "{linux:#}");
     assert!(linux["guest"]["init_error"].is_null(), "{linux:#}");
