@@ -151,12 +151,24 @@ unsafe impl<B: MemmapBacking, R: RawMutex> FrameAllocator<Size2MiB> for Frames<'
 }
 
 impl<B: MemmapBacking, R: RawMutex> FrameDeallocator<Size4KiB> for Frames<'_, '_, B, R> {
+    /// Frees the frame through this CPU's cache; a refused free is kept in
+    /// [`Frames::last_error`].
+    ///
+    /// # Safety
+    ///
+    /// The trait's: `frame` is not in use any more. A frame this allocator did
+    /// not hand out, or frees twice, is refused and changes nothing.
     unsafe fn deallocate_frame(&mut self, frame: PhysFrame<Size4KiB>) {
         self.deallocate(frame, 0);
     }
 }
 
 impl<B: MemmapBacking, R: RawMutex> FrameDeallocator<Size2MiB> for Frames<'_, '_, B, R> {
+    /// As for 4 KiB frames, a pageblock-order block.
+    ///
+    /// # Safety
+    ///
+    /// The trait's: `frame` is not in use any more.
     unsafe fn deallocate_frame(&mut self, frame: PhysFrame<Size2MiB>) {
         self.deallocate(frame, PAGEBLOCK_ORDER);
     }

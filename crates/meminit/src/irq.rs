@@ -94,6 +94,12 @@ unsafe impl<L: RawMutex, I: Interrupts> RawMutex for IrqSafe<L, I> {
         }
     }
 
+    /// Releases the inner lock, then restores the interrupt state saved when
+    /// it was taken.
+    ///
+    /// # Safety
+    ///
+    /// `RawMutex::unlock`'s: the lock is held in the current context.
     unsafe fn unlock(&self) {
         // SAFETY: the caller holds the lock (the trait's contract for `unlock`),
         // so it is the only accessor of `was_on`.
