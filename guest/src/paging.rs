@@ -486,6 +486,14 @@ unsafe impl MemmapBacking for GuestBacking {
         self.granularity
     }
 
+    /// The memmap lives on guest memory nothing has touched since the host
+    /// lent it (or that was reported back to the host since): the first store
+    /// to each page has the host zero it, so the rest of the writes find it in
+    /// cache.
+    fn populate_leaves_memmap_cached(&self) -> bool {
+        true
+    }
+
     fn populate(
         &self,
         piece: MemmapPiece,

@@ -151,6 +151,13 @@ unsafe impl MemmapBacking for HostBacking {
         self.granularity
     }
 
+    /// `MADV_POPULATE_WRITE` has the host kernel zero each page it commits, so
+    /// the memmap is in cache right after; a premapped memmap was committed at
+    /// creation, long before.
+    fn populate_leaves_memmap_cached(&self) -> bool {
+        !self.premapped
+    }
+
     fn accept(
         &self,
         chunk: MemmapPiece,

@@ -13,7 +13,7 @@ use super::stats::InitCause;
 use super::Allocator;
 use crate::config::Strategy;
 use crate::error::ChunkError;
-use crate::memmap::MemmapBacking;
+use crate::memmap::{InitPass, MemmapBacking};
 use crate::section::ChunkState;
 use crate::types::{NodeId, Pfn};
 
@@ -70,6 +70,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let first = self.layout.section_of(span.start_pfn);
         let end = self.layout.section_of(Pfn(span.end_pfn.0 - 1)) + 1;
         let chunks_shift = self.memmap.sections().chunks_shift();
+        let mut pass = InitPass::new();
         loop {
             // Relaxed: the fetch_add alone hands each section (a batch of chunks) to
             // exactly one worker of this node; the chunk claims order everything the
@@ -90,7 +91,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 {
                     continue;
                 }
-                match self.init_chunk(index, InitCause::Worker) {
+                match self.init_chunk(index, InitCause::Worker, &mut pass) {
                     Ok(Some(pages)) => {
                         report.chunks += 1;
                         report.pages += pages;
@@ -121,7 +122,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             let mut still = 0;
             for i in 0..left.len() {
                 let index = left[i];
-                match self.init_chunk(index, InitCause::Worker) {
+                match self.init_chunk(index, InitCause::Worker, &mut pass) {
                     Ok(Some(pages)) => {
                         report.chunks += 1;
                         report.pages += pages;

@@ -21,7 +21,7 @@ use lock_api::RawMutex;
 use super::stats::InitCause;
 use super::Allocator;
 use crate::error::ChunkError;
-use crate::memmap::{LookupError, MemmapBacking};
+use crate::memmap::{InitPass, LookupError, MemmapBacking};
 use crate::page::{zone_index, Page, PageState, NO_ZONE};
 use crate::section::ChunkState;
 use crate::types::{MobilityClass, NodeId, Pfn};
@@ -37,7 +37,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             match self.memmap.page(pfn.0) {
                 Err(LookupError::Uninitialised { .. }) => {
                     let index = self.memmap.chunk_of(pfn.0);
-                    self.init_chunk(index, InitCause::Lookup)
+                    self.init_chunk(index, InitCause::Lookup, &mut InitPass::new())
                         .map_err(|e| match e {
                             ChunkError::Backing(e) => LookupError::Backing(e),
                             ChunkError::Reentrant { .. } => LookupError::Reentrant { pfn },
@@ -58,13 +58,16 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Initialises chunk `index` if no one has claimed it: has the memmap under it
     /// populated and its memory accepted, writes every descriptor, publishes it,
     /// and puts its usable pages on their zones' free lists. Returns the pages
-    /// freed, or `None` if someone else had it. From inside a callback (on the
+    /// freed, or `None` if someone else had it. `pass` is the caller's pass of
+    /// initialisation, one for all the chunks it initialises in a row (it picks
+    /// the stores, see [`InitPass`]). From inside a callback (on the
     /// same [`Config::context`]) it gives the claim back and says so, rather than
     /// call the backing again or wait for the section's memmap.
     pub(crate) fn init_chunk(
         &self,
         index: usize,
         cause: InitCause,
+        pass: &mut InitPass,
     ) -> Result<Option<u64>, ChunkError> {
         let Ok(claim) = self.memmap.sections().claim(index) else {
             return Ok(None);
@@ -76,9 +79,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                     return Err(ChunkError::Reentrant { chunk: index });
                 }
                 let _inside = self.in_backing.enter(context, self.config.wait);
-                self.memmap.populate(claim, &self.layout)
+                self.memmap.populate(claim, &self.layout, pass)
             }
-            None => self.memmap.populate(claim, &self.layout),
+            None => self.memmap.populate(claim, &self.layout, pass),
         };
         let mut writer = populated.map_err(ChunkError::Backing)?;
         let taken = writer.taken();
@@ -250,7 +253,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 busy = Some(index);
                 continue;
             }
-            match self.init_chunk(index, InitCause::Grow) {
+            match self.init_chunk(index, InitCause::Grow, &mut InitPass::new()) {
                 Ok(Some(_)) => {
                     zone.grow_cursor.store(index + 1, Relaxed);
                     self.pacing

@@ -31,7 +31,7 @@ use crate::cpu_cache::CpuCache;
 use crate::error::{ChunkError, InitError};
 use crate::layout::{Layout, LayoutBuilder, EMPTY_LAYOUT};
 use crate::memmap::reentry::InBacking;
-use crate::memmap::{BackingError, Memmap, MemmapBacking};
+use crate::memmap::{BackingError, InitPass, Memmap, MemmapBacking};
 use crate::section::{SectionSlot, Sections, SlotsError};
 use crate::types::Constraint;
 use crate::types::{NodeId, Pfn, ZoneType, ZONE_TYPES};
@@ -316,8 +316,9 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         }
         let chunks_shift = self.memmap.sections().chunks_shift();
         let sections = self.layout.memmap_sections();
+        let mut pass = InitPass::new();
         for index in sections.start << chunks_shift..sections.end << chunks_shift {
-            self.init_chunk(index, InitCause::Boot)
+            self.init_chunk(index, InitCause::Boot, &mut pass)
                 .map_err(|e| match e {
                     ChunkError::Backing(e) => InitError::Backing(e),
                     // No one can call an allocator that is not returned yet.

@@ -177,6 +177,21 @@ pub unsafe trait MemmapBacking {
         pages: &mut PageSource<'_>,
     ) -> Result<Populated, BackingError>;
 
+    /// Whether memmap that [`populate`](Self::populate) has just made accessible
+    /// is likely in the caches of the CPU that called it: `true` if `populate`
+    /// writes it (a host's `MADV_POPULATE_WRITE`, a kernel that zeroes the pages
+    /// it maps) or a hypervisor zeroes it on its first touch (a guest whose
+    /// memmap lives on memory it has never touched). The descriptors written right
+    /// after (the chunk's, and in a pass over a section, the rest of the
+    /// section's) then use ordinary stores, which find the lines in cache; with
+    /// `false` (the default: memory that may have sat untouched for long, as on
+    /// bare metal) non-temporal stores, which write a line without reading it
+    /// first. A wrong answer costs time, never correctness. Must return the same
+    /// value every time.
+    fn populate_leaves_memmap_cached(&self) -> bool {
+        false
+    }
+
     /// Makes the memory of one chunk ready for use, before any of its pages is
     /// handed out for the first time: accept it (TDX `TDG.MEM.PAGE.ACCEPT`, SNP
     /// `PVALIDATE`), zero it, or check it. Called exactly once per chunk, after its

@@ -26,6 +26,9 @@ mod contract;
 pub(crate) mod reentry;
 mod slice;
 mod source;
+mod store;
+#[cfg(test)]
+mod tests;
 
 pub use contract::{BackingError, Granularity, LookupError, MemmapBacking, MemmapPiece, Populated};
 pub use reentry::MAX_BACKING_CONTEXTS;
@@ -46,6 +49,25 @@ use crate::section::{
 };
 use crate::types::Pfn;
 use source::merge;
+pub(crate) use store::Stores;
+
+/// What one pass of initialisation (start-up's, a deferred worker's, or a single
+/// chunk's) remembers between its chunks: the section whose memmap it populated
+/// last, if the backing says `populate` leaves that memory in cache. A pass
+/// writes a section's chunks one after another right after populating it, so
+/// they are written with ordinary stores; a chunk of a section populated
+/// earlier, by someone else, gets non-temporal ones.
+#[derive(Debug, Default)]
+pub(crate) struct InitPass {
+    warm_section: Option<usize>,
+}
+
+impl InitPass {
+    /// A pass that has populated nothing yet.
+    pub const fn new() -> InitPass {
+        InitPass { warm_section: None }
+    }
+}
 
 /// The descriptor array and the state of its sections and chunks.
 pub(crate) struct Memmap<'a, B> {
@@ -161,11 +183,13 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
     /// Makes sure the memmap under the claimed chunk is populated, populating its
     /// section or the chunk itself as the backing asks, then accepts the chunk's
     /// memory. On failure the claim is dropped, which gives the chunk back; a piece
-    /// whose populate succeeded is never asked for again.
+    /// whose populate succeeded is never asked for again. `pass` says which
+    /// stores suit the chunk's descriptors (see [`InitPass`]).
     pub fn populate<'m>(
         &'m self,
         claim: Claim<'m, 'a>,
         layout: &Layout,
+        pass: &mut InitPass,
     ) -> Result<ChunkWriter<'m, 'a, B>, BackingError> {
         assert!(self.sections.owns(&claim), "claim from another memmap");
         let (start, end) = self.chunk_pfns(claim.chunk());
@@ -175,9 +199,19 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             start: Pfn(start),
             end: Pfn(end),
         };
-        let taken = match self.backing.granularity() {
+        let granularity = self.backing.granularity();
+        let (taken, fresh) = match granularity {
             Granularity::Section => self.populate_section(section, layout)?,
             Granularity::Chunk => self.populate_chunk(&claim, chunk, layout)?,
+        };
+        let warm = fresh && self.backing.populate_leaves_memmap_cached();
+        if warm && granularity == Granularity::Section {
+            pass.warm_section = Some(section);
+        }
+        let stores = if warm || pass.warm_section == Some(section) {
+            Stores::Cached
+        } else {
+            Stores::Streaming
         };
         let taken = taken.start.clamp(start, end)..taken.end.clamp(start, end);
         self.backing.accept(chunk, taken.clone(), layout)?;
@@ -190,6 +224,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             // Acquire: pairs with the Release in `depopulate`, which comes before
             // the retired chunk becomes claimable.
             atomic: self.gave_back.load(Acquire),
+            stores,
         })
     }
 
@@ -276,20 +311,20 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
     }
 
     /// Populates section `section`'s memmap unless someone has; returns the pfns
-    /// taken from the section for it.
+    /// taken from the section for it, and whether this call populated it.
     fn populate_section(
         &self,
         section: usize,
         layout: &Layout,
-    ) -> Result<Range<u64>, BackingError> {
+    ) -> Result<(Range<u64>, bool), BackingError> {
         let sections = &self.sections;
         let first = (section as u64) << self.section_shift;
         loop {
             let claim = match sections.claim_memmap(section) {
                 Ok(claim) => claim,
-                Err(MemmapState::Populated(taken)) if taken.is_empty() => return Ok(0..0),
+                Err(MemmapState::Populated(taken)) if taken.is_empty() => return Ok((0..0, false)),
                 Err(MemmapState::Populated(taken)) => {
-                    return Ok(first + taken.start..first + taken.end)
+                    return Ok((first + taken.start..first + taken.end, false))
                 }
                 Err(MemmapState::Populating) => {
                     sections.wait_while_populating(section);
@@ -337,21 +372,21 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                     },
                 });
             }
-            return Ok(if taken.is_empty() { 0..0 } else { taken });
+            return Ok((if taken.is_empty() { 0..0 } else { taken }, true));
         }
     }
 
     /// Populates the claimed chunk's part of the memmap unless an earlier claimant
-    /// of it did.
+    /// of it did; says whether this call populated it.
     fn populate_chunk(
         &self,
         claim: &Claim<'_, 'a>,
         chunk: MemmapPiece,
         layout: &Layout,
-    ) -> Result<Range<u64>, BackingError> {
+    ) -> Result<(Range<u64>, bool), BackingError> {
         let index = claim.chunk();
         if self.sections.chunk_memmap_populated(index) {
-            return Ok(0..0);
+            return Ok((0..0, false));
         }
         let mut source = PageSource::new(layout, chunk, Granularity::Chunk);
         let taken = self.backing.populate(chunk, layout, &mut source)?.taken;
@@ -365,7 +400,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                 reason: "a backing that populates chunk by chunk took pages of the chunk",
             });
         }
-        Ok(0..0)
+        Ok((0..0, true))
     }
 }
 
@@ -396,6 +431,8 @@ pub(crate) struct ChunkWriter<'m, 'a, B> {
     /// Write with atomic stores: descriptors of this range were readable before
     /// (a chunk was given back), so a stale reference may still touch them.
     atomic: bool,
+    /// Otherwise, the stores that suit where the memory is.
+    stores: Stores,
 }
 
 impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
@@ -404,12 +441,19 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
         self.taken.clone()
     }
 
+    /// The stores the plain (not atomic) runs use.
+    #[cfg(test)]
+    pub fn stores(&self) -> Stores {
+        self.stores
+    }
+
     /// Writes descriptors for the pfns from where the last run ended up to `until`,
     /// each in `state` for zone `zone_index`. Panics if `until` is past the chunk.
     ///
     /// The run is contiguous, so its first descriptor's place is computed once and
     /// the choice between atomic and plain stores made once; plain stores write a
-    /// template (`Page::words`) whole descriptors at a time (see `store`). Every
+    /// template (`Page::words`) whole descriptors at a time, ordinary or
+    /// non-temporal as `populate` chose (see [`Stores`]). Every
     /// store of the run is visible before any later store of this thread: before
     /// `publish` in particular.
     #[inline]
@@ -447,7 +491,9 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
             // claim makes this thread their only writer, no one reads them before
             // `publish`, and no reference to them exists: no chunk was ever given
             // back, so this chunk was never readable.
-            unsafe { store::descriptors(first, count, Page::words(state, zone_index)) };
+            unsafe {
+                store::descriptors(first, count, Page::words(state, zone_index), self.stores)
+            };
         }
         self.next = until;
     }
@@ -459,101 +505,5 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
             "publishing a chunk with unwritten descriptors"
         );
         self.claim.publish()
-    }
-}
-
-/// Storing runs of fresh descriptors, whole descriptors (cache lines) at a time.
-///
-/// Where the target has them, with non-temporal stores: they write a whole line
-/// without first reading it for ownership, which saves the read that ordinary
-/// stores make of every line they write. Measured (`benches/ratios.rs`, item 7, memmap mapped but not
-/// in cache, as it is on a machine whose memmap is 1/64 of its memory), ordinary
-/// stores of any width ran at about half the speed of a non-temporal fill of the
-/// same bytes. A chunk's descriptors are read back only where the free-list splice
-/// links a block's head (one line per max-order block); the rest are next read when
-/// their pages are allocated, usually long after.
-///
-/// x86-64 with SSE2 (every hosted x86-64 target) stores 16 bytes at a time with
-/// `movntdq`; x86-64 without SSE (a kernel target) 8 bytes at a time with `movnti`,
-/// which needs no SIMD state; anything else, and Miri, writes the words plainly.
-mod store {
-    use crate::page::Page;
-
-    /// Writes `count` descriptors from `first` on, each the eight words `words`, and
-    /// orders them (with `sfence` after non-temporal stores, which are weakly
-    /// ordered) before every later store of this thread: the `Release` store that
-    /// publishes the chunk (paired with the `Acquire` of every look-up) in
-    /// particular, or the one that gives the claim back if the writer is dropped.
-    ///
-    /// # Safety
-    ///
-    /// The `count` descriptors from `first` on must be valid for writes and 64-byte
-    /// aligned, and nothing else may access them, or hold a reference to them,
-    /// meanwhile.
-    #[inline]
-    pub(super) unsafe fn descriptors(first: *mut Page, count: usize, words: [u64; 8]) {
-        #[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
-        // SAFETY: SSE2 is enabled for this target (the cfg); every 16-byte store is
-        // inside one of the `count` descriptors, aligned (the caller's promise), and
-        // no one else accesses them meanwhile (also promised). `sfence` makes the
-        // weakly ordered non-temporal stores visible before any later store.
-        unsafe {
-            use core::arch::x86_64::{__m128i, _mm_set_epi64x, _mm_sfence, _mm_stream_si128};
-            let w = words.map(|w| w as i64);
-            let lines = [
-                _mm_set_epi64x(w[1], w[0]),
-                _mm_set_epi64x(w[3], w[2]),
-                _mm_set_epi64x(w[5], w[4]),
-                _mm_set_epi64x(w[7], w[6]),
-            ];
-            let mut at = first.cast::<__m128i>();
-            for _ in 0..count {
-                _mm_stream_si128(at, lines[0]);
-                _mm_stream_si128(at.add(1), lines[1]);
-                _mm_stream_si128(at.add(2), lines[2]);
-                _mm_stream_si128(at.add(3), lines[3]);
-                at = at.add(4);
-            }
-            _mm_sfence();
-        }
-        #[cfg(all(target_arch = "x86_64", not(target_feature = "sse2"), not(miri)))]
-        // SAFETY: every 8-byte store is inside one of the `count` descriptors,
-        // aligned, and no one else accesses them meanwhile (the caller's promises);
-        // `movnti` and `sfence` use general registers only, so they need no SIMD
-        // state and exist on every x86-64 processor. `sfence` makes the weakly
-        // ordered non-temporal stores visible before any later store.
-        unsafe {
-            for i in 0..count {
-                core::arch::asm!(
-                    "movnti [{at}], {w0}",
-                    "movnti [{at} + 8], {w1}",
-                    "movnti [{at} + 16], {w2}",
-                    "movnti [{at} + 24], {w3}",
-                    "movnti [{at} + 32], {w4}",
-                    "movnti [{at} + 40], {w5}",
-                    "movnti [{at} + 48], {w6}",
-                    "movnti [{at} + 56], {w7}",
-                    at = in(reg) first.add(i),
-                    w0 = in(reg) words[0],
-                    w1 = in(reg) words[1],
-                    w2 = in(reg) words[2],
-                    w3 = in(reg) words[3],
-                    w4 = in(reg) words[4],
-                    w5 = in(reg) words[5],
-                    w6 = in(reg) words[6],
-                    w7 = in(reg) words[7],
-                    options(nostack, preserves_flags),
-                );
-            }
-            core::arch::asm!("sfence", options(nostack, preserves_flags));
-        }
-        #[cfg(any(not(target_arch = "x86_64"), miri))]
-        for i in 0..count {
-            // SAFETY: inside one of the `count` descriptors, valid for writes and
-            // aligned (8 bytes suffice) and not accessed by anyone else meanwhile
-            // (the caller's promises); a `Page` is eight words of integers with no
-            // padding, so any eight words are valid bytes for it.
-            unsafe { first.add(i).cast::<[u64; 8]>().write(words) };
-        }
     }
 }
