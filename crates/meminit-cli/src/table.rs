@@ -140,7 +140,7 @@ pub(crate) fn print_report(repeated: &Repeated, opts: &Options) {
         "p50/p99/max: median, 99th percentile and slowest allocation; fast path: from a per-CPU cache \
          or a free list; slow path: everything else (refill, growth).",
         "fill limit: one core writing the same number of memmap bytes on fresh memory, the best of \
-         three methods (named), measured in the same run; parallel: as many threads as deferred \
+         three methods (named) by its mean of one fill before the run and one after; parallel: as many threads as deferred \
          workers, filling together.",
         "speed, x of limit: the limit's time over the time initialising (1.00x: as fast as the fill, \
          below: slower); it can pass 1.00x, since the limit is measured beside it, not a bound.",

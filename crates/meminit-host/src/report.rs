@@ -135,7 +135,8 @@ pub struct StrategyReport {
     /// Allocations that failed.
     pub alloc_failures: u64,
     /// Time for one core to fill `memmap_populated_bytes` of fresh memory (ns):
-    /// the best of the honest fills ([`limit_fill`](crate::limit::limit_fill)), before and after the run.
+    /// the best of the honest fills ([`Fills`](crate::limit::Fills)) by its mean
+    /// of one fill before the run and one after.
     pub limit_fill_ns: u64,
     /// Which fill that was: `whole` (fault in everything, then write),
     /// `chunked` (fault in and write 2 MiB at a time, in cache) or

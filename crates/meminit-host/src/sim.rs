@@ -20,7 +20,7 @@ use crate::machine::Machine;
 use crate::region::Region;
 use crate::size;
 
-pub use crate::limit::{chunked_fill_time, fill_time, limit_fill, parallel_fill_time};
+pub use crate::limit::{chunked_fill_time, fill_time, limit_fill, parallel_fill_time, Fills};
 use crate::smp::smp_workload;
 use crate::spike::spike_workload;
 
@@ -221,8 +221,9 @@ fn measure(
     progress: &dyn Progress,
 ) -> std::io::Result<StrategyReport> {
     let name = strategy.name();
-    // The physical limit is the best of a fill before and one after the run.
-    let limit_before = limit_fill(memmap_need(layout, strategy).min(opts.memory_budget))?;
+    // The physical limit: each fill once before the run and once after, and the
+    // best method by its mean.
+    let limit_before = Fills::measure(memmap_need(layout, strategy).min(opts.memory_budget))?;
     let physical = Arc::new(Region::reserve(layout.end_pfn().0 * PAGE)?);
     let backing = if opts.premapped {
         HostBacking::premapped(layout)?
@@ -442,11 +443,13 @@ fn measure(
     drop(physical);
 
     progress.step(&format!("{}: {name}: physical limit", machine.name));
-    let limit_after = limit_fill(stats.memmap_bytes)?;
+    let limit_after = Fills::measure(stats.memmap_bytes)?;
     let (limit_fill_ns, limit_method) = if stats.memmap_bytes == memmap_need(layout, strategy) {
-        limit_before.min(limit_after)
+        limit_before.best_mean_with(&limit_after)
     } else {
-        limit_after
+        // The run populated less than it might have: only the fills after it
+        // are of the same bytes.
+        limit_after.best()
     };
     let limit_parallel_threads = opts.threads.max(1);
     let limit_parallel_fill_ns = parallel_fill_time(stats.memmap_bytes, limit_parallel_threads)?;
