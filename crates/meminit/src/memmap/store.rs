@@ -56,6 +56,72 @@ pub(super) unsafe fn descriptors(first: *mut Page, count: usize, words: [u64; 8]
         unsafe { streaming(first, count, words) };
         return;
     }
+    // SAFETY: the caller's promises, passed on.
+    unsafe { cached(first, count, words) };
+}
+
+/// Descriptors a page of them at a time (64, 4 KiB): the size of the seed
+/// [`cached`] copies from.
+const SEED: usize = 64;
+
+/// [`descriptors`] with ordinary stores. On x86-64 the first [`SEED`]
+/// descriptors are stored one by one and the rest copied from them a page at a
+/// time with `rep movsb`, whose fast-string stores write whole lines without
+/// reading them first, as `memset` does (measured, `descriptor_stores`: 0.90 /
+/// 0.90 / 0.92 of a populate-and-fill of the same bytes in three runs, against
+/// 0.87 / 0.88 / 0.90 with 16-byte stores alone); elsewhere, and under Miri,
+/// every descriptor is stored.
+///
+/// # Safety
+///
+/// As for [`descriptors`].
+#[inline]
+unsafe fn cached(first: *mut Page, count: usize, words: [u64; 8]) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        let seeded = count.min(SEED);
+        // SAFETY: the first `seeded` of the caller's descriptors.
+        unsafe { ordinary(first, seeded, words) };
+        let mut done = seeded;
+        while done < count {
+            let n = (count - done).min(seeded);
+            // SAFETY: `rep movsb` copies `n` descriptors (`rcx` bytes) from the
+            // seed at `first` (written above, valid for reads) to the next `n` of
+            // the caller's descriptors (valid for writes and no one else's, the
+            // caller's promise); the two do not overlap, since `done >= seeded >=
+            // n`. The direction flag is clear on entry to an `asm!` block (Rust's
+            // rules), so it copies upwards; it changes no flags and touches no
+            // stack. Its stores are not reordered with later stores (Intel SDM
+            // vol. 3A, "Memory-Ordering Model for String Operations on
+            // Write-Back Memory"), so the `Release` that publishes the chunk orders
+            // them as it does ordinary stores.
+            unsafe {
+                core::arch::asm!(
+                    "rep movsb",
+                    inout("rcx") n * core::mem::size_of::<Page>() => _,
+                    inout("rsi") first => _,
+                    inout("rdi") first.add(done) => _,
+                    options(nostack, preserves_flags),
+                );
+            }
+            done += n;
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    // SAFETY: the caller's promises, passed on.
+    unsafe {
+        ordinary(first, count, words)
+    };
+}
+
+/// Stores `count` descriptors from `first` on, each the eight words `words`,
+/// with ordinary stores: 16 bytes at a time where the target has SSE2.
+///
+/// # Safety
+///
+/// As for [`descriptors`].
+#[inline]
+unsafe fn ordinary(first: *mut Page, count: usize, words: [u64; 8]) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
     // SAFETY: SSE2 is enabled for this target (the cfg); every 16-byte store is
     // inside one of the `count` descriptors, aligned (the caller's promise), and
