@@ -13,7 +13,13 @@
 //! - **huge**: every thread allocates 16 order-9 (2 MiB) frames, then frees them, on
 //!   its own CPU (LLFree's huge-frame class).
 //! - **mix**: every thread allocates 32 blocks of random orders 0 to 3, then frees
-//!   each on a random thread's CPU (meminit's `CpuId`, LLFree's local reservation).
+//!   each on a random thread's CPU (meminit's `CpuId`, LLFree's local reservation),
+//!   while that thread runs: two threads name one CPU at once, which a kernel,
+//!   whose CPU id is the one it runs on, never does.
+//! - **scatter**: every thread allocates 32 blocks of random orders 0 to 3 and
+//!   hands each to a random thread (itself included, over a bounded queue per
+//!   pair of threads, in batches of 32), which frees it on its own CPU: frees on
+//!   another CPU than the allocation's, as a kernel makes them.
 //!
 //! One *op* is one frame allocated and freed again (an alloc + free pair); figures are
 //! the total across all threads, in millions per second. The allocators:
@@ -186,7 +192,12 @@ fn measure(
                 ),
                 "mix" => (
                     "mix",
-                    "mix: each thread allocates 32 blocks of random orders 0-3, then frees each on a random thread's CPU",
+                    "mix: each thread allocates 32 blocks of random orders 0-3, then frees each on a random thread's CPU (naming a CPU another thread runs on)",
+                    all,
+                ),
+                "scatter" => (
+                    "scatter",
+                    "scatter: each thread allocates 32 blocks of random orders 0-3 and hands each to a random thread, which frees it on its own CPU",
                     all,
                 ),
                 _ => (
@@ -210,6 +221,7 @@ fn measure(
                         "batch" => s.batch(run, n),
                         "huge" => s.huge(run, n),
                         "mix" => s.mix(run, n),
+                        "scatter" => s.scatter(run, n),
                         _ => s.pairs(run, n),
                     };
                     samples[t][a].push(m);

@@ -18,7 +18,7 @@ pub(crate) struct Options {
 }
 
 /// Every workload, in the order they run.
-pub(crate) const ALL: [&str; 4] = ["batch", "pairs", "huge", "mix"];
+pub(crate) const ALL: [&str; 5] = ["batch", "pairs", "huge", "mix", "scatter"];
 
 pub(crate) const USAGE: &str = "\
 meminit-peers: allocate + free throughput of meminit, LLFree and
@@ -34,8 +34,9 @@ options:
   --only A,B      only these allocators: meminit-spin, meminit-pl, meminit-zone, llfree,
                   buddy, none (no allocator: the harness alone, and the machine's parallelism)
   --workload W,.. batch (32 order-0 frames per thread, own CPU), pairs (producer/
-                  consumer), huge (16 order-9 frames per thread), mix (orders 0-3, frees
-                  on random CPUs), or all (default all)
+                  consumer), huge (16 order-9 frames per thread), mix (orders 0-3, freed
+                  naming random threads' CPUs), scatter (orders 0-3, handed to random
+                  threads and freed on theirs), or all (default all)
   --json FILE     also write the results as JSON to FILE (- for stdout; tables then go
                   to stderr)";
 

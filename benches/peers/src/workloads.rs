@@ -24,6 +24,11 @@ pub(crate) trait Workloads: Sync {
     /// Each thread allocates 32 blocks of random orders 0 to 3, then frees each
     /// on a random CPU of the run (its own or another thread's).
     fn mix(&self, run: &Run, threads: usize) -> Sample;
+    /// Each thread allocates 32 blocks of random orders 0 to 3 and hands each
+    /// to a random thread of the run (itself included), which frees it on its
+    /// own CPU: frees on another CPU than the allocation's, as a kernel makes
+    /// them, in batches of 32 per destination.
+    fn scatter(&self, run: &Run, threads: usize) -> Sample;
     fn check(&self) -> Result<(), String>;
 }
 
@@ -81,6 +86,35 @@ fn own_cpu<F: Frames>(
     })
 }
 
+/// Batches of 32 in flight from one thread to another in the scatter workload.
+const SCATTER_DEPTH: usize = 4;
+
+/// A block and its order in one word, for the scatter workload's queues.
+fn pack(frame: u64, order: u32) -> u64 {
+    frame << 2 | u64::from(order)
+}
+
+fn unpack(packed: u64) -> (u64, u32) {
+    (packed >> 2, (packed & 3) as u32)
+}
+
+/// Frees every batch waiting for thread `me` from the others, on `me`'s CPU;
+/// returns the blocks freed.
+fn free_incoming<F: Frames>(frames: &F, queues: &[Vec<Queue>], me: usize) -> u64 {
+    let mut batch = [0u64; BATCH];
+    let mut freed = 0;
+    for from in queues {
+        while from[me].pop(&mut batch) {
+            for &p in &batch {
+                let (f, o) = unpack(p);
+                frames.free_order(me, f, o);
+            }
+            freed += BATCH as u64;
+        }
+    }
+    freed
+}
+
 /// Starts the `workers` waiting on `start`, lets them run for the run's time,
 /// stops them and sums what they did: operations and CPU seconds, over the
 /// wall time from the start to the stop.
@@ -119,6 +153,88 @@ impl<F: Frames> Workloads for F {
             |rng| (rng.next() >> 62) as u32,
             |_, rng| (rng.next() >> 33) as usize % threads,
         )
+    }
+
+    fn scatter(&self, run: &Run, threads: usize) -> Sample {
+        let stop = AtomicBool::new(false);
+        let start = Barrier::new(threads + 1);
+        let stopped = Barrier::new(threads);
+        // queues[from][to]: batches thread `from` hands to thread `to`.
+        let queues: Vec<Vec<Queue>> = (0..threads)
+            .map(|_| (0..threads).map(|_| Queue::new(SCATTER_DEPTH)).collect())
+            .collect();
+        let limit = run.spins(threads);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|me| {
+                    let (stop, start, stopped, queues) = (&stop, &start, &stopped, &queues);
+                    s.spawn(move || {
+                        pin(me, run.pin);
+                        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (me as u64 + 1) << 17);
+                        let mut held = [(0u64, 0u32); BATCH];
+                        let mut out = vec![([0u64; BATCH], 0usize); threads];
+                        let mut ops = 0u64;
+                        start.wait();
+                        let cpu0 = thread_cpu();
+                        while !stop.load(Ordering::Relaxed) {
+                            for f in held.iter_mut() {
+                                let o = (rng.next() >> 62) as u32;
+                                *f = (self.alloc_order(me, o), o);
+                            }
+                            for &(f, o) in held.iter() {
+                                let to = (rng.next() >> 33) as usize % threads;
+                                if to == me {
+                                    self.free_order(me, f, o);
+                                    ops += 1;
+                                    continue;
+                                }
+                                let (batch, n) = &mut out[to];
+                                batch[*n] = pack(f, o);
+                                *n += 1;
+                                if *n < BATCH {
+                                    continue;
+                                }
+                                let mut spins = 0;
+                                loop {
+                                    if queues[me][to].push(batch) {
+                                        *n = 0;
+                                        break;
+                                    }
+                                    if stop.load(Ordering::Relaxed) {
+                                        // The receiver may have stopped
+                                        // taking: free the batch here,
+                                        // uncounted.
+                                        for &p in batch.iter() {
+                                            let (f, o) = unpack(p);
+                                            self.free_order(me, f, o);
+                                        }
+                                        *n = 0;
+                                        break;
+                                    }
+                                    // The receiver may be waiting on us: free
+                                    // what came in meanwhile.
+                                    ops += free_incoming(self, queues, me);
+                                    backoff(&mut spins, limit);
+                                }
+                            }
+                            ops += free_incoming(self, queues, me);
+                        }
+                        let cpu = thread_cpu() - cpu0;
+                        // Uncounted: what is still held or in flight goes back.
+                        for (batch, n) in &out {
+                            for &p in &batch[..*n] {
+                                let (f, o) = unpack(p);
+                                self.free_order(me, f, o);
+                            }
+                        }
+                        stopped.wait();
+                        free_incoming(self, queues, me);
+                        (ops, cpu)
+                    })
+                })
+                .collect();
+            timed(run, &start, &stop, workers)
+        })
     }
 
     fn pairs(&self, run: &Run, threads: usize) -> Sample {
