@@ -35,11 +35,15 @@ pub(crate) struct Repeated {
     pub(crate) spread: BTreeMap<&'static str, BTreeMap<&'static str, Spread>>,
 }
 
+/// Deferred workers' speed against all their cores filling together: the
+/// parallel fill's time over the time initialising, each run's own.
+pub(crate) const PARALLEL_RATIO: &str = "limit_parallel_ratio";
+
 /// How to read one figure of a strategy's report.
 type ReadFigure = fn(&StrategyReport) -> Option<f64>;
 
 /// The figures of a strategy whose spread is reported.
-const REPORT_METRICS: [(&str, ReadFigure); 14] = [
+const REPORT_METRICS: [(&str, ReadFigure); 15] = [
     ("ready_ns", |s| Some(s.ready_ns as f64)),
     ("full_init_ns", |s| s.full_init_ns.map(|t| t as f64)),
     ("init_ns", |s| Some(s.init_ns as f64)),
@@ -48,6 +52,10 @@ const REPORT_METRICS: [(&str, ReadFigure); 14] = [
     ("limit_ratio", |s| Some(s.limit_ratio)),
     ("limit_parallel_fill_ns", |s| {
         Some(s.limit_parallel_fill_ns as f64)
+    }),
+    (PARALLEL_RATIO, |s| {
+        (s.strategy == "deferred" && s.init_ns > 0)
+            .then(|| s.limit_parallel_fill_ns as f64 / s.init_ns as f64)
     }),
     ("memmap_resident_end_bytes", |s| {
         Some(s.memmap_resident_end_bytes as f64)

@@ -8,7 +8,7 @@
 use meminit_host::sim::{self, Options, StrategyReport};
 use meminit_host::size;
 
-use crate::repeated::Repeated;
+use crate::repeated::{Repeated, PARALLEL_RATIO};
 
 /// A time for people: `830 ns`, `12.3 µs`, `4.5 ms`, `1.25 s`.
 pub(crate) fn format_ns(ns: u64) -> String {
@@ -317,9 +317,10 @@ fn strategy_rows<'a>(repeated: &'a Repeated, opts: &Options) -> Vec<(&'static st
     ));
     rows.push((
         "deferred speed, x of parallel limit",
-        Box::new(|s| {
+        Box::new(move |s| {
             if s.strategy == "deferred" && s.init_ns > 0 {
-                format!("{:.2}x", s.limit_parallel_fill_ns as f64 / s.init_ns as f64)
+                spread(s, PARALLEL_RATIO, &times)
+                    .unwrap_or_else(|| times(s.limit_parallel_fill_ns as f64 / s.init_ns as f64))
             } else {
                 "-".into()
             }

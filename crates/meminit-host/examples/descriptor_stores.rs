@@ -4,6 +4,9 @@
 //! before (premapped: non-temporal stores), beside one core populating and
 //! filling the same bytes a section's memmap (2 MiB) at a time.
 //!
+//! Also deferred initialisation with one worker thread, the same work on
+//! another thread.
+//!
 //! `cargo run --release -p meminit-host --example descriptor_stores [MACHINE] [ROUNDS]`
 //! (a built-in machine, `container` by default; 15 rounds, interleaved). Prints
 //! min / median / max of each, in microseconds.
@@ -28,32 +31,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut fill = Vec::new();
     let mut cached = Vec::new();
     let mut streaming = Vec::new();
+    let mut deferred = Vec::new();
+    // Each measured step starts after memory written with ordinary stores: the
+    // host zeroes recycled pages faster while they are in cache, and pages
+    // written with non-temporal stores are not (see `limit::Fills::measure`).
     for _ in 0..rounds.max(1) {
-        let region = Region::reserve(bytes as u64)?;
+        fill.push(fill_once(bytes)?);
+        streaming.push(eager(
+            &layout,
+            HostBacking::premapped(&layout)?,
+            &slots,
+            &cpus,
+        )?);
+        fill_once(bytes)?;
+        cached.push(eager(&layout, HostBacking::new(&layout)?, &slots, &cpus)?);
         let t = Instant::now();
-        for offset in (0..bytes).step_by(SECTION_MEMMAP) {
-            let len = SECTION_MEMMAP.min(bytes - offset);
-            region.populate(offset, len)?;
-            // SAFETY: the region is this function's alone; the range is inside it.
-            unsafe { region.fill(offset, len, 0) };
-        }
-        fill.push(t.elapsed().as_micros());
-        drop(region);
-        for (backing, times) in [
-            (HostBacking::new(&layout)?, &mut cached),
-            (HostBacking::premapped(&layout)?, &mut streaming),
-        ] {
-            let t = Instant::now();
-            let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
-                layout.clone(),
-                backing,
-                &slots,
-                &cpus,
-                Config::new(Strategy::Eager),
-            )?;
-            times.push(t.elapsed().as_micros());
-            drop(allocator);
-        }
+        let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
+            layout.clone(),
+            HostBacking::new(&layout)?,
+            &slots,
+            &cpus,
+            Config::new(Strategy::Deferred),
+        )?;
+        std::thread::scope(|s| {
+            s.spawn(|| allocator.run_deferred_worker(meminit::NodeId(0)));
+        });
+        deferred.push(t.elapsed().as_micros());
+        drop(allocator);
     }
     println!(
         "{}: {} MiB of memmap, {} rounds; min / median / max, µs",
@@ -65,6 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("populate and fill, 2 MiB at a time", &mut fill),
         ("eager, just populated (ordinary stores)", &mut cached),
         ("eager, premapped (non-temporal stores)", &mut streaming),
+        ("deferred, one worker thread", &mut deferred),
     ] {
         times.sort_unstable();
         println!(
@@ -75,4 +80,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// One core populating and filling `bytes` of fresh memory, 2 MiB at a time (µs).
+fn fill_once(bytes: usize) -> std::io::Result<u128> {
+    let region = Region::reserve(bytes as u64)?;
+    let t = Instant::now();
+    for offset in (0..bytes).step_by(SECTION_MEMMAP) {
+        let len = SECTION_MEMMAP.min(bytes - offset);
+        region.populate(offset, len)?;
+        // SAFETY: the region is this function's alone; the range is inside it.
+        unsafe { region.fill(offset, len, 0) };
+    }
+    Ok(t.elapsed().as_micros())
+}
+
+/// Eager start-up over `backing` (µs).
+fn eager(
+    layout: &meminit::Layout,
+    backing: HostBacking,
+    slots: &[SectionSlot],
+    cpus: &[CpuCache<parking_lot::RawMutex>],
+) -> Result<u128, meminit::InitError> {
+    let t = Instant::now();
+    let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
+        layout.clone(),
+        backing,
+        slots,
+        cpus,
+        Config::new(Strategy::Eager),
+    )?;
+    let time = t.elapsed().as_micros();
+    drop(allocator);
+    Ok(time)
 }
