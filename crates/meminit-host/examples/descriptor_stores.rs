@@ -5,7 +5,8 @@
 //! filling the same bytes a section's memmap (2 MiB) at a time.
 //!
 //! Also deferred initialisation with one worker thread, the same work on
-//! another thread.
+//! another thread, beside the same fill on a new thread (a new thread runs
+//! on another core, whose caches hold none of the pages just freed).
 //!
 //! `cargo run --release -p meminit-host --example descriptor_stores [MACHINE] [ROUNDS]`
 //! (a built-in machine, `container` by default; 15 rounds, interleaved). Prints
@@ -32,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cached = Vec::new();
     let mut streaming = Vec::new();
     let mut deferred = Vec::new();
+    let mut thread_fill = Vec::new();
     // Each measured step starts after memory written with ordinary stores: the
     // host zeroes recycled pages faster while they are in cache, and pages
     // written with non-temporal stores are not (see `limit::Fills::measure`).
@@ -58,6 +60,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         deferred.push(t.elapsed().as_micros());
         drop(allocator);
+        let t = Instant::now();
+        std::thread::scope(|s| s.spawn(|| fill_once(bytes)).join())
+            .map_err(|_| "the fill thread panicked")??;
+        thread_fill.push(t.elapsed().as_micros());
     }
     println!(
         "{}: {} MiB of memmap, {} rounds; min / median / max, µs",
@@ -70,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("eager, just populated (ordinary stores)", &mut cached),
         ("eager, premapped (non-temporal stores)", &mut streaming),
         ("deferred, one worker thread", &mut deferred),
+        ("populate and fill on a new thread", &mut thread_fill),
     ] {
         times.sort_unstable();
         println!(
