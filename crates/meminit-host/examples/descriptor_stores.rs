@@ -4,8 +4,8 @@
 //! before (premapped: non-temporal stores), beside one core populating and
 //! filling the same bytes a section's memmap (2 MiB) at a time.
 //!
-//! Also deferred initialisation with one worker thread, the same work on
-//! another thread, beside the same fill on a new thread (a new thread runs
+//! Also deferred initialisation with one worker thread per node (on a
+//! one-node machine, the same work on another thread), beside the same fill on a new thread (a new thread runs
 //! on another core, whose caches hold none of the pages just freed).
 //!
 //! `cargo run --release -p meminit-host --example descriptor_stores [MACHINE] [ROUNDS]`
@@ -56,7 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Config::new(Strategy::Deferred),
         )?;
         std::thread::scope(|s| {
-            s.spawn(|| allocator.run_deferred_worker(meminit::NodeId(0)));
+            for (node, _) in layout.nodes() {
+                let allocator = &allocator;
+                s.spawn(move || allocator.run_deferred_worker(node));
+            }
         });
         deferred.push(t.elapsed().as_micros());
         drop(allocator);
@@ -75,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("populate and fill, 2 MiB at a time", &mut fill),
         ("eager, just populated (ordinary stores)", &mut cached),
         ("eager, premapped (non-temporal stores)", &mut streaming),
-        ("deferred, one worker thread", &mut deferred),
+        ("deferred, one worker thread per node", &mut deferred),
         ("populate and fill on a new thread", &mut thread_fill),
     ] {
         times.sort_unstable();
