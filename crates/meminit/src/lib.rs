@@ -38,7 +38,11 @@
 //!
 //! A backing that wants resident memmap to follow chunks rather than sections
 //! returns [`Granularity::Chunk`] from [`MemmapBacking::granularity`] and is then
-//! asked to populate each chunk's 64 KiB (small pages) instead.
+//! asked to populate each chunk's 64 KiB (small pages) instead. One whose
+//! `populate` leaves the memmap in cache (it zeroes the pages it maps, or a
+//! hypervisor zeroes them on the first touch) says so with
+//! [`MemmapBacking::populate_leaves_memmap_cached`]: the chunks written right
+//! after are then stored with ordinary stores rather than non-temporal ones.
 //!
 //! ## Embedding: a page allocator in a `static`, with no heap
 //!
