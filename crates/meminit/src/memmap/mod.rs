@@ -205,8 +205,14 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             Granularity::Chunk => self.populate_chunk(&claim, chunk, layout)?,
         };
         let warm = fresh && self.backing.populate_leaves_memmap_cached();
-        if warm && granularity == Granularity::Section {
-            pass.warm_section = Some(section);
+        if granularity == Granularity::Section {
+            if warm {
+                pass.warm_section = Some(section);
+            } else if pass.warm_section != Some(section) {
+                // The pass moved on to a section someone else populated: the
+                // one it populated is no longer the last it wrote.
+                pass.warm_section = None;
+            }
         }
         let stores = if warm || pass.warm_section == Some(section) {
             Stores::Cached
@@ -486,9 +492,9 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
                 unsafe { (*first.add(i)).reset(state, zone_index) };
             }
         } else {
-            // SAFETY: the run's `count` descriptors (above) are valid for writes and
-            // 64-byte aligned (`new` checked the base; a `Page` is 64 bytes); the
-            // claim makes this thread their only writer, no one reads them before
+            // SAFETY: the run's `count` descriptors (above) are valid for reads and
+            // writes and 64-byte aligned (`new` checked the base; a `Page` is 64
+            // bytes); the claim makes this thread their only user, no one reads them before
             // `publish`, and no reference to them exists: no chunk was ever given
             // back, so this chunk was never readable.
             unsafe {

@@ -14,14 +14,16 @@
 //!   with `movnti`, which needs no SIMD state; anything else, and Miri, writes
 //!   the words plainly.
 //!
-//! Measured on the project's machine (`examples/descriptor_stores.rs` in
-//! meminit-host, 32 MiB of memmap, median of 15 interleaved rounds): after a
-//! populate that zeroed the memory, ordinary stores initialised it in 7.2 ms and
-//! non-temporal ones in 10.0 ms (a plain fill of the same bytes: 6.2 ms); on
-//! memory mapped long before, non-temporal stores took 2.1 ms and ordinary ones
-//! 5.9 ms. A chunk's descriptors are read back only where the free-list splice
-//! links a block's head (one line per max-order block); the rest are next read
-//! when their pages are allocated, usually long after.
+//! Measured on the project's machine (eager start-up on `container`, 32 MiB of
+//! memmap, median of 15 interleaved rounds, with builds that used one kind of store
+//! everywhere): after a populate that zeroed the memory, 16-byte ordinary stores
+//! initialised it in 7.2 ms and non-temporal ones in 10.0 ms (a populate-and-fill
+//! of the same bytes: 6.2 ms); on memory mapped long before, non-temporal stores
+//! took 2.1 ms and ordinary ones 5.9 ms. `examples/descriptor_stores.rs` in
+//! meminit-host measures the two cases as the allocator now writes them. A chunk's
+//! descriptors are read back only where the free-list splice links a block's head
+//! (one line per max-order block); the rest are next read when their pages are
+//! allocated, usually long after.
 //!
 //! Nothing here decides which kind a run gets: the chunk writer does, from what
 //! the backing says of its populate.
@@ -46,9 +48,10 @@ pub(crate) enum Stores {
 ///
 /// # Safety
 ///
-/// The `count` descriptors from `first` on must be valid for writes and 64-byte
-/// aligned, and nothing else may access them, or hold a reference to them,
-/// meanwhile.
+/// The `count` descriptors from `first` on must be valid for reads and writes
+/// and 64-byte aligned, and nothing else may access them, or hold a reference
+/// to them, meanwhile. (Ordinary stores read back the descriptors they have
+/// just written, as the source of a copy.)
 #[inline]
 pub(super) unsafe fn descriptors(first: *mut Page, count: usize, words: [u64; 8], stores: Stores) {
     if stores == Stores::Streaming {
@@ -62,15 +65,18 @@ pub(super) unsafe fn descriptors(first: *mut Page, count: usize, words: [u64; 8]
 
 /// Descriptors a page of them at a time (64, 4 KiB): the size of the seed
 /// [`cached`] copies from.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 const SEED: usize = 64;
 
-/// [`descriptors`] with ordinary stores. On x86-64 the first [`SEED`]
-/// descriptors are stored one by one and the rest copied from them a page at a
-/// time with `rep movsb`, whose fast-string stores write whole lines without
-/// reading them first, as `memset` does (measured, `descriptor_stores`: 0.90 /
-/// 0.90 / 0.92 of a populate-and-fill of the same bytes in three runs, against
-/// 0.87 / 0.88 / 0.90 with 16-byte stores alone); elsewhere, and under Miri,
-/// every descriptor is stored.
+/// [`descriptors`] with ordinary stores. On x86-64 the first 64 descriptors
+/// (a page of them) are stored one by one and the rest copied from them a page
+/// at a time with `rep movsb`, whose fast-string stores write whole lines
+/// without reading them first, as `memset` does; elsewhere, and under Miri,
+/// every descriptor is stored. Measured (`descriptor_stores`, eager start-up
+/// over just-populated memmap, over a populate-and-fill of the same bytes,
+/// medians of interleaved rounds): on `server` 0.92 and 0.90 against 0.86 and
+/// 0.85 with 16-byte stores alone; on `container` 0.91 / 0.90 / 0.95 against
+/// 0.90 / 0.92 / 0.90, no difference within the noise.
 ///
 /// # Safety
 ///
@@ -86,15 +92,17 @@ unsafe fn cached(first: *mut Page, count: usize, words: [u64; 8]) {
         while done < count {
             let n = (count - done).min(seeded);
             // SAFETY: `rep movsb` copies `n` descriptors (`rcx` bytes) from the
-            // seed at `first` (written above, valid for reads) to the next `n` of
-            // the caller's descriptors (valid for writes and no one else's, the
-            // caller's promise); the two do not overlap, since `done >= seeded >=
-            // n`. The direction flag is clear on entry to an `asm!` block (Rust's
-            // rules), so it copies upwards; it changes no flags and touches no
-            // stack. Its stores are not reordered with later stores (Intel SDM
-            // vol. 3A, "Memory-Ordering Model for String Operations on
-            // Write-Back Memory"), so the `Release` that publishes the chunk orders
-            // them as it does ordinary stores.
+            // seed at `first` (written above; valid for reads, the caller's
+            // promise) to the next `n` of the caller's descriptors (`done + n <=
+            // count`, so inside them; valid for writes and no one else's, also
+            // promised); the two do not overlap, since `done >= seeded >= n`. The
+            // direction flag is clear on entry to an `asm!` block (Rust's rules),
+            // so it copies upwards; it changes no flags and touches no stack. Its
+            // stores are not reordered with later stores (Intel SDM vol. 3A,
+            // "Memory-Ordering Model for String Operations on Write-Back Memory";
+            // Linux relies on the same when it publishes data copied with `rep
+            // movsb` by a release store), so the `Release` that publishes the
+            // chunk orders them as it does ordinary stores.
             unsafe {
                 core::arch::asm!(
                     "rep movsb",

@@ -91,6 +91,8 @@ fn a_pass_writes_the_section_it_populated_with_ordinary_stores() {
         // A pass moving on to a section it populates.
         assert_eq!(stores_of(m, layout, 2, &mut pass), Stores::Cached);
         assert_eq!(stores_of(m, layout, 0, &mut pass), Stores::Streaming);
+        // Having moved on, the pass no longer takes section 1 for its own.
+        assert_eq!(stores_of(m, layout, 3, &mut pass), Stores::Streaming);
     });
 }
 
@@ -113,4 +115,47 @@ fn a_chunk_s_own_memmap_is_cached_only_when_just_populated() {
         assert_eq!(stores_of(m, layout, 0, &mut pass), Stores::Streaming);
         assert_eq!(stores_of(m, layout, 1, &mut pass), Stores::Cached);
     });
+}
+
+/// Writes `count` descriptors at `offset` into a buffer of sentinel words with
+/// `stores`, and checks every descriptor of the run and none around it.
+fn check_run(count: usize, offset: usize, stores: Stores) {
+    const SENTINEL: u64 = 0x5a5a_5a5a_5a5a_5a5a;
+    let words = [1, 2, 3, 4, 5, 6, 7, 8];
+    let len = offset + count + 2;
+    let mut buffer = Box::<[Page]>::new_uninit_slice(len);
+    let base = buffer.as_mut_ptr().cast::<Page>();
+    for i in 0..len {
+        // SAFETY: inside the buffer, which is this test's alone; any eight
+        // words are valid bytes for a `Page`.
+        unsafe { base.add(i).cast::<[u64; 8]>().write([SENTINEL; 8]) };
+    }
+    // SAFETY: the `count` descriptors from `offset` on are inside the buffer
+    // (valid for reads and writes, aligned as `Page` is: 64 bytes) and this
+    // test's alone.
+    unsafe { store::descriptors(base.add(offset), count, words, stores) };
+    for i in 0..len {
+        // SAFETY: inside the buffer, every word written above or by the store.
+        let got = unsafe { base.add(i).cast::<[u64; 8]>().read() };
+        let want = if (offset..offset + count).contains(&i) {
+            words
+        } else {
+            [SENTINEL; 8]
+        };
+        assert_eq!(
+            got, want,
+            "descriptor {i} of a run of {count} at {offset} ({stores:?})"
+        );
+    }
+}
+
+#[test]
+fn both_kinds_of_stores_write_every_descriptor_of_a_run_and_nothing_else() {
+    for stores in [Stores::Cached, Stores::Streaming] {
+        for count in [0, 1, 2, 63, 64, 65, 127, 128, 129, 200, 1024] {
+            for offset in [0, 1, 5] {
+                check_run(count, offset, stores);
+            }
+        }
+    }
 }
