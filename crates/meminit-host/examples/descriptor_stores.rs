@@ -5,8 +5,9 @@
 //! filling the same bytes a section's memmap (2 MiB) at a time.
 //!
 //! Also deferred initialisation with one worker thread per node (on a
-//! one-node machine, the same work on another thread), beside the same fill on a new thread (a new thread runs
-//! on another core, whose caches hold none of the pages just freed).
+//! one-node machine, the same work on another thread), beside the same fill
+//! on a new thread (a new thread runs on another core, whose caches hold none
+//! of the pages just freed).
 //!
 //! `cargo run --release -p meminit-host --example descriptor_stores [MACHINE] [ROUNDS]`
 //! (a built-in machine, `container` by default; 15 rounds, interleaved). Prints
