@@ -91,6 +91,7 @@ const SCATTER_DEPTH: usize = 4;
 
 /// A block and its order in one word, for the scatter workload's queues.
 fn pack(frame: u64, order: u32) -> u64 {
+    debug_assert!(frame >> 62 == 0 && order < 4);
     frame << 2 | u64::from(order)
 }
 
