@@ -131,29 +131,12 @@ unsafe fn cached(first: *mut Page, count: usize, words: [u64; 8]) {
 #[inline]
 unsafe fn ordinary(first: *mut Page, count: usize, words: [u64; 8]) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
-    // SAFETY: SSE2 is enabled for this target (the cfg); every 16-byte store is
-    // inside one of the `count` descriptors, aligned (the caller's promise), and
-    // no one else accesses them meanwhile (also promised). Ordinary stores are
-    // ordered before this thread's later stores by the `Release` that publishes
-    // the chunk.
+    // SAFETY: the caller's promises, passed on; ordinary stores are ordered
+    // before this thread's later stores by the `Release` that publishes the
+    // chunk.
     unsafe {
-        use core::arch::x86_64::{__m128i, _mm_set_epi64x, _mm_store_si128};
-        let w = words.map(|w| w as i64);
-        let lines = [
-            _mm_set_epi64x(w[1], w[0]),
-            _mm_set_epi64x(w[3], w[2]),
-            _mm_set_epi64x(w[5], w[4]),
-            _mm_set_epi64x(w[7], w[6]),
-        ];
-        let mut at = first.cast::<__m128i>();
-        for _ in 0..count {
-            _mm_store_si128(at, lines[0]);
-            _mm_store_si128(at.add(1), lines[1]);
-            _mm_store_si128(at.add(2), lines[2]);
-            _mm_store_si128(at.add(3), lines[3]);
-            at = at.add(4);
-        }
-    }
+        sse2::<false>(first, count, words)
+    };
     #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2", not(miri))))]
     for i in 0..count {
         // SAFETY: inside one of the `count` descriptors, valid for writes and
@@ -174,29 +157,11 @@ unsafe fn ordinary(first: *mut Page, count: usize, words: [u64; 8]) {
 #[inline]
 unsafe fn streaming(first: *mut Page, count: usize, words: [u64; 8]) {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
-    // SAFETY: SSE2 is enabled for this target (the cfg); every 16-byte store is
-    // inside one of the `count` descriptors, aligned (the caller's promise), and
-    // no one else accesses them meanwhile (also promised). `sfence` makes the
-    // weakly ordered non-temporal stores visible before any later store.
+    // SAFETY: the caller's promises, passed on; `sse2` fences its
+    // non-temporal stores.
     unsafe {
-        use core::arch::x86_64::{__m128i, _mm_set_epi64x, _mm_sfence, _mm_stream_si128};
-        let w = words.map(|w| w as i64);
-        let lines = [
-            _mm_set_epi64x(w[1], w[0]),
-            _mm_set_epi64x(w[3], w[2]),
-            _mm_set_epi64x(w[5], w[4]),
-            _mm_set_epi64x(w[7], w[6]),
-        ];
-        let mut at = first.cast::<__m128i>();
-        for _ in 0..count {
-            _mm_stream_si128(at, lines[0]);
-            _mm_stream_si128(at.add(1), lines[1]);
-            _mm_stream_si128(at.add(2), lines[2]);
-            _mm_stream_si128(at.add(3), lines[3]);
-            at = at.add(4);
-        }
-        _mm_sfence();
-    }
+        sse2::<true>(first, count, words)
+    };
     #[cfg(all(target_arch = "x86_64", not(target_feature = "sse2"), not(miri)))]
     // SAFETY: every 8-byte store is inside one of the `count` descriptors,
     // aligned, and no one else accesses them meanwhile (the caller's promises);
@@ -233,4 +198,46 @@ unsafe fn streaming(first: *mut Page, count: usize, words: [u64; 8]) {
     unsafe {
         descriptors(first, count, words, Stores::Cached)
     };
+}
+
+/// Stores `count` descriptors from `first` on, each the eight words `words`,
+/// 16 bytes at a time: with `movntdq` and then `sfence` if `STREAMING`, with
+/// `movdqa` otherwise.
+///
+/// # Safety
+///
+/// As for [`descriptors`].
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2", not(miri)))]
+#[inline(always)]
+unsafe fn sse2<const STREAMING: bool>(first: *mut Page, count: usize, words: [u64; 8]) {
+    use core::arch::x86_64::{
+        __m128i, _mm_set_epi64x, _mm_sfence, _mm_store_si128, _mm_stream_si128,
+    };
+    // SAFETY: SSE2 is enabled for this target (the cfg); every 16-byte store is
+    // inside one of the `count` descriptors, aligned (the caller's promise), and
+    // no one else accesses them meanwhile (also promised). `sfence` makes the
+    // weakly ordered non-temporal stores visible before any later store.
+    unsafe {
+        let w = words.map(|w| w as i64);
+        let lines = [
+            _mm_set_epi64x(w[1], w[0]),
+            _mm_set_epi64x(w[3], w[2]),
+            _mm_set_epi64x(w[5], w[4]),
+            _mm_set_epi64x(w[7], w[6]),
+        ];
+        let mut at = first.cast::<__m128i>();
+        for _ in 0..count {
+            for (k, &line) in lines.iter().enumerate() {
+                if STREAMING {
+                    _mm_stream_si128(at.add(k), line);
+                } else {
+                    _mm_store_si128(at.add(k), line);
+                }
+            }
+            at = at.add(4);
+        }
+        if STREAMING {
+            _mm_sfence();
+        }
+    }
 }
