@@ -678,6 +678,18 @@ fn the_report_fits_120_columns_and_explains_its_rows() {
     }
     // Acceptance is off: its row is left out.
     assert!(!out.contains("accepted:"), "{out}");
+    // Over two runs, the deferred workers' ratio to the parallel fill is a
+    // median with its spread, as the 1-core ratio is, not the first run's.
+    for row in [
+        "init speed, x of 1-core limit",
+        "deferred speed, x of parallel limit",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row}: {out}"));
+        assert!(line.contains("x ["), "{row} without its spread: {line}");
+    }
     for says in [
         "init speed, x of 1-core limit",
         "speed, x of limit: ",
