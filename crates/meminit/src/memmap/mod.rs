@@ -57,7 +57,7 @@ pub(crate) use store::Stores;
 /// writes a section's chunks one after another right after populating it, so
 /// they are written with ordinary stores; a chunk of a section populated
 /// earlier, by someone else, gets non-temporal ones.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct InitPass {
     warm_section: Option<usize>,
 }
