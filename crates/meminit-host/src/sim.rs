@@ -222,8 +222,9 @@ fn measure(
 ) -> std::io::Result<StrategyReport> {
     let name = strategy.name();
     // The physical limit: each fill once before the run and once after, and the
-    // best method by its mean.
-    let limit_before = Fills::measure(memmap_need(layout, strategy).min(opts.memory_budget))?;
+    // best method by its mean; the chunked fill and the parallel one right next
+    // to the run (see `Fills::before_run`).
+    let limit_before = Fills::before_run(memmap_need(layout, strategy).min(opts.memory_budget))?;
     let physical = Arc::new(Region::reserve(layout.end_pfn().0 * PAGE)?);
     let backing = if opts.premapped {
         HostBacking::premapped(layout)?
@@ -443,7 +444,10 @@ fn measure(
     drop(physical);
 
     progress.step(&format!("{}: {name}: physical limit", machine.name));
-    let limit_after = Fills::measure(stats.memmap_bytes)?;
+    // Right after the run, as the deferred workers ran right after the fills.
+    let limit_parallel_threads = opts.threads.max(1);
+    let limit_parallel_fill_ns = parallel_fill_time(stats.memmap_bytes, limit_parallel_threads)?;
+    let limit_after = Fills::after_run(stats.memmap_bytes)?;
     let (limit_fill_ns, limit_method) = if stats.memmap_bytes == memmap_need(layout, strategy) {
         limit_before.best_mean_with(&limit_after)
     } else {
@@ -451,8 +455,6 @@ fn measure(
         // are of the same bytes.
         limit_after.best()
     };
-    let limit_parallel_threads = opts.threads.max(1);
-    let limit_parallel_fill_ns = parallel_fill_time(stats.memmap_bytes, limit_parallel_threads)?;
     Ok(StrategyReport {
         strategy: name,
         skipped: None,
