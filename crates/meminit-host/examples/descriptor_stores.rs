@@ -11,23 +11,30 @@
 //!
 //! `cargo run --release -p meminit-host --example descriptor_stores [MACHINE] [ROUNDS]`
 //! (a built-in machine, `container` by default; 15 rounds, interleaved). Prints
-//! min / median / max of each, in microseconds.
+//! min / median / max of each in microseconds, whole and less the time the
+//! host spent committing the memory (`populate`, whose zeroing neither side
+//! controls and whose speed varies with the pages the host hands out), and
+//! the medians of each round's ratios.
 
 use std::time::Instant;
 
 use meminit::{Allocator, Config, CpuCache, SectionSlot, Strategy};
-use meminit_host::{limit::chunked_fill_time, HostBacking, Machine};
+use meminit_host::{
+    limit::{chunked_fill_split, FillSplit},
+    HostBacking, Machine,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let machine = Machine::built_in(&args.next().unwrap_or_else(|| "container".into()))?;
     let rounds: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(15);
     let layout = machine.layout()?;
-    let bytes = layout.memmap_bytes() as usize;
+    let bytes = layout.memmap_bytes();
     let slots: Vec<SectionSlot> = (0..layout.section_count())
         .map(|_| SectionSlot::new())
         .collect();
     let cpus: Vec<CpuCache<parking_lot::RawMutex>> = vec![CpuCache::new()];
+    let workers = layout.node_count() as u64;
     let mut fill = Vec::new();
     let mut cached = Vec::new();
     let mut streaming = Vec::new();
@@ -45,8 +52,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &slots,
             &cpus,
         )?);
-        fill_once(bytes)?;
-        fill.push(fill_once(bytes)?);
+        chunked_fill_split(bytes, false)?;
+        fill.push(chunked_fill_split(bytes, false)?);
         cached.push(eager(&layout, HostBacking::new(&layout)?, &slots, &cpus)?);
         let t = Instant::now();
         let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
@@ -62,50 +69,81 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 s.spawn(move || allocator.run_deferred_worker(node));
             }
         });
-        deferred.push(t.elapsed().as_micros());
+        deferred.push(FillSplit {
+            total_ns: t.elapsed().as_nanos() as u64,
+            // Each worker waits for its own commits: their mean.
+            populate_ns: allocator.backing().populate_time_ns() / workers,
+        });
         drop(allocator);
-        let t = Instant::now();
-        std::thread::scope(|s| s.spawn(|| fill_once(bytes)).join())
-            .map_err(|_| "the fill thread panicked")??;
-        thread_fill.push(t.elapsed().as_micros());
+        thread_fill.push(
+            std::thread::scope(|s| s.spawn(|| chunked_fill_split(bytes, false)).join())
+                .map_err(|_| "the fill thread panicked")??,
+        );
     }
     println!(
-        "{}: {} MiB of memmap, {} rounds; min / median / max, µs",
+        "{}: {} MiB of memmap, {} rounds; min / median / max, µs: the whole, and less the host's populate",
         machine.name,
         bytes >> 20,
         rounds
     );
     for (what, times) in [
-        ("populate and fill, 2 MiB at a time", &mut fill),
-        ("eager, just populated (ordinary stores)", &mut cached),
-        ("eager, premapped (non-temporal stores)", &mut streaming),
-        ("deferred, one worker thread per node", &mut deferred),
-        ("populate and fill on a new thread", &mut thread_fill),
+        ("populate and fill, 2 MiB at a time", &fill),
+        ("eager, just populated (ordinary stores)", &cached),
+        ("eager, premapped (non-temporal stores)", &streaming),
+        ("deferred, one worker thread per node", &deferred),
+        ("populate and fill on a new thread", &thread_fill),
     ] {
-        times.sort_unstable();
+        let whole = spread(times.iter().map(|t| t.total_ns));
+        let writes = spread(times.iter().map(FillSplit::writes_ns));
+        println!("  {what:42} {whole:>22}   {writes:>22}");
+    }
+    println!("ratios, median of rounds (the fill's time over the allocator's: 1.00 is as fast)");
+    for (what, ours, fills) in [
+        ("eager over the fill", &cached, &fill),
+        (
+            "deferred over the fill on a new thread",
+            &deferred,
+            &thread_fill,
+        ),
+    ] {
+        let ratio = |f: fn(&FillSplit) -> u64| {
+            median(
+                ours.iter()
+                    .zip(fills)
+                    .map(|(o, l)| f(l) as f64 / f(o).max(1) as f64),
+            )
+        };
         println!(
-            "  {what:42} {} / {} / {}",
-            times[0],
-            times[times.len() / 2],
-            times[times.len() - 1]
+            "  {what:42} whole {:.2}, writes alone {:.2}",
+            ratio(|t| t.total_ns),
+            ratio(FillSplit::writes_ns)
         );
     }
     Ok(())
 }
 
-/// One core populating and filling `bytes` of fresh memory, a section's memmap
-/// (2 MiB) at a time: the report's chunked fill (µs).
-fn fill_once(bytes: usize) -> std::io::Result<u128> {
-    Ok(u128::from(chunked_fill_time(bytes as u64, false)?) / 1000)
+/// min / median / max of `ns`, in µs.
+fn spread(ns: impl Iterator<Item = u64>) -> String {
+    let mut us: Vec<u64> = ns.map(|t| t / 1000).collect();
+    us.sort_unstable();
+    format!("{} / {} / {}", us[0], us[us.len() / 2], us[us.len() - 1])
 }
 
-/// Eager start-up over `backing` (µs).
+/// The median of `values`.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Eager start-up over `backing`: its time and the time the backing spent
+/// in `populate`.
 fn eager(
     layout: &meminit::Layout,
     backing: HostBacking,
     slots: &[SectionSlot],
     cpus: &[CpuCache<parking_lot::RawMutex>],
-) -> Result<u128, meminit::InitError> {
+) -> Result<FillSplit, meminit::InitError> {
     let t = Instant::now();
     let allocator: Allocator<'_, HostBacking, parking_lot::RawMutex> = Allocator::new(
         layout.clone(),
@@ -114,7 +152,11 @@ fn eager(
         cpus,
         Config::new(Strategy::Eager),
     )?;
-    let time = t.elapsed().as_micros();
+    let total_ns = t.elapsed().as_nanos() as u64;
+    let populate_ns = allocator.backing().populate_time_ns();
     drop(allocator);
-    Ok(time)
+    Ok(FillSplit {
+        total_ns,
+        populate_ns,
+    })
 }

@@ -58,6 +58,8 @@ pub struct HostBacking {
     released: AtomicU64,
     /// Bytes of reported memory the allocator took again.
     reused_reported: AtomicU64,
+    /// Nanoseconds spent in `populate`, summed over the threads that called it.
+    populate_ns: AtomicU64,
 }
 
 impl HostBacking {
@@ -81,6 +83,7 @@ impl HostBacking {
             premapped: false,
             released: AtomicU64::new(0),
             reused_reported: AtomicU64::new(0),
+            populate_ns: AtomicU64::new(0),
         })
     }
 
@@ -123,6 +126,15 @@ impl HostBacking {
     pub fn reused_reported_bytes(&self) -> u64 {
         // Relaxed: a statistic.
         self.reused_reported.load(Relaxed)
+    }
+
+    /// Time spent committing memmap in [`MemmapBacking::populate`] so far (ns),
+    /// summed over the threads that called it: the host kernel's zeroing of the
+    /// pages, which initialisation waits for and does not control. The premapped
+    /// backing's commit at creation is not counted.
+    pub fn populate_time_ns(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.populate_ns.load(Relaxed)
     }
 
     /// Bytes of memmap resident on the host now.
@@ -196,16 +208,19 @@ unsafe impl MemmapBacking for HostBacking {
         // The region holds the descriptors from the layout's memmap start on.
         let _ = layout;
         let offset = piece.start.0.saturating_sub(self.first) as usize * size_of::<Page>();
-        self.region
-            .populate(offset, piece.memmap_bytes() as usize)
-            .map_err(|e| BackingError {
-                section: piece.section,
-                reason: if e.raw_os_error() == Some(libc::ENOMEM) {
-                    "the host is out of memory"
-                } else {
-                    "the host refused to commit memory for the memmap"
-                },
-            })?;
+        let started = std::time::Instant::now();
+        let committed = self.region.populate(offset, piece.memmap_bytes() as usize);
+        // Relaxed: a statistic.
+        self.populate_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        committed.map_err(|e| BackingError {
+            section: piece.section,
+            reason: if e.raw_os_error() == Some(libc::ENOMEM) {
+                "the host is out of memory"
+            } else {
+                "the host refused to commit memory for the memmap"
+            },
+        })?;
         Ok(Populated::ELSEWHERE)
     }
 

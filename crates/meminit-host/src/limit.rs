@@ -32,19 +32,48 @@ const FILL_CHUNK: usize = 2 << 20;
 /// Time to fill `bytes` of fresh memory a chunk at a time (fault in 2 MiB, then
 /// write it while it is in cache), with ordinary or non-temporal stores (ns).
 pub fn chunked_fill_time(bytes: u64, nontemporal: bool) -> std::io::Result<u64> {
+    Ok(chunked_fill_split(bytes, nontemporal)?.total_ns)
+}
+
+/// A chunked fill's time, and the part of it the host spent committing (and
+/// zeroing) the pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FillSplit {
+    /// The whole fill (ns).
+    pub total_ns: u64,
+    /// Of which committing the memory, `MADV_POPULATE_WRITE` (ns); the rest is
+    /// the writes.
+    pub populate_ns: u64,
+}
+
+impl FillSplit {
+    /// The writes alone: the whole less the commits (ns).
+    pub fn writes_ns(&self) -> u64 {
+        self.total_ns.saturating_sub(self.populate_ns)
+    }
+}
+
+/// [`chunked_fill_time`], with the time spent committing the pages apart.
+pub fn chunked_fill_split(bytes: u64, nontemporal: bool) -> std::io::Result<FillSplit> {
     if bytes == 0 {
-        return Ok(0);
+        return Ok(FillSplit::default());
     }
     let region = Region::reserve(bytes)?;
     let len = bytes as usize;
+    let mut populate_ns = 0;
     let t = Instant::now();
     for offset in (0..len).step_by(FILL_CHUNK) {
         let n = FILL_CHUNK.min(len - offset);
+        let committing = Instant::now();
         region.populate(offset, n)?;
+        populate_ns += committing.elapsed().as_nanos() as u64;
         // SAFETY: the region is ours alone; the range is inside it.
         unsafe { fill_range(&region, offset, n, nontemporal) };
     }
-    Ok(t.elapsed().as_nanos() as u64)
+    Ok(FillSplit {
+        total_ns: t.elapsed().as_nanos() as u64,
+        populate_ns,
+    })
 }
 
 /// Writes zeroes over `len` bytes at `offset`, with non-temporal stores where
@@ -240,6 +269,10 @@ mod fill_tests {
         assert!(t > 0);
         assert!(FILL_METHODS.contains(&method));
         assert!(chunked_fill_time(bytes + 4096, true).unwrap() > 0);
+        let split = chunked_fill_split(bytes, false).unwrap();
+        assert!(split.populate_ns > 0 && split.populate_ns < split.total_ns);
+        assert_eq!(split.writes_ns(), split.total_ns - split.populate_ns);
+        assert_eq!(chunked_fill_split(0, false).unwrap(), FillSplit::default());
         assert!(parallel_fill_time(bytes, 2).unwrap() > 0);
         assert_eq!(parallel_fill_time(0, 2).unwrap(), 0);
         // More threads than chunks: one chunk each.
