@@ -6,8 +6,8 @@
 //!
 //! Also deferred initialisation with one worker thread per node (on a
 //! one-node machine, the same work on another thread), beside the same fill
-//! on a new thread (a new thread runs on another core, whose caches hold none
-//! of the pages just freed).
+//! by as many new threads (a new thread runs on another core, whose caches
+//! hold none of the pages just freed).
 //!
 //! `cargo run --release -p meminit-host --example descriptor_stores [MACHINE] [ROUNDS]`
 //! (a built-in machine, `container` by default; 15 rounds, interleaved). Prints
@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use meminit::{Allocator, Config, CpuCache, SectionSlot, Strategy};
 use meminit_host::{
-    limit::{chunked_fill_split, FillSplit},
+    limit::{chunked_fill_split, parallel_fill_split, FillSplit},
     HostBacking, Machine,
 };
 
@@ -75,10 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             populate_ns: allocator.backing().populate_time_ns() / workers,
         });
         drop(allocator);
-        thread_fill.push(
-            std::thread::scope(|s| s.spawn(|| chunked_fill_split(bytes, false)).join())
-                .map_err(|_| "the fill thread panicked")??,
-        );
+        thread_fill.push(parallel_fill_split(bytes, workers as usize)?);
     }
     println!(
         "{}: {} MiB of memmap, {} rounds; min / median / max, µs: the whole, and less the host's populate",
@@ -91,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("eager, just populated (ordinary stores)", &cached),
         ("eager, premapped (non-temporal stores)", &streaming),
         ("deferred, one worker thread per node", &deferred),
-        ("populate and fill on a new thread", &thread_fill),
+        ("the same on a new thread per node", &thread_fill),
     ] {
         let whole = spread(times.iter().map(|t| t.total_ns));
         let writes = spread(times.iter().map(FillSplit::writes_ns));

@@ -221,27 +221,36 @@ pub fn limit_fill(bytes: u64) -> std::io::Result<(u64, &'static str)> {
 /// Time for `threads` threads together to fill `bytes` of fresh memory, each
 /// taking 2 MiB chunks in turn and faulting in and writing each one (ns).
 pub fn parallel_fill_time(bytes: u64, threads: usize) -> std::io::Result<u64> {
+    Ok(parallel_fill_split(bytes, threads)?.total_ns)
+}
+
+/// [`parallel_fill_time`], with the threads' mean time spent committing the
+/// pages apart.
+pub fn parallel_fill_split(bytes: u64, threads: usize) -> std::io::Result<FillSplit> {
     if bytes == 0 {
-        return Ok(0);
+        return Ok(FillSplit::default());
     }
     let region = Region::reserve(bytes)?;
     let len = bytes as usize;
     let chunks = len.div_ceil(FILL_CHUNK);
     let threads = threads.clamp(1, chunks);
     let t = Instant::now();
-    let results: Vec<std::io::Result<()>> = std::thread::scope(|s| {
+    let results: Vec<std::io::Result<u64>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|i| {
                 let region = &region;
                 s.spawn(move || {
+                    let mut populate_ns = 0;
                     for c in (i..chunks).step_by(threads) {
                         let offset = c * FILL_CHUNK;
                         let n = FILL_CHUNK.min(len - offset);
+                        let committing = Instant::now();
                         region.populate(offset, n)?;
+                        populate_ns += committing.elapsed().as_nanos() as u64;
                         // SAFETY: each chunk belongs to one thread alone.
                         unsafe { region.fill(offset, n, 0) };
                     }
-                    Ok(())
+                    Ok(populate_ns)
                 })
             })
             .collect();
@@ -253,9 +262,12 @@ pub fn parallel_fill_time(bytes: u64, threads: usize) -> std::io::Result<u64> {
             })
             .collect()
     });
-    let elapsed = t.elapsed().as_nanos() as u64;
-    results.into_iter().collect::<std::io::Result<()>>()?;
-    Ok(elapsed)
+    let total_ns = t.elapsed().as_nanos() as u64;
+    let populate = results.into_iter().collect::<std::io::Result<Vec<u64>>>()?;
+    Ok(FillSplit {
+        total_ns,
+        populate_ns: populate.iter().sum::<u64>() / threads as u64,
+    })
 }
 
 #[cfg(test)]
@@ -275,6 +287,8 @@ mod fill_tests {
         assert_eq!(chunked_fill_split(0, false).unwrap(), FillSplit::default());
         assert!(parallel_fill_time(bytes, 2).unwrap() > 0);
         assert_eq!(parallel_fill_time(0, 2).unwrap(), 0);
+        let split = parallel_fill_split(bytes, 2).unwrap();
+        assert!(split.populate_ns > 0 && split.populate_ns < split.total_ns);
         // More threads than chunks: one chunk each.
         assert!(parallel_fill_time(4096, 64).unwrap() > 0);
     }
