@@ -88,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("eager, just populated (ordinary stores)", &cached),
         ("eager, premapped (non-temporal stores)", &streaming),
         ("deferred, one worker thread per node", &deferred),
-        ("the same on a new thread per node", &thread_fill),
+        ("populate and fill, a new thread per node", &thread_fill),
     ] {
         let whole = spread(times.iter().map(|t| t.total_ns));
         let writes = spread(times.iter().map(FillSplit::writes_ns));
@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (what, ours, fills) in [
         ("eager over the fill", &cached, &fill),
         (
-            "deferred over the fill on a new thread",
+            "deferred over the fill on as many threads",
             &deferred,
             &thread_fill,
         ),
