@@ -63,24 +63,29 @@ pub(super) unsafe fn descriptors(first: *mut Page, count: usize, words: [u64; 8]
     unsafe { cached(first, count, words) };
 }
 
-/// Descriptors a page of them (64, 4 KiB): the seed [`cached`] stores one by
-/// one before it copies.
+/// Descriptors (16, 1 KiB) that [`cached`] stores one by one before it copies:
+/// the distance between the copy's source and destination.
 #[cfg(all(target_arch = "x86_64", not(miri)))]
-const SEED: usize = 64;
+const SEED: usize = 16;
 
-/// [`descriptors`] with ordinary stores. On x86-64 the first 64 descriptors
-/// (a page of them) are stored one by one and the rest copied with `rep
-/// movsb` from what is already written, doubling (4, 8, 16, 32 KiB for a 4 MiB
-/// chunk's run), whose fast-string stores write whole lines without reading
-/// them first, as `memset` does; elsewhere, and under Miri, every descriptor
-/// is stored. Measured (`descriptor_stores`, eager start-up over
-/// just-populated memmap, over a populate-and-fill of the same bytes, medians
-/// of interleaved rounds), a page at a time against 16-byte stores alone: on
-/// `server` 0.92 and 0.90 against 0.86 and 0.85; on `container` 0.91 / 0.90 /
-/// 0.95 against 0.90 / 0.92 / 0.90, no difference within the noise. Doubling
-/// against a page at a time (`meminit report --machine container --strategy
-/// eager --runs 11`, pinned, alternating): 6.9 / 8.5 / 8.5 ms against 7.7 /
-/// 9.7 / 9.5 ms.
+/// [`descriptors`] with ordinary stores. On x86-64 the first 16 descriptors
+/// (1 KiB) are stored one by one and the rest written by a single `rep movsb`
+/// from the run's start to 1 KiB further on: a forward copy between
+/// overlapping ranges, which repeats the seed to the end of the run, each byte
+/// read 1 KiB after it was written, so from L1. Its fast-string stores write
+/// whole lines without reading them first, as `memset`'s `rep stosb` does.
+///
+/// Measured on the project's machine (Intel, 32 MiB written 64 KiB at a time
+/// right after each 2 MiB was populated, 21 interleaved rounds, two
+/// invocations, median µs): `rep stosb` (memset) 822 / 828, this copy 826 /
+/// 849, the same from a 4 KiB seed 830 / 860, doubling copies from a 4 KiB
+/// seed (4, 8, 16, 32 KiB; what it did before) 898 / 895, 16-byte stores alone
+/// 975 / 990; a 64-byte seed (the copy's distance one line) 1,582. The
+/// distance is not a multiple of 4 KiB: some AMD processors run `rep movsb`
+/// slowly when the low 12 bits of the distance are near zero (glibc bug
+/// 30994).
+///
+/// Elsewhere, and under Miri, every descriptor is stored.
 ///
 /// # Safety
 ///
@@ -92,31 +97,32 @@ unsafe fn cached(first: *mut Page, count: usize, words: [u64; 8]) {
         let seeded = count.min(SEED);
         // SAFETY: the first `seeded` of the caller's descriptors.
         unsafe { ordinary(first, seeded, words) };
-        let mut done = seeded;
-        while done < count {
-            let n = (count - done).min(done);
-            // SAFETY: `rep movsb` copies `n` descriptors (`rcx` bytes) from the
-            // first `n` at `first` (written already; valid for reads, the
-            // caller's promise) to the next `n` of the caller's descriptors
-            // (`done + n <= count`, so inside them; valid for writes and no one
-            // else's, also promised); the two do not overlap, since `n <= done`. The
-            // direction flag is clear on entry to an `asm!` block (Rust's rules),
-            // so it copies upwards; it changes no flags and touches no stack. Its
-            // stores are not reordered with later stores (Intel SDM vol. 3A,
-            // "Memory-Ordering Model for String Operations on Write-Back Memory";
-            // Linux relies on the same when it publishes data copied with `rep
-            // movsb` by a release store), so the `Release` that publishes the
-            // chunk orders them as it does ordinary stores.
+        if count > seeded {
+            // SAFETY: `rep movsb` moves `rcx` bytes one after another, upwards
+            // (the direction flag is clear on entry to an `asm!` block, Rust's
+            // rules), from `first` to `first + SEED` descriptors: every byte it
+            // writes lies in the caller's descriptors (`SEED + (count - SEED) =
+            // count`; valid for writes and no one else's, the caller's promise),
+            // and every byte it reads lies in them too, `SEED` descriptors below
+            // the byte it goes to, so already written (by the seed or by this
+            // copy): the architectural result of an overlapping forward `rep
+            // movsb` is that of the byte-by-byte loop, which repeats the seed;
+            // fast-string operation changes its speed, not its result (Intel
+            // SDM vol. 1, "Fast-String Operation"). It changes no flags and
+            // touches no stack. Its stores are not reordered with later stores
+            // (Intel SDM vol. 3A, "Memory-Ordering Model for String Operations
+            // on Write-Back Memory"; Linux relies on the same when it publishes
+            // data copied with `rep movsb` by a release store), so the `Release`
+            // that publishes the chunk orders them as it does ordinary stores.
             unsafe {
                 core::arch::asm!(
                     "rep movsb",
-                    inout("rcx") n * core::mem::size_of::<Page>() => _,
+                    inout("rcx") (count - seeded) * core::mem::size_of::<Page>() => _,
                     inout("rsi") first => _,
-                    inout("rdi") first.add(done) => _,
+                    inout("rdi") first.add(seeded) => _,
                     options(nostack, preserves_flags),
                 );
             }
-            done += n;
         }
     }
     #[cfg(not(all(target_arch = "x86_64", not(miri))))]
