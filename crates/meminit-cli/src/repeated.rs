@@ -43,13 +43,17 @@ pub(crate) const PARALLEL_RATIO: &str = "limit_parallel_ratio";
 type ReadFigure = fn(&StrategyReport) -> Option<f64>;
 
 /// The figures of a strategy whose spread is reported.
-const REPORT_METRICS: [(&str, ReadFigure); 15] = [
+const REPORT_METRICS: [(&str, ReadFigure); 17] = [
     ("ready_ns", |s| Some(s.ready_ns as f64)),
     ("full_init_ns", |s| s.full_init_ns.map(|t| t as f64)),
     ("init_ns", |s| Some(s.init_ns as f64)),
     ("grow_ns", |s| Some(s.grow_ns as f64)),
     ("limit_fill_ns", |s| Some(s.limit_fill_ns as f64)),
     ("limit_ratio", |s| Some(s.limit_ratio)),
+    ("init_populate_ns", |s| Some(s.init_populate_ns as f64)),
+    ("limit_writes_ratio", |s| {
+        (s.limit_writes_ratio > 0.0).then_some(s.limit_writes_ratio)
+    }),
     ("limit_parallel_fill_ns", |s| {
         Some(s.limit_parallel_fill_ns as f64)
     }),

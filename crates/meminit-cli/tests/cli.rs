@@ -167,6 +167,9 @@ fn json_report_has_the_documented_shape() {
             "limit_method",
             "limit_parallel_fill_ns",
             "limit_parallel_threads",
+            "init_populate_ns",
+            "limit_writes_ns",
+            "limit_writes_ratio",
             "give_back",
             "give_back_reserve_bytes",
             "spike",
@@ -679,16 +682,19 @@ fn the_report_fits_120_columns_and_explains_its_rows() {
     // Acceptance is off: its row is left out.
     assert!(!out.contains("accepted:"), "{out}");
     // Over two runs, the deferred workers' ratio to the parallel fill is a
-    // median with its spread, as the 1-core ratio is, not the first run's.
-    for row in [
-        "init speed, x of 1-core limit",
-        "deferred speed, x of parallel limit",
+    // median with its spread, as the 1-core ratio is, not the first run's; so
+    // are the host's populate and the writes without it.
+    for (row, spread) in [
+        ("init speed, x of 1-core limit", "x ["),
+        ("deferred speed, x of parallel limit", "x ["),
+        ("of which the host's populate", "s ["),
+        ("less populate, x of fill's writes", "x ["),
     ] {
         let line = out
             .lines()
             .find(|l| l.trim_start().starts_with(row))
             .unwrap_or_else(|| panic!("no row {row}: {out}"));
-        assert!(line.contains("x ["), "{row} without its spread: {line}");
+        assert!(line.contains(spread), "{row} without its spread: {line}");
     }
     for says in [
         "init speed, x of 1-core limit",
@@ -696,6 +702,7 @@ fn the_report_fits_120_columns_and_explains_its_rows() {
         "chunks by boot/workers/growth/look-up: ",
         "p50/p99/max: ",
         "fill limit: ",
+        "the host's populate: ",
     ] {
         assert!(out.contains(says), "{says}: {out}");
     }

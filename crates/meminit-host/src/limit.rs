@@ -70,10 +70,19 @@ pub fn chunked_fill_split(bytes: u64, nontemporal: bool) -> std::io::Result<Fill
         // SAFETY: the region is ours alone; the range is inside it.
         unsafe { fill_range(&region, offset, n, nontemporal) };
     }
-    Ok(FillSplit {
+    let split = FillSplit {
         total_ns: t.elapsed().as_nanos() as u64,
         populate_ns,
-    })
+    };
+    if nontemporal {
+        // Not timed: written again with ordinary stores before the host takes
+        // the pages back. Non-temporal stores leave them out of cache, and the
+        // host zeroes such pages more slowly for whatever populates them next,
+        // for a while: the measurement beside this fill would pay for it.
+        // SAFETY: the region is ours alone.
+        unsafe { region.fill(0, len, 0) };
+    }
+    Ok(split)
 }
 
 /// Writes zeroes over `len` bytes at `offset`, with non-temporal stores where
@@ -108,83 +117,96 @@ unsafe fn fill_range(region: &Region, offset: usize, len: usize, nontemporal: bo
 /// The names of the three honest one-core fills, in [`Fills`] order.
 pub const FILL_METHODS: [&str; 3] = ["whole", "chunked", "chunked-nt"];
 
-/// One sample of each honest one-core fill of the same bytes on fresh memory
-/// (ns), in [`FILL_METHODS`] order: the whole-region fill ([`fill_time`]), the
-/// chunked fill and the chunked non-temporal fill.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fills(pub [u64; 3]);
-
-/// One fill of a set: a method of [`FILL_METHODS`] (its index), or an ordinary
-/// chunked fill whose time is not counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FillStep {
-    /// The method `FILL_METHODS[i]`, counted.
-    Method(usize),
-    /// An ordinary chunked fill, not counted: it only leaves the host's free
-    /// pages as an ordinary fill leaves them.
-    Uncounted,
+/// One sample of each honest one-core fill of the same bytes on fresh memory,
+/// and of the parallel fill where it was measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fills {
+    /// Each fill's time (ns), in [`FILL_METHODS`] order: the whole-region fill
+    /// ([`fill_time`]), the chunked fill and the chunked non-temporal fill.
+    pub times: [u64; 3],
+    /// Of the chunked fill's time, the part spent committing the pages (ns):
+    /// the rest is its writes.
+    pub chunked_populate_ns: u64,
+    /// The parallel fill's time ([`parallel_fill_time`]), if it was one of
+    /// the steps (ns).
+    pub parallel_ns: Option<u64>,
 }
 
-/// The fills before a run, in order: see [`Fills::before_run`].
-pub const BEFORE_RUN: [FillStep; 4] = [
-    FillStep::Method(2),
-    FillStep::Uncounted,
-    FillStep::Method(0),
-    FillStep::Method(1),
-];
+/// One step of the measurement around a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillStep {
+    /// [`fill_time`]: `FILL_METHODS[0]`.
+    Whole,
+    /// [`chunked_fill_time`] with ordinary stores: `FILL_METHODS[1]`.
+    Chunked,
+    /// [`chunked_fill_time`] with non-temporal stores: `FILL_METHODS[2]`.
+    ChunkedNonTemporal,
+    /// The run the fills are compared with: the caller's.
+    Run,
+    /// [`parallel_fill_time`] with the run's threads.
+    Parallel,
+}
 
-/// The fills after a run, in order: see [`Fills::after_run`].
-pub const AFTER_RUN: [FillStep; 4] = [
-    FillStep::Method(1),
-    FillStep::Method(0),
-    FillStep::Method(2),
-    FillStep::Uncounted,
+/// The whole measurement around a run, in order: [`Fills::before_run`] runs
+/// the steps before [`FillStep::Run`], the caller the run, and
+/// [`Fills::after_run`] the steps after it.
+///
+/// The chunked fill, which writes as the allocator does, is the run's
+/// neighbour on both sides, and the mean of those two is what the run is
+/// compared with; the parallel fill follows the chunked one after the run, as
+/// the deferred workers followed the chunked one before it (with start-up and
+/// the boot allocations between). Each step, the run included, follows an
+/// ordinary fill of the same bytes or, for the first, the previous run's last
+/// step, a non-temporal fill that cleans up after itself (see
+/// [`chunked_fill_split`]).
+///
+/// Order matters because the host recycles the pages a fill frees for
+/// whatever populates next, and zeroes them much faster while they are still
+/// in cache. The first order used (whole, chunked, non-temporal, an uncounted
+/// ordinary fill, then the run) put the run right after the non-temporal
+/// fill's pages, out of cache, and the chunked fill it was compared with
+/// before them: the run looked twice as slow as it is (`docs/measuring.md`,
+/// "Writing descriptors against the fill").
+pub const AROUND_RUN: [FillStep; 8] = [
+    FillStep::ChunkedNonTemporal,
+    FillStep::Whole,
+    FillStep::Chunked,
+    FillStep::Run,
+    FillStep::Chunked,
+    FillStep::Parallel,
+    FillStep::Whole,
+    FillStep::ChunkedNonTemporal,
 ];
 
 impl Fills {
-    /// Each method once, on fresh memory, to be followed at once by the run
-    /// they are compared with ([`BEFORE_RUN`]): the non-temporal fill first,
-    /// then an ordinary fill, not counted, then the whole fill, then the chunked
-    /// one, so that the run starts as the chunked fill (the one that writes as
-    /// the allocator does) started: right after an ordinary fill of the same
-    /// bytes, with the non-temporal one as far behind.
-    ///
-    /// Order matters because the host recycles the pages a fill frees for
-    /// whatever populates next, and zeroes them much faster while they are still
-    /// in cache: pages written with non-temporal stores are not, nor are pages
-    /// that sat free for long, and the non-temporal fill's pages come back
-    /// for a while after it. The first order used (whole, chunked, non-temporal,
-    /// uncounted ordinary, then the run) put the run nearest the non-temporal
-    /// fill and the chunked fill farthest from it. Measured in the report
-    /// (container, eager, 32 MiB, pinned, 9 runs each, two invocations, medians
-    /// of runs): with that order the run took 7.1 ms against a 3.3–3.5 ms
-    /// chunked fill (0.46–0.49 of it); with no non-temporal fill in the runs
-    /// before (whole, chunked, run) 3.8–4.0 ms against 3.4 ms (0.84–0.89);
-    /// with this order 5.3–5.5 ms against 5.0–5.1 ms (0.92–0.97).
-    pub fn before_run(bytes: u64) -> std::io::Result<Fills> {
-        Self::steps(bytes, &BEFORE_RUN)
+    /// The steps of [`AROUND_RUN`] before the run, on `bytes` of fresh memory
+    /// (`threads` for the parallel fill, if one is among them).
+    pub fn before_run(bytes: u64, threads: usize) -> std::io::Result<Fills> {
+        let run = AROUND_RUN.iter().position(|&s| s == FillStep::Run);
+        Self::steps(bytes, threads, &AROUND_RUN[..run.unwrap_or(0)])
     }
 
-    /// Each method once, on fresh memory, right after the run they are compared
-    /// with ([`AFTER_RUN`]): the mirror of [`Fills::before_run`] (chunked,
-    /// whole, non-temporal), so that the chunked fill follows the run as the run
-    /// followed it, then an ordinary fill, not counted, so that whatever comes
-    /// next does not start right after the non-temporal one.
-    pub fn after_run(bytes: u64) -> std::io::Result<Fills> {
-        Self::steps(bytes, &AFTER_RUN)
+    /// The steps of [`AROUND_RUN`] after the run.
+    pub fn after_run(bytes: u64, threads: usize) -> std::io::Result<Fills> {
+        let run = AROUND_RUN.iter().position(|&s| s == FillStep::Run);
+        Self::steps(bytes, threads, &AROUND_RUN[run.map_or(0, |r| r + 1)..])
     }
 
-    /// The fills of `steps`, in order, each method's time where it is counted.
-    fn steps(bytes: u64, steps: &[FillStep]) -> std::io::Result<Fills> {
-        let mut fills = Fills([0; 3]);
+    /// The fills of `steps`, in order (a [`FillStep::Run`] among them is the
+    /// caller's, and skipped here).
+    fn steps(bytes: u64, threads: usize, steps: &[FillStep]) -> std::io::Result<Fills> {
+        let mut fills = Fills::default();
         for step in steps {
-            match *step {
-                FillStep::Method(0) => fills.0[0] = fill_time(bytes)?,
-                FillStep::Method(1) => fills.0[1] = chunked_fill_time(bytes, false)?,
-                FillStep::Method(_) => fills.0[2] = chunked_fill_time(bytes, true)?,
-                FillStep::Uncounted => {
-                    chunked_fill_time(bytes, false)?;
+            match step {
+                FillStep::Whole => fills.times[0] = fill_time(bytes)?,
+                FillStep::Chunked => {
+                    let split = chunked_fill_split(bytes, false)?;
+                    fills.times[1] = split.total_ns;
+                    fills.chunked_populate_ns = split.populate_ns;
                 }
+                FillStep::ChunkedNonTemporal => fills.times[2] = chunked_fill_time(bytes, true)?,
+                FillStep::Parallel => fills.parallel_ns = Some(parallel_fill_time(bytes, threads)?),
+                FillStep::Run => {}
             }
         }
         Ok(fills)
@@ -196,12 +218,20 @@ impl Fills {
     /// compared with it, not their minimum, so that one lucky sample of six
     /// does not stand against one sample of the initialisation.
     pub fn best_mean_with(&self, more: &Fills) -> (u64, &'static str) {
-        let means = core::array::from_fn::<u64, 3, _>(|i| (self.0[i] + more.0[i]) / 2);
+        let means = core::array::from_fn::<u64, 3, _>(|i| (self.times[i] + more.times[i]) / 2);
         means
             .into_iter()
             .zip(FILL_METHODS)
             .min_by_key(|&(t, _)| t)
             .unwrap_or((means[0], FILL_METHODS[0]))
+    }
+
+    /// The chunked fill's writes alone (its time less its commits), the mean of
+    /// these samples and `more` (ns): what the allocator's own work, outside
+    /// the backing's populate, compares with.
+    pub fn chunked_writes_mean_with(&self, more: &Fills) -> u64 {
+        let writes = |f: &Fills| f.times[1].saturating_sub(f.chunked_populate_ns);
+        (writes(self) + writes(more)) / 2
     }
 
     /// The best single method of these samples alone.
@@ -215,7 +245,7 @@ impl Fills {
 /// non-temporal fill, one sample each on fresh memory. Returns the time and
 /// which it was.
 pub fn limit_fill(bytes: u64) -> std::io::Result<(u64, &'static str)> {
-    Ok(Fills::before_run(bytes)?.best())
+    Ok(Fills::before_run(bytes, 1)?.best())
 }
 
 /// Time for `threads` threads together to fill `bytes` of fresh memory, each
@@ -294,41 +324,68 @@ mod fill_tests {
     }
 
     #[test]
-    fn the_chunked_fill_is_the_run_s_neighbour_and_the_non_temporal_fill_is_followed_by_an_ordinary_one(
-    ) {
-        for steps in [&BEFORE_RUN, &AFTER_RUN] {
-            // Every method counted exactly once.
-            for (method, name) in FILL_METHODS.iter().enumerate() {
-                let counted = steps
-                    .iter()
-                    .filter(|&&s| s == FillStep::Method(method))
-                    .count();
-                assert_eq!(counted, 1, "{name} in {steps:?}");
+    fn the_chunked_fill_is_the_run_s_neighbour_and_every_method_is_counted_on_both_sides() {
+        let run = AROUND_RUN.iter().position(|&s| s == FillStep::Run).unwrap();
+        let (before, after) = (&AROUND_RUN[..run], &AROUND_RUN[run + 1..]);
+        assert_eq!(
+            AROUND_RUN.iter().filter(|&&s| s == FillStep::Run).count(),
+            1
+        );
+        // Every one-core method once on each side, so that each has a mean of
+        // a sample before and one after.
+        for method in [
+            FillStep::Whole,
+            FillStep::Chunked,
+            FillStep::ChunkedNonTemporal,
+        ] {
+            for side in [before, after] {
+                assert_eq!(
+                    side.iter().filter(|&&s| s == method).count(),
+                    1,
+                    "{method:?}"
+                );
             }
-            // What follows the non-temporal fill is an ordinary fill nobody
-            // counts.
-            let nt = steps
-                .iter()
-                .position(|&s| s == FillStep::Method(2))
-                .unwrap();
-            assert_eq!(steps.get(nt + 1), Some(&FillStep::Uncounted), "{steps:?}");
         }
-        // The chunked fill (the allocator's way of writing) is nearest the run
-        // on both sides, and the non-temporal one farthest from it before.
-        assert_eq!(BEFORE_RUN.last(), Some(&FillStep::Method(1)));
-        assert_eq!(AFTER_RUN.first(), Some(&FillStep::Method(1)));
-        assert_eq!(BEFORE_RUN.first(), Some(&FillStep::Method(2)));
-        assert!(Fills::before_run(4 << 20).unwrap().0.iter().all(|&t| t > 0));
-        assert!(Fills::after_run(4 << 20).unwrap().0.iter().all(|&t| t > 0));
+        // The chunked fill (the allocator's way of writing) is the run's
+        // neighbour on both sides.
+        assert_eq!(before.last(), Some(&FillStep::Chunked));
+        assert_eq!(after.first(), Some(&FillStep::Chunked));
+        // The parallel fill follows a chunked fill, as the workers do.
+        let parallel = after.iter().position(|&s| s == FillStep::Parallel).unwrap();
+        assert_eq!(after[parallel - 1], FillStep::Chunked);
+        // Nothing but a non-temporal fill (which cleans up after itself) or the
+        // run itself follows a non-temporal fill: not the run, nor a fill
+        // counted against it.
+        for pair in AROUND_RUN.windows(2) {
+            if pair[0] == FillStep::ChunkedNonTemporal {
+                assert_ne!(pair[1], FillStep::Run);
+                assert_ne!(pair[1], FillStep::Chunked);
+            }
+        }
+        for fills in [
+            Fills::before_run(4 << 20, 2).unwrap(),
+            Fills::after_run(4 << 20, 2).unwrap(),
+        ] {
+            assert!(fills.times.iter().all(|&t| t > 0), "{fills:?}");
+            assert!(fills.chunked_populate_ns > 0 && fills.chunked_populate_ns < fills.times[1]);
+        }
+        assert!(Fills::after_run(4 << 20, 2).unwrap().parallel_ns.is_some());
     }
 
     #[test]
     fn the_limit_of_two_samples_is_the_best_method_by_its_mean() {
-        let before = Fills([10, 30, 50]);
-        let after = Fills([40, 20, 50]);
+        let fills = |times, chunked_populate_ns| Fills {
+            times,
+            chunked_populate_ns,
+            parallel_ns: None,
+        };
+        let before = fills([10, 30, 50], 20);
+        let after = fills([40, 20, 50], 16);
         // Means 25, 25, 50: the first of the best; no method's lucky sample (10)
         // is taken.
         assert_eq!(before.best_mean_with(&after), (25, "whole"));
-        assert_eq!(Fills([9, 8, 7]).best(), (7, "chunked-nt"));
+        assert_eq!(fills([9, 8, 7], 0).best(), (7, "chunked-nt"));
+        // The chunked writes: (30 - 20 + 20 - 16) / 2.
+        assert_eq!(before.chunked_writes_mean_with(&after), 7);
     }
 }

@@ -152,6 +152,22 @@ pub struct StrategyReport {
     /// Threads of that fill: the deferred worker threads (this host's cores by
     /// default).
     pub limit_parallel_threads: usize,
+    /// Of `init_ns`, the time the host spent committing memmap in the backing's
+    /// populate (ns): its kernel zeroing the pages, which the allocator waits
+    /// for and does not control. The deferred workers' commits, side by side,
+    /// count once per worker.
+    pub init_populate_ns: u64,
+    /// The chunked fill's writes alone, less its commits: the mean of the fill
+    /// before the run and the one after (ns).
+    pub limit_writes_ns: u64,
+    /// `limit_writes_ns` over initialisation less its populate (`init_ns -
+    /// init_populate_ns`): the allocator's own work (descriptor writes and
+    /// bookkeeping) against `memset` of the same bytes, with the host's
+    /// zeroing, which varies with the pages it hands out, out of both. 0 where
+    /// the run did not write every chunk's descriptors exactly once (on-demand,
+    /// or chunks given back and initialised again): the fill's bytes would not
+    /// be the run's.
+    pub limit_writes_ratio: f64,
     /// The boot allocations and what they got.
     pub boot: Vec<EarlyResult>,
     /// Per node and zone, after the workload.

@@ -222,9 +222,12 @@ fn measure(
 ) -> std::io::Result<StrategyReport> {
     let name = strategy.name();
     // The physical limit: each fill once before the run and once after, and the
-    // best method by its mean; the chunked fill and the parallel one right next
-    // to the run (see `Fills::before_run`).
-    let limit_before = Fills::before_run(memmap_need(layout, strategy).min(opts.memory_budget))?;
+    // best method by its mean, in the order of `limit::AROUND_RUN`.
+    let limit_parallel_threads = opts.threads.max(1);
+    let limit_before = Fills::before_run(
+        memmap_need(layout, strategy).min(opts.memory_budget),
+        limit_parallel_threads,
+    )?;
     let physical = Arc::new(Region::reserve(layout.end_pfn().0 * PAGE)?);
     let backing = if opts.premapped {
         HostBacking::premapped(layout)?
@@ -261,6 +264,7 @@ fn measure(
         Allocator::new(layout.clone(), backing, &slots, &cpus, config)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
     let ready_ns = t0.elapsed().as_nanos() as u64;
+    let populate_ready_ns = allocator.backing().populate_time_ns();
     let accepted_ready_bytes = allocator.backing().accepted_bytes();
 
     let mut fast = Vec::new();
@@ -327,6 +331,7 @@ fn measure(
     let nodes: Vec<NodeId> = layout.nodes().map(|(n, _)| n).collect();
     let mut worker_threads = 0;
     let mut workers_ns = 0;
+    let mut populate_workers_ns = 0;
     if strategy == Strategy::Deferred {
         progress.step(&format!("{}: {name}: deferred workers", machine.name));
         let per_node: Vec<usize> = (0..nodes.len())
@@ -335,6 +340,7 @@ fn measure(
             })
             .collect();
         worker_threads = per_node.iter().sum();
+        let populate_before_workers_ns = allocator.backing().populate_time_ns();
         let tw = Instant::now();
         std::thread::scope(|s| {
             for (&node, &threads) in nodes.iter().zip(&per_node) {
@@ -345,6 +351,7 @@ fn measure(
             }
         });
         workers_ns = tw.elapsed().as_nanos() as u64;
+        populate_workers_ns = allocator.backing().populate_time_ns() - populate_before_workers_ns;
     }
     let full_init_ns = allocator
         .stats()
@@ -440,21 +447,48 @@ fn measure(
         Strategy::Deferred => workers_ns + stats.grow_time,
         Strategy::OnDemand => stats.grow_time,
     };
+    // The host's populate within `init_ns`, as a time on the clock that
+    // measured it: the workers' commits ran side by side, so their sum counts
+    // once per worker; every other growth ran on this thread.
+    let populate_growth_ns =
+        allocator.backing().populate_time_ns() - populate_ready_ns - populate_workers_ns;
+    let init_populate_ns = match strategy {
+        Strategy::Eager => populate_ready_ns,
+        Strategy::Deferred => {
+            populate_growth_ns + populate_workers_ns / worker_threads.max(1) as u64
+        }
+        Strategy::OnDemand => populate_growth_ns,
+    }
+    .min(init_ns);
     drop(allocator);
     drop(physical);
 
     progress.step(&format!("{}: {name}: physical limit", machine.name));
-    // Right after the run, as the deferred workers ran right after the fills.
-    let limit_parallel_threads = opts.threads.max(1);
-    let limit_parallel_fill_ns = parallel_fill_time(stats.memmap_bytes, limit_parallel_threads)?;
-    let limit_after = Fills::after_run(stats.memmap_bytes)?;
-    let (limit_fill_ns, limit_method) = if stats.memmap_bytes == memmap_need(layout, strategy) {
+    let limit_after = Fills::after_run(stats.memmap_bytes, limit_parallel_threads)?;
+    let limit_parallel_fill_ns = match limit_after.parallel_ns.or(limit_before.parallel_ns) {
+        Some(ns) => ns,
+        None => parallel_fill_time(stats.memmap_bytes, limit_parallel_threads)?,
+    };
+    let same_bytes = stats.memmap_bytes == memmap_need(layout, strategy);
+    let (limit_fill_ns, limit_method) = if same_bytes {
         limit_before.best_mean_with(&limit_after)
     } else {
         // The run populated less than it might have: only the fills after it
         // are of the same bytes.
         limit_after.best()
     };
+    let limit_writes_ns = if same_bytes {
+        limit_before.chunked_writes_mean_with(&limit_after)
+    } else {
+        limit_after.chunked_writes_mean_with(&limit_after)
+    };
+    let init_writes_ns = init_ns - init_populate_ns;
+    // Writes alone compare only where the run wrote the descriptors of the
+    // bytes the fill wrote: every chunk once (not on-demand's few chunks in a
+    // populated section, nor chunks given back and written again).
+    let wrote_every_chunk_once =
+        stats.by_boot + stats.by_workers + stats.by_growth + stats.by_lookup
+            == stats.chunks_present;
     Ok(StrategyReport {
         strategy: name,
         skipped: None,
@@ -493,6 +527,13 @@ fn measure(
         },
         limit_parallel_fill_ns,
         limit_parallel_threads,
+        init_populate_ns,
+        limit_writes_ns,
+        limit_writes_ratio: if same_bytes && wrote_every_chunk_once && init_writes_ns > 0 {
+            limit_writes_ns as f64 / init_writes_ns as f64
+        } else {
+            0.0
+        },
         boot,
         zones,
     })
