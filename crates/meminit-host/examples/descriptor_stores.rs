@@ -27,7 +27,12 @@ use meminit_host::{
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let machine = Machine::built_in(&args.next().unwrap_or_else(|| "container".into()))?;
-    let rounds: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(15);
+    let rounds: usize = args
+        .next()
+        .map(|r| r.parse())
+        .transpose()?
+        .unwrap_or(15)
+        .max(1);
     let layout = machine.layout()?;
     let bytes = layout.memmap_bytes();
     let slots: Vec<SectionSlot> = (0..layout.section_count())
@@ -45,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // an uncounted fill: the host zeroes recycled pages faster while they are
     // in cache, and pages written with non-temporal stores are not (see
     // `limit::Fills::before_run`). The fill and eager start-up side by side.
-    for _ in 0..rounds.max(1) {
+    for _ in 0..rounds {
         streaming.push(eager(
             &layout,
             HostBacking::premapped(&layout)?,
@@ -71,7 +76,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
         deferred.push(FillSplit {
             total_ns: t.elapsed().as_nanos() as u64,
-            // Each worker waits for its own commits: their mean.
+            // Each worker waits for its own commits: their mean. Start-up's
+            // commits on this thread are in the sum too, so on more than one
+            // node this counts too little of them against deferred's writes:
+            // it errs against the allocator.
             populate_ns: allocator.backing().populate_time_ns() / workers,
         });
         drop(allocator);

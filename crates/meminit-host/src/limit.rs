@@ -41,8 +41,8 @@ pub fn chunked_fill_time(bytes: u64, nontemporal: bool) -> std::io::Result<u64> 
 pub struct FillSplit {
     /// The whole fill (ns).
     pub total_ns: u64,
-    /// Of which committing the memory, `MADV_POPULATE_WRITE` (ns); the rest is
-    /// the writes.
+    /// Of which committing the memory, `MADV_POPULATE_WRITE` (ns), for a fill
+    /// by several threads the mean of theirs; the rest is the writes.
     pub populate_ns: u64,
 }
 

@@ -80,10 +80,12 @@ const SEED: usize = 16;
 /// invocations, median µs): `rep stosb` (memset) 822 / 828, this copy 826 /
 /// 849, the same from a 4 KiB seed 830 / 860, doubling copies from a 4 KiB
 /// seed (4, 8, 16, 32 KiB; what it did before) 898 / 895, 16-byte stores alone
-/// 975 / 990; a 64-byte seed (the copy's distance one line) 1,582. The
-/// distance is not a multiple of 4 KiB: some AMD processors run `rep movsb`
-/// slowly when the low 12 bits of the distance are near zero (glibc bug
-/// 30994).
+/// 975 / 990; a 64-byte seed (the copy's distance one line) 1,582
+/// (`examples/pattern_writes.rs` in meminit-host). The distance is not a
+/// multiple of 4 KiB: users of some AMD Zen processors reported `rep movsb`
+/// running slowly when `(dst - src) & 0xfff` is small, zero included (the
+/// thread on glibc bug 30994 in Apache OpenDAL issue 3665); not measured
+/// here.
 ///
 /// Elsewhere, and under Miri, every descriptor is stored.
 ///
@@ -98,18 +100,21 @@ unsafe fn cached(first: *mut Page, count: usize, words: [u64; 8]) {
         // SAFETY: the first `seeded` of the caller's descriptors.
         unsafe { ordinary(first, seeded, words) };
         if count > seeded {
+            debug_assert_eq!(seeded, SEED);
             // SAFETY: `rep movsb` moves `rcx` bytes one after another, upwards
             // (the direction flag is clear on entry to an `asm!` block, Rust's
-            // rules), from `first` to `first + SEED` descriptors: every byte it
-            // writes lies in the caller's descriptors (`SEED + (count - SEED) =
-            // count`; valid for writes and no one else's, the caller's promise),
-            // and every byte it reads lies in them too, `SEED` descriptors below
-            // the byte it goes to, so already written (by the seed or by this
-            // copy): the architectural result of an overlapping forward `rep
-            // movsb` is that of the byte-by-byte loop, which repeats the seed;
-            // fast-string operation changes its speed, not its result (Intel
-            // SDM vol. 1, "Fast-String Operation"). It changes no flags and
-            // touches no stack. Its stores are not reordered with later stores
+            // rules), from `first` to `first + seeded` descriptors: every byte
+            // it writes lies in the caller's descriptors (`seeded + (count -
+            // seeded) = count`; valid for writes and no one else's, the
+            // caller's promise), and every byte it reads lies in them too,
+            // `seeded` descriptors below the byte it goes to, so already written
+            // (by the seed or by this copy). An overlapping forward `rep movsb`
+            // has the result of the byte-by-byte loop (Intel SDM vol. 2, MOVS
+            // and REP: each iteration moves one element and steps both
+            // pointers), which repeats the seed; fast-string operation changes
+            // its speed, not its result. It changes no flags and touches no
+            // stack. The asm is not `nomem`, so the compiler keeps the seed's
+            // stores before it. Its stores are not reordered with later stores
             // (Intel SDM vol. 3A, "Memory-Ordering Model for String Operations
             // on Write-Back Memory"; Linux relies on the same when it publishes
             // data copied with `rep movsb` by a release store), so the `Release`
