@@ -145,8 +145,8 @@ pub(crate) fn print_report(repeated: &Repeated, opts: &Options) {
         "speed, x of limit: the limit's time over the time initialising (1.00x: as fast as the fill, \
          below: slower); it can pass 1.00x, since the limit is measured beside it, not a bound.",
         "the host's populate: its kernel committing and zeroing the memmap's pages, most of both sides and \
-         not the allocator's doing; less populate: the chunked fill's writes over initialisation's time \
-         without it (descriptor writes and bookkeeping against memset).",
+         not the allocator's doing; less populate: the fill's writes (deferred: the parallel fill's) over \
+         initialisation's time without it (descriptor writes and bookkeeping against memset).",
     ];
     if opts.accept {
         legend.push(

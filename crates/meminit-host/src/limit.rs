@@ -127,9 +127,9 @@ pub struct Fills {
     /// Of the chunked fill's time, the part spent committing the pages (ns):
     /// the rest is its writes.
     pub chunked_populate_ns: u64,
-    /// The parallel fill's time ([`parallel_fill_time`]), if it was one of
-    /// the steps (ns).
-    pub parallel_ns: Option<u64>,
+    /// The parallel fill ([`parallel_fill_split`]), if it was one of the
+    /// steps.
+    pub parallel: Option<FillSplit>,
 }
 
 /// One step of the measurement around a run.
@@ -205,7 +205,7 @@ impl Fills {
                     fills.chunked_populate_ns = split.populate_ns;
                 }
                 FillStep::ChunkedNonTemporal => fills.times[2] = chunked_fill_time(bytes, true)?,
-                FillStep::Parallel => fills.parallel_ns = Some(parallel_fill_time(bytes, threads)?),
+                FillStep::Parallel => fills.parallel = Some(parallel_fill_split(bytes, threads)?),
                 FillStep::Run => {}
             }
         }
@@ -369,7 +369,7 @@ mod fill_tests {
             assert!(fills.times.iter().all(|&t| t > 0), "{fills:?}");
             assert!(fills.chunked_populate_ns > 0 && fills.chunked_populate_ns < fills.times[1]);
         }
-        assert!(Fills::after_run(4 << 20, 2).unwrap().parallel_ns.is_some());
+        assert!(Fills::after_run(4 << 20, 2).unwrap().parallel.is_some());
     }
 
     #[test]
@@ -377,7 +377,7 @@ mod fill_tests {
         let fills = |times, chunked_populate_ns| Fills {
             times,
             chunked_populate_ns,
-            parallel_ns: None,
+            parallel: None,
         };
         let before = fills([10, 30, 50], 20);
         let after = fills([40, 20, 50], 16);

@@ -157,8 +157,9 @@ pub struct StrategyReport {
     /// for and does not control. The deferred workers' commits, side by side,
     /// count once per worker.
     pub init_populate_ns: u64,
-    /// The chunked fill's writes alone, less its commits: the mean of the fill
-    /// before the run and the one after (ns).
+    /// The fill's writes alone, less its commits (ns): for deferred, the
+    /// parallel fill's (its threads' mean commits taken out); otherwise the
+    /// chunked fill's, the mean of the one before the run and the one after.
     pub limit_writes_ns: u64,
     /// `limit_writes_ns` over initialisation less its populate (`init_ns -
     /// init_populate_ns`): the allocator's own work (descriptor writes and

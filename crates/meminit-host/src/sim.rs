@@ -20,7 +20,9 @@ use crate::machine::Machine;
 use crate::region::Region;
 use crate::size;
 
-pub use crate::limit::{chunked_fill_time, fill_time, limit_fill, parallel_fill_time, Fills};
+pub use crate::limit::{
+    chunked_fill_time, fill_time, limit_fill, parallel_fill_split, parallel_fill_time, Fills,
+};
 use crate::smp::smp_workload;
 use crate::spike::spike_workload;
 
@@ -465,10 +467,11 @@ fn measure(
 
     progress.step(&format!("{}: {name}: physical limit", machine.name));
     let limit_after = Fills::after_run(stats.memmap_bytes, limit_parallel_threads)?;
-    let limit_parallel_fill_ns = match limit_after.parallel_ns.or(limit_before.parallel_ns) {
-        Some(ns) => ns,
-        None => parallel_fill_time(stats.memmap_bytes, limit_parallel_threads)?,
+    let parallel = match limit_after.parallel.or(limit_before.parallel) {
+        Some(split) => split,
+        None => parallel_fill_split(stats.memmap_bytes, limit_parallel_threads)?,
     };
+    let limit_parallel_fill_ns = parallel.total_ns;
     let same_bytes = stats.memmap_bytes == memmap_need(layout, strategy);
     let (limit_fill_ns, limit_method) = if same_bytes {
         limit_before.best_mean_with(&limit_after)
@@ -477,7 +480,11 @@ fn measure(
         // are of the same bytes.
         limit_after.best()
     };
-    let limit_writes_ns = if same_bytes {
+    // Deferred workers' writes against as many threads', the rest against
+    // one core's.
+    let limit_writes_ns = if strategy == Strategy::Deferred {
+        parallel.writes_ns()
+    } else if same_bytes {
         limit_before.chunked_writes_mean_with(&limit_after)
     } else {
         limit_after.chunked_writes_mean_with(&limit_after)
