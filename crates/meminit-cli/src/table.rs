@@ -146,7 +146,8 @@ pub(crate) fn print_report(repeated: &Repeated, opts: &Options) {
          below: slower); it can pass 1.00x, since the limit is measured beside it, not a bound.",
         "the host's populate: its kernel committing and zeroing the memmap's pages, most of both sides and \
          not the allocator's doing; less populate: the fill's writes (deferred: the parallel fill's) over \
-         initialisation's time without it (descriptor writes and bookkeeping against memset).",
+         initialisation's time without it (descriptor writes and bookkeeping against memset; - where \
+         they differ in work: on-demand, acceptance, a premapped or chunk-granular memmap).",
     ];
     if opts.accept {
         legend.push(
@@ -188,13 +189,15 @@ fn print_header(repeated: &Repeated, opts: &Options) {
             s(report.cpus as u64),
         ),
     );
+    // At least one worker per node, whatever `--threads` asked for.
+    let workers = opts.threads.max(report.nodes);
     println!(
         "  {} sections, {} chunks; workload {}; {} deferred worker thread{}",
         size::format(report.section_bytes),
         size::format(opts.chunk_size),
         report.workload,
-        opts.threads,
-        s(opts.threads as u64),
+        workers,
+        s(workers as u64),
     );
     println!(
         "  times: median [min–max] of {} run{}; the rest from the first run",

@@ -49,7 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // stores, and the premapped start-up (non-temporal stores) is followed by
     // an uncounted fill: the host zeroes recycled pages faster while they are
     // in cache, and pages written with non-temporal stores are not (see
-    // `limit::Fills::before_run`). The fill and eager start-up side by side.
+    // `limit::AROUND_RUN`). The fill and eager start-up side by side.
     for _ in 0..rounds {
         streaming.push(eager(
             &layout,

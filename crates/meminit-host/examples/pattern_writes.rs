@@ -40,7 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let t = Instant::now();
             for run in (offset..offset + SECTION).step_by(RUN) {
                 // SAFETY: `run..run + RUN` lies inside the region, which is
-                // this closure's alone, and is 64-byte aligned.
+                // this closure's alone, and is 64-byte aligned; RUN (64 KiB)
+                // is a multiple of 64 and above every method's seed (at most
+                // 4 KiB), as `seeded_copy` and `doubling` require.
                 unsafe { write(region.base().as_ptr().add(run), RUN) };
             }
             ns += t.elapsed().as_nanos() as u64;

@@ -145,6 +145,9 @@ pub enum FillStep {
     Run,
     /// [`parallel_fill_time`] with the run's threads.
     Parallel,
+    /// An ordinary chunked fill, not counted: it leaves the host's free pages
+    /// as an ordinary fill leaves them, whatever the step before freed.
+    Ordinary,
 }
 
 /// The whole measurement around a run, in order: [`Fills::before_run`] runs
@@ -152,11 +155,13 @@ pub enum FillStep {
 /// [`Fills::after_run`] the steps after it.
 ///
 /// The chunked fill, which writes as the allocator does, is the run's
-/// neighbour on both sides, and the mean of those two is what the run is
+/// neighbour on both sides (after the run, behind an uncounted ordinary fill:
+/// the run ends with its workload, which may have written and freed far more
+/// memory than the memmap), and the mean of those two is what the run is
 /// compared with; the parallel fill follows the chunked one after the run, as
 /// the deferred workers followed the chunked one before it (with start-up and
-/// the boot allocations between). Each step, the run included, follows an
-/// ordinary fill of the same bytes or, for the first, the previous run's last
+/// the boot allocations between). Each counted step but the first follows an
+/// ordinary fill of the same bytes; the first follows the previous run's last
 /// step, a non-temporal fill that cleans up after itself (see
 /// [`chunked_fill_split`]).
 ///
@@ -167,11 +172,12 @@ pub enum FillStep {
 /// fill's pages, out of cache, and the chunked fill it was compared with
 /// before them: the run looked twice as slow as it is (`docs/measuring.md`,
 /// "Writing descriptors against the fill").
-pub const AROUND_RUN: [FillStep; 8] = [
+pub const AROUND_RUN: [FillStep; 9] = [
     FillStep::ChunkedNonTemporal,
     FillStep::Whole,
     FillStep::Chunked,
     FillStep::Run,
+    FillStep::Ordinary,
     FillStep::Chunked,
     FillStep::Parallel,
     FillStep::Whole,
@@ -206,6 +212,9 @@ impl Fills {
                 }
                 FillStep::ChunkedNonTemporal => fills.times[2] = chunked_fill_time(bytes, true)?,
                 FillStep::Parallel => fills.parallel = Some(parallel_fill_split(bytes, threads)?),
+                FillStep::Ordinary => {
+                    chunked_fill_time(bytes, false)?;
+                }
                 FillStep::Run => {}
             }
         }
@@ -347,15 +356,21 @@ mod fill_tests {
             }
         }
         // The chunked fill (the allocator's way of writing) is the run's
-        // neighbour on both sides.
+        // neighbour on both sides: right before it, and after it behind only
+        // an uncounted ordinary fill (the run's workload may free much more
+        // than the memmap).
         assert_eq!(before.last(), Some(&FillStep::Chunked));
-        assert_eq!(after.first(), Some(&FillStep::Chunked));
+        assert_eq!(after[..2], [FillStep::Ordinary, FillStep::Chunked]);
         // The parallel fill follows a chunked fill, as the workers do.
-        let parallel = after.iter().position(|&s| s == FillStep::Parallel).unwrap();
-        assert_eq!(after[parallel - 1], FillStep::Chunked);
-        // Nothing but a non-temporal fill (which cleans up after itself) or the
-        // run itself follows a non-temporal fill: not the run, nor a fill
-        // counted against it.
+        let parallel = after.iter().position(|&s| s == FillStep::Parallel);
+        assert_eq!(
+            parallel.and_then(|p| p.checked_sub(1)).map(|p| after[p]),
+            Some(FillStep::Chunked)
+        );
+        // Neither the run nor the chunked fill compared with it follows a
+        // non-temporal fill directly (the whole fill may: that fill cleans
+        // up after itself, and the whole fill's two samples have different
+        // neighbours anyway).
         for pair in AROUND_RUN.windows(2) {
             if pair[0] == FillStep::ChunkedNonTemporal {
                 assert_ne!(pair[1], FillStep::Run);

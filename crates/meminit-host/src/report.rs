@@ -155,7 +155,7 @@ pub struct StrategyReport {
     /// Of `init_ns`, the time the host spent committing memmap in the backing's
     /// populate (ns): its kernel zeroing the pages, which the allocator waits
     /// for and does not control. The deferred workers' commits, side by side,
-    /// count once per worker.
+    /// count as their mean.
     pub init_populate_ns: u64,
     /// The fill's writes alone, less its commits (ns): for deferred, the
     /// parallel fill's (its threads' mean commits taken out); otherwise the
@@ -166,8 +166,9 @@ pub struct StrategyReport {
     /// bookkeeping) against `memset` of the same bytes, with the host's
     /// zeroing, which varies with the pages it hands out, out of both. 0 where
     /// the run did not write every chunk's descriptors exactly once (on-demand,
-    /// or chunks given back and initialised again): the fill's bytes would not
-    /// be the run's.
+    /// or chunks given back and initialised again), or did not commit and
+    /// write as the fill does (acceptance on, a premapped memmap, chunk
+    /// granularity): there the two are not the same work.
     pub limit_writes_ratio: f64,
     /// The boot allocations and what they got.
     pub boot: Vec<EarlyResult>,

@@ -225,7 +225,13 @@ fn measure(
     let name = strategy.name();
     // The physical limit: each fill once before the run and once after, and the
     // best method by its mean, in the order of `limit::AROUND_RUN`.
-    let limit_parallel_threads = opts.threads.max(1);
+    // The deferred workers, per node: `--threads` spread over the nodes, at
+    // least one each; the parallel fill runs as many threads.
+    let node_count = layout.node_count().max(1);
+    let per_node: Vec<usize> = (0..node_count)
+        .map(|i| (opts.threads / node_count + usize::from(i < opts.threads % node_count)).max(1))
+        .collect();
+    let limit_parallel_threads: usize = per_node.iter().sum();
     let limit_before = Fills::before_run(
         memmap_need(layout, strategy).min(opts.memory_budget),
         limit_parallel_threads,
@@ -336,12 +342,7 @@ fn measure(
     let mut populate_workers_ns = 0;
     if strategy == Strategy::Deferred {
         progress.step(&format!("{}: {name}: deferred workers", machine.name));
-        let per_node: Vec<usize> = (0..nodes.len())
-            .map(|i| {
-                (opts.threads / nodes.len() + usize::from(i < opts.threads % nodes.len())).max(1)
-            })
-            .collect();
-        worker_threads = per_node.iter().sum();
+        worker_threads = limit_parallel_threads;
         let populate_before_workers_ns = allocator.backing().populate_time_ns();
         let tw = Instant::now();
         std::thread::scope(|s| {
@@ -364,6 +365,10 @@ fn measure(
         Strategy::Deferred => full_init_ns,
         Strategy::OnDemand => None,
     };
+    // What initialisation populated, before the workload gives any back: the
+    // bytes the fills after the run write (on-demand initialises during the
+    // workload too: its figure is taken at the end).
+    let memmap_init_bytes = allocator.stats().memmap_bytes;
     let memmap_resident_boot_bytes = allocator.backing().resident_bytes()?;
     let accepted_boot_bytes = allocator.backing().accepted_bytes();
 
@@ -450,8 +455,8 @@ fn measure(
         Strategy::OnDemand => stats.grow_time,
     };
     // The host's populate within `init_ns`, as a time on the clock that
-    // measured it: the workers' commits ran side by side, so their sum counts
-    // once per worker; every other growth ran on this thread.
+    // measured it: the workers' commits ran side by side, so their mean (the
+    // sum over the workers) counts; other growth is summed as `grow_time` is.
     let populate_growth_ns =
         allocator.backing().populate_time_ns() - populate_ready_ns - populate_workers_ns;
     let init_populate_ns = match strategy {
@@ -466,13 +471,17 @@ fn measure(
     drop(physical);
 
     progress.step(&format!("{}: {name}: physical limit", machine.name));
-    let limit_after = Fills::after_run(stats.memmap_bytes, limit_parallel_threads)?;
+    let fill_bytes = match strategy {
+        Strategy::OnDemand => stats.memmap_bytes,
+        Strategy::Eager | Strategy::Deferred => memmap_init_bytes,
+    };
+    let limit_after = Fills::after_run(fill_bytes, limit_parallel_threads)?;
     let parallel = match limit_after.parallel.or(limit_before.parallel) {
         Some(split) => split,
-        None => parallel_fill_split(stats.memmap_bytes, limit_parallel_threads)?,
+        None => parallel_fill_split(fill_bytes, limit_parallel_threads)?,
     };
     let limit_parallel_fill_ns = parallel.total_ns;
-    let same_bytes = stats.memmap_bytes == memmap_need(layout, strategy);
+    let same_bytes = fill_bytes == memmap_need(layout, strategy);
     let (limit_fill_ns, limit_method) = if same_bytes {
         limit_before.best_mean_with(&limit_after)
     } else {
@@ -493,9 +502,17 @@ fn measure(
     // Writes alone compare only where the run wrote the descriptors of the
     // bytes the fill wrote: every chunk once (not on-demand's few chunks in a
     // populated section, nor chunks given back and written again).
+    // And only where the fill commits and writes memory as the run does:
+    // acceptance zeroes simulated memory inside initialisation, a premapped
+    // memmap is not populated by the run, and a chunk-granular one is
+    // committed in small pages.
     let wrote_every_chunk_once =
         stats.by_boot + stats.by_workers + stats.by_growth + stats.by_lookup
             == stats.chunks_present;
+    let writes_compare = wrote_every_chunk_once
+        && !opts.accept
+        && !opts.premapped
+        && opts.granularity == Granularity::Section;
     Ok(StrategyReport {
         strategy: name,
         skipped: None,
@@ -536,7 +553,7 @@ fn measure(
         limit_parallel_threads,
         init_populate_ns,
         limit_writes_ns,
-        limit_writes_ratio: if same_bytes && wrote_every_chunk_once && init_writes_ns > 0 {
+        limit_writes_ratio: if same_bytes && writes_compare && init_writes_ns > 0 {
             limit_writes_ns as f64 / init_writes_ns as f64
         } else {
             0.0
