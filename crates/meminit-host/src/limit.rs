@@ -4,8 +4,10 @@
 //! Initialisation is compared with these fills in the report: a whole-region fill
 //! (fault everything in, then write), a fill a section's memmap (2 MiB) at a time
 //! while it is in cache, the same with non-temporal stores, and all threads filling
-//! at once beside deferred initialisation. This module only measures; it knows
-//! nothing of the allocator.
+//! at once beside deferred initialisation, run in one fixed sequence around
+//! the run they are compared with ([`AROUND_RUN`]), since each leaves the host's
+//! free pages warmer or colder for the next. This module only measures; it
+//! knows nothing of the allocator.
 
 use std::time::Instant;
 
