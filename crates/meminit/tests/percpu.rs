@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    AllocError, AllocRequest, CpuId, FreeError, FreeRequest, PageState, Strategy, ZoneType,
-    CACHE_BATCH, CACHE_HIGH, MAX_ORDER, PAGEBLOCK_ORDER,
+    AllocError, AllocFlags, AllocPath, AllocRequest, Constraint, CpuId, FreeError, FreeRequest,
+    PageState, Strategy, ZoneType, CACHE_BATCH, CACHE_HIGH, MAX_ORDER, PAGEBLOCK_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -144,6 +144,58 @@ fn a_block_of_another_node_goes_back_to_its_own_zone() {
         assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Dma32)));
         assert!(a.zone(NodeId(1), ZoneType::Dma32).unwrap().cached > 0);
         a.free(FreeRequest::pfn(p).on(CpuId(0)).order(0)).unwrap();
+        check_fully_coalesced(a);
+    });
+}
+
+/// The common allocation pops the CPU's stock for the first zone of its
+/// list and nothing else: a stock holding another node's blocks, or another
+/// zone type's, never serves it, whatever the flags.
+#[test]
+fn a_stock_serves_only_the_zone_its_allocation_would_try_first() {
+    let l = two_nodes(MIB, 32 * MIB, 64 * MIB, 4 * MIB);
+    with_allocator(&l, Strategy::Eager, |a| {
+        // CPU 0's DMA32 stock holds node 1's blocks.
+        let theirs = a
+            .alloc_traced(AllocRequest::order(0).on(CpuId(0)).node(NodeId(1)))
+            .unwrap();
+        assert_eq!(zone_of(a, theirs.0), Some((NodeId(1), ZoneType::Dma32)));
+        assert!(a.zone(NodeId(1), ZoneType::Dma32).unwrap().cached > 0);
+        // An allocation for node 0 does not take them, with or without
+        // THIS_NODE, and leaves them where they are.
+        for flags in [AllocFlags::NONE, AllocFlags::THIS_NODE] {
+            let (p, _) = a
+                .alloc_traced(AllocRequest::order(0).on(CpuId(0)).flags(flags))
+                .unwrap();
+            assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Dma32)));
+            a.free(FreeRequest::pfn(p).on(CpuId(0)).order(0)).unwrap();
+        }
+        // Node 1 with THIS_NODE takes them, and the stock hands them out
+        // hottest first, on the fast path.
+        let (p, path) = a
+            .alloc_traced(
+                AllocRequest::order(0)
+                    .on(CpuId(0))
+                    .node(NodeId(1))
+                    .flags(AllocFlags::THIS_NODE),
+            )
+            .unwrap();
+        assert_eq!(zone_of(a, p), Some((NodeId(1), ZoneType::Dma32)));
+        assert_eq!(path, AllocPath::Fast);
+        // A DMA allocation is never served from the DMA32 stock.
+        let (dma, _) = a
+            .alloc_traced(
+                AllocRequest::order(0)
+                    .on(CpuId(0))
+                    .node(NodeId(1))
+                    .within(Constraint::Dma),
+            )
+            .unwrap();
+        assert_eq!(zone_of(a, dma), Some((NodeId(0), ZoneType::Dma)));
+        for q in [theirs.0, p, dma] {
+            a.free(FreeRequest::pfn(q).on(CpuId(0)).order(0)).unwrap();
+        }
+        a.drain(None).unwrap();
         check_fully_coalesced(a);
     });
 }

@@ -1,10 +1,12 @@
-//! The allocation path: walk the zone list, take a block from the first zone that
-//! has one (through the calling CPU's cache for the cached orders,
-//! [`super::cached`]); only when a zone has none, grow it ([`super::grow`]), and
-//! only when no eligible zone has memory of the class, wholly free or to
-//! initialise, steal from the other mobility class's chunks. Before
-//! it reports [`AllocError::OutOfMemory`] it drains every CPU's cache back to the
-//! zones and looks again, stealing too.
+//! The allocation path. The common case first, alone: a block of a cached order
+//! popped from the calling CPU's stock for the first zone of the zone list
+//! (one `try_lock`, nothing else set up). Otherwise the walk: take a block from
+//! the first zone of the list that has one (through the calling CPU's cache for
+//! the cached orders, [`super::cached`]); only when a zone has none, grow it
+//! ([`super::grow`]), and only when no eligible zone has memory of the class,
+//! wholly free or to initialise, steal from the other mobility class's chunks.
+//! Before it reports [`AllocError::OutOfMemory`] it drains every CPU's cache
+//! back to the zones and looks again, stealing too.
 
 use lock_api::RawMutex;
 
@@ -88,6 +90,50 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             return Err(AllocError::UnknownNode { node });
         }
         let node = node.index();
+        if let Some(cache) = cache {
+            if let Some(pfn) = self.pop_stocked(order, constraint, node, cache, flags) {
+                return Ok((Pfn(pfn), AllocPath::Fast));
+            }
+        }
+        self.alloc_walk(order, constraint, node, cache, flags)
+    }
+
+    /// The common allocation, alone: a block of a cached order popped from
+    /// `cache`'s stock for the first zone the walk would try, with nothing
+    /// else set up. `None` when that stock has none to hand out (or the cache
+    /// is busy, or holds another node's blocks): the walk then does what it
+    /// always does, from that zone on, refilling the stock. Kept apart so
+    /// that the walk's state stays off this path.
+    #[inline]
+    fn pop_stocked(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+        cache: &CpuCache<R>,
+        flags: AllocFlags,
+    ) -> Option<u64> {
+        let class = flags.class();
+        let zone = self.zones_for(constraint, node, class).next()?;
+        if flags.contains(AllocFlags::THIS_NODE) && zone.node as usize != node {
+            return None;
+        }
+        self.pop_cached(zone, order, cache, class)
+    }
+
+    /// Walks the zone list: takes from each zone in turn, through `cache`
+    /// for the cached orders, growing a zone that has none, then falls back
+    /// to the drains and steals of [`alloc_after_drain`](Self::alloc_after_drain).
+    /// `node` is checked (below the node count).
+    #[inline(never)]
+    fn alloc_walk(
+        &self,
+        order: u32,
+        constraint: Constraint,
+        node: usize,
+        cache: Option<&CpuCache<R>>,
+        flags: AllocFlags,
+    ) -> Result<(Pfn, AllocPath), AllocError> {
         let this_node = flags.contains(AllocFlags::THIS_NODE);
         let no_grow = flags.contains(AllocFlags::NO_GROW);
         let class = flags.class();

@@ -161,6 +161,31 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         zone.take(&self.memmap, order, class, false)
     }
 
+    /// Pops a block of `order` for `class` from `cache`'s stock for `zone`
+    /// when the stock holds one, and does nothing else: no refill, no zone
+    /// lock. `None` when the order is not cached, the cache is busy, its
+    /// stock holds another node's blocks or none of this order.
+    #[inline]
+    pub(crate) fn pop_cached(
+        &self,
+        zone: &Zone<R>,
+        order: u32,
+        cache: &CpuCache<R>,
+        class: MobilityClass,
+    ) -> Option<u64> {
+        let slot = slot_of(order)?;
+        let mut guard = cache.try_lock()?;
+        let stock = guard.stock(zone.kind, class);
+        if stock.node() != Some(zone.node) {
+            return None;
+        }
+        let pfn = stock.pop(slot)?;
+        // The block was the cache's alone: no one else writes its head.
+        self.head(pfn).set_allocated(order, class);
+        guard.publish(zone.kind, class);
+        Some(pfn)
+    }
+
     /// The lists had no block of `order` for `class`: flushes `zone`'s depots
     /// and looks again, if they held anything.
     #[cold]
