@@ -179,10 +179,18 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         if stock.node() != Some(zone.node) {
             return None;
         }
+        let pfn = self.hand_out(stock, slot, class)?;
+        guard.publish(zone.kind, class);
+        Some(pfn)
+    }
+
+    /// Pops the hottest block of `slot` from the locked `stock` of `class` and
+    /// marks its head allocated: how a cached block leaves a stock.
+    #[inline]
+    fn hand_out(&self, stock: &mut Stock, slot: usize, class: MobilityClass) -> Option<u64> {
         let pfn = stock.pop(slot)?;
         // The block was the cache's alone: no one else writes its head.
-        self.head(pfn).set_allocated(order, class);
-        guard.publish(zone.kind, class);
+        self.head(pfn).set_allocated(CACHED_ORDERS[slot], class);
         Some(pfn)
     }
 
@@ -211,12 +219,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     ) -> Option<u64> {
         let order = CACHED_ORDERS[slot];
         let stock = guard.stock(zone.kind, class);
-        let pfn = match stock.pop(slot) {
-            Some(pfn) => {
-                // The block was the cache's alone: no one else writes its head.
-                self.head(pfn).set_allocated(order, class);
-                pfn
-            }
+        let pfn = match self.hand_out(stock, slot, class) {
+            Some(pfn) => pfn,
             None => {
                 // From the lists, a pageblock stock takes only the block it
                 // hands out: huge frames it keeps are those its CPU freed.
