@@ -170,8 +170,7 @@ fn a_stock_serves_only_the_zone_its_allocation_would_try_first() {
             assert_eq!(zone_of(a, p), Some((NodeId(0), ZoneType::Dma32)));
             a.free(FreeRequest::pfn(p).on(CpuId(0)).order(0)).unwrap();
         }
-        // Node 1 with THIS_NODE takes them, and the stock hands them out
-        // hottest first, on the fast path.
+        // Node 1 with THIS_NODE takes them, on the fast path.
         let (p, path) = a
             .alloc_traced(
                 AllocRequest::order(0)
@@ -192,6 +191,19 @@ fn a_stock_serves_only_the_zone_its_allocation_would_try_first() {
             )
             .unwrap();
         assert_eq!(zone_of(a, dma), Some((NodeId(0), ZoneType::Dma)));
+        // CPU 0's DMA stock now holds node 0's blocks, the first zone of node
+        // 1's DMA list: with THIS_NODE, node 1 (which has no DMA memory) gets
+        // none of them.
+        let e = a
+            .alloc(
+                AllocRequest::order(0)
+                    .on(CpuId(0))
+                    .node(NodeId(1))
+                    .within(Constraint::Dma)
+                    .flags(AllocFlags::THIS_NODE),
+            )
+            .unwrap_err();
+        assert!(matches!(e, AllocError::OutOfMemory { .. }), "{e:?}");
         for q in [theirs.0, p, dma] {
             a.free(FreeRequest::pfn(q).on(CpuId(0)).order(0)).unwrap();
         }

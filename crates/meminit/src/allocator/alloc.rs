@@ -1,6 +1,6 @@
 //! The allocation path. The common case first, alone: a block of a cached order
-//! popped from the calling CPU's stock for the first zone of the zone list
-//! (one `try_lock`, nothing else set up). Otherwise the walk: take a block from
+//! popped from the calling CPU's stock for the first zone the walk would try
+//! (unless THIS_NODE rules that zone out; one `try_lock`, nothing else set up). Otherwise the walk: take a block from
 //! the first zone of the list that has one (through the calling CPU's cache for
 //! the cached orders, [`super::cached`]); only when a zone has none, grow it
 //! ([`super::grow`]), and only when no eligible zone has memory of the class,
@@ -102,7 +102,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// `cache`'s stock for the first zone the walk would try, with nothing
     /// else set up. `None` when that stock has none to hand out (or the cache
     /// is busy, or holds another node's blocks): the walk then does what it
-    /// always does, from that zone on, refilling the stock. Kept apart so
+    /// always does, from that zone on (refilling the stock when it serves
+    /// that zone, taking from the zone's lists when not). Kept apart so
     /// that the walk's state stays off this path.
     #[inline]
     fn pop_stocked(
