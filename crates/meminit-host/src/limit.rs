@@ -186,18 +186,25 @@ pub const AROUND_RUN: [FillStep; 9] = [
     FillStep::ChunkedNonTemporal,
 ];
 
+/// [`AROUND_RUN`] split at the run: the steps before it and those after (all
+/// of them after, were there no run).
+fn around_run() -> (&'static [FillStep], &'static [FillStep]) {
+    match AROUND_RUN.iter().position(|&s| s == FillStep::Run) {
+        Some(run) => (&AROUND_RUN[..run], &AROUND_RUN[run + 1..]),
+        None => (&[], &AROUND_RUN),
+    }
+}
+
 impl Fills {
     /// The steps of [`AROUND_RUN`] before the run, on `bytes` of fresh memory
     /// (`threads` for the parallel fill, if one is among them).
     pub fn before_run(bytes: u64, threads: usize) -> std::io::Result<Fills> {
-        let run = AROUND_RUN.iter().position(|&s| s == FillStep::Run);
-        Self::steps(bytes, threads, &AROUND_RUN[..run.unwrap_or(0)])
+        Self::steps(bytes, threads, around_run().0)
     }
 
     /// The steps of [`AROUND_RUN`] after the run.
     pub fn after_run(bytes: u64, threads: usize) -> std::io::Result<Fills> {
-        let run = AROUND_RUN.iter().position(|&s| s == FillStep::Run);
-        Self::steps(bytes, threads, &AROUND_RUN[run.map_or(0, |r| r + 1)..])
+        Self::steps(bytes, threads, around_run().1)
     }
 
     /// The fills of `steps`, in order (a [`FillStep::Run`] among them is the
@@ -336,8 +343,7 @@ mod fill_tests {
 
     #[test]
     fn the_chunked_fill_is_the_run_s_neighbour_and_every_method_is_counted_on_both_sides() {
-        let run = AROUND_RUN.iter().position(|&s| s == FillStep::Run).unwrap();
-        let (before, after) = (&AROUND_RUN[..run], &AROUND_RUN[run + 1..]);
+        let (before, after) = around_run();
         assert_eq!(
             AROUND_RUN.iter().filter(|&&s| s == FillStep::Run).count(),
             1
