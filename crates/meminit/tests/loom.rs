@@ -1,4 +1,5 @@
-//! loom models of the chunk-claim and memmap-claim protocols, of the grow path
+//! loom models of the chunk-claim and memmap-claim protocols (single chunks
+//! and runs), of the grow path
 //! racing a deferred worker, and of the allocator itself (per-CPU caches against
 //! remote drains, an allocation's re-check against the last initialisation, the
 //! depots' pushes and pops against a drain and against the last look before
@@ -134,6 +135,65 @@ fn a_sections_memmap_is_populated_once_for_two_chunks() {
         assert_eq!(memmap.writes[0].load(Ordering::Relaxed), 1);
         assert!(sections.all_initialised());
     });
+}
+
+/// A pass's run over a section's two chunks races a single claim of the second
+/// (growth): each chunk is claimed and written once, and whoever loses reads
+/// only after the run is published. The run gives its second chunk back when
+/// `cut` (a failure there), and the grower then takes it.
+fn run_races_a_single_claim(cut: bool) {
+    loom::model(move || {
+        let (sections, memmap) = one_section(1, 2);
+        on_two_threads({
+            let (sections, memmap) = (sections.clone(), memmap.clone());
+            move |thread| {
+                if thread == 0 {
+                    let Ok(mut run) = sections.claim_run(0, 2) else {
+                        unreachable!("chunk 0 is the run's alone");
+                    };
+                    if cut && run.chunks().len() == 2 {
+                        run.give_back_from(1);
+                    }
+                    run.chunks().for_each(|c| memmap.write(c));
+                    run.publish().finish();
+                    return;
+                }
+                loop {
+                    match sections.claim(1) {
+                        Ok(claim) => {
+                            memmap.write(1);
+                            claim.publish().finish();
+                            return;
+                        }
+                        Err(ChunkState::Initialising) => {
+                            if sections.wait_while_initialising(1) == ChunkState::Ready {
+                                assert_eq!(memmap.read(1), 0xd00d);
+                                return;
+                            }
+                        }
+                        Err(ChunkState::Ready) => {
+                            assert_eq!(memmap.read(1), 0xd00d);
+                            return;
+                        }
+                        Err(other) => unreachable!("chunk 1 was {other:?}"),
+                    }
+                }
+            }
+        });
+        assert_eq!(memmap.writes[0].load(Ordering::Relaxed), 1);
+        assert_eq!(memmap.writes[1].load(Ordering::Relaxed), 1);
+        assert!(sections.all_initialised());
+    });
+}
+
+#[test]
+fn a_run_races_a_single_claim_in_its_section() {
+    run_races_a_single_claim(false);
+}
+
+#[test]
+fn a_run_cut_short_hands_the_rest_to_a_single_claim() {
+    run_races_a_single_claim(true);
 }
 
 #[test]

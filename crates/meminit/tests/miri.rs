@@ -8,7 +8,8 @@ mod common;
 use common::*;
 use meminit::NodeId;
 use meminit::{
-    AllocRequest, CpuId, FreeRequest, LayoutBuilder, PageState, Pfn, RangeKind, Strategy, MAX_ORDER,
+    AllocRequest, Config, CpuId, FreeRequest, Granularity, LayoutBuilder, PageState, Pfn,
+    RangeKind, Strategy, MAX_ORDER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -60,6 +61,40 @@ fn threads_race_to_initialise_the_same_sections() {
         });
         check_all_free(a);
     });
+}
+
+/// One 16 MiB section of four chunks, holes and a reserved page in the first,
+/// the last chunk on node 1: start-up writes the section as one run across chunk
+/// boundaries, and node 0's worker its three chunks as one, while an allocation
+/// grows node 1's chunk and a look-up waits for the run.
+#[test]
+fn runs_of_chunks_are_written_whole_and_read_after_their_publish() {
+    let mut b = LayoutBuilder::new();
+    b.section_size(16 * MIB)
+        .add(0x1000, 0x9f000, RangeKind::Usable, NodeId(0))
+        .add(0x100000, 0x300000, RangeKind::Usable, NodeId(0))
+        .add(0x300000, 0x301000, RangeKind::Reserved, NodeId(0))
+        .add(0x301000, 12 * MIB, RangeKind::Usable, NodeId(0))
+        .add(12 * MIB, 16 * MIB, RangeKind::Usable, NodeId(1));
+    let l = b.build().unwrap();
+    for granularity in [Granularity::Section, Granularity::Chunk] {
+        with_allocator_chunked(&l, Config::new(Strategy::Eager), granularity, |a| {
+            assert_eq!(a.page(Pfn(0x300)).unwrap().state(), PageState::Reserved);
+            check_all_free(a);
+        });
+        with_allocator_chunked(&l, Config::new(Strategy::Deferred), granularity, |a| {
+            std::thread::scope(|s| {
+                s.spawn(|| a.run_deferred_worker(NodeId(0)));
+                s.spawn(|| {
+                    let p = a.alloc(AllocRequest::order(0).node(NodeId(1))).unwrap();
+                    a.free(FreeRequest::pfn(p).order(0)).unwrap();
+                });
+                s.spawn(|| a.page_or_init(Pfn(0x900)).map(|p| p.state()).unwrap());
+            });
+            run_workers(a);
+            check_all_free(a);
+        });
+    }
 }
 
 /// CPUs allocating through their caches, freeing each other's blocks, while a

@@ -1,9 +1,10 @@
 //! Deferred initialisation: the embedder's workers, which split a node's chunks
 //! between them a section at a time from a per-node atomic cursor.
 //!
-//! A worker only decides which chunk to initialise next and retries those whose
-//! backing failed; the initialisation itself is the grow path's
-//! (`Allocator::init_chunk`, in [`super::grow`]).
+//! A worker only decides which chunks to initialise next (a run of its node's
+//! chunks in the section it took) and retries those whose backing failed; the
+//! initialisation itself is the grow path's (`Allocator::init_run`, in
+//! [`super::grow`]).
 
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -79,34 +80,39 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             if section >= end {
                 break;
             }
-            for index in section << chunks_shift..(section + 1) << chunks_shift {
+            let end = (section + 1) << chunks_shift;
+            let mut index = section << chunks_shift;
+            while index < end {
+                // This node's chunks from `index` on: a run for `init_run`, which
+                // claims those of them that are `Uninit`, from the first on.
                 if self.memmap.sections().state(index) != ChunkState::Uninit {
+                    index += 1;
                     continue;
                 }
-                let (s, e) = self.memmap.chunk_pfns(index);
-                if !self
-                    .layout
-                    .memory_runs(Pfn(s)..Pfn(e))
-                    .any(|r| r.node == node)
-                {
+                let mine = (index..end)
+                    .take_while(|&i| self.chunk_has_node(i, node))
+                    .count();
+                if mine == 0 {
+                    index += 1;
                     continue;
                 }
-                match self.init_chunk(index, InitCause::Worker, &mut pass) {
-                    Ok(Some(pages)) => {
-                        report.chunks += 1;
-                        report.pages += pages;
-                    }
-                    Ok(None) => {}
-                    Err(e @ ChunkError::Reentrant { .. }) => {
+                let run = self.init_run(index, mine, InitCause::Worker, &mut pass);
+                report.chunks += run.chunks as u64;
+                report.pages += run.pages;
+                index = run.next;
+                match run.error {
+                    None => {}
+                    Some(e @ ChunkError::Reentrant { .. }) => {
                         report.failed += 1;
                         report.error = Some(e);
                         return report;
                     }
-                    Err(e) => {
+                    Some(e) => {
                         report.error = Some(e);
                         match retry.get_mut(retries) {
                             Some(slot) => {
-                                *slot = index;
+                                // The chunk that failed: the one before `next`.
+                                *slot = run.next - 1;
                                 retries += 1;
                             }
                             None => report.failed += 1,
@@ -145,5 +151,13 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             report.error = None;
         }
         report
+    }
+
+    /// Whether chunk `index` holds memory (usable or reserved) of `node`.
+    fn chunk_has_node(&self, index: usize, node: NodeId) -> bool {
+        let (s, e) = self.memmap.chunk_pfns(index);
+        self.layout
+            .memory_runs(Pfn(s)..Pfn(e))
+            .any(|r| r.node == node)
     }
 }

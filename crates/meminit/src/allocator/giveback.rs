@@ -355,7 +355,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 area.mark_chunk_aged(&self.memmap, start, end);
                 return Verdict::Marked;
             }
-            // The inverse of `init_chunk`'s counting, before the blocks leave the
+            // The inverse of `init_run`'s counting, before the blocks leave the
             // lists. Relaxed: under the zone lock, which an allocation that finds
             // the blocks gone takes before it reads these counts again.
             zone.uninit.fetch_add(usable, Relaxed);

@@ -5,10 +5,13 @@
 //! initialisation, one max-order block by default), has the memmap under it
 //! populated (its section's, or its own, as the backing asks) and its memory
 //! accepted, writes its descriptors, publishes it, then puts its usable pages on
-//! their zones' free lists. Eager start-up runs it for every chunk, deferred
-//! workers ([`super::deferred`]) for their node's, the grow path for what an
-//! allocation needs, and a descriptor look-up ([`Allocator::page_or_init`]) for the
-//! page it wants. On-demand is the grow path and look-ups alone.
+//! their zones' free lists. Eager start-up and the deferred workers
+//! ([`super::deferred`]) run it over runs of a section's chunks (`init_run`:
+//! one claim, publish, splice per zone and finish for the run, which is what
+//! brings a pass's bookkeeping down to a few locked instructions per section);
+//! the grow path runs it for the one chunk an allocation needs, and a
+//! descriptor look-up ([`Allocator::page_or_init`]) for the page it wants.
+//! On-demand is the grow path and look-ups alone.
 //!
 //! This module decides *which* chunk to initialise and *when*; it never writes a
 //! descriptor itself (that is [`crate::memmap`]) and holds a zone lock only to
@@ -69,24 +72,60 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         cause: InitCause,
         pass: &mut InitPass,
     ) -> Result<Option<u64>, ChunkError> {
-        let Ok(claim) = self.memmap.sections().claim(index) else {
-            return Ok(None);
+        let run = self.init_run(index, 1, cause, pass);
+        match run.error {
+            Some(e) => Err(e),
+            None => Ok((run.chunks > 0).then_some(run.pages)),
+        }
+    }
+
+    /// [`init_chunk`](Self::init_chunk) for a run: chunk `first` and the
+    /// `Uninit` chunks after it in its section, up to `most` in all, claimed,
+    /// written, published, spliced and finished together (one claim, one
+    /// publish, one zone lock per zone, one finish), for a pass that
+    /// initialises chunk after chunk (start-up, a deferred worker). The run
+    /// stops at the first chunk someone else holds or that has no memory. If a
+    /// chunk's populate or accept fails, the chunks before it are initialised
+    /// and it and those after it are given back; the result says which.
+    pub(crate) fn init_run(
+        &self,
+        first: usize,
+        most: usize,
+        cause: InitCause,
+        pass: &mut InitPass,
+    ) -> RunInit {
+        let nothing = |error| RunInit {
+            chunks: 0,
+            pages: 0,
+            next: first + 1,
+            error,
+        };
+        let Ok(claim) = self.memmap.sections().claim_run(first, most) else {
+            return nothing(None);
         };
         let populated = match self.config.context {
             Some(context) => {
                 let context = context();
                 if self.in_backing.contains(context) {
-                    return Err(ChunkError::Reentrant { chunk: index });
+                    return nothing(Some(ChunkError::Reentrant { chunk: first }));
                 }
                 let _inside = self.in_backing.enter(context, self.config.wait);
                 self.memmap.populate(claim, &self.layout, pass)
             }
             None => self.memmap.populate(claim, &self.layout, pass),
         };
-        let mut writer = populated.map_err(ChunkError::Backing)?;
+        let (mut writer, cut) = match populated {
+            Ok(populated) => populated,
+            Err(e) => return nothing(Some(ChunkError::Backing(e))),
+        };
+        let chunks = writer.chunks();
         let taken = writer.taken();
-        let (start, end) = self.memmap.chunk_pfns(index);
-        self.mark_if_shared(index, start, end);
+        let (start, _) = self.memmap.chunk_pfns(chunks.start);
+        let (_, end) = self.memmap.chunk_pfns(chunks.end - 1);
+        for index in chunks.clone() {
+            let (s, e) = self.memmap.chunk_pfns(index);
+            self.mark_if_shared(index, s, e);
+        }
         for run in self.layout.memory_runs(Pfn(start)..Pfn(end)) {
             let (rs, re) = (run.start.0, run.end.0);
             writer.write_run(rs, PageState::Reserved, NO_ZONE);
@@ -102,13 +141,19 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         }
         writer.write_run(end, PageState::Reserved, NO_ZONE);
         let published = writer.publish();
-        let freed = self.free_runs(start, end, &taken);
-        self.counters.chunks_by[cause as usize].fetch_add(1, Relaxed);
+        let pages = self.free_runs(start, end, &taken);
+        self.counters.chunks_by[cause as usize].fetch_add(chunks.len() as u64, Relaxed);
         published.finish();
-        Ok(Some(freed))
+        RunInit {
+            chunks: chunks.len(),
+            pages,
+            // Past the chunk that failed, if one did.
+            next: chunks.end + usize::from(cut.is_some()),
+            error: cut.map(ChunkError::Backing),
+        }
     }
 
-    // `init_chunk`'s steps, in functions of their own so that unoptimised (where
+    // `init_run`'s steps, in functions of their own so that unoptimised (where
     // every iterator is a slot in its frame) the grow path that start-up and a
     // first allocation take fits a small stack.
 
@@ -197,7 +242,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         let mut grew = false;
         let result = loop {
             // Observe first, then take. Acquire: pairs with the Release decrement in
-            // `init_chunk`, which follows that chunk's splice; so when this sees
+            // `init_run`, which follows that run's splice; so when this sees
             // zero, the take below sees every page that was ever spliced here.
             let left = zone.uninit.load(Acquire);
             if let Some(pfn) = zone.take(&self.memmap, order, class, false) {
@@ -295,7 +340,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// context recorded inside a callback for its length, so that whatever it
     /// asks of the allocator is served from initialised free memory or refused
     /// (`Reentrant`), never made to wait for what its own caller holds.
-    /// (`populate` and `accept` are recorded by `init_chunk`, which refuses to
+    /// (`populate` and `accept` are recorded by `init_run`, which refuses to
     /// claim a chunk from inside a callback first.)
     pub(crate) fn in_callback<T>(&self, callback: impl FnOnce() -> T) -> T {
         let _inside = self
@@ -316,6 +361,21 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 .memory_runs(s..e)
                 .any(|r| !r.reserved && r.node.index() == zone.node as usize && r.zone == zone.kind)
     }
+}
+
+/// What one [`Allocator::init_run`] did.
+#[derive(Debug)]
+pub(crate) struct RunInit {
+    /// Chunks it initialised, from the first on.
+    pub chunks: usize,
+    /// Pages it put on free lists.
+    pub pages: u64,
+    /// Where the caller's pass goes on: the chunk after the run, or after the
+    /// chunk that failed.
+    pub next: usize,
+    /// Why chunk `next - 1` could not be initialised (nothing was if it is the
+    /// first), if one could not.
+    pub error: Option<ChunkError>,
 }
 
 /// `taken` clipped to `[start, end)`: an empty range at `start` or `end` when

@@ -317,16 +317,23 @@ impl<'a, B: MemmapBacking, R: RawMutex> Allocator<'a, B, R> {
         let chunks_shift = self.memmap.sections().chunks_shift();
         let sections = self.layout.memmap_sections();
         let mut pass = InitPass::new();
-        for index in sections.start << chunks_shift..sections.end << chunks_shift {
-            self.init_chunk(index, InitCause::Boot, &mut pass)
-                .map_err(|e| match e {
+        let per = 1 << chunks_shift;
+        let mut index = sections.start << chunks_shift;
+        while index < sections.end << chunks_shift {
+            // A run to the end of the section: the chunks of a section are
+            // claimed, published, spliced and finished together.
+            let run = self.init_run(index, per - index % per, InitCause::Boot, &mut pass);
+            if let Some(e) = run.error {
+                return Err(match e {
                     ChunkError::Backing(e) => InitError::Backing(e),
                     // No one can call an allocator that is not returned yet.
                     ChunkError::Reentrant { chunk } => InitError::Backing(BackingError {
                         section: chunk >> chunks_shift,
                         reason: "start-up was re-entered from the backing",
                     }),
-                })?;
+                });
+            }
+            index = run.next;
         }
         Ok(())
     }

@@ -18,7 +18,8 @@
 //!
 //! The `ChunkWriter` enforces the second half by construction: it is made only
 //! from a claim whose populate succeeded, it writes descriptors strictly in pfn
-//! order, and it publishes only when it has reached the end of the chunk.
+//! order, and it publishes only when it has reached the end of its claimed run
+//! of chunks.
 //!
 //! Policy (what each descriptor should say, which list a page goes on) is not here.
 
@@ -180,29 +181,44 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         }
     }
 
-    /// Makes sure the memmap under the claimed chunk is populated, populating its
-    /// section or the chunk itself as the backing asks, then accepts the chunk's
-    /// memory. On failure the claim is dropped, which gives the chunk back; a piece
-    /// whose populate succeeded is never asked for again. `pass` says which
-    /// stores suit the chunk's descriptors (see [`InitPass`]).
+    /// Makes sure the memmap under the claimed chunks is populated, populating
+    /// their section or each chunk itself as the backing asks, then accepts each
+    /// chunk's memory. If the first chunk fails, the claim is dropped, which gives
+    /// every chunk back, and the error returned; if a later one does, the claim
+    /// gives it and the rest back, and the writer comes with that chunk's error
+    /// (the writer then covers the chunks before it). A piece whose populate
+    /// succeeded is never asked for again. `pass` says which stores suit the
+    /// descriptors (see [`InitPass`]).
+    #[allow(clippy::type_complexity)]
     pub fn populate<'m>(
         &'m self,
-        claim: Claim<'m, 'a>,
+        mut claim: Claim<'m, 'a>,
         layout: &Layout,
         pass: &mut InitPass,
-    ) -> Result<ChunkWriter<'m, 'a, B>, BackingError> {
+    ) -> Result<(ChunkWriter<'m, 'a, B>, Option<BackingError>), BackingError> {
         assert!(self.sections.owns(&claim), "claim from another memmap");
-        let (start, end) = self.chunk_pfns(claim.chunk());
+        let first = claim.chunk();
+        let (start, _) = self.chunk_pfns(first);
         let section = (start >> self.section_shift) as usize;
-        let chunk = MemmapPiece {
-            section,
-            start: Pfn(start),
-            end: Pfn(end),
-        };
+        let mut cut = None;
         let granularity = self.backing.granularity();
         let (taken, fresh) = match granularity {
             Granularity::Section => self.populate_section(section, layout)?,
-            Granularity::Chunk => self.populate_chunk(&claim, chunk, layout)?,
+            Granularity::Chunk => {
+                let mut fresh = true;
+                for index in claim.chunks() {
+                    match self.populate_chunk(index, layout) {
+                        Ok(populated) => fresh &= populated,
+                        Err(e) if index == first => return Err(e),
+                        Err(e) => {
+                            claim.give_back_from(index);
+                            cut = Some(e);
+                            break;
+                        }
+                    }
+                }
+                (0..0, fresh)
+            }
         };
         let warm = fresh && self.backing.populate_leaves_memmap_cached();
         if granularity == Granularity::Section {
@@ -219,9 +235,27 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         } else {
             Stores::Streaming
         };
+        for index in claim.chunks() {
+            let (s, e) = self.chunk_pfns(index);
+            let piece = MemmapPiece {
+                section,
+                start: Pfn(s),
+                end: Pfn(e),
+            };
+            let in_chunk = taken.start.clamp(s, e)..taken.end.clamp(s, e);
+            match self.backing.accept(piece, in_chunk, layout) {
+                Ok(()) => {}
+                Err(e) if index == first => return Err(e),
+                Err(e) => {
+                    claim.give_back_from(index);
+                    cut = Some(e);
+                    break;
+                }
+            }
+        }
+        let (_, end) = self.chunk_pfns(claim.chunks().end - 1);
         let taken = taken.start.clamp(start, end)..taken.end.clamp(start, end);
-        self.backing.accept(chunk, taken.clone(), layout)?;
-        Ok(ChunkWriter {
+        let writer = ChunkWriter {
             memmap: self,
             claim,
             next: start,
@@ -231,7 +265,8 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             // the retired chunk becomes claimable.
             atomic: self.gave_back.load(Acquire),
             stores,
-        })
+        };
+        Ok((writer, cut))
     }
 
     /// The pfns of chunk `chunk` that hold its section's memmap (empty if none,
@@ -382,18 +417,18 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         }
     }
 
-    /// Populates the claimed chunk's part of the memmap unless an earlier claimant
-    /// of it did; says whether this call populated it.
-    fn populate_chunk(
-        &self,
-        claim: &Claim<'_, 'a>,
-        chunk: MemmapPiece,
-        layout: &Layout,
-    ) -> Result<(Range<u64>, bool), BackingError> {
-        let index = claim.chunk();
+    /// Populates claimed chunk `index`'s part of the memmap unless an earlier
+    /// claimant of it did; says whether this call populated it.
+    fn populate_chunk(&self, index: usize, layout: &Layout) -> Result<bool, BackingError> {
         if self.sections.chunk_memmap_populated(index) {
-            return Ok((0..0, false));
+            return Ok(false);
         }
+        let (start, end) = self.chunk_pfns(index);
+        let chunk = MemmapPiece {
+            section: (start >> self.section_shift) as usize,
+            start: Pfn(start),
+            end: Pfn(end),
+        };
         let mut source = PageSource::new(layout, chunk, Granularity::Chunk);
         let taken = self.backing.populate(chunk, layout, &mut source)?.taken;
         self.sections.set_chunk_memmap_populated(index);
@@ -406,7 +441,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                 reason: "a backing that populates chunk by chunk took pages of the chunk",
             });
         }
-        Ok((0..0, true))
+        Ok(true)
     }
 }
 
@@ -423,16 +458,16 @@ fn taken_is_usable(taken: &Range<u64>, piece: MemmapPiece, layout: &Layout) -> b
                 == taken.end - taken.start)
 }
 
-/// Writes the descriptors of one claimed chunk whose memmap is populated, in pfn
-/// order, then publishes it.
+/// Writes the descriptors of a claimed run of chunks whose memmap is populated,
+/// in pfn order, then publishes them.
 pub(crate) struct ChunkWriter<'m, 'a, B> {
     memmap: &'m Memmap<'a, B>,
     claim: Claim<'m, 'a>,
     /// The next pfn to write.
     next: u64,
-    /// One past the chunk's last pfn.
+    /// One past the run's last pfn.
     end: u64,
-    /// The pages of this chunk that hold memmap.
+    /// The pages of the run that hold memmap.
     taken: Range<u64>,
     /// Write with atomic stores: descriptors of this range were readable before
     /// (a chunk was given back), so a stale reference may still touch them.
@@ -442,7 +477,12 @@ pub(crate) struct ChunkWriter<'m, 'a, B> {
 }
 
 impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
-    /// The pages of this chunk that hold memmap.
+    /// The chunks the writer covers.
+    pub fn chunks(&self) -> Range<usize> {
+        self.claim.chunks()
+    }
+
+    /// The pages of the run that hold memmap.
     pub fn taken(&self) -> Range<u64> {
         self.taken.clone()
     }
@@ -454,7 +494,7 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
     }
 
     /// Writes descriptors for the pfns from where the last run ended up to `until`,
-    /// each in `state` for zone `zone_index`. Panics if `until` is past the chunk.
+    /// each in `state` for zone `zone_index`. Panics if `until` is past the run.
     ///
     /// The run is contiguous, so its first descriptor's place is computed once and
     /// the choice between atomic and plain stores made once; plain stores write a
@@ -466,16 +506,19 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
     pub fn write_run(&mut self, until: u64, state: PageState, zone_index: u32) {
         assert!(
             self.next <= until && until <= self.end,
-            "descriptor run outside the claimed chunk"
+            "descriptor run outside the claimed chunks"
         );
         let count = (until - self.next) as usize;
         if count == 0 {
             return;
         }
-        // SAFETY: pfns `next..until` lie in the claimed chunk (checked above; a
-        // claimed chunk has a slot, so they are at or above `start`), whose memmap
-        // is populated (a writer exists only after `populate` succeeded): the
-        // `count` descriptors from here on are inside the backing's memory.
+        // SAFETY: pfns `next..until` lie in the claimed run (checked above:
+        // `end` closes the last chunk the claim still holds; a claimed chunk has
+        // a slot, so they are at or above `start`), whose memmap is populated (a
+        // writer exists only after `populate` succeeded for every chunk it
+        // covers: one that failed was given back and cut from the run before
+        // `end` was set): the `count` descriptors from here on are inside the
+        // backing's memory.
         let first = unsafe {
             self.memmap
                 .base
@@ -504,11 +547,12 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
         self.next = until;
     }
 
-    /// Marks the chunk `Ready`. Panics unless every descriptor was written.
+    /// Marks the run's chunks `Ready`. Panics unless every descriptor was
+    /// written.
     pub fn publish(self) -> Published<'m, 'a> {
         assert_eq!(
             self.next, self.end,
-            "publishing a chunk with unwritten descriptors"
+            "publishing chunks with unwritten descriptors"
         );
         self.claim.publish()
     }

@@ -73,7 +73,7 @@ fn stores_of(
     pass: &mut InitPass,
 ) -> Stores {
     let claim = memmap.sections().claim(chunk).unwrap();
-    memmap.populate(claim, layout, pass).unwrap().stores()
+    memmap.populate(claim, layout, pass).unwrap().0.stores()
 }
 
 #[test]

@@ -15,7 +15,11 @@
 //!   becomes `Ready` with [`Claim::publish`] once every descriptor is written, and
 //!   is counted done with [`Published::finish`] once its free pages are on their
 //!   zones' lists; the last finish flips the off switch
-//!   ([`Sections::all_initialised`]).
+//!   ([`Sections::all_initialised`]). A pass over many chunks (start-up, a
+//!   deferred worker) claims a run of a section's `Uninit` chunks at once
+//!   ([`Sections::claim_run`]): one compare-and-swap, one fence, one publish
+//!   and one finish for the run, which moves every chunk of it through the same
+//!   states together, since they share one word.
 //! - The **memmap word** says whether the section's part of the memmap is
 //!   populated, for backings that populate a section at a time; the first chunk
 //!   claimant to need it takes a [`MemmapClaim`] (`Unpopulated → Populating`),
@@ -348,22 +352,43 @@ impl<'a> Sections<'a> {
     }
 
     /// Tries to take chunk `chunk` out of `Uninit`. On failure returns the state
-    /// found: someone else owns or finished it, or it has no memory.
+    /// found: someone else owns or finished it, or it has no memory. (The
+    /// allocator claims through [`claim_run`](Self::claim_run), a run of one
+    /// for a single chunk.)
+    #[cfg(any(test, loom))]
     pub fn claim(&self, chunk: usize) -> Result<Claim<'_, 'a>, ChunkState> {
-        let (slot, shift) = self.locate(chunk).ok_or(ChunkState::Absent)?;
-        // Acquire on success pairs with the Release in `Claim::drop`, when an earlier
-        // claimant gave the chunk back after a failure, and in `Retiring::drop`; on
-        // failure it pairs with `publish`, so a caller told `Ready` may read the
-        // descriptors. Other chunks of the section changing under us only make the
-        // exchange retry.
+        self.claim_run(chunk, 1)
+    }
+
+    /// Tries to take chunk `first` out of `Uninit`, and with it the chunks after
+    /// it in its section that are `Uninit` too, up to `most` chunks in all (at
+    /// least one): a run, claimed with one compare-and-swap and one fence, which
+    /// is published and finished as one. The run stops at the first chunk that
+    /// is not `Uninit` (someone else's, or without memory) and at the end of the
+    /// section. On failure returns the state of `first`.
+    pub fn claim_run(&self, first: usize, most: usize) -> Result<Claim<'_, 'a>, ChunkState> {
+        let (slot, shift) = self.locate(first).ok_or(ChunkState::Absent)?;
+        let per = 1usize << self.chunks_shift;
+        let most = most.clamp(1, per - first % per);
+        // Acquire on success pairs with the Release in `Claim::drop` (or
+        // `Claim::give_back_from`), when an earlier claimant gave a chunk back
+        // after a failure, and in `Retiring::drop`; on failure it pairs with
+        // `publish`, so a caller told `Ready` may read the descriptors. Other
+        // chunks of the section changing under us only make the exchange retry.
         let mut word = slot.chunks.load(Acquire);
         loop {
             let state = ChunkState::from_bits(word >> shift);
             if state != ChunkState::Uninit {
                 return Err(state);
             }
-            // Uninit (01) to Initialising (10).
-            let claimed = word ^ (3 << shift);
+            let count = (1..most)
+                .take_while(|i| {
+                    ChunkState::from_bits(word >> (shift + shift_of(*i))) == ChunkState::Uninit
+                })
+                .count()
+                + 1;
+            // Uninit (01) to Initialising (10), for each chunk of the run.
+            let claimed = word ^ (run_pattern(count, 3) << shift);
             match slot
                 .chunks
                 .compare_exchange_weak(word, claimed, Acquire, Acquire)
@@ -377,7 +402,8 @@ impl<'a> Sections<'a> {
                     fence(SeqCst);
                     return Ok(Claim {
                         sections: self,
-                        chunk,
+                        first,
+                        count,
                         published: false,
                     });
                 }
@@ -487,66 +513,101 @@ fn decode_memmap(word: u64) -> MemmapState {
     }
 }
 
-/// Exclusive ownership of one chunk in `Initialising`. Dropping it without
-/// [`publish`](Claim::publish) gives the chunk back (`Uninit`) for another try.
+/// `count` two-bit fields, from the lowest, each holding `bits`.
+#[inline]
+const fn run_pattern(count: usize, bits: u64) -> u64 {
+    let ones = match shift_of(count) {
+        64.. => u64::MAX,
+        n => (1u64 << n) - 1,
+    };
+    (0x5555_5555_5555_5555 & ones) * bits
+}
+
+/// Exclusive ownership of a run of chunks of one section, all in
+/// `Initialising` (one chunk, from [`Sections::claim`]). Dropping it without
+/// [`publish`](Claim::publish) gives them back (`Uninit`) for another try.
 pub struct Claim<'s, 'a> {
     sections: &'s Sections<'a>,
-    chunk: usize,
+    first: usize,
+    count: usize,
     published: bool,
 }
 
 impl<'s, 'a> Claim<'s, 'a> {
-    /// The claimed chunk.
+    /// The first claimed chunk.
     pub fn chunk(&self) -> usize {
-        self.chunk
+        self.first
     }
 
-    fn flip(&self, from_initialising_to: ChunkState) {
-        let Some((slot, shift)) = self.sections.locate(self.chunk) else {
+    /// The claimed chunks: consecutive, in one section.
+    pub fn chunks(&self) -> Range<usize> {
+        self.first..self.first + self.count
+    }
+
+    /// Gives back chunks `from..` of the run (`Uninit`, for another try), and
+    /// keeps the chunks before them. `from` must be past the first chunk;
+    /// otherwise, or past the run, nothing changes.
+    pub fn give_back_from(&mut self, from: usize) {
+        if from <= self.first || from >= self.first + self.count {
             return;
-        };
-        // Initialising (10) to Ready (11) or Uninit (01). Release: pairs with the
-        // Acquire of `Sections::state` and of the next `claim`.
-        let bits = (from_initialising_to as u64 ^ ChunkState::Initialising as u64) << shift;
-        slot.chunks.fetch_xor(bits, Release);
+        }
+        let kept = from - self.first;
+        flip(self.sections, from, self.count - kept, ChunkState::Uninit);
+        self.count = kept;
     }
 
-    /// Marks the chunk `Ready`: its descriptors may be read from now on.
+    /// Marks every chunk of the run `Ready`: their descriptors may be read from
+    /// now on.
     ///
     /// Release (in `flip`): pairs with the Acquire of [`Sections::state`] and of a
     /// failed [`Sections::claim`]; everything written before this is visible to
     /// them.
     pub fn publish(mut self) -> Published<'s, 'a> {
         self.published = true;
-        self.flip(ChunkState::Ready);
+        flip(self.sections, self.first, self.count, ChunkState::Ready);
         Published {
             sections: self.sections,
+            count: self.count,
         }
     }
+}
+
+/// Moves the `count` chunks from `first` on (one section's, all
+/// `Initialising`, held by the caller's claim) to `to`, with one atomic.
+fn flip(sections: &Sections<'_>, first: usize, count: usize, to: ChunkState) {
+    let Some((slot, shift)) = sections.locate(first) else {
+        return;
+    };
+    // Initialising (10) to Ready (11) or Uninit (01), each chunk. Release: pairs
+    // with the Acquire of `Sections::state` and of the next `claim`.
+    let bits = run_pattern(count, to as u64 ^ ChunkState::Initialising as u64) << shift;
+    slot.chunks.fetch_xor(bits, Release);
 }
 
 impl Drop for Claim<'_, '_> {
     fn drop(&mut self) {
         if !self.published {
-            self.flip(ChunkState::Uninit);
+            flip(self.sections, self.first, self.count, ChunkState::Uninit);
         }
     }
 }
 
-/// A chunk that is `Ready` but whose pages may not all be on free lists yet.
+/// A run of chunks that is `Ready` but whose pages may not all be on free
+/// lists yet.
 #[must_use = "a published chunk must be finished once its pages are on the free lists"]
 pub struct Published<'s, 'a> {
     sections: &'s Sections<'a>,
+    count: usize,
 }
 
 impl Published<'_, '_> {
-    /// Counts the chunk done. Returns true if it was the last one, in which case
-    /// the off switch is now set.
+    /// Counts the run's chunks done. Returns true if they were the last ones, in
+    /// which case the off switch is now set.
     pub fn finish(self) -> bool {
-        // AcqRel: the Release half orders this chunk's splices before the count
+        // AcqRel: the Release half orders these chunks' splices before the count
         // drops (pairs with the Acquire in `all_initialised`); the Acquire half
         // lets the last finisher see every earlier one.
-        self.sections.unfinished.fetch_sub(1, AcqRel) == 1
+        self.sections.unfinished.fetch_sub(self.count, AcqRel) == self.count
     }
 }
 

@@ -30,6 +30,79 @@ fn claim_is_exclusive_and_publish_is_final() {
 }
 
 #[test]
+fn a_run_claims_the_uninit_chunks_that_follow_and_moves_them_together() {
+    let slots: [SectionSlot; 2] = Default::default();
+    // Two sections of eight chunks; chunks 0..6 and 8..16 present.
+    let s = Sections::new(&slots, 0, 2, 3, [(0, 6), (8, 16)].into_iter()).unwrap();
+    let other = s.claim(3).unwrap();
+    // From 1: chunks 1 and 2, up to the one someone else holds.
+    let run = s.claim_run(1, 8).unwrap();
+    assert_eq!(run.chunks(), 1..3);
+    assert_eq!(s.state(0), ChunkState::Uninit);
+    assert_eq!(s.claim_run(2, 4).err(), Some(ChunkState::Initialising));
+    // From 4: up to the absent chunk 6, whatever `most` says.
+    let tail = s.claim_run(4, 100).unwrap();
+    assert_eq!(tail.chunks(), 4..6);
+    // Never past the section, and never more than `most` (at least one).
+    let next = s.claim_run(8, 0).unwrap();
+    assert_eq!(next.chunks(), 8..9);
+    let rest = s.claim_run(9, 100).unwrap();
+    assert_eq!(rest.chunks(), 9..16);
+    assert_eq!(s.claim_run(6, 4).err(), Some(ChunkState::Absent));
+    // Published together; the rest of the word is untouched.
+    assert!(!run.publish().finish());
+    assert_eq!(s.state(1), ChunkState::Ready);
+    assert_eq!(s.state(2), ChunkState::Ready);
+    assert_eq!(s.state(3), ChunkState::Initialising);
+    assert_eq!(s.state(4), ChunkState::Initialising);
+    // Dropped together: both back to Uninit.
+    drop(tail);
+    assert_eq!(
+        (s.state(4), s.state(5)),
+        (ChunkState::Uninit, ChunkState::Uninit)
+    );
+    // Cut: the chunks from the cut on go back, the rest stay held.
+    let mut cut = s.claim_run(4, 2).unwrap();
+    cut.give_back_from(5);
+    assert_eq!(cut.chunks(), 4..5);
+    assert_eq!(
+        (s.state(4), s.state(5)),
+        (ChunkState::Initialising, ChunkState::Uninit)
+    );
+    // A cut at the first chunk or past the run changes nothing.
+    cut.give_back_from(4);
+    cut.give_back_from(9);
+    assert_eq!(cut.chunks(), 4..5);
+    assert!(!cut.publish().finish());
+    assert_eq!(s.state(5), ChunkState::Uninit);
+    assert!(!other.publish().finish());
+    assert!(!next.publish().finish());
+    // The finish of a run counts all its chunks: 0, 5 and 9..16 are left.
+    assert_eq!(s.unfinished(), 9);
+    assert!(!s.claim_run(0, 1).unwrap().publish().finish());
+    assert!(!s.claim_run(5, 1).unwrap().publish().finish());
+    assert!(rest.publish().finish());
+    assert!(s.all_initialised());
+}
+
+#[test]
+fn a_run_of_a_whole_section_of_32_chunks_fills_the_word() {
+    let slots: [SectionSlot; 1] = Default::default();
+    let s = Sections::new(&slots, 0, 1, 5, [(0, 32)].into_iter()).unwrap();
+    let run = s.claim_run(0, 32).unwrap();
+    assert_eq!(run.chunks(), 0..32);
+    assert!((0..32).all(|c| s.state(c) == ChunkState::Initialising));
+    drop(run);
+    assert!((0..32).all(|c| s.state(c) == ChunkState::Uninit));
+    let mut run = s.claim_run(0, 32).unwrap();
+    run.give_back_from(31);
+    assert_eq!(s.state(31), ChunkState::Uninit);
+    assert!(!run.publish().finish());
+    assert!((0..31).all(|c| s.state(c) == ChunkState::Ready));
+    assert!(s.claim_run(31, 32).unwrap().publish().finish());
+}
+
+#[test]
 fn a_memmap_is_populated_once_and_keeps_what_was_taken() {
     let slots: [SectionSlot; 1] = Default::default();
     let s = Sections::new(&slots, 0, 1, 0, [(0, 1)].into_iter()).unwrap();

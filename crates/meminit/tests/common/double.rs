@@ -95,6 +95,8 @@ pub struct Double {
     granularity: Option<Granularity>,
     /// Keyed by section.
     populate_faults: Faults,
+    /// Keyed by the piece's first pfn.
+    piece_faults: Faults,
     /// Keyed by the chunk's first pfn.
     accept_faults: Faults,
     carving: bool,
@@ -121,6 +123,13 @@ impl Double {
     pub fn failing_populate(mut self, sections: impl IntoIterator<Item = usize>) -> Self {
         let sections = sections.into_iter().map(|s| s as u64);
         self.populate_faults.always.extend(sections);
+        self
+    }
+
+    /// Fails every `populate` of the piece that starts at `start` (a chunk,
+    /// under [`Granularity::Chunk`]), whatever its section.
+    pub fn failing_populate_of(mut self, start: Pfn) -> Self {
+        self.piece_faults.always.insert(start.0);
         self
     }
 
@@ -219,6 +228,7 @@ impl Double {
             memmap_start: layout.memmap_start(),
             section_shift: layout.section_shift(),
             populate_faults: Mutex::new(self.populate_faults),
+            piece_faults: Mutex::new(self.piece_faults),
             accept_faults: Mutex::new(self.accept_faults),
             carving: self.carving,
             returned: self.returned,
@@ -242,6 +252,7 @@ pub struct TestBacking<'m> {
     /// `layout.section_shift()`: which section a block to zero is in.
     section_shift: u32,
     populate_faults: Mutex<Faults>,
+    piece_faults: Mutex<Faults>,
     accept_faults: Mutex<Faults>,
     carving: bool,
     returned: Option<fn(Range<u64>) -> Range<u64>>,
@@ -342,6 +353,7 @@ impl TestBacking<'_> {
     /// No more injected failures, of `populate` or `accept`.
     pub fn recover(&self) {
         *self.populate_faults.lock().unwrap() = Faults::default();
+        *self.piece_faults.lock().unwrap() = Faults::default();
         *self.accept_faults.lock().unwrap() = Faults::default();
     }
 
@@ -395,6 +407,7 @@ impl TestBacking<'_> {
             .lock()
             .unwrap()
             .hit(piece.section as u64)
+            || self.piece_faults.lock().unwrap().hit(piece.start.0)
         {
             return Err(BackingError {
                 section: piece.section,
