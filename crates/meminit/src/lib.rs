@@ -134,6 +134,8 @@
 //! });
 //! ```
 //!
+//! A worker initialises a section's chunks in runs of up to [`WORKER_RUN`],
+//! each claimed, published and put on the free lists together.
 //! A worker whose chunk cannot be populated goes on with the others, tries the
 //! failed ones again [`WORKER_RETRIES`] times, and reports those it could not do
 //! in its [`WorkerReport`] (`failed`, `error`); they stay uninitialised, and the
@@ -491,7 +493,7 @@ mod zone;
 pub use allocator::{
     AllocFlags, AllocPath, AllocRequest, Allocator, CompactStats, FreeReporter, FreeRequest,
     HotplugError, Migrate, MigrateError, NoReporter, Removed, ReportError, ReportStats, Stats,
-    WorkerReport, HOLD_DELAYS, REPORT_BATCH, REPORT_ORDER, WORKER_RETRIES,
+    WorkerReport, HOLD_DELAYS, REPORT_BATCH, REPORT_ORDER, WORKER_RETRIES, WORKER_RUN,
 };
 pub use cell::AllocatorCell;
 pub use config::{

@@ -10,12 +10,13 @@
 
 mod common;
 
-use common::{one_node, try_with_double, with_double, Call, Double, Doubled};
+use common::{leaked_double, one_node, try_with_double, with_double, Call, Double, Doubled, Phase};
 use meminit::{
     AllocError, AllocRequest, ChunkError, Config, Granularity, InitError, Layout, NodeId, Pfn,
-    Strategy, WORKER_RETRIES,
+    Strategy, WORKER_RETRIES, WORKER_RUN,
 };
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 const MIB: u64 = 1 << 20;
 /// Pages in a chunk (one 4 MiB max-order block).
@@ -152,19 +153,112 @@ fn a_chunk_that_fails_for_a_moment_in_a_run_is_retried_and_accepted_once() {
 #[test]
 fn eager_start_up_stops_at_a_chunk_that_fails_in_the_middle_of_a_run() {
     let l = four_sections();
-    for double in [
-        Double::new().failing_accept([BAD]),
-        Double::new()
-            .granularity(Granularity::Chunk)
-            .failing_populate_of(BAD),
-    ] {
+    for chunk_granular in [false, true] {
+        // What `accept` was called for, failures included (the hook runs first).
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let double = if chunk_granular {
+            Double::new()
+                .granularity(Granularity::Chunk)
+                .failing_populate_of(BAD)
+        } else {
+            Double::new().failing_accept([BAD])
+        };
+        let double = double.hook({
+            let seen = seen.clone();
+            move |phase, piece| {
+                if phase == Phase::Accept {
+                    seen.lock().unwrap().push(piece.start.0 / CHUNK);
+                }
+            }
+        });
         try_with_double(&l, Config::new(Strategy::Eager), double, |started| {
             let Err(e) = started else {
                 panic!("start-up over a failing chunk succeeded");
             };
             assert!(matches!(e, InitError::Backing(_)), "{e}");
         });
+        // The chunks before the failing one, once each; the failing one once
+        // when its accept fails, never when its populate did; none after it.
+        let expected: &[u64] = if chunk_granular { &[4, 5] } else { &[4, 5, 6] };
+        assert_eq!(*seen.lock().unwrap(), expected);
     }
+}
+
+#[test]
+fn start_up_claims_each_section_as_one_run() {
+    // Chunk by chunk memmap: a run populates its chunks' memmap, then accepts
+    // them, then writes them; a chunk at a time would alternate.
+    let l = four_sections();
+    let double = Double::new().granularity(Granularity::Chunk);
+    with_double(&l, Config::new(Strategy::Eager), double, |a| {
+        let order: Vec<(char, u64)> = a.backing().pick(|c| match c {
+            Call::Populate { piece, .. } => Some(('p', piece.start.0 / CHUNK)),
+            Call::Accept { chunk, .. } => Some(('a', chunk.start.0 / CHUNK)),
+            _ => None,
+        });
+        let expected: Vec<(char, u64)> = (1..5)
+            .flat_map(|s| {
+                let chunks = 4 * s..4 * s + 4;
+                chunks
+                    .clone()
+                    .map(|c| ('p', c))
+                    .chain(chunks.map(|c| ('a', c)))
+            })
+            .collect();
+        assert_eq!(order, expected);
+    });
+}
+
+#[test]
+fn a_worker_claims_its_chunks_as_runs_and_growth_stays_a_chunk_at_a_time() {
+    let l = four_sections();
+    let a = leaked_double(&l, Config::new(Strategy::Deferred), Double::new());
+    // At each accept, whether the chunk before it (in the same section) could
+    // be read: a run publishes its chunks together, after every accept.
+    let readable: &'static Mutex<Vec<(u64, bool)>> = Box::leak(Box::default());
+    a.backing().set_hook(move |phase, piece| {
+        let chunk = piece.start.0 / CHUNK;
+        if phase == Phase::Accept && chunk % 4 != 0 {
+            let before = a.page(Pfn((chunk - 1) * CHUNK)).is_ok();
+            readable.lock().unwrap().push((chunk, before));
+        }
+    });
+    // Growth first: one chunk (4), alone, so chunk 5's accept comes later.
+    a.alloc(AllocRequest::order(0)).unwrap();
+    assert_eq!(a.stats().by_growth, 1);
+    let report = a.run_deferred_worker(NodeId(0));
+    assert_eq!(report.chunks, 15, "{report:?}");
+    let seen = readable.lock().unwrap().clone();
+    // Chunk 5 starts a run after the grown chunk 4; every other chunk of a
+    // section is accepted while the one before it is still unpublished.
+    let expected: Vec<(u64, bool)> = (4..20)
+        .filter(|c| c % 4 != 0)
+        .map(|c| (c, c == 5))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn a_workers_runs_are_bounded_so_that_growth_waits_for_a_few_chunks() {
+    // One 64 MiB section of sixteen chunks (16 to 31).
+    let l = one_node(64 * MIB, 128 * MIB, 64 * MIB);
+    let a = leaked_double(&l, Config::new(Strategy::Deferred), Double::new());
+    let readable: &'static Mutex<Vec<(u64, bool)>> = Box::leak(Box::default());
+    a.backing().set_hook(move |phase, piece| {
+        let chunk = piece.start.0 / CHUNK;
+        if phase == Phase::Accept && chunk > 16 {
+            let before = a.page(Pfn((chunk - 1) * CHUNK)).is_ok();
+            readable.lock().unwrap().push((chunk, before));
+        }
+    });
+    let report = a.run_deferred_worker(NodeId(0));
+    assert_eq!(report.chunks, 16, "{report:?}");
+    // A new run starts every WORKER_RUN chunks: only there is the chunk before
+    // already published.
+    let expected: Vec<(u64, bool)> = (17..32)
+        .map(|c| (c, (c - 16) % WORKER_RUN as u64 == 0))
+        .collect();
+    assert_eq!(*readable.lock().unwrap(), expected);
 }
 
 #[test]

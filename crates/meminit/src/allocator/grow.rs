@@ -1,13 +1,14 @@
 //! Initialising a chunk, and the grow path: an allocation that found its zone
 //! empty initialises more of it, one chunk at a time, until it is served.
 //!
-//! One mechanism serves every strategy: `init_chunk` claims a chunk (the unit of
-//! initialisation, one max-order block by default), has the memmap under it
+//! One mechanism serves every strategy: `init_run` claims a chunk (the unit of
+//! initialisation, one max-order block by default), or a run of a section's
+//! chunks, has the memmap under it
 //! populated (its section's, or its own, as the backing asks) and its memory
 //! accepted, writes its descriptors, publishes it, then puts its usable pages on
 //! their zones' free lists. Eager start-up and the deferred workers
-//! ([`super::deferred`]) run it over runs of a section's chunks (`init_run`:
-//! one claim, publish, splice per zone and finish for the run, which is what
+//! ([`super::deferred`]) run it over runs of a section's chunks (one claim,
+//! publish, zone lock per usable memory run and finish for the run, which is what
 //! brings a pass's bookkeeping down to a few locked instructions per section);
 //! the grow path runs it for the one chunk an allocation needs, and a
 //! descriptor look-up ([`Allocator::page_or_init`]) for the page it wants.
@@ -82,9 +83,10 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// [`init_chunk`](Self::init_chunk) for a run: chunk `first` and the
     /// `Uninit` chunks after it in its section, up to `most` in all, claimed,
     /// written, published, spliced and finished together (one claim, one
-    /// publish, one zone lock per zone, one finish), for a pass that
-    /// initialises chunk after chunk (start-up, a deferred worker). The run
-    /// stops at the first chunk someone else holds or that has no memory. If a
+    /// publish, one zone lock per usable memory run rather than per chunk, one
+    /// finish), for a pass that initialises chunk after chunk (start-up, a
+    /// deferred worker). The run stops at the first chunk that is not `Uninit`
+    /// (someone else's, already initialised, or without memory). If a
     /// chunk's populate or accept fails, the chunks before it are initialised
     /// and it and those after it are given back; the result says which.
     pub(crate) fn init_run(

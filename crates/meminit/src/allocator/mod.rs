@@ -24,7 +24,7 @@ mod stats;
 mod tick;
 
 pub use compact::{CompactStats, Migrate, MigrateError};
-pub use deferred::{WorkerReport, WORKER_RETRIES};
+pub use deferred::{WorkerReport, WORKER_RETRIES, WORKER_RUN};
 pub use giveback::{
     FreeReporter, NoReporter, ReportError, ReportStats, REPORT_BATCH, REPORT_ORDER,
 };

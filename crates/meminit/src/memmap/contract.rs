@@ -205,6 +205,14 @@ pub unsafe trait MemmapBacking {
     ///
     /// A chunk given back ([`crate::Config::give_back`]) and initialised again is
     /// accepted again: its memory may have been reported to the host meanwhile.
+    ///
+    /// Start-up and the deferred workers claim chunks in runs (a section's, or
+    /// up to [`crate::WORKER_RUN`] of them) and accept each chunk of a run
+    /// before any of them is published: while `accept` runs, the run's other
+    /// chunks are `Initialising`. A call back into the allocator from here is
+    /// served from memory initialised before; where it would need one of those
+    /// chunks it is refused with a [`crate::Config::context`], and waits for
+    /// ever without one.
     fn accept(
         &self,
         chunk: MemmapPiece,

@@ -539,7 +539,7 @@ impl<'m, 'a, B> ChunkWriter<'m, 'a, B> {
             // writes and 64-byte aligned (`new` checked the base; a `Page` is 64
             // bytes); the claim makes this thread their only user, no one reads them before
             // `publish`, and no reference to them exists: no chunk was ever given
-            // back, so this chunk was never readable.
+            // back, so these chunks were never readable.
             unsafe {
                 store::descriptors(first, count, Page::words(state, zone_index), self.stores)
             };
