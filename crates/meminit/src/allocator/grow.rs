@@ -144,6 +144,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         writer.write_run(end, PageState::Reserved, NO_ZONE);
         let published = writer.publish();
         let pages = self.free_runs(start, end, &taken);
+        // Relaxed: a statistic.
         self.counters.chunks_by[cause as usize].fetch_add(chunks.len() as u64, Relaxed);
         published.finish();
         RunInit {

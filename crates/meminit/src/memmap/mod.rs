@@ -197,8 +197,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         pass: &mut InitPass,
     ) -> Result<(ChunkWriter<'m, 'a, B>, Option<BackingError>), BackingError> {
         assert!(self.sections.owns(&claim), "claim from another memmap");
-        let first = claim.chunk();
-        let (start, _) = self.chunk_pfns(first);
+        let (start, _) = self.chunk_pfns(claim.chunk());
         let section = (start >> self.section_shift) as usize;
         let mut cut = None;
         let granularity = self.backing.granularity();
@@ -206,17 +205,10 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
             Granularity::Section => self.populate_section(section, layout)?,
             Granularity::Chunk => {
                 let mut fresh = true;
-                for index in claim.chunks() {
-                    match self.populate_chunk(index, layout) {
-                        Ok(populated) => fresh &= populated,
-                        Err(e) if index == first => return Err(e),
-                        Err(e) => {
-                            claim.give_back_from(index);
-                            cut = Some(e);
-                            break;
-                        }
-                    }
-                }
+                cut = each_until_cut(&mut claim, |index| {
+                    fresh &= self.populate_chunk(index, layout)?;
+                    Ok(())
+                })?;
                 (0..0, fresh)
             }
         };
@@ -235,26 +227,16 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         } else {
             Stores::Streaming
         };
-        for index in claim.chunks() {
-            let (s, e) = self.chunk_pfns(index);
-            let piece = MemmapPiece {
-                section,
-                start: Pfn(s),
-                end: Pfn(e),
-            };
-            let in_chunk = taken.start.clamp(s, e)..taken.end.clamp(s, e);
-            match self.backing.accept(piece, in_chunk, layout) {
-                Ok(()) => {}
-                Err(e) if index == first => return Err(e),
-                Err(e) => {
-                    claim.give_back_from(index);
-                    cut = Some(e);
-                    break;
-                }
-            }
-        }
+        // An accept that fails cuts the run before a chunk whose populate
+        // failed, if one did: its error is the one the caller resumes after.
+        let accept_cut = each_until_cut(&mut claim, |index| {
+            let piece = self.chunk_piece(index);
+            let in_chunk = clip(&taken, piece.start.0, piece.end.0);
+            self.backing.accept(piece, in_chunk, layout)
+        })?;
+        cut = accept_cut.or(cut);
         let (_, end) = self.chunk_pfns(claim.chunks().end - 1);
-        let taken = taken.start.clamp(start, end)..taken.end.clamp(start, end);
+        let taken = clip(&taken, start, end);
         let writer = ChunkWriter {
             memmap: self,
             claim,
@@ -290,19 +272,32 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
     /// The memmap piece (section or chunk, as the backing populates) holding
     /// chunk `chunk`'s descriptors.
     fn piece_of(&self, chunk: usize) -> MemmapPiece {
-        let (start, end) = self.chunk_pfns(chunk);
-        let section = (start >> self.section_shift) as usize;
         match self.backing.granularity() {
-            Granularity::Chunk => MemmapPiece {
-                section,
-                start: Pfn(start),
-                end: Pfn(end),
-            },
-            Granularity::Section => MemmapPiece {
-                section,
-                start: Pfn((section as u64) << self.section_shift),
-                end: Pfn(((section as u64) + 1) << self.section_shift),
-            },
+            Granularity::Chunk => self.chunk_piece(chunk),
+            Granularity::Section => {
+                let (start, _) = self.chunk_pfns(chunk);
+                self.section_piece((start >> self.section_shift) as usize)
+            }
+        }
+    }
+
+    /// Chunk `chunk` as a piece: its pfns, in its section.
+    fn chunk_piece(&self, chunk: usize) -> MemmapPiece {
+        let (start, end) = self.chunk_pfns(chunk);
+        MemmapPiece {
+            section: (start >> self.section_shift) as usize,
+            start: Pfn(start),
+            end: Pfn(end),
+        }
+    }
+
+    /// Section `section` as a piece: all its pfns.
+    fn section_piece(&self, section: usize) -> MemmapPiece {
+        let first = (section as u64) << self.section_shift;
+        MemmapPiece {
+            section,
+            start: Pfn(first),
+            end: Pfn(first + (1 << self.section_shift)),
         }
     }
 
@@ -374,11 +369,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
                 // Given back after a failure, just now: try again.
                 Err(MemmapState::Unpopulated) => continue,
             };
-            let piece = MemmapPiece {
-                section,
-                start: Pfn(first),
-                end: Pfn(first + (1 << self.section_shift)),
-            };
+            let piece = self.section_piece(section);
             let mut source = PageSource::new(layout, piece, Granularity::Section);
             let Range { start, end } = self.backing.populate(piece, layout, &mut source)?.taken;
             let returned = start.0..end.0;
@@ -423,12 +414,7 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         if self.sections.chunk_memmap_populated(index) {
             return Ok(false);
         }
-        let (start, end) = self.chunk_pfns(index);
-        let chunk = MemmapPiece {
-            section: (start >> self.section_shift) as usize,
-            start: Pfn(start),
-            end: Pfn(end),
-        };
+        let chunk = self.chunk_piece(index);
         let mut source = PageSource::new(layout, chunk, Granularity::Chunk);
         let taken = self.backing.populate(chunk, layout, &mut source)?.taken;
         self.sections.set_chunk_memmap_populated(index);
@@ -443,6 +429,33 @@ impl<'a, B: MemmapBacking> Memmap<'a, B> {
         }
         Ok(true)
     }
+}
+
+/// Runs `step` for each chunk of `claim` in order, until one fails. A failure
+/// at the first chunk is returned as the error (the caller drops the claim,
+/// which gives every chunk back); one at a later chunk cuts the claim there
+/// (that chunk and those after it go back) and is returned as the cut.
+fn each_until_cut(
+    claim: &mut Claim<'_, '_>,
+    mut step: impl FnMut(usize) -> Result<(), BackingError>,
+) -> Result<Option<BackingError>, BackingError> {
+    let first = claim.chunk();
+    for index in claim.chunks() {
+        match step(index) {
+            Ok(()) => {}
+            Err(e) if index == first => return Err(e),
+            Err(e) => {
+                claim.give_back_from(index);
+                return Ok(Some(e));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// `range` clipped to `[start, end)` (empty at an end when they do not meet).
+fn clip(range: &Range<u64>, start: u64, end: u64) -> Range<u64> {
+    range.start.clamp(start, end)..range.end.clamp(start, end)
 }
 
 /// Whether `taken` is empty, or lies in `piece` and covers only usable pages.
