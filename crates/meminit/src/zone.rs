@@ -7,7 +7,7 @@
 //! Beside the lists, each zone has its [`Depot`]s of whole batches that CPU
 //! caches exchange without this lock.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use lock_api::{Mutex, RawMutex};
 
@@ -35,6 +35,10 @@ pub(crate) struct Zone<R: RawMutex> {
     /// Free pages taken off the lists while free page reporting hands them to the
     /// host; they count as free. Changed under the lock.
     pub(crate) isolated: AtomicU64,
+    /// Allocations waiting for blocks away for reporting: while any is, free
+    /// page reporting isolates no more of this zone's blocks, so that the
+    /// waiter's next look finds those that come back. Raised under the lock.
+    pub(crate) report_waiters: AtomicU32,
     /// Usable pages whose chunks have not put them on the free lists yet.
     pub(crate) uninit: AtomicU64,
     /// Usable pages that a self-hosting backing took for the memmap.
@@ -129,6 +133,7 @@ impl<R: RawMutex> Zone<R> {
             list_pages: [const { AtomicU64::new(0) }; LISTS],
             steals: AtomicU64::new(0),
             isolated: AtomicU64::new(0),
+            report_waiters: AtomicU32::new(0),
             uninit: AtomicU64::new(span.present - span.reserved),
             memmap_pages: AtomicU64::new(0),
             grow_cursor: AtomicUsize::new((span.start_pfn.0 >> chunk_shift) as usize),

@@ -197,7 +197,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// exists until they merge. Drains every cache back to its zone and looks again,
     /// for as long as draining finds pages.
     /// Blocks away for free page reporting are waited for the same way: they
-    /// come back as soon as the host has them.
+    /// come back as soon as the host has them. A chunk given back (made
+    /// uninitialised again) after the walk saw the zone fully initialised is
+    /// grown into: free memory all the same.
     #[cold]
     fn alloc_after_drain(
         &self,
@@ -216,11 +218,14 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 return Some(pfn);
             }
         }
+        let no_grow = flags.contains(AllocFlags::NO_GROW);
+        let mut waiting = None;
         for _ in 0..DRAIN_ROUNDS {
             let drained = self.drain_all_cpus();
             // A look after every drain, even one that found nothing: another
             // allocation's drain may have put blocks on the lists just now
             // (this one's flush waited for it; see `Depot::take_all`).
+            let mut given_back = false;
             for zone in self.zonelist(constraint, node) {
                 if this_node && zone.node as usize != node {
                     continue;
@@ -228,12 +233,24 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 if let Some(pfn) = zone.take(&self.memmap, order, flags.class(), true) {
                     return Some(pfn);
                 }
+                // A chunk given back since the walk saw the zone's last
+                // uninitialised page go: memory all the same, so grow into it.
+                // Relaxed: a hint; `take_slow` observes the count with Acquire
+                // before it decides anything.
+                if !no_grow && zone.uninit.load(core::sync::atomic::Ordering::Relaxed) > 0 {
+                    given_back = true;
+                    if let Ok(Some((pfn, _))) = self.take_slow(zone, order, flags.class()) {
+                        return Some(pfn);
+                    }
+                }
             }
-            if drained == 0
-                && (flags.contains(AllocFlags::NO_GROW)
-                    || !self.wait_for_reporting(constraint, node))
-            {
-                return None;
+            // The look is done: reporting may go on in these zones.
+            drop(waiting.take());
+            if drained == 0 && !given_back {
+                if no_grow {
+                    return None;
+                }
+                waiting = Some(self.wait_for_reporting(constraint, node)?);
             }
         }
         None
@@ -241,15 +258,22 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
 
     /// Waits until no zone an allocation may use has blocks away for free page
     /// reporting (spinning a while, then calling [`Config::wait`] between
-    /// looks); returns whether there were any. From inside a callback it never
+    /// looks); returns `None` if there were none. Until the returned wait is
+    /// dropped (after the look that follows), reporting isolates no more blocks
+    /// of those zones: a reporter that runs pass after pass cannot keep the
+    /// allocation from the blocks it waited for. From inside a callback it never
     /// waits (the batch away may be its own caller's, a reporter's) and returns
-    /// false.
+    /// `None`.
     ///
     /// [`Config::wait`]: crate::Config::wait
-    fn wait_for_reporting(&self, constraint: Constraint, node: usize) -> bool {
+    fn wait_for_reporting(&self, constraint: Constraint, node: usize) -> Option<ReportWait<'_, R>> {
         if !self.reporting(constraint, node) || self.reentrant() {
-            return false;
+            return None;
         }
+        let wait = ReportWait::new(
+            &self.zones,
+            self.zonelists[node * CONSTRAINTS + constraint as usize].zones(),
+        );
         for zone in self.zonelist(constraint, node) {
             let mut backoff = crate::sync::Backoff::new(self.config.wait);
             // Relaxed: the count drops under the zone lock as the blocks go back;
@@ -258,7 +282,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 backoff.pause();
             }
         }
-        true
+        Some(wait)
     }
 
     /// Whether a zone an allocation may use has blocks away for free page
@@ -348,6 +372,46 @@ impl<'a, R: RawMutex> Iterator for ZonesFor<'a, R> {
             if in_this_walk && (!hot || has_present(zone)) {
                 return Some(zone);
             }
+        }
+    }
+}
+
+/// An allocation waiting for blocks away for free page reporting, registered in
+/// every zone of its list (`Zone::report_waiters`) so that reporting isolates no
+/// more of their blocks; dropping it, after the allocation's next look,
+/// unregisters it.
+struct ReportWait<'s, R: RawMutex> {
+    zones: &'s [Zone<R>],
+    /// The allocation's zone list: indices into `zones`.
+    list: &'s [u8],
+}
+
+impl<'s, R: RawMutex> ReportWait<'s, R> {
+    fn new(zones: &'s [Zone<R>], list: &'s [u8]) -> Self {
+        let wait = ReportWait { zones, list };
+        for zone in wait.zones() {
+            // Under the zone lock, which the reporter holds when it looks at
+            // the count before isolating: its next batch sees this.
+            zone.with_free(|_| {
+                zone.report_waiters
+                    .fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+            });
+        }
+        wait
+    }
+
+    fn zones(&self) -> impl Iterator<Item = &'s Zone<R>> + '_ {
+        self.list.iter().map(|&i| &self.zones[i as usize])
+    }
+}
+
+impl<R: RawMutex> Drop for ReportWait<'_, R> {
+    fn drop(&mut self) {
+        for zone in self.zones() {
+            // Relaxed: a reporter that still sees the waiter holds back one
+            // batch more, nothing else.
+            zone.report_waiters
+                .fetch_sub(1, core::sync::atomic::Ordering::Relaxed);
         }
     }
 }

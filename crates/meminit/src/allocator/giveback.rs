@@ -239,6 +239,11 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         loop {
             let mut blocks = [(0u64, 0u32, false); REPORT_BATCH];
             let (n, pages) = zone.with_free(|area| {
+                // An allocation waits for the blocks away: none more until it
+                // has looked. Relaxed: raised under this lock (`ReportWait`).
+                if zone.report_waiters.load(Relaxed) > 0 {
+                    return (0, 0);
+                }
                 let n = area.isolate_unreported(&self.memmap, REPORT_ORDER, &mut blocks);
                 let pages: u64 = blocks[..n].iter().map(|&(_, o, _)| 1u64 << o).sum();
                 // Relaxed: changed under the zone lock; read as a snapshot.
