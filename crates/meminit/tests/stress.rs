@@ -106,6 +106,15 @@ fn stress(strategy: Strategy, allocators: usize, workers_per_node: usize, rounds
     );
 }
 
+/// An allocating thread still running: counted out when dropped, on a panic too.
+struct Running<'r>(&'r std::sync::atomic::AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Checks that no page of a reported range is held by anyone.
 struct Unowned<'o>(&'o [AtomicU8]);
 
@@ -161,6 +170,9 @@ fn stress_on(
             for t in 0..allocators {
                 let (owned, handoff, running) = (&owned, &handoff, &running);
                 s.spawn(move || {
+                    // Counted out however the thread ends: a panic here must
+                    // fail the test, not leave the trimming thread waiting.
+                    let _running = Running(running);
                     let mut rng = Rng(0x9e3779b97f4a7c15 ^ ((t as u64 + 1) * 0x1234567));
                     let mut held: Vec<(Pfn, u32)> = Vec::new();
                     let own = CpuId((t % CPUS) as u32);
@@ -244,7 +256,6 @@ fn stress_on(
                         release(pfn, order);
                         a.free(FreeRequest::pfn(pfn).on(own).order(order)).unwrap();
                     }
-                    running.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
