@@ -176,7 +176,9 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             }
             path = AllocPath::Fallback;
         }
-        self.alloc_after_drain(order, constraint, node, flags)
+        // Growth that failed in the walk is reported, not tried again here.
+        let may_grow = !no_grow && grow_error.is_none();
+        self.alloc_after_drain(order, constraint, node, flags, may_grow)
             .ok_or_else(|| match grow_error {
                 Some(ChunkError::Backing(e)) => AllocError::Backing(e),
                 Some(ChunkError::Reentrant { .. }) => AllocError::Reentrant { order },
@@ -199,7 +201,8 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
     /// Blocks away for free page reporting are waited for the same way: they
     /// come back as soon as the host has them. A chunk given back (made
     /// uninitialised again) after the walk saw the zone fully initialised is
-    /// grown into: free memory all the same.
+    /// grown into, free memory all the same, when `may_grow` (the request
+    /// allows growth and none failed in the walk: that error is reported).
     #[cold]
     fn alloc_after_drain(
         &self,
@@ -207,6 +210,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
         constraint: Constraint,
         node: usize,
         flags: AllocFlags,
+        may_grow: bool,
     ) -> Option<u64> {
         let this_node = flags.contains(AllocFlags::THIS_NODE);
         // First a look that steals, which a zone whose growth failed never had.
@@ -218,7 +222,6 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 return Some(pfn);
             }
         }
-        let no_grow = flags.contains(AllocFlags::NO_GROW);
         let mut waiting = None;
         for _ in 0..DRAIN_ROUNDS {
             let drained = self.drain_all_cpus();
@@ -237,7 +240,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
                 // uninitialised page go: memory all the same, so grow into it.
                 // Relaxed: a hint; `take_slow` observes the count with Acquire
                 // before it decides anything.
-                if !no_grow && zone.uninit.load(core::sync::atomic::Ordering::Relaxed) > 0 {
+                if may_grow && zone.uninit.load(core::sync::atomic::Ordering::Relaxed) > 0 {
                     given_back = true;
                     if let Ok(Some((pfn, _))) = self.take_slow(zone, order, flags.class()) {
                         return Some(pfn);
@@ -247,7 +250,7 @@ impl<B: MemmapBacking, R: RawMutex> Allocator<'_, B, R> {
             // The look is done: reporting may go on in these zones.
             drop(waiting.take());
             if drained == 0 && !given_back {
-                if no_grow {
+                if flags.contains(AllocFlags::NO_GROW) {
                     return None;
                 }
                 waiting = Some(self.wait_for_reporting(constraint, node)?);
